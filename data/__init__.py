@@ -1,0 +1,1 @@
+"""Data contracts, readers, adapters for public formats, and the seed-calibrated synthetic generator."""

@@ -1,0 +1,255 @@
+"""The data contracts: interactions, labels and transcripts, declared once and enforced by every reader."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CHANNELS = ("phone", "chat", "email", "social")
+RETALIATION_TYPES = ("none", "escalate", "switch", "vent")
+SPEAKERS = ("agent", "customer")
+
+
+class ContractError(ValueError):
+    """Input that breaks a data contract; the message names the file, row, column and what was expected."""
+
+    def __init__(self, source: str, problem: str, row: Optional[int] = None, column: Optional[str] = None):
+        self.source, self.problem, self.row, self.column = source, problem, row, column
+        where = ", ".join(p for p in (
+            f"row {row}" if row is not None else "",
+            f"column '{column}'" if column is not None else "",
+        ) if p)
+        super().__init__(f"{source}: {where + ': ' if where else ''}{problem}")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table contract: its kind, whether it may be missing, and the values it may take."""
+
+    name: str
+    kind: Literal["id", "int", "float", "bool", "category", "datetime"]
+    nullable: bool = False
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    allowed: tuple = ()
+
+    def expectation(self) -> str:
+        """Words for what a valid value of this column looks like."""
+        if self.allowed:
+            return f"one of {', '.join(map(str, self.allowed))}"
+        if self.kind == "bool":
+            return "0/1, true/false or yes/no"
+        bounds = ""
+        if self.minimum is not None and self.maximum is not None:
+            bounds = f" between {self.minimum:g} and {self.maximum:g}"
+        elif self.minimum is not None:
+            bounds = f" >= {self.minimum:g}"
+        return {"id": "a non-empty identifier", "int": "a whole number", "float": "a number",
+                "datetime": "a date-time such as 2026-11-22T09:30:00"}.get(self.kind, self.kind) + bounds
+
+
+@dataclass(frozen=True)
+class TableContract:
+    """A table's required columns; `unique` names the column whose values must not repeat."""
+
+    name: str
+    columns: tuple[Column, ...]
+    unique: Optional[str] = None
+    extra_columns_allowed: bool = True
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+INTERACTIONS = TableContract(
+    name="interactions",
+    unique="contact_id",
+    columns=(
+        Column("customer_id", "id"),
+        Column("contact_id", "id"),
+        Column("started_at", "datetime"),
+        Column("channel", "category", allowed=CHANNELS),
+        Column("answer_time_s", "float", minimum=0),
+        Column("abandoned", "bool"),
+        Column("hold_time_s", "float", minimum=0),
+        Column("handle_time_s", "float", minimum=0),
+        Column("transfers", "int", minimum=0),
+        Column("product_problem", "bool"),
+        Column("resolved", "bool"),
+        Column("repeat_contacts_30d", "int", minimum=0),
+        Column("tenure_months", "float", minimum=0),
+        Column("monthly_value", "float", minimum=0),
+        Column("csat", "float", nullable=True, minimum=1, maximum=5),
+    ),
+)
+
+LABELS = TableContract(
+    name="labels",
+    unique="contact_id",
+    columns=(
+        Column("contact_id", "id"),
+        Column("churned", "bool"),
+        Column("retaliation", "category", allowed=RETALIATION_TYPES),
+    ),
+)
+
+#: The interaction columns a model uses as features (identifiers and timestamps are not features).
+INTERACTION_FEATURES = [c.name for c in INTERACTIONS.columns if c.kind not in ("id", "datetime")]
+CATEGORICAL_FEATURES = [c.name for c in INTERACTIONS.columns if c.kind == "category"]
+
+_TRUE = {"1", "true", "yes", "y", "t"}
+_FALSE = {"0", "false", "no", "n", "f"}
+
+
+def as_bool(values: pd.Series) -> pd.Series:
+    """0/1, true/false, yes/no (any case) as a nullable boolean Series; anything else becomes NA."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype("boolean")
+    text = values.astype("string").str.strip().str.lower()
+    text = text.str.replace(r"\.0$", "", regex=True)
+    out = pd.Series(pd.NA, index=values.index, dtype="boolean")
+    out[text.isin(_TRUE).fillna(False).astype(bool)] = True
+    out[text.isin(_FALSE).fillna(False).astype(bool)] = False
+    return out
+
+
+def _coerced(values: pd.Series, column: Column) -> pd.Series:
+    """The column converted to its contract type; unconvertible values become NA."""
+    if column.kind == "bool":
+        return as_bool(values)
+    if column.kind in ("int", "float"):
+        return pd.to_numeric(values, errors="coerce")
+    if column.kind == "datetime":
+        return pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+    if column.kind == "category":
+        return values.astype("string").str.strip().str.lower()
+    return values.astype("string").str.strip()
+
+
+def _column_problems(raw: pd.Series, value: pd.Series, column: Column) -> pd.Series:
+    """Per row, what is wrong with this column's value (empty string when nothing is)."""
+    problems = pd.Series("", index=raw.index, dtype=object)
+    missing_raw = raw.isna() | (raw.astype("string").str.strip() == "")
+    bad_type = value.isna() & ~missing_raw
+    if column.kind == "id":
+        bad_type = pd.Series(False, index=raw.index)
+    if not column.nullable:
+        problems[missing_raw.to_numpy()] = f"missing value, expected {column.expectation()}"
+    problems[bad_type.to_numpy()] = [f"got {v!r}, expected {column.expectation()}" for v in raw[bad_type]]
+    present = ~value.isna()
+    if column.kind == "int":
+        fractional = present & (value.where(present, 0) % 1 != 0)
+        problems[fractional.to_numpy()] = [f"got {v!r}, expected a whole number" for v in raw[fractional]]
+    if column.minimum is not None or column.maximum is not None:
+        low = column.minimum if column.minimum is not None else -np.inf
+        high = column.maximum if column.maximum is not None else np.inf
+        numbers = value.where(present, low).astype(float)
+        out_of_range = present & ((numbers < low) | (numbers > high))
+        problems[out_of_range.to_numpy()] = [f"got {v!r}, expected {column.expectation()}" for v in raw[out_of_range]]
+    if column.allowed:
+        unknown = present & ~value.isin(column.allowed).fillna(False).astype(bool)
+        problems[unknown.to_numpy()] = [f"got {v!r}, expected {column.expectation()}" for v in raw[unknown]]
+    return problems
+
+
+@dataclass
+class Checked:
+    """A table after contract checking: typed values, and per row the reason it is bad (empty when good)."""
+
+    frame: pd.DataFrame
+    problems: pd.Series = field(repr=False)
+
+    @property
+    def good(self) -> pd.DataFrame:
+        return self.frame[self.problems == ""]
+
+    @property
+    def bad(self) -> pd.DataFrame:
+        return self.frame[self.problems != ""].assign(_reason=self.problems[self.problems != ""])
+
+
+def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
+                extra_numeric: Sequence[str] = (), extra_categorical: Sequence[str] = ()) -> Checked:
+    """Type every contract column and collect per-row problems; raises only for table-level faults.
+
+    Table-level faults (no rows, a missing column) raise ContractError at once: no row could be good.
+    Row-level faults are returned so that a batch can send just those rows to a dead-letter file.
+    """
+    if raw.shape[0] == 0:
+        raise ContractError(source, f"the file has no rows; expected a {contract.name} table "
+                                    f"with columns {', '.join(contract.names)}")
+    declared = [Column(n, "float", nullable=True) for n in extra_numeric] + \
+               [Column(n, "category", nullable=True) for n in extra_categorical]
+    columns = list(contract.columns) + declared
+    missing = [c.name for c in columns if c.name not in raw.columns]
+    if missing:
+        raise ContractError(source, f"missing column(s) {', '.join(missing)}; the {contract.name} contract "
+                                    f"needs {', '.join(c.name for c in columns)} (found {', '.join(map(str, raw.columns))})",
+                            column=missing[0])
+    frame = raw.copy()
+    problems = pd.Series("", index=raw.index, dtype=object)
+    for column in columns:
+        frame[column.name] = _coerced(raw[column.name], column)
+        found = _column_problems(raw[column.name], frame[column.name], column)
+        fresh = (problems == "") & (found != "")
+        problems[fresh] = [f"column '{column.name}': {p}" for p in found[fresh]]
+    if contract.unique:
+        repeated = frame[contract.unique].duplicated(keep="first") & frame[contract.unique].notna()
+        fresh = (problems == "") & repeated
+        problems[fresh] = [f"column '{contract.unique}': duplicate value {v!r}, expected each "
+                           f"{contract.unique} once" for v in frame.loc[fresh, contract.unique]]
+    return Checked(frame.reset_index(drop=True), problems.reset_index(drop=True))
+
+
+def validated(raw: pd.DataFrame, contract: TableContract, source: str, header_rows: int = 1, **declared) -> pd.DataFrame:
+    """The typed table, or ContractError naming the first bad row (numbered as in the file, header = row 1)."""
+    checked = check_table(raw, contract, source, **declared)
+    bad = np.flatnonzero((checked.problems != "").to_numpy())
+    if bad.size:
+        first = int(bad[0])
+        column_part, _, problem = checked.problems[first].partition(": ")
+        column = column_part.removeprefix("column ").strip("'")
+        more = f" ({bad.size - 1} more bad row(s))" if bad.size > 1 else ""
+        raise ContractError(source, problem + more, row=first + header_rows + 1, column=column)
+    return checked.frame
+
+
+class Turn(BaseModel):
+    """One utterance of a conversation."""
+
+    model_config = ConfigDict(extra="allow")
+
+    speaker: Literal["agent", "customer"]
+    text: str
+    start_s: Optional[float] = Field(default=None, ge=0)
+    end_s: Optional[float] = Field(default=None, ge=0)
+
+    @field_validator("speaker", mode="before")
+    @classmethod
+    def _lower_speaker(cls, value):
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+class Conversation(BaseModel):
+    """One conversation of the transcripts contract (a JSON Lines record)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    conversation_id: str
+    customer_id: str
+    contact_id: Optional[str] = None
+    channel: Optional[Literal["phone", "chat", "email", "social"]] = None
+    started_at: Optional[str] = None
+    turns: list[Turn]
+
+    @field_validator("conversation_id", "customer_id", "contact_id", mode="before")
+    @classmethod
+    def _ids_as_text(cls, value):
+        return str(value) if isinstance(value, (int, np.integer)) else value

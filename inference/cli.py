@@ -1,0 +1,17 @@
+"""The `carelens` command line: one entry point that gathers the data, training and inference commands.
+
+Heavy libraries (torch, transformers, ray) are imported inside the commands that need them, so that
+`carelens --help` and light commands start in well under a second.
+"""
+from __future__ import annotations
+
+import typer
+
+from carelens.data.cli import generate_command
+from carelens.training.cli import evaluate_app, train_app
+
+app = typer.Typer(name="carelens", help="Which customers are we about to lose or anger, and why.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+app.command("generate", help="Write seed-calibrated synthetic customers, contacts, labels and transcripts.")(generate_command)
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")

@@ -1,0 +1,1 @@
+"""What a model is: tabular churn/retaliation estimators, the transcript transformer, the artifact registry."""

@@ -1,0 +1,1 @@
+"""How a model is made: training entry points, evaluation and reports."""
