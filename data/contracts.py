@@ -16,10 +16,11 @@ SPEAKERS = ("agent", "customer")
 class ContractError(ValueError):
     """Input that breaks a data contract; the message names the file, row, column and what was expected."""
 
-    def __init__(self, source: str, problem: str, row: Optional[int] = None, column: Optional[str] = None):
+    def __init__(self, source: str, problem: str, row: Optional[int] = None, column: Optional[str] = None,
+                 unit: str = "row"):
         self.source, self.problem, self.row, self.column = source, problem, row, column
         where = ", ".join(p for p in (
-            f"row {row}" if row is not None else "",
+            f"{unit} {row}" if row is not None else "",
             f"column '{column}'" if column is not None else "",
         ) if p)
         super().__init__(f"{source}: {where + ': ' if where else ''}{problem}")

@@ -63,20 +63,23 @@ def conversation_from_json(line: str, source: str, line_no: int) -> Conversation
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise ContractError(source, f"not valid JSON ({exc.msg} at character {exc.pos})", row=line_no) from exc
+        raise ContractError(source, f"not valid JSON ({exc.msg} at character {exc.pos})", row=line_no,
+                            unit="line") from exc
     return conversation_from_record(record, source, line_no)
 
 
 def conversation_from_record(record: object, source: str, line_no: Optional[int]) -> Conversation:
     """A parsed record as a Conversation, or ContractError naming the field and what it should hold."""
     if not isinstance(record, dict):
-        raise ContractError(source, f"expected a JSON object (a conversation), got {type(record).__name__}", row=line_no)
+        raise ContractError(source, f"expected a JSON object (a conversation), got {type(record).__name__}",
+                            row=line_no, unit="line")
     try:
         return Conversation.model_validate(record)
     except ValidationError as exc:
         first = exc.errors()[0]
         column = ".".join(str(p) for p in first["loc"])
-        raise ContractError(source, f"{first['msg']} (got {first.get('input')!r})", row=line_no, column=column) from exc
+        raise ContractError(source, f"{first['msg']} (got {first.get('input')!r})", row=line_no, column=column,
+                            unit="line") from exc
 
 
 def iter_jsonl_lines(path: PathLike) -> Iterator[tuple[int, str]]:
