@@ -1,7 +1,158 @@
 """The `carelens train`, `carelens evaluate` and `carelens export` commands: how a data scientist makes and judges models."""
 from __future__ import annotations
 
+import json
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 train_app = typer.Typer(help="Train a model and publish it to the registry.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Score labelled data a model never saw and print its metrics.", no_args_is_help=True)
+
+console = Console()
+error_console = Console(stderr=True)
+TABULAR_MODELS = ("churn", "retaliation")
+
+DataOption = Annotated[Path, typer.Option("--data", help="A generator output directory, an interactions file "
+                                          "(with --labels), or any CSV/Parquet holding the --target column.")]
+LabelsOption = Annotated[Optional[Path], typer.Option("--labels", help="Contract labels file joined on contact_id.")]
+TargetOption = Annotated[Optional[str], typer.Option("--target", help="Label column (default: churned / retaliation).")]
+FeaturesFromOption = Annotated[Optional[list[Path]], typer.Option(
+    "--features-from", help="Table keyed by contact_id or customer_id whose numeric columns join as features "
+                            "(repeatable).")]
+RegistryOption = Annotated[Optional[Path], typer.Option("--registry", "--out",
+                                                        help="Registry directory (default $CARELENS_REGISTRY or ./registry).")]
+VersionOption = Annotated[str, typer.Option("--version", help="Model version, e.g. v3, or latest.")]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad input or a refused artifact ends the command with its message (exit code 2), not a traceback."""
+    from carelens.models.registry import RegistryError
+    try:
+        yield
+    except (ValueError, RegistryError) as exc:
+        error_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+
+
+def _registry(path: Optional[Path]):
+    from carelens.models.registry import Registry
+    return Registry(path)
+
+
+def figures_tables(figures: dict) -> list[Table]:
+    """Rich tables of held-out metrics and, when present, the per-seed-group rates."""
+    from carelens.training.report import metric_rows
+    metrics = Table("metric", "value", title="held-out metrics")
+    for row in metric_rows(figures["metrics"]):
+        value = row["value"]
+        metrics.add_row(row["metric"], "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))
+    tables = [metrics]
+    if "seed_groups" in figures:
+        outcome = figures["seed_groups"]["outcome"]
+        groups = Table("seed group", "rows", f"observed {outcome}", f"predicted {outcome}", title="per seed group")
+        for row in figures["seed_groups"]["rows"]:
+            groups.add_row(row["group"], str(row["rows"]), f"{row['observed']:.3f}", f"{row['predicted']:.3f}")
+        tables.append(groups)
+    return tables
+
+
+def train_command(name: str):
+    """The `carelens train <name>` command for one tabular model."""
+    def train(
+        data: DataOption,
+        labels: LabelsOption = None,
+        target: TargetOption = None,
+        features: Annotated[Optional[str], typer.Option(help="Comma-separated feature columns (default: all others, "
+                                                             "or the contract's features).")] = None,
+        categorical: Annotated[Optional[str], typer.Option(help="Comma-separated categorical columns (default: "
+                                                                "detected from types).")] = None,
+        features_from: FeaturesFromOption = None,
+        goal: Annotated[str, typer.Option(help="Threshold goal: f1, recall:0.8 or top-k:500 (contacts a day).")] = "f1",
+        seed: Annotated[int, typer.Option(help="Seed for the split and the booster.")] = 0,
+        out: RegistryOption = None,
+        runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
+    ) -> None:
+        from carelens.training.report import tabular_report
+        from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
+        task = TASKS[name]
+        with user_errors():
+            with console.status(f"Reading {data}"):
+                labelled = load_labelled(data, task, labels, target, features, categorical, features_from or ())
+            console.print(f"{len(labelled.frame):,} labelled rows, {len(labelled.features)} features, "
+                          f"target '{labelled.target}'")
+            with console.status(f"Training the {name} model (60/20/20 split, seed {seed})"):
+                trained = train_tabular(labelled, task, goal=goal, seed=seed)
+            with console.status("Writing the report"):
+                report = tabular_report(trained.model, trained.test_frame, trained.test_y, trained.metadata)
+            artifact = publish_tabular(trained, _registry(out), report)
+        copy = runs / name / artifact.version / "report.html"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(artifact.path / "report.html", copy)
+        for table in figures_tables(trained.metadata):
+            console.print(table)
+        console.print(f"threshold {trained.model.threshold_:.4f} for goal {goal}; published {name} "
+                      f"{artifact.version} to {artifact.path}")
+        console.print(f"report: {copy}")
+    train.__doc__ = f"Train the {name} model on labelled data and publish it to the registry."
+    return train
+
+
+def evaluate_command(name: str):
+    """The `carelens evaluate <name>` command for one tabular model."""
+    def evaluate(
+        data: DataOption,
+        labels: LabelsOption = None,
+        target: TargetOption = None,
+        features_from: FeaturesFromOption = None,
+        registry: RegistryOption = None,
+        version: VersionOption = "latest",
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    ) -> None:
+        from carelens.training.evaluate import evaluate_tabular
+        with user_errors():
+            result = evaluate_tabular(_registry(registry), name, data, labels, target, version, features_from or ())
+        if as_json:
+            typer.echo(json.dumps(result))
+            return
+        console.print(f"{name} {result['version']} on {result['data']} (threshold {result['threshold']:.4f}, "
+                      f"goal {result['goal']})")
+        for table in figures_tables(result):
+            console.print(table)
+    evaluate.__doc__ = f"Score labelled data the {name} model never saw and print its metrics."
+    return evaluate
+
+
+for _name in TABULAR_MODELS:
+    train_app.command(_name)(train_command(_name))
+    evaluate_app.command(_name)(evaluate_command(_name))
+
+
+def export_command(
+    model: Annotated[str, typer.Argument(help="Model name in the registry: churn or retaliation.")],
+    out: Annotated[Path, typer.Option("--out", help="File to write.")],
+    registry: Annotated[Optional[Path], typer.Option("--registry", help="Registry directory (default "
+                                                     "$CARELENS_REGISTRY or ./registry).")] = None,
+    version: VersionOption = "latest",
+    format: Annotated[str, typer.Option("--format", help="Export format; joblib is the one offered.")] = "joblib",
+) -> None:
+    """Write a verified registry model as a joblib file for serving stacks that load scikit-learn models."""
+    import joblib
+
+    from carelens.models.tabular import load_tabular
+    if format != "joblib":
+        error_console.print(f"[bold red]error:[/] format {format!r} is not offered; expected joblib")
+        raise typer.Exit(2)
+    with user_errors():
+        loaded, metadata = load_tabular(_registry(registry), model, version)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(loaded, out)
+    error_console.print("[bold yellow]warning:[/] a joblib file runs code when it is loaded: load it only from a "
+                        "source you trust, and keep its checksum beside it.", highlight=False)
+    console.print(f"wrote {model} {metadata['version']} to {out}")

@@ -1,0 +1,276 @@
+"""The churn and retaliation models: calibrated gradient boosting over a table, with a goal-chosen decision threshold."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import skops.io as sio
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.frozen import FrozenEstimator
+from sklearn.metrics import precision_recall_curve
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OrdinalEncoder
+from sklearn.utils.validation import check_is_fitted
+
+from carelens.models.registry import Registry, RegistryError
+
+ARTIFACT = "model.skops"
+#: Types a stored tabular model may contain beyond those skops trusts by default; anything else is refused on load.
+TRUSTED_TYPES = frozenset({
+    "carelens.models.tabular.RiskModel",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    # HistGradientBoosting keeps partial(check_array, ...) to type its numeric columns.
+    "functools.partial",
+    "sklearn.utils.validation.check_array",
+})
+#: Calibration below this many validation rows uses Platt scaling: isotonic regression overfits small sets.
+ISOTONIC_MIN_ROWS = 5000
+
+
+class SchemaError(ValueError):
+    """A frame whose columns do not match the features a model was trained on."""
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What the decision threshold is chosen for: best F1, a recall target, or a daily capacity of K contacts."""
+
+    kind: str
+    value: Optional[float] = None
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
+
+
+def parse_goal(text: str) -> Goal:
+    """`f1`, `recall:0.8` or `top-k:500` as a Goal; ValueError saying what was expected otherwise."""
+    kind, _, value = text.strip().lower().partition(":")
+    expected = "expected 'f1', 'recall:R' with 0 < R <= 1, or 'top-k:K' with K > 0 contacts a day"
+    if kind == "f1" and not value:
+        return Goal("f1")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"goal {text!r} is not understood; {expected}") from None
+    if (kind == "recall" and 0 < number <= 1) or (kind == "top-k" and number > 0):
+        return Goal(kind, number)
+    raise ValueError(f"goal {text!r} is not understood; {expected}")
+
+
+def threshold_for_recall(positive: np.ndarray, scores: np.ndarray, recall: float) -> float:
+    """The highest threshold whose flags (score >= threshold) catch at least `recall` of the positives."""
+    ranked = np.sort(scores[np.asarray(positive, bool)])[::-1]
+    if ranked.size == 0:
+        raise ValueError("cannot choose a threshold for a recall goal: the validation data has no positive rows")
+    # The tolerance keeps 0.7 * 10 == 7.000000000000001 from demanding an eighth positive.
+    needed = max(1, math.ceil(recall * ranked.size - 1e-9))
+    return float(ranked[needed - 1])
+
+
+def threshold_for_rate(scores: np.ndarray, rate: float) -> float:
+    """The threshold that flags the riskiest `rate` share of rows (at least one)."""
+    ranked = np.sort(scores)[::-1]
+    flagged = min(ranked.size, max(1, math.ceil(rate * ranked.size - 1e-9)))
+    return float(ranked[flagged - 1])
+
+
+def threshold_for_f1(positive: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold with the best F1 for flagging positives."""
+    precision, recall, thresholds = precision_recall_curve(np.asarray(positive, bool), scores)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0)
+    return float(thresholds[np.argmax(f1[:-1])])
+
+
+def boosting_pipeline(numeric: Sequence[str], categorical: Sequence[str], *, max_iter: int, learning_rate: float,
+                      max_leaf_nodes: int, early_stopping: bool, random_state: int) -> Pipeline:
+    """ColumnTransformer (categories → ordinal codes, numbers passed through) → HistGradientBoostingClassifier."""
+    encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
+                             max_categories=255)
+    columns = ColumnTransformer([("categorical", encoder, list(categorical)), ("numeric", "passthrough", list(numeric))],
+                                verbose_feature_names_out=False)
+    # Categories come first out of the ColumnTransformer, so the mask is categories-then-numbers.
+    mask = [True] * len(categorical) + [False] * len(numeric)
+    booster = HistGradientBoostingClassifier(
+        learning_rate=learning_rate, max_iter=max_iter, max_leaf_nodes=max_leaf_nodes,
+        categorical_features=mask if categorical else None, early_stopping=early_stopping, random_state=random_state)
+    return Pipeline([("columns", columns), ("boosting", booster)])
+
+
+def categorical_columns(frame: pd.DataFrame, features: Sequence[str]) -> list[str]:
+    """The features whose dtype holds categories (text, category) rather than numbers or booleans."""
+    return [f for f in features if not (pd.api.types.is_numeric_dtype(frame[f]) or pd.api.types.is_bool_dtype(frame[f]))]
+
+
+def _as_numbers(values: pd.Series) -> np.ndarray:
+    """A numeric (or boolean) column as float64 with NaN for missing; SchemaError when it holds text."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna() & values.notna()
+    if bad.any():
+        raise SchemaError(f"feature '{values.name}': got {values[bad].iloc[0]!r}, expected a number (the model was "
+                          f"trained on it as numeric)")
+    return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _as_categories(values: pd.Series) -> np.ndarray:
+    """A categorical column as an object array of strings with NaN for missing, as OrdinalEncoder expects."""
+    text = values.astype("string").str.strip().str.lower()
+    return text.to_numpy(dtype=object, na_value=np.nan)
+
+
+class RiskModel(ClassifierMixin, BaseEstimator):
+    """Calibrated gradient boosting on a table; `risk` is 1 − P(negative_class) and a goal sets the flag threshold.
+
+    Binary (churn) and multi-class (retaliation) alike: `predict_proba` columns follow `classes_`, `risk` is the
+    probability of anything but the negative class, and `predict` flags a row when its risk reaches `threshold_`,
+    naming the most likely non-negative class.
+
+    fit(X, y, X_val=..., y_val=...) trains the booster on X, calibrates it on X_val (at most `calibration_rows`
+    of it) and chooses the threshold there; without X_val, `validation_fraction` of X is held out for that.
+    """
+
+    def __init__(self, features: Optional[Sequence[str]] = None, categorical: Optional[Sequence[str]] = None,
+                 negative_class=None, goal: str = "f1", contacts_per_day: Optional[float] = None,
+                 calibration: str = "auto", calibration_rows: int = 200_000, validation_fraction: float = 0.25,
+                 max_iter: int = 300, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
+                 early_stopping: bool = True, random_state: int = 0):
+        self.features = features
+        self.categorical = categorical
+        self.negative_class = negative_class
+        self.goal = goal
+        self.contacts_per_day = contacts_per_day
+        self.calibration = calibration
+        self.calibration_rows = calibration_rows
+        self.validation_fraction = validation_fraction
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.max_leaf_nodes = max_leaf_nodes
+        self.early_stopping = early_stopping
+        self.random_state = random_state
+
+    def fit(self, X: pd.DataFrame, y, *, X_val: Optional[pd.DataFrame] = None, y_val=None) -> "RiskModel":
+        goal = parse_goal(self.goal)
+        if goal.kind == "top-k" and not self.contacts_per_day:
+            raise ValueError("goal 'top-k' needs contacts_per_day (how many contacts a day are scored) to turn K "
+                             "into a share of contacts")
+        y = np.asarray(y)
+        if X_val is None:
+            X, X_val, y, y_val = train_test_split(X, y, test_size=self.validation_fraction, stratify=y,
+                                                  random_state=self.random_state)
+        features = list(self.features) if self.features is not None else list(X.columns)
+        categorical = list(self.categorical) if self.categorical is not None else categorical_columns(X, features)
+        self.feature_names_in_ = np.asarray(features, dtype=object)
+        self.n_features_in_ = len(features)
+        self.categorical_features_ = [f for f in features if f in set(categorical)]
+        numeric = [f for f in features if f not in set(categorical)]
+        pipeline = boosting_pipeline(numeric, self.categorical_features_, max_iter=self.max_iter,
+                                     learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
+                                     early_stopping=self.early_stopping, random_state=self.random_state)
+        pipeline.fit(self._model_frame(X), y)
+        self.classes_ = pipeline.classes_
+        self.negative_class_ = self.negative_class if self.negative_class is not None else self.classes_[0]
+        if self.negative_class_ not in set(self.classes_):
+            raise ValueError(f"negative class {self.negative_class_!r} is not among the labels "
+                             f"{', '.join(map(str, self.classes_))}")
+        self.n_iter_ = int(pipeline[-1].n_iter_)
+        calibrate_X, calibrate_y = self._calibration_rows(X_val, np.asarray(y_val))
+        self.calibration_method_ = self._calibration_method(len(calibrate_y))
+        self.estimator_ = CalibratedClassifierCV(FrozenEstimator(pipeline), method=self.calibration_method_)
+        self.estimator_.fit(self._model_frame(calibrate_X), calibrate_y)
+        self.threshold_ = self._threshold(goal, np.asarray(y_val) != self.negative_class_, self.risk(X_val))
+        return self
+
+    def _calibration_rows(self, X: pd.DataFrame, y: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+        """Validation rows for calibration, stratified down to `calibration_rows` so that large data stays fast."""
+        if len(y) <= self.calibration_rows:
+            return X, y
+        X, _, y, _ = train_test_split(X, y, train_size=self.calibration_rows, stratify=y, random_state=self.random_state)
+        return X, y
+
+    def _calibration_method(self, rows: int) -> str:
+        if self.calibration != "auto":
+            return self.calibration
+        return "isotonic" if rows >= ISOTONIC_MIN_ROWS else "sigmoid"
+
+    def _threshold(self, goal: Goal, positive: np.ndarray, scores: np.ndarray) -> float:
+        if goal.kind == "recall":
+            return threshold_for_recall(positive, scores, goal.value)
+        if goal.kind == "top-k":
+            self.flag_rate_ = min(1.0, goal.value / self.contacts_per_day)
+            return threshold_for_rate(scores, self.flag_rate_)
+        return threshold_for_f1(positive, scores)
+
+    def _model_frame(self, X: pd.DataFrame) -> pd.DataFrame:
+        """The feature columns typed as the pipeline expects; SchemaError naming any feature the frame lacks."""
+        missing = [f for f in self.feature_names_in_ if f not in X.columns]
+        if missing:
+            raise SchemaError(f"the frame lacks feature column(s) {', '.join(missing)}; this model needs "
+                              f"{', '.join(self.feature_names_in_)}")
+        categorical = set(self.categorical_features_)
+        return pd.DataFrame({f: _as_categories(X[f]) if f in categorical else _as_numbers(X[f])
+                             for f in self.feature_names_in_}, index=X.index)
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        check_is_fitted(self, "estimator_")
+        return self.estimator_.predict_proba(self._model_frame(X))
+
+    def risk(self, X: pd.DataFrame) -> np.ndarray:
+        """P(anything but the negative class): P(churn), or P(retaliate) = 1 − P(none)."""
+        return self.risk_from_proba(self.predict_proba(X))
+
+    def risk_from_proba(self, proba: np.ndarray) -> np.ndarray:
+        return 1.0 - proba[:, self.classes_.tolist().index(self.negative_class_)]
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return self.predict_from_proba(self.predict_proba(X))
+
+    def predict_from_proba(self, proba: np.ndarray) -> np.ndarray:
+        """Flagged rows get their most likely non-negative class, the others the negative class."""
+        negative = self.classes_.tolist().index(self.negative_class_)
+        likeliest_other = np.where(np.arange(len(self.classes_)) == negative, -np.inf, proba).argmax(axis=1)
+        flagged = self.risk_from_proba(proba) >= self.threshold_
+        return np.where(flagged, self.classes_[likeliest_other], self.negative_class_)
+
+    def feature_schema(self) -> list[dict]:
+        """The features in order, each with its kind (numeric or categorical), as recorded in metadata."""
+        check_is_fitted(self, "feature_names_in_")
+        categorical = set(self.categorical_features_)
+        return [{"name": f, "kind": "categorical" if f in categorical else "numeric"} for f in self.feature_names_in_]
+
+
+def save_model(model: RiskModel, directory: Union[str, Path]) -> Path:
+    """The model written with skops (a format that runs no code on load) as `model.skops` in the directory."""
+    path = Path(directory) / ARTIFACT
+    sio.dump(model, path)
+    return path
+
+
+def load_model(path: Union[str, Path]) -> RiskModel:
+    """A skops-stored model, after checking that every type it holds is on the explicit allow-list."""
+    unexpected = sorted(set(sio.get_untrusted_types(file=path)) - TRUSTED_TYPES)
+    if unexpected:
+        raise RegistryError(f"{path}: holds type(s) outside the allow-list: {', '.join(unexpected)}; "
+                            f"refusing to load it")
+    return sio.load(path, trusted=sorted(TRUSTED_TYPES))
+
+
+def load_tabular(registry: Union[Registry, str, Path], name: str, version: str = "latest") -> tuple[RiskModel, dict]:
+    """A verified model and its metadata: checksums match, libraries are compatible, the feature schema agrees."""
+    registry = registry if isinstance(registry, Registry) else Registry(registry)
+    artifact = registry.open(name, version, requires=("scikit-learn", "skops"))
+    model = load_model(artifact.path / ARTIFACT)
+    if model.feature_schema() != artifact.metadata.get("features"):
+        raise RegistryError(f"{artifact.path}: the stored model's features {model.feature_schema()} differ from "
+                            f"those in its metadata {artifact.metadata.get('features')}; refusing to load it")
+    return model, artifact.metadata

@@ -1,0 +1,112 @@
+"""Table readers refuse bad interactions and labels with a message naming the file, row, column and expectation."""
+import re
+
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from carelens.data.contracts import ContractError, as_bool
+from carelens.data.readers import read_interactions, read_labels
+
+GOOD_ROW = {
+    "customer_id": "C1", "contact_id": "K1", "started_at": "2026-11-02T09:30:00", "channel": "phone",
+    "answer_time_s": "31.5", "abandoned": "0", "hold_time_s": "12", "handle_time_s": "300", "transfers": "1",
+    "product_problem": "yes", "resolved": "no", "repeat_contacts_30d": "2", "tenure_months": "14",
+    "monthly_value": "42.0", "csat": "",
+}
+
+
+def _csv(tmp_path, rows, name="interactions.csv"):
+    path = tmp_path / name
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _interactions_with(tmp_path, **second_row):
+    """A CSV of two contacts whose second (file row 3) carries the given bad values."""
+    return _csv(tmp_path, [GOOD_ROW, {**GOOD_ROW, "contact_id": "K2", **second_row}])
+
+
+def _raises(path, reader, *parts):
+    """The reader raises ContractError whose message holds the file name and every given part, in order."""
+    with pytest.raises(ContractError) as caught:
+        reader(path)
+    pattern = ".*".join(re.escape(p) for p in (path.name, *parts))
+    assert re.search(pattern, str(caught.value)), str(caught.value)
+    return caught.value
+
+
+def test_a_good_file_reads_typed(tmp_path):
+    frame = read_interactions(_interactions_with(tmp_path))
+    assert frame["product_problem"].tolist() == [True, True]
+    assert frame["csat"].isna().all()
+
+
+def test_missing_column_is_named_with_what_the_contract_needs(tmp_path):
+    rows = [{k: v for k, v in GOOD_ROW.items() if k != "hold_time_s"}]
+    error = _raises(_csv(tmp_path, rows), read_interactions, "column 'hold_time_s'", "missing column(s) hold_time_s",
+                    "contract needs")
+    assert error.column == "hold_time_s"
+
+
+def test_wrong_type_names_row_column_value_and_expectation(tmp_path):
+    _raises(_interactions_with(tmp_path, answer_time_s="soon"), read_interactions,
+            "row 3", "column 'answer_time_s'", "got 'soon'", "expected a number")
+
+
+def test_negative_duration_is_refused(tmp_path):
+    _raises(_interactions_with(tmp_path, handle_time_s="-5"), read_interactions,
+            "row 3", "column 'handle_time_s'", "got '-5'", "expected a number >= 0")
+
+
+def test_unknown_channel_lists_the_allowed_ones(tmp_path):
+    _raises(_interactions_with(tmp_path, channel="pigeon"), read_interactions,
+            "row 3", "column 'channel'", "got 'pigeon'", "expected one of phone, chat, email, social")
+
+
+def test_zero_byte_file_is_refused(tmp_path):
+    path = tmp_path / "interactions.csv"
+    path.write_bytes(b"")
+    _raises(path, read_interactions, "the file is empty")
+
+
+def test_header_only_file_is_refused_naming_the_expected_columns(tmp_path):
+    path = tmp_path / "interactions.csv"
+    path.write_text(",".join(GOOD_ROW) + "\n")
+    _raises(path, read_interactions, "the file has no rows", "expected a interactions table with columns customer_id")
+
+
+def test_duplicate_contact_id_names_the_repeat(tmp_path):
+    _raises(_interactions_with(tmp_path, contact_id="K1"), read_interactions,
+            "row 3", "column 'contact_id'", "duplicate value 'K1'", "expected each contact_id once")
+
+
+def test_churned_outside_its_set_is_refused(tmp_path):
+    path = _csv(tmp_path, [{"contact_id": "K1", "churned": "1", "retaliation": "none"},
+                           {"contact_id": "K2", "churned": "2", "retaliation": "none"}], "labels.csv")
+    _raises(path, read_labels, "row 3", "column 'churned'", "got '2'", "expected 0/1, true/false or yes/no")
+
+
+def test_retaliation_outside_its_set_is_refused(tmp_path):
+    path = _csv(tmp_path, [{"contact_id": "K1", "churned": "0", "retaliation": "sue"}], "labels.csv")
+    _raises(path, read_labels, "row 2", "column 'retaliation'", "got 'sue'", "expected one of none, escalate, switch, vent")
+
+
+def test_parquet_rows_are_numbered_from_one(tmp_path):
+    path = tmp_path / "labels.parquet"
+    pd.DataFrame({"contact_id": ["K1", "K2"], "churned": [0, 2], "retaliation": ["none", "vent"]}).to_parquet(path)
+    _raises(path, read_labels, "row 2", "column 'churned'", "got 2")
+
+
+SPELLINGS = {True: ["1", "true", "TRUE", "Yes", "y", "T", "1.0"], False: ["0", "false", "False", "NO", "n", "f", "0.0"]}
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 6)), max_size=30))
+def test_as_bool_reads_every_spelling_back_to_its_value(pairs):
+    values = pd.Series([SPELLINGS[b][i] for b, i in pairs], dtype=object)
+    assert as_bool(values).tolist() == [b for b, _ in pairs]
+
+
+def test_as_bool_turns_anything_else_into_missing():
+    assert as_bool(pd.Series(["2", "maybe", None])).isna().all()

@@ -1,0 +1,302 @@
+"""Churn and retaliation models: threshold goals, calibration error, schema checks, and the train/evaluate/export CLI."""
+import json
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from carelens.data.contracts import ContractError
+from carelens.models.registry import Registry
+from carelens.models.tabular import (
+    Goal, RiskModel, SchemaError, load_tabular, parse_goal, threshold_for_f1, threshold_for_rate, threshold_for_recall,
+)
+from carelens.training.cli import evaluate_app, export_command, train_app
+from carelens.training.metrics import expected_calibration_error, group_rates, risk_metrics
+from carelens.training.report import figure_html, html_report, table_html
+from carelens.training.tabular import TASKS, load_labelled, train_tabular
+
+FAST = {"max_iter": 15}
+GROUPS = ("no_problem", "problem_ineffective", "problem_effective")
+
+
+def contact_tables(n: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Contract interactions, labels and seed-group truth in which problems without resolution drive churn."""
+    rng = np.random.default_rng(seed)
+    group = rng.choice(GROUPS, n, p=[0.5, 0.25, 0.25])
+    problem, resolved = group != "no_problem", group == "problem_effective"
+    interactions = pd.DataFrame({
+        "customer_id": [f"C{i // 2}" for i in range(n)], "contact_id": [f"K{i}" for i in range(n)],
+        "started_at": pd.Timestamp("2026-11-02", tz="UTC") + pd.to_timedelta(rng.integers(0, 10, n), unit="D"),
+        "channel": rng.choice(["phone", "chat", "email", "social"], n), "answer_time_s": rng.exponential(30, n),
+        "abandoned": rng.random(n) < 0.03, "hold_time_s": rng.exponential(20, n), "handle_time_s": rng.gamma(4, 80, n),
+        "transfers": rng.poisson(0.3, n), "product_problem": problem, "resolved": resolved,
+        "repeat_contacts_30d": rng.poisson(0.5, n), "tenure_months": rng.gamma(2, 12, n),
+        "monthly_value": rng.gamma(3, 15, n), "csat": np.where(rng.random(n) < 0.2, rng.integers(1, 6, n), np.nan),
+    })
+    churn_p = np.select([group == "no_problem", group == "problem_ineffective"], [0.22, 0.68], 0.11)
+    churned = rng.random(n) < churn_p
+    retaliation = np.where(rng.random(n) < np.where(problem & ~resolved, 0.6, 0.1),
+                           rng.choice(["escalate", "switch", "vent"], n), "none")
+    labels = pd.DataFrame({"contact_id": interactions["contact_id"], "churned": churned.astype(int),
+                           "retaliation": retaliation})
+    return interactions, labels, pd.DataFrame({"contact_id": interactions["contact_id"], "seed_group": group})
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """A directory shaped like the synthetic generator's output, with truth.parquet beside it."""
+    directory = tmp_path_factory.mktemp("synthetic")
+    for name, table in zip(("interactions", "labels", "truth"), contact_tables(1500)):
+        table.to_parquet(directory / f"{name}.parquet")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def own_csv(tmp_path_factory):
+    """A bring-your-own-data CSV: free-form columns and a yes/no target in mixed case."""
+    rng = np.random.default_rng(3)
+    n = 800
+    calls = rng.poisson(2, n)
+    plan = rng.choice(["Yes", "No"], n)
+    churn = rng.random(n) < 1 / (1 + np.exp(-(calls - 3 + (plan == "Yes") * 1.5)))
+    path = tmp_path_factory.mktemp("own") / "customers.csv"
+    pd.DataFrame({"State": rng.choice(["KS", "OH", "NJ"], n), "Service calls": calls, "Intl plan": plan,
+                  "Minutes": rng.normal(180, 50, n).round(1),
+                  "Left": np.where(churn, rng.choice(["yes", "YES", "Yes"], n), rng.choice(["no", "No"], n))}
+                 ).to_csv(path, index=False)
+    return path
+
+
+# Threshold goals, on hand-made scores.
+
+def test_recall_goal_takes_the_highest_threshold_that_reaches_it():
+    positive = np.array([1, 1, 1, 1, 0, 0, 0], bool)
+    scores = np.array([0.9, 0.8, 0.3, 0.2, 0.85, 0.5, 0.1])
+    assert threshold_for_recall(positive, scores, 0.5) == 0.8
+    assert threshold_for_recall(positive, scores, 0.51) == 0.3
+    assert threshold_for_recall(positive, scores, 1.0) == 0.2
+
+
+def test_recall_goal_is_not_pushed_over_by_rounding():
+    positive = np.ones(10, bool)
+    scores = np.linspace(1.0, 0.1, 10)
+    assert threshold_for_recall(positive, scores, 0.7) == pytest.approx(scores[6])
+
+
+def test_rate_goal_flags_that_share_of_rows():
+    scores = np.array([0.1, 0.9, 0.5, 0.7, 0.3])
+    assert threshold_for_rate(scores, 0.4) == 0.7
+    assert threshold_for_rate(scores, 0.0001) == 0.9
+    assert threshold_for_rate(scores, 5.0) == 0.1
+
+
+def test_f1_goal_picks_the_cut_between_the_classes():
+    positive = np.array([0, 0, 0, 1, 1, 1], bool)
+    assert threshold_for_f1(positive, np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8])) == 0.6
+
+
+@pytest.mark.parametrize("text, goal", [("f1", Goal("f1")), ("recall:0.8", Goal("recall", 0.8)),
+                                        ("TOP-K:500", Goal("top-k", 500))])
+def test_goals_parse(text, goal):
+    assert parse_goal(text) == goal
+
+
+@pytest.mark.parametrize("text", ["recall", "recall:1.5", "top-k:0", "top-k:many", "precision:0.9", "f1:2"])
+def test_bad_goals_say_what_was_expected(text):
+    with pytest.raises(ValueError, match=r"expected 'f1', 'recall:R' with 0 < R <= 1, or 'top-k:K'"):
+        parse_goal(text)
+
+
+# Metrics.
+
+def test_ece_on_a_hand_made_example():
+    # Bin 1: predicted 0.1, observed 0.5 (gap 0.4); bin 9: predicted 0.9, observed 1.0 (gap 0.1); half the rows each.
+    assert expected_calibration_error([0, 1, 1, 1], [0.1, 0.1, 0.9, 0.9]) == pytest.approx(0.25)
+    assert expected_calibration_error([1, 0], [1.0, 0.0]) == 0.0
+
+
+@given(st.lists(st.tuples(st.booleans(), st.floats(0, 1)), min_size=1, max_size=200))
+def test_ece_lies_in_the_unit_interval(rows):
+    positive, probability = zip(*rows)
+    assert 0.0 <= expected_calibration_error(positive, probability) <= 1.0
+
+
+def test_ranking_metrics_are_none_when_only_one_outcome_occurs():
+    metrics = risk_metrics([0, 0, 0], [0.1, 0.2, 0.3], [False, False, True])
+    assert metrics["roc_auc"] is None and metrics["pr_auc"] is None
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_group_rates_compare_observed_and_predicted():
+    rows = group_rates(["a", "b", "a"], [1, 0, 0], [0.6, 0.2, 0.4])
+    assert rows == [{"group": "a", "rows": 2, "observed": 0.5, "predicted": 0.5},
+                    {"group": "b", "rows": 1, "observed": 0.0, "predicted": 0.2}]
+
+
+# The model.
+
+@pytest.fixture(scope="module")
+def churn_trained(generated):
+    return train_tabular(load_labelled(generated, TASKS["churn"]), TASKS["churn"], goal="recall:0.8", **FAST)
+
+
+def test_churn_model_learns_the_problem_signal_and_records_its_setup(churn_trained):
+    metadata = churn_trained.metadata
+    assert metadata["metrics"]["roc_auc"] > 0.7
+    assert metadata["split"] == {"train": 900, "validation": 300, "test": 300}
+    assert metadata["classes"] == [False, True] and metadata["goal"] == "recall:0.8"
+    assert {f["name"]: f["kind"] for f in metadata["features"]}["channel"] == "categorical"
+    assert metadata["calibration"] == "sigmoid" and metadata["seed"] == 0
+    assert metadata["metrics"]["recall"] > 0.6
+
+
+def test_churn_seed_groups_report_re_purchase(churn_trained):
+    groups = churn_trained.metadata["seed_groups"]
+    assert groups["outcome"] == "re-purchase"
+    rates = {row["group"]: row for row in groups["rows"]}
+    assert set(rates) == set(GROUPS) and sum(r["rows"] for r in rates.values()) == 300
+    assert rates["problem_effective"]["predicted"] > rates["problem_ineffective"]["predicted"]
+
+
+def test_scoring_a_frame_without_a_feature_names_it(churn_trained):
+    frame = churn_trained.test_frame.drop(columns=["hold_time_s"])
+    with pytest.raises(SchemaError, match=r"lacks feature column\(s\) hold_time_s"):
+        churn_trained.model.risk(frame)
+
+
+def test_scoring_text_in_a_numeric_feature_names_it(churn_trained):
+    frame = churn_trained.test_frame.astype({"transfers": object})
+    frame.iloc[0, frame.columns.get_loc("transfers")] = "many"
+    with pytest.raises(SchemaError, match=r"feature 'transfers': got 'many', expected a number"):
+        churn_trained.model.risk(frame)
+
+
+def test_retaliation_risk_is_one_minus_p_none_and_flags_name_a_retaliation(generated):
+    trained = train_tabular(load_labelled(generated, TASKS["retaliation"]), TASKS["retaliation"], **FAST)
+    model, frame = trained.model, trained.test_frame
+    proba = model.predict_proba(frame)
+    np.testing.assert_allclose(model.risk(frame), 1 - proba[:, list(model.classes_).index("none")])
+    predicted = model.predict(frame)
+    flagged = model.risk(frame) >= model.threshold_
+    assert set(predicted[flagged]) <= {"escalate", "switch", "vent"} and set(predicted[~flagged]) == {"none"}
+    assert set(trained.metadata["metrics"]["f1_per_class"]) == {"none", "escalate", "switch", "vent"}
+    assert trained.metadata["seed_groups"]["outcome"] == "retaliation"
+
+
+def test_top_k_goal_flags_k_a_day_as_a_share_of_contacts(generated):
+    data = load_labelled(generated, TASKS["churn"])
+    assert data.contacts_per_day == 150.0
+    trained = train_tabular(data, TASKS["churn"], goal="top-k:30", **FAST)
+    assert trained.metadata["flag_rate"] == pytest.approx(0.2)
+    assert trained.metadata["metrics"]["flagged_rate"] == pytest.approx(0.2, abs=0.08)
+
+
+def test_the_same_seed_gives_the_same_model(generated):
+    data = load_labelled(generated, TASKS["churn"])
+    first, second = (train_tabular(data, TASKS["churn"], seed=5, **FAST).metadata for _ in range(2))
+    assert first["metrics"] == second["metrics"] and first["threshold"] == second["threshold"]
+
+
+def test_top_k_without_a_daily_volume_is_refused():
+    frame = pd.DataFrame({"x": np.arange(40.0)})
+    with pytest.raises(ValueError, match=r"top-k' needs contacts_per_day"):
+        RiskModel(goal="top-k:5").fit(frame, frame["x"] > 20)
+
+
+# Loading labelled data.
+
+def test_own_csv_with_a_yes_no_target_trains(own_csv):
+    data = load_labelled(own_csv, TASKS["churn"], target="Left")
+    assert data.features == ["State", "Service calls", "Intl plan", "Minutes"]
+    assert data.frame["Left"].dtype == "boolean"
+    trained = train_tabular(data, TASKS["churn"], **FAST)
+    kinds = {f["name"]: f["kind"] for f in trained.metadata["features"]}
+    assert kinds == {"State": "categorical", "Service calls": "numeric", "Intl plan": "categorical", "Minutes": "numeric"}
+    assert trained.metadata["metrics"]["roc_auc"] > 0.65
+
+
+def test_declared_features_and_categories_are_used(own_csv):
+    data = load_labelled(own_csv, TASKS["churn"], target="Left", features="Service calls,Minutes",
+                         categorical="Service calls")
+    model = train_tabular(data, TASKS["churn"], **FAST).model
+    assert model.feature_schema() == [{"name": "Service calls", "kind": "categorical"},
+                                      {"name": "Minutes", "kind": "numeric"}]
+
+
+def test_an_unreadable_target_value_names_its_row(tmp_path):
+    path = tmp_path / "own.csv"
+    path.write_text("x,Left\n1,yes\n2,perhaps\n")
+    with pytest.raises(ContractError, match=r"own\.csv: row 3, column 'Left': got 'perhaps', expected 0/1, true/false"):
+        load_labelled(path, TASKS["churn"], target="Left")
+
+
+def test_a_missing_target_column_lists_the_columns(own_csv):
+    with pytest.raises(ContractError, match=r"no target column 'Churn'; found State, .*--target"):
+        load_labelled(own_csv, TASKS["churn"], target="Churn")
+
+
+def test_features_from_joins_numeric_columns_by_contact(generated, tmp_path):
+    interactions = pd.read_parquet(generated / "interactions.parquet")
+    extra = pd.DataFrame({"contact_id": interactions["contact_id"][::2], "empathy_mean": 0.5,
+                          "conversation_id": "V"})
+    extra.to_csv(tmp_path / "conversation_features.csv", index=False)
+    data = load_labelled(generated, TASKS["churn"], features_from=[tmp_path / "conversation_features.csv"])
+    assert data.features[-1] == "empathy_mean" and "conversation_id" not in data.features
+    assert data.frame["empathy_mean"].notna().sum() == len(extra)
+
+
+def test_features_from_needs_a_shared_key(generated, tmp_path):
+    pd.DataFrame({"conversation_id": ["V1"], "x": [1]}).to_csv(tmp_path / "f.csv", index=False)
+    with pytest.raises(ContractError, match=r"f\.csv: no key column shared.*contact_id, customer_id"):
+        load_labelled(generated, TASKS["churn"], features_from=[tmp_path / "f.csv"])
+
+
+# The command line.
+
+runner = CliRunner()
+
+
+def test_cli_trains_evaluates_and_exports_own_data(own_csv, tmp_path):
+    registry, runs = tmp_path / "registry", tmp_path / "runs"
+    result = runner.invoke(train_app, ["churn", "--data", str(own_csv), "--target", "Left", "--out", str(registry),
+                                       "--runs", str(runs), "--goal", "recall:0.7"])
+    assert result.exit_code == 0, result.output
+    assert "published churn v1" in result.output and (runs / "churn" / "v1" / "report.html").is_file()
+    report = (registry / "churn" / "v1" / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 4 and "Permutation feature importance" in report
+    _, metadata = load_tabular(Registry(registry), "churn")
+    assert metadata["goal"] == "recall:0.7"
+
+    result = runner.invoke(evaluate_app, ["churn", "--registry", str(registry), "--data", str(own_csv),
+                                          "--target", "Left", "--json"])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.stdout)
+    assert evaluated["version"] == "v1" and evaluated["metrics"]["rows"] == 800
+
+    exported = tmp_path / "churn.joblib"
+    app = __import__("typer").Typer()
+    app.command()(export_command)
+    result = runner.invoke(app, ["churn", "--registry", str(registry), "--out", str(exported)])
+    assert result.exit_code == 0, result.output
+    assert "runs code when it is loaded" in result.output
+    assert joblib.load(exported).threshold_ == metadata["threshold"]
+
+
+def test_cli_reports_bad_input_without_a_traceback(own_csv, tmp_path):
+    result = runner.invoke(train_app, ["churn", "--data", str(own_csv), "--target", "Nope", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no target column 'Nope'" in result.output and "Traceback" not in result.output
+
+
+def test_report_pieces_are_self_contained():
+    from matplotlib.figure import Figure
+    fig = Figure()
+    fig.subplots().plot([0, 1], [1, 0])
+    page = html_report("A <title>", [("Numbers", table_html([{"a": 1, "b": 0.5}, {"a": 2, "c": "x"}])),
+                                     ("Plot", figure_html(fig))])
+    assert page.startswith("<!doctype html>") and "A &lt;title&gt;" in page
+    assert "<th>a</th><th>b</th><th>c</th>" in page and "0.5000" in page and "data:image/png;base64," in page

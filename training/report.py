@@ -1,0 +1,152 @@
+"""Self-contained HTML reports: generic page, table and figure pieces, and the report of a tabular risk model."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.calibration import calibration_curve
+from sklearn.inspection import permutation_importance
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+
+from carelens.training.metrics import ECE_BINS
+
+#: Rows scored for permutation importance: enough for a stable ranking, few enough for seconds.
+IMPORTANCE_ROWS = 2000
+STYLE = """body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:980px;color:#222}
+h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}
+th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}"""
+
+
+def figure_html(fig: Figure) -> str:
+    """A matplotlib figure as an <img> tag holding the PNG inline (base64), so the page needs no other file."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _cell(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        return f'<td class="n">{value:.4f}</td>'
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f'<td class="n">{value:,}</td>'
+    return f"<td>{html.escape('—' if value is None else str(value))}</td>"
+
+
+def table_html(rows: Sequence[dict]) -> str:
+    """Rows of dicts as an HTML table whose header is the union of their keys in first-seen order."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(_cell(row.get(c)) for c in columns) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_report(title: str, sections: Iterable[tuple[str, str]]) -> str:
+    """A whole HTML page: the title, then each (heading, HTML body) section in order."""
+    parts = "".join(f"<section><h2>{html.escape(heading)}</h2>{body}</section>" for heading, body in sections)
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{parts}</body></html>")
+
+
+def curves_figure(positive: np.ndarray, risk: np.ndarray) -> Figure:
+    """ROC and precision-recall curves side by side."""
+    fig = Figure(figsize=(10, 4))
+    roc_axes, pr_axes = fig.subplots(1, 2)
+    false_positive, true_positive, _ = roc_curve(positive, risk)
+    roc_axes.plot(false_positive, true_positive, label=f"AUC {roc_auc_score(positive, risk):.3f}")
+    roc_axes.plot([0, 1], [0, 1], "--", color="grey")
+    roc_axes.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    roc_axes.legend(loc="lower right")
+    precision, recall, _ = precision_recall_curve(positive, risk)
+    pr_axes.plot(recall, precision)
+    pr_axes.axhline(positive.mean(), ls="--", color="grey", label="base rate")
+    pr_axes.set(xlabel="recall", ylabel="precision", title="Precision-recall")
+    pr_axes.legend(loc="upper right")
+    return fig
+
+
+def calibration_figure(positive: np.ndarray, risk: np.ndarray) -> Figure:
+    """Observed rate against mean predicted probability in equal-width bins (the diagonal is perfect)."""
+    observed, predicted = calibration_curve(positive, risk, n_bins=ECE_BINS, strategy="uniform")
+    fig = Figure(figsize=(5, 4.5))
+    axes = fig.subplots()
+    axes.plot([0, 1], [0, 1], "--", color="grey")
+    axes.plot(predicted, observed, "o-")
+    axes.set(xlabel="mean predicted probability", ylabel="observed rate", title="Calibration", xlim=(0, 1), ylim=(0, 1))
+    return fig
+
+
+def histogram_figure(labels: np.ndarray, risk: np.ndarray, threshold: float) -> Figure:
+    """The risk score's distribution for each true class, with the decision threshold marked."""
+    fig = Figure(figsize=(7, 4))
+    axes = fig.subplots()
+    for label in sorted(set(labels.tolist()), key=str):
+        axes.hist(risk[labels == label], bins=40, range=(0, 1), alpha=0.5, density=True, label=str(label))
+    axes.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.3f}")
+    axes.set(xlabel="risk score", ylabel="density", title="Scores by true class")
+    axes.legend()
+    return fig
+
+
+def importance_rows(model, frame: pd.DataFrame, positive: np.ndarray, seed: int) -> list[dict]:
+    """Permutation importance (drop in ROC-AUC of the risk) per feature on a subsample, largest first."""
+    rows = np.random.default_rng(seed).permutation(len(frame))[:IMPORTANCE_ROWS]
+    features = list(model.feature_names_in_)
+    result = permutation_importance(
+        model, frame.iloc[rows][features], positive[rows], n_repeats=5, random_state=seed, n_jobs=1,
+        scoring=lambda estimator, X, y: roc_auc_score(y, estimator.risk(X)))
+    order = np.argsort(-result.importances_mean)
+    return [{"feature": features[i], "ROC-AUC drop": float(result.importances_mean[i]),
+             "std": float(result.importances_std[i])} for i in order]
+
+
+def importance_figure(rows: Sequence[dict]) -> Figure:
+    """Horizontal bars of permutation importance, the most important on top."""
+    fig = Figure(figsize=(7, 0.3 * len(rows) + 1.2))
+    axes = fig.subplots()
+    axes.barh([r["feature"] for r in rows][::-1], [r["ROC-AUC drop"] for r in rows][::-1],
+              xerr=[r["std"] for r in rows][::-1])
+    axes.set(xlabel="drop in ROC-AUC when shuffled", title="Permutation importance")
+    return fig
+
+
+def metric_rows(metrics: dict) -> list[dict]:
+    """A metrics dict as (metric, value) rows; per-class F1 is spread into one row per class."""
+    rows = [{"metric": k, "value": v} for k, v in metrics.items() if not isinstance(v, dict)]
+    rows += [{"metric": f"F1 {c}", "value": v} for c, v in metrics.get("f1_per_class", {}).items()]
+    return rows
+
+
+def summary_rows(metadata: dict) -> list[dict]:
+    """The facts about data and training worth seeing beside the metrics."""
+    keys = ("task", "version", "source", "target", "classes", "negative_class", "goal", "threshold", "flag_rate",
+            "calibration", "boosting_iterations", "seed", "training_data_fingerprint", "created_at")
+    split = {f"{part} rows": n for part, n in metadata.get("split", {}).items()}
+    features = ", ".join(f"{f['name']} ({f['kind']})" for f in metadata.get("features", []))
+    return [{"item": k, "value": metadata[k]} for k in keys if k in metadata] + \
+        [{"item": k, "value": v} for k, v in split.items()] + [{"item": "features", "value": features}]
+
+
+def tabular_report(model, frame: pd.DataFrame, labels: np.ndarray, metadata: dict) -> str:
+    """The report of a risk model on held-out rows: curves, calibration, scores, importance and tables."""
+    labels = np.asarray(labels)
+    positive = labels != model.negative_class_
+    risk = model.risk(frame)
+    importance = importance_rows(model, frame, positive, metadata.get("seed", 0))
+    sections = [
+        ("Metrics on held-out rows", table_html(metric_rows(metadata["metrics"]))),
+        ("ROC and precision-recall", figure_html(curves_figure(positive, risk))),
+        ("Calibration", figure_html(calibration_figure(positive, risk))),
+        ("Score distribution", figure_html(histogram_figure(labels, risk, model.threshold_))),
+        ("Permutation feature importance", figure_html(importance_figure(importance)) + table_html(importance)),
+    ]
+    if "seed_groups" in metadata:
+        outcome = metadata["seed_groups"]["outcome"]
+        sections.append((f"Seed groups: observed vs predicted {outcome}", table_html(metadata["seed_groups"]["rows"])))
+    sections.append(("Data and training", table_html(summary_rows(metadata))))
+    return html_report(f"CareLens {metadata.get('task', 'risk')} model", sections)

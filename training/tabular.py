@@ -1,0 +1,252 @@
+"""How the churn and retaliation models are made: load labelled data, split it, fit, measure and publish."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from carelens.data.contracts import (
+    CATEGORICAL_FEATURES, INTERACTION_FEATURES, INTERACTIONS, Column, ContractError, TableContract, validated,
+)
+from carelens.data.readers import _header_rows, read_interactions, read_labels, read_table
+from carelens.models.registry import Artifact, Registry, frame_fingerprint
+from carelens.models.tabular import RiskModel, parse_goal, save_model
+from carelens.training.metrics import group_rates, model_metrics
+
+PathLike = Union[str, Path]
+KEYS = ("contact_id", "customer_id")
+#: Columns that identify or date a row: never features unless declared.
+NOT_FEATURES = ("contact_id", "customer_id", "started_at")
+SPLIT = (0.6, 0.2, 0.2)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One model CareLens trains: its registry name, default label column, negative class and outcome wording."""
+
+    name: str
+    target: str
+    negative_class: object
+    outcome: str
+    # Churn is reported the way the seed studies put it: as re-purchase, the complement of the risk.
+    report_complement: bool
+
+
+TASKS = {
+    "churn": Task("churn", "churned", False, "re-purchase", report_complement=True),
+    "retaliation": Task("retaliation", "retaliation", "none", "retaliation", report_complement=False),
+}
+
+
+@dataclass
+class LabelledData:
+    """A labelled table ready for training or evaluation: features, the target and where it came from."""
+
+    frame: pd.DataFrame
+    target: str
+    features: list[str]
+    categorical: Optional[list[str]]
+    source: str
+    groups: Optional[pd.Series] = None
+    contacts_per_day: float = field(default=0.0)
+
+
+def _split_names(text: Optional[str]) -> Optional[list[str]]:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def typed_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text columns that hold only numbers (as CSV gives them) converted to numbers; keys and the rest left as text."""
+    typed = frame.copy()
+    for name in frame.columns:
+        if name not in KEYS and pd.api.types.is_object_dtype(frame[name]) or pd.api.types.is_string_dtype(frame[name]):
+            numbers = pd.to_numeric(frame[name], errors="coerce")
+            if numbers.notna().sum() == frame[name].notna().sum():
+                typed[name] = numbers
+    return typed
+
+
+def _contract_tables(interactions: pd.DataFrame, labels: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Interactions joined to their labels on contact_id; ContractError naming a contact that has no label."""
+    joined = interactions.merge(labels, on="contact_id", how="left", validate="one_to_one", indicator=True)
+    unlabelled = np.flatnonzero((joined["_merge"] == "left_only").to_numpy())
+    if unlabelled.size:
+        raise ContractError(source, f"contact {joined['contact_id'].iloc[unlabelled[0]]!r} has no label "
+                                    f"({unlabelled.size} contact(s) unlabelled); expected a label for every contact",
+                            column="contact_id")
+    return joined.drop(columns="_merge")
+
+
+def _truth_groups(directory: Path, frame: pd.DataFrame) -> Optional[pd.Series]:
+    """The hidden seed group of each row when a synthetic truth.parquet lies beside the data."""
+    truth_path = directory / "truth.parquet"
+    if not truth_path.is_file() or "contact_id" not in frame.columns:
+        return None
+    truth = read_table(truth_path).set_index("contact_id")["seed_group"]
+    return frame["contact_id"].map(truth).astype("string").reset_index(drop=True)
+
+
+def _target_checked(frame: pd.DataFrame, target: str, task: Task, source: str, header_rows: int) -> pd.Series:
+    """The target column as booleans (churn) or lower-case classes; ContractError naming a bad or missing value."""
+    if target not in frame.columns:
+        raise ContractError(source, f"no target column '{target}'; found {', '.join(map(str, frame.columns))} "
+                                    f"(name the label column with --target)", column=target)
+    kind = "bool" if task.negative_class is False else "category"
+    contract = TableContract(f"{task.name} labels", (Column(target, kind),))
+    return validated(frame[[target]], contract, source, header_rows=header_rows)[target]
+
+
+def _own_file(path: Path, task: Task, target: Optional[str], features, categorical) -> LabelledData:
+    """Any CSV/Parquet with a label column: contract interactions are validated, other tables typed as found."""
+    raw = read_table(path)
+    target = target or task.target
+    header_rows = _header_rows(path)
+    contract = set(INTERACTIONS.names) <= set(raw.columns)
+    frame = typed_columns(validated(raw, INTERACTIONS, str(path), header_rows) if contract else raw)
+    frame[target] = _target_checked(raw, target, task, str(path), header_rows)
+    if features is None and contract:
+        features, categorical = list(INTERACTION_FEATURES), categorical or list(CATEGORICAL_FEATURES)
+    features = features or [c for c in frame.columns if c != target and c not in NOT_FEATURES]
+    return LabelledData(frame, target, features, categorical, str(path))
+
+
+def _contract_data(interactions: Path, labels: Path, task: Task, target: Optional[str], features,
+                   categorical) -> LabelledData:
+    """Contract interactions joined to contract labels, with contract features unless others are declared."""
+    frame = _contract_tables(read_interactions(interactions), read_labels(labels), str(labels))
+    return LabelledData(frame, target or task.target, features or list(INTERACTION_FEATURES),
+                        categorical or (None if features else list(CATEGORICAL_FEATURES)), str(interactions),
+                        groups=_truth_groups(interactions.parent, frame))
+
+
+def contacts_per_day(frame: pd.DataFrame) -> float:
+    """Contacts a day: rows over distinct days of `started_at`, or all rows when the table has no dates."""
+    if "started_at" not in frame.columns:
+        return float(len(frame))
+    days = pd.to_datetime(frame["started_at"], utc=True, errors="coerce").dt.floor("D").nunique()
+    return len(frame) / max(days, 1)
+
+
+def with_features_from(data: LabelledData, tables: Sequence[PathLike]) -> LabelledData:
+    """The data with the numeric columns of each keyed table (by contact_id, else customer_id) joined as features."""
+    frame, features = data.frame, list(data.features)
+    for path in tables:
+        extra = typed_columns(read_table(path))
+        key = next((k for k in KEYS if k in extra.columns and k in frame.columns), None)
+        if key is None:
+            raise ContractError(str(path), f"no key column shared with the training data; expected one of "
+                                           f"{', '.join(KEYS)} (found {', '.join(map(str, extra.columns))})")
+        repeated = extra[key].duplicated()
+        if repeated.any():
+            raise ContractError(str(path), f"duplicate value {extra[key][repeated].iloc[0]!r}, expected each {key} "
+                                           f"once", row=int(np.flatnonzero(repeated)[0]) + _header_rows(path) + 1,
+                                column=key)
+        numeric = [c for c in extra.columns if c not in KEYS and pd.api.types.is_numeric_dtype(extra[c])]
+        clash = [c for c in numeric if c in frame.columns]
+        if clash:
+            raise ContractError(str(path), f"column(s) {', '.join(clash)} already exist in the training data; "
+                                           f"expected new feature names", column=clash[0])
+        frame = frame.merge(extra[[key, *numeric]].astype({key: frame[key].dtype}), on=key, how="left")
+        features += numeric
+    return LabelledData(frame, data.target, features, data.categorical, data.source, data.groups)
+
+
+def load_labelled(data: PathLike, task: Task, labels: Optional[PathLike] = None, target: Optional[str] = None,
+                  features: Optional[str] = None, categorical: Optional[str] = None,
+                  features_from: Sequence[PathLike] = ()) -> LabelledData:
+    """Labelled data from a generator output directory, interactions + labels files, or any table with a target."""
+    data = Path(data)
+    features, categorical = _split_names(features), _split_names(categorical)
+    if data.is_dir():
+        loaded = _contract_data(data / "interactions.parquet", data / "labels.parquet", task, target, features,
+                                categorical)
+    elif labels is not None:
+        loaded = _contract_data(data, Path(labels), task, target, features, categorical)
+    else:
+        loaded = _own_file(data, task, target, features, categorical)
+    missing = [f for f in loaded.features if f not in loaded.frame.columns]
+    if missing:
+        raise ContractError(loaded.source, f"no feature column(s) {', '.join(missing)}; found "
+                                           f"{', '.join(map(str, loaded.frame.columns))}", column=missing[0])
+    loaded = with_features_from(loaded, features_from)
+    loaded.contacts_per_day = contacts_per_day(loaded.frame)
+    return loaded
+
+
+def target_values(data: LabelledData, task: Task) -> np.ndarray:
+    """The labels as a numpy array: booleans for churn, class names for retaliation."""
+    values = data.frame[data.target].to_numpy()
+    return values.astype(bool) if task.negative_class is False else values.astype(str)
+
+
+def split_indices(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified train / validation / test row indices in SPLIT proportions, the same for the same seed."""
+    rows = np.arange(len(y))
+    train, rest = train_test_split(rows, train_size=SPLIT[0], stratify=y, random_state=seed)
+    validation, test = train_test_split(rest, test_size=SPLIT[2] / (SPLIT[1] + SPLIT[2]), stratify=y[rest],
+                                        random_state=seed)
+    return train, validation, test
+
+
+@dataclass
+class Trained:
+    """A fitted model with what it was measured on: the held-out test rows and the metadata to publish."""
+
+    model: RiskModel
+    metadata: dict
+    test_frame: pd.DataFrame
+    test_y: np.ndarray
+
+
+def seed_group_rates(task: Task, happened: np.ndarray, risk: np.ndarray, groups: pd.Series) -> dict:
+    """Per seed group: observed outcome rate vs mean predicted, for churn as re-purchase (1 − churn)."""
+    happened = np.asarray(happened, dtype=float)
+    if task.report_complement:
+        return {"outcome": task.outcome, "rows": group_rates(groups, 1 - happened, 1 - risk)}
+    return {"outcome": task.outcome, "rows": group_rates(groups, happened, risk)}
+
+
+def held_out_figures(model: RiskModel, task: Task, frame: pd.DataFrame, y: np.ndarray,
+                     groups: Optional[pd.Series]) -> dict:
+    """Metrics of the model on labelled rows, and per seed group rates when the groups are known."""
+    proba = model.predict_proba(frame)
+    figures = {"metrics": model_metrics(model, proba, y)}
+    if groups is not None:
+        figures["seed_groups"] = seed_group_rates(task, y != model.negative_class_, model.risk_from_proba(proba), groups)
+    return figures
+
+
+def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 0, **params) -> Trained:
+    """Fit on 60%, calibrate and choose the threshold on 20%, and measure on the last 20% the model never saw."""
+    parse_goal(goal)
+    y = target_values(data, task)
+    train, validation, test = split_indices(y, seed)
+    rows = data.frame.reset_index(drop=True)
+    model = RiskModel(features=data.features, categorical=data.categorical, negative_class=task.negative_class,
+                      goal=goal, contacts_per_day=data.contacts_per_day, random_state=seed, **params)
+    model.fit(rows.iloc[train], y[train], X_val=rows.iloc[validation], y_val=y[validation])
+    metadata = {
+        "task": task.name, "target": data.target, "source": data.source,
+        "features": model.feature_schema(), "classes": model.classes_.tolist(),
+        "negative_class": np.asarray(model.negative_class_).item(),
+        "goal": goal, "threshold": model.threshold_, "flag_rate": getattr(model, "flag_rate_", None),
+        "contacts_per_day": data.contacts_per_day, "seed": seed,
+        "calibration": model.calibration_method_, "boosting_iterations": model.n_iter_,
+        "split": {"train": int(train.size), "validation": int(validation.size), "test": int(test.size)},
+        "training_data_fingerprint": frame_fingerprint(rows[[*data.features, data.target]]),
+    }
+    metadata.update(held_out_figures(model, task, rows.iloc[test], y[test],
+                                     None if data.groups is None else data.groups.iloc[test]))
+    return Trained(model, metadata, rows.iloc[test], y[test])
+
+
+def publish_tabular(trained: Trained, registry: Registry, report_html: str) -> Artifact:
+    """The model (skops), its report and metadata published as the next version of the task's name."""
+    def write(directory: Path) -> None:
+        save_model(trained.model, directory)
+        (directory / "report.html").write_text(report_html, encoding="utf-8")
+    return registry.publish(trained.metadata["task"], write, trained.metadata)
