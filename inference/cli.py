@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from carelens.data.cli import generate_command
+from carelens.inference.featurize import featurize_command
 from carelens.training.cli import evaluate_app, train_app
 
 app = typer.Typer(name="carelens", help="Which customers are we about to lose or anger, and why.",
@@ -15,3 +16,4 @@ app = typer.Typer(name="carelens", help="Which customers are we about to lose or
 app.command("generate", help="Write seed-calibrated synthetic customers, contacts, labels and transcripts.")(generate_command)
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
+app.command("featurize")(featurize_command)

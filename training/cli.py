@@ -156,3 +156,86 @@ def export_command(
     error_console.print("[bold yellow]warning:[/] a joblib file runs code when it is loaded: load it only from a "
                         "source you trust, and keep its checksum beside it.", highlight=False)
     console.print(f"wrote {model} {metadata['version']} to {out}")
+
+
+PathsOption = Optional[list[Path]]
+
+
+def rows_table(rows: list[dict], title: str) -> Table:
+    """Rows of dicts as a rich table; floats to 4 places, missing values as a dash."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = Table(*columns, title=title)
+    for row in rows:
+        values = (row.get(c) for c in columns)
+        table.add_row(*("—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in values))
+    return table
+
+
+@train_app.command("transcripts")
+def train_transcripts_command(
+    mode: Annotated[str, typer.Option(help="heads: frozen encoder, calibrated linear heads (minutes); finetune: "
+                                           "multi-task fine-tuning of encoder and heads.")] = "heads",
+    encoder: Annotated[Optional[Path], typer.Option(help="Hugging Face checkpoint directory (default: the packaged "
+                                                         "all-MiniLM-L6-v2).")] = None,
+    sentiment_data: Annotated[PathsOption, typer.Option(help="Airline-tweet CSV (text, label) or a directory of them; "
+                                                             "repeatable.")] = None,
+    empathy_data: Annotated[PathsOption, typer.Option(help="EPITOME CSV (seeker_post, response_post, level) or a "
+                                                           "directory of them; repeatable.")] = None,
+    transcripts: Annotated[PathsOption, typer.Option(help="Contract transcripts (JSONL) whose turns carry sentiment / "
+                                                          "empathy labels; repeatable.")] = None,
+    epochs: Annotated[int, typer.Option(help="finetune: passes over the sentiment data.")] = 2,
+    lr: Annotated[float, typer.Option(help="finetune: peak AdamW learning rate.")] = 5e-5,
+    max_length: Annotated[int, typer.Option(help="Encoder window in tokens; longer turns are windowed when scored.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Rows per training batch.")] = 32,
+    empathy_repeats: Annotated[int, typer.Option(help="finetune: passes over the empathy data per epoch.")] = 1,
+    class_weights: Annotated[bool, typer.Option(help="Balance classes in the loss (raises macro-F1).")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for the splits, batches and initialisation.")] = 13,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    out: RegistryOption = None,
+    runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train the transcript model (sentiment and empathy heads) and publish it beside its TF-IDF floor."""
+    from carelens.training.transcript_report import summary_rows
+    from carelens.training.transcripts import Options, publish_trained, train_transcripts
+    paths = [*(sentiment_data or ()), *(empathy_data or ()), *(transcripts or ())]
+    options = Options(mode=mode, epochs=epochs, lr=lr, max_length=max_length, batch_size=batch_size, seed=seed,
+                      class_weights=class_weights, empathy_repeats=empathy_repeats, threads=threads,
+                      show_progress_bar=progress)
+    with user_errors():
+        if not paths:
+            raise ValueError("no training data: pass --sentiment-data, --empathy-data and/or --transcripts")
+        trained = train_transcripts(paths, options, encoder, log=console.print)
+        artifact = publish_trained(trained, out)
+    copy = runs / "transcripts" / artifact.version / "report.html"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(artifact.path / "report.html", copy)
+    console.print(rows_table(summary_rows(trained.metrics["test"], trained.floor), "test split (never trained on)"))
+    console.print(f"published transcripts {artifact.version} to {artifact.path} in "
+                  f"{trained.details['seconds']['total']:.0f} s; report: {copy}")
+
+
+@evaluate_app.command("transcripts")
+def evaluate_transcripts_command(
+    registry: RegistryOption = None,
+    version: VersionOption = "latest",
+    sentiment_data: Annotated[PathsOption, typer.Option(help="Labelled sentiment file (airline-tweet CSV or contract "
+                                                             "transcripts); repeatable.")] = None,
+    empathy_data: Annotated[PathsOption, typer.Option(help="Labelled empathy file (EPITOME CSV or contract "
+                                                           "transcripts); repeatable.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per scoring batch.")] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Score labelled files with a published transcript model: accuracy, macro-F1 and per-class F1 per head."""
+    from carelens.models.transcript import load_transcript_model
+    from carelens.training.transcripts import evaluate_files
+    with user_errors():
+        model = load_transcript_model(registry, version)
+        metrics = evaluate_files(model, [*(sentiment_data or ()), *(empathy_data or ())], batch_size,
+                                 show_progress_bar=not as_json)
+    if as_json:
+        typer.echo(json.dumps(metrics))
+        return
+    console.print(rows_table([{"head": h, "rows": m["n"], "accuracy": m["accuracy"], "macro-F1": m["macro_f1"],
+                               **{f"F1 {k}": v for k, v in m["per_class_f1"].items()}}
+                              for h, m in metrics.items() if m.get("n")], "transcript model"))

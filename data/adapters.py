@@ -1,0 +1,214 @@
+"""Adapters from public formats (airline tweets, EPITOME pairs, ABCD chats) and labelled transcripts to training tables."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import pandas as pd
+
+from carelens.data.contracts import ContractError, Conversation
+from carelens.data.readers import conversation_from_record, read_table, read_transcripts
+
+PathLike = Union[str, Path]
+SENTIMENTS = ("negative", "neutral", "positive")
+MECHANISMS = ("emotional_reactions", "interpretations", "explorations")
+LEVELS = (0, 1, 2)
+LEVEL_NAMES = ("none", "weak", "strong")
+EMPATHY_COLUMNS = ["context", "response", *MECHANISMS]
+_MECHANISM_IN_NAME = re.compile("|".join(MECHANISMS))
+
+
+def _require_columns(frame: pd.DataFrame, needed: Sequence[str], source: str, what: str) -> None:
+    """Raise ContractError naming the first missing column and what the format needs."""
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise ContractError(source, f"missing column(s) {', '.join(missing)}; {what} need {', '.join(needed)} "
+                                    f"(found {', '.join(map(str, frame.columns))})", column=missing[0])
+
+
+def _first_bad_row(bad: pd.Series, values: pd.Series, source: str, column: str, expected: str) -> None:
+    """Raise ContractError for the first flagged row, numbered as an editor shows a CSV (header = row 1)."""
+    if bad.any():
+        position = int(bad.to_numpy().nonzero()[0][0])
+        more = f" ({int(bad.sum()) - 1} more bad row(s))" if bad.sum() > 1 else ""
+        raise ContractError(source, f"got {values.iloc[position]!r}, expected {expected}{more}",
+                            row=position + 2, column=column)
+
+
+def _texts(values: pd.Series, source: str, column: str) -> pd.Series:
+    """A text column with every value present and not blank."""
+    blank = values.isna() | (values.astype("string").str.strip() == "")
+    _first_bad_row(blank.fillna(True).astype(bool), values, source, column, "non-empty text")
+    return values.astype(str)
+
+
+def read_airline_tweets(path: PathLike) -> pd.DataFrame:
+    """Airline tweets (columns text, label) as a sentiment table `text, label` with labels negative/neutral/positive."""
+    frame = read_table(path)
+    source = str(path)
+    _require_columns(frame, ["text", "label"], source, "airline tweet files")
+    labels = frame["label"].astype("string").str.strip().str.lower()
+    _first_bad_row(~labels.isin(SENTIMENTS).fillna(False).astype(bool), frame["label"], source, "label",
+                   f"one of {', '.join(SENTIMENTS)}")
+    return pd.DataFrame({"text": _texts(frame["text"], source, "text"), "label": labels.astype(str)})
+
+
+def mechanism_of(path: PathLike) -> Optional[str]:
+    """The EPITOME mechanism a file name declares (epitome_<mechanism>_train.csv), or None."""
+    found = _MECHANISM_IN_NAME.search(Path(path).name)
+    return found.group(0) if found else None
+
+
+def read_epitome(path: PathLike, mechanism: Optional[str] = None) -> pd.DataFrame:
+    """One EPITOME CSV (seeker_post, response_post, level) as rows `sp_id, rp_id, context, response, mechanism, level`.
+
+    The mechanism comes from `mechanism`, else a `mechanism` column, else the file name.
+    """
+    frame = read_table(path)
+    source = str(path)
+    _require_columns(frame, ["seeker_post", "response_post", "level"], source, "EPITOME files")
+    named = mechanism or mechanism_of(path)
+    if named is None and "mechanism" not in frame.columns:
+        raise ContractError(source, f"cannot tell the empathy mechanism: name the file epitome_<mechanism>_*.csv or add "
+                                    f"a 'mechanism' column, with <mechanism> one of {', '.join(MECHANISMS)}")
+    mechanisms = pd.Series(named, index=frame.index) if named else frame["mechanism"].astype("string").str.strip()
+    _first_bad_row(~mechanisms.isin(MECHANISMS).fillna(False).astype(bool), mechanisms, source, "mechanism",
+                   f"one of {', '.join(MECHANISMS)}")
+    levels = pd.to_numeric(frame["level"], errors="coerce")
+    _first_bad_row(~levels.isin(LEVELS).fillna(False).astype(bool), frame["level"], source, "level", "0, 1 or 2")
+    responses = _texts(frame["response_post"], source, "response_post")
+    return pd.DataFrame({
+        "sp_id": frame["sp_id"].astype(str) if "sp_id" in frame.columns else frame.index.astype(str),
+        "rp_id": frame["rp_id"].astype(str) if "rp_id" in frame.columns else responses,
+        "context": frame["seeker_post"].fillna("").astype(str),
+        "response": responses,
+        "mechanism": mechanisms.astype(str),
+        "level": levels.astype(int),
+    })
+
+
+def empathy_pairs(long: pd.DataFrame) -> pd.DataFrame:
+    """EPITOME rows (one per pair and mechanism) as one row per (seeker, response) pair with a level column per
+    mechanism (missing where that mechanism was not annotated), so that the encoder reads each pair once."""
+    first = long.drop_duplicates(["sp_id", "rp_id", "mechanism"], keep="first")
+    wide = first.pivot(index=["sp_id", "rp_id"], columns="mechanism", values="level")
+    texts = first.drop_duplicates(["sp_id", "rp_id"]).set_index(["sp_id", "rp_id"])[["context", "response"]]
+    joined = texts.join(wide.reindex(columns=list(MECHANISMS)))
+    for mechanism in MECHANISMS:
+        joined[mechanism] = joined[mechanism].astype("Int64")
+    return joined.reset_index(drop=True)[EMPATHY_COLUMNS]
+
+
+def read_empathy_files(paths: Iterable[PathLike]) -> pd.DataFrame:
+    """Several EPITOME CSVs merged into one row per (seeker, response) pair."""
+    return empathy_pairs(pd.concat([read_epitome(p) for p in paths], ignore_index=True))
+
+
+def _customer_context(turns: Sequence, index: int) -> str:
+    """The text of the last non-blank customer turn before turn `index`: the message an agent turn answers."""
+    return next((t.text for t in reversed(turns[:index]) if t.speaker == "customer" and t.text.strip()), "")
+
+
+def answered_customer_texts(conversation: Conversation) -> list[str]:
+    """For each turn, the customer turn it answers (empty for customer turns and for agent turns before any)."""
+    return [_customer_context(conversation.turns, i) if t.speaker == "agent" else ""
+            for i, t in enumerate(conversation.turns)]
+
+
+def _empathy_levels(turn, source: str, where: str) -> dict:
+    """An agent turn's `empathy` labels as {mechanism: level}, or ContractError when a level is not 0, 1 or 2."""
+    labels = turn.empathy
+    if not isinstance(labels, dict):
+        raise ContractError(source, f"{where}: 'empathy' must be an object of {', '.join(MECHANISMS)}, got {labels!r}")
+    levels = {}
+    for mechanism in MECHANISMS:
+        level = labels.get(mechanism)
+        if level is not None and level not in LEVELS:
+            raise ContractError(source, f"{where}: empathy '{mechanism}' is {level!r}, expected 0, 1 or 2")
+        levels[mechanism] = level
+    return levels
+
+
+def labelled_turns(conversations: Sequence[Conversation], source: str = "transcripts") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(sentiment table, empathy table) from the customer turns that carry `sentiment` and the agent turns that carry
+    `empathy`; each agent turn is paired with the customer turn it answers."""
+    sentiment, empathy = [], []
+    for conversation in conversations:
+        contexts = answered_customer_texts(conversation)
+        for index, turn in enumerate(conversation.turns):
+            where = f"conversation {conversation.conversation_id}, turn {index}"
+            label = getattr(turn, "sentiment", None)
+            if turn.speaker == "customer" and label is not None:
+                if label not in SENTIMENTS:
+                    raise ContractError(source, f"{where}: sentiment {label!r}, expected one of {', '.join(SENTIMENTS)}")
+                sentiment.append({"text": turn.text, "label": label})
+            if turn.speaker == "agent" and getattr(turn, "empathy", None) is not None:
+                empathy.append({"context": contexts[index], "response": turn.text,
+                                **_empathy_levels(turn, source, where)})
+    empathy_frame = pd.DataFrame(empathy, columns=EMPATHY_COLUMNS)
+    for mechanism in MECHANISMS:
+        empathy_frame[mechanism] = empathy_frame[mechanism].astype("Int64")
+    return pd.DataFrame(sentiment, columns=["text", "label"]), empathy_frame
+
+
+def abcd_conversation(record: dict, source: str = "abcd", line_no: Optional[int] = None) -> Conversation:
+    """One ABCD record (`original`: [speaker, text] pairs) as a Conversation; `action` lines are system events, not
+    speech, so they are left out."""
+    if not isinstance(record, dict) or not isinstance(record.get("original"), list):
+        raise ContractError(source, "expected an ABCD record with an 'original' list of [speaker, text] pairs",
+                            row=line_no, column="original")
+    turns = []
+    for position, entry in enumerate(record["original"]):
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
+            raise ContractError(source, f"original[{position}] is {entry!r}, expected [speaker, text]", row=line_no,
+                                column="original")
+        if entry[0] != "action":
+            turns.append({"speaker": entry[0], "text": entry[1]})
+    identifier = str(record.get("convo_id", line_no))
+    return conversation_from_record({"conversation_id": identifier, "customer_id": identifier, "channel": "chat",
+                                     "turns": turns}, source, line_no)
+
+
+def read_abcd(path: PathLike) -> list[Conversation]:
+    """An ABCD JSON file (a list of records) as Conversations."""
+    path = Path(path)
+    if not path.is_file():
+        raise ContractError(str(path), "no such file")
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ContractError(str(path), f"not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(records, list):
+        raise ContractError(str(path), f"expected a JSON list of ABCD records, got {type(records).__name__}")
+    return [abcd_conversation(r, str(path), i + 1) for i, r in enumerate(records)]
+
+
+def _is_epitome(path: Path) -> bool:
+    """Whether a CSV holds EPITOME pairs (it has a seeker_post column) rather than sentiment-labelled texts."""
+    return path.is_file() and path.stat().st_size > 0 and "seeker_post" in pd.read_csv(path, nrows=0).columns
+
+
+def read_labelled(paths: Iterable[PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(sentiment table, empathy table) from any mix of airline tweet CSVs, EPITOME CSVs and labelled transcripts;
+    a directory stands for the CSV and JSONL files inside it."""
+    files = sorted(f for p in map(Path, paths) for f in ([p] if not p.is_dir() else
+                   [c for c in p.iterdir() if c.suffix.lower() in (".csv", ".jsonl", ".parquet")]))
+    sentiment, epitome, turns = [], [], []
+    for path in files:
+        if path.suffix.lower() == ".csv" and _is_epitome(path):
+            epitome.append(read_epitome(path))
+        elif path.suffix.lower() == ".csv":
+            sentiment.append(read_airline_tweets(path))
+        else:
+            turns.append(labelled_turns(read_transcripts(path), str(path)))
+    empathy = [empathy_pairs(pd.concat(epitome, ignore_index=True))] if epitome else []
+    sentiment += [s for s, _ in turns]
+    empathy += [e for _, e in turns]
+    return _concat(sentiment, ["text", "label"]), _concat(empathy, EMPATHY_COLUMNS)
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

