@@ -92,7 +92,8 @@ def threshold_for_f1(positive: np.ndarray, scores: np.ndarray) -> float:
 
 
 def boosting_pipeline(numeric: Sequence[str], categorical: Sequence[str], *, max_iter: int, learning_rate: float,
-                      max_leaf_nodes: int, early_stopping: bool, random_state: int) -> Pipeline:
+                      max_leaf_nodes: int, l2_regularization: float, early_stopping: bool,
+                      random_state: int) -> Pipeline:
     """ColumnTransformer (categories → ordinal codes, numbers passed through) → HistGradientBoostingClassifier."""
     encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
                              max_categories=255)
@@ -102,7 +103,7 @@ def boosting_pipeline(numeric: Sequence[str], categorical: Sequence[str], *, max
     mask = [True] * len(categorical) + [False] * len(numeric)
     booster = HistGradientBoostingClassifier(
         learning_rate=learning_rate, max_iter=max_iter, max_leaf_nodes=max_leaf_nodes,
-        categorical_features=mask if categorical else None, early_stopping=early_stopping, random_state=random_state)
+        l2_regularization=l2_regularization, categorical_features=mask if categorical else None, early_stopping=early_stopping, random_state=random_state)
     return Pipeline([("columns", columns), ("boosting", booster)])
 
 
@@ -143,8 +144,8 @@ class RiskModel(ClassifierMixin, BaseEstimator):
     def __init__(self, features: Optional[Sequence[str]] = None, categorical: Optional[Sequence[str]] = None,
                  negative_class=None, goal: str = "f1", contacts_per_day: Optional[float] = None,
                  calibration: str = "auto", calibration_rows: int = 200_000, validation_fraction: float = 0.25,
-                 max_iter: int = 300, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
-                 early_stopping: bool = True, random_state: int = 0):
+                 max_iter: int = 300, learning_rate: float = 0.05, max_leaf_nodes: int = 15,
+                 l2_regularization: float = 1.0, early_stopping: bool = True, random_state: int = 0):
         self.features = features
         self.categorical = categorical
         self.negative_class = negative_class
@@ -156,6 +157,7 @@ class RiskModel(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.learning_rate = learning_rate
         self.max_leaf_nodes = max_leaf_nodes
+        self.l2_regularization = l2_regularization
         self.early_stopping = early_stopping
         self.random_state = random_state
 
@@ -176,7 +178,7 @@ class RiskModel(ClassifierMixin, BaseEstimator):
         numeric = [f for f in features if f not in set(categorical)]
         pipeline = boosting_pipeline(numeric, self.categorical_features_, max_iter=self.max_iter,
                                      learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
-                                     early_stopping=self.early_stopping, random_state=self.random_state)
+                                     l2_regularization=self.l2_regularization, early_stopping=self.early_stopping, random_state=self.random_state)
         pipeline.fit(self._model_frame(X), y)
         self.classes_ = pipeline.classes_
         self.negative_class_ = self.negative_class if self.negative_class is not None else self.classes_[0]
@@ -188,6 +190,7 @@ class RiskModel(ClassifierMixin, BaseEstimator):
         self.calibration_method_ = self._calibration_method(len(calibrate_y))
         self.estimator_ = CalibratedClassifierCV(FrozenEstimator(pipeline), method=self.calibration_method_)
         self.estimator_.fit(self._model_frame(calibrate_X), calibrate_y)
+        self.flag_rate_ = min(1.0, goal.value / self.contacts_per_day) if goal.kind == "top-k" else None
         self.threshold_ = self._threshold(goal, np.asarray(y_val) != self.negative_class_, self.risk(X_val))
         return self
 
@@ -207,7 +210,6 @@ class RiskModel(ClassifierMixin, BaseEstimator):
         if goal.kind == "recall":
             return threshold_for_recall(positive, scores, goal.value)
         if goal.kind == "top-k":
-            self.flag_rate_ = min(1.0, goal.value / self.contacts_per_day)
             return threshold_for_rate(scores, self.flag_rate_)
         return threshold_for_f1(positive, scores)
 

@@ -5,6 +5,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+import typer
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -18,6 +19,7 @@ from carelens.training.cli import evaluate_app, export_command, train_app
 from carelens.training.metrics import expected_calibration_error, group_rates, risk_metrics
 from carelens.training.report import figure_html, html_report, table_html
 from carelens.training.tabular import TASKS, load_labelled, train_tabular
+from conftest import requires_shared
 
 FAST = {"max_iter": 15}
 GROUPS = ("no_problem", "problem_ineffective", "problem_effective")
@@ -278,7 +280,7 @@ def test_cli_trains_evaluates_and_exports_own_data(own_csv, tmp_path):
     assert evaluated["version"] == "v1" and evaluated["metrics"]["rows"] == 800
 
     exported = tmp_path / "churn.joblib"
-    app = __import__("typer").Typer()
+    app = typer.Typer()
     app.command()(export_command)
     result = runner.invoke(app, ["churn", "--registry", str(registry), "--out", str(exported)])
     assert result.exit_code == 0, result.output
@@ -300,3 +302,15 @@ def test_report_pieces_are_self_contained():
                                      ("Plot", figure_html(fig))])
     assert page.startswith("<!doctype html>") and "A &lt;title&gt;" in page
     assert "<th>a</th><th>b</th><th>c</th>" in page and "0.5000" in page and "data:image/png;base64," in page
+
+
+@pytest.mark.slow
+@requires_shared
+def test_telecom_churn_held_out_roc_auc_reaches_0_90(shared_data, tmp_path):
+    registry = tmp_path / "registry"
+    result = runner.invoke(train_app, ["churn", "--data", str(shared_data / "churn" / "telecom_churn_train.csv"),
+                                       "--target", "Churn", "--out", str(registry), "--runs", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    _, metadata = load_tabular(Registry(registry), "churn")
+    print(f"\ntelecom churn held-out ROC-AUC {metadata['metrics']['roc_auc']:.4f}")
+    assert metadata["metrics"]["roc_auc"] >= 0.90

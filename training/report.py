@@ -89,7 +89,7 @@ def histogram_figure(labels: np.ndarray, risk: np.ndarray, threshold: float) -> 
         axes.hist(risk[labels == label], bins=40, range=(0, 1), alpha=0.5, density=True, label=str(label))
     axes.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.3f}")
     axes.set(xlabel="risk score", ylabel="density", title="Scores by true class")
-    axes.legend()
+    axes.legend(title="true class")
     return fig
 
 

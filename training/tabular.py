@@ -1,7 +1,7 @@
 """How the churn and retaliation models are made: load labelled data, split it, fit, measure and publish."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -14,7 +14,7 @@ from carelens.data.contracts import (
 )
 from carelens.data.readers import _header_rows, read_interactions, read_labels, read_table
 from carelens.models.registry import Artifact, Registry, frame_fingerprint
-from carelens.models.tabular import RiskModel, parse_goal, save_model
+from carelens.models.tabular import RiskModel, save_model
 from carelens.training.metrics import group_rates, model_metrics
 
 PathLike = Union[str, Path]
@@ -52,7 +52,10 @@ class LabelledData:
     categorical: Optional[list[str]]
     source: str
     groups: Optional[pd.Series] = None
-    contacts_per_day: float = field(default=0.0)
+
+    @property
+    def contacts_per_day(self) -> float:
+        return contacts_per_day(self.frame)
 
 
 def _split_names(text: Optional[str]) -> Optional[list[str]]:
@@ -172,9 +175,7 @@ def load_labelled(data: PathLike, task: Task, labels: Optional[PathLike] = None,
     if missing:
         raise ContractError(loaded.source, f"no feature column(s) {', '.join(missing)}; found "
                                            f"{', '.join(map(str, loaded.frame.columns))}", column=missing[0])
-    loaded = with_features_from(loaded, features_from)
-    loaded.contacts_per_day = contacts_per_day(loaded.frame)
-    return loaded
+    return with_features_from(loaded, features_from)
 
 
 def target_values(data: LabelledData, task: Task) -> np.ndarray:
@@ -222,7 +223,6 @@ def held_out_figures(model: RiskModel, task: Task, frame: pd.DataFrame, y: np.nd
 
 def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 0, **params) -> Trained:
     """Fit on 60%, calibrate and choose the threshold on 20%, and measure on the last 20% the model never saw."""
-    parse_goal(goal)
     y = target_values(data, task)
     train, validation, test = split_indices(y, seed)
     rows = data.frame.reset_index(drop=True)
@@ -233,7 +233,7 @@ def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 
         "task": task.name, "target": data.target, "source": data.source,
         "features": model.feature_schema(), "classes": model.classes_.tolist(),
         "negative_class": np.asarray(model.negative_class_).item(),
-        "goal": goal, "threshold": model.threshold_, "flag_rate": getattr(model, "flag_rate_", None),
+        "goal": goal, "threshold": model.threshold_, "flag_rate": model.flag_rate_,
         "contacts_per_day": data.contacts_per_day, "seed": seed,
         "calibration": model.calibration_method_, "boosting_iterations": model.n_iter_,
         "split": {"train": int(train.size), "validation": int(validation.size), "test": int(test.size)},
