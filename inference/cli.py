@@ -9,11 +9,12 @@ import typer
 
 from carelens.data.cli import generate_command
 from carelens.inference.featurize import featurize_command
-from carelens.training.cli import evaluate_app, train_app
+from carelens.training.cli import evaluate_app, export_command, train_app
 
 app = typer.Typer(name="carelens", help="Which customers are we about to lose or anger, and why.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 app.command("generate", help="Write seed-calibrated synthetic customers, contacts, labels and transcripts.")(generate_command)
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
+app.command("export")(export_command)
 app.command("featurize")(featurize_command)
