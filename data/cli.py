@@ -1,0 +1,54 @@
+"""The `carelens generate` command: write a synthetic data set and show how its marginals match the evidence."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def generate_command(
+    customers: int = typer.Option(10_000, "--customers", "-n", min=1,
+                                  help="How many customers (one labelled contact each)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed always writes the same files."),
+    out: Path = typer.Option(Path("synthetic"), "--out", help="Folder to write the tables and transcripts into."),
+    start: str = typer.Option("2026-11-01", "--start", help="First day of the month the contacts fall in (UTC)."),
+    transcripts: bool = typer.Option(True, "--transcripts/--no-transcripts",
+                                     help="Also write transcripts.jsonl (skip it for large benchmarks)."),
+) -> None:
+    """Write interactions, labels, hidden truth and transcripts, then print the files and the observed marginals."""
+    # Imported here so that `carelens --help` does not pay for scipy and pyarrow.
+    from carelens.data.synthetic import generate, marginals, write_synthetic
+
+    data = generate(customers, seed=seed, start=start, transcripts=transcripts)
+    written = write_synthetic(data, out)
+    console = Console()
+    console.print(files_table(written, f"Wrote {customers:,} customers (seed {seed})"))
+    console.print(marginals_table(marginals(data)))
+
+
+def files_table(written: dict[str, Path], title: str) -> Table:
+    """The files written, with their sizes, as a rich table."""
+    table = Table(title=title)
+    table.add_column("file")
+    table.add_column("size", justify="right")
+    for path in written.values():
+        table.add_row(str(path), f"{path.stat().st_size / 1024:,.0f} KiB")
+    return table
+
+
+def marginals_table(frame: pd.DataFrame) -> Table:
+    """The marginals (measure, target, observed) as a rich table: seconds as numbers, shares as percentages."""
+    table = Table(title="Marginals: evidence vs this sample")
+    table.add_column("measure")
+    table.add_column("target", justify="right")
+    table.add_column("observed", justify="right")
+    for measure, target, observed in frame.itertuples(index=False):
+        style = "{:.1f}" if measure.endswith("(s)") else "{:.1%}"
+        table.add_row(measure, style.format(target), style.format(observed))
+    return table
