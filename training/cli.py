@@ -191,6 +191,8 @@ def train_transcripts_command(
     class_weights: Annotated[bool, typer.Option(help="Balance classes in the loss (raises macro-F1).")] = True,
     seed: Annotated[int, typer.Option(help="Seed for the splits, batches and initialisation.")] = 13,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    time_budget: Annotated[Optional[float], typer.Option(help="finetune: minutes after which training stops at the "
+                                                              "next step and keeps its best validated state.")] = None,
     out: RegistryOption = None,
     runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -201,7 +203,7 @@ def train_transcripts_command(
     paths = [*(sentiment_data or ()), *(empathy_data or ()), *(transcripts or ())]
     options = Options(mode=mode, epochs=epochs, lr=lr, max_length=max_length, batch_size=batch_size, seed=seed,
                       class_weights=class_weights, empathy_repeats=empathy_repeats, threads=threads,
-                      show_progress_bar=progress)
+                      time_budget_minutes=time_budget, show_progress_bar=progress)
     with user_errors():
         if not paths:
             raise ValueError("no training data: pass --sentiment-data, --empathy-data and/or --transcripts")

@@ -29,7 +29,7 @@ PathLike = Union[str, Path]
 SPLITS = ("train", "validation", "test")
 HEADS = ("sentiment", *MECHANISMS)
 #: Regularisation strengths tried for the linear heads (on standardised embeddings), picked on validation macro-F1.
-C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 #: Calibration temperatures searched (log-spaced); the one with the lowest validation log-loss is kept.
 TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))
 #: Strata smaller than this are pooled, so that a stratified split never meets a class it cannot divide.
@@ -57,6 +57,7 @@ class Options:
     evals_per_epoch: int = 2
     empathy_repeats: int = 1
     threads: int = 2
+    time_budget_minutes: Optional[float] = None
     show_progress_bar: bool = True
 
     def as_dict(self) -> dict:
@@ -443,7 +444,7 @@ def train_finetune(model: TranscriptModel, data: Data, options: Options, log: Ca
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=0.01)
     scheduler = linear_warmup_decay(optimizer, total, int(options.warmup_fraction * total))
     checkpoints = set(np.linspace(0, steps_per_epoch, options.evals_per_epoch + 1, dtype=int)[1:])
-    history, best, waited, step = [], (-1.0, None), 0, 0
+    best, history, step, stop = BestState(), [], 0, ""
     started = time.monotonic()
     for epoch in range(options.epochs):
         model.train()
@@ -458,27 +459,47 @@ def train_finetune(model: TranscriptModel, data: Data, options: Options, log: Ca
             optimizer.zero_grad()
             step += 1
             bar.set_postfix(task=task[:4], loss=f"{loss.item():.3f}")
-            if position not in checkpoints:
+            out_of_time = options.time_budget_minutes and time.monotonic() - started > options.time_budget_minutes * 60
+            if position not in checkpoints and not out_of_time:
                 continue
-            metrics = split_metrics(model, data, "validation", options.scoring)
-            score = selection_score(metrics)
-            history.append({"epoch": epoch + 1, "step": step, "seconds": round(time.monotonic() - started, 1),
-                            "selection_score": score, **{h: metrics[h]["macro_f1"] for h in metrics if metrics[h].get("n")}})
+            history.append(validation_record(model, data, options, epoch + 1, step, time.monotonic() - started))
             log(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items()
                                                         if isinstance(v, float) and k != "seconds"))
             model.train()
-            if score > best[0]:
-                best, waited = (score, copy.deepcopy(model.state_dict())), 0
-            else:
-                waited += 1
-            if waited >= options.patience:
+            if not best.update(history[-1]["selection_score"], model) and best.waited >= options.patience:
+                stop = f"early stop: no validation gain in {options.patience} evaluations"
+            stop = stop or (f"time budget of {options.time_budget_minutes} minutes spent" if out_of_time else "")
+            if stop:
                 break
-        if waited >= options.patience:
-            log(f"early stop: no validation gain in {options.patience} evaluations")
+        if stop:
+            log(stop)
             break
-    model.load_state_dict(best[1])
-    return {"history": history, "best_selection_score": best[0], "steps": step,
+    model.load_state_dict(best.state)
+    return {"history": history, "best_selection_score": best.score, "steps": step, "stopped": stop or "all epochs",
             "truncated_training_rows": {t: tok.truncated for t, tok in tokens.items()}}
+
+
+class BestState:
+    """The best validation score seen, the model state that reached it, and evaluations since it improved."""
+
+    def __init__(self):
+        self.score, self.state, self.waited = -1.0, None, 0
+
+    def update(self, score: float, model: torch.nn.Module) -> bool:
+        """Keep a copy of the model's state when `score` is a new best; returns whether it was."""
+        if score > self.score:
+            self.score, self.state, self.waited = score, copy.deepcopy(model.state_dict()), 0
+            return True
+        self.waited += 1
+        return False
+
+
+def validation_record(model: TranscriptModel, data: Data, options: Options, epoch: int, step: int,
+                      seconds: float) -> dict:
+    """One row of the fine-tuning history: where training is, and each head's validation macro-F1."""
+    metrics = split_metrics(model, data, "validation", options.scoring)
+    return {"epoch": epoch, "step": step, "seconds": round(seconds, 1), "selection_score": selection_score(metrics),
+            **{head: metrics[head]["macro_f1"] for head in metrics if metrics[head].get("n")}}
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
