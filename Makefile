@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m carelens.training.demo --out runs/demo
+	$(BIN)/carelens demo --out runs/demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

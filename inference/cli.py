@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from carelens.data.cli import generate_command
+from carelens.inference.demo import demo
 from carelens.inference.featurize import featurize_command
 from carelens.training.cli import evaluate_app, export_command, train_app
 
@@ -18,3 +19,4 @@ app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 app.command("export")(export_command)
 app.command("featurize")(featurize_command)
+app.command("demo")(demo)
