@@ -44,8 +44,8 @@ class Options:
     """Training choices, recorded in the artifact's metadata."""
 
     mode: str = "heads"
-    epochs: int = 2
-    lr: float = 5e-5
+    epochs: int = 3
+    lr: float = 8e-5
     max_length: int = 256
     batch_size: int = 32
     seed: int = 13
@@ -55,7 +55,7 @@ class Options:
     warmup_fraction: float = 0.06
     patience: int = 2
     evals_per_epoch: int = 2
-    empathy_repeats: int = 1
+    empathy_repeats: int = 4
     threads: int = 2
     time_budget_minutes: Optional[float] = None
     show_progress_bar: bool = True
