@@ -98,8 +98,8 @@ def train_command(name: str):
         for table in figures_tables(trained.metadata):
             console.print(table)
         console.print(f"threshold {trained.model.threshold_:.4f} for goal {goal}; published {name} "
-                      f"{artifact.version} to {artifact.path}")
-        console.print(f"report: {copy}")
+                      f"{artifact.version} to {artifact.path}", soft_wrap=True)
+        console.print(f"report: {copy}", soft_wrap=True)
     train.__doc__ = f"Train the {name} model on labelled data and publish it to the registry."
     return train
 
