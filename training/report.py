@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
 from sklearn.inspection import permutation_importance
+from threadpoolctl import threadpool_limits
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 from carelens.training.metrics import ECE_BINS
@@ -97,9 +98,12 @@ def importance_rows(model, frame: pd.DataFrame, positive: np.ndarray, seed: int)
     """Permutation importance (drop in ROC-AUC of the risk) per feature on a subsample, largest first."""
     rows = np.random.default_rng(seed).permutation(len(frame))[:IMPORTANCE_ROWS]
     features = list(model.feature_names_in_)
-    result = permutation_importance(
-        model, frame.iloc[rows][features], positive[rows], n_repeats=5, random_state=seed, n_jobs=1,
-        scoring=lambda estimator, X, y: roc_auc_score(y, estimator.risk(X)))
+    # Each of these small predictions opens an OpenMP region per tree; one thread avoids spin-waiting on a busy
+    # machine, which made this step 35 times slower while another process held the cores.
+    with threadpool_limits(1):
+        result = permutation_importance(
+            model, frame.iloc[rows][features], positive[rows], n_repeats=5, random_state=seed, n_jobs=1,
+            scoring=lambda estimator, X, y: roc_auc_score(y, estimator.risk(X)))
     order = np.argsort(-result.importances_mean)
     return [{"feature": features[i], "ROC-AUC drop": float(result.importances_mean[i]),
              "std": float(result.importances_std[i])} for i in order]
