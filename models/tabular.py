@@ -151,7 +151,7 @@ class RiskModel(ClassifierMixin, BaseEstimator):
                  negative_class=None, goal: str = "f1", contacts_per_day: Optional[float] = None,
                  calibration: str = "auto", calibration_rows: int = 200_000, validation_fraction: float = 0.25,
                  max_iter: int = 300, learning_rate: float = 0.1, max_leaf_nodes: int = 15,
-                 l2_regularization: float = 1.0, early_stopping: bool = True, tol: float = 1e-4,
+                 l2_regularization: float = 1.0, early_stopping: bool = True, tol: float = 1e-3,
                  random_state: int = 0):
         self.features = features
         self.categorical = categorical
