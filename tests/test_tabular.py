@@ -251,6 +251,13 @@ def test_features_from_joins_numeric_columns_by_contact(generated, tmp_path):
     assert data.frame["empathy_mean"].notna().sum() == len(extra)
 
 
+def test_numeric_looking_keys_stay_text_so_features_join(tmp_path):
+    (tmp_path / "own.csv").write_text("customer_id,x,Left\n001,1,yes\n002,2,no\n")
+    (tmp_path / "extra.csv").write_text("customer_id,calls\n001,5\n002,7\n")
+    data = load_labelled(tmp_path / "own.csv", TASKS["churn"], target="Left", features_from=[tmp_path / "extra.csv"])
+    assert data.frame["customer_id"].tolist() == ["001", "002"] and data.frame["calls"].tolist() == [5, 7]
+
+
 def test_features_from_needs_a_shared_key(generated, tmp_path):
     pd.DataFrame({"conversation_id": ["V1"], "x": [1]}).to_csv(tmp_path / "f.csv", index=False)
     with pytest.raises(ContractError, match=r"f\.csv: no key column shared.*contact_id, customer_id"):

@@ -11,8 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
 from sklearn.inspection import permutation_importance
-from threadpoolctl import threadpool_limits
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+from threadpoolctl import threadpool_limits
 
 from carelens.training.metrics import ECE_BINS
 

@@ -66,7 +66,8 @@ def typed_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """Text columns that hold only numbers (as CSV gives them) converted to numbers; keys and the rest left as text."""
     typed = frame.copy()
     for name in frame.columns:
-        if name not in KEYS and pd.api.types.is_object_dtype(frame[name]) or pd.api.types.is_string_dtype(frame[name]):
+        text = pd.api.types.is_object_dtype(frame[name]) or pd.api.types.is_string_dtype(frame[name])
+        if text and name not in KEYS:
             numbers = pd.to_numeric(frame[name], errors="coerce")
             if numbers.notna().sum() == frame[name].notna().sum():
                 typed[name] = numbers
