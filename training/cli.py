@@ -49,17 +49,12 @@ def _registry(path: Optional[Path]):
 def figures_tables(figures: dict) -> list[Table]:
     """Rich tables of held-out metrics and, when present, the per-seed-group rates."""
     from carelens.training.report import metric_rows
-    metrics = Table("metric", "value", title="held-out metrics")
-    for row in metric_rows(figures["metrics"]):
-        value = row["value"]
-        metrics.add_row(row["metric"], "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))
-    tables = [metrics]
+    tables = [rows_table(metric_rows(figures["metrics"]), "held-out metrics")]
     if "seed_groups" in figures:
         outcome = figures["seed_groups"]["outcome"]
-        groups = Table("seed group", "rows", f"observed {outcome}", f"predicted {outcome}", title="per seed group")
-        for row in figures["seed_groups"]["rows"]:
-            groups.add_row(row["group"], str(row["rows"]), f"{row['observed']:.3f}", f"{row['predicted']:.3f}")
-        tables.append(groups)
+        tables.append(rows_table([{"seed group": r["group"], "rows": r["rows"], f"observed {outcome}": r["observed"],
+                                   f"predicted {outcome}": r["predicted"]} for r in figures["seed_groups"]["rows"]],
+                                 "per seed group"))
     return tables
 
 
