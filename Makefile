@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared
+# HistGradientBoosting's OpenMP threads spin-wait by default; on a busy 2-core machine that made training 10x slower.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test bench train-real clean
 

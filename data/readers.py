@@ -35,7 +35,7 @@ def read_table(path: PathLike) -> pd.DataFrame:
     raise ContractError(str(path), f"unknown file type '{suffix}', expected one of {', '.join(TABLE_SUFFIXES)}")
 
 
-def _header_rows(path: PathLike) -> int:
+def header_lines(path: PathLike) -> int:
     """How many lines precede the first record, so that row numbers match what an editor shows."""
     return 1 if Path(path).suffix.lower() == ".csv" else 0
 
@@ -43,7 +43,7 @@ def _header_rows(path: PathLike) -> int:
 def read_checked(path: PathLike, contract: TableContract, extra_numeric: Sequence[str] = (),
                  extra_categorical: Sequence[str] = ()) -> pd.DataFrame:
     """A table file validated against `contract`; raises ContractError naming the first bad row."""
-    return validated(read_table(path), contract, str(path), header_rows=_header_rows(path),
+    return validated(read_table(path), contract, str(path), header_rows=header_lines(path),
                      extra_numeric=extra_numeric, extra_categorical=extra_categorical)
 
 

@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 from carelens.data.contracts import (
     CATEGORICAL_FEATURES, INTERACTION_FEATURES, INTERACTIONS, Column, ContractError, TableContract, validated,
 )
-from carelens.data.readers import _header_rows, read_interactions, read_labels, read_table
+from carelens.data.readers import header_lines, read_interactions, read_labels, read_table
 from carelens.models.registry import Artifact, Registry, frame_fingerprint
 from carelens.models.tabular import RiskModel, save_model
 from carelens.training.metrics import group_rates, model_metrics
@@ -108,7 +108,7 @@ def _own_file(path: Path, task: Task, target: Optional[str], features, categoric
     """Any CSV/Parquet with a label column: contract interactions are validated, other tables typed as found."""
     raw = read_table(path)
     target = target or task.target
-    header_rows = _header_rows(path)
+    header_rows = header_lines(path)
     contract = set(INTERACTIONS.names) <= set(raw.columns)
     frame = typed_columns(validated(raw, INTERACTIONS, str(path), header_rows) if contract else raw)
     frame[target] = _target_checked(raw, target, task, str(path), header_rows)
@@ -147,7 +147,7 @@ def with_features_from(data: LabelledData, tables: Sequence[PathLike]) -> Labell
         repeated = extra[key].duplicated()
         if repeated.any():
             raise ContractError(str(path), f"duplicate value {extra[key][repeated].iloc[0]!r}, expected each {key} "
-                                           f"once", row=int(np.flatnonzero(repeated)[0]) + _header_rows(path) + 1,
+                                           f"once", row=int(np.flatnonzero(repeated)[0]) + header_lines(path) + 1,
                                 column=key)
         numeric = [c for c in extra.columns if c not in KEYS and pd.api.types.is_numeric_dtype(extra[c])]
         clash = [c for c in numeric if c in frame.columns]
