@@ -454,6 +454,8 @@ def _conversations(rng: np.random.Generator, interactions: pd.DataFrame, truth: 
     """One transcripts-contract record per answered contact (nobody spoke to those who abandoned), with turn labels."""
     answered = ~interactions["abandoned"].to_numpy()
     contacts = interactions[answered]
+    if contacts.empty:
+        return []
     turns, counts = _turns(rng, contacts, truth["care_quality"].to_numpy()[answered], params)
     bounds = np.concatenate(([0], np.cumsum(counts))).tolist()
     started = contacts["started_at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ").tolist()

@@ -26,13 +26,11 @@ def history_dir(out: Path) -> Path:
 
 def trained_tabular(name: str, history: Path, registry, out: Path) -> Path:
     """Train and publish one tabular model on the history; the path of its report copy under `out`."""
-    from carelens.training.report import tabular_report
     from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
     task = TASKS[name]
     with console.status(f"Training the {name} model on {history}"):
         trained = train_tabular(load_labelled(history, task), task)
-        artifact = publish_tabular(trained, registry, tabular_report(trained.model, trained.test_frame,
-                                                                     trained.test_y, trained.metadata))
+        artifact = publish_tabular(trained, registry)
     report = out / "reports" / f"{name}.html"
     report.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(artifact.path / "report.html", report)

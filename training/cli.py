@@ -74,7 +74,6 @@ def train_command(name: str):
         out: RegistryOption = None,
         runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
     ) -> None:
-        from carelens.training.report import tabular_report
         from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
         task = TASKS[name]
         with user_errors():
@@ -84,9 +83,8 @@ def train_command(name: str):
                           f"target '{labelled.target}'")
             with console.status(f"Training the {name} model (60/20/20 split, seed {seed})"):
                 trained = train_tabular(labelled, task, goal=goal, seed=seed)
-            with console.status("Writing the report"):
-                report = tabular_report(trained.model, trained.test_frame, trained.test_y, trained.metadata)
-            artifact = publish_tabular(trained, _registry(out), report)
+            with console.status("Writing the report and publishing"):
+                artifact = publish_tabular(trained, _registry(out))
         copy = runs / name / artifact.version / "report.html"
         copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(artifact.path / "report.html", copy)

@@ -16,6 +16,7 @@ from carelens.data.readers import header_lines, read_interactions, read_labels, 
 from carelens.models.registry import Artifact, Registry, frame_fingerprint
 from carelens.models.tabular import RiskModel, save_model
 from carelens.training.metrics import group_rates, model_metrics
+from carelens.training.report import tabular_report
 
 PathLike = Union[str, Path]
 KEYS = ("contact_id", "customer_id")
@@ -245,8 +246,10 @@ def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 
     return Trained(model, metadata, rows.iloc[test], y[test])
 
 
-def publish_tabular(trained: Trained, registry: Registry, report_html: str) -> Artifact:
-    """The model (skops), its report and metadata published as the next version of the task's name."""
+def publish_tabular(trained: Trained, registry: Registry) -> Artifact:
+    """The model (skops), its HTML report and metadata published as the next version of the task's name."""
+    report_html = tabular_report(trained.model, trained.test_frame, trained.test_y, trained.metadata)
+
     def write(directory: Path) -> None:
         save_model(trained.model, directory)
         (directory / "report.html").write_text(report_html, encoding="utf-8")
