@@ -1,7 +1,6 @@
 """The `carelens demo` job: bundled day of data → models (trained when the registry has none) → metrics and reports."""
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -26,16 +25,14 @@ def history_dir(out: Path) -> Path:
 
 def trained_tabular(name: str, history: Path, registry, out: Path) -> Path:
     """Train and publish one tabular model on the history; the path of its report copy under `out`."""
+    from carelens.training.report import copied_report
     from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
     task = TASKS[name]
     with console.status(f"Training the {name} model on {history}"):
         trained = train_tabular(load_labelled(history, task), task)
         artifact = publish_tabular(trained, registry)
-    report = out / "reports" / f"{name}.html"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(artifact.path / "report.html", report)
     console.print(f"published {name} {artifact.version} → {artifact.path}")
-    return report
+    return copied_report(artifact.path, out / "reports" / f"{name}.html")
 
 
 def demo(

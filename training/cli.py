@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -74,6 +73,7 @@ def train_command(name: str):
         out: RegistryOption = None,
         runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
     ) -> None:
+        from carelens.training.report import copied_report
         from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
         task = TASKS[name]
         with user_errors():
@@ -85,9 +85,7 @@ def train_command(name: str):
                 trained = train_tabular(labelled, task, goal=goal, seed=seed)
             with console.status("Writing the report and publishing"):
                 artifact = publish_tabular(trained, _registry(out))
-        copy = runs / name / artifact.version / "report.html"
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(artifact.path / "report.html", copy)
+        copy = copied_report(artifact.path, runs / name / artifact.version / "report.html")
         for table in figures_tables(trained.metadata):
             console.print(table)
         console.print(f"threshold {trained.model.threshold_:.4f} for goal {goal}; published {name} "
@@ -192,6 +190,7 @@ def train_transcripts_command(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train the transcript model (sentiment and empathy heads) and publish it beside its TF-IDF floor."""
+    from carelens.training.report import copied_report
     from carelens.training.transcript_report import summary_rows
     from carelens.training.transcripts import Options, publish_trained, train_transcripts
     paths = [*(sentiment_data or ()), *(empathy_data or ()), *(transcripts or ())]
@@ -203,9 +202,7 @@ def train_transcripts_command(
             raise ValueError("no training data: pass --sentiment-data, --empathy-data and/or --transcripts")
         trained = train_transcripts(paths, options, encoder, log=console.print)
         artifact = publish_trained(trained, out)
-    copy = runs / "transcripts" / artifact.version / "report.html"
-    copy.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(artifact.path / "report.html", copy)
+    copy = copied_report(artifact.path, runs / "transcripts" / artifact.version / "report.html")
     console.print(rows_table(summary_rows(trained.metrics["test"], trained.floor), "test split (never trained on)"))
     console.print(f"published transcripts {artifact.version} to {artifact.path} in "
                   f"{trained.details['seconds']['total']:.0f} s; report: {copy}", soft_wrap=True)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import base64
+import shutil
 import html
 import io
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -154,3 +156,10 @@ def tabular_report(model, frame: pd.DataFrame, labels: np.ndarray, metadata: dic
         sections.append((f"Seed groups: observed vs predicted {outcome}", table_html(metadata["seed_groups"]["rows"])))
     sections.append(("Data and training", table_html(summary_rows(metadata))))
     return html_report(f"CareLens {metadata.get('task', 'risk')} model", sections)
+
+
+def copied_report(artifact_dir: Path, destination: Path) -> Path:
+    """A copy of an artifact's report.html at `destination` (parents created), where a person will look for it."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(artifact_dir / "report.html", destination)
+    return destination
