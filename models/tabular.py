@@ -36,6 +36,8 @@ TRUSTED_TYPES = frozenset({
 #: Rows scored at a time: every tree walks a block that stays in cache instead of streaming the whole table again.
 SCORING_ROWS = 100_000
 CALIBRATIONS = ("auto", "isotonic", "sigmoid")
+#: Percentiles kept per numeric feature (0, 1, ..., 100) to say where a value lies among the training rows.
+PROFILE_POINTS = 101
 #: Calibration below this many validation rows uses Platt scaling: isotonic regression overfits small sets.
 ISOTONIC_MIN_ROWS = 5000
 
@@ -134,6 +136,22 @@ def _as_categories(values: pd.Series) -> np.ndarray:
     return text.to_numpy(dtype=object, na_value=np.nan)
 
 
+def feature_profile(frame: pd.DataFrame, categorical: Sequence[str]) -> dict:
+    """What the training rows looked like, for explaining one row against them: each feature's typical value
+    (median; most common category) and, for numbers, the percentiles 0..100 of its observed values."""
+    typical, percentiles = {}, {}
+    for name in frame.columns:
+        values = frame[name].dropna()
+        if name in set(categorical):
+            typical[name] = str(values.mode().iloc[0]) if len(values) else None
+        elif len(values):
+            typical[name] = float(values.median())
+            percentiles[name] = np.percentile(values.to_numpy(float), np.arange(PROFILE_POINTS)).tolist()
+        else:
+            typical[name] = None
+    return {"typical": typical, "percentiles": percentiles}
+
+
 class RiskModel(ClassifierMixin, BaseEstimator):
     """Calibrated gradient boosting on a table; `risk` is 1 − P(negative_class) and a goal sets the flag threshold.
 
@@ -178,6 +196,7 @@ class RiskModel(ClassifierMixin, BaseEstimator):
                                                   random_state=self.random_state)
         y_val = np.asarray(y_val)
         self._learn_schema(X)
+        self.profile_ = feature_profile(self._model_frame(X), self.categorical_features_)
         pipeline = self._pipeline().fit(self._model_frame(X), y)
         self.classes_ = pipeline.classes_
         self.negative_class_ = self.negative_class if self.negative_class is not None else self.classes_[0]

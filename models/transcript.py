@@ -27,7 +27,9 @@ HEADS_CONFIG = "heads.json"
 MIN_MAX_LENGTH = 16
 _SURROGATE = re.compile("[\ud800-\udfff]")
 STANDARD_CONFIG_KEYS = {"sentiment_labels", "mechanisms", "levels", "mode", "max_length", "overlap", "pooling",
-                        "pair_encoding", "temperatures", "hidden_size"}
+                        "temperatures", "hidden_size"}
+PAIRED = "answered customer turn, agent turn"
+SINGLE_TURN = "agent turn alone (ablation)"
 PROBABILITY_COLUMNS = [f"p_{s}" for s in SENTIMENTS]
 EMPATHY_LEVEL_COLUMNS = [f"{m}_level" for m in MECHANISMS]
 
@@ -116,6 +118,11 @@ class TranscriptModel(nn.Module):
         self.temperatures = {**default_temperatures(), **(temperatures or {})}
         self.extra = dict(extra or {})
 
+    @property
+    def pairs(self) -> bool:
+        """Whether empathy is read from (customer turn, agent turn) pairs; off only in the single-turn ablation."""
+        return self.extra.get("pair_encoding") != SINGLE_TURN
+
     @classmethod
     def from_encoder(cls, directory: Optional[PathLike] = None, max_length: int = 128, mode: str = "heads",
                      dropout: float = 0.1) -> "TranscriptModel":
@@ -156,7 +163,7 @@ class TranscriptModel(nn.Module):
         safe = [utf8_safe(t) for t in texts]
         options = dict(max_length=self.max_length, stride=self.overlap, return_overflowing_tokens=True,
                        return_attention_mask=False, padding=False)
-        if contexts is None:
+        if contexts is None or not self.pairs:
             encoded = self.tokenizer(safe, truncation=True, **options)
         else:
             encoded = self.tokenizer(self.trimmed_contexts(contexts), safe, truncation="only_second", **options)
@@ -211,9 +218,14 @@ class TranscriptModel(nn.Module):
         """(one pooled vector per text, how many encoder windows each text took)."""
         if len(texts) == 0:
             return np.zeros((0, self.encoder.config.hidden_size), dtype=np.float32), np.zeros(0, dtype=int)
-        windows = self.preprocess(texts, contexts)
+        # Contact centres repeat themselves (greetings, closings, stock replies): each distinct input is encoded once.
+        inputs = list(zip(texts, contexts if self.pairs and contexts is not None else [None] * len(texts)))
+        unique = list(dict.fromkeys(inputs))
+        position = {item: i for i, item in enumerate(unique)}
+        back = np.fromiter((position[item] for item in inputs), dtype=int, count=len(inputs))
+        windows = self.preprocess([t for t, _ in unique], [c for _, c in unique] if unique[0][1] is not None else None)
         pooled = self._forward(windows, batch_size, show_progress_bar, desc)
-        return pooled, np.bincount(windows["owner"], minlength=windows["count"])
+        return pooled[back], np.bincount(windows["owner"], minlength=windows["count"])[back]
 
     def encode(self, texts: Sequence[str], contexts: Optional[Sequence[str]] = None, **options) -> np.ndarray:
         """One pooled vector per text (per (context, text) pair when contexts are given); long texts are windowed."""
@@ -250,7 +262,7 @@ class TranscriptModel(nn.Module):
         """What heads.json records: labels, mode, window, pooling and calibration."""
         return {"sentiment_labels": list(SENTIMENTS), "mechanisms": list(MECHANISMS), "levels": list(LEVEL_NAMES),
                 "mode": self.mode, "max_length": self.max_length, "overlap": self.overlap, "pooling": "mean",
-                "pair_encoding": "answered customer turn, agent turn", "temperatures": self.temperatures,
+                "pair_encoding": PAIRED, "temperatures": self.temperatures,
                 "hidden_size": self.encoder.config.hidden_size, **self.extra}
 
     def save(self, directory: PathLike) -> Path:

@@ -1,4 +1,4 @@
-"""Shared test fixtures: where ../shared lies, and a skip marker for tests that need it."""
+"""Shared test fixtures: where ../shared lies, a skip marker for tests that need it, and a registry of all models."""
 import os
 from pathlib import Path
 
@@ -23,3 +23,10 @@ requires_shared = pytest.mark.skipif(
 def shared_data() -> Path:
     """The public training data in ../shared/data (tests using it must carry @requires_shared)."""
     return SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def registry_with_models(tmp_path_factory):
+    """A registry holding churn, retaliation and a tiny transcript model, and an unseen synthetic day to score."""
+    from scored_registry import scored_registry
+    return scored_registry(tmp_path_factory.mktemp("scored"))

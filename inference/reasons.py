@@ -1,0 +1,114 @@
+"""Per-customer reasons: which features pushed this row's risk up, measured against a typical row, said in words."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+#: Risk must rise by at least this much (absolute probability) for a feature to count as a reason.
+MIN_PUSH = 0.005
+
+
+def pushes(risk: Callable[[pd.DataFrame], np.ndarray], frame: pd.DataFrame, typical: dict) -> pd.DataFrame:
+    """For every row and feature in `typical`: how much higher the row's risk is than with that one feature set to
+    its typical value (a per-row, one-feature-at-a-time attribution; positive means the feature raised the risk)."""
+    features = [f for f in typical if f in frame.columns and typical[f] is not None]
+    if frame.empty or not features:
+        return pd.DataFrame(index=frame.index, columns=features, dtype=float)
+    base = risk(frame)
+    variants = []
+    for feature in features:
+        variant = frame.copy()
+        variant[feature] = typical[feature]
+        variants.append(variant)
+    # One call scores all variants: the booster walks one long table instead of a short one per feature.
+    changed = risk(pd.concat(variants, ignore_index=True)).reshape(len(features), len(frame)).T
+    return pd.DataFrame(base[:, None] - changed, index=frame.index, columns=features)
+
+
+def percentile_of(value: float, percentiles: Optional[list]) -> Optional[float]:
+    """Where `value` lies among the training rows (0 = lowest, 100 = highest), from the stored percentiles."""
+    if percentiles is None or value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    points = np.asarray(percentiles, float)
+    below, at_most = np.searchsorted(points, value, "left"), np.searchsorted(points, value, "right")
+    return float(np.clip((below + at_most) / 2, 0, 100))
+
+
+def ranked_share(percentile: float) -> str:
+    """'the bottom 10%' / 'the top 5%': the nearest band of five that holds the value."""
+    if percentile <= 50:
+        return f"the bottom {max(5, math.ceil(percentile / 5) * 5)}%"
+    return f"the top {max(5, math.ceil((100 - percentile) / 5) * 5)}%"
+
+
+def _count(value: float, one: str, many: str) -> str:
+    number = int(round(value))
+    return f"{number} {one if number == 1 else many}"
+
+
+def _mood(value: float) -> str:
+    return "negative" if value < -1 / 3 else "positive" if value > 1 / 3 else "neutral"
+
+
+#: Supervisor wording per feature: value (and its percentile among training rows) → phrase.
+PHRASES: dict[str, Callable[[object, Optional[float]], str]] = {
+    "answer_time_s": lambda v, p: f"waited {v:.0f} s to be answered",
+    "hold_time_s": lambda v, p: f"was on hold for {v:.0f} s",
+    "handle_time_s": lambda v, p: f"contact took {v / 60:.1f} min",
+    "transfers": lambda v, p: f"transferred {_count(v, 'time', 'times')}",
+    "abandoned": lambda v, p: "hung up before being answered" if v else "was answered",
+    "product_problem": lambda v, p: "had a problem with the product" if v else "called with a routine request",
+    "resolved": lambda v, p: "issue left unresolved" if not v else "issue marked resolved",
+    "repeat_contacts_30d": lambda v, p: f"{_count(v, 'repeat contact', 'repeat contacts')} in 30 days",
+    "tenure_months": lambda v, p: f"customer for {v:.0f} months",
+    "monthly_value": lambda v, p: f"pays {v:.0f} a month",
+    "csat": lambda v, p: f"rated the contact {v:.0f}/5",
+    "channel": lambda v, p: f"contacted us by {v}",
+    "customer_sentiment_start": lambda v, p: f"customer opened {_mood(v)}",
+    "customer_sentiment_end": lambda v, p: f"customer ended {_mood(v)}",
+    "customer_sentiment_mean": lambda v, p: f"customer mostly {_mood(v)}",
+    "customer_sentiment_shift": lambda v, p: ("customer's mood fell during the contact" if v < 0 else
+                                              "customer's mood did not lift" if v == 0 else
+                                              "customer's mood lifted during the contact"),
+    "agent_empathy_mean": lambda v, p: f"agent empathy in {ranked_share(p)}" if p is not None else
+                                       f"agent empathy {v:.2f}",
+    "agent_empathy_min": lambda v, p: f"agent's least empathic reply in {ranked_share(p)}" if p is not None else
+                                      f"agent's least empathic reply {v:.2f}",
+    "agent_empathic_share": lambda v, p: f"{v:.0%} of agent replies empathic",
+    "non_talk_s": lambda v, p: f"{v:.0f} s of silence",
+    "non_talk_share": lambda v, p: f"silent {v:.0%} of the contact",
+    "interruptions": lambda v, p: _count(v, "interruption", "interruptions"),
+    "agent_interruptions": lambda v, p: f"agent interrupted {_count(v, 'time', 'times')}",
+    "customer_turns": lambda v, p: _count(v, "customer turn", "customer turns"),
+    "agent_turns": lambda v, p: _count(v, "agent turn", "agent turns"),
+}
+
+
+def _missing(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def described(feature: str, value: object, percentiles: Optional[list] = None) -> str:
+    """One feature's value as a supervisor would say it; features without a phrase name themselves and, for
+    numbers, where the value ranks among the training rows."""
+    if _missing(value):
+        return f"no {feature.replace('_', ' ')} recorded"
+    percentile = percentile_of(float(value), percentiles) if not isinstance(value, str) else None
+    if feature in PHRASES:
+        return PHRASES[feature](value, percentile)
+    rank = f" ({ranked_share(percentile)})" if percentile is not None else ""
+    return f"{feature.replace('_', ' ')} = {value:g}{rank}" if isinstance(value, (int, float)) else \
+        f"{feature.replace('_', ' ')} = {value}"
+
+
+def top_reasons(frame: pd.DataFrame, contributions: pd.DataFrame, profile: dict, count: int = 3) -> list[list[str]]:
+    """Per row: up to `count` phrases for the features that raised its risk most (by at least MIN_PUSH)."""
+    reasons = []
+    percentiles = profile.get("percentiles", {})
+    for index, row in contributions.iterrows():
+        ranked = row[row >= MIN_PUSH].sort_values(ascending=False).index[:count]
+        reasons.append([described(f, frame.at[index, f], percentiles.get(f)) for f in ranked])
+    return reasons

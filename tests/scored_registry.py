@@ -1,0 +1,34 @@
+"""A registry with all three models (tiny transcript encoder, tabular models trained with its features), for tests."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from carelens.data.synthetic import SyntheticData, generate, write_synthetic
+from carelens.models.registry import Registry
+from carelens.models.transcript import TranscriptModel, publish, transcript_features
+from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
+from tiny_encoder import tiny_encoder
+
+
+@dataclass
+class ScoredRegistry:
+    root: Path
+    day: SyntheticData
+    day_dir: Path
+
+
+def scored_registry(directory: Path, customers: int = 1200) -> ScoredRegistry:
+    """Publish a tiny transcript model, then churn and retaliation trained on a synthetic history with its
+    transcript features; `day` is a further synthetic day (another seed) the models never saw."""
+    root = directory / "registry"
+    model = TranscriptModel.from_encoder(tiny_encoder(directory / "encoder"), max_length=32)
+    publish(model, root, {"note": "tiny random encoder for tests"})
+    history = generate(customers, seed=11)
+    write_synthetic(history, directory / "history")
+    features = directory / "history_features.parquet"
+    transcript_features(model, history.conversations).to_parquet(features, index=False)
+    for name in ("churn", "retaliation"):
+        data = load_labelled(directory / "history", TASKS[name], features_from=[features])
+        publish_tabular(train_tabular(data, TASKS[name]), Registry(root))
+    day = generate(60, seed=12)
+    write_synthetic(day, directory / "day")
+    return ScoredRegistry(root, day, directory / "day")

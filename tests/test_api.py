@@ -1,0 +1,142 @@
+"""The Python API: loading the models once, predicting per customer, flagging with reasons and actions."""
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from carelens.data.contracts import ContractError
+from carelens.inference.api import ACTIONS, CHURN_ONLY_ACTION, FLAG_COLUMNS, Scorer
+from carelens.inference.reasons import described, percentile_of, pushes, ranked_share, top_reasons
+from carelens.models.conversation_features import FEATURE_COLUMNS
+from carelens.models.registry import Registry, RegistryError
+from carelens.models.tabular import load_tabular
+from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
+
+
+@pytest.fixture(scope="module")
+def scorer(registry_with_models):
+    return Scorer.load(registry_with_models.root)
+
+
+@pytest.fixture(scope="module")
+def day(registry_with_models):
+    return registry_with_models.day
+
+
+def test_load_records_the_versions_and_uses_the_transcript_features(scorer):
+    assert scorer.versions == {"churn": "v1", "retaliation": "v1", "transcripts": "v1"}
+    assert scorer.uses_transcripts and set(FEATURE_COLUMNS) <= set(scorer.features)
+
+
+def test_predict_gives_one_row_per_customer_with_the_riskiest_contact(scorer, day):
+    predicted = scorer.predict(day.interactions, day.conversations)
+    assert sorted(predicted["customer_id"]) == sorted(day.interactions["customer_id"].unique())
+    table = scorer.contact_table(day.interactions, day.conversations)
+    churn = pd.Series(scorer.churn.risk(table), index=table["contact_id"])
+    for row in predicted.itertuples():
+        assert row.churn_risk == pytest.approx(churn[row.contact_id])
+        assert row.retaliation_type in {"escalate", "switch", "vent"}
+    assert predicted["churn_risk"].between(0, 1).all() and predicted["retaliation_risk"].between(0, 1).all()
+
+
+def test_inputs_as_frame_records_or_files_give_the_same_predictions(scorer, day, registry_with_models):
+    folder = registry_with_models.day_dir
+    from_frame = scorer.predict(day.interactions, day.conversations)
+    from_records = scorer.predict(day.interactions.to_dict("records"), day.conversations)
+    from_files = scorer.predict(folder / "interactions.parquet", folder / "transcripts.jsonl")
+    pd.testing.assert_frame_equal(from_frame, from_records)
+    pd.testing.assert_frame_equal(from_frame, from_files)
+
+
+def test_without_transcripts_the_features_are_missing_not_invented(scorer, day):
+    table = scorer.contact_table(day.interactions)
+    assert table[FEATURE_COLUMNS].isna().all().all()
+    assert len(scorer.predict(day.interactions)) == day.interactions["customer_id"].nunique()
+
+
+def test_flag_top_k_sorted_by_risk_with_reasons_and_actions(scorer, day):
+    flagged = scorer.flag_at_risk(day.interactions, day.conversations, top_k=8)
+    assert list(flagged.columns) == FLAG_COLUMNS and len(flagged) == 8
+    assert flagged["risk"].is_monotonic_decreasing
+    assert (flagged["risk"] == flagged[["churn_risk", "retaliation_risk"]].max(axis=1)).all()
+    for row in flagged.itertuples():
+        assert 0 < len(row.reasons) <= 3 and all(isinstance(r, str) and r for r in row.reasons)
+        assert row.action in {*ACTIONS.values(), CHURN_ONLY_ACTION}
+    everyone = scorer.predict(day.interactions, day.conversations)
+    top = everyone.assign(risk=everyone[["churn_risk", "retaliation_risk"]].max(axis=1)).nlargest(8, "risk")
+    assert set(flagged["customer_id"]) == set(top["customer_id"])
+
+
+def test_flag_by_threshold_and_by_the_models_own_thresholds(scorer, day):
+    by_threshold = scorer.flag_at_risk(day.interactions, day.conversations, threshold=0.3)
+    assert (by_threshold["risk"] >= 0.3).all()
+    predicted = scorer.predict(day.interactions, day.conversations)
+    assert len(by_threshold) == int((predicted[["churn_risk", "retaliation_risk"]].max(axis=1) >= 0.3).sum())
+    default = scorer.flag_at_risk(day.interactions, day.conversations)
+    expected = predicted[predicted["churn_flagged"] | predicted["retaliation_flagged"]]
+    assert set(default["customer_id"]) == set(expected["customer_id"])
+    retaliating = expected.set_index("customer_id")["retaliation_flagged"]
+    for row in default.itertuples():
+        want = ACTIONS[row.retaliation_type] if retaliating[row.customer_id] else CHURN_ONLY_ACTION
+        assert row.action == want
+
+
+def test_bad_arguments_and_bad_records_say_what_was_wrong(scorer, day):
+    with pytest.raises(ValueError, match="threshold must be a probability"):
+        scorer.flag_at_risk(day.interactions, threshold=1.5)
+    records = day.interactions.head(3).to_dict("records")
+    records[1]["answer_time_s"] = -4
+    with pytest.raises(ContractError, match=r"row 2.*answer_time_s"):
+        scorer.predict(records)
+    with pytest.raises(ContractError, match="missing column.*channel"):
+        scorer.predict(day.interactions.drop(columns="channel"))
+
+
+def test_load_refuses_tabular_models_that_need_a_missing_transcript_model(registry_with_models, tmp_path):
+    source = Registry(registry_with_models.root)
+    target = Registry(tmp_path / "registry")
+    for name in ("churn", "retaliation"):
+        model, metadata = load_tabular(source, name)
+        from carelens.models.tabular import save_model
+        target.publish(name, lambda d, m=model: save_model(m, d), {k: v for k, v in metadata.items()
+                                                                 if k not in ("name", "version")})
+    with pytest.raises(RegistryError, match="no transcript model is published"):
+        Scorer.load(target.root)
+
+
+# -- reasons ----------------------------------------------------------------------------------------------------
+
+def test_pushes_measure_each_feature_against_its_typical_value():
+    frame = pd.DataFrame({"a": [5.0, 1.0], "b": [0.0, 3.0], "c": ["x", "y"]})
+    risk = lambda f: f["a"].to_numpy() * 0.1 + f["b"].to_numpy() * 0.01 + (f["c"] == "y").to_numpy() * 0.2
+    contributions = pushes(risk, frame, {"a": 1.0, "b": 0.0, "c": "x"})
+    assert contributions.loc[0].tolist() == pytest.approx([0.4, 0.0, 0.0])
+    assert contributions.loc[1].tolist() == pytest.approx([0.0, 0.03, 0.2])
+
+
+def test_top_reasons_pick_the_biggest_pushes_in_words():
+    frame = pd.DataFrame({"answer_time_s": [95.0], "agent_empathy_mean": [0.04], "transfers": [2.0],
+                          "csat": [5.0]})
+    contributions = pd.DataFrame({"answer_time_s": [0.2], "agent_empathy_mean": [0.3], "transfers": [0.01],
+                                  "csat": [-0.1]})
+    profile = {"percentiles": {"agent_empathy_mean": np.linspace(0, 1, 101).tolist()}}
+    assert top_reasons(frame, contributions, profile) == [
+        ["agent empathy in the bottom 5%", "waited 95 s to be answered", "transferred 2 times"]]
+
+
+def test_phrases_for_missing_unknown_and_ranked_values():
+    assert described("csat", float("nan")) == "no csat recorded"
+    assert described("resolved", False) == "issue left unresolved"
+    assert described("loyalty_points", 12.0, list(range(101))) == "loyalty points = 12 (the bottom 15%)"
+    assert described("segment", "gold") == "segment = gold"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3), min_size=2, max_size=30), st.floats(-2e3, 2e3))
+def test_percentiles_stay_in_range_and_follow_the_value(values, value):
+    points = np.percentile(values, np.arange(101)).tolist()
+    percentile = percentile_of(value, points)
+    assert 0 <= percentile <= 100
+    assert percentile_of(value + 1e4, points) == 100 and percentile_of(value - 1e4, points) == 0
+    assert ranked_share(percentile).startswith(("the bottom", "the top"))
