@@ -1,4 +1,4 @@
-"""The `carelens demo` job: bundled day of data → models (trained when the registry has none) → metrics and reports."""
+"""The `carelens demo` nightly job: bundled day → models (trained when the registry has none) → scores → flags and summary."""
 from __future__ import annotations
 
 import time
@@ -7,14 +7,18 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 console = Console()
-HISTORY_CUSTOMERS = 20_000
+HISTORY_CUSTOMERS = 8_000
 HISTORY_SEED = 1
+#: Labelled conversations the transcript heads learn from (the rest of the history is only scored).
+TRANSCRIPT_TRAINING_CONVERSATIONS = 1_500
+PRINTED = 10
 
 
 def history_dir(out: Path) -> Path:
-    """A labelled history of synthetic customers to train on, generated once per output folder."""
+    """A labelled history of synthetic customers and transcripts to train on, generated once per output folder."""
     from carelens.data.synthetic import generate, write_synthetic
     history = out / "history"
     if not (history / "labels.parquet").is_file():
@@ -23,44 +27,130 @@ def history_dir(out: Path) -> Path:
     return history
 
 
-def trained_tabular(name: str, history: Path, registry, out: Path) -> Path:
-    """Train and publish one tabular model on the history; the path of its report copy under `out`."""
+def labelled_transcripts(history: Path) -> Path:
+    """The first TRANSCRIPT_TRAINING_CONVERSATIONS conversations of the history, with their turn labels."""
+    subset = history / "transcripts_for_training.jsonl"
+    with open(history / "transcripts.jsonl", encoding="utf-8") as source:
+        lines = [line for _, line in zip(range(TRANSCRIPT_TRAINING_CONVERSATIONS), source)]
+    subset.write_text("".join(lines), encoding="utf-8")
+    return subset
+
+
+def trained_transcripts(history: Path, registry, out: Path) -> Path:
+    """Train the transcript heads (frozen encoder) on labelled history turns and publish; its report copy's path."""
+    from carelens.training.report import copied_report
+    from carelens.training.transcripts import Options, publish_trained, train_transcripts
+    with console.status("Training the transcript model (heads on the frozen encoder)"):
+        trained = train_transcripts([labelled_transcripts(history)], Options(mode="heads", max_length=128,
+                                                                             show_progress_bar=False),
+                                    log=lambda message: None)
+        artifact = publish_trained(trained, registry.root)
+    test = trained.metrics["test"]
+    console.print(f"published transcripts {artifact.version}: test macro-F1 " +
+                  ", ".join(f"{head} {test[head]['macro_f1']:.3f}" for head in test if test[head].get("n")))
+    return copied_report(artifact.path, out / "reports" / "transcripts.html")
+
+
+def history_features(history: Path, registry) -> Path:
+    """Conversation features of every history transcript, scored by the published transcript model."""
+    from carelens.data.readers import read_transcripts
+    from carelens.models.transcript import load_transcript_model, transcript_features
+    path = history / "transcript_features.parquet"
+    conversations = read_transcripts(history / "transcripts.jsonl")
+    console.print(f"scoring {len(conversations):,} history conversations")
+    transcript_features(load_transcript_model(registry.root), conversations, batch_size=64,
+                        show_progress_bar=True).to_parquet(path, index=False)
+    return path
+
+
+def trained_tabular(name: str, history: Path, features: Path, registry, out: Path) -> Path:
+    """Train and publish one tabular model with the transcript features; the path of its report copy under `out`."""
     from carelens.training.report import copied_report
     from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
     task = TASKS[name]
-    with console.status(f"Training the {name} model on {history}"):
-        trained = train_tabular(load_labelled(history, task), task)
+    with console.status(f"Training the {name} model on {history} with and without transcript features"):
+        trained = train_tabular(load_labelled(history, task, features_from=[features]), task)
         artifact = publish_tabular(trained, registry)
-    console.print(f"published {name} {artifact.version} → {artifact.path}")
+    with_, without = trained.metadata["metrics"], trained.metadata["without_added_features"]["metrics"]
+    console.print(f"published {name} {artifact.version}: held-out ROC-AUC {with_['roc_auc']:.3f} with transcript "
+                  f"features, {without['roc_auc']:.3f} without")
     return copied_report(artifact.path, out / "reports" / f"{name}.html")
 
 
+def train_all(store, out: Path) -> dict[str, Path]:
+    """Transcript model, then churn and retaliation on its features: the report of each."""
+    history = history_dir(out)
+    reports = {"transcripts": trained_transcripts(history, store, out)}
+    features = history_features(history, store)
+    for name in ("churn", "retaliation"):
+        reports[name] = trained_tabular(name, history, features, store, out)
+    return reports
+
+
+def top_table(flagged, count: int = PRINTED) -> Table:
+    """The riskiest flagged customers as a terminal table."""
+    table = Table("customer", "churn", "retaliation", "type", "action", "why", title=f"Top {count} at risk tonight")
+    for row in flagged.head(count).itertuples():
+        table.add_row(row.customer_id, f"{row.churn_risk:.2f}", f"{row.retaliation_risk:.2f}", row.retaliation_type,
+                      row.action, "; ".join(row.reasons))
+    return table
+
+
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the history, reports and outputs.")] = Path("runs/demo"),
-    registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or ./registry).")] = None,
-    retrain: Annotated[bool, typer.Option(help="Train new versions even when the registry already has models.")] = True,
+    out: Annotated[Path, typer.Option(help="Folder for the history, scores, flags and reports.")] = Path("runs/demo"),
+    registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
+                                                          "./registry).")] = None,
+    retrain: Annotated[bool, typer.Option(help="Train new versions even when the registry already has models.")] = False,
+    top_k: Annotated[Optional[int], typer.Option(help="Flag this many customers (default: whom the models' own "
+                                                      "thresholds flag).")] = None,
 ) -> None:
-    """Run the main job end to end on the bundled sample: train, publish, judge on unseen days, report."""
+    """The nightly job on the bundled day: train if needed, batch-score the transcripts, flag customers at risk with
+    reasons and actions, write flagged.csv and summary.html, and print the top ten."""
     from carelens.data.synthetic import sample_dir
+    from carelens.inference.api import Scorer, per_customer
+    from carelens.inference.summary import nightly_summary
     from carelens.models.registry import Registry
-    from carelens.training.cli import figures_tables
-    from carelens.training.evaluate import evaluate_tabular
+    from carelens.models.transcript import MODEL_NAME
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     store = Registry(registry)
-    history = history_dir(out)
-    reports = {}
-    for name in ("churn", "retaliation"):
-        if retrain or not store.versions(name):
-            reports[name] = trained_tabular(name, history, store, out)
+    reports = train_all(store, out) if retrain or not all(store.versions(n) for n in ("churn", "retaliation",
+                                                                                     MODEL_NAME)) else {}
+    scorer = Scorer.load(store)
     day = sample_dir()
-    for name in ("churn", "retaliation"):
-        result = evaluate_tabular(store, name, day)
-        console.rule(f"{name} {result['version']} on the bundled day ({day.name}, never trained on)")
-        for table in figures_tables(result):
-            console.print(table)
-    console.rule("done")
+    features = day_features(scorer, day, out)
+    contacts = scorer.contact_table(day / "interactions.parquet", transcript_features=features)
+    scores = scorer.contact_scores(contacts)
+    contacts = contacts.join(scores[["churn_risk", "retaliation_risk"]])
+    predicted = per_customer(scores)
+    flagged = scorer.flag_at_risk(day / "interactions.parquet", transcript_features=features, top_k=top_k)
+    flagged.assign(reasons=flagged["reasons"].str.join("; ")).to_csv(out / "flagged.csv", index=False)
+    facts = [{"item": "day", "value": f"{day} ({len(predicted):,} customers, {len(features):,} conversations)"},
+             {"item": "models", "value": ", ".join(f"{n} {v}" for n, v in scorer.versions.items())},
+             {"item": "flagged", "value": f"{len(flagged):,} customers"}]
+    (out / "summary.html").write_text(nightly_summary(predicted, flagged, contacts, facts), encoding="utf-8")
+    console.print(top_table(flagged))
+    console.print(day_check(day, contacts))
     for name, report in reports.items():
         console.print(f"{name} report: {report}")
-    console.print(f"registry: {store.root}   elapsed: {time.perf_counter() - started:.0f} s")
+    console.print(f"flagged: {out / 'flagged.csv'}   summary: {out / 'summary.html'}   registry: {store.root}   "
+                  f"elapsed: {time.perf_counter() - started:.0f} s", soft_wrap=True)
+
+
+def day_features(scorer, day: Path, out: Path):
+    """The day's transcripts scored into conversation features."""
+    from carelens.data.readers import read_transcripts
+    features = scorer.score_transcripts(read_transcripts(day / "transcripts.jsonl"))
+    features.to_parquet(out / "transcript_features.parquet", index=False)
+    return features
+
+
+def day_check(day: Path, contacts) -> str:
+    """How well tonight's churn risks rank the bundled day's known outcomes (labels the models never saw)."""
+    from sklearn.metrics import roc_auc_score
+
+    from carelens.data.readers import read_labels
+    labelled = contacts.merge(read_labels(day / "labels.parquet"), on="contact_id")
+    return (f"bundled day, never trained on: churn ROC-AUC {roc_auc_score(labelled['churned'], labelled['churn_risk']):.3f}"
+            f" over {len(labelled):,} contacts")

@@ -63,7 +63,7 @@ PHRASES: dict[str, Callable[[object, Optional[float]], str]] = {
     "product_problem": lambda v, p: "had a problem with the product" if v else "called with a routine request",
     "resolved": lambda v, p: "issue left unresolved" if not v else "issue marked resolved",
     "repeat_contacts_30d": lambda v, p: f"{_count(v, 'repeat contact', 'repeat contacts')} in 30 days",
-    "tenure_months": lambda v, p: f"customer for {v:.0f} months",
+    "tenure_months": lambda v, p: f"customer for {_count(v, 'month', 'months')}",
     "monthly_value": lambda v, p: f"pays {v:.0f} a month",
     "csat": lambda v, p: f"rated the contact {v:.0f}/5",
     "channel": lambda v, p: f"contacted us by {v}",
@@ -105,10 +105,13 @@ def described(feature: str, value: object, percentiles: Optional[list] = None) -
 
 
 def top_reasons(frame: pd.DataFrame, contributions: pd.DataFrame, profile: dict, count: int = 3) -> list[list[str]]:
-    """Per row: up to `count` phrases for the features that raised its risk most (by at least MIN_PUSH)."""
+    """Per row: up to `count` phrases for the recorded features that raised its risk most (by at least MIN_PUSH).
+    A missing value is not a reason a supervisor can act on (no transcript mostly means the caller hung up, which
+    `abandoned` says), so missing features are left out."""
     reasons = []
     percentiles = profile.get("percentiles", {})
+    recorded = frame[contributions.columns].notna()
     for index, row in contributions.iterrows():
-        ranked = row[row >= MIN_PUSH].sort_values(ascending=False).index[:count]
+        ranked = row[(row >= MIN_PUSH) & recorded.loc[index]].sort_values(ascending=False).index[:count]
         reasons.append([described(f, frame.at[index, f], percentiles.get(f)) for f in ranked])
     return reasons

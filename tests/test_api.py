@@ -140,3 +140,9 @@ def test_percentiles_stay_in_range_and_follow_the_value(values, value):
     assert 0 <= percentile <= 100
     assert percentile_of(value + 1e4, points) == 100 and percentile_of(value - 1e4, points) == 0
     assert ranked_share(percentile).startswith(("the bottom", "the top"))
+
+
+def test_missing_values_are_not_given_as_reasons():
+    frame = pd.DataFrame({"agent_empathy_mean": [np.nan], "tenure_months": [1.2], "abandoned": [True]})
+    contributions = pd.DataFrame({"agent_empathy_mean": [0.4], "tenure_months": [0.1], "abandoned": [0.2]})
+    assert top_reasons(frame, contributions, {}) == [["hung up before being answered", "customer for 1 month"]]

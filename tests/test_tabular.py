@@ -17,8 +17,8 @@ from carelens.models.tabular import (
 )
 from carelens.training.cli import evaluate_app, export_command, train_app
 from carelens.training.metrics import expected_calibration_error, group_rates, risk_metrics
-from carelens.training.report import figure_html, html_report, table_html
-from carelens.training.tabular import TASKS, load_labelled, train_tabular
+from carelens.training.report import comparison_rows, figure_html, html_report, table_html
+from carelens.training.tabular import TASKS, gap_recovered, load_labelled, train_tabular
 from conftest import requires_shared
 
 FAST = {"max_iter": 15}
@@ -249,6 +249,32 @@ def test_features_from_joins_numeric_columns_by_contact(generated, tmp_path):
     data = load_labelled(generated, TASKS["churn"], features_from=[tmp_path / "conversation_features.csv"])
     assert data.features[-1] == "empathy_mean" and "conversation_id" not in data.features
     assert data.frame["empathy_mean"].notna().sum() == len(extra)
+
+
+def test_added_features_are_compared_with_the_same_model_without_them(generated, tmp_path):
+    labels = pd.read_parquet(generated / "labels.parquet")
+    # A feature that carries the outcome through noise: the comparison must show it raises ROC-AUC.
+    noise = np.random.default_rng(3).normal(0, 0.5, len(labels))
+    pd.DataFrame({"contact_id": labels["contact_id"], "signal": labels["churned"] + noise}).to_parquet(
+        tmp_path / "signal.parquet")
+    data = load_labelled(generated, TASKS["churn"], features_from=[tmp_path / "signal.parquet"])
+    assert data.added == ["signal"]
+    trained = train_tabular(data, TASKS["churn"], **FAST)
+    without = trained.metadata["without_added_features"]
+    assert without["added"] == ["signal"] and "signal" not in without.get("features", [])
+    assert trained.metadata["metrics"]["roc_auc"] > without["metrics"]["roc_auc"] + 0.05
+    rows = {r["figure"]: r for r in comparison_rows(trained.metadata)}
+    assert rows["roc_auc"]["difference"] == pytest.approx(
+        trained.metadata["metrics"]["roc_auc"] - without["metrics"]["roc_auc"])
+    assert rows["seed gap recovered"]["without"] == without["seed_groups"]["gap_recovered"]
+    assert rows["features added"]["with"] == "signal"
+
+
+def test_gap_recovered_is_the_predicted_share_of_the_observed_gap():
+    rows = [{"group": "problem_effective", "observed": 0.9, "predicted": 0.8},
+            {"group": "problem_ineffective", "observed": 0.3, "predicted": 0.5}]
+    assert gap_recovered(rows) == pytest.approx(0.5)
+    assert gap_recovered(rows[:1]) is None
 
 
 def test_numeric_looking_keys_stay_text_so_features_join(tmp_path):

@@ -47,13 +47,17 @@ def _registry(path: Optional[Path]):
 
 def figures_tables(figures: dict) -> list[Table]:
     """Rich tables of held-out metrics and, when present, the per-seed-group rates."""
-    from carelens.training.report import metric_rows
+    from carelens.training.report import comparison_rows, metric_rows
     tables = [rows_table(metric_rows(figures["metrics"]), "held-out metrics")]
     if "seed_groups" in figures:
-        outcome = figures["seed_groups"]["outcome"]
-        tables.append(rows_table([{"seed group": r["group"], "rows": r["rows"], f"observed {outcome}": r["observed"],
-                                   f"predicted {outcome}": r["predicted"]} for r in figures["seed_groups"]["rows"]],
-                                 "per seed group"))
+        groups = figures["seed_groups"]
+        recovered = groups.get("gap_recovered")
+        title = "per seed group" + (f" (care-effectiveness gap recovered: {recovered:.0%})" if recovered else "")
+        tables.append(rows_table([{"seed group": r["group"], "rows": r["rows"],
+                                   f"observed {groups['outcome']}": r["observed"],
+                                   f"predicted {groups['outcome']}": r["predicted"]} for r in groups["rows"]], title))
+    if "without_added_features" in figures:
+        tables.append(rows_table(comparison_rows(figures), "with vs without the added features"))
     return tables
 
 

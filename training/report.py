@@ -138,6 +138,22 @@ def summary_rows(metadata: dict) -> list[dict]:
         [{"item": k, "value": v} for k, v in split.items()] + [{"item": "features", "value": features}]
 
 
+COMPARED = ("roc_auc", "pr_auc", "brier", "ece", "macro_f1")
+
+
+def comparison_rows(metadata: dict) -> list[dict]:
+    """Held-out figures of the model with the features joined from other tables against the same model without."""
+    without = metadata["without_added_features"]
+    pairs = [(m, without["metrics"].get(m), metadata["metrics"].get(m)) for m in COMPARED]
+    if "seed_groups" in metadata:
+        pairs.append(("seed gap recovered", without["seed_groups"]["gap_recovered"],
+                      metadata["seed_groups"]["gap_recovered"]))
+    return [{"figure": name, "without": before, "with": after,
+             "difference": after - before if before is not None and after is not None else None}
+            for name, before, after in pairs if before is not None or after is not None] + \
+        [{"figure": "features added", "without": "", "with": ", ".join(without["added"]), "difference": ""}]
+
+
 def tabular_report(model, frame: pd.DataFrame, labels: np.ndarray, metadata: dict) -> str:
     """The report of a risk model on held-out rows: curves, calibration, scores, importance and tables."""
     labels = np.asarray(labels)
@@ -154,6 +170,8 @@ def tabular_report(model, frame: pd.DataFrame, labels: np.ndarray, metadata: dic
     if "seed_groups" in metadata:
         outcome = metadata["seed_groups"]["outcome"]
         sections.append((f"Seed groups: observed vs predicted {outcome}", table_html(metadata["seed_groups"]["rows"])))
+    if "without_added_features" in metadata:
+        sections.append(("With vs without the added features", table_html(comparison_rows(metadata))))
     sections.append(("Data and training", table_html(summary_rows(metadata))))
     return html_report(f"CareLens {metadata.get('task', 'risk')} model", sections)
 

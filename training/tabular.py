@@ -1,7 +1,7 @@
 """How the churn and retaliation models are made: load labelled data, split it, fit, measure and publish."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -53,6 +53,8 @@ class LabelledData:
     categorical: Optional[list[str]]
     source: str
     groups: Optional[pd.Series] = None
+    #: Features joined from other tables (`--features-from`); training also fits a model without them to compare.
+    added: list[str] = field(default_factory=list)
 
     @property
     def contacts_per_day(self) -> float:
@@ -157,7 +159,8 @@ def with_features_from(data: LabelledData, tables: Sequence[PathLike]) -> Labell
                                            f"expected new feature names", column=clash[0])
         frame = frame.merge(extra[[key, *numeric]].astype({key: frame[key].dtype}), on=key, how="left")
         features += numeric
-    return LabelledData(frame, data.target, features, data.categorical, data.source, data.groups)
+    return LabelledData(frame, data.target, features, data.categorical, data.source, data.groups,
+                        [*data.added, *[f for f in features if f not in data.features]])
 
 
 def load_labelled(data: PathLike, task: Task, labels: Optional[PathLike] = None, target: Optional[str] = None,
@@ -205,12 +208,23 @@ class Trained:
     test_y: np.ndarray
 
 
+def gap_recovered(rows: list[dict]) -> Optional[float]:
+    """The share of the observed problem+effective vs problem+ineffective gap that the predictions reproduce."""
+    by_group = {r["group"]: r for r in rows}
+    if not {"problem_effective", "problem_ineffective"} <= set(by_group):
+        return None
+    effective, ineffective = by_group["problem_effective"], by_group["problem_ineffective"]
+    observed = effective["observed"] - ineffective["observed"]
+    return float((effective["predicted"] - ineffective["predicted"]) / observed) if observed else None
+
+
 def seed_group_rates(task: Task, happened: np.ndarray, risk: np.ndarray, groups: pd.Series) -> dict:
-    """Per seed group: observed outcome rate vs mean predicted, for churn as re-purchase (1 − churn)."""
+    """Per seed group: observed outcome rate vs mean predicted, for churn as re-purchase (1 − churn), and the share
+    of the care-effectiveness gap the model recovers."""
     happened = np.asarray(happened, dtype=float)
-    if task.report_complement:
-        return {"outcome": task.outcome, "rows": group_rates(groups, 1 - happened, 1 - risk)}
-    return {"outcome": task.outcome, "rows": group_rates(groups, happened, risk)}
+    rows = (group_rates(groups, 1 - happened, 1 - risk) if task.report_complement
+            else group_rates(groups, happened, risk))
+    return {"outcome": task.outcome, "rows": rows, "gap_recovered": gap_recovered(rows)}
 
 
 def held_out_figures(model: RiskModel, task: Task, frame: pd.DataFrame, y: np.ndarray,
@@ -228,9 +242,13 @@ def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 
     y = target_values(data, task)
     train, validation, test = split_indices(y, seed)
     rows = data.frame.reset_index(drop=True)
-    model = RiskModel(features=data.features, categorical=data.categorical, negative_class=task.negative_class,
-                      goal=goal, contacts_per_day=data.contacts_per_day, random_state=seed, **params)
-    model.fit(rows.iloc[train], y[train], X_val=rows.iloc[validation], y_val=y[validation])
+    test_groups = None if data.groups is None else data.groups.iloc[test]
+
+    def fitted(features: list[str]) -> RiskModel:
+        model = RiskModel(features=features, categorical=data.categorical, negative_class=task.negative_class,
+                          goal=goal, contacts_per_day=data.contacts_per_day, random_state=seed, **params)
+        return model.fit(rows.iloc[train], y[train], X_val=rows.iloc[validation], y_val=y[validation])
+    model = fitted(data.features)
     metadata = {
         "task": task.name, "target": data.target, "source": data.source,
         "features": model.feature_schema(), "classes": model.classes_.tolist(),
@@ -241,8 +259,12 @@ def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 
         "split": {"train": int(train.size), "validation": int(validation.size), "test": int(test.size)},
         "training_data_fingerprint": frame_fingerprint(rows[[*data.features, data.target]]),
     }
-    metadata.update(held_out_figures(model, task, rows.iloc[test], y[test],
-                                     None if data.groups is None else data.groups.iloc[test]))
+    metadata.update(held_out_figures(model, task, rows.iloc[test], y[test], test_groups))
+    if data.added:
+        # The same split and seed without the joined features: the report shows what they are worth.
+        baseline = fitted([f for f in data.features if f not in data.added])
+        metadata["without_added_features"] = {
+            "added": list(data.added), **held_out_figures(baseline, task, rows.iloc[test], y[test], test_groups)}
     return Trained(model, metadata, rows.iloc[test], y[test])
 
 
