@@ -1,8 +1,7 @@
 """The README's Python example runs as written and does what its comments say."""
 import re
 
-import numpy as np
-
+from carelens.inference.api import ACTIONS, CHURN_ONLY_ACTION
 from conftest import REPO
 
 
@@ -14,8 +13,11 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(readme_python_blocks()[0], "README.md", "exec"), namespace)
-    day, model = namespace["day"], namespace["model"]
-    assert len(day) == 500
-    assert day["churn_risk"].between(0, 1).all()
-    assert np.array_equal(day["flag"].to_numpy(), day["churn_risk"].to_numpy() >= model.threshold_)
-    assert namespace["metadata"]["version"] == "v1"
+    predicted, flagged = namespace["predicted"], namespace["flagged"]
+    assert predicted["customer_id"].is_unique and len(predicted) == 500
+    assert predicted["churn_risk"].between(0, 1).all() and predicted["retaliation_risk"].between(0, 1).all()
+    assert len(flagged) == 20 and flagged["risk"].is_monotonic_decreasing
+    assert flagged["risk"].iloc[-1] >= predicted[["churn_risk", "retaliation_risk"]].max(axis=1).nlargest(20).min()
+    assert flagged["action"].isin([*ACTIONS.values(), CHURN_ONLY_ACTION]).all()
+    assert flagged["reasons"].map(len).between(1, 3).all()
+    assert namespace["scorer"].versions == {"churn": "v1", "retaliation": "v1"}
