@@ -154,7 +154,7 @@ class GeneratorParams:
     #: Assumption: an agent's warmth varies turn to turn around the contact's care quality, so effective
     #: agents are curt sometimes and poor ones kind now and then. The thesis of the product is that the words
     #: show the care: with 0.15 and a steepness of 8, even the true turn labels let a churn model recover only
-    #: 67% of the seed gap (tests/test_synthetic.py measures what the labels carry).
+    #: 67% of the seed gap (tests/test_synthetic.py::test_the_true_turn_labels_carry_most_of_the_care_gap).
     warmth_noise_sd: float = 0.05
     #: Assumption: the chance an agent turn is warm = sigmoid(24 x (noisy quality - bar)): wording tracks care.
     warmth_steepness: float = 24.0
