@@ -1,6 +1,7 @@
-"""A registry with all three models (tiny transcript encoder, tabular models trained with its features), for tests."""
+"""A registry with all three models (a tiny transcript encoder unless given one; tabular models use its features)."""
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from carelens.data.synthetic import SyntheticData, generate, write_synthetic
 from carelens.models.registry import Registry
@@ -16,12 +17,12 @@ class ScoredRegistry:
     day_dir: Path
 
 
-def scored_registry(directory: Path, customers: int = 1200) -> ScoredRegistry:
-    """Publish a tiny transcript model, then churn and retaliation trained on a synthetic history with its
-    transcript features; `day` is a further synthetic day (another seed) the models never saw."""
+def scored_registry(directory: Path, customers: int = 1200, model: Optional[TranscriptModel] = None) -> ScoredRegistry:
+    """Publish a transcript model (default: a tiny random one), then churn and retaliation trained on a synthetic
+    history with its transcript features; `day` is a further synthetic day (another seed) the models never saw."""
     root = directory / "registry"
-    model = TranscriptModel.from_encoder(tiny_encoder(directory / "encoder"), max_length=32)
-    publish(model, root, {"note": "tiny random encoder for tests"})
+    model = model or TranscriptModel.from_encoder(tiny_encoder(directory / "encoder"), max_length=32)
+    publish(model, root, {"note": "untrained heads, for tests"})
     history = generate(customers, seed=11)
     write_synthetic(history, directory / "history")
     features = directory / "history_features.parquet"
