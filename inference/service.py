@@ -90,6 +90,9 @@ class FlagRequest(BaseModel):
 
     interactions: list[InteractionRecord] = Field(min_length=1)
     transcripts: list[Conversation] = Field(default_factory=list, description="Joined to contacts on contact_id.")
+    transcript_features: list[TranscriptFeatures] = Field(
+        default_factory=list, description="Features already scored (by /v1/score or `carelens score`), instead of "
+                                          "transcripts: flagging then needs no encoder pass.")
     top_k: Optional[int] = Field(None, ge=0, description="Return the top_k riskiest customers.")
     threshold: Optional[float] = Field(None, ge=0, le=1, description="Return customers whose risk >= threshold.")
 
@@ -97,6 +100,8 @@ class FlagRequest(BaseModel):
     def _one_selection(self) -> "FlagRequest":
         if self.top_k is not None and self.threshold is not None:
             raise ValueError("give top_k or threshold, not both (neither: each model's own decision threshold)")
+        if self.transcripts and self.transcript_features:
+            raise ValueError("give transcripts or transcript_features, not both")
         return self
 
 
@@ -241,9 +246,13 @@ def flag(request: FlagRequest, service: ServiceDep) -> dict:
     either model's own threshold flags; each with reasons and an action."""
     check_batch(request.interactions, "interactions", service.settings)
     check_batch(request.transcripts, "transcripts", service.settings)
+    check_batch(request.transcript_features, "transcript_features", service.settings)
     records = [record.model_dump(mode="json") for record in request.interactions]
+    scored = (pd.DataFrame([row.model_dump() for row in request.transcript_features], columns=[*KEYS, *FEATURE_COLUMNS])
+              if request.transcript_features else None)
     with service.lock:
-        flagged = service.scorer.flag_at_risk(records, request.transcripts or None, request.top_k, request.threshold)
+        flagged = service.scorer.flag_at_risk(records, request.transcripts or None, request.top_k, request.threshold,
+                                              transcript_features=scored)
     return {"customers": json_records(flagged[FLAG_COLUMNS])}
 
 

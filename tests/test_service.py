@@ -88,6 +88,17 @@ def test_flag_returns_the_scorers_customers_exactly(client, scorer, day, selecti
     assert response.json()["customers"] == expected_rows(expected)
 
 
+def test_flag_with_features_scored_earlier_equals_flag_with_the_transcripts(client, day):
+    scored = client.post("/v1/score", json={"conversations": day.conversations}).json()["conversations"]
+    base = {"interactions": records(day.interactions), "top_k": 10}
+    from_features = client.post("/v1/flag", json={**base, "transcript_features": scored})
+    from_transcripts = client.post("/v1/flag", json={**base, "transcripts": day.conversations})
+    assert from_features.status_code == 200
+    assert from_features.json() == from_transcripts.json()
+    both = client.post("/v1/flag", json={**base, "transcripts": day.conversations, "transcript_features": scored})
+    assert both.status_code == 422 and "transcripts or transcript_features, not both" in both.json()["detail"]
+
+
 def test_concurrent_requests_all_get_the_single_request_answer(client, day):
     body = {"conversations": day.conversations[:10]}
     alone = client.post("/v1/score", json=body).json()
