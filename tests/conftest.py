@@ -30,3 +30,16 @@ def registry_with_models(tmp_path_factory):
     """A registry holding churn, retaliation and a tiny transcript model, and an unseen synthetic day to score."""
     from scored_registry import scored_registry
     return scored_registry(tmp_path_factory.mktemp("scored"))
+
+
+@pytest.fixture(scope="session")
+def scorer(registry_with_models):
+    """The Scorer over `registry_with_models`, loaded once."""
+    from carelens.inference.api import Scorer
+    return Scorer.load(registry_with_models.root)
+
+
+@pytest.fixture(scope="session")
+def day(registry_with_models):
+    """The unseen synthetic day of `registry_with_models` (interactions and conversations)."""
+    return registry_with_models.day

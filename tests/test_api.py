@@ -11,17 +11,6 @@ from carelens.inference.reasons import described, percentile_of, pushes, ranked_
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import load_tabular
-from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
-
-
-@pytest.fixture(scope="module")
-def scorer(registry_with_models):
-    return Scorer.load(registry_with_models.root)
-
-
-@pytest.fixture(scope="module")
-def day(registry_with_models):
-    return registry_with_models.day
 
 
 def test_load_records_the_versions_and_uses_the_transcript_features(scorer):

@@ -16,23 +16,12 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from carelens.data.synthetic import generate
-from carelens.inference.api import Scorer
 from carelens.inference.cli import app as cli
 from carelens.inference.service import API_KEY_HEADER, ServiceSettings, create_app, headline_metrics
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 
 KEY = "s3cret-key"
 LIMITS = {"max_body_bytes": 400_000, "max_batch": 80}
-
-
-@pytest.fixture(scope="module")
-def scorer(registry_with_models):
-    return Scorer.load(registry_with_models.root)
-
-
-@pytest.fixture(scope="module")
-def day(registry_with_models):
-    return registry_with_models.day
 
 
 @pytest.fixture(scope="module")
