@@ -90,24 +90,36 @@ def iter_jsonl_lines(path: PathLike) -> Iterator[tuple[int, str]]:
                 yield line_no, line
 
 
+LONG_FORM_COLUMNS = ["conversation_id", "turn_index", "speaker", "text"]
+LONG_FORM_TURN_FIELDS = ("speaker", "text", "start_s", "end_s")
+LONG_FORM_CONVERSATION_FIELDS = ("customer_id", "contact_id", "channel", "started_at")
+
+
+def check_long_form_columns(columns: Sequence[str], source: str) -> None:
+    """ContractError when a long-form transcripts table lacks a column it needs."""
+    missing = [c for c in LONG_FORM_COLUMNS if c not in columns]
+    if missing:
+        raise ContractError(source, f"missing column(s) {', '.join(missing)}; long-form transcripts need "
+                                    f"{', '.join(LONG_FORM_COLUMNS)}", column=missing[0])
+
+
+def long_form_record(turns: pd.DataFrame) -> dict:
+    """One conversation's rows (one per turn, any order) as a transcripts-contract record, turns in turn order."""
+    turns = turns.sort_values("turn_index", kind="stable")
+    head = turns.iloc[0]
+    turn_fields = [c for c in LONG_FORM_TURN_FIELDS if c in turns.columns]
+    conversation_fields = [c for c in LONG_FORM_CONVERSATION_FIELDS if c in turns.columns]
+    return {"conversation_id": str(head["conversation_id"]),
+            **{c: head[c] for c in conversation_fields if pd.notna(head[c])},
+            "turns": [{k: v for k, v in row.items() if pd.notna(v)} for row in turns[turn_fields].to_dict("records")]}
+
+
 def _conversations_from_long_parquet(path: PathLike) -> list[Conversation]:
     """Long-form transcripts (one row per turn) grouped back into conversations in turn order."""
     frame = read_table(path)
-    needed = ["conversation_id", "turn_index", "speaker", "text"]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise ContractError(str(path), f"missing column(s) {', '.join(missing)}; long-form transcripts need "
-                                       f"{', '.join(needed)}", column=missing[0])
-    turn_fields = [c for c in ("speaker", "text", "start_s", "end_s") if c in frame.columns]
-    conv_fields = [c for c in ("customer_id", "contact_id", "channel", "started_at") if c in frame.columns]
-    conversations = []
-    for conversation_id, turns in frame.sort_values(["conversation_id", "turn_index"]).groupby("conversation_id", sort=False):
-        head = turns.iloc[0]
-        record = {"conversation_id": str(conversation_id),
-                  **{c: head[c] for c in conv_fields if pd.notna(head[c])},
-                  "turns": [{k: v for k, v in row.items() if pd.notna(v)} for row in turns[turn_fields].to_dict("records")]}
-        conversations.append(conversation_from_record(record, str(path), int(turns.index[0]) + 1))
-    return conversations
+    check_long_form_columns(frame.columns, str(path))
+    return [conversation_from_record(long_form_record(turns), str(path), int(turns.index.min()) + 1)
+            for _, turns in frame.groupby("conversation_id", sort=True)]
 
 
 def read_transcripts(path: PathLike) -> list[Conversation]:

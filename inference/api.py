@@ -106,7 +106,7 @@ class Scorer:
     def uses_transcripts(self) -> bool:
         return any(f in FEATURE_COLUMNS for f in self.features)
 
-    def _extra_columns(self) -> tuple[list[str], list[str]]:
+    def extra_columns(self) -> tuple[list[str], list[str]]:
         """Features beyond the interactions contract and the transcript features: (numeric, categorical)."""
         extra = [f for f in self.features if f not in INTERACTION_FEATURES and f not in FEATURE_COLUMNS]
         categorical = {f for m in (self.churn, self.retaliation) for f in m.categorical_features_}
@@ -125,7 +125,7 @@ class Scorer:
                       transcript_features: Optional[pd.DataFrame] = None) -> pd.DataFrame:
         """The validated interactions with every feature the models take (transcript features joined on contact_id;
         NaN where a contact has no conversation, which the models were trained to expect)."""
-        numeric, categorical = self._extra_columns()
+        numeric, categorical = self.extra_columns()
         table = interactions_frame(interactions, numeric, categorical)
         if transcript_features is None and transcripts is not None and self.transcripts is not None:
             transcript_features = self.score_transcripts(transcripts)

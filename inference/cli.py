@@ -10,6 +10,7 @@ import typer
 from carelens.data.cli import generate_command
 from carelens.inference.demo import demo
 from carelens.inference.featurize import featurize_command
+from carelens.inference.score import score_command
 from carelens.inference.serve import serve_command
 from carelens.training.cli import evaluate_app, export_command, train_app
 
@@ -20,5 +21,6 @@ app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 app.command("export")(export_command)
 app.command("featurize")(featurize_command)
+app.command("score")(score_command)
 app.command("serve")(serve_command)
 app.command("demo")(demo)

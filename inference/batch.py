@@ -1,0 +1,501 @@
+"""The batch scorer: transcript (and interaction) files streamed in bounded chunks into Parquet parts, a dead-letter
+file and a manifest, resumable after a crash.
+
+Every input file is cut into units of `chunk_size` records by a quick first pass (which also hashes it). A unit is
+scored as a whole and committed atomically: its dead letters first, then its Parquet part (temporary name, then
+rename). A unit is done exactly when its part exists, so a re-run skips finished units and a killed run never leaves
+a half-written part. The engines (local here, Ray in `ray_engine`) differ only in how they run `score_unit`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import hashlib
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from carelens.data.contracts import INTERACTIONS, ContractError, Conversation, check_table
+from carelens.data.readers import (
+    TABLE_SUFFIXES, check_long_form_columns, conversation_from_json, conversation_from_record, header_lines,
+    long_form_record,
+)
+from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
+from carelens.models.registry import Registry
+from carelens.models.transcript import MODEL_NAME, TranscriptModel, load_transcript_model, transcript_features
+
+PathLike = Union[str, Path]
+PARQUET_SUFFIXES = (".parquet", ".pq")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+FEATURES, PREDICTIONS, DEAD = "features", "predictions", "dead"
+PLAN, MANIFEST, DEAD_LETTER = "_plan.json", "_manifest.json", "dead_letter.jsonl"
+TEMPORARY_MARK = ".tmp-"
+#: Where each scored conversation came from, beside its ids and features.
+FEATURE_FIELDS = [pa.field("source", pa.string()), pa.field("line", pa.int64()),
+                  *(pa.field(k, pa.string()) for k in KEYS), *(pa.field(f, pa.float64()) for f in FEATURE_COLUMNS)]
+FEATURES_SCHEMA = pa.schema(FEATURE_FIELDS)
+
+
+class RunConflict(ValueError):
+    """The output folder holds a run over other inputs, models or chunking; resuming it would mix two runs."""
+
+
+# -- the plan: input files, cut into units ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Unit:
+    """One chunk of one transcripts file, scored and committed as a whole: records [start, stop) in bytes (JSON Lines)
+    or rows (long-form Parquet), the first of which is line / row `first`."""
+
+    key: str
+    path: str
+    kind: str
+    start: int
+    stop: int
+    first: int
+    records: int
+
+
+@dataclass
+class InputFile:
+    """One input file as the plan saw it: size, SHA-256, records, and why it was rejected whole (None if not)."""
+
+    path: str
+    kind: str
+    bytes: int
+    sha256: str
+    records: int = 0
+    rejected: Optional[str] = None
+    units: list[Unit] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "units" and (k != "rejected" or v)}
+
+
+def expanded_inputs(patterns: Sequence[PathLike], suffixes: Sequence[str]) -> list[Path]:
+    """Files named by paths, globs and directories (a directory gives its files with one of `suffixes`), sorted and
+    without repeats; ContractError naming the pattern that matched nothing."""
+    files = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        else:
+            found = [Path(p) for p in sorted(glob.glob(str(pattern), recursive=True))] or ([path] if path.is_file() else [])
+        if not found:
+            raise ContractError(str(pattern), f"no input file matches (expected a file, a glob or a directory of "
+                                              f"{', '.join(suffixes)} files)")
+        files.extend(found)
+    return list(dict.fromkeys(p.resolve() for p in files))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def planned_file(path: Path, index: int, chunk_size: int) -> InputFile:
+    """An input file described and cut into units; an empty or unreadable file is rejected whole, with the reason."""
+    kind = "parquet" if path.suffix.lower() in PARQUET_SUFFIXES else "jsonl"
+    if path.stat().st_size == 0:
+        return InputFile(str(path), kind, 0, file_sha256(path), rejected="the file is empty: no conversations")
+    if kind == "jsonl":
+        return jsonl_plan(path, index, chunk_size)
+    planned = InputFile(str(path), kind, path.stat().st_size, file_sha256(path))
+    try:
+        planned.records, planned.units = parquet_units(path, index, chunk_size)
+    except (ContractError, pa.ArrowException, OSError) as exc:
+        planned.rejected = f"cannot be read as long-form Parquet transcripts: {exc}"
+    return planned
+
+
+def unit_key(index: int, chunk: int) -> str:
+    return f"t{index:04d}-c{chunk:06d}"
+
+
+def jsonl_plan(path: Path, index: int, chunk_size: int) -> InputFile:
+    """A JSON Lines file hashed and cut every `chunk_size` non-blank lines, in one pass that holds one line at a time."""
+    digest, units = hashlib.sha256(), []
+    offset, records, start, first = 0, 0, 0, 1
+    with open(path, "rb") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            digest.update(line)
+            if line.strip():
+                if records % chunk_size == 0 and records:
+                    units.append(Unit(unit_key(index, len(units)), str(path), "jsonl", start, offset, first, chunk_size))
+                    start, first = offset, line_no
+                records += 1
+            offset += len(line)
+    if records:
+        units.append(Unit(unit_key(index, len(units)), str(path), "jsonl", start, offset, first,
+                          records - chunk_size * len(units)))
+    return InputFile(str(path), "jsonl", offset, digest.hexdigest(), records, units=units)
+
+
+def parquet_units(path: Path, index: int, chunk_size: int) -> tuple[int, list[Unit]]:
+    """(conversations, units) of a long-form Parquet file: a conversation is a run of rows with one conversation_id,
+    and a unit holds `chunk_size` runs. Only the id column is read."""
+    check_long_form_columns(pq.ParquetFile(path).schema_arrow.names, str(path))
+    ids = pq.read_table(path, columns=["conversation_id"]).column(0).to_pandas().astype(str).to_numpy()
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, dtype=int)
+    bounds = np.r_[starts, len(ids)]
+    units = [Unit(unit_key(index, k), str(path), "parquet", int(bounds[i]), int(bounds[min(i + chunk_size, len(starts))]),
+                  int(bounds[i]) + 1, min(chunk_size, len(starts) - i))
+             for k, i in enumerate(range(0, len(starts), chunk_size))]
+    return len(starts), units
+
+
+def planned_inputs(patterns: Sequence[PathLike], chunk_size: int) -> list[InputFile]:
+    files = expanded_inputs(patterns, (*JSONL_SUFFIXES, *PARQUET_SUFFIXES))
+    return [planned_file(path, index, chunk_size) for index, path in enumerate(files)]
+
+
+# -- reading and scoring a unit ---------------------------------------------------------------------------------------
+
+def jsonl_records(unit: Unit) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a unit; undecodable bytes become U+FFFD so the line still
+    reports."""
+    with open(unit.path, "rb") as handle:
+        handle.seek(unit.start)
+        data = handle.read(unit.stop - unit.start)
+    for offset, raw in enumerate(data.split(b"\n")):
+        if raw.strip():
+            yield unit.first + offset, raw.decode("utf-8", errors="replace").rstrip("\r")
+
+
+def parquet_rows(path: str, start: int, stop: int) -> pd.DataFrame:
+    """Rows [start, stop) of a Parquet file, reading only the row groups that hold them."""
+    parquet = pq.ParquetFile(path)
+    sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+    bounds = np.cumsum([0, *sizes])
+    groups = [g for g in range(len(sizes)) if bounds[g] < stop and bounds[g + 1] > start]
+    table = parquet.read_row_groups(groups).slice(start - int(bounds[groups[0]]), stop - start)
+    frame = table.to_pandas()
+    frame.index = pd.RangeIndex(start, stop)
+    return frame
+
+
+def parquet_records(unit: Unit) -> Iterator[tuple[int, dict]]:
+    """(row number of its first turn, record) of each conversation in a long-form Parquet unit."""
+    frame = parquet_rows(unit.path, unit.start, unit.stop)
+    runs = (frame["conversation_id"].astype(str) != frame["conversation_id"].astype(str).shift()).cumsum()
+    for _, turns in frame.groupby(runs, sort=False):
+        yield int(turns.index[0]) + 1, long_form_record(turns)
+
+
+def unit_records(unit: Unit) -> Iterator[tuple[int, Union[str, dict]]]:
+    return jsonl_records(unit) if unit.kind == "jsonl" else parquet_records(unit)
+
+
+def dead_letter(source: str, kind: str, number: int, reason: str, record: Union[str, dict]) -> dict:
+    """One dead-letter entry: the file, the line (JSON Lines) or row (tables), why, and the record as it came."""
+    place = "line" if kind == "jsonl" else "row"
+    return {"source": source, place: number, "reason": reason,
+            "record": record if isinstance(record, str) else json.dumps(record, default=str, ensure_ascii=False)}
+
+
+def parsed(unit: Unit, number: int, record: Union[str, dict]) -> Union[Conversation, str]:
+    """The record as a Conversation, or the contract's reason for refusing it."""
+    try:
+        if isinstance(record, str):
+            return conversation_from_json(record, unit.path, number)
+        return conversation_from_record(record, unit.path, number)
+    except ContractError as exc:
+        return str(exc)
+
+
+def isolated_features(model: TranscriptModel, conversations: list[Conversation], batch_size: int
+                      ) -> tuple[list[pd.DataFrame], list[Optional[str]]]:
+    """Each conversation scored alone: its features, or why scoring it failed (only after the whole batch failed)."""
+    frames, reasons = [], []
+    for conversation in conversations:
+        try:
+            frames.append(transcript_features(model, [conversation], batch_size))
+            reasons.append(None)
+        except Exception as exc:  # noqa: BLE001 - one unscorable conversation must not sink its unit
+            frames.append(None)
+            reasons.append(f"scoring failed: {type(exc).__name__}: {exc}")
+    if all(reason is not None for reason in reasons):
+        raise RuntimeError(f"every conversation of the batch failed to score; the first: {reasons[0]}")
+    return frames, reasons
+
+
+def score_unit(model: TranscriptModel, unit: Unit, batch_size: int) -> tuple[pd.DataFrame, list[dict]]:
+    """(features of every conversation that parsed and scored, dead letters of the rest), in input order."""
+    good, numbers, raw, dead = [], [], [], []
+    for number, record in unit_records(unit):
+        result = parsed(unit, number, record)
+        if isinstance(result, str):
+            dead.append(dead_letter(unit.path, unit.kind, number, result, record))
+        else:
+            good.append(result)
+            numbers.append(number)
+            raw.append(record)
+    features = feature_frame(model, good, batch_size)
+    if features is None:
+        frames, reasons = isolated_features(model, good, batch_size)
+        for number, record, reason in zip(numbers, raw, reasons):
+            if reason is not None:
+                dead.append(dead_letter(unit.path, unit.kind, number, reason, record))
+        keep = [r is None for r in reasons]
+        numbers = [n for n, k in zip(numbers, keep) if k]
+        features = pd.concat([f for f in frames if f is not None], ignore_index=True)
+    features.insert(0, "line", np.asarray(numbers, dtype=np.int64))
+    features.insert(0, "source", unit.path)
+    return features[FEATURES_SCHEMA.names], dead
+
+
+def feature_frame(model: TranscriptModel, conversations: list[Conversation], batch_size: int) -> Optional[pd.DataFrame]:
+    """The conversations' features scored together, or None when that failed (so they are retried one by one)."""
+    try:
+        return transcript_features(model, conversations, batch_size)
+    except Exception:  # noqa: BLE001 - retried conversation by conversation, where the failure gets its reason
+        return None
+
+
+# -- committing, atomically ------------------------------------------------------------------------------------------
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """A temporary path beside `target` that becomes `target` (by rename) only when the block completes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}{TEMPORARY_MARK}{os.getpid()}")
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_parquet(frame: pd.DataFrame, target: Path, schema: Optional[pa.Schema] = None) -> None:
+    with atomic_path(target) as temporary:
+        pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), temporary)
+
+
+def write_text(text: str, target: Path) -> None:
+    with atomic_path(target) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def jsonl_text(entries: Sequence[dict]) -> str:
+    return "".join(json.dumps(entry, ensure_ascii=False, default=str) + "\n" for entry in entries)
+
+
+def commit_unit(out: Path, folder: str, key: str, rows: pd.DataFrame, dead: Sequence[dict],
+                schema: Optional[pa.Schema] = None) -> None:
+    """A unit's dead letters, then its part: once the part exists, the unit is done and both are complete."""
+    write_text(jsonl_text(dead), out / DEAD / f"{key}.jsonl")
+    write_parquet(rows, out / folder / f"{key}.parquet", schema)
+
+
+def done_keys(out: Path, folder: str) -> set[str]:
+    return {p.stem for p in (out / folder).glob("*.parquet")}
+
+
+def removed_leftovers(out: Path) -> int:
+    """Temporary files a killed run left behind, deleted; how many there were."""
+    leftovers = [p for p in out.rglob(f"*{TEMPORARY_MARK}*") if p.is_file()]
+    for path in leftovers:
+        path.unlink()
+    return len(leftovers)
+
+
+# -- engines ----------------------------------------------------------------------------------------------------------
+
+def run_local(units: Sequence[Unit], model: TranscriptModel, out: Path, batch_size: int,
+              show_progress_bar: bool) -> None:
+    """Score the units one after another in this process; memory holds one unit at a time."""
+    with tqdm(total=sum(u.records for u in units), unit="conv", desc="scoring", disable=not show_progress_bar,
+              smoothing=0.1) as bar:
+        for unit in units:
+            features, dead = score_unit(model, unit, batch_size)
+            commit_unit(out, FEATURES, unit.key, features, dead, FEATURES_SCHEMA)
+            bar.update(unit.records)
+
+
+# -- interactions: contact-level predictions with the transcript features --------------------------------------------
+
+def table_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
+    """A CSV (as text, like the contract readers) or Parquet table in chunks of at most `chunk_size` rows."""
+    if path.suffix.lower() == ".csv":
+        yield from pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_size)
+    else:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
+            yield batch.to_pandas()
+
+
+def saved_features(out: Path) -> pd.DataFrame:
+    """Every committed conversation's contact_id and features (the last conversation of a contact wins)."""
+    columns = ["contact_id", *FEATURE_COLUMNS]
+    frames = [pq.read_table(p, columns=columns).to_pandas() for p in sorted((out / FEATURES).glob("*.parquet"))]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return frame.dropna(subset=["contact_id"]).drop_duplicates("contact_id", keep="last")
+
+
+def predict_contacts(scorer, paths: Sequence[Path], out: Path, chunk_size: int) -> dict:
+    """Per contact of the interactions files: churn and retaliation risk, type and flags, with the transcript features
+    joined on contact_id; rows that break the contract go to the dead letters. Returns each file's rows read (or why
+    it was rejected whole)."""
+    from carelens.inference.api import PREDICTION_COLUMNS
+    features = saved_features(out) if scorer.uses_transcripts else None
+    numeric, categorical = scorer.extra_columns()
+    done, seen = done_keys(out, PREDICTIONS), {}
+    for index, path in enumerate(paths):
+        rows = 0
+        try:
+            for chunk_no, chunk in enumerate(table_chunks(path, chunk_size)):
+                key, offset = f"i{index:04d}-c{chunk_no:06d}", rows
+                rows += len(chunk)
+                if key in done:
+                    continue
+                checked = check_table(chunk, INTERACTIONS, str(path), numeric, categorical)
+                first_row = offset + header_lines(path) + 1
+                dead = [dead_letter(str(path), "table", first_row + int(i), reason,
+                                    chunk.iloc[int(i)].to_dict())
+                        for i, reason in checked.problems[checked.problems != ""].items()]
+                good = checked.good
+                scored = (scorer.contact_scores(scorer.contact_table(good, transcript_features=features))
+                          if len(good) else pd.DataFrame(columns=PREDICTION_COLUMNS))
+                commit_unit(out, PREDICTIONS, key, scored[PREDICTION_COLUMNS].astype(PREDICTION_DTYPES), dead)
+            seen[str(path)] = {"records": rows}
+        except (ContractError, pa.ArrowException, pd.errors.ParserError, OSError, UnicodeDecodeError) as exc:
+            seen[str(path)] = {"records": 0, "rejected": str(exc)}
+    return seen
+
+
+PREDICTION_DTYPES = {"customer_id": str, "contact_id": str, "churn_risk": float, "retaliation_risk": float,
+                     "retaliation_type": str, "churn_flagged": bool, "retaliation_flagged": bool}
+
+
+# -- the run ----------------------------------------------------------------------------------------------------------
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def checked_plan(out: Path, plan: dict, restart: bool) -> int:
+    """Start or resume the run recorded in `out`: RunConflict when `out` holds a run of another plan (unless
+    `restart`, which discards it). Returns how many units were already done."""
+    recorded = out / PLAN
+    if restart:
+        for name in (FEATURES, PREDICTIONS, DEAD):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in (PLAN, MANIFEST, DEAD_LETTER):
+            (out / name).unlink(missing_ok=True)
+    elif recorded.is_file():
+        before = json.loads(recorded.read_text())
+        differing = [k for k in plan if before.get(k) != plan[k]]
+        if differing:
+            raise RunConflict(f"{out}: holds a run with other {', '.join(differing)}; resuming it would mix two runs. "
+                              f"Choose another --out, or pass --restart to discard it")
+    out.mkdir(parents=True, exist_ok=True)
+    removed_leftovers(out)
+    write_text(json.dumps(plan, indent=2), recorded)
+    return len(done_keys(out, FEATURES)) + len(done_keys(out, PREDICTIONS))
+
+
+def parquet_rows_in(folder: Path) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob("*.parquet"))
+
+
+def gathered_dead_letters(out: Path) -> int:
+    """Every unit's dead letters gathered into dead_letter.jsonl (written atomically); how many there are."""
+    count = 0
+    with atomic_path(out / DEAD_LETTER) as temporary, open(temporary, "w", encoding="utf-8") as gathered:
+        for part in sorted((out / DEAD).glob("*.jsonl")):
+            text = part.read_text(encoding="utf-8")
+            gathered.write(text)
+            count += text.count("\n")
+    return count
+
+
+def dead_in(out: Path, prefix: str) -> int:
+    return sum(p.read_text(encoding="utf-8").count("\n") for p in (out / DEAD).glob(f"{prefix}*.jsonl"))
+
+
+def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Optional[PathLike] = None,
+                version: str = "latest", interactions: Sequence[PathLike] = (), engine: str = "local",
+                chunk_size: int = 1_000, batch_size: int = 64, restart: bool = False, show_progress_bar: bool = True,
+                ray_address: Optional[str] = None, workers: Optional[int] = None) -> dict:
+    """Score transcript files (JSON Lines or long-form Parquet; paths, globs or directories) into `out`: Parquet
+    parts of conversation features, with `interactions` also per-contact predictions, every bad record in
+    dead_letter.jsonl, and `_manifest.json`. Re-running resumes. Returns the manifest; raises when in != out + dead."""
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    started, clock, out = now(), time.perf_counter(), Path(out)
+    store = Registry(registry)
+    models = {MODEL_NAME: store.resolve(MODEL_NAME, version)}
+    tables = expanded_inputs(interactions, TABLE_SUFFIXES) if interactions else []
+    if tables:
+        models.update({name: store.resolve(name, version) for name in ("churn", "retaliation")})
+    inputs = planned_inputs(transcripts, chunk_size)
+    plan = {"inputs": [f.summary() for f in inputs], "interactions": [str(p) for p in tables],
+            "interaction_hashes": [file_sha256(p) for p in tables], "models": models, "chunk_size": chunk_size}
+    already = checked_plan(out, plan, restart)
+    done = done_keys(out, FEATURES)
+    pending = [u for f in inputs for u in f.units if u.key not in done]
+    if pending:
+        if engine == "ray":
+            from carelens.inference.ray_engine import run_ray
+            run_ray(pending, store.root, models[MODEL_NAME], out, batch_size, ray_address, workers, show_progress_bar)
+        else:
+            run_local(pending, load_transcript_model(store.root, models[MODEL_NAME]), out, batch_size,
+                      show_progress_bar)
+    table_counts = {}
+    if tables:
+        from carelens.inference.api import Scorer
+        table_counts = predict_contacts(Scorer.load(store, models), tables, out, chunk_size)
+    return finish(out, started, clock, engine, plan, inputs, table_counts, already, len(pending))
+
+
+def finish(out: Path, started: str, clock: float, engine: str, plan: dict, inputs: Sequence[InputFile],
+           table_counts: dict, already: int, scored_units: int) -> dict:
+    """Gather the dead letters, count, check in = out + dead for each kind of input, and write the manifest."""
+    dead_total = gathered_dead_letters(out)
+    kinds = {"transcripts": {"in": sum(f.records for f in inputs), "out": parquet_rows_in(out / FEATURES),
+                             "dead": dead_in(out, "t")}}
+    if plan["interactions"]:
+        kinds["interactions"] = {"in": sum(c["records"] for c in table_counts.values()),
+                                 "out": parquet_rows_in(out / PREDICTIONS), "dead": dead_in(out, "i")}
+    counts = {key: sum(k[key] for k in kinds.values()) for key in ("in", "out", "dead")}
+    rejected = [{"source": f.path, "reason": f.rejected} for f in inputs if f.rejected] + \
+               [{"source": p, "reason": c["rejected"]} for p, c in table_counts.items() if "rejected" in c]
+    manifest = {"carelens": package_version("carelens"), "engine": engine, "started_at": started, "ended_at": now(),
+                "elapsed_s": round(time.perf_counter() - clock, 3), "models": plan["models"],
+                "chunk_size": plan["chunk_size"], "inputs": plan["inputs"],
+                "interactions": [{"path": p, "sha256": h, **table_counts.get(p, {})}
+                                 for p, h in zip(plan["interactions"], plan["interaction_hashes"])],
+                "rejected_inputs": rejected, "counts": counts, "by_input": kinds,
+                "units": {"scored_now": scored_units, "already_done": already},
+                "outputs": {"features": FEATURES, "predictions": PREDICTIONS if plan["interactions"] else None,
+                            "dead_letter": DEAD_LETTER},
+                "balanced": all(k["in"] == k["out"] + k["dead"] for k in kinds.values())}
+    write_text(json.dumps(manifest, indent=2), out / MANIFEST)
+    if dead_total != counts["dead"] or not manifest["balanced"]:
+        raise RuntimeError(f"{out / MANIFEST}: records do not add up ({json.dumps(kinds)}); in must equal out + dead")
+    return manifest
+
+
+def read_parts(out: PathLike, folder: str = FEATURES) -> pd.DataFrame:
+    """Every committed part of a batch run's output folder (`features` or `predictions`) as one DataFrame."""
+    parts = sorted((Path(out) / folder).glob("*.parquet"))
+    if not parts:
+        raise ValueError(f"{Path(out) / folder}: no Parquet parts; run `carelens score` first")
+    return pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)

@@ -1,0 +1,92 @@
+"""The Ray engine of the batch scorer: the same `score_unit`, run by Ray Data actors that each load the model once.
+
+Units go in as a dataset (one block each) → `map_batches(UnitScorer)` (an actor per worker) → `write_parquet`
+into a staging folder partitioned by unit → each unit committed exactly as the local engine commits it. Ray reads
+line ranges rather than `read_json` so that a corrupt line is dead-lettered with its number instead of failing its
+whole block. On a cluster, the inputs, the registry and the output folder must be at the same path on every node.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from carelens.inference.batch import FEATURES, FEATURES_SCHEMA, Unit, commit_unit, score_unit
+
+STAGING = ".ray-staging"
+UNIT_COLUMN = "unit"
+DEAD_COLUMN = "dead_letter"
+#: Typed explicitly: Ray would otherwise pickle text columns that hold nulls.
+STAGED_SCHEMA = FEATURES_SCHEMA.append(pa.field(DEAD_COLUMN, pa.string())).append(pa.field(UNIT_COLUMN, pa.string()))
+
+
+def staged_rows(key: str, features: pd.DataFrame, dead: Sequence[dict]) -> pa.Table:
+    """One unit's scores as rows of one table: feature rows, then one row per dead letter (its JSON in DEAD_COLUMN)."""
+    dead_rows = pd.DataFrame({DEAD_COLUMN: [json.dumps(entry, ensure_ascii=False) for entry in dead]},
+                             columns=[*FEATURES_SCHEMA.names, DEAD_COLUMN])
+    rows = pd.concat([features.assign(**{DEAD_COLUMN: None}), dead_rows], ignore_index=True)
+    return pa.Table.from_pandas(rows.assign(**{UNIT_COLUMN: key}), schema=STAGED_SCHEMA, preserve_index=False)
+
+
+class UnitScorer:
+    """A Ray Data actor: loads the published transcript model once, then scores each batch of units it is given."""
+
+    def __init__(self, registry: str, version: str, batch_size: int, threads: int):
+        import torch
+
+        from carelens.models.transcript import load_transcript_model
+        torch.set_num_threads(threads)
+        self.model = load_transcript_model(registry, version)
+        self.batch_size = batch_size
+
+    def __call__(self, units: pd.DataFrame) -> pa.Table:
+        return pa.concat_tables([staged_rows(unit["key"], *score_unit(self.model, Unit(**unit), self.batch_size))
+                          for unit in units.to_dict("records")])
+
+
+def committed_staging(staging: Path, out: Path) -> int:
+    """Each staged unit committed as a features part with its dead letters; how many units."""
+    units = sorted(staging.glob(f"{UNIT_COLUMN}=*"))
+    for folder in units:
+        rows = pq.read_table(sorted(folder.rglob("*.parquet"))).to_pandas()
+        dead = rows[DEAD_COLUMN].notna()
+        features = rows.loc[~dead, FEATURES_SCHEMA.names].astype({"line": "int64"}).sort_values("line", kind="stable")
+        letters = [json.loads(text) for text in rows.loc[dead, DEAD_COLUMN]]
+        commit_unit(out, FEATURES, folder.name.split("=", 1)[1], features, letters, FEATURES_SCHEMA)
+    return len(units)
+
+
+def run_ray(units: Sequence[Unit], registry: Path, version: str, out: Path, batch_size: int,
+            address: Optional[str] = None, workers: Optional[int] = None, show_progress_bar: bool = True) -> None:
+    """Score the units with Ray Data on a local Ray instance (default) or the cluster at `address`."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, num_cpus=None if address else (workers or os.cpu_count()),
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = show_progress_bar
+        actors = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        staging = out / STAGING
+        shutil.rmtree(staging, ignore_errors=True)
+        dataset = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
+        scored = dataset.map_batches(UnitScorer, batch_size=1, batch_format="pandas", concurrency=actors, num_cpus=1,
+                                     fn_constructor_kwargs={"registry": str(registry.resolve()), "version": version,
+                                                            "batch_size": batch_size, "threads": 1})
+        scored.write_parquet(str(staging.resolve()), partition_cols=[UNIT_COLUMN])
+        committed = committed_staging(staging, out)
+        if committed != len(units):
+            raise RuntimeError(f"Ray returned {committed} of {len(units)} units; re-run to resume the rest")
+        shutil.rmtree(staging)
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,195 @@
+"""The batch scorer: exact features, dead letters with reasons, in = out + dead, resuming after SIGKILL, engines agree."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from carelens.data.readers import write_transcripts
+from carelens.data.synthetic import generate
+from carelens.inference.api import PREDICTION_COLUMNS
+from carelens.inference.batch import (
+    DEAD_LETTER, MANIFEST, RunConflict, jsonl_plan, jsonl_records, read_parts, score_batch,
+)
+from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
+
+BAD_LINES = [
+    ('{"conversation_id": "cut", "customer_id"', "line {n}: not valid JSON"),
+    ('{"conversation_id": "bot", "customer_id": "c1", "turns": [{"speaker": "bot", "text": "hi"}]}',
+     "line {n}, column 'turns.0.speaker'"),
+    ('{"conversation_id": "t", "customer_id": "c2", "turns": [{"speaker": "agent", "text": "hi", "start_s": "soon"}]}',
+     "line {n}, column 'turns.0.start_s'"),
+    ('{"conversation_id": "s", "customer_id": "c3", "turns": "hello"}', "line {n}, column 'turns'"),
+    ('["a", "list"]', "line {n}: expected a JSON object"),
+]
+
+
+def score(inputs, out, registry, **options):
+    return score_batch(inputs, out, registry, show_progress_bar=False, **options)
+
+
+def assert_features_equal(got: pd.DataFrame, expected: pd.DataFrame, tolerance: float = 1e-6):
+    pd.testing.assert_frame_equal(got[KEYS].reset_index(drop=True), expected[KEYS].reset_index(drop=True),
+                                  check_dtype=False)
+    np.testing.assert_allclose(got[FEATURE_COLUMNS].to_numpy(float), expected[FEATURE_COLUMNS].to_numpy(float),
+                               atol=tolerance, rtol=0)
+
+
+@pytest.fixture
+def mixed_inputs(tmp_path, day):
+    """A transcripts file with bad lines among good ones (and a blank line), an empty file, and a file that is not
+    JSON at all."""
+    good = day.conversations
+    lines = [json.dumps(c) for c in good[:20]] + [""] + [bad for bad, _ in BAD_LINES] + \
+        [json.dumps(c) for c in good[20:]]
+    (tmp_path / "day.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "binary.jsonl").write_bytes(b"PAR1\x00\x15\xff\xfe garbage\n\x00\x01 more\n")
+    return tmp_path
+
+
+def test_every_record_is_scored_or_dead_lettered_and_the_run_goes_on(mixed_inputs, registry_with_models, scorer,
+                                                                     day, tmp_path):
+    manifest = score([mixed_inputs / "*.jsonl"], tmp_path / "out", registry_with_models.root, chunk_size=7)
+    good = len(day.conversations)
+    assert manifest["by_input"]["transcripts"] == {"in": good + len(BAD_LINES) + 2, "out": good,
+                                                   "dead": len(BAD_LINES) + 2}
+    assert manifest["balanced"] and manifest["counts"]["in"] == manifest["counts"]["out"] + manifest["counts"]["dead"]
+    assert manifest["rejected_inputs"] == [{"source": str((mixed_inputs / "empty.jsonl").resolve()),
+                                            "reason": "the file is empty: no conversations"}]
+    dead = [json.loads(line) for line in (tmp_path / "out" / DEAD_LETTER).read_text().splitlines()]
+    by_line = {(Path(d["source"]).name, d["line"]): d for d in dead}
+    for k, (text, where) in enumerate(BAD_LINES):
+        entry = by_line[("day.jsonl", 22 + k)]
+        assert where.format(n=22 + k) in entry["reason"] and entry["record"] == text
+    assert {by_line[("binary.jsonl", n)]["reason"].split(": ", 2)[-1][:14] for n in (1, 2)} == {"not valid JSON"}
+    features = read_parts(tmp_path / "out")
+    assert_features_equal(features, scorer.score_transcripts(day.conversations), tolerance=1e-5)
+    assert features["line"].tolist() == [*range(1, 21), *range(22 + len(BAD_LINES), 22 + len(BAD_LINES) + good - 20)]
+
+
+def test_manifest_names_inputs_with_sizes_hashes_and_models(registry_with_models, tmp_path):
+    source = registry_with_models.day_dir / "transcripts.jsonl"
+    manifest = json.loads(json.dumps(score([source], tmp_path / "out", registry_with_models.root)))
+    assert manifest == json.loads((tmp_path / "out" / MANIFEST).read_text())
+    [described] = manifest["inputs"]
+    assert described["bytes"] == source.stat().st_size and len(described["sha256"]) == 64
+    assert manifest["models"] == {"transcripts": "v1"} and manifest["started_at"] <= manifest["ended_at"]
+
+
+def test_a_rerun_skips_finished_units_and_clears_a_killed_runs_leftovers(registry_with_models, tmp_path):
+    source, out = registry_with_models.day_dir / "transcripts.jsonl", tmp_path / "out"
+    first = score([source], out, registry_with_models.root, chunk_size=10)
+    before = read_parts(out)
+    (out / "features" / ".t0000-c000009.parquet.tmp-123").write_bytes(b"half a part")
+    (out / "features" / "t0000-c000002.parquet").unlink()
+    again = score([source], out, registry_with_models.root, chunk_size=10)
+    assert again["units"] == {"scored_now": 1, "already_done": first["units"]["scored_now"] - 1}
+    assert not list(out.rglob("*.tmp-*"))
+    pd.testing.assert_frame_equal(read_parts(out), before)
+
+
+def test_resuming_a_run_over_changed_inputs_or_chunking_is_refused(registry_with_models, tmp_path):
+    source, out = tmp_path / "day.jsonl", tmp_path / "out"
+    source.write_bytes((registry_with_models.day_dir / "transcripts.jsonl").read_bytes())
+    score([source], out, registry_with_models.root)
+    with pytest.raises(RunConflict, match="holds a run with other chunk_size.*--restart"):
+        score([source], out, registry_with_models.root, chunk_size=3)
+    source.write_text(source.read_text().splitlines()[0] + "\n")
+    with pytest.raises(RunConflict, match="other inputs"):
+        score([source], out, registry_with_models.root)
+    assert score([source], out, registry_with_models.root, restart=True)["counts"] == {"in": 1, "out": 1, "dead": 0}
+
+
+def test_a_run_killed_midway_and_rerun_scores_every_conversation_exactly_once(registry_with_models, tmp_path):
+    conversations = generate(300, seed=5).conversations
+    source, out = write_transcripts(conversations, tmp_path / "many.jsonl"), tmp_path / "out"
+    command = [str(Path(sys.executable).parent / "carelens"), "score", "--transcripts", str(source), "--out", str(out),
+               "--registry", str(registry_with_models.root), "--chunk-size", "2", "--threads", "1", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list((out / "features").glob("*.parquet"))) < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    parts_when_killed = len(list((out / "features").glob("*.parquet")))
+    assert 5 <= parts_when_killed < len(conversations) / 2, "the run was not killed midway"
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["units"]["already_done"] >= parts_when_killed
+    features = read_parts(out)
+    assert sorted(features["conversation_id"]) == sorted(c["conversation_id"] for c in conversations)
+    assert manifest["counts"] == {"in": len(conversations), "out": len(conversations), "dead": 0}
+
+
+def test_long_form_parquet_gives_the_features_of_the_same_conversations_in_json_lines(registry_with_models, day,
+                                                                                      tmp_path):
+    rows = [{"conversation_id": c["conversation_id"], "customer_id": c["customer_id"], "contact_id": c["contact_id"],
+             "turn_index": i, "speaker": t["speaker"], "text": t["text"]}
+            for c in day.conversations for i, t in enumerate(c["turns"])]
+    # Small row groups, so that units start and end inside row groups.
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "long.parquet", row_group_size=17)
+    plain = [{**c, "turns": [{"speaker": t["speaker"], "text": t["text"]} for t in c["turns"]]}
+             for c in day.conversations]
+    write_transcripts(plain, tmp_path / "plain.jsonl")
+    long = score([tmp_path / "long.parquet"], tmp_path / "long", registry_with_models.root, chunk_size=4)
+    score([tmp_path / "plain.jsonl"], tmp_path / "plain", registry_with_models.root, chunk_size=4)
+    assert long["counts"]["out"] == len(day.conversations)
+    assert_features_equal(read_parts(tmp_path / "long"), read_parts(tmp_path / "plain"))
+
+
+def test_interactions_get_the_scorers_predictions_and_bad_rows_are_dead_lettered(registry_with_models, scorer, day,
+                                                                                 tmp_path):
+    interactions = day.interactions.astype({"answer_time_s": object})
+    interactions.loc[3, "answer_time_s"] = -4.0
+    interactions.to_csv(tmp_path / "contacts.csv", index=False)
+    manifest = score([registry_with_models.day_dir / "transcripts.jsonl"], tmp_path / "out",
+                     registry_with_models.root, interactions=[tmp_path / "contacts.csv"], chunk_size=25)
+    assert manifest["by_input"]["interactions"] == {"in": len(interactions), "out": len(interactions) - 1, "dead": 1}
+    [dead] = [json.loads(line) for line in (tmp_path / "out" / DEAD_LETTER).read_text().splitlines()]
+    assert dead["row"] == 5 and "column 'answer_time_s': got '-4.0', expected a number >= 0" in dead["reason"]
+    predicted = read_parts(tmp_path / "out", "predictions")
+    good = day.interactions.drop(index=3)
+    expected = scorer.contact_scores(scorer.contact_table(good, day.conversations))
+    pd.testing.assert_frame_equal(predicted, expected[PREDICTION_COLUMNS].reset_index(drop=True), check_dtype=False,
+                                  atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=st.lists(st.sampled_from(["{}", "", "  ", '{"a": 1}', "x" * 3, "é"]), max_size=40),
+       chunk_size=st.integers(1, 9))
+def test_units_cover_every_non_blank_line_once_with_its_number(tmp_path_factory, lines, chunk_size):
+    path = tmp_path_factory.mktemp("plan") / "lines.jsonl"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    planned = jsonl_plan(path, 0, chunk_size)
+    read = [record for unit in planned.units for record in jsonl_records(unit)]
+    assert read == [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    assert [u.records for u in planned.units] == [len(list(jsonl_records(u))) for u in planned.units]
+    assert all(0 < u.records <= chunk_size for u in planned.units) and planned.records == len(read)
+
+
+def test_ray_and_local_engines_agree_on_1000_conversations(registry_with_models, tmp_path):
+    ray = pytest.importorskip("ray")
+    conversations = generate(1100, seed=8).conversations[:1000]
+    source = write_transcripts(conversations, tmp_path / "thousand.jsonl")
+    with open(source, "a", encoding="utf-8") as handle:
+        handle.write("not json\n")
+    local = score([source], tmp_path / "local", registry_with_models.root, chunk_size=100)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        remote = score([source], tmp_path / "ray", registry_with_models.root, chunk_size=100, engine="ray")
+    finally:
+        ray.shutdown()
+    assert local["counts"] == remote["counts"] == {"in": 1001, "out": 1000, "dead": 1}
+    assert (tmp_path / "local" / DEAD_LETTER).read_text() == (tmp_path / "ray" / DEAD_LETTER).read_text()
+    assert_features_equal(read_parts(tmp_path / "ray"), read_parts(tmp_path / "local"), tolerance=1e-6)
+    assert not (tmp_path / "ray" / ".ray-staging").exists()
