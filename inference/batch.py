@@ -33,8 +33,10 @@ from carelens.data.readers import (
     long_form_record,
 )
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
-from carelens.models.registry import Registry
-from carelens.models.transcript import MODEL_NAME, TranscriptModel, load_transcript_model, transcript_features
+from carelens.models.registry import Registry, file_sha256
+from carelens.models.transcript import (
+    MODEL_NAME, SCORING_CACHE_ENTRIES, TranscriptModel, load_transcript_model, transcript_features,
+)
 
 PathLike = Union[str, Path]
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -99,14 +101,6 @@ def expanded_inputs(patterns: Sequence[PathLike], suffixes: Sequence[str]) -> li
                                               f"{', '.join(suffixes)} files)")
         files.extend(found)
     return list(dict.fromkeys(p.resolve() for p in files))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def planned_file(path: Path, index: int, chunk_size: int) -> InputFile:
@@ -456,8 +450,8 @@ def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Option
             from carelens.inference.ray_engine import run_ray
             run_ray(pending, store.root, models[MODEL_NAME], out, batch_size, ray_address, workers, show_progress_bar)
         else:
-            run_local(pending, load_transcript_model(store.root, models[MODEL_NAME]), out, batch_size,
-                      show_progress_bar)
+            run_local(pending, load_transcript_model(store.root, models[MODEL_NAME], SCORING_CACHE_ENTRIES), out,
+                      batch_size, show_progress_bar)
     table_counts = {}
     if tables:
         from carelens.inference.api import Scorer

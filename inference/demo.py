@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -51,15 +51,22 @@ def trained_transcripts(history: Path, registry, out: Path) -> Path:
     return copied_report(artifact.path, out / "reports" / "transcripts.html")
 
 
-def history_features(history: Path, registry) -> Path:
+def scored_features(transcripts: Path, out: Path, registry, interactions: Sequence[Path] = ()):
+    """The batch scorer run afresh over one transcripts file (and its contacts) into `out`; the conversation
+    features it wrote."""
+    from carelens.inference.batch import read_parts, score_batch
+    from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
+    manifest = score_batch([transcripts], out, registry.root, interactions=interactions, restart=True)
+    counts = manifest["counts"]
+    console.print(f"batch-scored {transcripts}: in {counts['in']:,} = out {counts['out']:,} + dead {counts['dead']:,}"
+                  f" in {manifest['elapsed_s']:.1f} s ({out})")
+    return read_parts(out)[[*KEYS, *FEATURE_COLUMNS]]
+
+
+def history_features(history: Path, registry, out: Path) -> Path:
     """Conversation features of every history transcript, scored by the published transcript model."""
-    from carelens.data.readers import read_transcripts
-    from carelens.models.transcript import load_transcript_model, transcript_features
     path = history / "transcript_features.parquet"
-    conversations = read_transcripts(history / "transcripts.jsonl")
-    console.print(f"scoring {len(conversations):,} history conversations")
-    transcript_features(load_transcript_model(registry.root), conversations, batch_size=64,
-                        show_progress_bar=True).to_parquet(path, index=False)
+    scored_features(history / "transcripts.jsonl", out / "history-scores", registry).to_parquet(path, index=False)
     return path
 
 
@@ -81,7 +88,7 @@ def train_all(store, out: Path) -> dict[str, Path]:
     """Transcript model, then churn and retaliation on its features: the report of each."""
     history = history_dir(out)
     reports = {"transcripts": trained_transcripts(history, store, out)}
-    features = history_features(history, store)
+    features = history_features(history, store, out)
     for name in ("churn", "retaliation"):
         reports[name] = trained_tabular(name, history, features, store, out)
     return reports
@@ -108,6 +115,7 @@ def demo(
     reasons and actions, write flagged.csv and summary.html, and print the top ten."""
     from carelens.data.synthetic import sample_dir
     from carelens.inference.api import Scorer, per_customer
+    from carelens.inference.batch import PREDICTIONS, read_parts
     from carelens.inference.summary import nightly_summary
     from carelens.models.registry import Registry
     from carelens.models.transcript import MODEL_NAME
@@ -119,10 +127,10 @@ def demo(
                                                                                      MODEL_NAME)) else {}
     scorer = Scorer.load(store)
     day = sample_dir()
-    features = day_features(scorer, day, out)
-    contacts = scorer.contact_table(day / "interactions.parquet", transcript_features=features)
-    scores = scorer.contact_scores(contacts)
-    contacts = contacts.join(scores[["churn_risk", "retaliation_risk"]])
+    features = scored_features(day / "transcripts.jsonl", out / "scores", store, [day / "interactions.parquet"])
+    scores = read_parts(out / "scores", PREDICTIONS)
+    contacts = scorer.contact_table(day / "interactions.parquet", transcript_features=features).merge(
+        scores[["contact_id", "churn_risk", "retaliation_risk"]], on="contact_id")
     predicted = per_customer(scores)
     flagged = scorer.flag_at_risk(day / "interactions.parquet", transcript_features=features, top_k=top_k)
     flagged.assign(reasons=flagged["reasons"].str.join("; ")).to_csv(out / "flagged.csv", index=False)
@@ -136,14 +144,6 @@ def demo(
         console.print(f"{name} report: {report}")
     console.print(f"flagged: {out / 'flagged.csv'}   summary: {out / 'summary.html'}   registry: {store.root}   "
                   f"elapsed: {time.perf_counter() - started:.0f} s", soft_wrap=True)
-
-
-def day_features(scorer, day: Path, out: Path):
-    """The day's transcripts scored into conversation features."""
-    from carelens.data.readers import read_transcripts
-    features = scorer.score_transcripts(read_transcripts(day / "transcripts.jsonl"))
-    features.to_parquet(out / "transcript_features.parquet", index=False)
-    return features
 
 
 def day_check(day: Path, contacts) -> str:

@@ -28,11 +28,11 @@ def featurize_command(
     models take (`carelens train churn --features-from FILE`)."""
     import torch
 
-    from carelens.models.transcript import load_transcript_model, transcript_features
+    from carelens.models.transcript import SCORING_CACHE_ENTRIES, load_transcript_model, transcript_features
     from carelens.training.cli import console, user_errors
     torch.set_num_threads(threads)
     with user_errors():
-        model = load_transcript_model(registry, version)
+        model = load_transcript_model(registry, version, SCORING_CACHE_ENTRIES)
         features = transcript_features(model, read_conversations(transcripts), batch_size, show_progress_bar=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".csv":

@@ -41,9 +41,9 @@ class UnitScorer:
     def __init__(self, registry: str, version: str, batch_size: int, threads: int):
         import torch
 
-        from carelens.models.transcript import load_transcript_model
+        from carelens.models.transcript import SCORING_CACHE_ENTRIES, load_transcript_model
         torch.set_num_threads(threads)
-        self.model = load_transcript_model(registry, version)
+        self.model = load_transcript_model(registry, version, SCORING_CACHE_ENTRIES)
         self.batch_size = batch_size
 
     def __call__(self, units: pd.DataFrame) -> pa.Table:

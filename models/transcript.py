@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -32,6 +33,8 @@ PAIRED = "answered customer turn, agent turn"
 SINGLE_TURN = "agent turn alone (ablation)"
 PROBABILITY_COLUMNS = [f"p_{s}" for s in SENTIMENTS]
 EMPATHY_LEVEL_COLUMNS = [f"{m}_level" for m in MECHANISMS]
+#: Recent encodings a scoring process remembers: 50,000 MiniLM vectors take about 80 MB.
+SCORING_CACHE_ENTRIES = 50_000
 
 
 def default_encoder_dir() -> Path:
@@ -84,6 +87,28 @@ def utf8_safe(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
 
+class EncodingCache:
+    """Pooled encodings of recently seen inputs, keyed by (text, context): contact centres say the same greetings,
+    closings and stock replies all day, so a batch job encodes each of them once. Least recently used entries go
+    first once `max_entries` are held. Only for a model whose weights no longer change."""
+
+    def __init__(self, max_entries: int = 50_000):
+        self.max_entries = max_entries
+        self.entries: OrderedDict = OrderedDict()
+
+    def get(self, key: tuple) -> Optional[tuple[np.ndarray, int]]:
+        """(pooled vector, encoder windows) of an input seen before, or None."""
+        found = self.entries.get(key)
+        if found is not None:
+            self.entries.move_to_end(key)
+        return found
+
+    def put(self, key: tuple, vector: np.ndarray, windows: int) -> None:
+        self.entries[key] = (vector, windows)
+        if len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+
+
 class Heads(nn.Module):
     """Linear heads on the pooled encoding: 3 sentiment logits, and 3 levels for each of the 3 empathy mechanisms."""
 
@@ -117,6 +142,7 @@ class TranscriptModel(nn.Module):
         self.mode = mode
         self.temperatures = {**default_temperatures(), **(temperatures or {})}
         self.extra = dict(extra or {})
+        self.encodings: Optional[EncodingCache] = None
 
     @property
     def pairs(self) -> bool:
@@ -223,9 +249,18 @@ class TranscriptModel(nn.Module):
         unique = list(dict.fromkeys(inputs))
         position = {item: i for i, item in enumerate(unique)}
         back = np.fromiter((position[item] for item in inputs), dtype=int, count=len(inputs))
-        windows = self.preprocess([t for t, _ in unique], [c for _, c in unique] if unique[0][1] is not None else None)
-        pooled = self._forward(windows, batch_size, show_progress_bar, desc)
-        return pooled[back], np.bincount(windows["owner"], minlength=windows["count"])[back]
+        known = {item: self.encodings.get(item) for item in unique} if self.encodings is not None else {}
+        missing = [item for item in unique if known.get(item) is None]
+        if missing:
+            windows = self.preprocess([t for t, _ in missing], [c for _, c in missing] if missing[0][1] is not None else None)
+            pooled = self._forward(windows, batch_size, show_progress_bar, desc)
+            for item, vector, count in zip(missing, pooled, np.bincount(windows["owner"], minlength=windows["count"])):
+                known[item] = (vector, int(count))
+                if self.encodings is not None:
+                    self.encodings.put(item, vector.copy(), int(count))
+        vectors = np.stack([known[item][0] for item in unique])
+        counts = np.array([known[item][1] for item in unique], dtype=int)
+        return vectors[back], counts[back]
 
     def encode(self, texts: Sequence[str], contexts: Optional[Sequence[str]] = None, **options) -> np.ndarray:
         """One pooled vector per text (per (context, text) pair when contexts are given); long texts are windowed."""
@@ -392,7 +427,11 @@ def publish(model: TranscriptModel, root: Optional[PathLike], metadata: dict,
     return Registry(root).publish(MODEL_NAME, write, {"kind": "transcript", **metadata})
 
 
-def load_transcript_model(root: Optional[PathLike] = None, version: str = "latest") -> TranscriptModel:
-    """The published transcript model, after the registry verified its checksums and library versions."""
+def load_transcript_model(root: Optional[PathLike] = None, version: str = "latest",
+                          cache_entries: int = 0) -> TranscriptModel:
+    """The published transcript model, after the registry verified its checksums and library versions; with
+    `cache_entries`, it remembers that many recent encodings (for scoring, never for training)."""
     artifact = Registry(root).open(MODEL_NAME, version, requires=("torch", "transformers"))
-    return TranscriptModel.load(artifact.path)
+    model = TranscriptModel.load(artifact.path)
+    model.encodings = EncodingCache(cache_entries) if cache_entries else None
+    return model

@@ -212,3 +212,19 @@ def test_minilm_scores_the_abcd_sample_offline():
     assert (default_encoder_dir() / "model.safetensors").is_file()
     features = transcript_features(model, read_abcd(SHARED / "data" / "transcripts" / "abcd_sample.json"))
     assert len(features) == 3 and features["customer_turns"].gt(0).all() and features["agent_turns"].gt(0).all()
+
+
+def test_the_encoding_cache_encodes_each_input_once_and_changes_no_score(tmp_path):
+    from carelens.models.transcript import EncodingCache
+    model = TranscriptModel.from_encoder(tiny_encoder(tmp_path / "encoder"), max_length=32)
+    texts = ["my flight was late", "thank you", "sorry to hear that", "thank you"]
+    plain = model.encode(texts)
+    model.encodings = EncodingCache(max_entries=2)
+    calls = []
+    model.encoder.register_forward_hook(lambda module, args, output: calls.append(args))
+    first = model.encode(texts)
+    again = model.encode(texts[2:])
+    np.testing.assert_allclose(first, plain, atol=1e-6)
+    np.testing.assert_allclose(again, plain[2:], atol=1e-6)
+    assert len(calls) == 1, "the second call should be answered from the cache"
+    assert list(model.encodings.entries) == [("sorry to hear that", None), ("thank you", None)]
