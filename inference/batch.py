@@ -425,10 +425,12 @@ def dead_in(out: Path, prefix: str) -> int:
 def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Optional[PathLike] = None,
                 version: str = "latest", interactions: Sequence[PathLike] = (), engine: str = "local",
                 chunk_size: int = 1_000, batch_size: int = 64, restart: bool = False, show_progress_bar: bool = True,
-                ray_address: Optional[str] = None, workers: Optional[int] = None) -> dict:
+                ray_address: Optional[str] = None, workers: Optional[int] = None,
+                cache_entries: int = SCORING_CACHE_ENTRIES) -> dict:
     """Score transcript files (JSON Lines or long-form Parquet; paths, globs or directories) into `out`: Parquet
     parts of conversation features, with `interactions` also per-contact predictions, every bad record in
-    dead_letter.jsonl, and `_manifest.json`. Re-running resumes. Returns the manifest; raises when in != out + dead."""
+    dead_letter.jsonl, and `_manifest.json`. Re-running resumes. Each scoring process remembers `cache_entries` recent
+    encodings (0: none). Returns the manifest; raises when in != out + dead."""
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     if chunk_size < 1:
@@ -448,9 +450,10 @@ def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Option
     if pending:
         if engine == "ray":
             from carelens.inference.ray_engine import run_ray
-            run_ray(pending, store.root, models[MODEL_NAME], out, batch_size, ray_address, workers, show_progress_bar)
+            run_ray(pending, store.root, models[MODEL_NAME], out, batch_size, ray_address, workers, show_progress_bar,
+                    cache_entries)
         else:
-            run_local(pending, load_transcript_model(store.root, models[MODEL_NAME], SCORING_CACHE_ENTRIES), out,
+            run_local(pending, load_transcript_model(store.root, models[MODEL_NAME], cache_entries), out,
                       batch_size, show_progress_bar)
     table_counts = {}
     if tables:

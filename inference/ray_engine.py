@@ -38,12 +38,12 @@ def staged_rows(key: str, features: pd.DataFrame, dead: Sequence[dict]) -> pa.Ta
 class UnitScorer:
     """A Ray Data actor: loads the published transcript model once, then scores each batch of units it is given."""
 
-    def __init__(self, registry: str, version: str, batch_size: int, threads: int):
+    def __init__(self, registry: str, version: str, batch_size: int, threads: int, cache_entries: int):
         import torch
 
-        from carelens.models.transcript import SCORING_CACHE_ENTRIES, load_transcript_model
+        from carelens.models.transcript import load_transcript_model
         torch.set_num_threads(threads)
-        self.model = load_transcript_model(registry, version, SCORING_CACHE_ENTRIES)
+        self.model = load_transcript_model(registry, version, cache_entries)
         self.batch_size = batch_size
 
     def __call__(self, units: pd.DataFrame) -> pa.Table:
@@ -64,7 +64,8 @@ def committed_staging(staging: Path, out: Path) -> int:
 
 
 def run_ray(units: Sequence[Unit], registry: Path, version: str, out: Path, batch_size: int,
-            address: Optional[str] = None, workers: Optional[int] = None, show_progress_bar: bool = True) -> None:
+            address: Optional[str] = None, workers: Optional[int] = None, show_progress_bar: bool = True,
+            cache_entries: int = 0) -> None:
     """Score the units with Ray Data on a local Ray instance (default) or the cluster at `address`."""
     import ray
 
@@ -81,7 +82,8 @@ def run_ray(units: Sequence[Unit], registry: Path, version: str, out: Path, batc
         dataset = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
         scored = dataset.map_batches(UnitScorer, batch_size=1, batch_format="pandas", concurrency=actors, num_cpus=1,
                                      fn_constructor_kwargs={"registry": str(registry.resolve()), "version": version,
-                                                            "batch_size": batch_size, "threads": 1})
+                                                            "batch_size": batch_size, "threads": 1,
+                                                            "cache_entries": cache_entries})
         scored.write_parquet(str(staging.resolve()), partition_cols=[UNIT_COLUMN])
         committed = committed_staging(staging, out)
         if committed != len(units):

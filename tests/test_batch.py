@@ -193,3 +193,28 @@ def test_ray_and_local_engines_agree_on_1000_conversations(registry_with_models,
     assert (tmp_path / "local" / DEAD_LETTER).read_text() == (tmp_path / "ray" / DEAD_LETTER).read_text()
     assert_features_equal(read_parts(tmp_path / "ray"), read_parts(tmp_path / "local"), tolerance=1e-6)
     assert not (tmp_path / "ray" / ".ray-staging").exists()
+
+
+def test_the_command_says_which_input_matched_nothing_and_exits_2(registry_with_models, tmp_path):
+    from typer.testing import CliRunner
+
+    from carelens.inference.cli import app
+    result = CliRunner().invoke(app, ["score", "--transcripts", str(tmp_path / "calls-*.jsonl"), "--out",
+                                      str(tmp_path / "out"), "--registry", str(registry_with_models.root)])
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'calls-*.jsonl'}: no input file matches" in " ".join(result.output.split())
+
+
+def test_the_command_prints_the_counts_and_warns_of_rejected_files(registry_with_models, tmp_path):
+    from typer.testing import CliRunner
+
+    from carelens.inference.cli import app
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    result = CliRunner().invoke(app, ["score", "--transcripts", str(registry_with_models.day_dir / "transcripts.jsonl"),
+                                      "--transcripts", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "out"),
+                                      "--registry", str(registry_with_models.root), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    conversations = len(registry_with_models.day.conversations)
+    text = " ".join(result.output.split())
+    assert f"in {conversations} = out {conversations} + dead 0" in text
+    assert "empty.jsonl: the file is empty: no conversations" in text
