@@ -341,11 +341,14 @@ def saved_features(out: Path) -> pd.DataFrame:
     return frame.dropna(subset=["contact_id"]).drop_duplicates("contact_id", keep="last")
 
 
+PREDICTION_DTYPES = {"customer_id": str, "contact_id": str, "churn_risk": float, "retaliation_risk": float,
+                     "retaliation_type": str, "churn_flagged": bool, "retaliation_flagged": bool}
+
+
 def predict_contacts(scorer, paths: Sequence[Path], out: Path, chunk_size: int) -> dict:
     """Per contact of the interactions files: churn and retaliation risk, type and flags, with the transcript features
     joined on contact_id; rows that break the contract go to the dead letters. Returns each file's rows read (or why
     it was rejected whole)."""
-    from carelens.inference.api import PREDICTION_COLUMNS
     features = saved_features(out) if scorer.uses_transcripts else None
     numeric, categorical = scorer.extra_columns()
     done, seen = done_keys(out, PREDICTIONS), {}
@@ -353,27 +356,28 @@ def predict_contacts(scorer, paths: Sequence[Path], out: Path, chunk_size: int) 
         rows = 0
         try:
             for chunk_no, chunk in enumerate(table_chunks(path, chunk_size)):
-                key, offset = f"i{index:04d}-c{chunk_no:06d}", rows
+                key = f"i{index:04d}-c{chunk_no:06d}"
+                if key not in done:
+                    scored, dead = predicted_chunk(scorer, chunk, str(path), rows + header_lines(path) + 1, features,
+                                                   numeric, categorical)
+                    commit_unit(out, PREDICTIONS, key, scored, dead)
                 rows += len(chunk)
-                if key in done:
-                    continue
-                checked = check_table(chunk, INTERACTIONS, str(path), numeric, categorical)
-                first_row = offset + header_lines(path) + 1
-                dead = [dead_letter(str(path), "table", first_row + int(i), reason,
-                                    chunk.iloc[int(i)].to_dict())
-                        for i, reason in checked.problems[checked.problems != ""].items()]
-                good = checked.good
-                scored = (scorer.contact_scores(scorer.contact_table(good, transcript_features=features))
-                          if len(good) else pd.DataFrame(columns=PREDICTION_COLUMNS))
-                commit_unit(out, PREDICTIONS, key, scored[PREDICTION_COLUMNS].astype(PREDICTION_DTYPES), dead)
             seen[str(path)] = {"records": rows}
         except (ContractError, pa.ArrowException, pd.errors.ParserError, OSError, UnicodeDecodeError) as exc:
-            seen[str(path)] = {"records": 0, "rejected": str(exc)}
+            seen[str(path)] = {"records": rows, "rejected": f"after {rows:,} rows: {exc}"}
     return seen
 
 
-PREDICTION_DTYPES = {"customer_id": str, "contact_id": str, "churn_risk": float, "retaliation_risk": float,
-                     "retaliation_type": str, "churn_flagged": bool, "retaliation_flagged": bool}
+def predicted_chunk(scorer, chunk: pd.DataFrame, source: str, first_row: int, features: Optional[pd.DataFrame],
+                    numeric: Sequence[str], categorical: Sequence[str]) -> tuple[pd.DataFrame, list[dict]]:
+    """(the scores of a chunk's good rows, a dead letter for each bad row, numbered as in the file)."""
+    from carelens.inference.api import PREDICTION_COLUMNS
+    checked = check_table(chunk, INTERACTIONS, source, numeric, categorical)
+    dead = [dead_letter(source, "table", first_row + int(i), reason, chunk.iloc[int(i)].to_dict())
+            for i, reason in checked.problems[checked.problems != ""].items()]
+    scored = (scorer.contact_scores(scorer.contact_table(checked.good, transcript_features=features))
+              if len(checked.good) else pd.DataFrame(columns=PREDICTION_COLUMNS))
+    return scored[PREDICTION_COLUMNS].astype(PREDICTION_DTYPES), dead
 
 
 # -- the run ----------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ HEADS_CONFIG = "heads.json"
 MIN_MAX_LENGTH = 16
 _SURROGATE = re.compile("[\ud800-\udfff]")
 STANDARD_CONFIG_KEYS = {"sentiment_labels", "mechanisms", "levels", "mode", "max_length", "overlap", "pooling",
-                        "temperatures", "hidden_size"}
+                        "temperatures", "decision_weights", "hidden_size"}
 PAIRED = "answered customer turn, agent turn"
 SINGLE_TURN = "agent turn alone (ablation)"
 PROBABILITY_COLUMNS = [f"p_{s}" for s in SENTIMENTS]
@@ -133,7 +133,8 @@ class TranscriptModel(nn.Module):
     `_forward` (pooled encodings, length-sorted batches) → `postprocess` (calibrated probabilities)."""
 
     def __init__(self, encoder: nn.Module, tokenizer, heads: Heads, max_length: int = 128, mode: str = "heads",
-                 temperatures: Optional[dict] = None, extra: Optional[dict] = None):
+                 temperatures: Optional[dict] = None, extra: Optional[dict] = None,
+                 decision_weights: Optional[dict] = None):
         super().__init__()
         if max_length < MIN_MAX_LENGTH:
             raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH} tokens, got {max_length}")
@@ -141,6 +142,8 @@ class TranscriptModel(nn.Module):
         self.max_length = min(max_length, self._encoder_window())
         self.mode = mode
         self.temperatures = {**default_temperatures(), **(temperatures or {})}
+        # Per empathy mechanism, weights on the calibrated level probabilities before the argmax that names a level.
+        self.decision_weights = {m: [1.0] * len(LEVEL_NAMES) for m in MECHANISMS} | dict(decision_weights or {})
         self.extra = dict(extra or {})
         self.encodings: Optional[EncodingCache] = None
 
@@ -283,6 +286,12 @@ class TranscriptModel(nn.Module):
         """Calibrated P(none, weak, strong) per row and mechanism: shape [n, 3 mechanisms, 3 levels]."""
         return np.stack([softmax(logits[:, k], self.temperatures[m]) for k, m in enumerate(MECHANISMS)], axis=1)
 
+    def decided_levels(self, probabilities: np.ndarray) -> np.ndarray:
+        """The level (0 none … 2 strong) each row is labelled with per mechanism: the argmax of the calibrated
+        probabilities times the decision weights chosen on validation data."""
+        weights = np.array([self.decision_weights[m] for m in MECHANISMS])
+        return (probabilities * weights[None]).argmax(axis=2)
+
     def predict_sentiment(self, texts: Sequence[str], **options) -> np.ndarray:
         """Calibrated sentiment probabilities [n, 3] (columns: negative, neutral, positive)."""
         return self.postprocess_sentiment(self.head_logits(self.encode(texts, desc="sentiment", **options))[0])
@@ -297,7 +306,7 @@ class TranscriptModel(nn.Module):
         """What heads.json records: labels, mode, window, pooling and calibration."""
         return {"sentiment_labels": list(SENTIMENTS), "mechanisms": list(MECHANISMS), "levels": list(LEVEL_NAMES),
                 "mode": self.mode, "max_length": self.max_length, "overlap": self.overlap, "pooling": "mean",
-                "pair_encoding": PAIRED, "temperatures": self.temperatures,
+                "pair_encoding": PAIRED, "temperatures": self.temperatures, "decision_weights": self.decision_weights,
                 "hidden_size": self.encoder.config.hidden_size, **self.extra}
 
     def save(self, directory: PathLike) -> Path:
@@ -322,7 +331,7 @@ class TranscriptModel(nn.Module):
         heads = Heads(config["hidden_size"])
         heads.load_state_dict(load_file(directory / HEADS_WEIGHTS))
         return cls(encoder, tokenizer, heads, config["max_length"], config["mode"], config["temperatures"],
-                   {k: v for k, v in config.items() if k not in STANDARD_CONFIG_KEYS})
+                   {k: v for k, v in config.items() if k not in STANDARD_CONFIG_KEYS}, config.get("decision_weights"))
 
 
 def _pooled_by_owner(pooled: np.ndarray, owner: np.ndarray, lengths: np.ndarray, count: int) -> np.ndarray:
@@ -390,7 +399,7 @@ def score_turns(model: TranscriptModel, conversations: Sequence[Union[Conversati
     empathy = model.postprocess_empathy(model.head_logits(pooled)[1])
     scores.loc[agent, EMPATHY_LEVEL_COLUMNS] = empathy_levels(empathy)
     scores.loc[agent, "empathy"] = empathy_score(empathy)
-    scores.loc[agent, "empathic"] = (empathy.argmax(axis=2) > 0).any(axis=1)
+    scores.loc[agent, "empathic"] = (model.decided_levels(empathy) > 0).any(axis=1)
     return pd.concat([turns.drop(columns=["text", "context"]), scores], axis=1)
 
 

@@ -228,3 +228,31 @@ def test_the_encoding_cache_encodes_each_input_once_and_changes_no_score(tmp_pat
     np.testing.assert_allclose(again, plain[2:], atol=1e-6)
     assert len(calls) == 1, "the second call should be answered from the cache"
     assert list(model.encodings.entries) == [("sorry to hear that", None), ("thank you", None)]
+
+
+def test_decision_weights_name_a_rare_level_when_that_raises_validation_macro_f1():
+    from carelens.training.transcripts import fitted_decision_weights, head_metrics
+    # The weak level (1) is never the argmax, though it is likelier on the rows that are weak.
+    probabilities = np.array([[0.7, 0.2, 0.1]] * 6 + [[0.6, 0.35, 0.05]] * 3 + [[0.2, 0.1, 0.7]] * 3)
+    truth = np.array([0] * 6 + [1] * 3 + [2] * 3)
+    weights = fitted_decision_weights(probabilities, truth)
+    plain = head_metrics(truth, probabilities, ["none", "weak", "strong"])
+    decided = head_metrics(truth, probabilities, ["none", "weak", "strong"], weights)
+    assert plain["per_class_f1"]["weak"] == 0 and decided["macro_f1"] == 1.0
+    assert weights[0] == 1.0 and weights[1] > 1.0
+
+
+def test_decision_weights_stay_at_one_when_the_argmax_is_already_best():
+    from carelens.training.transcripts import fitted_decision_weights
+    probabilities = np.eye(3)[[0, 1, 2, 0, 1, 2]] * 0.8 + 0.2 / 3
+    assert fitted_decision_weights(probabilities, np.array([0, 1, 2, 0, 1, 2])) == [1.0, 1.0, 1.0]
+    assert fitted_decision_weights(probabilities, np.full(6, -100)) == [1.0, 1.0, 1.0]
+
+
+def test_decision_weights_survive_save_and_load_and_decide_the_empathic_flag(tmp_path):
+    model = TranscriptModel.from_encoder(tiny_encoder(tmp_path / "encoder"), max_length=32)
+    model.decision_weights["explorations"] = [1.0, 0.5, 3.0]
+    loaded = TranscriptModel.load(model.save(tmp_path / "model"))
+    assert loaded.decision_weights == model.decision_weights
+    probabilities = np.array([[[0.6, 0.1, 0.3], [1, 0, 0], [0.5, 0.3, 0.2]]])
+    assert loaded.decided_levels(probabilities).tolist() == [[0, 0, 2]]

@@ -210,6 +210,8 @@ def train_transcripts_command(
         artifact = publish_trained(trained, out)
     copy = copied_report(artifact.path, runs / "transcripts" / artifact.version / "report.html")
     console.print(rows_table(summary_rows(trained.metrics["test"], trained.floor), "test split (never trained on)"))
+    console.print(rows_table(summary_rows(trained.metrics["test_plain_argmax"], trained.floor),
+                             "ablation: test split, plain argmax (no decision weights)"))
     console.print(f"published transcripts {artifact.version} to {artifact.path} in "
                   f"{trained.details['seconds']['total']:.0f} s; report: {copy}", soft_wrap=True)
 

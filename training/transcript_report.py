@@ -82,6 +82,10 @@ def transcript_report(metrics: dict, floor: dict, metadata: dict) -> str:
                                 [{"option": f"rows {task}", "value": str(sizes)}
                                  for task, sizes in metadata.get("rows", {}).items()])),
     ]
+    plain = metadata.get("metrics", {}).get("test_plain_argmax")
+    if plain:
+        sections.insert(1, ("Ablation: the same test split with plain argmax (no decision weights)",
+                            table_html(summary_rows(plain, floor))))
     if metadata.get("history"):
         sections.append(("Validation during fine-tuning", table_html(metadata["history"])))
     return html_report(f"Transcript model ({options.get('mode', '?')} mode)", sections)
