@@ -218,3 +218,26 @@ def test_the_command_prints_the_counts_and_warns_of_rejected_files(registry_with
     text = " ".join(result.output.split())
     assert f"in {conversations} = out {conversations} + dead 0" in text
     assert "empty.jsonl: the file is empty: no conversations" in text
+
+
+def test_a_conversation_that_fails_to_score_is_dead_lettered_and_its_unit_still_scores(registry_with_models, day,
+                                                                                       tmp_path, monkeypatch):
+    import carelens.inference.batch as batch
+    real = batch.transcript_features
+
+    def failing_on_poison(model, conversations, *args, **kwargs):
+        if any(c.conversation_id == "poison" for c in conversations):
+            raise RuntimeError("the encoder choked")
+        return real(model, conversations, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "transcript_features", failing_on_poison)
+    poisoned = [*day.conversations[:3], {**day.conversations[3], "conversation_id": "poison"}, *day.conversations[4:8]]
+    source = write_transcripts(poisoned, tmp_path / "poisoned.jsonl")
+    manifest = score([source], tmp_path / "out", registry_with_models.root, chunk_size=100)
+    assert manifest["counts"] == {"in": 8, "out": 7, "dead": 1}
+    [dead] = [json.loads(line) for line in (tmp_path / "out" / DEAD_LETTER).read_text().splitlines()]
+    assert dead["line"] == 4 and dead["reason"] == "scoring failed: RuntimeError: the encoder choked"
+    assert read_parts(tmp_path / "out")["line"].tolist() == [1, 2, 3, 5, 6, 7, 8]
+    write_transcripts([poisoned[3]], source)
+    with pytest.raises(RuntimeError, match="every conversation of the batch failed to score"):
+        score([source], tmp_path / "again", registry_with_models.root)
