@@ -181,6 +181,24 @@ def test_train_command_publishes_a_model_with_metrics_beside_the_floor(encoder_d
         "negative", "neutral", "positive"}
 
 
+@pytest.mark.parametrize("chosen", [False, True])
+def test_decision_weights_are_fitted_and_ablated_only_when_asked_for(encoder_dir, tmp_path, chosen):
+    tweets, epitome = _labelled_files(tmp_path)
+    registry = tmp_path / "registry"
+    result = CliRunner().invoke(train_app, [
+        "transcripts", "--mode", "heads", "--encoder", str(encoder_dir), "--sentiment-data", str(tweets),
+        "--empathy-data", str(epitome), "--max-length", "32", "--out", str(registry), "--runs", str(tmp_path / "runs"),
+        "--no-progress", *(["--decision-weights"] if chosen else [])])
+    assert result.exit_code == 0, result.output
+    metadata = json.loads((registry / "transcripts" / "v1" / "metadata.json").read_text())
+    saved = json.loads((registry / "transcripts" / "v1" / "heads.json").read_text())["decision_weights"]
+    assert ("test_plain_argmax" in metadata["metrics"]) is chosen
+    assert ("plain argmax" in (registry / "transcripts" / "v1" / "report.html").read_text()) is chosen
+    assert saved == metadata["decision_weights"]
+    if not chosen:
+        assert all(weights == [1.0, 1.0, 1.0] for weights in saved.values())
+
+
 def test_train_command_without_data_says_what_it_needs(encoder_dir, tmp_path):
     result = CliRunner().invoke(train_app, ["transcripts", "--encoder", str(encoder_dir), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--sentiment-data" in result.output
