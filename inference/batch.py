@@ -336,8 +336,7 @@ def table_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
 def saved_features(out: Path) -> pd.DataFrame:
     """Every committed conversation's contact_id and features (the last conversation of a contact wins)."""
     columns = ["contact_id", *FEATURE_COLUMNS]
-    frames = [pq.read_table(p, columns=columns).to_pandas() for p in sorted((out / FEATURES).glob("*.parquet"))]
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    frame = read_parts(out, FEATURES, columns) if done_keys(out, FEATURES) else pd.DataFrame(columns=columns)
     return frame.dropna(subset=["contact_id"]).drop_duplicates("contact_id", keep="last")
 
 
@@ -411,19 +410,16 @@ def parquet_rows_in(folder: Path) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob("*.parquet"))
 
 
-def gathered_dead_letters(out: Path) -> int:
-    """Every unit's dead letters gathered into dead_letter.jsonl (written atomically); how many there are."""
-    count = 0
+def gathered_dead_letters(out: Path) -> dict[str, int]:
+    """Every unit's dead letters gathered into dead_letter.jsonl (written atomically); how many came from units of
+    transcripts ("t") and of interactions ("i")."""
+    counts = {"t": 0, "i": 0}
     with atomic_path(out / DEAD_LETTER) as temporary, open(temporary, "w", encoding="utf-8") as gathered:
         for part in sorted((out / DEAD).glob("*.jsonl")):
             text = part.read_text(encoding="utf-8")
             gathered.write(text)
-            count += text.count("\n")
-    return count
-
-
-def dead_in(out: Path, prefix: str) -> int:
-    return sum(p.read_text(encoding="utf-8").count("\n") for p in (out / DEAD).glob(f"{prefix}*.jsonl"))
+            counts[part.name[0]] += text.count("\n")
+    return counts
 
 
 def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Optional[PathLike] = None,
@@ -469,12 +465,12 @@ def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Option
 def finish(out: Path, started: str, clock: float, engine: str, plan: dict, inputs: Sequence[InputFile],
            table_counts: dict, already: int, scored_units: int) -> dict:
     """Gather the dead letters, count, check in = out + dead for each kind of input, and write the manifest."""
-    dead_total = gathered_dead_letters(out)
+    dead = gathered_dead_letters(out)
     kinds = {"transcripts": {"in": sum(f.records for f in inputs), "out": parquet_rows_in(out / FEATURES),
-                             "dead": dead_in(out, "t")}}
+                             "dead": dead["t"]}}
     if plan["interactions"]:
         kinds["interactions"] = {"in": sum(c["records"] for c in table_counts.values()),
-                                 "out": parquet_rows_in(out / PREDICTIONS), "dead": dead_in(out, "i")}
+                                 "out": parquet_rows_in(out / PREDICTIONS), "dead": dead["i"]}
     counts = {key: sum(k[key] for k in kinds.values()) for key in ("in", "out", "dead")}
     rejected = [{"source": f.path, "reason": f.rejected} for f in inputs if f.rejected] + \
                [{"source": p, "reason": c["rejected"]} for p, c in table_counts.items() if "rejected" in c]
@@ -489,14 +485,15 @@ def finish(out: Path, started: str, clock: float, engine: str, plan: dict, input
                             "dead_letter": DEAD_LETTER},
                 "balanced": all(k["in"] == k["out"] + k["dead"] for k in kinds.values())}
     write_text(json.dumps(manifest, indent=2), out / MANIFEST)
-    if dead_total != counts["dead"] or not manifest["balanced"]:
+    if not manifest["balanced"]:
         raise RuntimeError(f"{out / MANIFEST}: records do not add up ({json.dumps(kinds)}); in must equal out + dead")
     return manifest
 
 
-def read_parts(out: PathLike, folder: str = FEATURES) -> pd.DataFrame:
-    """Every committed part of a batch run's output folder (`features` or `predictions`) as one DataFrame."""
+def read_parts(out: PathLike, folder: str = FEATURES, columns: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """Every committed part of a batch run's output folder (`features` or `predictions`) as one DataFrame, with all
+    or only the named columns."""
     parts = sorted((Path(out) / folder).glob("*.parquet"))
     if not parts:
         raise ValueError(f"{Path(out) / folder}: no Parquet parts; run `carelens score` first")
-    return pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+    return pd.concat([pq.read_table(p, columns=columns).to_pandas() for p in parts], ignore_index=True)

@@ -60,7 +60,7 @@ def scored_features(transcripts: Path, out: Path, registry, interactions: Sequen
     counts = manifest["counts"]
     console.print(f"batch-scored {transcripts}: in {counts['in']:,} = out {counts['out']:,} + dead {counts['dead']:,}"
                   f" in {manifest['elapsed_s']:.1f} s ({out})")
-    return read_parts(out)[[*KEYS, *FEATURE_COLUMNS]]
+    return read_parts(out, columns=[*KEYS, *FEATURE_COLUMNS])
 
 
 def history_features(history: Path, registry, out: Path) -> Path:
