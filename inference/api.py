@@ -15,7 +15,7 @@ from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import RiskModel, load_tabular
 from carelens.models.transcript import (
-    MODEL_NAME, SCORING_CACHE_ENTRIES, EncodingCache, TranscriptModel, as_conversations, transcript_features,
+    MODEL_NAME, SCORING_CACHE_ENTRIES, TranscriptModel, as_conversations, transcript_features,
 )
 
 PathLike = Union[str, Path]
@@ -82,8 +82,7 @@ class Scorer:
         transcripts = None
         if store.versions(MODEL_NAME):
             artifact = store.open(MODEL_NAME, chosen.get(MODEL_NAME, "latest"), requires=("torch", "transformers"))
-            transcripts = TranscriptModel.load(artifact.path)
-            transcripts.encodings = EncodingCache(SCORING_CACHE_ENTRIES)
+            transcripts = TranscriptModel.load(artifact.path, SCORING_CACHE_ENTRIES)
             metadata[MODEL_NAME], versions[MODEL_NAME] = artifact.metadata, artifact.version
         scorer = cls(loaded["churn"], loaded["retaliation"], transcripts, versions, metadata)
         scorer.check_schemas(store.root)

@@ -92,7 +92,7 @@ class EncodingCache:
     closings and stock replies all day, so a batch job encodes each of them once. Least recently used entries go
     first once `max_entries` are held. Only for a model whose weights no longer change."""
 
-    def __init__(self, max_entries: int = 50_000):
+    def __init__(self, max_entries: int = SCORING_CACHE_ENTRIES):
         self.max_entries = max_entries
         self.entries: OrderedDict = OrderedDict()
 
@@ -320,8 +320,9 @@ class TranscriptModel(nn.Module):
         return directory
 
     @classmethod
-    def load(cls, directory: PathLike) -> "TranscriptModel":
-        """A model saved by `save`; weights are safetensors, so loading runs no code from the files."""
+    def load(cls, directory: PathLike, cache_entries: int = 0) -> "TranscriptModel":
+        """A model saved by `save`; weights are safetensors, so loading runs no code from the files. With
+        `cache_entries`, it remembers that many recent encodings (for scoring, never for training)."""
         directory = Path(directory)
         for name in (HEADS_CONFIG, HEADS_WEIGHTS):
             if not (directory / name).is_file():
@@ -330,8 +331,10 @@ class TranscriptModel(nn.Module):
         tokenizer, encoder = _pretrained(directory)
         heads = Heads(config["hidden_size"])
         heads.load_state_dict(load_file(directory / HEADS_WEIGHTS))
-        return cls(encoder, tokenizer, heads, config["max_length"], config["mode"], config["temperatures"],
-                   {k: v for k, v in config.items() if k not in STANDARD_CONFIG_KEYS}, config.get("decision_weights"))
+        model = cls(encoder, tokenizer, heads, config["max_length"], config["mode"], config["temperatures"],
+                    {k: v for k, v in config.items() if k not in STANDARD_CONFIG_KEYS}, config.get("decision_weights"))
+        model.encodings = EncodingCache(cache_entries) if cache_entries else None
+        return model
 
 
 def _pooled_by_owner(pooled: np.ndarray, owner: np.ndarray, lengths: np.ndarray, count: int) -> np.ndarray:
@@ -441,6 +444,4 @@ def load_transcript_model(root: Optional[PathLike] = None, version: str = "lates
     """The published transcript model, after the registry verified its checksums and library versions; with
     `cache_entries`, it remembers that many recent encodings (for scoring, never for training)."""
     artifact = Registry(root).open(MODEL_NAME, version, requires=("torch", "transformers"))
-    model = TranscriptModel.load(artifact.path)
-    model.encodings = EncodingCache(cache_entries) if cache_entries else None
-    return model
+    return TranscriptModel.load(artifact.path, cache_entries)
