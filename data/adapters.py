@@ -8,14 +8,10 @@ from typing import Iterable, Optional, Sequence, Union
 
 import pandas as pd
 
-from carelens.data.contracts import ContractError, Conversation
+from carelens.data.contracts import LEVELS, MECHANISMS, SENTIMENTS, ContractError, Conversation
 from carelens.data.readers import conversation_from_record, read_table, read_transcripts
 
 PathLike = Union[str, Path]
-SENTIMENTS = ("negative", "neutral", "positive")
-MECHANISMS = ("emotional_reactions", "interpretations", "explorations")
-LEVELS = (0, 1, 2)
-LEVEL_NAMES = ("none", "weak", "strong")
 EMPATHY_COLUMNS = ["context", "response", *MECHANISMS]
 _MECHANISM_IN_NAME = re.compile("|".join(MECHANISMS))
 

@@ -8,12 +8,19 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from carelens.data.errors import CareLensError
+
 CHANNELS = ("phone", "chat", "email", "social")
 RETALIATION_TYPES = ("none", "escalate", "switch", "vent")
 SPEAKERS = ("agent", "customer")
+#: What the transcript model reads: customer sentiment, and agent empathy as three EPITOME mechanisms, each at a level.
+SENTIMENTS = ("negative", "neutral", "positive")
+MECHANISMS = ("emotional_reactions", "interpretations", "explorations")
+LEVELS = (0, 1, 2)
+LEVEL_NAMES = ("none", "weak", "strong")
 
 
-class ContractError(ValueError):
+class ContractError(CareLensError, ValueError):
     """Input that breaks a data contract; the message names the file, row, column and what was expected."""
 
     def __init__(self, source: str, problem: str, row: Optional[int] = None, column: Optional[str] = None,

@@ -15,12 +15,11 @@ from scipy import stats
 from scipy.special import expit
 
 from carelens.data import synthetic_phrases as phrases
-from carelens.data.contracts import CHANNELS, RETALIATION_TYPES
+from carelens.data.contracts import CHANNELS, MECHANISMS, RETALIATION_TYPES, SENTIMENTS
+from carelens.data.errors import UsageError
 from carelens.data.readers import write_transcripts
 
 SEED_GROUPS = ("no_problem", "problem_ineffective", "problem_effective")
-SENTIMENTS = ("negative", "neutral", "positive")
-EMPATHY_MECHANISMS = ("emotional_reactions", "interpretations", "explorations")
 ESCALATE, SWITCH, VENT = (RETALIATION_TYPES.index(kind) for kind in ("escalate", "switch", "vent"))
 
 
@@ -420,7 +419,7 @@ def generate(customers: int, seed: int = 0, start: str = "2026-11-01", transcrip
     Tables and transcripts draw from separate random streams, so `transcripts=False` gives identical tables.
     """
     if customers < 1:
-        raise ValueError(f"customers must be at least 1, got {customers}")
+        raise UsageError(f"customers must be at least 1, got {customers}")
     params = params or GeneratorParams()
     tables_stream, text_stream = np.random.SeedSequence(seed).spawn(2)
     world = _world(np.random.default_rng(tables_stream), customers, params)
@@ -515,7 +514,7 @@ def _empathy_levels(rng: np.random.Generator, warmth: np.ndarray, kind: np.ndarr
                     params: GeneratorParams) -> np.ndarray:
     """EPITOME levels (0-2) per turn and mechanism: strong empathy needs high warmth; closings only react."""
     reaction_warmth = warmth * np.where(problem, 1.0, params.request_empathy_factor)
-    levels = np.zeros((warmth.size, len(EMPATHY_MECHANISMS)), dtype=int)
+    levels = np.zeros((warmth.size, len(MECHANISMS)), dtype=int)
     for mechanism, w in enumerate((reaction_warmth, warmth, warmth)):
         levels[:, mechanism] = (rng.random(w.size) < w).astype(int) + (rng.random(w.size) < w ** 2)
     levels[kind != AGENT_MIDDLE, 1:] = 0
@@ -628,7 +627,7 @@ def _turn_records(texts: np.ndarray, is_agent: np.ndarray, sentiment: np.ndarray
     mood = np.asarray(SENTIMENTS, dtype=object)[sentiment + 1]
     return [
         {"speaker": "agent", "text": text, "start_s": start, "end_s": end,
-         "empathy": dict(zip(EMPATHY_MECHANISMS, level))}
+         "empathy": dict(zip(MECHANISMS, level))}
         if agent else
         {"speaker": "customer", "text": text, "start_s": start, "end_s": end, "sentiment": feeling}
         for text, agent, feeling, level, start, end in zip(

@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 
 from carelens.data.contracts import INTERACTION_FEATURES, INTERACTIONS, Conversation, validated
+from carelens.data.errors import UsageError
 from carelens.data.readers import header_lines, read_table, read_transcripts
 from carelens.inference.reasons import pushes, top_reasons
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import RiskModel, load_tabular
 from carelens.models.transcript import (
-    MODEL_NAME, SCORING_CACHE_ENTRIES, TranscriptModel, as_conversations, transcript_features,
+    MODEL_NAME, SCORING_CACHE_ENTRIES, TranscriptModel, as_conversations, load_transcript_model, transcript_features,
 )
 
 PathLike = Union[str, Path]
@@ -81,9 +82,9 @@ class Scorer:
             versions[name] = metadata[name]["version"]
         transcripts = None
         if store.versions(MODEL_NAME):
-            artifact = store.open(MODEL_NAME, chosen.get(MODEL_NAME, "latest"), requires=("torch", "transformers"))
-            transcripts = TranscriptModel.load(artifact.path, SCORING_CACHE_ENTRIES)
-            metadata[MODEL_NAME], versions[MODEL_NAME] = artifact.metadata, artifact.version
+            transcripts, metadata[MODEL_NAME] = load_transcript_model(store, chosen.get(MODEL_NAME, "latest"),
+                                                                      SCORING_CACHE_ENTRIES)
+            versions[MODEL_NAME] = metadata[MODEL_NAME]["version"]
         scorer = cls(loaded["churn"], loaded["retaliation"], transcripts, versions, metadata)
         scorer.check_schemas(store.root)
         return scorer
@@ -182,9 +183,9 @@ class Scorer:
         given) those either model's own threshold flags. Each with the three features that raised their risk most,
         in words, and the action the centre should take."""
         if top_k is not None and top_k < 0:
-            raise ValueError(f"top_k must be 0 or more, got {top_k}")
+            raise UsageError(f"top_k must be 0 or more, got {top_k}")
         if threshold is not None and not 0 <= threshold <= 1:
-            raise ValueError(f"threshold must be a probability between 0 and 1, got {threshold}")
+            raise UsageError(f"threshold must be a probability between 0 and 1, got {threshold}")
         table = self.contact_table(interactions, transcripts, transcript_features)
         customers = per_customer(self.contact_scores(table))
         customers["risk"] = np.maximum(customers["churn_risk"], customers["retaliation_risk"])

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from carelens.data.contracts import INTERACTIONS, ContractError, Conversation, check_table
+from carelens.data.errors import CareLensError, UsageError
 from carelens.data.readers import (
     TABLE_SUFFIXES, check_long_form_columns, conversation_from_json, conversation_from_record, header_lines,
     long_form_record,
@@ -50,7 +51,7 @@ FEATURE_FIELDS = [pa.field("source", pa.string()), pa.field("line", pa.int64()),
 FEATURES_SCHEMA = pa.schema(FEATURE_FIELDS)
 
 
-class RunConflict(ValueError):
+class RunConflict(CareLensError, ValueError):
     """The output folder holds a run over other inputs, models or chunking; resuming it would mix two runs."""
 
 
@@ -432,9 +433,9 @@ def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Option
     dead_letter.jsonl, and `_manifest.json`. Re-running resumes. Each scoring process remembers `cache_entries` recent
     encodings (0: none). Returns the manifest; raises when in != out + dead."""
     if engine not in ("local", "ray"):
-        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+        raise UsageError(f"engine must be 'local' or 'ray', got {engine!r}")
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        raise UsageError(f"chunk_size must be at least 1, got {chunk_size}")
     started, clock, out = now(), time.perf_counter(), Path(out)
     store = Registry(registry)
     models = {MODEL_NAME: store.resolve(MODEL_NAME, version)}
@@ -453,7 +454,7 @@ def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Option
             run_ray(pending, store.root, models[MODEL_NAME], out, batch_size, ray_address, workers, show_progress_bar,
                     cache_entries)
         else:
-            run_local(pending, load_transcript_model(store.root, models[MODEL_NAME], cache_entries), out,
+            run_local(pending, load_transcript_model(store, models[MODEL_NAME], cache_entries)[0], out,
                       batch_size, show_progress_bar)
     table_counts = {}
     if tables:
@@ -495,5 +496,5 @@ def read_parts(out: PathLike, folder: str = FEATURES, columns: Optional[Sequence
     or only the named columns."""
     parts = sorted((Path(out) / folder).glob("*.parquet"))
     if not parts:
-        raise ValueError(f"{Path(out) / folder}: no Parquet parts; run `carelens score` first")
+        raise UsageError(f"{Path(out) / folder}: no Parquet parts; run `carelens score` first")
     return pd.concat([pq.read_table(p, columns=columns).to_pandas() for p in parts], ignore_index=True)

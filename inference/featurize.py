@@ -29,10 +29,10 @@ def featurize_command(
     import torch
 
     from carelens.models.transcript import SCORING_CACHE_ENTRIES, load_transcript_model, transcript_features
-    from carelens.training.cli import console, user_errors
+    from carelens.data.terminal import console, user_errors
     torch.set_num_threads(threads)
     with user_errors():
-        model = load_transcript_model(registry, version, SCORING_CACHE_ENTRIES)
+        model, _ = load_transcript_model(registry, version, SCORING_CACHE_ENTRIES)
         features = transcript_features(model, read_conversations(transcripts), batch_size, show_progress_bar=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".csv":

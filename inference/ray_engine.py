@@ -43,7 +43,7 @@ class UnitScorer:
 
         from carelens.models.transcript import load_transcript_model
         torch.set_num_threads(threads)
-        self.model = load_transcript_model(registry, version, cache_entries)
+        self.model, _ = load_transcript_model(registry, version, cache_entries)
         self.batch_size = batch_size
 
     def __call__(self, units: pd.DataFrame) -> pa.Table:

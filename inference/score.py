@@ -50,7 +50,7 @@ def score_command(
 
     from carelens.inference.batch import score_batch
     from carelens.models.transcript import SCORING_CACHE_ENTRIES
-    from carelens.training.cli import console, error_console, user_errors
+    from carelens.data.terminal import console, error_console, user_errors
     torch.set_num_threads(threads)
     with user_errors():
         manifest = score_batch(transcripts, out, registry, version, interactions or (), engine.value, chunk_size,

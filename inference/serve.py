@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from carelens.data.errors import UsageError
+
 
 def api_key_from(variable: Optional[str]) -> Optional[str]:
     """The API key held in the named environment variable; None when no variable is named."""
@@ -14,7 +16,7 @@ def api_key_from(variable: Optional[str]) -> Optional[str]:
         return None
     key = os.environ.get(variable, "")
     if not key:
-        raise ValueError(f"--api-key-env {variable}: that environment variable is unset or empty; expected it to hold "
+        raise UsageError(f"--api-key-env {variable}: that environment variable is unset or empty; expected it to hold "
                          f"the API key clients must send in the X-API-Key header")
     return key
 
@@ -39,7 +41,7 @@ def serve_command(
 
     from carelens.inference.api import Scorer
     from carelens.inference.service import ServiceSettings, create_app
-    from carelens.training.cli import console, user_errors
+    from carelens.data.terminal import console, user_errors
     with user_errors():
         settings = ServiceSettings(api_key=api_key_from(api_key_env), max_body_bytes=max_body_bytes,
                                    max_batch=max_batch)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from carelens.training.report import figure_html, html_report, table_html
+from carelens.data.html import figure_html, html_report, table_html
 
 #: Flagged customers listed in the summary (all of them are in flagged.csv).
 TOP_LISTED = 25

@@ -15,6 +15,8 @@ from typing import Callable, Iterable, Union
 
 import pandas as pd
 
+from carelens.data.errors import CareLensError
+
 FORMAT_VERSION = 1
 CHECKSUMS = "SHA256SUMS"
 METADATA = "metadata.json"
@@ -22,7 +24,7 @@ LATEST = "latest"
 TRACKED_LIBRARIES = ("carelens", "scikit-learn", "skops", "numpy", "pandas", "torch", "transformers", "safetensors")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(CareLensError, RuntimeError):
     """A registry artifact that is missing, tampered with or incompatible with this environment."""
 
 

@@ -20,6 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 from sklearn.utils.validation import check_is_fitted
 
+from carelens.data.errors import CareLensError, UsageError
 from carelens.models.registry import Registry, RegistryError
 
 ARTIFACT = "model.skops"
@@ -42,7 +43,7 @@ PROFILE_POINTS = 101
 ISOTONIC_MIN_ROWS = 5000
 
 
-class SchemaError(ValueError):
+class SchemaError(CareLensError, ValueError):
     """A frame whose columns do not match the features a model was trained on."""
 
 
@@ -66,17 +67,17 @@ def parse_goal(text: str) -> Goal:
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"goal {text!r} is not understood; {expected}") from None
+        raise UsageError(f"goal {text!r} is not understood; {expected}") from None
     if (kind == "recall" and 0 < number <= 1) or (kind == "top-k" and number > 0):
         return Goal(kind, number)
-    raise ValueError(f"goal {text!r} is not understood; {expected}")
+    raise UsageError(f"goal {text!r} is not understood; {expected}")
 
 
 def threshold_for_recall(positive: np.ndarray, scores: np.ndarray, recall: float) -> float:
     """The highest threshold whose flags (score >= threshold) catch at least `recall` of the positives."""
     ranked = np.sort(scores[np.asarray(positive, bool)])[::-1]
     if ranked.size == 0:
-        raise ValueError("cannot choose a threshold for a recall goal: the validation data has no positive rows")
+        raise UsageError("cannot choose a threshold for a recall goal: the validation data has no positive rows")
     # The tolerance keeps 0.7 * 10 == 7.000000000000001 from demanding an eighth positive.
     needed = max(1, math.ceil(recall * ranked.size - 1e-9))
     return float(ranked[needed - 1])
@@ -209,16 +210,16 @@ class RiskModel(ClassifierMixin, BaseEstimator):
     def _checked_goal(self) -> Goal:
         goal = parse_goal(self.goal)
         if goal.kind == "top-k" and not self.contacts_per_day:
-            raise ValueError("goal 'top-k' needs contacts_per_day (how many contacts a day are scored) to turn K "
+            raise UsageError("goal 'top-k' needs contacts_per_day (how many contacts a day are scored) to turn K "
                              "into a share of contacts")
         if self.calibration not in CALIBRATIONS:
-            raise ValueError(f"calibration {self.calibration!r} is not offered; expected one of {', '.join(CALIBRATIONS)}")
+            raise UsageError(f"calibration {self.calibration!r} is not offered; expected one of {', '.join(CALIBRATIONS)}")
         return goal
 
     def _check_negative_class(self, y: np.ndarray) -> None:
         labels = np.unique(y)
         if self.negative_class is not None and self.negative_class not in set(labels.tolist()):
-            raise ValueError(f"negative class {self.negative_class!r} is not among the labels "
+            raise UsageError(f"negative class {self.negative_class!r} is not among the labels "
                              f"{', '.join(map(str, labels))}")
 
     def _learn_schema(self, X: pd.DataFrame) -> None:

@@ -15,11 +15,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from carelens.data.adapters import LEVEL_NAMES, MECHANISMS, SENTIMENTS, answered_customer_texts
-from carelens.data.contracts import Conversation
+from carelens.data.adapters import answered_customer_texts
+from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS, Conversation
+from carelens.data.errors import UsageError
 from carelens.data.readers import conversation_from_record
 from carelens.models.conversation_features import conversation_features
-from carelens.models.registry import Artifact, Registry
+from carelens.models.registry import Artifact, Registry, RegistryError
 
 PathLike = Union[str, Path]
 MODEL_NAME = "transcripts"
@@ -51,11 +52,11 @@ def _pretrained(directory: Path):
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not (directory / "config.json").is_file():
-        raise ValueError(f"{directory}: not a Hugging Face checkpoint directory (no config.json); pass --encoder "
+        raise UsageError(f"{directory}: not a Hugging Face checkpoint directory (no config.json); pass --encoder "
                          f"a directory written by save_pretrained")
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     if not tokenizer.is_fast:
-        raise ValueError(f"{directory}: the tokenizer is not a fast (Rust) tokenizer; windowing long turns needs one")
+        raise UsageError(f"{directory}: the tokenizer is not a fast (Rust) tokenizer; windowing long turns needs one")
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected, not news
     hf_logging.disable_progress_bar()
@@ -137,7 +138,7 @@ class TranscriptModel(nn.Module):
                  decision_weights: Optional[dict] = None):
         super().__init__()
         if max_length < MIN_MAX_LENGTH:
-            raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH} tokens, got {max_length}")
+            raise UsageError(f"max_length must be at least {MIN_MAX_LENGTH} tokens, got {max_length}")
         self.encoder, self.tokenizer, self.heads = encoder, tokenizer, heads
         self.max_length = min(max_length, self._encoder_window())
         self.mode = mode
@@ -326,7 +327,7 @@ class TranscriptModel(nn.Module):
         directory = Path(directory)
         for name in (HEADS_CONFIG, HEADS_WEIGHTS):
             if not (directory / name).is_file():
-                raise ValueError(f"{directory}: no {name}; not a saved transcript model")
+                raise RegistryError(f"{directory}: no {name}; not a saved transcript model")
         config = json.loads((directory / HEADS_CONFIG).read_text())
         tokenizer, encoder = _pretrained(directory)
         heads = Heads(config["hidden_size"])
@@ -439,9 +440,11 @@ def publish(model: TranscriptModel, root: Optional[PathLike], metadata: dict,
     return Registry(root).publish(MODEL_NAME, write, {"kind": "transcript", **metadata})
 
 
-def load_transcript_model(root: Optional[PathLike] = None, version: str = "latest",
-                          cache_entries: int = 0) -> TranscriptModel:
-    """The published transcript model, after the registry verified its checksums and library versions; with
-    `cache_entries`, it remembers that many recent encodings (for scoring, never for training)."""
-    artifact = Registry(root).open(MODEL_NAME, version, requires=("torch", "transformers"))
-    return TranscriptModel.load(artifact.path, cache_entries)
+def load_transcript_model(registry: Union[Registry, PathLike, None] = None, version: str = "latest",
+                          cache_entries: int = 0) -> tuple[TranscriptModel, dict]:
+    """The published transcript model and its metadata (as `load_tabular` returns a tabular one), after the registry
+    verified its checksums and library versions; with `cache_entries`, it remembers that many recent encodings (for
+    scoring, never for training)."""
+    registry = registry if isinstance(registry, Registry) else Registry(registry)
+    artifact = registry.open(MODEL_NAME, version, requires=("torch", "transformers"))
+    return TranscriptModel.load(artifact.path, cache_entries), artifact.metadata

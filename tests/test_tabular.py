@@ -17,7 +17,8 @@ from carelens.models.tabular import (
 )
 from carelens.training.cli import evaluate_app, export_command, train_app
 from carelens.training.metrics import expected_calibration_error, group_rates, risk_metrics
-from carelens.training.report import comparison_rows, figure_html, html_report, table_html
+from carelens.data.html import figure_html, html_report, table_html
+from carelens.training.report import comparison_rows
 from carelens.training.tabular import TASKS, gap_recovered, load_labelled, train_tabular
 from conftest import requires_shared
 

@@ -84,7 +84,8 @@ def test_save_and_load_round_trip_uses_safetensors_and_gives_the_same_scores(mod
 
 def test_registry_refuses_a_tampered_head(model, tmp_path):
     artifact = publish(model, tmp_path, {"note": "test"})
-    assert load_transcript_model(tmp_path).max_length == model.max_length
+    loaded, metadata = load_transcript_model(tmp_path)
+    assert loaded.max_length == model.max_length and metadata["version"] == "v1"
     with open(artifact.path / "heads.safetensors", "r+b") as handle:
         handle.seek(-4, os.SEEK_END)
         handle.write(b"\x00\x01\x02\x03")

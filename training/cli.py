@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from carelens.data.errors import UsageError
+from carelens.data.terminal import console, error_console, rows_table, user_errors
 
 train_app = typer.Typer(help="Train a model and publish it to the registry.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Score labelled data a model never saw and print its metrics.", no_args_is_help=True)
 
-console = Console()
-error_console = Console(stderr=True)
 TABULAR_MODELS = ("churn", "retaliation")
 
 DataOption = Annotated[Path, typer.Option("--data", help="A generator output directory, an interactions file "
@@ -27,17 +26,6 @@ FeaturesFromOption = Annotated[Optional[list[Path]], typer.Option(
 RegistryOption = Annotated[Optional[Path], typer.Option("--registry", "--out",
                                                         help="Registry directory (default $CARELENS_REGISTRY or ./registry).")]
 VersionOption = Annotated[str, typer.Option("--version", help="Model version, e.g. v3, or latest.")]
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Bad input or a refused artifact ends the command with its message (exit code 2), not a traceback."""
-    from carelens.models.registry import RegistryError
-    try:
-        yield
-    except (ValueError, RegistryError) as exc:
-        error_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
 
 
 def _registry(path: Optional[Path]):
@@ -156,16 +144,6 @@ def export_command(
 PathsOption = Optional[list[Path]]
 
 
-def rows_table(rows: list[dict], title: str) -> Table:
-    """Rows of dicts as a rich table; floats to 4 places, missing values as a dash."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    table = Table(*columns, title=title)
-    for row in rows:
-        values = (row.get(c) for c in columns)
-        table.add_row(*("—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in values))
-    return table
-
-
 @train_app.command("transcripts")
 def train_transcripts_command(
     mode: Annotated[str, typer.Option(help="heads: frozen encoder, calibrated linear heads (minutes); finetune: "
@@ -210,7 +188,7 @@ def train_transcripts_command(
                       show_progress_bar=progress)
     with user_errors():
         if not paths:
-            raise ValueError("no training data: pass --sentiment-data, --empathy-data and/or --transcripts")
+            raise UsageError("no training data: pass --sentiment-data, --empathy-data and/or --transcripts")
         trained = train_transcripts(paths, options, encoder, log=console.print)
         artifact = publish_trained(trained, out)
     copy = copied_report(artifact.path, runs / "transcripts" / artifact.version / "report.html")
@@ -237,7 +215,7 @@ def evaluate_transcripts_command(
     from carelens.models.transcript import load_transcript_model
     from carelens.training.transcripts import evaluate_files
     with user_errors():
-        model = load_transcript_model(registry, version)
+        model, _ = load_transcript_model(registry, version)
         metrics = evaluate_files(model, [*(sentiment_data or ()), *(empathy_data or ())], batch_size,
                                  show_progress_bar=not as_json)
     if as_json:

@@ -1,10 +1,7 @@
-"""Self-contained HTML reports: generic page, table and figure pieces, and the report of a tabular risk model."""
+"""The HTML report of a tabular risk model: curves, calibration, risk histogram, importances and metric tables."""
 from __future__ import annotations
 
-import base64
 import shutil
-import html
-import io
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -16,44 +13,11 @@ from sklearn.inspection import permutation_importance
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 from threadpoolctl import threadpool_limits
 
+from carelens.data.html import figure_html, html_report, table_html
 from carelens.training.metrics import ECE_BINS
 
 #: Rows scored for permutation importance: enough for a stable ranking, few enough for seconds.
 IMPORTANCE_ROWS = 2000
-STYLE = """body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:980px;color:#222}
-h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}
-th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}"""
-
-
-def figure_html(fig: Figure) -> str:
-    """A matplotlib figure as an <img> tag holding the PNG inline (base64), so the page needs no other file."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
-
-
-def _cell(value) -> str:
-    if isinstance(value, (float, np.floating)):
-        return f'<td class="n">{value:.4f}</td>'
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return f'<td class="n">{value:,}</td>'
-    return f"<td>{html.escape('—' if value is None else str(value))}</td>"
-
-
-def table_html(rows: Sequence[dict]) -> str:
-    """Rows of dicts as an HTML table whose header is the union of their keys in first-seen order."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(_cell(row.get(c)) for c in columns) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def html_report(title: str, sections: Iterable[tuple[str, str]]) -> str:
-    """A whole HTML page: the title, then each (heading, HTML body) section in order."""
-    parts = "".join(f"<section><h2>{html.escape(heading)}</h2>{body}</section>" for heading, body in sections)
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{parts}</body></html>")
 
 
 def curves_figure(positive: np.ndarray, risk: np.ndarray) -> Figure:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from carelens.data.adapters import LEVEL_NAMES, SENTIMENTS
+from carelens.data.contracts import LEVEL_NAMES, SENTIMENTS
 from carelens.training.report import figure_html, html_report, table_html
 
 #: The issue's targets: sentiment on the airline tweets; empathy at the published RoBERTa-base macro-F1.

@@ -19,7 +19,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
-from carelens.data.adapters import LEVEL_NAMES, MECHANISMS, SENTIMENTS, read_labelled
+from carelens.data.adapters import read_labelled
+from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS
+from carelens.data.errors import UsageError
 from carelens.models.registry import Artifact, frame_fingerprint
 from carelens.models.transcript import PAIRED, SINGLE_TURN, TranscriptModel, publish, softmax
 from carelens.training.metrics import expected_calibration_error
@@ -135,7 +137,7 @@ def load_data(paths: Sequence[PathLike], options: Options) -> Data:
     """Labelled rows from any mix of airline tweets, EPITOME and labelled transcript files, split for training."""
     sentiment, empathy = read_labelled(paths)
     if sentiment.empty and empathy.empty:
-        raise ValueError(f"no labelled rows in {', '.join(map(str, paths))}: expected airline tweet or EPITOME CSVs, "
+        raise UsageError(f"no labelled rows in {', '.join(map(str, paths))}: expected airline tweet or EPITOME CSVs, "
                          f"or transcripts whose turns carry `sentiment` / `empathy` labels")
     return split_data(sentiment, empathy, options)
 
@@ -560,7 +562,7 @@ def train_transcripts(paths: Sequence[PathLike], options: Options, encoder: Opti
     elif options.mode == "finetune":
         details = train_finetune(model, data, options, log)
     else:
-        raise ValueError(f"unknown mode {options.mode!r}, expected heads or finetune")
+        raise UsageError(f"unknown mode {options.mode!r}, expected heads or finetune")
     details.update(calibrate(model, data, options))
     trained_s = time.monotonic() - started
     truth, probabilities = split_probabilities(model, data, "test", options.scoring)
@@ -605,6 +607,6 @@ def evaluate_files(model: TranscriptModel, paths: Sequence[PathLike], batch_size
     """Every head's metrics on all rows of labelled files (contract transcripts, airline tweets or EPITOME CSVs)."""
     sentiment, empathy = read_labelled(paths)
     if sentiment.empty and empathy.empty:
-        raise ValueError("no labelled rows to evaluate: pass --sentiment-data and/or --empathy-data files with labels")
+        raise UsageError("no labelled rows to evaluate: pass --sentiment-data and/or --empathy-data files with labels")
     data = Data({"test": sentiment}, {"test": empathy})
     return split_metrics(model, data, "test", {"batch_size": batch_size, "show_progress_bar": show_progress_bar})
