@@ -1,1 +1,13 @@
 """Data contracts, readers, adapters for public formats, and the seed-calibrated synthetic generator."""
+from carelens.data.lazy import lazy_exports
+
+_EXPORTS = {
+    "errors": ("CareLensError", "UsageError"),
+    "contracts": ("ContractError", "Conversation", "Turn", "Column", "TableContract", "INTERACTIONS", "LABELS",
+                  "CHANNELS", "RETALIATION_TYPES", "check_table", "validated"),
+    "readers": ("read_table", "read_interactions", "read_labels", "read_transcripts", "write_transcripts"),
+    "adapters": ("read_airline_tweets", "read_epitome", "read_abcd"),
+    "synthetic": ("GeneratorParams", "SyntheticData", "generate", "write_synthetic", "marginals", "sample_dir"),
+}
+__all__ = [name for names in _EXPORTS.values() for name in names]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

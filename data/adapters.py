@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 import pandas as pd
 
-from carelens.data.contracts import LEVELS, MECHANISMS, SENTIMENTS, ContractError, Conversation
+from carelens.data.contracts import LEVELS, MECHANISMS, SENTIMENTS, SYNTHETIC_TEXT, ContractError, Conversation, Turn
 from carelens.data.readers import conversation_from_record, read_table, read_transcripts
 
 PathLike = Union[str, Path]
 EMPATHY_COLUMNS = ["context", "response", *MECHANISMS]
+#: What labelled text is, beside SYNTHETIC_TEXT: written by people, or a mix of both kinds.
+REAL_TEXT, MIXED_TEXT = "real", "mixed"
 _MECHANISM_IN_NAME = re.compile("|".join(MECHANISMS))
 
 
@@ -186,23 +189,62 @@ def _is_epitome(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0 and "seeker_post" in pd.read_csv(path, nrows=0).columns
 
 
-def read_labelled(paths: Iterable[PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(sentiment table, empathy table) from any mix of airline tweet CSVs, EPITOME CSVs and labelled transcripts;
-    a directory stands for the CSV and JSONL files inside it."""
+@dataclass(frozen=True)
+class LabelledText:
+    """The sentiment and empathy training tables, and what text their rows were read from."""
+
+    sentiment: pd.DataFrame
+    empathy: pd.DataFrame
+    #: SYNTHETIC_TEXT when every row came from generator conversations, REAL_TEXT when none did, MIXED_TEXT for
+    #: both; None without rows.
+    text: Optional[str]
+
+
+def _carries_label(turn: Turn) -> bool:
+    return (turn.speaker == "customer" and getattr(turn, "sentiment", None) is not None) or \
+        (turn.speaker == "agent" and getattr(turn, "empathy", None) is not None)
+
+
+def labelled_text_sources(conversations: Sequence[Conversation]) -> set[str]:
+    """SYNTHETIC_TEXT and/or REAL_TEXT: what the conversations that carry a turn label were, by their `text_source`."""
+    return {SYNTHETIC_TEXT if getattr(c, "text_source", None) == SYNTHETIC_TEXT else REAL_TEXT
+            for c in conversations if any(map(_carries_label, c.turns))}
+
+
+def text_kind(sources: set[str]) -> Optional[str]:
+    """One word for a set of text sources: the source itself when there is one, MIXED_TEXT for several."""
+    return None if not sources else next(iter(sources)) if len(sources) == 1 else MIXED_TEXT
+
+
+def read_labelled_text(paths: Iterable[PathLike]) -> LabelledText:
+    """The sentiment and empathy tables from any mix of airline tweet CSVs, EPITOME CSVs and labelled transcripts
+    (a directory stands for the CSV and JSONL files inside it), and whether their text is synthetic or real."""
     files = sorted(f for p in map(Path, paths) for f in ([p] if not p.is_dir() else
                    [c for c in p.iterdir() if c.suffix.lower() in (".csv", ".jsonl", ".parquet")]))
-    sentiment, epitome, turns = [], [], []
+    sentiment, epitome, turns, sources = [], [], [], set()
     for path in files:
         if path.suffix.lower() == ".csv" and _is_epitome(path):
             epitome.append(read_epitome(path))
         elif path.suffix.lower() == ".csv":
             sentiment.append(read_airline_tweets(path))
         else:
-            turns.append(labelled_turns(read_transcripts(path), str(path)))
+            conversations = read_transcripts(path)
+            turns.append(labelled_turns(conversations, str(path)))
+            sources |= labelled_text_sources(conversations)
+    if any(len(f) for f in [*sentiment, *epitome]):
+        # The public CSVs (airline tweets, EPITOME) hold text people wrote.
+        sources.add(REAL_TEXT)
     empathy = [empathy_pairs(pd.concat(epitome, ignore_index=True))] if epitome else []
     sentiment += [s for s, _ in turns]
     empathy += [e for _, e in turns]
-    return _concat(sentiment, ["text", "label"]), _concat(empathy, EMPATHY_COLUMNS)
+    return LabelledText(_concat(sentiment, ["text", "label"]), _concat(empathy, EMPATHY_COLUMNS), text_kind(sources))
+
+
+def read_labelled(paths: Iterable[PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(sentiment table, empathy table) from any mix of airline tweet CSVs, EPITOME CSVs and labelled transcripts;
+    a directory stands for the CSV and JSONL files inside it."""
+    labelled = read_labelled_text(paths)
+    return labelled.sentiment, labelled.empathy
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:

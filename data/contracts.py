@@ -245,6 +245,11 @@ class Turn(BaseModel):
         return value.strip().lower() if isinstance(value, str) else value
 
 
+#: The `text_source` the synthetic generator stamps on every conversation it writes (an extra field the contract
+#: allows), so that a model trained on generated text can say so; a conversation without it counts as real text.
+SYNTHETIC_TEXT = "synthetic"
+
+
 class Conversation(BaseModel):
     """One conversation of the transcripts contract (a JSON Lines record)."""
 

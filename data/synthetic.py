@@ -15,7 +15,7 @@ from scipy import stats
 from scipy.special import expit
 
 from carelens.data import synthetic_phrases as phrases
-from carelens.data.contracts import CHANNELS, MECHANISMS, RETALIATION_TYPES, SENTIMENTS
+from carelens.data.contracts import CHANNELS, MECHANISMS, RETALIATION_TYPES, SENTIMENTS, SYNTHETIC_TEXT
 from carelens.data.errors import UsageError
 from carelens.data.readers import write_transcripts
 
@@ -372,12 +372,14 @@ def identifiers(prefix: str, n: int) -> np.ndarray:
     return np.char.add(prefix, np.char.zfill(np.arange(1, n + 1).astype(str), width)).astype(object)
 
 
-def _frames(world: dict, start: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _frames(world: dict, start: pd.Timestamp, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Interactions, labels and truth, sorted by contact time; contact ids follow that order."""
     n = world["group"].size
     order = np.argsort(world["start_offset_s"], kind="stable")
     column = {name: values[order] for name, values in world.items()}
-    customer_id, contact_id = identifiers("C", n)[order], identifiers("K", n)
+    # Contacts of another seed are other contacts: their ids must differ, or an evaluation on them would look like
+    # an evaluation on the contacts a model was trained on.
+    customer_id, contact_id = identifiers("C", n)[order], identifiers(f"K{seed}-", n)
     interactions = pd.DataFrame({
         "customer_id": customer_id,
         "contact_id": contact_id,
@@ -425,7 +427,7 @@ def generate(customers: int, seed: int = 0, start: str = "2026-11-01", transcrip
     world = _world(np.random.default_rng(tables_stream), customers, params)
     start_at = pd.Timestamp(start)
     start_at = start_at.tz_localize("UTC") if start_at.tzinfo is None else start_at.tz_convert("UTC")
-    interactions, labels, truth = _frames(world, start_at)
+    interactions, labels, truth = _frames(world, start_at, seed)
     conversations = None
     if transcripts:
         with _collector_paused():
@@ -463,7 +465,7 @@ def _conversations(rng: np.random.Generator, interactions: pd.DataFrame, truth: 
     heads = zip(identifiers("V", len(contacts)).tolist(), contacts["customer_id"].tolist(),
                 contacts["contact_id"].tolist(), contacts["channel"].tolist(), started)
     return [{"conversation_id": conversation_id, "customer_id": customer, "contact_id": contact, "channel": channel,
-             "started_at": at, "turns": turns[bounds[i]:bounds[i + 1]]}
+             "started_at": at, "text_source": SYNTHETIC_TEXT, "turns": turns[bounds[i]:bounds[i + 1]]}
             for i, (conversation_id, customer, contact, channel, at) in enumerate(heads)]
 
 

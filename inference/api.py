@@ -1,4 +1,9 @@
-"""The Python API: load the churn, retaliation and transcript models once; score transcripts, predict, flag customers."""
+"""The Python API: load the models once; score transcripts, predict per contact, flag customers with reasons.
+
+The nightly job (`carelens.inference.nightly`) and the HTTP service call the same stage methods the API does:
+`contact_table` (validate and join), `contact_predictions` (each contact predicted once) and `flagged` (per-customer
+selection, reasons for the flagged only), so every entry point gives the same list for the same input.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,19 +14,21 @@ import numpy as np
 import pandas as pd
 
 from carelens.data.contracts import INTERACTION_FEATURES, INTERACTIONS, Conversation, validated
-from carelens.data.errors import UsageError
+from carelens.data.errors import CareLensError, UsageError
 from carelens.data.readers import header_lines, read_table, read_transcripts
 from carelens.inference.reasons import pushes, top_reasons
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import RiskModel, load_tabular
 from carelens.models.transcript import (
-    MODEL_NAME, SCORING_CACHE_ENTRIES, TranscriptModel, as_conversations, load_transcript_model, transcript_features,
+    MODEL_NAME, SCORING_CACHE_ENTRIES, TranscriptModel, as_conversations, load_transcript_model, training_text_warning,
+    transcript_features,
 )
 
 PathLike = Union[str, Path]
 Interactions = Union[pd.DataFrame, Sequence[dict], PathLike]
 Conversations = Union[Sequence[Union[Conversation, dict]], PathLike]
+Versions = Union[str, dict]
 TABULAR = ("churn", "retaliation")
 #: The play a contact centre runs for each kind of retaliation; a churn risk alone gets proactive outreach.
 ACTIONS = {"escalate": "supervisor callback", "switch": "retention offer", "vent": "social-care follow-up"}
@@ -30,6 +37,10 @@ PREDICTION_COLUMNS = ["customer_id", "contact_id", "churn_risk", "retaliation_ri
                       "churn_flagged", "retaliation_flagged"]
 FLAG_COLUMNS = ["customer_id", "churn_risk", "retaliation_risk", "retaliation_type", "reasons", "action", "risk",
                 "contact_id"]
+
+
+class MissingConversations(CareLensError):
+    """Models that read transcript features were asked to score answered contacts without their conversations."""
 
 
 def interactions_frame(interactions: Interactions, extra_numeric: Sequence[str] = (),
@@ -57,6 +68,66 @@ def features_needed(models: Iterable[RiskModel]) -> list[str]:
     return list(dict.fromkeys(f for model in models for f in model.feature_names_in_))
 
 
+def parse_versions(text: str) -> Versions:
+    """`latest`, `v3` (every model) or `churn=v2,retaliation=v2,transcripts=v1` (pinned per model)."""
+    if "=" not in text:
+        return text.strip()
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    chosen = {name.strip(): version.strip() for name, version in pairs}
+    unknown = sorted(set(chosen) - {*TABULAR, MODEL_NAME})
+    if unknown:
+        raise UsageError(f"--version {text!r}: unknown model(s) {', '.join(unknown)}; expected names among "
+                         f"{', '.join((*TABULAR, MODEL_NAME))}")
+    return chosen
+
+
+def selection_rule(capacity: Optional[int], threshold: Optional[float]) -> str:
+    """Which customers get flagged, in words."""
+    if capacity is not None:
+        return f"capacity: the {capacity:,} riskiest customers"
+    if threshold is not None:
+        return f"threshold: customers whose risk is at least {threshold:g}"
+    return "each model's own decision threshold"
+
+
+def checked_selection(capacity: Optional[int], threshold: Optional[float]) -> None:
+    """UsageError unless at most one of capacity and threshold is given, each in range."""
+    if capacity is not None and threshold is not None:
+        raise UsageError("give a capacity or a threshold, not both (neither: each model's own decision threshold)")
+    if capacity is not None and capacity < 0:
+        raise UsageError(f"capacity must be 0 or more customers, got {capacity}")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise UsageError(f"threshold must be a probability between 0 and 1, got {threshold}")
+
+
+def per_customer(contacts: pd.DataFrame) -> pd.DataFrame:
+    """Each customer's riskiest contact (by the larger of the two risks), keeping the contact table's index."""
+    risk = np.maximum(contacts["churn_risk"], contacts["retaliation_risk"])
+    riskiest = risk.groupby(contacts["customer_id"], sort=False).idxmax()
+    return contacts.loc[riskiest.to_numpy()]
+
+
+def ranked_customers(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Each customer's riskiest contact with its `risk` (the larger of the two), riskiest first, ties by customer."""
+    customers = per_customer(predictions)
+    customers = customers.assign(risk=np.maximum(customers["churn_risk"], customers["retaliation_risk"]))
+    return customers.sort_values(["risk", "customer_id"], ascending=[False, True], kind="stable")
+
+
+def selected(customers: pd.DataFrame, capacity: Optional[int], threshold: Optional[float]) -> pd.DataFrame:
+    """The ranked customers a capacity, a threshold or (neither) the models' own thresholds flag."""
+    if capacity is not None:
+        return customers.head(capacity)
+    if threshold is not None:
+        return customers[customers["risk"] >= threshold]
+    return customers[customers["churn_flagged"] | customers["retaliation_flagged"]]
+
+
+def action_of(retaliation_type: str, retaliation_flagged: bool) -> str:
+    """The play for a flagged customer: by the retaliation type when retaliation is flagged, else outreach."""
+    return ACTIONS.get(retaliation_type, CHURN_ONLY_ACTION) if retaliation_flagged else CHURN_ONLY_ACTION
+
+
 @dataclass
 class Scorer:
     """The three models, loaded and checked once, and what the registry recorded about them."""
@@ -67,13 +138,18 @@ class Scorer:
     versions: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
     batch_size: int = 64
+    #: What the caller should know about these models (e.g. a transcript model trained on synthetic text only).
+    warnings: list = field(default_factory=list)
 
     @classmethod
-    def load(cls, registry: Optional[Union[Registry, PathLike]] = None,
-             version: Union[str, dict] = "latest") -> "Scorer":
+    def load(cls, registry: Optional[Union[Registry, PathLike]] = None, version: Versions = "latest",
+             load_encoder: bool = True, pinned: Optional[bool] = None) -> "Scorer":
         """The churn and retaliation models and, when published, the transcript model: checksums verified, library
-        versions checked, and the feature schemas checked to fit together. `version` is one version for all three
-        ("latest", "v3") or a dict per model name."""
+        versions checked, and the models checked to fit together (feature schemas, and the transcript model version
+        the tabular models were trained on). `version` is one version for all three ("latest", "v3") or a dict per
+        model name, which pins them (or say so with `pinned`): a pinned set that does not fit together loads with a
+        warning instead of an error. `load_encoder=False` loads the tabular models alone (the transcript model's
+        metadata is still read)."""
         store = registry if isinstance(registry, Registry) else Registry(registry)
         chosen = version if isinstance(version, dict) else {n: version for n in (*TABULAR, MODEL_NAME)}
         loaded, metadata, versions = {}, {}, {}
@@ -82,24 +158,50 @@ class Scorer:
             versions[name] = metadata[name]["version"]
         transcripts = None
         if store.versions(MODEL_NAME):
-            transcripts, metadata[MODEL_NAME] = load_transcript_model(store, chosen.get(MODEL_NAME, "latest"),
-                                                                      SCORING_CACHE_ENTRIES)
+            wanted = chosen.get(MODEL_NAME, "latest")
+            if load_encoder:
+                transcripts, metadata[MODEL_NAME] = load_transcript_model(store, wanted, SCORING_CACHE_ENTRIES)
+            else:
+                metadata[MODEL_NAME] = store.open(MODEL_NAME, wanted).metadata
             versions[MODEL_NAME] = metadata[MODEL_NAME]["version"]
         scorer = cls(loaded["churn"], loaded["retaliation"], transcripts, versions, metadata)
-        scorer.check_schemas(store.root)
+        scorer.check_schemas(store.root, pinned=isinstance(version, dict) if pinned is None else pinned)
+        if MODEL_NAME in metadata and training_text_warning(metadata[MODEL_NAME]):
+            scorer.warnings.append(training_text_warning(metadata[MODEL_NAME]))
         return scorer
 
-    def check_schemas(self, where: PathLike = "the registry") -> None:
-        """RegistryError when a tabular model needs transcript features but no transcript model is published, or was
-        trained before reasons could be given (no training profile)."""
+    def check_schemas(self, where: PathLike = "the registry", pinned: bool = False) -> None:
+        """RegistryError when a tabular model needs transcript features but no transcript model is published, was
+        trained before reasons could be given (no training profile), or was trained on the features of another
+        transcript model version than the one loaded (a warning instead when the versions were pinned)."""
         for name, model in zip(TABULAR, (self.churn, self.retaliation)):
             if not hasattr(model, "profile_"):
                 raise RegistryError(f"{where}: the {name} model predates per-customer reasons (no training profile); "
                                     f"retrain it with `carelens train {name}`")
         transcript_inputs = [f for f in self.features if f in FEATURE_COLUMNS]
-        if transcript_inputs and self.transcripts is None:
+        if transcript_inputs and MODEL_NAME not in self.versions:
             raise RegistryError(f"{where}: the tabular models take transcript features ({', '.join(transcript_inputs)})"
                                 f" but no transcript model is published; run `carelens train transcripts` first")
+        mismatch = self.lineage_mismatch()
+        if mismatch and not pinned:
+            raise RegistryError(f"{where}: {mismatch}")
+        if mismatch:
+            self.warnings.append(f"{mismatch} (loaded anyway: the versions were pinned)")
+
+    def lineage_mismatch(self) -> Optional[str]:
+        """What does not fit when a tabular model was trained on another transcript model's features; else None."""
+        loaded = self.versions.get(MODEL_NAME)
+        stale = {name: self.metadata[name].get("transcript_model") for name in TABULAR
+                 if self.metadata[name].get("transcript_model") not in (None, loaded)}
+        if not stale:
+            return None
+        trained = ", ".join(f"{name} {self.versions[name]} on transcripts {v}" for name, v in stale.items())
+        return (f"the tabular models were trained on the features of another transcript model ({trained}) than the "
+                f"one loaded (transcripts {loaded}), whose scores are on another scale. Retrain "
+                f"{' and '.join(stale)} on features scored by transcripts {loaded} (`carelens featurize`, then "
+                f"`carelens train {next(iter(stale))} --features-from FILE`), or pin the versions that belong "
+                f"together, e.g. --version " + ",".join(f"{n}={self.versions[n]}" for n in stale) +
+                f",transcripts={next(iter(stale.values()))}")
 
     @property
     def features(self) -> list[str]:
@@ -115,7 +217,16 @@ class Scorer:
         categorical = {f for m in (self.churn, self.retaliation) for f in m.categorical_features_}
         return [f for f in extra if f not in categorical], [f for f in extra if f in categorical]
 
-    # -- scoring ------------------------------------------------------------------------------------------------
+    @property
+    def profile(self) -> dict:
+        """The training profile of every feature (the churn model's where both models take a feature)."""
+        merged = {"typical": {}, "percentiles": {}, "distributions": {}}
+        for model in (self.retaliation, self.churn):
+            for part in merged:
+                merged[part].update(model.profile_.get(part, {}))
+        return merged
+
+    # -- stages -------------------------------------------------------------------------------------------------
 
     def score_transcripts(self, conversations: Conversations, show_progress_bar: bool = False) -> pd.DataFrame:
         """One row per conversation, in input order: ids and the transcript features."""
@@ -126,87 +237,98 @@ class Scorer:
 
     def contact_table(self, interactions: Interactions, transcripts: Optional[Conversations] = None,
                       transcript_features: Optional[pd.DataFrame] = None) -> pd.DataFrame:
-        """The validated interactions with every feature the models take (transcript features joined on contact_id;
-        NaN where a contact has no conversation, which the models were trained to expect)."""
-        numeric, categorical = self.extra_columns()
-        table = interactions_frame(interactions, numeric, categorical)
+        """The interactions, validated once, with every feature the models take (transcript features joined on
+        contact_id; NaN where a contact has no conversation, which the models were trained to expect)."""
+        table = interactions_frame(interactions, *self.extra_columns())
         if transcript_features is None and transcripts is not None and self.transcripts is not None:
             transcript_features = self.score_transcripts(transcripts)
-        if self.uses_transcripts:
-            per_contact = (transcript_features if transcript_features is not None
-                           else pd.DataFrame(columns=["contact_id", *FEATURE_COLUMNS]))
-            per_contact = per_contact.dropna(subset=["contact_id"]).drop_duplicates("contact_id", keep="last")
-            table = table.merge(per_contact[["contact_id", *FEATURE_COLUMNS]].astype({"contact_id": str}),
-                                on="contact_id", how="left")
-        return table
+        return self.joined(table, transcript_features)
 
-    def contact_scores(self, table: pd.DataFrame) -> pd.DataFrame:
-        """Per contact: churn and retaliation risk, the likeliest retaliation type, and each model's flag."""
+    def joined(self, table: pd.DataFrame, transcript_features: Optional[pd.DataFrame]) -> pd.DataFrame:
+        """Validated interactions with the conversation features joined on contact_id (the last conversation of a
+        contact wins); unchanged when the models take no transcript features."""
+        if not self.uses_transcripts:
+            return table
+        per_contact = (transcript_features if transcript_features is not None
+                       else pd.DataFrame(columns=["contact_id", *FEATURE_COLUMNS]))
+        per_contact = per_contact.dropna(subset=["contact_id"]).drop_duplicates("contact_id", keep="last")
+        return table.merge(per_contact[["contact_id", *FEATURE_COLUMNS]].astype({"contact_id": str}),
+                           on="contact_id", how="left")
+
+    def contact_predictions(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Per contact, predicted once: churn and retaliation risk, each model's flag, the likeliest retaliation type
+        (empty unless retaliation is flagged), and the features the models read (for reasons and drift)."""
         retaliation = self.retaliation.predict_proba(table)
         classes = self.retaliation.classes_.tolist()
         negative = classes.index(self.retaliation.negative_class_)
         likeliest = np.where(np.arange(len(classes)) == negative, -np.inf, retaliation).argmax(axis=1)
         churn_risk = self.churn.risk(table)
         retaliation_risk = self.retaliation.risk_from_proba(retaliation)
-        return pd.DataFrame({
+        retaliation_flagged = retaliation_risk >= self.retaliation.threshold_
+        scores = pd.DataFrame({
             "customer_id": table["customer_id"].astype(str).to_numpy(),
             "contact_id": table["contact_id"].astype(str).to_numpy(),
             "churn_risk": churn_risk, "retaliation_risk": retaliation_risk,
-            "retaliation_type": self.retaliation.classes_[likeliest].astype(str),
+            "retaliation_type": np.where(retaliation_flagged, self.retaliation.classes_[likeliest].astype(str), ""),
             "churn_flagged": churn_risk >= self.churn.threshold_,
-            "retaliation_flagged": retaliation_risk >= self.retaliation.threshold_,
+            "retaliation_flagged": retaliation_flagged,
         }, index=table.index)
+        inputs = [f for f in self.features if f not in scores.columns]
+        return pd.concat([scores, table[inputs]], axis=1)
 
-    def predict(self, interactions: Interactions, transcripts: Optional[Conversations] = None) -> pd.DataFrame:
-        """Per customer (their riskiest contact of the batch): churn probability, retaliation probability, the most
-        likely retaliation type, and whether each model's own threshold flags them."""
-        table = self.contact_table(interactions, transcripts)
-        return per_customer(self.contact_scores(table))[PREDICTION_COLUMNS].reset_index(drop=True)
+    def missing_conversations(self, contacts: pd.DataFrame) -> Optional[str]:
+        """A warning when the models read transcript features and answered contacts have none (no conversation
+        with their contact_id was given); None otherwise. Abandoned contacts have no conversation by nature."""
+        if not self.uses_transcripts or contacts.empty:
+            return None
+        answered = ~contacts["abandoned"].astype(bool) if "abandoned" in contacts.columns else \
+            pd.Series(True, index=contacts.index)
+        lacking = int((answered & contacts[FEATURE_COLUMNS].isna().all(axis=1)).sum())
+        if not lacking:
+            return None
+        return (f"{lacking:,} of {int(answered.sum()):,} answered contacts have no conversation features (no transcript "
+                f"with their contact_id was given): the models read them as contacts without a conversation, which "
+                f"can move a risk a long way; pass their transcripts or transcript features")
+
+    def flagged(self, predictions: pd.DataFrame, capacity: Optional[int] = None,
+                threshold: Optional[float] = None) -> pd.DataFrame:
+        """Customers at risk from per-contact predictions, riskiest first: the `capacity` riskiest, those with risk
+        >= `threshold`, or (neither) those either model's own threshold flags; reasons are computed for these only,
+        from their riskiest contact, and each gets the action the centre should take."""
+        checked_selection(capacity, threshold)
+        chosen = selected(ranked_customers(predictions), capacity, threshold).copy()
+        profile = self.profile
+        chosen["reasons"] = top_reasons(chosen, pushes(self.risk, chosen, profile["typical"], base=chosen["risk"]),
+                                        profile)
+        chosen["action"] = [action_of(kind, flagged) for kind, flagged in
+                            zip(chosen["retaliation_type"], chosen["retaliation_flagged"])]
+        return chosen[FLAG_COLUMNS].reset_index(drop=True)
 
     def risk(self, table: pd.DataFrame) -> np.ndarray:
         """The risk customers are ranked by: the larger of P(churn) and P(retaliate)."""
         return np.maximum(self.churn.risk(table), self.retaliation.risk(table))
 
-    @property
-    def profile(self) -> dict:
-        """The training profile of every feature (the churn model's where both models take a feature)."""
-        merged = {"typical": {}, "percentiles": {}}
-        for model in (self.retaliation, self.churn):
-            for part in merged:
-                merged[part].update(model.profile_[part])
-        return merged
+    # -- the API ------------------------------------------------------------------------------------------------
+
+    def predict(self, interactions: Interactions, transcripts: Optional[Conversations] = None) -> pd.DataFrame:
+        """Per customer (their riskiest contact of the batch): churn probability, retaliation probability, the
+        likeliest retaliation type when retaliation is flagged, and whether each model's own threshold flags them."""
+        predictions = self.contact_predictions(self.contact_table(interactions, transcripts))
+        return per_customer(predictions)[PREDICTION_COLUMNS].reset_index(drop=True)
 
     def flag_at_risk(self, interactions: Interactions, transcripts: Optional[Conversations] = None,
-                     top_k: Optional[int] = None, threshold: Optional[float] = None,
-                     transcript_features: Optional[pd.DataFrame] = None) -> pd.DataFrame:
-        """Customers at risk, riskiest first: the `top_k` riskiest, or those with risk >= `threshold`, or (neither
-        given) those either model's own threshold flags. Each with the three features that raised their risk most,
-        in words, and the action the centre should take."""
-        if top_k is not None and top_k < 0:
-            raise UsageError(f"top_k must be 0 or more, got {top_k}")
-        if threshold is not None and not 0 <= threshold <= 1:
-            raise UsageError(f"threshold must be a probability between 0 and 1, got {threshold}")
-        table = self.contact_table(interactions, transcripts, transcript_features)
-        customers = per_customer(self.contact_scores(table))
-        customers["risk"] = np.maximum(customers["churn_risk"], customers["retaliation_risk"])
-        customers = customers.sort_values(["risk", "customer_id"], ascending=[False, True], kind="stable")
-        if top_k is not None:
-            customers = customers.head(top_k)
-        elif threshold is not None:
-            customers = customers[customers["risk"] >= threshold]
-        else:
-            customers = customers[customers["churn_flagged"] | customers["retaliation_flagged"]]
-        rows = table.loc[customers.index]
-        profile = self.profile
-        customers["reasons"] = top_reasons(rows, pushes(self.risk, rows, profile["typical"]), profile)
-        customers["action"] = [ACTIONS.get(kind, CHURN_ONLY_ACTION) if flagged else CHURN_ONLY_ACTION
-                               for kind, flagged in zip(customers["retaliation_type"],
-                                                        customers["retaliation_flagged"])]
-        return customers[FLAG_COLUMNS].reset_index(drop=True)
-
-
-def per_customer(contacts: pd.DataFrame) -> pd.DataFrame:
-    """Each customer's riskiest contact (by the larger of the two risks), keeping the contact table's index."""
-    risk = np.maximum(contacts["churn_risk"], contacts["retaliation_risk"])
-    riskiest = risk.groupby(contacts["customer_id"], sort=False).idxmax()
-    return contacts.loc[riskiest.to_numpy()]
+                     capacity: Optional[int] = None, threshold: Optional[float] = None,
+                     transcript_features: Optional[pd.DataFrame] = None, strict: bool = False) -> pd.DataFrame:
+        """Customers at risk, riskiest first: the `capacity` riskiest, or those with risk >= `threshold`, or
+        (neither given) those either model's own threshold flags. Each with the three features that raised their
+        risk most, in words, and the action the centre should take. The result's `attrs["warnings"]` lists what
+        the caller should know (answered contacts without conversation features; with `strict`, that raises
+        MissingConversations instead)."""
+        checked_selection(capacity, threshold)
+        predictions = self.contact_predictions(self.contact_table(interactions, transcripts, transcript_features))
+        gap = self.missing_conversations(predictions)
+        if gap and strict:
+            raise MissingConversations(gap)
+        flagged = self.flagged(predictions, capacity, threshold)
+        flagged.attrs["warnings"] = [*self.warnings, *([gap] if gap else [])]
+        return flagged

@@ -17,6 +17,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from carelens.data.adapters import abcd_conversation
 from carelens.data.contracts import INTERACTIONS, ContractError, Conversation, check_table
 from carelens.data.errors import CareLensError, UsageError
 from carelens.data.readers import (
@@ -42,8 +44,15 @@ from carelens.models.transcript import (
 PathLike = Union[str, Path]
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+ABCD_SUFFIXES = (".json",)
+#: Transcript formats: the contract's JSON Lines and long-form Parquet, and ABCD JSON (a list of chats); `auto` goes
+#: by the file suffix.
+FORMATS = ("auto", "jsonl", "parquet", "abcd")
 FEATURES, PREDICTIONS, DEAD = "features", "predictions", "dead"
 PLAN, MANIFEST, DEAD_LETTER = "_plan.json", "_manifest.json", "dead_letter.jsonl"
+#: Markers of the stages after scoring (flags, summary): a stage whose marker exists is done.
+STAGES = "_stages"
+ENGINES = ("local", "ray")
 TEMPORARY_MARK = ".tmp-"
 #: Where each scored conversation came from, beside its ids and features.
 FEATURE_FIELDS = [pa.field("source", pa.string()), pa.field("line", pa.int64()),
@@ -104,19 +113,50 @@ def expanded_inputs(patterns: Sequence[PathLike], suffixes: Sequence[str]) -> li
     return list(dict.fromkeys(p.resolve() for p in files))
 
 
-def planned_file(path: Path, index: int, chunk_size: int) -> InputFile:
+def file_kind(path: Path, format: str) -> str:
+    """The transcript format of a file: as given, or (auto) by its suffix."""
+    if format != "auto":
+        return format
+    suffix = path.suffix.lower()
+    return "parquet" if suffix in PARQUET_SUFFIXES else "abcd" if suffix in ABCD_SUFFIXES else "jsonl"
+
+
+def planned_file(path: Path, index: int, chunk_size: int, format: str = "auto") -> InputFile:
     """An input file described and cut into units; an empty or unreadable file is rejected whole, with the reason."""
-    kind = "parquet" if path.suffix.lower() in PARQUET_SUFFIXES else "jsonl"
+    kind = file_kind(path, format)
     if path.stat().st_size == 0:
         return InputFile(str(path), kind, 0, file_sha256(path), rejected="the file is empty: no conversations")
     if kind == "jsonl":
         return jsonl_plan(path, index, chunk_size)
     planned = InputFile(str(path), kind, path.stat().st_size, file_sha256(path))
     try:
-        planned.records, planned.units = parquet_units(path, index, chunk_size)
+        planned.records, planned.units = record_units(path, kind, index, chunk_size)
     except (ContractError, pa.ArrowException, OSError) as exc:
-        planned.rejected = f"cannot be read as long-form Parquet transcripts: {exc}"
+        what = "long-form Parquet transcripts" if kind == "parquet" else "ABCD JSON (a list of chats)"
+        planned.rejected = f"cannot be read as {what}: {exc}"
     return planned
+
+
+def record_units(path: Path, kind: str, index: int, chunk_size: int) -> tuple[int, list[Unit]]:
+    """(conversations, units) of a long-form Parquet or an ABCD file."""
+    if kind == "parquet":
+        return parquet_units(path, index, chunk_size)
+    count = len(abcd_records_of(str(path), path.stat().st_mtime_ns))
+    units = [Unit(unit_key(index, k), str(path), "abcd", start, min(start + chunk_size, count), start + 1,
+                  min(chunk_size, count - start)) for k, start in enumerate(range(0, count, chunk_size))]
+    return count, units
+
+
+@lru_cache(maxsize=1)
+def abcd_records_of(path: str, modified_ns: int) -> list:
+    """The records of an ABCD JSON file, parsed once per process and file version (its units share them)."""
+    try:
+        records = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ContractError(path, f"not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(records, list):
+        raise ContractError(path, f"expected a JSON list of ABCD records, got {type(records).__name__}")
+    return records
 
 
 def unit_key(index: int, chunk: int) -> str:
@@ -155,9 +195,11 @@ def parquet_units(path: Path, index: int, chunk_size: int) -> tuple[int, list[Un
     return len(starts), units
 
 
-def planned_inputs(patterns: Sequence[PathLike], chunk_size: int) -> list[InputFile]:
-    files = expanded_inputs(patterns, (*JSONL_SUFFIXES, *PARQUET_SUFFIXES))
-    return [planned_file(path, index, chunk_size) for index, path in enumerate(files)]
+def planned_inputs(patterns: Sequence[PathLike], chunk_size: int, format: str = "auto") -> list[InputFile]:
+    if format not in FORMATS:
+        raise UsageError(f"format {format!r} is not offered; expected one of {', '.join(FORMATS)}")
+    files = expanded_inputs(patterns, (*JSONL_SUFFIXES, *PARQUET_SUFFIXES, *ABCD_SUFFIXES))
+    return [planned_file(path, index, chunk_size, format) for index, path in enumerate(files)]
 
 
 # -- reading and scoring a unit ---------------------------------------------------------------------------------------
@@ -193,13 +235,21 @@ def parquet_records(unit: Unit) -> Iterator[tuple[int, dict]]:
         yield int(turns.index[0]) + 1, long_form_record(turns)
 
 
+def abcd_records(unit: Unit) -> Iterator[tuple[int, object]]:
+    """(record number, record) of each chat in an ABCD unit."""
+    records = abcd_records_of(unit.path, Path(unit.path).stat().st_mtime_ns)
+    for number in range(unit.start, unit.stop):
+        yield number + 1, records[number]
+
+
 def unit_records(unit: Unit) -> Iterator[tuple[int, Union[str, dict]]]:
-    return jsonl_records(unit) if unit.kind == "jsonl" else parquet_records(unit)
+    readers = {"jsonl": jsonl_records, "parquet": parquet_records, "abcd": abcd_records}
+    return readers[unit.kind](unit)
 
 
 def dead_letter(source: str, kind: str, number: int, reason: str, record: Union[str, dict]) -> dict:
     """One dead-letter entry: the file, the line (JSON Lines) or row (tables), why, and the record as it came."""
-    place = "line" if kind == "jsonl" else "row"
+    place = {"jsonl": "line", "abcd": "record"}.get(kind, "row")
     return {"source": source, place: number, "reason": reason,
             "record": record if isinstance(record, str) else json.dumps(record, default=str, ensure_ascii=False)}
 
@@ -207,6 +257,8 @@ def dead_letter(source: str, kind: str, number: int, reason: str, record: Union[
 def parsed(unit: Unit, number: int, record: Union[str, dict]) -> Union[Conversation, str]:
     """The record as a Conversation, or the contract's reason for refusing it."""
     try:
+        if unit.kind == "abcd":
+            return abcd_conversation(record, unit.path, number)
         if isinstance(record, str):
             return conversation_from_json(record, unit.path, number)
         return conversation_from_record(record, unit.path, number)
@@ -346,9 +398,9 @@ PREDICTION_DTYPES = {"customer_id": str, "contact_id": str, "churn_risk": float,
 
 
 def predict_contacts(scorer, paths: Sequence[Path], out: Path, chunk_size: int) -> dict:
-    """Per contact of the interactions files: churn and retaliation risk, type and flags, with the transcript features
-    joined on contact_id; rows that break the contract go to the dead letters. Returns each file's rows read (or why
-    it was rejected whole)."""
+    """Per contact of the interactions files, each read and validated once: churn and retaliation risk, type, flags
+    and the features the models read, with the transcript features joined on contact_id; rows that break the contract
+    go to the dead letters. Returns each file's rows read (or why it was rejected whole)."""
     features = saved_features(out) if scorer.uses_transcripts else None
     numeric, categorical = scorer.extra_columns()
     done, seen = done_keys(out, PREDICTIONS), {}
@@ -370,14 +422,13 @@ def predict_contacts(scorer, paths: Sequence[Path], out: Path, chunk_size: int) 
 
 def predicted_chunk(scorer, chunk: pd.DataFrame, source: str, first_row: int, features: Optional[pd.DataFrame],
                     numeric: Sequence[str], categorical: Sequence[str]) -> tuple[pd.DataFrame, list[dict]]:
-    """(the scores of a chunk's good rows, a dead letter for each bad row, numbered as in the file)."""
-    from carelens.inference.api import PREDICTION_COLUMNS
+    """(the predictions of a chunk's good rows with the features they were made from, a dead letter for each bad
+    row, numbered as in the file)."""
     checked = check_table(chunk, INTERACTIONS, source, numeric, categorical)
     dead = [dead_letter(source, "table", first_row + int(i), reason, chunk.iloc[int(i)].to_dict())
             for i, reason in checked.problems[checked.problems != ""].items()]
-    scored = (scorer.contact_scores(scorer.contact_table(checked.good, transcript_features=features))
-              if len(checked.good) else pd.DataFrame(columns=PREDICTION_COLUMNS))
-    return scored[PREDICTION_COLUMNS].astype(PREDICTION_DTYPES), dead
+    scored = scorer.contact_predictions(scorer.joined(checked.good, features))
+    return scored.astype(PREDICTION_DTYPES), dead
 
 
 # -- the run ----------------------------------------------------------------------------------------------------------
@@ -391,7 +442,7 @@ def checked_plan(out: Path, plan: dict, restart: bool) -> int:
     `restart`, which discards it). Returns how many units were already done."""
     recorded = out / PLAN
     if restart:
-        for name in (FEATURES, PREDICTIONS, DEAD):
+        for name in (FEATURES, PREDICTIONS, DEAD, STAGES):
             shutil.rmtree(out / name, ignore_errors=True)
         for name in (PLAN, MANIFEST, DEAD_LETTER):
             (out / name).unlink(missing_ok=True)
@@ -407,8 +458,8 @@ def checked_plan(out: Path, plan: dict, restart: bool) -> int:
     return len(done_keys(out, FEATURES)) + len(done_keys(out, PREDICTIONS))
 
 
-def parquet_rows_in(folder: Path) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob("*.parquet"))
+def parquet_rows_in(folder: Path, prefix: str = "") -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob(f"{prefix}*.parquet"))
 
 
 def gathered_dead_letters(out: Path) -> dict[str, int]:
@@ -423,71 +474,140 @@ def gathered_dead_letters(out: Path) -> dict[str, int]:
     return counts
 
 
-def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Optional[PathLike] = None,
-                version: str = "latest", interactions: Sequence[PathLike] = (), engine: str = "local",
-                chunk_size: int = 1_000, batch_size: int = 64, restart: bool = False, show_progress_bar: bool = True,
-                ray_address: Optional[str] = None, workers: Optional[int] = None,
-                cache_entries: int = SCORING_CACHE_ENTRIES) -> dict:
-    """Score transcript files (JSON Lines or long-form Parquet; paths, globs or directories) into `out`: Parquet
-    parts of conversation features, with `interactions` also per-contact predictions, every bad record in
-    dead_letter.jsonl, and `_manifest.json`. Re-running resumes. Each scoring process remembers `cache_entries` recent
-    encodings (0: none). Returns the manifest; raises when in != out + dead."""
-    if engine not in ("local", "ray"):
-        raise UsageError(f"engine must be 'local' or 'ray', got {engine!r}")
+@dataclass
+class Run:
+    """A batch run under way: its folder, the inputs cut into units, the model versions resolved once, its clock."""
+
+    out: Path
+    store: Registry
+    inputs: list[InputFile]
+    tables: list[Path]
+    models: dict
+    pinned: bool
+    plan: dict
+    already: int
+    started: str = field(default_factory=now)
+    clock: float = field(default_factory=time.perf_counter)
+
+    @property
+    def pending(self) -> list[Unit]:
+        """The transcript units whose features part is not yet committed."""
+        done = done_keys(self.out, FEATURES)
+        return [u for f in self.inputs for u in f.units if u.key not in done]
+
+
+def planned_run(transcripts: Sequence[PathLike], out: PathLike, registry: Optional[PathLike] = None,
+                version: Union[str, dict] = "latest", interactions: Sequence[PathLike] = (), chunk_size: int = 1_000,
+                restart: bool = False, format: str = "auto") -> Run:
+    """The first stage: inputs expanded, hashed and cut into units, model versions resolved, and the plan recorded in
+    `out` (RunConflict when `out` holds a run of another plan, unless `restart`)."""
     if chunk_size < 1:
         raise UsageError(f"chunk_size must be at least 1, got {chunk_size}")
-    started, clock, out = now(), time.perf_counter(), Path(out)
-    store = Registry(registry)
-    models = {MODEL_NAME: store.resolve(MODEL_NAME, version)}
+    out, store = Path(out), Registry(registry)
+    wanted = version if isinstance(version, dict) else {}
     tables = expanded_inputs(interactions, TABLE_SUFFIXES) if interactions else []
-    if tables:
-        models.update({name: store.resolve(name, version) for name in ("churn", "retaliation")})
-    inputs = planned_inputs(transcripts, chunk_size)
+    names = (MODEL_NAME, "churn", "retaliation") if tables else (MODEL_NAME,)
+    models = {name: store.resolve(name, wanted.get(name, "latest") if wanted else version) for name in names}
+    inputs = planned_inputs(transcripts, chunk_size, format)
     plan = {"inputs": [f.summary() for f in inputs], "interactions": [str(p) for p in tables],
             "interaction_hashes": [file_sha256(p) for p in tables], "models": models, "chunk_size": chunk_size}
-    already = checked_plan(out, plan, restart)
-    done = done_keys(out, FEATURES)
-    pending = [u for f in inputs for u in f.units if u.key not in done]
-    if pending:
-        if engine == "ray":
-            from carelens.inference.ray_engine import run_ray
-            run_ray(pending, store.root, models[MODEL_NAME], out, batch_size, ray_address, workers, show_progress_bar,
-                    cache_entries)
-        else:
-            run_local(pending, load_transcript_model(store, models[MODEL_NAME], cache_entries)[0], out,
-                      batch_size, show_progress_bar)
-    table_counts = {}
-    if tables:
-        from carelens.inference.api import Scorer
-        table_counts = predict_contacts(Scorer.load(store, models), tables, out, chunk_size)
-    return finish(out, started, clock, engine, plan, inputs, table_counts, already, len(pending))
+    return Run(out, store, inputs, tables, models, bool(wanted), plan, checked_plan(out, plan, restart))
 
 
-def finish(out: Path, started: str, clock: float, engine: str, plan: dict, inputs: Sequence[InputFile],
-           table_counts: dict, already: int, scored_units: int) -> dict:
-    """Gather the dead letters, count, check in = out + dead for each kind of input, and write the manifest."""
-    dead = gathered_dead_letters(out)
-    kinds = {"transcripts": {"in": sum(f.records for f in inputs), "out": parquet_rows_in(out / FEATURES),
+def scored_units(run: Run, engine: str = "local", batch_size: int = 64, show_progress_bar: bool = True,
+                 ray_address: Optional[str] = None, workers: Optional[int] = None,
+                 cache_entries: int = SCORING_CACHE_ENTRIES, model: Optional[TranscriptModel] = None) -> int:
+    """The transcript-features stage: every pending unit scored and committed; how many units were scored. The local
+    engine uses `model` or loads the transcript model once; the Ray engine's actors load it once each."""
+    if engine not in ENGINES:
+        raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    pending = run.pending
+    if pending and engine == "ray":
+        from carelens.inference.ray_engine import run_ray
+        run_ray(pending, run.store.root, run.models[MODEL_NAME], run.out, batch_size, ray_address, workers,
+                show_progress_bar, cache_entries)
+    elif pending:
+        model = model or load_transcript_model(run.store, run.models[MODEL_NAME], cache_entries)[0]
+        run_local(pending, model, run.out, batch_size, show_progress_bar)
+    return len(pending)
+
+
+def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Optional[PathLike] = None,
+                version: Union[str, dict] = "latest", interactions: Sequence[PathLike] = (), engine: str = "local",
+                chunk_size: int = 1_000, batch_size: int = 64, restart: bool = False, show_progress_bar: bool = True,
+                ray_address: Optional[str] = None, workers: Optional[int] = None,
+                cache_entries: int = SCORING_CACHE_ENTRIES, format: str = "auto") -> dict:
+    """Score transcript files (JSON Lines, long-form Parquet or ABCD JSON; paths, globs or directories) into `out`:
+    Parquet parts of conversation features, with `interactions` also per-contact predictions, every bad record in
+    dead_letter.jsonl, and `_manifest.json`. Re-running resumes. Each scoring process remembers `cache_entries` recent
+    encodings (0: none). The first stages of `carelens nightly`, which calls the same functions. Returns the
+    manifest (its `failures` name every input that produced nothing or was rejected); raises when in != out + dead."""
+    run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format)
+    scorer = tabular_scorer(run)
+    scored = scored_units(run, engine, batch_size, show_progress_bar, ray_address, workers, cache_entries)
+    table_counts = predict_contacts(scorer, run.tables, run.out, chunk_size) if scorer else {}
+    return finish(run, engine, table_counts, scored)
+
+
+def tabular_scorer(run: Run):
+    """The churn and retaliation models of the plan (no encoder), checked to fit together before anything is scored;
+    None when no interactions are to be predicted."""
+    if not run.tables:
+        return None
+    from carelens.inference.api import Scorer
+    return Scorer.load(run.store, run.models, load_encoder=False, pinned=run.pinned)
+
+
+def stage_counts(run: Run, table_counts: dict) -> dict[str, dict]:
+    """in / out / dead records of the scoring stages: transcripts → features, interactions → predictions."""
+    dead = gathered_dead_letters(run.out)
+    kinds = {"transcripts": {"in": sum(f.records for f in run.inputs), "out": parquet_rows_in(run.out / FEATURES),
                              "dead": dead["t"]}}
-    if plan["interactions"]:
+    if run.tables:
         kinds["interactions"] = {"in": sum(c["records"] for c in table_counts.values()),
-                                 "out": parquet_rows_in(out / PREDICTIONS), "dead": dead["i"]}
+                                 "out": parquet_rows_in(run.out / PREDICTIONS), "dead": dead["i"]}
+    return kinds
+
+
+def failures(run: Run, table_counts: dict) -> list[dict]:
+    """Every input a stage produced nothing for, or rejected whole, with the reason: a scheduler must see these."""
+    found = []
+    for index, planned in enumerate(run.inputs):
+        if planned.rejected or not parquet_rows_in(run.out / FEATURES, f"t{index:04d}-"):
+            found.append({"source": planned.path, "stage": "features",
+                          "reason": planned.rejected or f"none of its {planned.records:,} conversations could be "
+                                                         f"scored (see {DEAD_LETTER})"})
+    for index, path in enumerate(run.plan["interactions"]):
+        counts = table_counts.get(path, {})
+        if "rejected" in counts or not parquet_rows_in(run.out / PREDICTIONS, f"i{index:04d}-"):
+            found.append({"source": path, "stage": "predictions",
+                          "reason": counts.get("rejected") or f"none of its {counts.get('records', 0):,} rows could be "
+                                                              f"predicted (see {DEAD_LETTER})"})
+    return found
+
+
+def finish(run: Run, engine: str, table_counts: dict, scored_units: int, extra: Optional[dict] = None,
+           write: bool = True) -> dict:
+    """Gather the dead letters, count, check in = out + dead for each kind of input, and (with `write`) write the
+    manifest; `extra` adds the fields of later stages."""
+    kinds = stage_counts(run, table_counts)
     counts = {key: sum(k[key] for k in kinds.values()) for key in ("in", "out", "dead")}
-    rejected = [{"source": f.path, "reason": f.rejected} for f in inputs if f.rejected] + \
+    rejected = [{"source": f.path, "reason": f.rejected} for f in run.inputs if f.rejected] + \
                [{"source": p, "reason": c["rejected"]} for p, c in table_counts.items() if "rejected" in c]
-    manifest = {"carelens": package_version("carelens"), "engine": engine, "started_at": started, "ended_at": now(),
-                "elapsed_s": round(time.perf_counter() - clock, 3), "models": plan["models"],
-                "chunk_size": plan["chunk_size"], "inputs": plan["inputs"],
+    manifest = {"carelens": package_version("carelens"), "engine": engine, "started_at": run.started,
+                "ended_at": now(), "elapsed_s": round(time.perf_counter() - run.clock, 3), "models": run.plan["models"],
+                "chunk_size": run.plan["chunk_size"], "inputs": run.plan["inputs"],
                 "interactions": [{"path": p, "sha256": h, **table_counts.get(p, {})}
-                                 for p, h in zip(plan["interactions"], plan["interaction_hashes"])],
-                "rejected_inputs": rejected, "counts": counts, "by_input": kinds,
-                "units": {"scored_now": scored_units, "already_done": already},
-                "outputs": {"features": FEATURES, "predictions": PREDICTIONS if plan["interactions"] else None,
+                                 for p, h in zip(run.plan["interactions"], run.plan["interaction_hashes"])],
+                "rejected_inputs": rejected, "failures": failures(run, table_counts), "counts": counts,
+                "by_input": kinds, "units": {"scored_now": scored_units, "already_done": run.already},
+                "outputs": {"features": FEATURES, "predictions": PREDICTIONS if run.tables else None,
                             "dead_letter": DEAD_LETTER},
-                "balanced": all(k["in"] == k["out"] + k["dead"] for k in kinds.values())}
-    write_text(json.dumps(manifest, indent=2), out / MANIFEST)
+                "balanced": all(k["in"] == k["out"] + k["dead"] for k in kinds.values()), **(extra or {})}
     if not manifest["balanced"]:
-        raise RuntimeError(f"{out / MANIFEST}: records do not add up ({json.dumps(kinds)}); in must equal out + dead")
+        raise RuntimeError(f"{run.out / MANIFEST}: records do not add up ({json.dumps(kinds)}); in must equal out + dead")
+    if write:
+        write_text(json.dumps(manifest, indent=2, default=str), run.out / MANIFEST)
     return manifest
 
 

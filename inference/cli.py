@@ -10,7 +10,8 @@ import typer
 from carelens.data.cli import generate_command
 from carelens.inference.demo import demo
 from carelens.inference.featurize import featurize_command
-from carelens.inference.score import score_command
+from carelens.inference.predict import predict_app
+from carelens.inference.score import nightly_command, score_command
 from carelens.inference.serve import serve_command
 from carelens.training.cli import evaluate_app, export_command, train_app
 
@@ -19,8 +20,10 @@ app = typer.Typer(name="carelens", help="Which customers are we about to lose or
 app.command("generate", help="Write seed-calibrated synthetic customers, contacts, labels and transcripts.")(generate_command)
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(predict_app, name="predict")
 app.command("export")(export_command)
 app.command("featurize")(featurize_command)
+app.command("nightly")(nightly_command)
 app.command("score")(score_command)
 app.command("serve")(serve_command)
 app.command("demo")(demo)

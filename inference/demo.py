@@ -1,15 +1,14 @@
-"""The `carelens demo` nightly job: bundled day → models (trained when the registry has none) → scores → flags and summary."""
+"""The `carelens demo` command: a synthetic history → models (trained when the registry has none) → `carelens nightly` on the bundled day."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional, Sequence
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-console = Console()
+from carelens.data.terminal import console
+
 HISTORY_CUSTOMERS = 8_000
 HISTORY_SEED = 1
 #: Labelled conversations the transcript heads learn from (the rest of the history is only scored).
@@ -36,8 +35,9 @@ def labelled_transcripts(history: Path) -> Path:
     return subset
 
 
-def trained_transcripts(history: Path, registry, out: Path) -> Path:
-    """Train the transcript heads (frozen encoder) on labelled history turns and publish; its report copy's path."""
+def trained_transcripts(history: Path, registry, out: Path):
+    """Train the transcript heads (frozen encoder) on labelled history turns and publish; (the trained model, its
+    version, the path of its report copy)."""
     from carelens.training.report import copied_report
     from carelens.training.transcripts import Options, publish_trained, train_transcripts
     with console.status("Training the transcript model (heads on the frozen encoder)"):
@@ -48,26 +48,23 @@ def trained_transcripts(history: Path, registry, out: Path) -> Path:
     test = trained.metrics["test"]
     console.print(f"published transcripts {artifact.version}: test macro-F1 " +
                   ", ".join(f"{head} {test[head]['macro_f1']:.3f}" for head in test if test[head].get("n")))
-    return copied_report(artifact.path, out / "reports" / "transcripts.html")
+    return trained.model, artifact.version, copied_report(artifact.path, out / "reports" / "transcripts.html")
 
 
-def scored_features(transcripts: Path, out: Path, registry, interactions: Sequence[Path] = ()):
-    """The batch scorer run afresh over one transcripts file (and its contacts) into `out`; the conversation
-    features it wrote."""
-    from carelens.inference.batch import read_parts, score_batch
-    from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
-    manifest = score_batch([transcripts], out, registry.root, interactions=interactions, restart=True)
+def history_features(history: Path, registry, out: Path, model, version: str) -> Path:
+    """Conversation features of every history transcript, scored by the model just trained (no second encoder
+    load) through the batch scorer, written with the version that scored them."""
+    from carelens.inference.batch import finish, planned_run, read_parts, scored_units
+    from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS, write_features
+    from carelens.models.transcript import MODEL_NAME
+    run = planned_run([history / "transcripts.jsonl"], out / "history-scores", registry.root, {MODEL_NAME: version},
+                      restart=True)
+    manifest = finish(run, "local", {}, scored_units(run, model=model, show_progress_bar=False))
     counts = manifest["counts"]
-    console.print(f"batch-scored {transcripts}: in {counts['in']:,} = out {counts['out']:,} + dead {counts['dead']:,}"
-                  f" in {manifest['elapsed_s']:.1f} s ({out})")
-    return read_parts(out, columns=[*KEYS, *FEATURE_COLUMNS])
-
-
-def history_features(history: Path, registry, out: Path) -> Path:
-    """Conversation features of every history transcript, scored by the published transcript model."""
-    path = history / "transcript_features.parquet"
-    scored_features(history / "transcripts.jsonl", out / "history-scores", registry).to_parquet(path, index=False)
-    return path
+    console.print(f"batch-scored the history: in {counts['in']:,} = out {counts['out']:,} + dead {counts['dead']:,} "
+                  f"in {manifest['elapsed_s']:.1f} s")
+    return write_features(read_parts(run.out, columns=[*KEYS, *FEATURE_COLUMNS]),
+                          history / "transcript_features.parquet", version)
 
 
 def trained_tabular(name: str, history: Path, features: Path, registry, out: Path) -> Path:
@@ -87,62 +84,51 @@ def trained_tabular(name: str, history: Path, features: Path, registry, out: Pat
 def train_all(store, out: Path) -> dict[str, Path]:
     """Transcript model, then churn and retaliation on its features: the report of each."""
     history = history_dir(out)
-    reports = {"transcripts": trained_transcripts(history, store, out)}
-    features = history_features(history, store, out)
+    model, version, report = trained_transcripts(history, store, out)
+    features = history_features(history, store, out, model, version)
+    reports = {"transcripts": report}
     for name in ("churn", "retaliation"):
         reports[name] = trained_tabular(name, history, features, store, out)
     return reports
 
 
-def top_table(flagged, count: int = PRINTED) -> Table:
-    """The riskiest flagged customers as a terminal table."""
-    table = Table("customer", "churn", "retaliation", "type", "action", "why", title=f"Top {count} at risk tonight")
-    for row in flagged.head(count).itertuples():
-        table.add_row(row.customer_id, f"{row.churn_risk:.2f}", f"{row.retaliation_risk:.2f}", row.retaliation_type,
-                      row.action, "; ".join(row.reasons))
-    return table
-
-
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the history, scores, flags and reports.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(help="Folder for the history, reports and tonight's run.")] = Path("runs/demo"),
     registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
                                                           "./registry).")] = None,
     retrain: Annotated[bool, typer.Option(help="Train new versions even when the registry already has models.")] = False,
-    top_k: Annotated[Optional[int], typer.Option(help="Flag this many customers (default: whom the models' own "
-                                                      "thresholds flag).")] = None,
+    capacity: Annotated[Optional[int], typer.Option(min=0, help="Flag this many customers (default: whom the models' "
+                                                                "own thresholds flag).")] = None,
 ) -> None:
-    """The nightly job on the bundled day: train if needed, batch-score the transcripts, flag customers at risk with
-    reasons and actions, write flagged.csv and summary.html, and print the top ten."""
+    """The nightly job on the bundled day: train on a synthetic history when the registry has no models, then
+    `carelens nightly` on the bundled day (out/tonight: flagged.csv, summary.html, the manifest), and the top ten."""
+    import pandas as pd
+
     from carelens.data.synthetic import sample_dir
-    from carelens.inference.api import Scorer, per_customer
+    from carelens.data.terminal import user_errors, warn
     from carelens.inference.batch import PREDICTIONS, read_parts
-    from carelens.inference.summary import nightly_summary
+    from carelens.inference.nightly import FLAGGED_CSV, FLAGGED_PARQUET, SUMMARY, run_nightly
+    from carelens.inference.score import top_table
     from carelens.models.registry import Registry
     from carelens.models.transcript import MODEL_NAME
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     store = Registry(registry)
-    reports = train_all(store, out) if retrain or not all(store.versions(n) for n in ("churn", "retaliation",
-                                                                                     MODEL_NAME)) else {}
-    scorer = Scorer.load(store)
-    day = sample_dir()
-    features = scored_features(day / "transcripts.jsonl", out / "scores", store, [day / "interactions.parquet"])
-    scores = read_parts(out / "scores", PREDICTIONS)
-    contacts = scorer.contact_table(day / "interactions.parquet", transcript_features=features).merge(
-        scores[["contact_id", "churn_risk", "retaliation_risk"]], on="contact_id")
-    predicted = per_customer(scores)
-    flagged = scorer.flag_at_risk(day / "interactions.parquet", transcript_features=features, top_k=top_k)
-    flagged.assign(reasons=flagged["reasons"].str.join("; ")).to_csv(out / "flagged.csv", index=False)
-    facts = [{"item": "day", "value": f"{day} ({len(predicted):,} customers, {len(features):,} conversations)"},
-             {"item": "models", "value": ", ".join(f"{n} {v}" for n, v in scorer.versions.items())},
-             {"item": "flagged", "value": f"{len(flagged):,} customers"}]
-    (out / "summary.html").write_text(nightly_summary(predicted, flagged, contacts, facts), encoding="utf-8")
-    console.print(top_table(flagged))
-    console.print(day_check(day, contacts))
+    with user_errors():
+        reports = train_all(store, out) if retrain or not all(store.versions(n) for n in ("churn", "retaliation",
+                                                                                         MODEL_NAME)) else {}
+        day, tonight = sample_dir(), out / "tonight"
+        manifest = run_nightly([day / "transcripts.jsonl"], [day / "interactions.parquet"], tonight, store.root,
+                               capacity=capacity, restart=True, show_progress_bar=False)
+    console.print(top_table(pd.read_parquet(tonight / FLAGGED_PARQUET), PRINTED))
+    for warning in manifest["warnings"]:
+        warn(warning)
+    console.print(day_check(day, read_parts(tonight, PREDICTIONS, ["contact_id", "churn_risk"])))
     for name, report in reports.items():
         console.print(f"{name} report: {report}")
-    console.print(f"flagged: {out / 'flagged.csv'}   summary: {out / 'summary.html'}   registry: {store.root}   "
+    console.print(f"{manifest['rule']}: flagged {manifest['flagged']:,} of {manifest['stages']['flags']['customers']:,} "
+                  f"customers: {tonight / FLAGGED_CSV}   summary: {tonight / SUMMARY}   registry: {store.root}   "
                   f"elapsed: {time.perf_counter() - started:.0f} s", soft_wrap=True)
 
 

@@ -28,11 +28,16 @@ def featurize_command(
     models take (`carelens train churn --features-from FILE`)."""
     import torch
 
-    from carelens.models.transcript import SCORING_CACHE_ENTRIES, load_transcript_model, transcript_features
-    from carelens.data.terminal import console, user_errors
+    from carelens.models.transcript import (
+        SCORING_CACHE_ENTRIES, load_transcript_model, training_text_warning, transcript_features,
+    )
+    from carelens.data.terminal import console, user_errors, warn
     torch.set_num_threads(threads)
     with user_errors():
-        model, _ = load_transcript_model(registry, version, SCORING_CACHE_ENTRIES)
+        model, metadata = load_transcript_model(registry, version, SCORING_CACHE_ENTRIES)
+        warning = training_text_warning(metadata)
+        if warning:
+            warn(warning)
         features = transcript_features(model, read_conversations(transcripts), batch_size, show_progress_bar=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".csv":

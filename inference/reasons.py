@@ -7,17 +7,21 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
+from carelens.models.conversation_features import FEATURE_COLUMNS
+
 #: Risk must rise by at least this much (absolute probability) for a feature to count as a reason.
 MIN_PUSH = 0.005
 
 
-def pushes(risk: Callable[[pd.DataFrame], np.ndarray], frame: pd.DataFrame, typical: dict) -> pd.DataFrame:
+def pushes(risk: Callable[[pd.DataFrame], np.ndarray], frame: pd.DataFrame, typical: dict,
+           base: Optional[np.ndarray] = None) -> pd.DataFrame:
     """For every row and feature in `typical`: how much higher the row's risk is than with that one feature set to
-    its typical value (a per-row, one-feature-at-a-time attribution; positive means the feature raised the risk)."""
+    its typical value (a per-row, one-feature-at-a-time attribution; positive means the feature raised the risk).
+    `base` is the rows' own risk when it was already predicted, so that no row is predicted twice."""
     features = [f for f in typical if f in frame.columns and typical[f] is not None]
     if frame.empty or not features:
         return pd.DataFrame(index=frame.index, columns=features, dtype=float)
-    base = risk(frame)
+    base = risk(frame) if base is None else np.asarray(base, dtype=float)
     variants = []
     for feature in features:
         variant = frame.copy()
@@ -53,20 +57,32 @@ def _mood(value: float) -> str:
     return "negative" if value < -1 / 3 else "positive" if value > 1 / 3 else "neutral"
 
 
+def _duration(seconds: float) -> str:
+    """'95 s', '4.5 min' or '2.0 h': the unit a supervisor would use for that length of time."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 #: Supervisor wording per feature: value (and its percentile among training rows) → phrase.
 PHRASES: dict[str, Callable[[object, Optional[float]], str]] = {
-    "answer_time_s": lambda v, p: f"waited {v:.0f} s to be answered",
-    "hold_time_s": lambda v, p: f"was on hold for {v:.0f} s",
-    "handle_time_s": lambda v, p: f"contact took {v / 60:.1f} min",
-    "transfers": lambda v, p: f"transferred {_count(v, 'time', 'times')}",
-    "abandoned": lambda v, p: "hung up before being answered" if v else "was answered",
+    "answer_time_s": lambda v, p: f"waited {_duration(v)} to be answered",
+    "hold_time_s": lambda v, p: f"was on hold for {_duration(v)}" if v > 0 else "was not put on hold",
+    # An answered contact with no handling time is a recording gap, not a contact that took "0.0 min".
+    "handle_time_s": lambda v, p: f"contact took {_duration(v)}" if v > 0 else "handle time recorded as 0",
+    "transfers": lambda v, p: f"transferred {_count(v, 'time', 'times')}" if round(v) else "was not transferred",
+    "abandoned": lambda v, p: "abandoned the call" if v else "was answered",
     "product_problem": lambda v, p: "had a problem with the product" if v else "called with a routine request",
     "resolved": lambda v, p: "issue left unresolved" if not v else "issue marked resolved",
-    "repeat_contacts_30d": lambda v, p: f"{_count(v, 'repeat contact', 'repeat contacts')} in 30 days",
-    "tenure_months": lambda v, p: f"customer for {_count(v, 'month', 'months')}",
+    "repeat_contacts_30d": lambda v, p: (f"{_count(v, 'repeat contact', 'repeat contacts')} in 30 days" if round(v)
+                                         else "no repeat contacts in 30 days"),
+    "tenure_months": lambda v, p: f"customer for {_count(v, 'month', 'months')}" if v >= 1 else
+                                  "customer for under a month",
     "monthly_value": lambda v, p: f"pays {v:.0f} a month",
     "csat": lambda v, p: f"rated the contact {v:.0f}/5",
-    "channel": lambda v, p: f"contacted us by {v}",
+    "channel": lambda v, p: "contacted us on social media" if v == "social" else f"contacted us by {v}",
     "customer_sentiment_start": lambda v, p: f"customer opened {_mood(v)}",
     "customer_sentiment_end": lambda v, p: f"customer ended {_mood(v)}",
     "customer_sentiment_mean": lambda v, p: f"customer mostly {_mood(v)}",
@@ -104,14 +120,48 @@ def described(feature: str, value: object, percentiles: Optional[list] = None) -
         f"{feature.replace('_', ' ')} = {value}"
 
 
+#: What follows from hanging up before an answer: nothing was handled, held, transferred, resolved or said. For an
+#: abandoned contact these are the abandonment itself, not reasons of their own.
+ABANDONMENT_CONSEQUENCES = frozenset({"handle_time_s", "hold_time_s", "resolved", "transfers", *FEATURE_COLUMNS})
+#: The features one "abandoned the call after waiting …" reason stands for: the hang-up and the wait before it.
+ABANDONMENT = frozenset({"abandoned", "answer_time_s"}) | ABANDONMENT_CONSEQUENCES
+
+
+def was_abandoned(row: pd.Series) -> bool:
+    """Whether the row records a caller who hung up before being answered."""
+    value = row.get("abandoned")
+    return not _missing(value) and bool(value)
+
+
+def abandoned_the_call(row: pd.Series) -> str:
+    """The abandonment as one reason, with the wait before it when that is known."""
+    wait = row.get("answer_time_s")
+    return "abandoned the call" if _missing(wait) else f"abandoned the call after waiting {_duration(float(wait))}"
+
+
+def reason_pushes(pushed: pd.Series, row: pd.Series) -> pd.Series:
+    """The push behind each candidate reason of one row: each recorded feature's own push, except that for an
+    abandoned contact the abandonment features (missing ones too: no transcript is part of hanging up) make one
+    candidate, `abandoned`, pushing as hard as the hardest of them (their pushes overlap, so they are not added)."""
+    recorded = pushed[row.reindex(pushed.index).notna()]
+    if not was_abandoned(row):
+        return recorded
+    folded = pushed.index.isin(list(ABANDONMENT))
+    others = recorded[~recorded.index.isin(list(ABANDONMENT))]
+    return pd.concat([others, pd.Series({"abandoned": pushed[folded].max()})]) if folded.any() else others
+
+
 def top_reasons(frame: pd.DataFrame, contributions: pd.DataFrame, profile: dict, count: int = 3) -> list[list[str]]:
     """Per row: up to `count` phrases for the recorded features that raised its risk most (by at least MIN_PUSH).
     A missing value is not a reason a supervisor can act on (no transcript mostly means the caller hung up, which
-    `abandoned` says), so missing features are left out."""
+    `abandoned` says), so missing features are left out; an abandoned contact's hang-up, wait and what follows from
+    them are one reason, "abandoned the call after waiting 95 s"."""
     reasons = []
     percentiles = profile.get("percentiles", {})
-    recorded = frame[contributions.columns].notna()
-    for index, row in contributions.iterrows():
-        ranked = row[(row >= MIN_PUSH) & recorded.loc[index]].sort_values(ascending=False).index[:count]
-        reasons.append([described(f, frame.at[index, f], percentiles.get(f)) for f in ranked])
+    for index, pushed in contributions.iterrows():
+        row = frame.loc[index]
+        candidates = reason_pushes(pushed, row)
+        ranked = candidates[candidates >= MIN_PUSH].sort_values(ascending=False, kind="stable").index[:count]
+        reasons.append([abandoned_the_call(row) if f == "abandoned" and was_abandoned(row) else
+                        described(f, row[f], percentiles.get(f)) for f in ranked])
     return reasons

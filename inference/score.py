@@ -1,4 +1,4 @@
-"""The `carelens score` command: the nightly batch scorer over transcript and interaction files."""
+"""The `carelens nightly` and `carelens score` commands: the nightly job, and its scoring stages alone."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
+#: Exit code when the run finished but some input produced nothing (bad input itself exits 2).
+INCOMPLETE = 1
+
 
 class Engine(str, Enum):
     """Where the scoring runs: this process, or Ray Data actors (local Ray, or a cluster with --ray-address)."""
@@ -16,50 +19,154 @@ class Engine(str, Enum):
     ray = "ray"
 
 
+class Format(str, Enum):
+    """The transcript files' format: by suffix (.jsonl, .parquet, .json = ABCD), or as named."""
+
+    auto = "auto"
+    jsonl = "jsonl"
+    parquet = "parquet"
+    abcd = "abcd"
+
+
+TranscriptsOption = Annotated[list[str], typer.Option(
+    help="Transcripts: JSON Lines, long-form Parquet or ABCD JSON files, globs (quoted) or directories; repeat the "
+         "option for more.")]
+OutOption = Annotated[Path, typer.Option(help="Output folder. Re-running the same command resumes.")]
+RegistryOption = Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
+                                                             "./registry).")]
+VersionOption = Annotated[str, typer.Option(
+    help="Model versions, resolved once at the start: latest, one version for every model (v2), or pinned per model "
+         "(churn=v2,retaliation=v2,transcripts=v1).")]
+EngineOption = Annotated[Engine, typer.Option(help="local (this process) or ray (Ray Data actors).")]
+FormatOption = Annotated[Format, typer.Option("--format", help="Transcript format: auto (by suffix), jsonl, parquet "
+                                                               "or abcd.")]
+ChunkOption = Annotated[int, typer.Option(min=1, help="Records per unit: what memory holds, and what one part file "
+                                                      "holds.")]
+BatchOption = Annotated[int, typer.Option(min=1, help="Turns per encoder batch.")]
+ThreadsOption = Annotated[int, typer.Option(min=1, help="torch CPU threads (local engine).")]
+AddressOption = Annotated[Optional[str], typer.Option(help="An existing Ray cluster (e.g. ray://head:10001); default: "
+                                                           "start a local Ray instance.")]
+WorkersOption = Annotated[Optional[int], typer.Option(min=1, help="Ray actors, each loading the model once (default: "
+                                                                  "one per CPU).")]
+CacheOption = Annotated[Optional[int], typer.Option(
+    min=0, help="Recent encodings each scoring process remembers, so repeated greetings and stock replies are encoded "
+                "once (about 1.6 kB each for MiniLM; default 50,000); 0 turns it off.")]
+RestartOption = Annotated[bool, typer.Option(help="Discard what --out holds from an earlier run instead of resuming.")]
+ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar (conversations/s and ETA).")]
+
+
+def common(registry, version, engine, chunk_size, batch_size, restart, progress, ray_address, workers, cache_entries,
+           format) -> dict:
+    """The options `score` and `nightly` share, as keyword arguments of `score_batch` / `run_nightly`."""
+    from carelens.inference.api import parse_versions
+    from carelens.models.transcript import SCORING_CACHE_ENTRIES
+    return {"registry": registry, "version": parse_versions(version), "engine": engine.value,
+            "chunk_size": chunk_size, "batch_size": batch_size, "restart": restart, "show_progress_bar": progress,
+            "ray_address": ray_address, "workers": workers, "format": format.value,
+            "cache_entries": SCORING_CACHE_ENTRIES if cache_entries is None else cache_entries}
+
+
+def reported(manifest: dict, out: Path) -> None:
+    """Counts, warnings and failures on the terminal; exit code 1 when an input produced nothing."""
+    from carelens.data.terminal import console, error_console, warn
+    for warning in manifest.get("warnings", []):
+        warn(warning)
+    counts = manifest["counts"]
+    console.print(f"{json.dumps(manifest.get('stages', manifest['by_input']))}\nin {counts['in']:,} = out "
+                  f"{counts['out']:,} + dead {counts['dead']:,} in {manifest['elapsed_s']:.1f} s; manifest: "
+                  f"{out / '_manifest.json'}", highlight=False, soft_wrap=True)
+    for failure in manifest["failures"]:
+        error_console.print(f"[bold red]failed:[/] {failure['stage']}: {failure['source']}: {failure['reason']}",
+                            highlight=False, soft_wrap=True)
+    if manifest["failures"]:
+        raise typer.Exit(INCOMPLETE)
+
+
 def score_command(
-    transcripts: Annotated[list[str], typer.Option(help="Transcripts: JSON Lines or long-form Parquet files, globs "
-                                                        "(quoted) or directories; repeat the option for more.")],
-    out: Annotated[Path, typer.Option(help="Output folder: features/ and predictions/ parts, dead_letter.jsonl, "
-                                           "_manifest.json. Re-running the same command resumes.")],
+    transcripts: TranscriptsOption,
+    out: OutOption,
     interactions: Annotated[Optional[list[str]], typer.Option(
         help="Interactions (CSV or Parquet, globs or directories): also write per-contact churn and retaliation "
              "predictions with the transcript features joined on contact_id.")] = None,
-    registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
-                                                          "./registry).")] = None,
-    version: Annotated[str, typer.Option(help="Model version for every model, e.g. v2, or latest (resolved once, "
-                                              "at the start).")] = "latest",
-    engine: Annotated[Engine, typer.Option(help="local (this process) or ray (Ray Data actors).")] = Engine.local,
-    chunk_size: Annotated[int, typer.Option(min=1, help="Records per unit: what memory holds, and what one part "
-                                                        "file holds.")] = 1_000,
-    batch_size: Annotated[int, typer.Option(min=1, help="Turns per encoder batch.")] = 64,
-    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads (local engine).")] = 2,
-    ray_address: Annotated[Optional[str], typer.Option(help="An existing Ray cluster (e.g. ray://head:10001); "
-                                                            "default: start a local Ray instance.")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Ray actors, each loading the model once (default: "
-                                                               "one per CPU).")] = None,
-    cache_entries: Annotated[Optional[int], typer.Option(
-        min=0, help="Recent encodings each scoring process remembers, so repeated greetings and stock replies are "
-                    "encoded once (about 1.6 kB each for MiniLM; default 50,000); 0 turns it off.")] = None,
-    restart: Annotated[bool, typer.Option(help="Discard what --out holds from an earlier run instead of "
-                                               "resuming.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar (conversations/s and ETA).")] = True,
+    registry: RegistryOption = None,
+    version: VersionOption = "latest",
+    engine: EngineOption = Engine.local,
+    format: FormatOption = Format.auto,
+    chunk_size: ChunkOption = 1_000,
+    batch_size: BatchOption = 64,
+    threads: ThreadsOption = 2,
+    ray_address: AddressOption = None,
+    workers: WorkersOption = None,
+    cache_entries: CacheOption = None,
+    restart: RestartOption = False,
+    progress: ProgressOption = True,
 ) -> None:
-    """Score transcripts (and, with --interactions, contacts) in bounded chunks. Every input record ends up either in
-    a Parquet part or in dead_letter.jsonl with its reason; the manifest records in = out + dead."""
+    """The scoring stages of the nightly job alone: transcripts (and, with --interactions, contacts) in bounded
+    chunks into features/ and predictions/ parts. Every input record ends up in a part or in dead_letter.jsonl with its
+    reason; the manifest records in = out + dead. Exit code 1 when an input produced nothing, 2 on bad input."""
     import torch
 
+    from carelens.data.terminal import user_errors
     from carelens.inference.batch import score_batch
-    from carelens.models.transcript import SCORING_CACHE_ENTRIES
-    from carelens.data.terminal import console, error_console, user_errors
     torch.set_num_threads(threads)
     with user_errors():
-        manifest = score_batch(transcripts, out, registry, version, interactions or (), engine.value, chunk_size,
-                               batch_size, restart, progress, ray_address, workers,
-                               SCORING_CACHE_ENTRIES if cache_entries is None else cache_entries)
-    for rejected in manifest["rejected_inputs"]:
-        error_console.print(f"[bold yellow]skipped:[/] {rejected['source']}: {rejected['reason']}", highlight=False,
-                            soft_wrap=True)
-    counts = manifest["counts"]
-    console.print(f"{json.dumps(manifest['by_input'])}\nin {counts['in']:,} = out {counts['out']:,} + dead "
-                  f"{counts['dead']:,} in {manifest['elapsed_s']:.1f} s; manifest: {out / '_manifest.json'}",
+        manifest = score_batch(transcripts, out, interactions=interactions or (),
+                               **common(registry, version, engine, chunk_size, batch_size, restart, progress,
+                                        ray_address, workers, cache_entries, format))
+    reported(manifest, out)
+
+
+def nightly_command(
+    transcripts: TranscriptsOption,
+    interactions: Annotated[list[str], typer.Option(help="The day's interactions (CSV or Parquet, globs or "
+                                                         "directories); repeat the option for more.")],
+    out: OutOption,
+    registry: RegistryOption = None,
+    version: VersionOption = "latest",
+    capacity: Annotated[Optional[int], typer.Option(min=0, help="Flag the K riskiest customers (the calls the centre "
+                                                                "can make tomorrow).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(min=0, max=1, help="Flag customers whose risk is at least "
+                                                                          "P.")] = None,
+    engine: EngineOption = Engine.local,
+    format: FormatOption = Format.auto,
+    strict: Annotated[bool, typer.Option(help="Fail instead of warning when answered contacts have no "
+                                              "conversation features.")] = False,
+    chunk_size: ChunkOption = 1_000,
+    batch_size: BatchOption = 64,
+    threads: ThreadsOption = 2,
+    ray_address: AddressOption = None,
+    workers: WorkersOption = None,
+    cache_entries: CacheOption = None,
+    restart: RestartOption = False,
+    progress: ProgressOption = True,
+    top: Annotated[int, typer.Option(min=0, help="Flagged customers printed on the terminal.")] = 10,
+) -> None:
+    """The nightly job: the day's transcripts and contacts → conversation features → per-contact predictions →
+    flagged customers with reasons and actions (flagged.parquet, flagged.csv) → summary.html → _manifest.json.
+    Without --capacity or --threshold, each model's own threshold decides. Re-running resumes where a killed run
+    stopped. Exit code 1 when an input produced nothing, 2 on bad input."""
+    import pandas as pd
+    import torch
+
+    from carelens.data.terminal import console, user_errors
+    from carelens.inference.nightly import FLAGGED_PARQUET, SUMMARY, run_nightly
+    torch.set_num_threads(threads)
+    with user_errors():
+        manifest = run_nightly(transcripts, interactions, out, capacity=capacity, threshold=threshold, strict=strict,
+                               **common(registry, version, engine, chunk_size, batch_size, restart, progress,
+                                        ray_address, workers, cache_entries, format))
+    flagged = pd.read_parquet(out / FLAGGED_PARQUET)
+    console.print(top_table(flagged, top))
+    console.print(f"{manifest['rule']}: flagged {manifest['flagged']:,} customers; summary: {out / SUMMARY}",
                   highlight=False, soft_wrap=True)
+    reported(manifest, out)
+
+
+def top_table(flagged, count: int):
+    """The riskiest flagged customers as a terminal table."""
+    from rich.table import Table
+    table = Table("customer", "churn", "retaliation", "type", "action", "why", title=f"Top {count} at risk tonight")
+    for row in flagged.head(count).itertuples():
+        table.add_row(row.customer_id, f"{row.churn_risk:.2f}", f"{row.retaliation_risk:.2f}", row.retaliation_type,
+                      row.action, "; ".join(row.reasons))
+    return table

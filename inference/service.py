@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
-from carelens.data.contracts import INTERACTIONS, Column, ContractError, Conversation
+from carelens.data.contracts import INTERACTIONS, Column, Conversation
+from carelens.data.errors import CareLensError
 from carelens.inference.api import FLAG_COLUMNS, Scorer
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 from carelens.models.registry import RegistryError
@@ -93,13 +94,16 @@ class FlagRequest(BaseModel):
     transcript_features: list[TranscriptFeatures] = Field(
         default_factory=list, description="Features already scored (by /v1/score or `carelens score`), instead of "
                                           "transcripts: flagging then needs no encoder pass.")
-    top_k: Optional[int] = Field(None, ge=0, description="Return the top_k riskiest customers.")
+    capacity: Optional[int] = Field(None, ge=0, description="Return the `capacity` riskiest customers (the calls the "
+                                                            "centre can make).")
     threshold: Optional[float] = Field(None, ge=0, le=1, description="Return customers whose risk >= threshold.")
+    strict: bool = Field(False, description="Answer 422 instead of warning when answered contacts have no "
+                                            "conversation features.")
 
     @model_validator(mode="after")
     def _one_selection(self) -> "FlagRequest":
-        if self.top_k is not None and self.threshold is not None:
-            raise ValueError("give top_k or threshold, not both (neither: each model's own decision threshold)")
+        if self.capacity is not None and self.threshold is not None:
+            raise ValueError("give capacity or threshold, not both (neither: each model's own decision threshold)")
         if self.transcripts and self.transcript_features:
             raise ValueError("give transcripts or transcript_features, not both")
         return self
@@ -111,7 +115,8 @@ class FlaggedCustomer(BaseModel):
     customer_id: str
     churn_risk: float = Field(description="Calibrated probability of churn.")
     retaliation_risk: float = Field(description="Probability of retaliating: 1 - P(none).")
-    retaliation_type: str = Field(description="The likeliest retaliation: escalate, switch or vent.")
+    retaliation_type: str = Field(description="The likeliest retaliation (escalate, switch or vent) when retaliation is "
+                                              "flagged; empty otherwise.")
     reasons: list[str] = Field(description="The features that raised the risk most, in words.")
     action: str
     risk: float = Field(description="The larger of churn_risk and retaliation_risk; customers are sorted by it.")
@@ -119,9 +124,10 @@ class FlaggedCustomer(BaseModel):
 
 
 class FlagResponse(BaseModel):
-    """Customers at risk, riskiest first."""
+    """Customers at risk, riskiest first, and what the caller should know about how they were scored."""
 
     customers: list[FlaggedCustomer]
+    warnings: list[str] = Field(description="E.g. how many answered contacts had no conversation features.")
 
 
 class Health(BaseModel):
@@ -242,8 +248,8 @@ def score(request: ScoreRequest, service: ServiceDep) -> dict:
 
 @guarded.post("/flag", response_model=FlagResponse)
 def flag(request: FlagRequest, service: ServiceDep) -> dict:
-    """Customers at risk, riskiest first: the top_k riskiest, those with risk >= threshold, or (neither given) those
-    either model's own threshold flags; each with reasons and an action."""
+    """Customers at risk, riskiest first: the `capacity` riskiest, those with risk >= threshold, or (neither given)
+    those either model's own threshold flags; each with reasons and an action, as `carelens nightly` flags them."""
     check_batch(request.interactions, "interactions", service.settings)
     check_batch(request.transcripts, "transcripts", service.settings)
     check_batch(request.transcript_features, "transcript_features", service.settings)
@@ -251,9 +257,9 @@ def flag(request: FlagRequest, service: ServiceDep) -> dict:
     scored = (pd.DataFrame([row.model_dump() for row in request.transcript_features], columns=[*KEYS, *FEATURE_COLUMNS])
               if request.transcript_features else None)
     with service.lock:
-        flagged = service.scorer.flag_at_risk(records, request.transcripts or None, request.top_k, request.threshold,
-                                              transcript_features=scored)
-    return {"customers": json_records(flagged[FLAG_COLUMNS])}
+        flagged = service.scorer.flag_at_risk(records, request.transcripts or None, request.capacity, request.threshold,
+                                              transcript_features=scored, strict=request.strict)
+    return {"customers": json_records(flagged[FLAG_COLUMNS]), "warnings": flagged.attrs["warnings"]}
 
 
 # -- error answers --------------------------------------------------------------------------------------------------
@@ -285,8 +291,9 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
     return JSONResponse({"detail": shown + more, "errors": jsonable_encoder(errors)}, status_code=422)
 
 
-async def contract_broken(request: Request, exc: ContractError) -> JSONResponse:
-    """422 with the contract's message, which names the record (row, counted from 1) and the column."""
+async def contract_broken(request: Request, exc: CareLensError) -> JSONResponse:
+    """422 with the toolkit's message: for a contract error it names the record (row, counted from 1) and the column;
+    for a strict request, the contacts that had no conversation features."""
     return JSONResponse({"detail": str(exc)}, status_code=422)
 
 
@@ -346,6 +353,6 @@ def create_app(scorer: Scorer, settings: ServiceSettings) -> FastAPI:
     app.include_router(public)
     app.include_router(guarded)
     app.add_exception_handler(RequestValidationError, invalid_request)
-    app.add_exception_handler(ContractError, contract_broken)
+    app.add_exception_handler(CareLensError, contract_broken)
     app.add_exception_handler(RegistryError, model_missing)
     return app

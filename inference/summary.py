@@ -1,14 +1,19 @@
-"""The nightly summary: risk distribution, the top flagged customers and why, empathy vs churn risk, retaliation types."""
+"""The nightly summary: the rule, the top flagged customers and why, risk distributions, actions, empathy vs churn risk, drift."""
 from __future__ import annotations
+
+import html
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from carelens.data.html import figure_html, html_report, table_html
+from carelens.models.drift import PSI_WARNING
 
 #: Flagged customers listed in the summary (all of them are in flagged.csv).
 TOP_LISTED = 25
+#: Shifted features whose two distributions are drawn (every feature's PSI is in the table).
+DRAWN_SHIFTS = 6
 
 
 def risk_figure(predicted: pd.DataFrame) -> Figure:
@@ -46,13 +51,46 @@ def flagged_rows(flagged: pd.DataFrame, limit: int = TOP_LISTED) -> list[dict]:
              "action": r.action, "reasons": "; ".join(r.reasons)} for r in flagged.head(limit).itertuples()]
 
 
-def nightly_summary(predicted: pd.DataFrame, flagged: pd.DataFrame, contacts: pd.DataFrame, facts: list[dict]) -> str:
+def drift_figure(row: dict) -> Figure:
+    """The training and tonight's share of rows per bin (or category) of one feature, side by side."""
+    bins = list(dict.fromkeys([*row["training"], *row["tonight"]]))
+    positions = np.arange(len(bins))
+    fig = Figure(figsize=(8, 3))
+    axes = fig.subplots()
+    axes.bar(positions - 0.2, [row["training"].get(b, 0.0) for b in bins], width=0.4, label="training")
+    axes.bar(positions + 0.2, [row["tonight"].get(b, 0.0) for b in bins], width=0.4, label="tonight")
+    axes.set_xticks(positions, bins, rotation=30, ha="right", fontsize=8)
+    axes.set(ylabel="share of contacts", title=f"{row['feature']}: PSI {row['psi']:.2f}")
+    axes.legend()
+    return fig
+
+
+def drift_section(drift: list[dict]) -> str:
+    """Every feature's and score's PSI against the training profile, and the distributions of those that shifted."""
+    if not drift:
+        return "<p>The models carry no training profile to compare with; retrain them to get this section.</p>"
+    shifted = [row for row in drift if row["shifted"] or row.get("share_shifted")]
+    verdict = (f"<p><strong>{len(shifted)} shift(s)</strong>: PSI above {PSI_WARNING} or a flagged share outside half "
+               f"to twice the training share. Consider retraining on recent data.</p>" if shifted else
+               f"<p>No feature or score moved beyond PSI {PSI_WARNING}: tonight looks like the training data.</p>")
+    rows = [{"feature or score": r["feature"], "PSI": round(r["psi"], 4), "shifted": "yes" if r["shifted"] else "",
+             **({"flagged share tonight / at training": f"{r['flagged_share']:.1%} / {r['training_flagged_share']:.1%}"}
+                if "flagged_share" in r else {})} for r in drift]
+    figures = "".join(figure_html(drift_figure(r)) for r in shifted[:DRAWN_SHIFTS])
+    return verdict + figures + table_html(rows)
+
+
+def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd.DataFrame, facts: list[dict],
+                    drift: list[dict], warnings: list[str]) -> str:
     """The HTML page a supervisor opens in the morning."""
-    sections = [("Tonight's run", table_html(facts)),
-                (f"Top {min(TOP_LISTED, len(flagged))} of {len(flagged)} flagged customers",
-                 table_html(flagged_rows(flagged))),
-                ("Risk distribution", figure_html(risk_figure(predicted))),
-                ("Actions", figure_html(types_figure(flagged)) if len(flagged) else "<p>No customer flagged.</p>")]
+    sections = [("Tonight's run", table_html(facts))]
+    if warnings:
+        sections.append(("Warnings", "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>"))
+    sections += [(f"Top {min(TOP_LISTED, len(flagged))} of {len(flagged)} flagged customers",
+                  table_html(flagged_rows(flagged))),
+                 ("Risk distribution", figure_html(risk_figure(customers))),
+                 ("Actions", figure_html(types_figure(flagged)) if len(flagged) else "<p>No customer flagged.</p>")]
     if "agent_empathy_mean" in contacts.columns and contacts["agent_empathy_mean"].notna().any():
         sections.append(("Agent empathy vs churn risk", figure_html(empathy_figure(contacts))))
+    sections.append(("Is tonight's data like the training data?", drift_section(drift)))
     return html_report("CareLens: customers at risk", sections)

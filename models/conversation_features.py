@@ -1,8 +1,13 @@
 """Turn-level transcript scores rolled up into the per-conversation features the churn and retaliation models take."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional, Union
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 KEYS = ["conversation_id", "customer_id", "contact_id"]
 SENTIMENT_FEATURES = ["customer_sentiment_start", "customer_sentiment_end", "customer_sentiment_shift",
@@ -84,3 +89,28 @@ def conversation_features(turns: pd.DataFrame, conversations: pd.DataFrame) -> p
     joined = joined.reindex(columns=[*KEYS, *FEATURE_COLUMNS])
     joined[COUNT_FEATURES] = joined[COUNT_FEATURES].fillna(0).astype(int)
     return joined.astype({c: float for c in FEATURE_COLUMNS if c not in COUNT_FEATURES}).reset_index(drop=True)
+
+
+#: Parquet key-value metadata naming the transcript model version that scored a features file (its lineage).
+LINEAGE_KEY = "carelens.transcript_model"
+
+
+def with_lineage(table: pa.Table, version: str) -> pa.Table:
+    """The table with the transcript model version that produced it recorded in its schema metadata."""
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), LINEAGE_KEY.encode(): version.encode()})
+
+
+def write_features(frame: pd.DataFrame, path: Union[str, Path], version: str) -> Path:
+    """Conversation features written as Parquet, recording which transcript model version scored them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(with_lineage(pa.Table.from_pandas(frame, preserve_index=False), version), path)
+    return path
+
+
+def features_lineage(path: Union[str, Path]) -> Optional[str]:
+    """The transcript model version a Parquet features file records, or None (CSV, or written without it)."""
+    if Path(path).suffix.lower() not in (".parquet", ".pq"):
+        return None
+    recorded = (pq.read_schema(path).metadata or {}).get(LINEAGE_KEY.encode())
+    return recorded.decode() if recorded else None

@@ -6,8 +6,8 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -88,6 +88,21 @@ def verify_checksums(directory: Path) -> None:
                                 f"got {actual[:12]}…); the artifact was altered after publishing — refusing to load it")
 
 
+def staging_directory(parent: Path) -> Path:
+    """A new, uniquely named directory under `parent` with the mode a plain mkdir gives (0755 under umask 022).
+
+    Not tempfile.mkdtemp: its 0700 survives the rename into place and hides the published version from the
+    service account that loads it.
+    """
+    while True:
+        candidate = parent / f".staging-{secrets.token_hex(8)}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A verified model version: its directory and metadata."""
@@ -126,7 +141,7 @@ class Registry:
         """
         model_dir = self.root / name
         model_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+        staging = staging_directory(model_dir)
         try:
             write(staging)
             version = self._next_version(name)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -18,15 +20,18 @@ from sklearn.metrics import precision_recall_curve
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_consistent_length, check_is_fitted, column_or_1d
 
 from carelens.data.errors import CareLensError, UsageError
+from carelens.models.drift import distribution
 from carelens.models.registry import Registry, RegistryError
 
 ARTIFACT = "model.skops"
 #: Types a stored tabular model may contain beyond those skops trusts by default; anything else is refused on load.
 TRUSTED_TYPES = frozenset({
     "carelens.models.tabular.RiskModel",
+    "carelens.models.tabular.OneFold",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -138,9 +143,11 @@ def _as_categories(values: pd.Series) -> np.ndarray:
 
 
 def feature_profile(frame: pd.DataFrame, categorical: Sequence[str]) -> dict:
-    """What the training rows looked like, for explaining one row against them: each feature's typical value
-    (median; most common category) and, for numbers, the percentiles 0..100 of its observed values."""
+    """What the training rows looked like, for explaining one row against them and for noticing when tonight's rows
+    differ: each feature's typical value (median; most common category), for numbers the percentiles 0..100 of its
+    observed values, and each feature's binned distribution (`carelens.models.drift`)."""
     typical, percentiles = {}, {}
+    distributions = {name: distribution(frame[name], name in set(categorical)) for name in frame.columns}
     for name in frame.columns:
         values = frame[name].dropna()
         if name in set(categorical):
@@ -150,7 +157,38 @@ def feature_profile(frame: pd.DataFrame, categorical: Sequence[str]) -> dict:
             percentiles[name] = np.percentile(values.to_numpy(float), np.arange(PROFILE_POINTS)).tolist()
         else:
             typical[name] = None
-    return {"typical": typical, "percentiles": percentiles}
+    return {"typical": typical, "percentiles": percentiles, "distributions": distributions}
+
+
+def generated_names(count: int) -> list[str]:
+    """The names given to the columns of an array without names: x0, x1, ..., as scikit-learn names them."""
+    return [f"x{i}" for i in range(count)]
+
+
+def can_stratify(y: np.ndarray, fraction: float) -> bool:
+    """Whether `fraction` of the rows can be held out with every class on both sides, as a stratified
+    train_test_split needs: two rows of each class at least, and room for every class in each part."""
+    counts = np.unique(y, return_counts=True)[1]
+    held_out = math.ceil(fraction * len(y))
+    return counts.min() >= 2 and len(counts) <= held_out <= len(y) - len(counts)
+
+
+class OneFold:
+    """Cross-validation of one fold that trains on and scores every row, for calibrating a frozen pipeline.
+
+    Calibration refits nothing there, so folds would only split up the same predictions, while the default
+    stratified 5-fold demands five rows of every class: with one fold, calibration takes the rows there are.
+    """
+
+    def split(self, X, y=None, groups=None):
+        rows = np.arange(len(X))
+        yield rows, rows
+
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return "OneFold()"
 
 
 class RiskModel(ClassifierMixin, BaseEstimator):
@@ -164,6 +202,11 @@ class RiskModel(ClassifierMixin, BaseEstimator):
     of it) and chooses the threshold there; without X_val, `validation_fraction` of X is held out for that.
     Boosting stops once ten rounds gain less than `tol` in validation loss: later trees change no reported
     figure and each one costs scoring time.
+
+    X is a DataFrame, whose feature columns are picked by name (others are ignored, the order is free) and
+    whose text columns are categorical, or any 2-d array-like, whose columns are named x0, x1, ... (see
+    `_frame`). NaN marks a missing value. `feature_names_in_` lists the features used, in order, and
+    `n_features_in_` counts them.
     """
 
     def __init__(self, features: Optional[Sequence[str]] = None, categorical: Optional[Sequence[str]] = None,
@@ -188,17 +231,43 @@ class RiskModel(ClassifierMixin, BaseEstimator):
         self.tol = tol
         self.random_state = random_state
 
-    def fit(self, X: pd.DataFrame, y, *, X_val: Optional[pd.DataFrame] = None, y_val=None) -> "RiskModel":
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # the booster routes missing values
+        tags.input_tags.string = True  # text columns are categories
+        tags.input_tags.categorical = True
+        return tags
+
+    def fit(self, X, y, *, X_val=None, y_val=None) -> "RiskModel":
         goal = self._checked_goal()
-        y = np.asarray(y)
-        self._check_negative_class(y)
-        if X_val is None:
+        X, y = self._frame(X, fitting=True), self._labels(y)
+        check_consistent_length(X, y)
+        self._check_classes(y)
+        if X_val is None and can_stratify(y, self.validation_fraction):
             X, X_val, y, y_val = train_test_split(X, y, test_size=self.validation_fraction, stratify=y,
                                                   random_state=self.random_state)
-        y_val = np.asarray(y_val)
+        elif X_val is None:
+            # Too few rows to hold out a part with every class in it and every class left to train on: any split
+            # would drop a class from the booster or from calibration. Calibrate and choose the threshold on the
+            # training rows themselves instead; that is optimistic, so say so.
+            warnings.warn(f"y has too few rows per class ({self._class_counts(y)}) to hold out a stratified "
+                          f"validation_fraction={self.validation_fraction:g} with every class on both sides; "
+                          f"calibrating and choosing the threshold "
+                          f"on the training rows themselves, which overstates how well the model separates the "
+                          f"classes. Pass X_val and y_val to avoid this.", UserWarning, stacklevel=2)
+            X_val, y_val = X, y
         self._learn_schema(X)
+        if y_val is None:
+            raise ValueError("X_val was passed without y_val")
+        X_val, y_val = self._frame(X_val), self._labels(y_val, name="y_val")
+        check_consistent_length(X_val, y_val)
         self.profile_ = feature_profile(self._model_frame(X), self.categorical_features_)
-        pipeline = self._pipeline().fit(self._model_frame(X), y)
+        pipeline = self._pipeline()
+        if pipeline[-1].early_stopping and not can_stratify(y, pipeline[-1].validation_fraction):
+            # The booster holds out a stratified part of its rows to decide when to stop; with too few rows for
+            # that, it runs all max_iter rounds.
+            pipeline.set_params(boosting__early_stopping=False)
+        pipeline.fit(self._model_frame(X), y)
         self.classes_ = pipeline.classes_
         self.negative_class_ = self.negative_class if self.negative_class is not None else self.classes_[0]
         self.n_iter_ = int(pipeline[-1].n_iter_)
@@ -214,10 +283,30 @@ class RiskModel(ClassifierMixin, BaseEstimator):
                              "into a share of contacts")
         if self.calibration not in CALIBRATIONS:
             raise UsageError(f"calibration {self.calibration!r} is not offered; expected one of {', '.join(CALIBRATIONS)}")
+        if not 0 < self.validation_fraction < 1:
+            raise UsageError(f"validation_fraction {self.validation_fraction!r} is not a share of the rows; expected "
+                             f"a number between 0 and 1")
         return goal
 
-    def _check_negative_class(self, y: np.ndarray) -> None:
+    @staticmethod
+    def _labels(y, name: str = "y") -> np.ndarray:
+        """Class labels as a 1-d array, validated as scikit-learn does: one column, no NaN, classes not numbers."""
+        if y is None:
+            raise ValueError(f"RiskModel requires {name} to be passed, but the target {name} is None.")
+        y = column_or_1d(y, warn=True, input_name=name)
+        check_classification_targets(y)
+        return y
+
+    @staticmethod
+    def _class_counts(y: np.ndarray) -> str:
+        return ", ".join(f"{label}: {count}" for label, count in zip(*np.unique(y, return_counts=True)))
+
+    def _check_classes(self, y: np.ndarray) -> None:
+        """At least two classes (risk is the chance of anything but the negative class), one of them the negative."""
         labels = np.unique(y)
+        if len(labels) < 2:
+            raise ValueError(f"y has {len(labels)} class ({self._class_counts(y)}); RiskModel needs at least 2 "
+                             f"classes to tell the negative class from the others")
         if self.negative_class is not None and self.negative_class not in set(labels.tolist()):
             raise UsageError(f"negative class {self.negative_class!r} is not among the labels "
                              f"{', '.join(map(str, labels))}")
@@ -225,6 +314,9 @@ class RiskModel(ClassifierMixin, BaseEstimator):
     def _learn_schema(self, X: pd.DataFrame) -> None:
         """Record the features in order and which of them are categorical (declared, else from dtypes)."""
         features = list(self.features) if self.features is not None else list(X.columns)
+        if not features:
+            raise ValueError(f"0 feature(s) (shape={X.shape}) while a minimum of 1 is required by RiskModel.")
+        self._check_columns(X, features)
         declared = self.categorical if self.categorical is not None else categorical_columns(X, features)
         self.feature_names_in_ = np.asarray(features, dtype=object)
         self.n_features_in_ = len(features)
@@ -241,7 +333,7 @@ class RiskModel(ClassifierMixin, BaseEstimator):
         """The fitted pipeline, frozen, with probabilities calibrated on validation rows."""
         X_cal, y_cal = self._calibration_rows(X_val, y_val)
         self.calibration_method_ = self._calibration_method(len(y_cal))
-        return CalibratedClassifierCV(FrozenEstimator(pipeline), method=self.calibration_method_).fit(
+        return CalibratedClassifierCV(FrozenEstimator(pipeline), method=self.calibration_method_, cv=OneFold()).fit(
             self._model_frame(X_cal), y_cal)
 
     def _calibration_rows(self, X: pd.DataFrame, y: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
@@ -263,30 +355,73 @@ class RiskModel(ClassifierMixin, BaseEstimator):
             return threshold_for_rate(scores, self.flag_rate_)
         return threshold_for_f1(positive, scores)
 
+    def _frame(self, X, *, fitting: bool = False) -> pd.DataFrame:
+        """X as a frame whose columns the model then picks by name (`_model_frame`).
+
+        A DataFrame is taken as it is: extra columns and any order are fine. Any other array-like is validated as
+        scikit-learn validates X (2-d, not sparse, at least one row and one column, no infinity, no complex
+        numbers; NaN is allowed: the booster takes it for missing) and its columns are named x0, x1, ... in
+        order; a column of text is categorical, as in a frame. When scoring, an array given to a model fitted on
+        an array must have the fitted number of columns (or, if `features` picked some, hold those at their
+        places); given to a model fitted on named columns, its columns are read as those features in order, with
+        scikit-learn's warning that the names are lost.
+        """
+        if isinstance(X, pd.DataFrame):
+            if fitting and len(X) == 0:
+                raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required "
+                                 f"by RiskModel.")
+            return X
+        array = check_array(X, dtype=None, ensure_all_finite="allow-nan", estimator=self)
+        if array.dtype.kind in "US":
+            # Text keeps its Python objects (and a list keeps its numbers as numbers) rather than one string type.
+            array = check_array(X, dtype=object, ensure_all_finite="allow-nan", estimator=self)
+        frame = pd.DataFrame(array, columns=generated_names(array.shape[1]))
+        if array.dtype == object:
+            frame = frame.infer_objects()  # numbers held as objects are numbers, text stays categorical
+        if fitting:
+            return frame
+        width, expected = array.shape[1], self.n_features_in_
+        by_position = all(isinstance(f, str) and re.fullmatch(r"x\d+", f) for f in self.feature_names_in_)
+        if by_position and list(self.feature_names_in_) != generated_names(expected):
+            return frame  # fitted on an array with `features` picking some of its columns: found by their names
+        if width != expected:
+            raise SchemaError(f"X has {width} features, but RiskModel is expecting {expected} features as input.")
+        if not by_position:
+            warnings.warn("X does not have valid feature names, but RiskModel was fitted with feature names",
+                          UserWarning, stacklevel=3)
+            frame.columns = self.feature_names_in_
+        return frame
+
+    @staticmethod
+    def _check_columns(X: pd.DataFrame, features: Sequence) -> None:
+        """SchemaError naming any of the features the frame lacks."""
+        missing = [f for f in features if f not in X.columns]
+        if missing:
+            raise SchemaError(f"the frame lacks feature column(s) {', '.join(map(str, missing))}; this model needs "
+                              f"{', '.join(map(str, features))}")
+
     def _model_frame(self, X: pd.DataFrame) -> pd.DataFrame:
         """The feature columns typed as the pipeline expects; SchemaError naming any feature the frame lacks."""
-        missing = [f for f in self.feature_names_in_ if f not in X.columns]
-        if missing:
-            raise SchemaError(f"the frame lacks feature column(s) {', '.join(missing)}; this model needs "
-                              f"{', '.join(self.feature_names_in_)}")
+        self._check_columns(X, self.feature_names_in_)
         categorical = set(self.categorical_features_)
         return pd.DataFrame({f: _as_categories(X[f]) if f in categorical else _as_numbers(X[f])
                              for f in self.feature_names_in_}, index=X.index)
 
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, columns in the order of `classes_`, for a frame or an array (see `_frame`)."""
         check_is_fitted(self, "estimator_")
-        frame = self._model_frame(X)
+        frame = self._model_frame(self._frame(X))
         return np.concatenate([self.estimator_.predict_proba(frame.iloc[start:start + SCORING_ROWS])
                                for start in range(0, max(len(frame), 1), SCORING_ROWS)])
 
-    def risk(self, X: pd.DataFrame) -> np.ndarray:
+    def risk(self, X) -> np.ndarray:
         """P(anything but the negative class): P(churn), or P(retaliate) = 1 − P(none)."""
         return self.risk_from_proba(self.predict_proba(X))
 
     def risk_from_proba(self, proba: np.ndarray) -> np.ndarray:
         return 1.0 - proba[:, self.classes_.tolist().index(self.negative_class_)]
 
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
+    def predict(self, X) -> np.ndarray:
         return self.predict_from_proba(self.predict_proba(X))
 
     def predict_from_proba(self, proba: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from carelens.data.adapters import answered_customer_texts
-from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS, Conversation
+from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS, SYNTHETIC_TEXT, Conversation
 from carelens.data.errors import UsageError
 from carelens.data.readers import conversation_from_record
 from carelens.models.conversation_features import conversation_features
@@ -448,3 +448,14 @@ def load_transcript_model(registry: Union[Registry, PathLike, None] = None, vers
     registry = registry if isinstance(registry, Registry) else Registry(registry)
     artifact = registry.open(MODEL_NAME, version, requires=("torch", "transformers"))
     return TranscriptModel.load(artifact.path, cache_entries), artifact.metadata
+
+
+def training_text_warning(metadata: dict) -> Optional[str]:
+    """What to tell whoever uses a transcript model trained on the synthetic generator's conversations only (the
+    `training_text` its metadata records); None for one trained on real or mixed text."""
+    if metadata.get("training_text") != SYNTHETIC_TEXT:
+        return None
+    return (f"transcript model {metadata.get('version', '(unpublished)')} was trained on synthetic conversations "
+            f"only: its sentiment and empathy scores on real conversations mean little; train it on labelled text "
+            f"with `make train-real` or `carelens train transcripts --sentiment-data FILE --empathy-data FILE` "
+            f"(airline-tweet and EPITOME CSVs) or `--transcripts FILE` (your own labelled transcripts)")

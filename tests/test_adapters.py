@@ -6,6 +6,7 @@ import pytest
 
 from carelens.data.adapters import (
     abcd_conversation, empathy_pairs, labelled_turns, read_abcd, read_airline_tweets, read_epitome, read_labelled,
+    read_labelled_text,
 )
 from carelens.data.contracts import ContractError, Conversation
 from carelens.data.readers import write_transcripts
@@ -96,6 +97,18 @@ def test_labelled_transcripts_pair_each_agent_turn_with_the_customer_turn_it_ans
     assert sentiment.to_dict("records") == [{"text": "my bag is lost", "label": "negative"}]
     assert empathy["context"].tolist() == ["", "my bag is lost"]
     assert empathy.iloc[1][["emotional_reactions", "interpretations", "explorations"]].tolist() == [2, 1, 0]
+
+
+def test_labelled_text_is_synthetic_real_or_mixed_by_the_conversations_that_carry_labels(tmp_path):
+    labelled = [{"speaker": "customer", "text": "my bag is lost", "sentiment": "negative"}]
+    generated = {"conversation_id": "g", "customer_id": "c", "text_source": "synthetic", "turns": labelled}
+    unlabelled = {**generated, "conversation_id": "u", "turns": [{"speaker": "customer", "text": "hi"}]}
+    real = {"conversation_id": "r", "customer_id": "c", "turns": labelled}
+    kinds = {}
+    for name, records in {"synthetic": [generated, unlabelled], "real": [real, unlabelled],
+                          "mixed": [generated, real]}.items():
+        kinds[name] = read_labelled_text([write_transcripts(records, tmp_path / f"{name}.jsonl")]).text
+    assert kinds == {"synthetic": "synthetic", "real": "real", "mixed": "mixed"}
 
 
 def test_labelled_transcript_with_a_bad_empathy_level_says_where(tmp_path):

@@ -25,7 +25,9 @@ def test_predict_gives_one_row_per_customer_with_the_riskiest_contact(scorer, da
     churn = pd.Series(scorer.churn.risk(table), index=table["contact_id"])
     for row in predicted.itertuples():
         assert row.churn_risk == pytest.approx(churn[row.contact_id])
-        assert row.retaliation_type in {"escalate", "switch", "vent"}
+        # The likeliest retaliation is named only where retaliation is flagged, never beside a churn-only flag.
+        assert row.retaliation_type == ("" if not row.retaliation_flagged else row.retaliation_type)
+        assert row.retaliation_type in ({"escalate", "switch", "vent"} if row.retaliation_flagged else {""})
     assert predicted["churn_risk"].between(0, 1).all() and predicted["retaliation_risk"].between(0, 1).all()
 
 
@@ -44,8 +46,8 @@ def test_without_transcripts_the_features_are_missing_not_invented(scorer, day):
     assert len(scorer.predict(day.interactions)) == day.interactions["customer_id"].nunique()
 
 
-def test_flag_top_k_sorted_by_risk_with_reasons_and_actions(scorer, day):
-    flagged = scorer.flag_at_risk(day.interactions, day.conversations, top_k=8)
+def test_flag_capacity_sorted_by_risk_with_reasons_and_actions(scorer, day):
+    flagged = scorer.flag_at_risk(day.interactions, day.conversations, capacity=8)
     assert list(flagged.columns) == FLAG_COLUMNS and len(flagged) == 8
     assert flagged["risk"].is_monotonic_decreasing
     assert (flagged["risk"] == flagged[["churn_risk", "retaliation_risk"]].max(axis=1)).all()
@@ -68,6 +70,7 @@ def test_flag_by_threshold_and_by_the_models_own_thresholds(scorer, day):
     retaliating = expected.set_index("customer_id")["retaliation_flagged"]
     for row in default.itertuples():
         want = ACTIONS[row.retaliation_type] if retaliating[row.customer_id] else CHURN_ONLY_ACTION
+        assert (row.retaliation_type == "") == (not retaliating[row.customer_id])
         assert row.action == want
 
 
@@ -134,4 +137,4 @@ def test_percentiles_stay_in_range_and_follow_the_value(values, value):
 def test_missing_values_are_not_given_as_reasons():
     frame = pd.DataFrame({"agent_empathy_mean": [np.nan], "tenure_months": [1.2], "abandoned": [True]})
     contributions = pd.DataFrame({"agent_empathy_mean": [0.4], "tenure_months": [0.1], "abandoned": [0.2]})
-    assert top_reasons(frame, contributions, {}) == [["hung up before being answered", "customer for 1 month"]]
+    assert top_reasons(frame, contributions, {}) == [["abandoned the call", "customer for 1 month"]]

@@ -157,9 +157,9 @@ def test_interactions_get_the_scorers_predictions_and_bad_rows_are_dead_lettered
     assert manifest["by_input"]["interactions"] == {"in": len(interactions), "out": len(interactions) - 1, "dead": 1}
     [dead] = [json.loads(line) for line in (tmp_path / "out" / DEAD_LETTER).read_text().splitlines()]
     assert dead["row"] == 5 and "column 'answer_time_s': got '-4.0', expected a number >= 0" in dead["reason"]
-    predicted = read_parts(tmp_path / "out", "predictions")
+    predicted = read_parts(tmp_path / "out", "predictions", PREDICTION_COLUMNS)
     good = day.interactions.drop(index=3)
-    expected = scorer.contact_scores(scorer.contact_table(good, day.conversations))
+    expected = scorer.contact_predictions(scorer.contact_table(good, day.conversations))
     pd.testing.assert_frame_equal(predicted, expected[PREDICTION_COLUMNS].reset_index(drop=True), check_dtype=False,
                                   atol=1e-6)
 
@@ -205,7 +205,7 @@ def test_the_command_says_which_input_matched_nothing_and_exits_2(registry_with_
     assert f"{tmp_path / 'calls-*.jsonl'}: no input file matches" in " ".join(result.output.split())
 
 
-def test_the_command_prints_the_counts_and_warns_of_rejected_files(registry_with_models, tmp_path):
+def test_the_command_prints_the_counts_and_fails_on_a_file_that_gave_nothing(registry_with_models, tmp_path):
     from typer.testing import CliRunner
 
     from carelens.inference.cli import app
@@ -213,11 +213,12 @@ def test_the_command_prints_the_counts_and_warns_of_rejected_files(registry_with
     result = CliRunner().invoke(app, ["score", "--transcripts", str(registry_with_models.day_dir / "transcripts.jsonl"),
                                       "--transcripts", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "out"),
                                       "--registry", str(registry_with_models.root), "--no-progress"])
-    assert result.exit_code == 0, result.output
+    # The rest is scored, but a scheduler must see that one input produced nothing.
+    assert result.exit_code == 1, result.output
     conversations = len(registry_with_models.day.conversations)
     text = " ".join(result.output.split())
     assert f"in {conversations} = out {conversations} + dead 0" in text
-    assert "empty.jsonl: the file is empty: no conversations" in text
+    assert "failed: features:" in text and "empty.jsonl: the file is empty: no conversations" in text
 
 
 def test_a_conversation_that_fails_to_score_is_dead_lettered_and_its_unit_still_scores(registry_with_models, day,

@@ -1,4 +1,7 @@
 """The registry: versions round-trip, `latest` resolves, and tampered, padded or incompatible artifacts are refused."""
+import os
+import stat
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -38,6 +41,23 @@ def test_publish_then_open_returns_metadata_and_files(tmp_path):
     assert (opened.path / "note.txt").read_text() == "hello"
     assert opened.metadata["created_at"] == artifact.metadata["created_at"]
 
+
+
+@pytest.mark.parametrize("umask, directory_mode, file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_published_versions_are_readable_as_the_umask_allows(tmp_path, umask, directory_mode, file_mode):
+    def write(directory):
+        (directory / "weights").mkdir()
+        (directory / "weights" / "head.bin").write_bytes(b"x")
+
+    previous = os.umask(umask)
+    try:
+        artifact = Registry(tmp_path / "registry").publish("churn", write, {})
+    finally:
+        os.umask(previous)
+    modes = {p.relative_to(artifact.path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in [artifact.path, *artifact.path.rglob("*")]}
+    assert modes == {".": directory_mode, "weights": directory_mode, "weights/head.bin": file_mode,
+                     "metadata.json": file_mode, "SHA256SUMS": file_mode}
 
 def test_model_round_trip_scores_the_same(published, fitted):
     model, frame = fitted

@@ -65,8 +65,8 @@ def test_score_returns_the_scorers_features_exactly_with_nan_as_null(client, sco
     assert response.json()["conversations"][-1]["non_talk_s"] is None
 
 
-@pytest.mark.parametrize("selection, with_transcripts", [({"top_k": 10}, True), ({"threshold": 0.3}, True),
-                                                         ({}, True), ({"top_k": 5}, False)])
+@pytest.mark.parametrize("selection, with_transcripts", [({"capacity": 10}, True), ({"threshold": 0.3}, True),
+                                                         ({}, True), ({"capacity": 5}, False)])
 def test_flag_returns_the_scorers_customers_exactly(client, scorer, day, selection, with_transcripts):
     transcripts = day.conversations if with_transcripts else None
     body = {"interactions": records(day.interactions), "transcripts": transcripts or [], **selection}
@@ -79,7 +79,7 @@ def test_flag_returns_the_scorers_customers_exactly(client, scorer, day, selecti
 
 def test_flag_with_features_scored_earlier_equals_flag_with_the_transcripts(client, day):
     scored = client.post("/v1/score", json={"conversations": day.conversations}).json()["conversations"]
-    base = {"interactions": records(day.interactions), "top_k": 10}
+    base = {"interactions": records(day.interactions), "capacity": 10}
     from_features = client.post("/v1/flag", json={**base, "transcript_features": scored})
     from_transcripts = client.post("/v1/flag", json={**base, "transcripts": day.conversations})
     assert from_features.status_code == 200
@@ -201,7 +201,7 @@ def test_a_contract_fault_in_the_table_is_a_422_naming_row_and_column(client, da
 
 @pytest.mark.parametrize("content, detail", [
     (b"{not json", "body: not valid JSON at character 1: Expecting property name enclosed in double quotes"),
-    (json.dumps({"interactions": [], "top_k": 3}).encode(),
+    (json.dumps({"interactions": [], "capacity": 3}).encode(),
      "interactions: List should have at least 1 item after validation, not 0, got []"),
 ])
 def test_unreadable_or_empty_bodies_are_422_saying_what_was_expected(client, content, detail):
@@ -209,11 +209,11 @@ def test_unreadable_or_empty_bodies_are_422_saying_what_was_expected(client, con
     assert response.status_code == 422 and response.json()["detail"] == detail
 
 
-def test_top_k_and_threshold_together_are_refused(client, day):
-    body = {"interactions": records(day.interactions), "top_k": 3, "threshold": 0.5}
+def test_capacity_and_threshold_together_are_refused(client, day):
+    body = {"interactions": records(day.interactions), "capacity": 3, "threshold": 0.5}
     response = client.post("/v1/flag", json=body)
     assert response.status_code == 422
-    assert "give top_k or threshold, not both" in response.json()["detail"]
+    assert "give capacity or threshold, not both" in response.json()["detail"]
 
 
 # -- authentication ---------------------------------------------------------------------------------------------------
@@ -278,11 +278,11 @@ def test_carelens_serve_answers_over_http_and_stops_cleanly(registry_with_models
                                   env={**os.environ, "CARELENS_TEST_KEY": KEY})
     try:
         wait_until_healthy(url, server)
-        body = {"interactions": records(day.interactions), "transcripts": day.conversations, "top_k": 5}
+        body = {"interactions": records(day.interactions), "transcripts": day.conversations, "capacity": 5}
         response = httpx.post(f"{url}/v1/flag", json=body, headers={API_KEY_HEADER: KEY}, timeout=60)
         assert response.status_code == 200
         assert response.json()["customers"] == expected_rows(scorer.flag_at_risk(day.interactions, day.conversations,
-                                                                                  top_k=5))
+                                                                                  capacity=5))
         assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 401
     finally:
         server.send_signal(signal.SIGINT)

@@ -65,9 +65,21 @@ def test_any_size_and_seed_gives_valid_contracts(customers, seed):
 
 def test_identifiers_are_zero_padded_and_contacts_numbered_in_time_order():
     data = generate(50, seed=1, transcripts=False)
-    assert data.interactions["contact_id"].iloc[0] == "K000001"
+    assert data.interactions["contact_id"].iloc[0] == "K1-000001"
     assert sorted(data.interactions["customer_id"])[0] == "C000001"
     assert data.interactions["started_at"].is_monotonic_increasing
+
+
+def test_another_seed_gives_other_contacts():
+    first, other = generate(50, seed=1, transcripts=False), generate(50, seed=12, transcripts=False)
+    assert not set(first.interactions["contact_id"]) & set(other.interactions["contact_id"])
+    assert other.interactions["contact_id"].iloc[0] == "K12-000001"
+
+
+def test_every_generated_conversation_says_its_text_is_synthetic(with_transcripts, tmp_path):
+    assert {c["text_source"] for c in with_transcripts.conversations} == {"synthetic"}
+    written = write_synthetic(with_transcripts, tmp_path)
+    assert {c.text_source for c in read_transcripts(written["transcripts"])} == {"synthetic"}
 
 
 @settings(max_examples=60, deadline=None)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from carelens.data.contracts import ContractError
+from carelens.data.synthetic import generate, write_synthetic
 from carelens.models.registry import Registry
 from carelens.models.tabular import (
     Goal, RiskModel, SchemaError, load_tabular, parse_goal, threshold_for_f1, threshold_for_rate, threshold_for_recall,
@@ -19,7 +20,8 @@ from carelens.training.cli import evaluate_app, export_command, train_app
 from carelens.training.metrics import expected_calibration_error, group_rates, risk_metrics
 from carelens.data.html import figure_html, html_report, table_html
 from carelens.training.report import comparison_rows
-from carelens.training.tabular import TASKS, gap_recovered, load_labelled, train_tabular
+from carelens.training.evaluate import evaluate_tabular
+from carelens.training.tabular import FITTED_CONTACTS, TASKS, gap_recovered, load_labelled, publish_tabular, train_tabular
 from conftest import requires_shared
 
 FAST = {"max_iter": 15}
@@ -312,6 +314,9 @@ def test_cli_trains_evaluates_and_exports_own_data(own_csv, tmp_path):
     assert result.exit_code == 0, result.output
     evaluated = json.loads(result.stdout)
     assert evaluated["version"] == "v1" and evaluated["metrics"]["rows"] == 800
+    # No contact ids in this file: the training data fingerprint alone tells that these are the training rows.
+    assert (evaluated["held_out"], evaluated["rows_trained_on"]) == (False, 640)
+    assert "warning: this is the data churn v1 was trained on" in result.stderr
 
     exported = tmp_path / "churn.joblib"
     app = typer.Typer()
@@ -320,6 +325,59 @@ def test_cli_trains_evaluates_and_exports_own_data(own_csv, tmp_path):
     assert result.exit_code == 0, result.output
     assert "runs code when it is loaded" in result.output
     assert joblib.load(exported).threshold_ == metadata["threshold"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_churn(tmp_path_factory):
+    """A churn model published from generator data (seed 1), with that data and an unseen seed-2 day beside it."""
+    root = tmp_path_factory.mktemp("held_out")
+    write_synthetic(generate(1500, seed=1, transcripts=False), root / "history")
+    write_synthetic(generate(400, seed=2, transcripts=False), root / "day")
+    trained = train_tabular(load_labelled(root / "history", TASKS["churn"]), TASKS["churn"], **FAST)
+    publish_tabular(trained, Registry(root / "registry"))
+    return root, trained
+
+
+def test_the_contacts_a_model_was_fitted_on_are_stored_as_hashes(synthetic_churn):
+    root, trained = synthetic_churn
+    stored = pd.read_parquet(root / "registry" / "churn" / "v1" / FITTED_CONTACTS)
+    assert list(stored.columns) == ["contact_hash"] and stored["contact_hash"].dtype == np.uint64
+    assert len(stored) == 1200 and stored["contact_hash"].is_unique
+
+
+def test_evaluating_on_the_training_data_warns_that_it_is_not_held_out(synthetic_churn):
+    root, _ = synthetic_churn
+    result = runner.invoke(evaluate_app, ["churn", "--registry", str(root / "registry"), "--data",
+                                          str(root / "history"), "--json"])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.stdout)
+    warning = ("this is the data churn v1 was trained on (its training data fingerprint matches): it was fitted and "
+               "calibrated on 1,200 of these 1,500 rows, so these figures are not held-out; its held-out figures are "
+               "in its metadata and report; evaluate on data it never saw")
+    assert (evaluated["held_out"], evaluated["rows_trained_on"], evaluated["warning"]) == (False, 1200, warning)
+    assert result.stderr.strip() == f"warning: {warning}"
+
+
+def test_evaluating_on_another_seed_is_held_out_without_a_warning(synthetic_churn):
+    root, _ = synthetic_churn
+    result = runner.invoke(evaluate_app, ["churn", "--registry", str(root / "registry"), "--data", str(root / "day")])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output and "held-out metrics" in result.stdout
+    evaluated = evaluate_tabular(root / "registry", "churn", root / "day")
+    assert (evaluated["held_out"], evaluated["rows_trained_on"], evaluated["warning"]) == (True, 0, None)
+
+
+def test_training_contacts_mixed_into_other_data_are_counted(synthetic_churn, tmp_path):
+    root, trained = synthetic_churn
+    for name in ("interactions", "labels"):
+        pd.read_parquet(root / "history" / f"{name}.parquet").head(300).to_parquet(tmp_path / f"{name}.parquet")
+    fitted = 300 - int(pd.read_parquet(tmp_path / "interactions.parquet")["contact_id"]
+                       .isin(trained.test_frame["contact_id"]).sum())
+    evaluated = evaluate_tabular(root / "registry", "churn", tmp_path)
+    assert (evaluated["held_out"], evaluated["rows_trained_on"]) == (False, fitted)
+    assert evaluated["warning"] == (f"{fitted:,} of the 300 evaluated rows ({fitted / 300:.0%}) are contacts churn v1 "
+                                    f"was fitted or calibrated on, so these figures are not held-out; evaluate on "
+                                    f"contacts it never saw")
 
 
 def test_cli_reports_bad_input_without_a_traceback(own_csv, tmp_path):

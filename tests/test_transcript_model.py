@@ -11,7 +11,8 @@ from carelens.data.contracts import ContractError
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import RegistryError
 from carelens.models.transcript import (
-    TranscriptModel, default_encoder_dir, load_transcript_model, publish, score_turns, transcript_features, utf8_safe,
+    TranscriptModel, default_encoder_dir, load_transcript_model, publish, score_turns, training_text_warning,
+    transcript_features, utf8_safe,
 )
 from carelens.training.cli import evaluate_app, train_app
 from conftest import SHARED, requires_shared
@@ -170,6 +171,7 @@ def test_train_command_publishes_a_model_with_metrics_beside_the_floor(encoder_d
     assert set(metadata["metrics"]["test"]) == {"sentiment", "emotional_reactions", "interpretations", "explorations"}
     assert set(metadata["floor"]["test"]) == set(metadata["metrics"]["test"])
     assert metadata["options"]["mode"] == mode and metadata["seed"] == 13
+    assert metadata["training_text"] == "real"
     assert (registry / "transcripts" / "v1" / "report.html").read_text().count("<img") == 2
     rows = metadata["rows"]["sentiment"]
     assert rows["train"] + rows["validation"] + rows["test"] == 120
@@ -177,7 +179,8 @@ def test_train_command_publishes_a_model_with_metrics_beside_the_floor(encoder_d
     evaluated = CliRunner().invoke(evaluate_app, ["transcripts", "--registry", str(registry), "--sentiment-data",
                                                   str(tweets), "--empathy-data", str(epitome), "--json"])
     assert evaluated.exit_code == 0, evaluated.output
-    figures = json.loads(evaluated.output)
+    figures = json.loads(evaluated.stdout)
+    assert "warning" not in evaluated.stderr
     assert figures["sentiment"]["n"] == 120 and set(figures["sentiment"]["per_class_f1"]) == {
         "negative", "neutral", "positive"}
 
@@ -198,6 +201,67 @@ def test_decision_weights_are_fitted_and_ablated_only_when_asked_for(encoder_dir
     assert saved == metadata["decision_weights"]
     if not chosen:
         assert all(weights == [1.0, 1.0, 1.0] for weights in saved.values())
+
+
+@pytest.fixture(scope="module")
+def synthetic_trained(encoder_dir, tmp_path_factory):
+    """A transcript model trained on the generator's labelled conversations only, published, and their file."""
+    from carelens.data.readers import write_transcripts
+    from carelens.data.synthetic import generate
+    from carelens.training.transcripts import Options, publish_trained, train_transcripts
+    root = tmp_path_factory.mktemp("synthetic_text")
+    conversations = write_transcripts(generate(300, seed=3).conversations, root / "transcripts.jsonl")
+    trained = train_transcripts([conversations], Options(mode="heads", max_length=32, show_progress_bar=False),
+                                encoder_dir, log=lambda _: None)
+    publish_trained(trained, root / "registry")
+    return root, conversations
+
+
+SYNTHETIC_WARNING = ("transcript model v1 was trained on synthetic conversations only: its sentiment and empathy "
+                     "scores on real conversations mean little; train it on labelled text with `make train-real` or "
+                     "`carelens train transcripts --sentiment-data FILE --empathy-data FILE` (airline-tweet and "
+                     "EPITOME CSVs) or `--transcripts FILE` (your own labelled transcripts)")
+
+
+def test_a_model_trained_on_generated_conversations_records_synthetic_text_and_warns(synthetic_trained):
+    root, conversations = synthetic_trained
+    _, metadata = load_transcript_model(root / "registry")
+    assert metadata["training_text"] == "synthetic"
+    assert training_text_warning(metadata) == SYNTHETIC_WARNING
+    evaluated = CliRunner().invoke(evaluate_app, ["transcripts", "--registry", str(root / "registry"),
+                                                  "--sentiment-data", str(conversations), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert evaluated.stderr.strip() == f"warning: {SYNTHETIC_WARNING}"
+    assert json.loads(evaluated.stdout)["sentiment"]["n"] > 0
+
+
+def test_featurize_warns_about_a_model_trained_on_synthetic_text(synthetic_trained, tmp_path):
+    from carelens.data.readers import write_transcripts
+    from carelens.inference.featurize import featurize_command
+    import typer
+
+    root, _ = synthetic_trained
+    write_transcripts([_conversation("a", [("customer", "late"), ("agent", "sorry")])], tmp_path / "day.jsonl")
+    app = typer.Typer()
+    app.command()(featurize_command)
+    result = CliRunner().invoke(app, ["--registry", str(root / "registry"), "--transcripts", str(tmp_path / "day.jsonl"),
+                                      "--out", str(tmp_path / "f.parquet"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == f"warning: {SYNTHETIC_WARNING}"
+
+
+def test_labelled_generated_and_real_text_together_are_mixed(encoder_dir, synthetic_trained, tmp_path):
+    from carelens.training.transcripts import Options, load_data
+    _, conversations = synthetic_trained
+    tweets, epitome = _labelled_files(tmp_path)
+    options = Options(mode="heads", max_length=32, show_progress_bar=False)
+    assert load_data([conversations, tweets], options).training_text == "mixed"
+    assert load_data([tweets, epitome], options).training_text == "real"
+
+
+@pytest.mark.parametrize("training_text", ["real", "mixed", None])
+def test_no_warning_for_a_model_trained_on_real_or_unrecorded_text(training_text):
+    assert training_text_warning({"version": "v2", "training_text": training_text}) is None
 
 
 def test_train_command_without_data_says_what_it_needs(encoder_dir, tmp_path):

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from carelens.data.errors import UsageError
-from carelens.data.terminal import console, error_console, rows_table, user_errors
+from carelens.data.terminal import console, error_console, rows_table, user_errors, warn
 
 train_app = typer.Typer(help="Train a model and publish it to the registry.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Score labelled data a model never saw and print its metrics.", no_args_is_help=True)
@@ -101,6 +101,8 @@ def evaluate_command(name: str):
         from carelens.training.evaluate import evaluate_tabular
         with user_errors():
             result = evaluate_tabular(_registry(registry), name, data, labels, target, version, features_from or ())
+        if result["warning"]:
+            warn(result["warning"])
         if as_json:
             typer.echo(json.dumps(result))
             return
@@ -212,10 +214,13 @@ def evaluate_transcripts_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Score labelled files with a published transcript model: accuracy, macro-F1 and per-class F1 per head."""
-    from carelens.models.transcript import load_transcript_model
+    from carelens.models.transcript import load_transcript_model, training_text_warning
     from carelens.training.transcripts import evaluate_files
     with user_errors():
-        model, _ = load_transcript_model(registry, version)
+        model, metadata = load_transcript_model(registry, version)
+        warning = training_text_warning(metadata)
+        if warning:
+            warn(warning)
         metrics = evaluate_files(model, [*(sentiment_data or ()), *(empathy_data or ())], batch_size,
                                  show_progress_bar=not as_json)
     if as_json:

@@ -13,6 +13,8 @@ from carelens.data.contracts import (
     CATEGORICAL_FEATURES, INTERACTION_FEATURES, INTERACTIONS, Column, ContractError, TableContract, validated,
 )
 from carelens.data.readers import header_lines, read_interactions, read_labels, read_table
+from carelens.models.conversation_features import FEATURE_COLUMNS, features_lineage
+from carelens.models.drift import numeric_distribution
 from carelens.models.registry import Artifact, Registry, frame_fingerprint
 from carelens.models.tabular import RiskModel, save_model
 from carelens.training.metrics import group_rates, model_metrics
@@ -23,6 +25,9 @@ KEYS = ("contact_id", "customer_id")
 #: Columns that identify or date a row: never features unless declared.
 NOT_FEATURES = ("contact_id", "customer_id", "started_at")
 SPLIT = (0.6, 0.2, 0.2)
+#: Beside a published model: the hashed contact_ids of the rows it was fitted and calibrated on, as Parquet (reading
+#: it runs no code), so that an evaluation on those contacts is told apart from a held-out one.
+FITTED_CONTACTS = "fitted_contacts.parquet"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class LabelledData:
     groups: Optional[pd.Series] = None
     #: Features joined from other tables (`--features-from`); training also fits a model without them to compare.
     added: list[str] = field(default_factory=list)
+    #: The transcript model version that scored the joined conversation features, when their file records it.
+    transcript_model: Optional[str] = None
 
     @property
     def contacts_per_day(self) -> float:
@@ -140,9 +147,10 @@ def contacts_per_day(frame: pd.DataFrame) -> float:
 
 def with_features_from(data: LabelledData, tables: Sequence[PathLike]) -> LabelledData:
     """The data with the numeric columns of each keyed table (by contact_id, else customer_id) joined as features."""
-    frame, features = data.frame, list(data.features)
+    frame, features, lineage = data.frame, list(data.features), data.transcript_model
     for path in tables:
         extra = typed_columns(read_table(path))
+        lineage = features_lineage(path) or lineage
         key = next((k for k in KEYS if k in extra.columns and k in frame.columns), None)
         if key is None:
             raise ContractError(str(path), f"no key column shared with the training data; expected one of "
@@ -160,7 +168,7 @@ def with_features_from(data: LabelledData, tables: Sequence[PathLike]) -> Labell
         frame = frame.merge(extra[[key, *numeric]].astype({key: frame[key].dtype}), on=key, how="left")
         features += numeric
     return LabelledData(frame, data.target, features, data.categorical, data.source, data.groups,
-                        [*data.added, *[f for f in features if f not in data.features]])
+                        [*data.added, *[f for f in features if f not in data.features]], lineage)
 
 
 def load_labelled(data: PathLike, task: Task, labels: Optional[PathLike] = None, target: Optional[str] = None,
@@ -206,6 +214,14 @@ class Trained:
     metadata: dict
     test_frame: pd.DataFrame
     test_y: np.ndarray
+    #: `contact_hashes` of the train and validation rows (None when the data has no contact_id column).
+    fitted_contacts: Optional[np.ndarray] = None
+
+
+def contact_hashes(ids: pd.Series) -> np.ndarray:
+    """64-bit hashes of contact ids, equal for equal ids whatever the column's dtype (text, or numbers from a CSV)."""
+    as_text = pd.Series(ids.astype(str).to_numpy(dtype=object))
+    return pd.util.hash_pandas_object(as_text, index=False).to_numpy(np.uint64)
 
 
 def gap_recovered(rows: list[dict]) -> Optional[float]:
@@ -231,9 +247,12 @@ def held_out_figures(model: RiskModel, task: Task, frame: pd.DataFrame, y: np.nd
                      groups: Optional[pd.Series]) -> dict:
     """Metrics of the model on labelled rows, and per seed group rates when the groups are known."""
     proba = model.predict_proba(frame)
-    figures = {"metrics": model_metrics(model, proba, y)}
+    risk = model.risk_from_proba(proba)
+    figures = {"metrics": model_metrics(model, proba, y),
+               "risk_profile": {"distribution": numeric_distribution(pd.Series(risk)),
+                                "flagged_share": float(np.mean(risk >= model.threshold_))}}
     if groups is not None:
-        figures["seed_groups"] = seed_group_rates(task, y != model.negative_class_, model.risk_from_proba(proba), groups)
+        figures["seed_groups"] = seed_group_rates(task, y != model.negative_class_, risk, groups)
     return figures
 
 
@@ -258,6 +277,8 @@ def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 
         "calibration": model.calibration_method_, "boosting_iterations": model.n_iter_,
         "split": {"train": int(train.size), "validation": int(validation.size), "test": int(test.size)},
         "training_data_fingerprint": frame_fingerprint(rows[[*data.features, data.target]]),
+        # Which transcript model scored the conversation features: another one's scores are on another scale.
+        "transcript_model": data.transcript_model if set(FEATURE_COLUMNS) & set(data.features) else None,
     }
     metadata.update(held_out_figures(model, task, rows.iloc[test], y[test], test_groups))
     if data.added:
@@ -265,7 +286,9 @@ def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 
         baseline = fitted([f for f in data.features if f not in data.added])
         metadata["without_added_features"] = {
             "added": list(data.added), **held_out_figures(baseline, task, rows.iloc[test], y[test], test_groups)}
-    return Trained(model, metadata, rows.iloc[test], y[test])
+    fitted_contacts = (contact_hashes(rows["contact_id"].iloc[np.concatenate([train, validation])])
+                       if "contact_id" in rows.columns else None)
+    return Trained(model, metadata, rows.iloc[test], y[test], fitted_contacts)
 
 
 def publish_tabular(trained: Trained, registry: Registry) -> Artifact:
@@ -275,4 +298,7 @@ def publish_tabular(trained: Trained, registry: Registry) -> Artifact:
     def write(directory: Path) -> None:
         save_model(trained.model, directory)
         (directory / "report.html").write_text(report_html, encoding="utf-8")
+        if trained.fitted_contacts is not None:
+            pd.DataFrame({"contact_hash": trained.fitted_contacts}).to_parquet(directory / FITTED_CONTACTS,
+                                                                               index=False)
     return registry.publish(trained.metadata["task"], write, trained.metadata)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
-from carelens.data.adapters import read_labelled
+from carelens.data.adapters import read_labelled, read_labelled_text
 from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS
 from carelens.data.errors import UsageError
 from carelens.models.registry import Artifact, frame_fingerprint
@@ -82,6 +82,8 @@ class Data:
 
     sentiment: dict[str, pd.DataFrame]
     empathy: dict[str, pd.DataFrame]
+    #: What the rows' text is: "synthetic" (generator conversations only), "real" or "mixed" (`read_labelled_text`).
+    training_text: Optional[str] = None
 
     def sizes(self) -> dict:
         return {task: {split: len(frame) for split, frame in getattr(self, task).items()}
@@ -135,11 +137,11 @@ def split_data(sentiment: pd.DataFrame, empathy: pd.DataFrame, options: Options)
 
 def load_data(paths: Sequence[PathLike], options: Options) -> Data:
     """Labelled rows from any mix of airline tweets, EPITOME and labelled transcript files, split for training."""
-    sentiment, empathy = read_labelled(paths)
-    if sentiment.empty and empathy.empty:
+    labelled = read_labelled_text(paths)
+    if labelled.sentiment.empty and labelled.empathy.empty:
         raise UsageError(f"no labelled rows in {', '.join(map(str, paths))}: expected airline tweet or EPITOME CSVs, "
                          f"or transcripts whose turns carry `sentiment` / `empathy` labels")
-    return split_data(sentiment, empathy, options)
+    return replace(split_data(labelled.sentiment, labelled.empathy, options), training_text=labelled.text)
 
 
 def sentiment_targets(frame: pd.DataFrame) -> np.ndarray:
@@ -582,9 +584,10 @@ def metadata(trained: Trained) -> dict:
     fingerprints = {task: frame_fingerprint(getattr(data, task)["train"].astype(str))
                     for task in ("sentiment", "empathy") if len(getattr(data, task)["train"])}
     return {"options": trained.options.as_dict(), "seed": trained.options.seed, "rows": data.sizes(),
-            "training_data_fingerprint": fingerprints, "metrics": trained.metrics, "floor": {"name": FLOOR,
-            "test": trained.floor}, "beats_floor": beats_floor(trained.metrics["test"], trained.floor),
-            "history": trained.history, **trained.details}
+            "training_text": data.training_text, "training_data_fingerprint": fingerprints,
+            "metrics": trained.metrics, "floor": {"name": FLOOR, "test": trained.floor},
+            "beats_floor": beats_floor(trained.metrics["test"], trained.floor), "history": trained.history,
+            **trained.details}
 
 
 def beats_floor(metrics: dict, floor: dict) -> dict[str, bool]:

@@ -61,14 +61,14 @@ def test_flag_for_100_customers_answers_within_a_second(scorer, day):
     interactions = json.loads(day.interactions.to_json(orient="records", date_format="iso"))
     turns = sum(len(c["turns"]) for c in day.conversations)
     scored = json.loads(scorer.score_transcripts(day.conversations).to_json(orient="records"))
-    with_features = served_median(scorer, {"interactions": interactions, "transcript_features": scored, "top_k": 10},
+    with_features = served_median(scorer, {"interactions": interactions, "transcript_features": scored, "capacity": 10},
                                   "with transcript features scored earlier")
-    raw = {"interactions": interactions, "transcripts": day.conversations, "top_k": 10}
+    raw = {"interactions": interactions, "transcripts": day.conversations, "capacity": 10}
     served_median(scorer, raw, f"with {len(day.conversations)} raw transcripts ({turns} turns), the same body each "
                                f"time (answered from the encoding cache)")
     cache, scorer.transcripts.encodings = scorer.transcripts.encodings, None
     served_median(scorer, raw, f"with {len(day.conversations)} raw transcripts ({turns} turns), encoding cache off")
     scorer.transcripts.encodings = cache
-    direct = timed(lambda: scorer.flag_at_risk(day.interactions, day.conversations, top_k=10), 5)
+    direct = timed(lambda: scorer.flag_at_risk(day.interactions, day.conversations, capacity=10), 5)
     print(f"Scorer.flag_at_risk with raw transcripts, called directly: median {np.median(direct) * 1000:.0f} ms")
     assert with_features < MEDIAN_SECONDS

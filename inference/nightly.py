@@ -1,0 +1,204 @@
+"""The nightly job: the day's transcripts and contacts → features → predictions → flagged customers → summary → manifest.
+
+Each stage runs once and reads the committed output of the one before: `plan` (hash inputs, cut units) → `features`
+(the transcript model, unit by unit) → `predictions` (churn and retaliation per contact, chunk by chunk) → `flags`
+(per customer, reasons for the flagged only, drift against the training profiles) → `summary` (summary.html) →
+`_manifest.json`. The scoring stages commit unit by unit; `flags` and `summary` commit their files atomically and
+then a marker under `_stages/`, so a run killed anywhere finishes, when run again, with the same outputs.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import pandas as pd
+
+from carelens.data.errors import UsageError
+from carelens.inference.api import (
+    PREDICTION_COLUMNS, MissingConversations, Scorer, checked_selection, ranked_customers, selection_rule,
+)
+from carelens.inference.batch import (
+    MANIFEST, PREDICTIONS, STAGES, Run, atomic_path, finish, now, planned_run, predict_contacts, read_parts,
+    scored_units, write_parquet, write_text,
+)
+from carelens.models.drift import PSI_WARNING, feature_drift, numeric_shares, psi
+from carelens.models.transcript import SCORING_CACHE_ENTRIES
+
+PathLike = Union[str, Path]
+FLAGGED_PARQUET, FLAGGED_CSV, SUMMARY = "flagged.parquet", "flagged.csv", "summary.html"
+TABULAR = ("churn", "retaliation")
+#: Tonight's flagged share of contacts may range from half to twice the training share before it is a warning.
+FLAG_SHARE_BAND = (0.5, 2.0)
+
+
+@contextmanager
+def timed(timings: dict, stage: str) -> Iterator[None]:
+    """Record how long the block took under `stage`, in seconds."""
+    clock = time.perf_counter()
+    yield
+    timings[stage] = round(time.perf_counter() - clock, 3)
+
+
+def stage_marker(out: Path, stage: str) -> Path:
+    return out / STAGES / f"{stage}.json"
+
+
+def finished_stage(out: Path, stage: str, key: dict) -> Optional[dict]:
+    """What a committed stage recorded, when its marker exists and was made with the same `key`; else None."""
+    marker = stage_marker(out, stage)
+    if not marker.is_file():
+        return None
+    recorded = json.loads(marker.read_text(encoding="utf-8"))
+    return recorded if recorded.get("key") == key else None
+
+
+def commit_stage(out: Path, stage: str, key: dict, result: dict) -> dict:
+    """Mark a stage done (atomically, after its outputs): a re-run with the same key skips it."""
+    marker = stage_marker(out, stage)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    record = {"key": key, **result}
+    write_text(json.dumps(record, indent=2, default=str), marker)
+    return record
+
+
+# -- drift --------------------------------------------------------------------------------------------------------
+
+def score_drift(scorer: Scorer, predictions: pd.DataFrame) -> list[dict]:
+    """Per model: PSI of tonight's risks against the held-out risks at training, and the flagged share of contacts
+    tonight against the training share (outside half to twice it is a shift)."""
+    rows = []
+    for name in TABULAR:
+        profile = scorer.metadata[name].get("risk_profile")
+        if not profile:
+            continue
+        risks = predictions[f"{name}_risk"]
+        tonight = numeric_shares(profile["distribution"]["edges"], risks)
+        value = psi(profile["distribution"]["shares"], tonight)
+        share, trained = float(predictions[f"{name}_flagged"].mean()), profile["flagged_share"]
+        low, high = FLAG_SHARE_BAND
+        rows.append({"feature": f"{name}_risk", "psi": value, "shifted": value > PSI_WARNING,
+                     "training": profile["distribution"]["shares"], "tonight": tonight,
+                     "flagged_share": share, "training_flagged_share": trained,
+                     "share_shifted": not (low * trained <= share <= high * trained)})
+    return rows
+
+
+def drift_warnings(drift: Sequence[dict]) -> list[str]:
+    """Each shift in words, naming the feature (or score) and how far it moved."""
+    warnings = [f"{row['feature']}: PSI {row['psi']:.2f} against the training profile (above {PSI_WARNING}): "
+                f"tonight's distribution differs from the training data; consider retraining"
+                for row in drift if row["shifted"]]
+    warnings += [f"{row['feature'].removesuffix('_risk')} model flagged {row['flagged_share']:.1%} of tonight's contacts, "
+                 f"against {row['training_flagged_share']:.1%} of the held-out contacts at training (outside half to "
+                 f"twice that share)" for row in drift if row.get("share_shifted")]
+    return warnings
+
+
+# -- the stages after scoring -------------------------------------------------------------------------------------
+
+def flag_stage(out: Path, scorer: Scorer, capacity: Optional[int], threshold: Optional[float],
+               predictions: pd.DataFrame) -> dict:
+    """Flagged customers (flagged.parquet and flagged.csv, riskiest first) from the committed predictions, with the
+    rule used, how many customers each model alone would flag, drift and warnings."""
+    customers = ranked_customers(predictions)
+    flagged = scorer.flagged(predictions, capacity, threshold)
+    write_parquet(flagged, out / FLAGGED_PARQUET)
+    with atomic_path(out / FLAGGED_CSV) as temporary:
+        flagged.assign(reasons=flagged["reasons"].str.join("; ")).to_csv(temporary, index=False)
+    drift = [*feature_drift(scorer.profile["distributions"], predictions), *score_drift(scorer, predictions)]
+    gap = scorer.missing_conversations(predictions)
+    return {"counts": {"in": len(predictions), "out": len(predictions), "dead": 0, "customers": len(customers),
+                       "flagged": len(flagged)},
+            "rule": selection_rule(capacity, threshold),
+            "alone": {"churn": int(customers["churn_flagged"].sum()),
+                      "retaliation": int(customers["retaliation_flagged"].sum())},
+            "drift": drift, "warnings": [*drift_warnings(drift), *([gap] if gap else [])]}
+
+
+def summary_stage(out: Path, scorer: Scorer, flags: dict, predictions: pd.DataFrame) -> dict:
+    """summary.html: tonight's facts and rule, the top flagged customers and why, risk distributions, actions,
+    empathy vs risk, and whether tonight's data looks like the training data."""
+    from carelens.inference.summary import nightly_summary
+    flagged = pd.read_parquet(out / FLAGGED_PARQUET)
+    facts = [{"item": "models", "value": ", ".join(f"{n} {v}" for n, v in scorer.versions.items())},
+             {"item": "contacts scored", "value": f"{len(predictions):,} ({flags['counts']['customers']:,} customers)"},
+             {"item": "rule", "value": flags["rule"]},
+             {"item": "flagged", "value": f"{len(flagged):,} customers"},
+             *({"item": f"{name} model alone would flag", "value": f"{count:,} customers"}
+               for name, count in flags["alone"].items())]
+    page = nightly_summary(ranked_customers(predictions), flagged, predictions, facts, flags["drift"],
+                           [*scorer.warnings, *flags["warnings"]])
+    write_text(page, out / SUMMARY)
+    return {"path": str(out / SUMMARY)}
+
+
+def committed_predictions(out: Path, scorer: Scorer) -> pd.DataFrame:
+    """Every committed per-contact prediction with the features it was made from, in input order."""
+    return read_parts(out, PREDICTIONS, [*PREDICTION_COLUMNS, *[f for f in scorer.features
+                                                                 if f not in PREDICTION_COLUMNS]])
+
+
+# -- the job ------------------------------------------------------------------------------------------------------
+
+def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike], out: PathLike,
+                registry: Optional[PathLike] = None, version: Union[str, dict] = "latest",
+                capacity: Optional[int] = None, threshold: Optional[float] = None, engine: str = "local",
+                chunk_size: int = 1_000, batch_size: int = 64, restart: bool = False, show_progress_bar: bool = True,
+                ray_address: Optional[str] = None, workers: Optional[int] = None,
+                cache_entries: int = SCORING_CACHE_ENTRIES, format: str = "auto", strict: bool = False) -> dict:
+    """Run (or resume) the nightly job into `out`; returns the manifest. Flags the `capacity` riskiest customers, or
+    those at risk >= `threshold`, or (neither) those either model's own threshold flags. The manifest's `failures`
+    name every input a stage produced nothing for; with `strict`, answered contacts without conversation features
+    fail the run (MissingConversations) instead of warning."""
+    checked_selection(capacity, threshold)
+    if not interactions:
+        raise UsageError("the nightly job needs the day's interactions (--interactions) to flag customers")
+    timings: dict[str, float] = {}
+    with timed(timings, "plan"):
+        run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format)
+    with timed(timings, "load"):
+        scorer = Scorer.load(run.store, run.models, load_encoder=engine == "local" and bool(run.pending),
+                             pinned=run.pinned)
+    with timed(timings, "features"):
+        scored = scored_units(run, engine, batch_size, show_progress_bar, ray_address, workers, cache_entries,
+                              scorer.transcripts)
+    with timed(timings, "predictions"):
+        table_counts = predict_contacts(scorer, run.tables, run.out, chunk_size)
+    scoring = finish(run, engine, table_counts, scored, write=False)
+    key = {"plan": run.plan, "capacity": capacity, "threshold": threshold}
+    predictions = None
+    with timed(timings, "flags"):
+        flags = finished_stage(run.out, "flags", key)
+        if flags is None:
+            predictions = committed_predictions(run.out, scorer)
+            gap = scorer.missing_conversations(predictions)
+            if gap and strict:
+                raise MissingConversations(gap)
+            flags = commit_stage(run.out, "flags", key, flag_stage(run.out, scorer, capacity, threshold, predictions))
+    with timed(timings, "summary"):
+        summary = finished_stage(run.out, "summary", key)
+        if summary is None:
+            predictions = committed_predictions(run.out, scorer) if predictions is None else predictions
+            summary = commit_stage(run.out, "summary", key, summary_stage(run.out, scorer, flags, predictions))
+    return nightly_manifest(run, scoring, flags, scorer, timings)
+
+
+def nightly_manifest(run: Run, scoring: dict, flags: dict, scorer: Scorer, timings: dict) -> dict:
+    """The scoring manifest with the later stages: counts and in = out + dead per stage, the rule, per-model flag
+    counts, drift, warnings, timings per stage; written last, atomically."""
+    kinds = scoring["by_input"]
+    planned = len(run.inputs) + len(run.tables)
+    rejected = len(scoring["rejected_inputs"])
+    stages = {"plan": {"in": planned, "out": planned - rejected, "dead": rejected},
+              "features": kinds["transcripts"], "predictions": kinds["interactions"], "flags": flags["counts"]}
+    manifest = {**scoring, "ended_at": now(), "elapsed_s": round(time.perf_counter() - run.clock, 3), "stages": stages, "balanced": all(s["in"] == s["out"] + s["dead"] for s in stages.values()),
+                "rule": flags["rule"], "flagged": flags["counts"]["flagged"], "flagged_by_model_alone": flags["alone"],
+                "drift": [{k: row[k] for k in ("feature", "psi", "shifted") if k in row} for row in flags["drift"]],
+                "warnings": [*scorer.warnings, *flags["warnings"]], "timings_s": timings,
+                "outputs": {**scoring["outputs"], "flagged": [FLAGGED_PARQUET, FLAGGED_CSV], "summary": SUMMARY}}
+    write_text(json.dumps(manifest, indent=2, default=str), run.out / MANIFEST)
+    return manifest
+

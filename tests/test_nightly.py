@@ -1,0 +1,205 @@
+"""The nightly job: the same list as the API and the service, every stage once, resumable after SIGKILL anywhere,
+capacity, drift against the training profile, and failures a scheduler sees."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from carelens.data.synthetic import GeneratorParams, generate, sample_dir, write_synthetic
+from carelens.inference.api import FLAG_COLUMNS, Scorer
+from carelens.inference.batch import FEATURES, MANIFEST, PREDICTIONS, read_parts
+from carelens.inference.cli import app
+from carelens.inference.nightly import FLAGGED_CSV, FLAGGED_PARQUET, SUMMARY, run_nightly
+from carelens.inference.service import ServiceSettings, create_app
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def nightly(day_dir: Path, out: Path, registry: Path, **options) -> dict:
+    return run_nightly([day_dir / "transcripts.jsonl"], [day_dir / "interactions.parquet"], out, registry,
+                       show_progress_bar=False, **options)
+
+
+def assert_same_flags(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    assert got["customer_id"].tolist() == expected["customer_id"].tolist()
+    assert got["contact_id"].tolist() == expected["contact_id"].tolist()
+    assert got["action"].tolist() == expected["action"].tolist()
+    assert got["retaliation_type"].tolist() == expected["retaliation_type"].tolist()
+    assert [list(r) for r in got["reasons"]] == [list(r) for r in expected["reasons"]]
+    np.testing.assert_allclose(got[["churn_risk", "retaliation_risk", "risk"]].to_numpy(float),
+                               expected[["churn_risk", "retaliation_risk", "risk"]].to_numpy(float), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(registry_with_models, tmp_path_factory):
+    """One uninterrupted nightly run over the test day, in units of 7 conversations / contacts."""
+    out = tmp_path_factory.mktemp("nightly") / "run"
+    manifest = nightly(registry_with_models.day_dir, out, registry_with_models.root, chunk_size=7)
+    return out, manifest
+
+
+def test_nightly_writes_the_list_summary_and_a_balanced_manifest(uninterrupted, day):
+    out, manifest = uninterrupted
+    flagged = pd.read_parquet(out / FLAGGED_PARQUET)
+    assert list(flagged.columns) == FLAG_COLUMNS and len(flagged) == manifest["flagged"] > 0
+    assert flagged["risk"].is_monotonic_decreasing
+    assert pd.read_csv(out / FLAGGED_CSV)["customer_id"].astype(str).tolist() == flagged["customer_id"].tolist()
+    assert "Is tonight&#x27;s data like the training data?" in (out / SUMMARY).read_text() or \
+        "Is tonight's data like the training data?" in (out / SUMMARY).read_text()
+    stages = manifest["stages"]
+    contacts, conversations = len(day.interactions), len(day.conversations)
+    assert stages["features"] == {"in": conversations, "out": conversations, "dead": 0}
+    assert stages["predictions"] == {"in": contacts, "out": contacts, "dead": 0}
+    assert stages["flags"]["in"] == contacts and stages["flags"]["customers"] == day.interactions["customer_id"].nunique()
+    assert manifest["balanced"] and manifest["failures"] == []
+    assert set(manifest["timings_s"]) == {"plan", "load", "features", "predictions", "flags", "summary"}
+    assert json.loads((out / MANIFEST).read_text())["flagged"] == manifest["flagged"]
+    assert manifest["flagged_by_model_alone"]["churn"] >= 0 and manifest["rule"] == "each model's own decision threshold"
+
+
+def test_api_service_and_nightly_give_the_same_list(uninterrupted, scorer, registry_with_models):
+    out, _ = uninterrupted
+    folder = registry_with_models.day_dir
+    from_api = scorer.flag_at_risk(folder / "interactions.parquet", folder / "transcripts.jsonl")
+    assert_same_flags(pd.read_parquet(out / FLAGGED_PARQUET), from_api)
+    client = TestClient(create_app(scorer, ServiceSettings(max_body_bytes=10_000_000, max_batch=1_000)))
+    interactions = pd.read_parquet(folder / "interactions.parquet")
+    body = {"interactions": json.loads(interactions.to_json(orient="records", date_format="iso")),
+            "transcripts": [json.loads(line) for line in (folder / "transcripts.jsonl").read_text().splitlines()]}
+    answer = client.post("/v1/flag", json=body)
+    assert answer.status_code == 200, answer.text
+    assert_same_flags(pd.DataFrame(answer.json()["customers"]), from_api)
+
+
+def test_capacity_flags_the_k_riskiest_and_the_summary_says_so(registry_with_models, tmp_path, uninterrupted):
+    manifest = nightly(registry_with_models.day_dir, tmp_path / "cap", registry_with_models.root, capacity=5)
+    flagged = pd.read_parquet(tmp_path / "cap" / FLAGGED_PARQUET)
+    everyone = read_parts(tmp_path / "cap", PREDICTIONS)
+    riskiest = everyone.assign(risk=everyone[["churn_risk", "retaliation_risk"]].max(axis=1)) \
+        .groupby("customer_id")["risk"].max().nlargest(5)
+    assert len(flagged) == 5 and set(flagged["customer_id"]) == set(riskiest.index)
+    assert manifest["rule"] == "capacity: the 5 riskiest customers"
+    assert "capacity: the 5 riskiest customers" in (tmp_path / "cap" / SUMMARY).read_text()
+
+
+def test_each_stage_runs_once_one_encoder_load_one_validation_one_prediction_per_contact(
+        registry_with_models, tmp_path, monkeypatch):
+    import carelens.inference.batch as batch
+    import carelens.models.transcript as transcript
+    from carelens.models.tabular import RiskModel
+    loads, validations, rows = [], [], {"churn": 0}
+    pretrained, check_table, predict_proba = transcript._pretrained, batch.check_table, RiskModel.predict_proba
+    monkeypatch.setattr(transcript, "_pretrained", lambda *a, **k: loads.append(a) or pretrained(*a, **k))
+    monkeypatch.setattr(batch, "check_table", lambda raw, *a, **k: validations.append(a[1]) or check_table(raw, *a, **k))
+
+    def counted(self, X):
+        if self.negative_class_ is False or self.negative_class_ == np.False_:
+            rows["churn"] += len(X)
+        return predict_proba(self, X)
+    monkeypatch.setattr(RiskModel, "predict_proba", counted)
+    folder = registry_with_models.day_dir
+    manifest = nightly(folder, tmp_path / "run", registry_with_models.root, chunk_size=1_000)
+    scorer = Scorer.load(registry_with_models.root, load_encoder=False)
+    flagged = pd.read_parquet(tmp_path / "run" / FLAGGED_PARQUET)
+    contacts = manifest["stages"]["predictions"]["out"]
+    varied = [f for f, v in scorer.profile["typical"].items() if v is not None and f in scorer.features]
+    assert len(loads) == 1
+    assert validations == [str((folder / "interactions.parquet").resolve())]
+    assert rows["churn"] == contacts + len(flagged) * len(varied)
+
+
+def test_a_day_with_longer_waits_warns_that_answer_time_drifted(registry_with_models, tmp_path):
+    shifted = generate(300, seed=31, params=GeneratorParams(mean_answer_time_s=120.0))
+    write_synthetic(shifted, tmp_path / "day")
+    manifest = nightly(tmp_path / "day", tmp_path / "run", registry_with_models.root)
+    drifted = {row["feature"] for row in manifest["drift"] if row["shifted"]}
+    assert "answer_time_s" in drifted
+    assert any(w.startswith("answer_time_s: PSI") for w in manifest["warnings"])
+    assert "answer_time_s: PSI" in (tmp_path / "run" / SUMMARY).read_text()
+
+
+def test_a_day_like_the_training_days_raises_no_drift_warning(registry_with_models, tmp_path):
+    like = generate(400, seed=32)
+    write_synthetic(like, tmp_path / "day")
+    manifest = nightly(tmp_path / "day", tmp_path / "run", registry_with_models.root)
+    assert [row["feature"] for row in manifest["drift"] if row["shifted"]] == []
+
+
+def test_an_interactions_file_rejected_whole_fails_the_run_with_the_reason(registry_with_models, tmp_path):
+    folder = registry_with_models.day_dir
+    pd.read_parquet(folder / "interactions.parquet").drop(columns="channel").to_csv(tmp_path / "bad.csv", index=False)
+    result = CliRunner().invoke(app, ["nightly", "--transcripts", str(folder / "transcripts.jsonl"), "--interactions",
+                                      str(folder / "interactions.parquet"), "--interactions", str(tmp_path / "bad.csv"),
+                                      "--registry", str(registry_with_models.root), "--out", str(tmp_path / "run"),
+                                      "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "failed:" in result.output and "bad.csv" in result.output and "channel" in result.output
+    assert (tmp_path / "run" / FLAGGED_PARQUET).is_file()
+
+
+# -- SIGKILL at every stage, then a re-run --------------------------------------------------------------------------
+
+KILLERS = {
+    # (module, function, when to SIGKILL: after the call returns, or before it for the manifest, the last write).
+    # After the second features part is committed.
+    "features": ("carelens.inference.batch", "commit_unit", "lambda out, folder, *a, **k: folder == 'features' and "
+                 "len(list((out / folder).glob('*.parquet'))) >= 2"),
+    "predictions": ("carelens.inference.batch", "commit_unit", "lambda out, folder, *a, **k: folder == 'predictions' "
+                    "and len(list((out / folder).glob('*.parquet'))) >= 1"),
+    "flags": ("carelens.inference.nightly", "write_parquet", "lambda frame, target, *a, **k: target.name == "
+              "'flagged.parquet' and target.exists()"),
+    "summary": ("carelens.inference.nightly", "write_text", "lambda text, target: target.name == 'summary.html'"),
+    "manifest": ("carelens.inference.nightly", "write_text", "lambda text, target: target.name == '_manifest.json' "
+                 "and not target.exists()"),
+}
+
+KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+import importlib
+module_name, function, condition = sys.argv[4], sys.argv[5], eval(sys.argv[6])
+module = importlib.import_module(module_name)
+original = getattr(module, function)
+def killing(*args, **kwargs):
+    if function == "write_text" and condition(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+    result = original(*args, **kwargs)
+    if condition(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+setattr(module, function, killing)
+from carelens.inference.nightly import run_nightly
+day = Path(sys.argv[1])
+run_nightly([day / "transcripts.jsonl"], [day / "interactions.parquet"], sys.argv[2], sys.argv[3], chunk_size=7,
+            show_progress_bar=False)
+"""
+
+
+@pytest.mark.parametrize("stage", list(KILLERS))
+def test_a_run_killed_in_any_stage_finishes_on_rerun_with_the_uninterrupted_outputs(
+        stage, registry_with_models, uninterrupted, tmp_path):
+    module, function, condition = KILLERS[stage]
+    out = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(registry_with_models.day_dir), str(out),
+                             str(registry_with_models.root), module, function, condition],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / MANIFEST).is_file()
+    nightly(registry_with_models.day_dir, out, registry_with_models.root, chunk_size=7)
+    reference, _ = uninterrupted
+    assert_same_flags(pd.read_parquet(out / FLAGGED_PARQUET), pd.read_parquet(reference / FLAGGED_PARQUET))
+    for folder in (FEATURES, PREDICTIONS):
+        assert sorted(p.name for p in (out / folder).glob("*.parquet")) == \
+            sorted(p.name for p in (reference / folder).glob("*.parquet"))
+        got, expected = read_parts(out, folder), read_parts(reference, folder)
+        assert got.drop(columns="source", errors="ignore").shape == expected.drop(columns="source", errors="ignore").shape
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["balanced"] and manifest["stages"]["predictions"]["out"] == len(read_parts(reference, PREDICTIONS))
