@@ -295,8 +295,13 @@ class Scorer:
         """Customers at risk from per-contact predictions, riskiest first: the `capacity` riskiest, those with risk
         >= `threshold`, or (neither) those either model's own threshold flags; reasons are computed for these only,
         from their riskiest contact, and each gets the action the centre should take."""
+        return self.flagged_customers(ranked_customers(predictions), capacity, threshold)
+
+    def flagged_customers(self, customers: pd.DataFrame, capacity: Optional[int] = None,
+                          threshold: Optional[float] = None) -> pd.DataFrame:
+        """`flagged` from customers already ranked (`ranked_customers`)."""
         checked_selection(capacity, threshold)
-        chosen = selected(ranked_customers(predictions), capacity, threshold).copy()
+        chosen = selected(customers, capacity, threshold).copy()
         profile = self.profile
         chosen["reasons"] = top_reasons(chosen, pushes(self.risk, chosen, profile["typical"], base=chosen["risk"]),
                                         profile)

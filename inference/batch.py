@@ -68,8 +68,8 @@ class RunConflict(CareLensError, ValueError):
 
 @dataclass(frozen=True)
 class Unit:
-    """One chunk of one transcripts file, scored and committed as a whole: records [start, stop) in bytes (JSON Lines)
-    or rows (long-form Parquet), the first of which is line / row `first`."""
+    """One chunk of one transcripts file, scored and committed as a whole: records [start, stop) in bytes (JSON Lines),
+    rows (long-form Parquet) or list entries (ABCD), the first of which is line / row / entry `first`."""
 
     key: str
     path: str
@@ -249,7 +249,7 @@ def unit_records(unit: Unit) -> Iterator[tuple[int, Union[str, dict]]]:
 
 def dead_letter(source: str, kind: str, number: int, reason: str, record: Union[str, dict]) -> dict:
     """One dead-letter entry: the file, the line (JSON Lines) or row (tables), why, and the record as it came."""
-    place = {"jsonl": "line", "abcd": "record"}.get(kind, "row")
+    place = {"jsonl": "line", "abcd": "entry"}.get(kind, "row")
     return {"source": source, place: number, "reason": reason,
             "record": record if isinstance(record, str) else json.dumps(record, default=str, ensure_ascii=False)}
 

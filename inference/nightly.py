@@ -99,17 +99,19 @@ def drift_warnings(drift: Sequence[dict]) -> list[str]:
 
 # -- the stages after scoring -------------------------------------------------------------------------------------
 
-def flag_stage(out: Path, scorer: Scorer, capacity: Optional[int], threshold: Optional[float],
-               predictions: pd.DataFrame) -> dict:
+def flag_stage(out: Path, scorer: Scorer, capacity: Optional[int], threshold: Optional[float], strict: bool,
+               predictions: pd.DataFrame, customers: pd.DataFrame) -> dict:
     """Flagged customers (flagged.parquet and flagged.csv, riskiest first) from the committed predictions, with the
-    rule used, how many customers each model alone would flag, drift and warnings."""
-    customers = ranked_customers(predictions)
-    flagged = scorer.flagged(predictions, capacity, threshold)
+    rule used, how many customers each model alone would flag, drift and warnings (with `strict`, answered contacts
+    without conversation features raise MissingConversations instead)."""
+    gap = scorer.missing_conversations(predictions)
+    if gap and strict:
+        raise MissingConversations(gap)
+    flagged = scorer.flagged_customers(customers, capacity, threshold)
     write_parquet(flagged, out / FLAGGED_PARQUET)
     with atomic_path(out / FLAGGED_CSV) as temporary:
         flagged.assign(reasons=flagged["reasons"].str.join("; ")).to_csv(temporary, index=False)
     drift = [*feature_drift(scorer.profile["distributions"], predictions), *score_drift(scorer, predictions)]
-    gap = scorer.missing_conversations(predictions)
     return {"counts": {"in": len(predictions), "out": len(predictions), "dead": 0, "customers": len(customers),
                        "flagged": len(flagged)},
             "rule": selection_rule(capacity, threshold),
@@ -118,7 +120,7 @@ def flag_stage(out: Path, scorer: Scorer, capacity: Optional[int], threshold: Op
             "drift": drift, "warnings": [*drift_warnings(drift), *([gap] if gap else [])]}
 
 
-def summary_stage(out: Path, scorer: Scorer, flags: dict, predictions: pd.DataFrame) -> dict:
+def summary_stage(out: Path, scorer: Scorer, flags: dict, predictions: pd.DataFrame, customers: pd.DataFrame) -> dict:
     """summary.html: tonight's facts and rule, the top flagged customers and why, risk distributions, actions,
     empathy vs risk, and whether tonight's data looks like the training data."""
     from carelens.inference.summary import nightly_summary
@@ -129,16 +131,18 @@ def summary_stage(out: Path, scorer: Scorer, flags: dict, predictions: pd.DataFr
              {"item": "flagged", "value": f"{len(flagged):,} customers"},
              *({"item": f"{name} model alone would flag", "value": f"{count:,} customers"}
                for name, count in flags["alone"].items())]
-    page = nightly_summary(ranked_customers(predictions), flagged, predictions, facts, flags["drift"],
+    page = nightly_summary(customers, flagged, predictions, facts, flags["drift"],
                            [*scorer.warnings, *flags["warnings"]])
     write_text(page, out / SUMMARY)
     return {"path": str(out / SUMMARY)}
 
 
-def committed_predictions(out: Path, scorer: Scorer) -> pd.DataFrame:
-    """Every committed per-contact prediction with the features it was made from, in input order."""
-    return read_parts(out, PREDICTIONS, [*PREDICTION_COLUMNS, *[f for f in scorer.features
-                                                                 if f not in PREDICTION_COLUMNS]])
+def committed_predictions(out: Path, scorer: Scorer) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(every committed per-contact prediction with the features it was made from, in input order; each customer's
+    riskiest contact, riskiest first)."""
+    predictions = read_parts(out, PREDICTIONS, [*PREDICTION_COLUMNS, *[f for f in scorer.features
+                                                                        if f not in PREDICTION_COLUMNS]])
+    return predictions, ranked_customers(predictions)
 
 
 # -- the job ------------------------------------------------------------------------------------------------------
@@ -168,21 +172,17 @@ def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike
     with timed(timings, "predictions"):
         table_counts = predict_contacts(scorer, run.tables, run.out, chunk_size)
     scoring = finish(run, engine, table_counts, scored, write=False)
-    key = {"plan": run.plan, "capacity": capacity, "threshold": threshold}
-    predictions = None
+    key = {"plan": run.plan, "capacity": capacity, "threshold": threshold, "strict": strict}
+    day = None
     with timed(timings, "flags"):
         flags = finished_stage(run.out, "flags", key)
         if flags is None:
-            predictions = committed_predictions(run.out, scorer)
-            gap = scorer.missing_conversations(predictions)
-            if gap and strict:
-                raise MissingConversations(gap)
-            flags = commit_stage(run.out, "flags", key, flag_stage(run.out, scorer, capacity, threshold, predictions))
+            day = committed_predictions(run.out, scorer)
+            flags = commit_stage(run.out, "flags", key, flag_stage(run.out, scorer, capacity, threshold, strict, *day))
     with timed(timings, "summary"):
-        summary = finished_stage(run.out, "summary", key)
-        if summary is None:
-            predictions = committed_predictions(run.out, scorer) if predictions is None else predictions
-            summary = commit_stage(run.out, "summary", key, summary_stage(run.out, scorer, flags, predictions))
+        if finished_stage(run.out, "summary", key) is None:
+            day = committed_predictions(run.out, scorer) if day is None else day
+            commit_stage(run.out, "summary", key, summary_stage(run.out, scorer, flags, *day))
     return nightly_manifest(run, scoring, flags, scorer, timings)
 
 

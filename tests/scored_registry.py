@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Optional
 
 from carelens.data.synthetic import SyntheticData, generate, write_synthetic
+from carelens.models.conversation_features import write_features
 from carelens.models.registry import Registry
 from carelens.models.transcript import TranscriptModel, publish, transcript_features
 from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
@@ -22,11 +23,11 @@ def scored_registry(directory: Path, customers: int = 1200, model: Optional[Tran
     history with its transcript features; `day` is a further synthetic day (another seed) the models never saw."""
     root = directory / "registry"
     model = model or TranscriptModel.from_encoder(tiny_encoder(directory / "encoder"), max_length=32)
-    publish(model, root, {"note": "untrained heads, for tests"})
+    version = publish(model, root, {"note": "untrained heads, for tests"}).version
     history = generate(customers, seed=11)
     write_synthetic(history, directory / "history")
     features = directory / "history_features.parquet"
-    transcript_features(model, history.conversations).to_parquet(features, index=False)
+    write_features(transcript_features(model, history.conversations), features, version)
     for name in ("churn", "retaliation"):
         data = load_labelled(directory / "history", TASKS[name], features_from=[features])
         publish_tabular(train_tabular(data, TASKS[name]), Registry(root))

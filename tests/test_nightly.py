@@ -126,11 +126,10 @@ def test_a_day_with_longer_waits_warns_that_answer_time_drifted(registry_with_mo
     assert "answer_time_s: PSI" in (tmp_path / "run" / SUMMARY).read_text()
 
 
-def test_a_day_like_the_training_days_raises_no_drift_warning(registry_with_models, tmp_path):
-    like = generate(400, seed=32)
-    write_synthetic(like, tmp_path / "day")
-    manifest = nightly(tmp_path / "day", tmp_path / "run", registry_with_models.root)
-    assert [row["feature"] for row in manifest["drift"] if row["shifted"]] == []
+def test_the_bundled_day_raises_no_drift_warning(registry_with_models, tmp_path):
+    manifest = nightly(sample_dir(), tmp_path / "run", registry_with_models.root)
+    assert len(manifest["drift"]) > 20 and [row["feature"] for row in manifest["drift"] if row["shifted"]] == []
+    assert not any("PSI" in w or "flagged" in w for w in manifest["warnings"])
 
 
 def test_an_interactions_file_rejected_whole_fails_the_run_with_the_reason(registry_with_models, tmp_path):
@@ -148,7 +147,8 @@ def test_an_interactions_file_rejected_whole_fails_the_run_with_the_reason(regis
 # -- SIGKILL at every stage, then a re-run --------------------------------------------------------------------------
 
 KILLERS = {
-    # (module, function, when to SIGKILL: after the call returns, or before it for the manifest, the last write).
+    # (module, function, a condition on its arguments): the run SIGKILLs itself right after such a call returns, or,
+    # for write_text, right before it writes (so the summary and the manifest are never written).
     # After the second features part is committed.
     "features": ("carelens.inference.batch", "commit_unit", "lambda out, folder, *a, **k: folder == 'features' and "
                  "len(list((out / folder).glob('*.parquet'))) >= 2"),
@@ -203,3 +203,75 @@ def test_a_run_killed_in_any_stage_finishes_on_rerun_with_the_uninterrupted_outp
         assert got.drop(columns="source", errors="ignore").shape == expected.drop(columns="source", errors="ignore").shape
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["balanced"] and manifest["stages"]["predictions"]["out"] == len(read_parts(reference, PREDICTIONS))
+
+
+# -- no silent wrong answers ------------------------------------------------------------------------------------------
+
+def test_tabular_models_record_the_transcript_model_that_scored_their_features(scorer):
+    assert scorer.metadata["churn"]["transcript_model"] == scorer.metadata["retaliation"]["transcript_model"] == "v1"
+
+
+def test_a_newer_transcript_model_is_not_silently_paired_with_models_trained_on_another(registry_with_models,
+                                                                                         tmp_path):
+    import shutil
+
+    from carelens.models.registry import RegistryError
+    from carelens.models.transcript import TranscriptModel, publish
+    from tiny_encoder import tiny_encoder
+    root = tmp_path / "registry"
+    shutil.copytree(registry_with_models.root, root)
+    publish(TranscriptModel.from_encoder(tiny_encoder(tmp_path / "other", seed=5), max_length=32), root, {})
+    with pytest.raises(RegistryError, match=r"churn v1 on transcripts v1, retaliation v1 on transcripts v1\) than the "
+                                            r"one loaded \(transcripts v2\).*Retrain churn and retaliation"):
+        Scorer.load(root)
+    together = Scorer.load(root, {"churn": "v1", "retaliation": "v1", "transcripts": "v1"})
+    assert together.versions["transcripts"] == "v1" and together.warnings == []
+    forced = Scorer.load(root, {"churn": "v1", "retaliation": "v1", "transcripts": "v2"})
+    assert any("loaded anyway: the versions were pinned" in w for w in forced.warnings)
+    result = CliRunner().invoke(app, ["nightly", "--transcripts", str(registry_with_models.day_dir / "transcripts.jsonl"),
+                                      "--interactions", str(registry_with_models.day_dir / "interactions.parquet"),
+                                      "--registry", str(root), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 2 and "Retrain churn and retaliation" in " ".join(result.output.split())
+
+
+def test_flagging_without_conversations_says_so_and_strict_refuses(scorer, day):
+    from carelens.inference.api import MissingConversations
+    answered = int((~day.interactions["abandoned"].astype(bool)).sum())
+    without = scorer.flag_at_risk(day.interactions)
+    assert f"{answered:,} of {answered:,} answered contacts have no conversation features" in without.attrs["warnings"][-1]
+    assert scorer.flag_at_risk(day.interactions, day.conversations).attrs["warnings"] == []
+    with pytest.raises(MissingConversations, match="answered contacts have no conversation features"):
+        scorer.flag_at_risk(day.interactions, strict=True)
+    client = TestClient(create_app(scorer, ServiceSettings(max_body_bytes=10_000_000, max_batch=1_000)))
+    body = {"interactions": json.loads(day.interactions.to_json(orient="records", date_format="iso"))}
+    answer = client.post("/v1/flag", json=body)
+    assert answer.status_code == 200 and "answered contacts have no conversation features" in answer.json()["warnings"][0]
+    strict = client.post("/v1/flag", json={**body, "strict": True})
+    assert strict.status_code == 422 and "no conversation features" in strict.json()["detail"]
+
+
+def test_abcd_chats_are_scored_not_dead_lettered_whole(registry_with_models, tmp_path):
+    from carelens.inference.batch import DEAD_LETTER, score_batch
+    chats = [{"convo_id": 7, "original": [["customer", "my order is late"], ["action", "pull-up order"],
+                                          ["agent", "sorry to hear that, let me help"]]},
+             {"convo_id": 8, "original": "not a list"},
+             {"convo_id": 9, "original": [["agent", "hi"], ["customer", "thanks"]]}]
+    (tmp_path / "chats.json").write_text(json.dumps(chats), encoding="utf-8")
+    manifest = score_batch([tmp_path / "chats.json"], tmp_path / "out", registry_with_models.root, chunk_size=2,
+                           show_progress_bar=False)
+    assert manifest["by_input"]["transcripts"] == {"in": 3, "out": 2, "dead": 1}
+    assert read_parts(tmp_path / "out")["conversation_id"].tolist() == ["7", "9"]
+    [dead] = [json.loads(line) for line in (tmp_path / "out" / DEAD_LETTER).read_text().splitlines()]
+    assert dead["entry"] == 2 and "original" in dead["reason"] and json.loads(dead["record"])["convo_id"] == 8
+
+
+def test_only_the_toolkits_own_errors_become_exit_code_2(tmp_path):
+    import typer
+
+    from carelens.data.errors import UsageError
+    from carelens.data.terminal import user_errors
+    with pytest.raises(typer.Exit) as ended, user_errors():
+        raise UsageError("bad option")
+    assert ended.value.exit_code == 2
+    with pytest.raises(KeyError), user_errors():  # an internal bug keeps its traceback
+        raise KeyError("bug")
