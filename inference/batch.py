@@ -586,10 +586,9 @@ def failures(run: Run, table_counts: dict) -> list[dict]:
     return found
 
 
-def finish(run: Run, engine: str, table_counts: dict, scored_units: int, extra: Optional[dict] = None,
-           write: bool = True) -> dict:
+def finish(run: Run, engine: str, table_counts: dict, scored_units: int, write: bool = True) -> dict:
     """Gather the dead letters, count, check in = out + dead for each kind of input, and (with `write`) write the
-    manifest; `extra` adds the fields of later stages."""
+    manifest (the nightly job writes its own, with the later stages)."""
     kinds = stage_counts(run, table_counts)
     counts = {key: sum(k[key] for k in kinds.values()) for key in ("in", "out", "dead")}
     rejected = [{"source": f.path, "reason": f.rejected} for f in run.inputs if f.rejected] + \
@@ -603,7 +602,7 @@ def finish(run: Run, engine: str, table_counts: dict, scored_units: int, extra: 
                 "by_input": kinds, "units": {"scored_now": scored_units, "already_done": run.already},
                 "outputs": {"features": FEATURES, "predictions": PREDICTIONS if run.tables else None,
                             "dead_letter": DEAD_LETTER},
-                "balanced": all(k["in"] == k["out"] + k["dead"] for k in kinds.values()), **(extra or {})}
+                "balanced": all(k["in"] == k["out"] + k["dead"] for k in kinds.values())}
     if not manifest["balanced"]:
         raise RuntimeError(f"{run.out / MANIFEST}: records do not add up ({json.dumps(kinds)}); in must equal out + dead")
     if write:

@@ -55,8 +55,8 @@ RestartOption = Annotated[bool, typer.Option(help="Discard what --out holds from
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar (conversations/s and ETA).")]
 
 
-def common(registry, version, engine, chunk_size, batch_size, restart, progress, ray_address, workers, cache_entries,
-           format) -> dict:
+def run_options(registry, version, engine, chunk_size, batch_size, restart, progress, ray_address, workers,
+                cache_entries, format) -> dict:
     """The options `score` and `nightly` share, as keyword arguments of `score_batch` / `run_nightly`."""
     from carelens.inference.api import parse_versions
     from carelens.models.transcript import SCORING_CACHE_ENTRIES
@@ -111,8 +111,8 @@ def score_command(
     torch.set_num_threads(threads)
     with user_errors():
         manifest = score_batch(transcripts, out, interactions=interactions or (),
-                               **common(registry, version, engine, chunk_size, batch_size, restart, progress,
-                                        ray_address, workers, cache_entries, format))
+                               **run_options(registry, version, engine, chunk_size, batch_size, restart, progress,
+                                             ray_address, workers, cache_entries, format))
     reported(manifest, out)
 
 
@@ -153,8 +153,8 @@ def nightly_command(
     torch.set_num_threads(threads)
     with user_errors():
         manifest = run_nightly(transcripts, interactions, out, capacity=capacity, threshold=threshold, strict=strict,
-                               **common(registry, version, engine, chunk_size, batch_size, restart, progress,
-                                        ray_address, workers, cache_entries, format))
+                               **run_options(registry, version, engine, chunk_size, batch_size, restart, progress,
+                                             ray_address, workers, cache_entries, format))
     flagged = pd.read_parquet(out / FLAGGED_PARQUET)
     console.print(top_table(flagged, top))
     console.print(f"{manifest['rule']}: flagged {manifest['flagged']:,} customers; summary: {out / SUMMARY}",

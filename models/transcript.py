@@ -334,8 +334,12 @@ class TranscriptModel(nn.Module):
         heads.load_state_dict(load_file(directory / HEADS_WEIGHTS))
         model = cls(encoder, tokenizer, heads, config["max_length"], config["mode"], config["temperatures"],
                     {k: v for k, v in config.items() if k not in STANDARD_CONFIG_KEYS}, config.get("decision_weights"))
-        model.encodings = EncodingCache(cache_entries) if cache_entries else None
-        return model
+        return model.remembering(cache_entries)
+
+    def remembering(self, cache_entries: int) -> "TranscriptModel":
+        """This model, remembering its `cache_entries` most recent encodings (0: none) while it scores."""
+        self.encodings = EncodingCache(cache_entries) if cache_entries else None
+        return self
 
 
 def _pooled_by_owner(pooled: np.ndarray, owner: np.ndarray, lengths: np.ndarray, count: int) -> np.ndarray:
