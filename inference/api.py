@@ -317,9 +317,13 @@ class Scorer:
 
     def predict(self, interactions: Interactions, transcripts: Optional[Conversations] = None) -> pd.DataFrame:
         """Per customer (their riskiest contact of the batch): churn probability, retaliation probability, the
-        likeliest retaliation type when retaliation is flagged, and whether each model's own threshold flags them."""
+        likeliest retaliation type when retaliation is flagged, and whether each model's own threshold flags them;
+        `attrs["warnings"]` as in `flag_at_risk`."""
         predictions = self.contact_predictions(self.contact_table(interactions, transcripts))
-        return per_customer(predictions)[PREDICTION_COLUMNS].reset_index(drop=True)
+        predicted = per_customer(predictions)[PREDICTION_COLUMNS].reset_index(drop=True)
+        gap = self.missing_conversations(predictions)
+        predicted.attrs["warnings"] = [*self.warnings, *([gap] if gap else [])]
+        return predicted
 
     def flag_at_risk(self, interactions: Interactions, transcripts: Optional[Conversations] = None,
                      capacity: Optional[int] = None, threshold: Optional[float] = None,

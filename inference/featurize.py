@@ -28,10 +28,11 @@ def featurize_command(
     models take (`carelens train churn --features-from FILE`)."""
     import torch
 
+    from carelens.data.terminal import console, user_errors, warn
+    from carelens.models.conversation_features import write_features
     from carelens.models.transcript import (
         SCORING_CACHE_ENTRIES, load_transcript_model, training_text_warning, transcript_features,
     )
-    from carelens.data.terminal import console, user_errors, warn
     torch.set_num_threads(threads)
     with user_errors():
         model, metadata = load_transcript_model(registry, version, SCORING_CACHE_ENTRIES)
@@ -39,9 +40,11 @@ def featurize_command(
         if warning:
             warn(warning)
         features = transcript_features(model, read_conversations(transcripts), batch_size, show_progress_bar=progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".csv":
+        out.parent.mkdir(parents=True, exist_ok=True)
         features.to_csv(out, index=False)
+        warn(f"{out}: a CSV cannot record which transcript model scored it; models trained on it cannot be checked "
+             f"against the transcript model they are served with (write .parquet to keep that lineage)")
     else:
-        features.to_parquet(out, index=False)
-    console.print(f"wrote features of {len(features):,} conversations to {out}")
+        write_features(features, out, metadata["version"])
+    console.print(f"wrote features of {len(features):,} conversations (transcripts {metadata['version']}) to {out}")

@@ -285,6 +285,8 @@ def test_featurize_command_writes_one_row_per_conversation(model, tmp_path):
     assert result.exit_code == 0, result.output
     features = pd.read_parquet(tmp_path / "f.parquet")
     assert list(features["contact_id"]) == ["Ka", "Kb"] and set(FEATURE_COLUMNS) <= set(features.columns)
+    from carelens.models.conversation_features import features_lineage
+    assert features_lineage(tmp_path / "f.parquet") == "v1"  # models trained on it will record transcripts v1
 
 
 @pytest.mark.slow
