@@ -166,8 +166,9 @@ class Scorer:
             versions[MODEL_NAME] = metadata[MODEL_NAME]["version"]
         scorer = cls(loaded["churn"], loaded["retaliation"], transcripts, versions, metadata)
         scorer.check_schemas(store.root, pinned=isinstance(version, dict) if pinned is None else pinned)
-        if MODEL_NAME in metadata and training_text_warning(metadata[MODEL_NAME]):
-            scorer.warnings.append(training_text_warning(metadata[MODEL_NAME]))
+        text_warning = training_text_warning(metadata[MODEL_NAME]) if MODEL_NAME in metadata else None
+        if text_warning:
+            scorer.warnings.append(text_warning)
         return scorer
 
     def check_schemas(self, where: PathLike = "the registry", pinned: bool = False) -> None:

@@ -549,13 +549,13 @@ def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Option
     return finish(run, engine, table_counts, scored)
 
 
-def tabular_scorer(run: Run):
-    """The churn and retaliation models of the plan (no encoder), checked to fit together before anything is scored;
-    None when no interactions are to be predicted."""
+def tabular_scorer(run: Run, load_encoder: bool = False):
+    """The models of the plan (the encoder only with `load_encoder`), checked to fit together before anything is
+    scored; None when no interactions are to be predicted."""
     if not run.tables:
         return None
     from carelens.inference.api import Scorer
-    return Scorer.load(run.store, run.models, load_encoder=False, pinned=run.pinned)
+    return Scorer.load(run.store, run.models, load_encoder=load_encoder, pinned=run.pinned)
 
 
 def stage_counts(run: Run, table_counts: dict) -> dict[str, dict]:

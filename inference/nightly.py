@@ -22,9 +22,9 @@ from carelens.inference.api import (
 )
 from carelens.inference.batch import (
     MANIFEST, PREDICTIONS, STAGES, Run, atomic_path, finish, now, planned_run, predict_contacts, read_parts,
-    scored_units, write_parquet, write_text,
+    scored_units, tabular_scorer, write_parquet, write_text,
 )
-from carelens.models.drift import PSI_WARNING, feature_drift, numeric_shares, psi
+from carelens.models.drift import PSI_WARNING, drift_row, feature_drift
 from carelens.models.transcript import SCORING_CACHE_ENTRIES
 
 PathLike = Union[str, Path]
@@ -74,13 +74,9 @@ def score_drift(scorer: Scorer, predictions: pd.DataFrame) -> list[dict]:
         profile = scorer.metadata[name].get("risk_profile")
         if not profile:
             continue
-        risks = predictions[f"{name}_risk"]
-        tonight = numeric_shares(profile["distribution"]["edges"], risks)
-        value = psi(profile["distribution"]["shares"], tonight)
         share, trained = float(predictions[f"{name}_flagged"].mean()), profile["flagged_share"]
         low, high = FLAG_SHARE_BAND
-        rows.append({"feature": f"{name}_risk", "psi": value, "shifted": value > PSI_WARNING,
-                     "training": profile["distribution"]["shares"], "tonight": tonight,
+        rows.append({**drift_row(f"{name}_risk", profile["distribution"], predictions[f"{name}_risk"]),
                      "flagged_share": share, "training_flagged_share": trained,
                      "share_shifted": not (low * trained <= share <= high * trained)})
     return rows
@@ -100,10 +96,10 @@ def drift_warnings(drift: Sequence[dict]) -> list[str]:
 # -- the stages after scoring -------------------------------------------------------------------------------------
 
 def flag_stage(out: Path, scorer: Scorer, capacity: Optional[int], threshold: Optional[float], strict: bool,
-               predictions: pd.DataFrame, customers: pd.DataFrame) -> dict:
-    """Flagged customers (flagged.parquet and flagged.csv, riskiest first) from the committed predictions, with the
-    rule used, how many customers each model alone would flag, drift and warnings (with `strict`, answered contacts
-    without conversation features raise MissingConversations instead)."""
+               predictions: pd.DataFrame, customers: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """(what the stage records: the rule used, how many customers each model alone would flag, drift and warnings;
+    the flagged customers), after writing these to flagged.parquet and flagged.csv, riskiest first. With `strict`,
+    answered contacts without conversation features raise MissingConversations instead of a warning."""
     gap = scorer.missing_conversations(predictions)
     if gap and strict:
         raise MissingConversations(gap)
@@ -117,14 +113,14 @@ def flag_stage(out: Path, scorer: Scorer, capacity: Optional[int], threshold: Op
             "rule": selection_rule(capacity, threshold),
             "alone": {"churn": int(customers["churn_flagged"].sum()),
                       "retaliation": int(customers["retaliation_flagged"].sum())},
-            "drift": drift, "warnings": [*drift_warnings(drift), *([gap] if gap else [])]}
+            "drift": drift, "warnings": [*drift_warnings(drift), *([gap] if gap else [])]}, flagged
 
 
-def summary_stage(out: Path, scorer: Scorer, flags: dict, predictions: pd.DataFrame, customers: pd.DataFrame) -> dict:
+def summary_stage(out: Path, scorer: Scorer, flags: dict, flagged: pd.DataFrame, predictions: pd.DataFrame,
+                  customers: pd.DataFrame) -> dict:
     """summary.html: tonight's facts and rule, the top flagged customers and why, risk distributions, actions,
     empathy vs risk, and whether tonight's data looks like the training data."""
     from carelens.inference.summary import nightly_summary
-    flagged = pd.read_parquet(out / FLAGGED_PARQUET)
     facts = [{"item": "models", "value": ", ".join(f"{n} {v}" for n, v in scorer.versions.items())},
              {"item": "contacts scored", "value": f"{len(predictions):,} ({flags['counts']['customers']:,} customers)"},
              {"item": "rule", "value": flags["rule"]},
@@ -164,8 +160,7 @@ def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike
     with timed(timings, "plan"):
         run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format)
     with timed(timings, "load"):
-        scorer = Scorer.load(run.store, run.models, load_encoder=engine == "local" and bool(run.pending),
-                             pinned=run.pinned)
+        scorer = tabular_scorer(run, load_encoder=engine == "local" and bool(run.pending))
     with timed(timings, "features"):
         scored = scored_units(run, engine, batch_size, show_progress_bar, ray_address, workers, cache_entries,
                               scorer.transcripts)
@@ -175,14 +170,17 @@ def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike
     key = {"plan": run.plan, "capacity": capacity, "threshold": threshold, "strict": strict}
     day = None
     with timed(timings, "flags"):
-        flags = finished_stage(run.out, "flags", key)
+        flags, flagged = finished_stage(run.out, "flags", key), None
         if flags is None:
             day = committed_predictions(run.out, scorer)
-            flags = commit_stage(run.out, "flags", key, flag_stage(run.out, scorer, capacity, threshold, strict, *day))
+            recorded, flagged = flag_stage(run.out, scorer, capacity, threshold, strict, *day)
+            flags = commit_stage(run.out, "flags", key, recorded)
     with timed(timings, "summary"):
         if finished_stage(run.out, "summary", key) is None:
+            # A resumed run reads back what the earlier stages committed; an uninterrupted one hands it on in memory.
             day = committed_predictions(run.out, scorer) if day is None else day
-            commit_stage(run.out, "summary", key, summary_stage(run.out, scorer, flags, *day))
+            flagged = pd.read_parquet(run.out / FLAGGED_PARQUET) if flagged is None else flagged
+            commit_stage(run.out, "summary", key, summary_stage(run.out, scorer, flags, flagged, *day))
     return nightly_manifest(run, scoring, flags, scorer, timings)
 
 

@@ -83,14 +83,16 @@ def psi(expected: dict[str, float], actual: dict[str, float]) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+def drift_row(name: str, profile: dict, values: pd.Series) -> dict:
+    """One feature's (or score's) PSI against its training distribution, whether it passes PSI_WARNING, and both
+    distributions."""
+    tonight = shares_like(profile, values)
+    value = psi(profile["shares"], tonight)
+    return {"feature": name, "psi": value, "shifted": value > PSI_WARNING, "training": profile["shares"],
+            "tonight": tonight}
+
+
 def feature_drift(profiles: dict[str, dict], frame: pd.DataFrame) -> list[dict]:
-    """Per profiled feature present in `frame`: its PSI, whether it passes PSI_WARNING, and both distributions."""
-    rows = []
-    for name, profile in profiles.items():
-        if name not in frame.columns:
-            continue
-        tonight = shares_like(profile, frame[name])
-        value = psi(profile["shares"], tonight)
-        rows.append({"feature": name, "psi": value, "shifted": value > PSI_WARNING,
-                     "training": profile["shares"], "tonight": tonight})
+    """A drift row per profiled feature present in `frame`, the largest PSI first."""
+    rows = [drift_row(name, profile, frame[name]) for name, profile in profiles.items() if name in frame.columns]
     return sorted(rows, key=lambda r: -r["psi"])
