@@ -167,7 +167,8 @@ def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike
     with timed(timings, "predictions"):
         table_counts = predict_contacts(scorer, run.tables, run.out, chunk_size)
     scoring = finish(run, engine, table_counts, scored, write=False)
-    key = {"plan": run.plan, "capacity": capacity, "threshold": threshold, "strict": strict}
+    # The plan itself needs no place in the key: `planned_run` refuses an `out` that holds a run of another plan.
+    key = {"capacity": capacity, "threshold": threshold, "strict": strict}
     day = None
     with timed(timings, "flags"):
         flags, flagged = finished_stage(run.out, "flags", key), None
@@ -192,7 +193,8 @@ def nightly_manifest(run: Run, scoring: dict, flags: dict, scorer: Scorer, timin
     rejected = len(scoring["rejected_inputs"])
     stages = {"plan": {"in": planned, "out": planned - rejected, "dead": rejected},
               "features": kinds["transcripts"], "predictions": kinds["interactions"], "flags": flags["counts"]}
-    manifest = {**scoring, "ended_at": now(), "elapsed_s": round(time.perf_counter() - run.clock, 3), "stages": stages, "balanced": all(s["in"] == s["out"] + s["dead"] for s in stages.values()),
+    manifest = {**scoring, "ended_at": now(), "elapsed_s": round(time.perf_counter() - run.clock, 3), "stages": stages,
+                "balanced": all(s["in"] == s["out"] + s["dead"] for s in stages.values()),
                 "rule": flags["rule"], "flagged": flags["counts"]["flagged"], "flagged_by_model_alone": flags["alone"],
                 "drift": [{k: row[k] for k in ("feature", "psi", "shifted") if k in row} for row in flags["drift"]],
                 "warnings": [*scorer.warnings, *flags["warnings"]], "timings_s": timings,
