@@ -1,8 +1,9 @@
 """The data contracts: interactions, labels and transcripts, declared once and enforced by every reader."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,15 @@ class ContractError(CareLensError, ValueError):
         super().__init__(f"{source}: {where + ': ' if where else ''}{problem}")
 
 
+#: The dates a contact can carry: wider than any contact centre's history, narrow enough that every tool downstream
+#: (pandas' nanosecond timestamps, Parquet, JSON) can hold them.
+EARLIEST, LATEST = pd.Timestamp("1900-01-01", tz="UTC"), pd.Timestamp("2100-12-31 23:59:59", tz="UTC")
+#: Whole numbers beyond this lose their last digits as floats (2**53).
+LARGEST_WHOLE = 2 ** 53
+#: Characters no valid Unicode text holds: undecodable bytes smuggled into a Python str, or a lone JSON escape.
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 @dataclass(frozen=True)
 class Column:
     """One column of a table contract: its kind, whether it may be missing, and the values it may take."""
@@ -55,8 +65,9 @@ class Column:
             bounds = f" between {self.minimum:g} and {self.maximum:g}"
         elif self.minimum is not None:
             bounds = f" >= {self.minimum:g}"
-        return {"id": "a non-empty identifier", "int": "a whole number", "float": "a number",
-                "datetime": "a date-time such as 2026-11-22T09:30:00"}.get(self.kind, self.kind) + bounds
+        return {"id": "a non-empty identifier", "int": "a whole number", "float": "a finite number",
+                "datetime": f"a date-time such as 2026-11-22T09:30:00, in the years {EARLIEST.year}-{LATEST.year}",
+                }.get(self.kind, self.kind) + bounds
 
 
 @dataclass(frozen=True)
@@ -128,17 +139,49 @@ def as_bool(values: pd.Series) -> pd.Series:
     return out
 
 
+def plain_value(value: Any) -> tuple[Any, str]:
+    """A cell as one plain value (bytes decoded as UTF-8), or NA and why it cannot be one (empty when it can)."""
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return pd.NA, f"got bytes {bytes(value)[:24]!r}, expected UTF-8 text"
+    if isinstance(value, str):
+        if SURROGATE.search(value):
+            return pd.NA, f"got {value[:40]!r}, which holds a lone surrogate: not valid Unicode text"
+        return value, ""
+    if isinstance(value, (list, tuple, dict, set, np.ndarray)):
+        return pd.NA, f"got a nested value ({type(value).__name__}), expected a single value"
+    return value, ""
+
+
+def plain_column(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(the column with every cell a plain value or NA, per row why a cell was not plain): only columns of Python
+    objects can hold nested values, raw bytes or broken text, so typed columns pass as they are."""
+    if raw.dtype != object:
+        return raw, pd.Series("", index=raw.index, dtype=object)
+    values, problems = zip(*map(plain_value, raw.to_numpy())) if len(raw) else ((), ())
+    return (pd.Series(values, index=raw.index, dtype=object, name=raw.name),
+            pd.Series(problems, index=raw.index, dtype=object))
+
+
 def _coerced(values: pd.Series, column: Column) -> pd.Series:
     """The column converted to its contract type; unconvertible values become NA."""
     if column.kind == "bool":
         return as_bool(values)
     if column.kind in ("int", "float"):
-        return pd.to_numeric(values, errors="coerce")
+        return pd.to_numeric(values.map(_number_or_na) if values.dtype == object else values, errors="coerce")
     if column.kind == "datetime":
-        return pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+        stamps = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+        return stamps.where((stamps >= EARLIEST) & (stamps <= LATEST)).astype("datetime64[ns, UTC]")
     if column.kind == "category":
         return values.astype("string").str.strip().str.lower()
     return values.astype("string").str.strip()
+
+
+def _number_or_na(value: Any) -> Any:
+    """A value pandas can read as a number, else NA (a bool is not a number here: True is not 1 transfer)."""
+    return pd.NA if isinstance(value, (bool, np.bool_)) else value
 
 
 def _column_problems(raw: pd.Series, value: pd.Series, column: Column) -> pd.Series:
@@ -152,6 +195,13 @@ def _column_problems(raw: pd.Series, value: pd.Series, column: Column) -> pd.Ser
         problems[missing_raw.to_numpy()] = f"missing value, expected {column.expectation()}"
     problems[bad_type.to_numpy()] = [f"got {v!r}, expected {column.expectation()}" for v in raw[bad_type]]
     present = ~value.isna()
+    if column.kind in ("int", "float"):
+        magnitude = value.where(present, 0).astype(float).abs()
+        limit = LARGEST_WHOLE if column.kind == "int" else np.inf
+        unbounded = present & ~(magnitude < limit)
+        problems[unbounded.to_numpy()] = [f"got {v!r}, expected {column.expectation()}"
+                                          f"{' below 2**53' if column.kind == 'int' else ''}" for v in raw[unbounded]]
+        present = present & ~unbounded
     if column.kind == "int":
         fractional = present & (value.where(present, 0) % 1 != 0)
         problems[fractional.to_numpy()] = [f"got {v!r}, expected a whole number" for v in raw[fractional]]
@@ -193,6 +243,10 @@ def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
     if raw.shape[0] == 0:
         raise ContractError(source, f"the file has no rows; expected a {contract.name} table "
                                     f"with columns {', '.join(contract.names)}")
+    repeated_names = sorted({str(c) for c in raw.columns[raw.columns.duplicated()]})
+    if repeated_names:
+        raise ContractError(source, f"column(s) {', '.join(repeated_names)} appear more than once; expected each "
+                                    f"column once", column=repeated_names[0])
     declared = [Column(n, "float", nullable=True) for n in extra_numeric] + \
                [Column(n, "category", nullable=True) for n in extra_categorical]
     columns = list(contract.columns) + declared
@@ -204,8 +258,10 @@ def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
     frame = raw.copy()
     problems = pd.Series("", index=raw.index, dtype=object)
     for column in columns:
-        frame[column.name] = _coerced(raw[column.name], column)
-        found = _column_problems(raw[column.name], frame[column.name], column)
+        plain, not_plain = plain_column(raw[column.name])
+        frame[column.name] = _coerced(plain, column)
+        found = _column_problems(plain, frame[column.name], column)
+        found[not_plain != ""] = not_plain[not_plain != ""]
         fresh = (problems == "") & (found != "")
         problems[fresh] = [f"column '{column.name}': {p}" for p in found[fresh]]
     if contract.unique:
@@ -236,13 +292,34 @@ class Turn(BaseModel):
 
     speaker: Literal["agent", "customer"]
     text: str
-    start_s: Optional[float] = Field(default=None, ge=0)
-    end_s: Optional[float] = Field(default=None, ge=0)
+    start_s: Optional[float] = Field(default=None, ge=0, allow_inf_nan=False)
+    end_s: Optional[float] = Field(default=None, ge=0, allow_inf_nan=False)
 
     @field_validator("speaker", mode="before")
     @classmethod
     def _lower_speaker(cls, value):
         return value.strip().lower() if isinstance(value, str) else value
+
+
+def identifier(value: Any) -> Any:
+    """An id as the contract takes it: a whole number becomes text; text must be non-blank, valid Unicode."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(value)
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("expected a non-empty identifier")
+        if SURROGATE.search(value):
+            raise ValueError("holds a lone surrogate: not valid Unicode text")
+    return value
+
+
+def date_time_text(value: Any) -> Any:
+    """A date-time given as text, checked to be one the interactions contract takes (kept as written)."""
+    if isinstance(value, str):
+        stamp = pd.to_datetime(pd.Series([value]), errors="coerce", utc=True, format="mixed").iloc[0]
+        if pd.isna(stamp) or not EARLIEST <= stamp <= LATEST:
+            raise ValueError(f"expected {Column('started_at', 'datetime').expectation()}")
+    return value
 
 
 #: The `text_source` the synthetic generator stamps on every conversation it writes (an extra field the contract
@@ -265,4 +342,9 @@ class Conversation(BaseModel):
     @field_validator("conversation_id", "customer_id", "contact_id", mode="before")
     @classmethod
     def _ids_as_text(cls, value):
-        return str(value) if isinstance(value, (int, np.integer)) else value
+        return identifier(value)
+
+    @field_validator("started_at", mode="before")
+    @classmethod
+    def _a_date_time(cls, value):
+        return date_time_text(value)

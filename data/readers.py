@@ -1,11 +1,15 @@
 """Readers for CSV, Parquet and JSON Lines files that check every record against the data contracts."""
 from __future__ import annotations
 
+import csv
 import json
+import math
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
@@ -15,6 +19,26 @@ from carelens.data.contracts import (
 
 PathLike = Union[str, Path]
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def arrow_frame(table: pa.Table) -> pd.DataFrame:
+    """An Arrow table as a DataFrame by its own column types: the pandas metadata a file carries is ignored, because a
+    hostile or mislabelled file can declare dtypes its values cannot take (a list column labelled text)."""
+    return table.to_pandas(ignore_metadata=True)
+
+
+def csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file as written (pandas renames a repeated name to `name.1`)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return next(csv.reader(handle), [])
+
+
+def check_unique_names(names: Sequence[str], source: str) -> None:
+    """ContractError naming the columns a table holds more than once: which one holds the values is ambiguous."""
+    repeated = sorted({str(n) for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise ContractError(source, f"column(s) {', '.join(repeated)} appear more than once; expected each column "
+                                    f"once", column=repeated[0])
 
 
 def read_table(path: PathLike) -> pd.DataFrame:
@@ -27,10 +51,14 @@ def read_table(path: PathLike) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
+            check_unique_names(csv_header(path), str(path))
             return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         if suffix in (".parquet", ".pq"):
-            return pq.read_table(path).to_pandas()
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, UnicodeDecodeError) as exc:
+            table = pq.read_table(path)
+            check_unique_names(table.column_names, str(path))
+            return arrow_frame(table)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, UnicodeDecodeError, pa.ArrowException,
+            csv.Error) as exc:
         raise ContractError(str(path), f"cannot be read as {suffix[1:].upper()}: {exc}") from exc
     raise ContractError(str(path), f"unknown file type '{suffix}', expected one of {', '.join(TABLE_SUFFIXES)}")
 
@@ -58,28 +86,53 @@ def read_labels(path: PathLike) -> pd.DataFrame:
     return read_checked(path, LABELS)
 
 
-def conversation_from_json(line: str, source: str, line_no: int) -> Conversation:
-    """One JSON Lines record as a Conversation, or ContractError naming the line and the field at fault."""
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object's members as a dict, refusing a key given twice (json.loads would keep the last silently)."""
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        repeated = next(key for i, (key, _) in enumerate(pairs) if key in dict(pairs[:i]))
+        raise ValueError(f"key {repeated!r} appears more than once in one object")
+    return record
+
+
+def parsed_json(text: str, source: str, line_no: Optional[int]) -> Any:
+    """A JSON document, or ContractError saying why it is not one this toolkit takes (repeated keys, nesting too
+    deep for the parser)."""
     try:
-        record = json.loads(line)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         raise ContractError(source, f"not valid JSON ({exc.msg} at character {exc.pos})", row=line_no,
                             unit="line") from exc
-    return conversation_from_record(record, source, line_no)
+    except ValueError as exc:
+        raise ContractError(source, f"not valid JSON for this toolkit: {exc}", row=line_no, unit="line") from exc
+    except RecursionError as exc:
+        raise ContractError(source, "not valid JSON for this toolkit: nested too deeply", row=line_no,
+                            unit="line") from exc
 
 
-def conversation_from_record(record: object, source: str, line_no: Optional[int]) -> Conversation:
+def conversation_from_json(line: str, source: str, line_no: int) -> Conversation:
+    """One JSON Lines record as a Conversation, or ContractError naming the line and the field at fault."""
+    return conversation_from_record(parsed_json(line, source, line_no), source, line_no)
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value's repr, cut to `limit` characters: an error message must not carry a whole transcript."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} characters)"
+
+
+def conversation_from_record(record: object, source: str, line_no: Optional[int], unit: str = "line") -> Conversation:
     """A parsed record as a Conversation, or ContractError naming the field and what it should hold."""
     if not isinstance(record, dict):
         raise ContractError(source, f"expected a JSON object (a conversation), got {type(record).__name__}",
-                            row=line_no, unit="line")
+                            row=line_no, unit=unit)
     try:
         return Conversation.model_validate(record)
     except ValidationError as exc:
         first = exc.errors()[0]
         column = ".".join(str(p) for p in first["loc"])
-        raise ContractError(source, f"{first['msg']} (got {first.get('input')!r})", row=line_no, column=column,
-                            unit="line") from exc
+        raise ContractError(source, f"{first['msg']} (got {shown(first.get('input'))})", row=line_no, column=column,
+                            unit=unit) from exc
 
 
 def iter_jsonl_lines(path: PathLike) -> Iterator[tuple[int, str]]:
@@ -103,23 +156,76 @@ def check_long_form_columns(columns: Sequence[str], source: str) -> None:
                                     f"{', '.join(LONG_FORM_COLUMNS)}", column=missing[0])
 
 
-def long_form_record(turns: pd.DataFrame) -> dict:
-    """One conversation's rows (one per turn, any order) as a transcripts-contract record, turns in turn order."""
-    turns = turns.sort_values("turn_index", kind="stable")
+def conversation_runs(ids: pd.Series) -> np.ndarray:
+    """Where each conversation of a long-form id column starts: a conversation is a run of rows sharing one id, and
+    a row without an id stands alone (to be refused). An id that comes back after another is a new conversation."""
+    missing = ids.isna().to_numpy()
+    text = ids.astype(str).to_numpy()
+    if not len(text):
+        return np.zeros(0, dtype=int)
+    return np.flatnonzero(np.r_[True, (text[1:] != text[:-1]) | missing[1:] | missing[:-1]])
+
+
+def reappearing_runs(ids: pd.Series, starts: np.ndarray) -> dict[int, int]:
+    """For each run whose conversation_id already had an earlier run: its first row → the earlier run's first row."""
+    first, again = {}, {}
+    for start, value in zip(starts.tolist(), ids.to_numpy()[starts]):
+        if present(value):
+            again.update({start: first[str(value)]} if str(value) in first else {})
+            first.setdefault(str(value), start)
+    return again
+
+
+def present(value: Any) -> bool:
+    """Whether a cell holds a value (NaN, None, NA and NaT do not; a nested value does, to be judged later)."""
+    return not (value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)))
+
+
+def long_form_record(turns: pd.DataFrame, source: str, row: int) -> dict:
+    """One conversation's rows (one per turn, any order, the first at file row `row`) as a transcripts-contract record,
+    turns in turn_index order; ContractError when it has no conversation_id or a turn_index is not a number."""
     head = turns.iloc[0]
+    if not present(head["conversation_id"]):
+        raise ContractError(source, "missing value, expected a conversation_id", row=row, column="conversation_id")
+    order = pd.to_numeric(turns["turn_index"].map(lambda v: v if isinstance(v, (int, float, str, np.number)) else None),
+                          errors="coerce")
+    if order.isna().any() or not np.isfinite(order.to_numpy(float)).all():
+        bad = turns["turn_index"][~np.isfinite(order.to_numpy(float))].iloc[0]
+        raise ContractError(source, f"got {bad!r}, expected a whole number", row=row, column="turn_index")
+    turns = turns.iloc[np.argsort(order.to_numpy(float), kind="stable")]
     turn_fields = [c for c in LONG_FORM_TURN_FIELDS if c in turns.columns]
     conversation_fields = [c for c in LONG_FORM_CONVERSATION_FIELDS if c in turns.columns]
-    return {"conversation_id": str(head["conversation_id"]),
-            **{c: head[c] for c in conversation_fields if pd.notna(head[c])},
-            "turns": [{k: v for k, v in row.items() if pd.notna(v)} for row in turns[turn_fields].to_dict("records")]}
+    return {"conversation_id": head["conversation_id"],
+            **{c: head[c] for c in conversation_fields if present(head[c])},
+            "turns": [{k: v for k, v in turn.items() if present(v)} for turn in turns[turn_fields].to_dict("records")]}
+
+
+def long_form_runs(frame: pd.DataFrame) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(position of its first row, its rows) for each conversation of a long-form table."""
+    starts = conversation_runs(frame["conversation_id"])
+    for begin, end in zip(starts, [*starts[1:], len(frame)]):
+        yield int(begin), frame.iloc[begin:end]
+
+
+def long_form_conversation(turns: pd.DataFrame, source: str, row: int, earlier_row: Optional[int] = None
+                           ) -> Conversation:
+    """One conversation's long-form rows (the first at file row `row`) as a Conversation, or ContractError; with
+    `earlier_row`, its id already had rows there, and splitting or merging the two would both be guesses."""
+    if earlier_row is not None:
+        raise ContractError(source, f"conversation_id {shown(turns.iloc[0]['conversation_id'])} already had rows from "
+                                    f"row {earlier_row}; the rows of one conversation must be contiguous (sort the "
+                                    f"file by conversation_id)", row=row, column="conversation_id")
+    return conversation_from_record(long_form_record(turns, source, row), source, row, unit="row")
 
 
 def _conversations_from_long_parquet(path: PathLike) -> list[Conversation]:
-    """Long-form transcripts (one row per turn) grouped back into conversations in turn order."""
+    """Long-form transcripts (one row per turn, each conversation's rows together) as conversations; the first bad
+    one raises."""
     frame = read_table(path)
     check_long_form_columns(frame.columns, str(path))
-    return [conversation_from_record(long_form_record(turns), str(path), int(turns.index.min()) + 1)
-            for _, turns in frame.groupby("conversation_id", sort=True)]
+    again = reappearing_runs(frame["conversation_id"], conversation_runs(frame["conversation_id"]))
+    return [long_form_conversation(turns, str(path), begin + 1, again[begin] + 1 if begin in again else None)
+            for begin, turns in long_form_runs(frame)]
 
 
 def read_transcripts(path: PathLike) -> list[Conversation]:

@@ -29,11 +29,11 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from carelens.data.adapters import abcd_conversation
-from carelens.data.contracts import INTERACTIONS, ContractError, Conversation, check_table
+from carelens.data.contracts import INTERACTIONS, SURROGATE, ContractError, Conversation, check_table
 from carelens.data.errors import CareLensError, UsageError
 from carelens.data.readers import (
-    TABLE_SUFFIXES, check_long_form_columns, conversation_from_json, conversation_from_record, header_lines,
-    long_form_record,
+    TABLE_SUFFIXES, arrow_frame, check_long_form_columns, check_unique_names, conversation_from_json,
+    conversation_runs, csv_header, header_lines, long_form_conversation, long_form_runs, parsed_json, reappearing_runs,
 )
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 from carelens.models.registry import Registry, file_sha256
@@ -78,6 +78,9 @@ class Unit:
     stop: int
     first: int
     records: int
+    #: Long-form Parquet: the first row of each conversation whose id already had rows earlier in the file → that
+    #: earlier first row (both 0-based); such a conversation is refused.
+    repeated: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -151,8 +154,8 @@ def record_units(path: Path, kind: str, index: int, chunk_size: int) -> tuple[in
 def abcd_records_of(path: str, modified_ns: int) -> list:
     """The records of an ABCD JSON file, parsed once per process and file version (its units share them)."""
     try:
-        records = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        records = parsed_json(Path(path).read_text(encoding="utf-8"), path, None)
+    except UnicodeDecodeError as exc:
         raise ContractError(path, f"not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(records, list):
         raise ContractError(path, f"expected a JSON list of ABCD records, got {type(records).__name__}")
@@ -183,15 +186,21 @@ def jsonl_plan(path: Path, index: int, chunk_size: int) -> InputFile:
 
 
 def parquet_units(path: Path, index: int, chunk_size: int) -> tuple[int, list[Unit]]:
-    """(conversations, units) of a long-form Parquet file: a conversation is a run of rows with one conversation_id,
-    and a unit holds `chunk_size` runs. Only the id column is read."""
-    check_long_form_columns(pq.ParquetFile(path).schema_arrow.names, str(path))
-    ids = pq.read_table(path, columns=["conversation_id"]).column(0).to_pandas().astype(str).to_numpy()
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, dtype=int)
+    """(conversations, units) of a long-form Parquet file: a conversation is a run of rows with one conversation_id
+    (`conversation_runs`), and a unit holds `chunk_size` runs. Only the id column is read."""
+    names = pq.ParquetFile(path).schema_arrow.names
+    check_unique_names(names, str(path))
+    check_long_form_columns(names, str(path))
+    ids = arrow_frame(pq.read_table(path, columns=["conversation_id"]))["conversation_id"]
+    starts = conversation_runs(ids)
+    again = reappearing_runs(ids, starts)
     bounds = np.r_[starts, len(ids)]
-    units = [Unit(unit_key(index, k), str(path), "parquet", int(bounds[i]), int(bounds[min(i + chunk_size, len(starts))]),
-                  int(bounds[i]) + 1, min(chunk_size, len(starts) - i))
-             for k, i in enumerate(range(0, len(starts), chunk_size))]
+    units = []
+    for k, i in enumerate(range(0, len(starts), chunk_size)):
+        start, stop = int(bounds[i]), int(bounds[min(i + chunk_size, len(starts))])
+        units.append(Unit(unit_key(index, k), str(path), "parquet", start, stop, start + 1,
+                          min(chunk_size, len(starts) - i),
+                          tuple((row, first) for row, first in again.items() if start <= row < stop)))
     return len(starts), units
 
 
@@ -222,17 +231,15 @@ def parquet_rows(path: str, start: int, stop: int) -> pd.DataFrame:
     bounds = np.cumsum([0, *sizes])
     groups = [g for g in range(len(sizes)) if bounds[g] < stop and bounds[g + 1] > start]
     table = parquet.read_row_groups(groups).slice(start - int(bounds[groups[0]]), stop - start)
-    frame = table.to_pandas()
+    frame = arrow_frame(table)
     frame.index = pd.RangeIndex(start, stop)
     return frame
 
 
-def parquet_records(unit: Unit) -> Iterator[tuple[int, dict]]:
-    """(row number of its first turn, record) of each conversation in a long-form Parquet unit."""
-    frame = parquet_rows(unit.path, unit.start, unit.stop)
-    runs = (frame["conversation_id"].astype(str) != frame["conversation_id"].astype(str).shift()).cumsum()
-    for _, turns in frame.groupby(runs, sort=False):
-        yield int(turns.index[0]) + 1, long_form_record(turns)
+def parquet_records(unit: Unit) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(row number of its first turn, its rows) of each conversation in a long-form Parquet unit."""
+    for begin, turns in long_form_runs(parquet_rows(unit.path, unit.start, unit.stop)):
+        yield unit.start + begin + 1, turns
 
 
 def abcd_records(unit: Unit) -> Iterator[tuple[int, object]]:
@@ -242,26 +249,30 @@ def abcd_records(unit: Unit) -> Iterator[tuple[int, object]]:
         yield number + 1, records[number]
 
 
-def unit_records(unit: Unit) -> Iterator[tuple[int, Union[str, dict]]]:
+def unit_records(unit: Unit) -> Iterator[tuple[int, Union[str, dict, pd.DataFrame]]]:
     readers = {"jsonl": jsonl_records, "parquet": parquet_records, "abcd": abcd_records}
     return readers[unit.kind](unit)
 
 
-def dead_letter(source: str, kind: str, number: int, reason: str, record: Union[str, dict]) -> dict:
-    """One dead-letter entry: the file, the line (JSON Lines) or row (tables), why, and the record as it came."""
+def dead_letter(source: str, kind: str, number: int, reason: str, record: Union[str, dict, pd.DataFrame]) -> dict:
+    """One dead-letter entry: the file, the line (JSON Lines) or row (tables), why, and the record as it came (a
+    long-form conversation as its rows)."""
     place = {"jsonl": "line", "abcd": "entry"}.get(kind, "row")
+    if isinstance(record, pd.DataFrame):
+        record = record.to_dict("records")
     return {"source": source, place: number, "reason": reason,
             "record": record if isinstance(record, str) else json.dumps(record, default=str, ensure_ascii=False)}
 
 
-def parsed(unit: Unit, number: int, record: Union[str, dict]) -> Union[Conversation, str]:
+def parsed(unit: Unit, number: int, record: Union[str, dict, pd.DataFrame]) -> Union[Conversation, str]:
     """The record as a Conversation, or the contract's reason for refusing it."""
     try:
         if unit.kind == "abcd":
             return abcd_conversation(record, unit.path, number)
-        if isinstance(record, str):
-            return conversation_from_json(record, unit.path, number)
-        return conversation_from_record(record, unit.path, number)
+        if unit.kind == "parquet":
+            earlier = dict(unit.repeated).get(number - 1)
+            return long_form_conversation(record, unit.path, number, None if earlier is None else earlier + 1)
+        return conversation_from_json(record, unit.path, number)
     except ContractError as exc:
         return str(exc)
 
@@ -339,8 +350,14 @@ def write_text(text: str, target: Path) -> None:
         temporary.write_text(text, encoding="utf-8")
 
 
+def json_line(entry: dict) -> str:
+    """One JSON line, non-ASCII text as it is unless it holds a lone surrogate (which UTF-8 cannot write: escaped)."""
+    text = json.dumps(entry, ensure_ascii=False, default=str)
+    return (json.dumps(entry, default=str) if SURROGATE.search(text) else text) + "\n"
+
+
 def jsonl_text(entries: Sequence[dict]) -> str:
-    return "".join(json.dumps(entry, ensure_ascii=False, default=str) + "\n" for entry in entries)
+    return "".join(map(json_line, entries))
 
 
 def commit_unit(out: Path, folder: str, key: str, rows: pd.DataFrame, dead: Sequence[dict],
@@ -380,10 +397,13 @@ def run_local(units: Sequence[Unit], model: TranscriptModel, out: Path, batch_si
 def table_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
     """A CSV (as text, like the contract readers) or Parquet table in chunks of at most `chunk_size` rows."""
     if path.suffix.lower() == ".csv":
+        check_unique_names(csv_header(path), str(path))
         yield from pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_size)
     else:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
-            yield batch.to_pandas()
+        parquet = pq.ParquetFile(path)
+        check_unique_names(parquet.schema_arrow.names, str(path))
+        for batch in parquet.iter_batches(batch_size=chunk_size):
+            yield arrow_frame(pa.Table.from_batches([batch]))
 
 
 def saved_features(out: Path) -> pd.DataFrame:

@@ -10,6 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 KEYS = ["conversation_id", "customer_id", "contact_id"]
+#: Each conversation's place in the batch it was scored in: turns roll up by it, not by conversation_id, so two
+#: conversations that share an id (a client's bug) keep their own features whatever the batch boundaries.
+POSITION = "position"
 SENTIMENT_FEATURES = ["customer_sentiment_start", "customer_sentiment_end", "customer_sentiment_shift",
                       "customer_sentiment_mean"]
 EMPATHY_FEATURES = ["agent_empathy_mean", "agent_empathy_min", "agent_empathic_share"]
@@ -21,7 +24,7 @@ FEATURE_COLUMNS = [*SENTIMENT_FEATURES, *EMPATHY_FEATURES, *TIMING_FEATURES, *CO
 def sentiment_features(turns: pd.DataFrame) -> pd.DataFrame:
     """Per conversation: the first and last scored customer turn's sentiment, the shift between them, and the mean."""
     scored = turns[(turns["speaker"] == "customer") & turns["sentiment"].notna()].sort_values("turn_index")
-    grouped = scored.groupby("conversation_id", sort=False)["sentiment"]
+    grouped = scored.groupby(POSITION, sort=False)["sentiment"]
     out = pd.DataFrame({"customer_sentiment_start": grouped.first(), "customer_sentiment_end": grouped.last(),
                         "customer_sentiment_mean": grouped.mean(), "customer_turns": grouped.size()})
     out["customer_sentiment_shift"] = out["customer_sentiment_end"] - out["customer_sentiment_start"]
@@ -31,7 +34,7 @@ def sentiment_features(turns: pd.DataFrame) -> pd.DataFrame:
 def empathy_features(turns: pd.DataFrame) -> pd.DataFrame:
     """Per conversation: the agent's mean and lowest empathy score, and the share of agent turns judged empathic."""
     scored = turns[(turns["speaker"] == "agent") & turns["empathy"].notna()]
-    grouped = scored.groupby("conversation_id", sort=False)
+    grouped = scored.groupby(POSITION, sort=False)
     return pd.DataFrame({"agent_empathy_mean": grouped["empathy"].mean(), "agent_empathy_min": grouped["empathy"].min(),
                          "agent_empathic_share": grouped["empathic"].mean().astype(float),
                          "agent_turns": grouped.size()})
@@ -75,17 +78,18 @@ def timing_features(turns: pd.DataFrame) -> pd.DataFrame:
     timed = turns[turns["start_s"].notna() & turns["end_s"].notna() & (turns["end_s"] >= turns["start_s"])]
     if timed.empty:
         return pd.DataFrame(columns=TIMING_FEATURES, dtype=float)
-    return timed.groupby("conversation_id", sort=False)[["start_s", "end_s", "speaker"]].apply(_timing_row)
+    return timed.groupby(POSITION, sort=False)[["start_s", "end_s", "speaker"]].apply(_timing_row)
 
 
 def conversation_features(turns: pd.DataFrame, conversations: pd.DataFrame) -> pd.DataFrame:
-    """One row per conversation in `conversations` (ids, in its order): FEATURE_COLUMNS from the turn scores.
+    """One row per conversation in `conversations` (ids and POSITION, in its order): FEATURE_COLUMNS from the turn
+    scores, matched on POSITION.
 
     A feature is NaN where its turns are absent (no scored customer turn: no sentiment; no scored agent turn: no
     empathy; no timestamps: no timing); turn counts are 0 then, so a model can tell missing from neutral.
     """
     parts = [sentiment_features(turns), empathy_features(turns), timing_features(turns)]
-    joined = conversations[KEYS].join(pd.concat(parts, axis=1), on="conversation_id")
+    joined = conversations[[*KEYS, POSITION]].join(pd.concat(parts, axis=1), on=POSITION)
     joined = joined.reindex(columns=[*KEYS, *FEATURE_COLUMNS])
     joined[COUNT_FEATURES] = joined[COUNT_FEATURES].fillna(0).astype(int)
     return joined.astype({c: float for c in FEATURE_COLUMNS if c not in COUNT_FEATURES}).reset_index(drop=True)

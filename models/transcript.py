@@ -19,7 +19,7 @@ from carelens.data.adapters import answered_customer_texts
 from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS, SYNTHETIC_TEXT, Conversation
 from carelens.data.errors import UsageError
 from carelens.data.readers import conversation_from_record
-from carelens.models.conversation_features import conversation_features
+from carelens.models.conversation_features import KEYS, POSITION, conversation_features
 from carelens.models.registry import Artifact, Registry, RegistryError
 
 PathLike = Union[str, Path]
@@ -364,23 +364,23 @@ def as_conversations(records: Sequence[Union[Conversation, dict]], source: str =
 def turn_table(conversations: Sequence[Conversation]) -> pd.DataFrame:
     """One row per turn: ids, position, speaker, text, the customer turn an agent turn answers, and timestamps."""
     rows = []
-    for conversation in conversations:
+    for position, conversation in enumerate(conversations):
         contexts = answered_customer_texts(conversation)
         for index, turn in enumerate(conversation.turns):
             rows.append({"conversation_id": conversation.conversation_id, "customer_id": conversation.customer_id,
-                         "contact_id": conversation.contact_id, "turn_index": index, "speaker": turn.speaker,
+                         "contact_id": conversation.contact_id, POSITION: position, "turn_index": index, "speaker": turn.speaker,
                          "text": utf8_safe(turn.text), "context": utf8_safe(contexts[index]), "start_s": turn.start_s,
                          "end_s": turn.end_s})
-    columns = ["conversation_id", "customer_id", "contact_id", "turn_index", "speaker", "text", "context",
+    columns = ["conversation_id", "customer_id", "contact_id", POSITION, "turn_index", "speaker", "text", "context",
                "start_s", "end_s"]
     return pd.DataFrame(rows, columns=columns).astype({"start_s": float, "end_s": float})
 
 
 def conversation_index(conversations: Sequence[Conversation]) -> pd.DataFrame:
-    """The ids of every conversation, including those with no turns."""
+    """The ids and POSITION of every conversation, including those with no turns."""
     return pd.DataFrame([{"conversation_id": c.conversation_id, "customer_id": c.customer_id,
-                          "contact_id": c.contact_id} for c in conversations],
-                        columns=["conversation_id", "customer_id", "contact_id"])
+                          "contact_id": c.contact_id, POSITION: position} for position, c in enumerate(conversations)],
+                        columns=[*KEYS, POSITION])
 
 
 def score_turns(model: TranscriptModel, conversations: Sequence[Union[Conversation, dict]], batch_size: int = 32,

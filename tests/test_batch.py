@@ -156,7 +156,7 @@ def test_interactions_get_the_scorers_predictions_and_bad_rows_are_dead_lettered
                      registry_with_models.root, interactions=[tmp_path / "contacts.csv"], chunk_size=25)
     assert manifest["by_input"]["interactions"] == {"in": len(interactions), "out": len(interactions) - 1, "dead": 1}
     [dead] = [json.loads(line) for line in (tmp_path / "out" / DEAD_LETTER).read_text().splitlines()]
-    assert dead["row"] == 5 and "column 'answer_time_s': got '-4.0', expected a number >= 0" in dead["reason"]
+    assert dead["row"] == 5 and "column 'answer_time_s': got '-4.0', expected a finite number >= 0" in dead["reason"]
     predicted = read_parts(tmp_path / "out", "predictions", PREDICTION_COLUMNS)
     good = day.interactions.drop(index=3)
     expected = scorer.contact_predictions(scorer.contact_table(good, day.conversations))

@@ -52,12 +52,12 @@ def test_missing_column_is_named_with_what_the_contract_needs(tmp_path):
 
 def test_wrong_type_names_row_column_value_and_expectation(tmp_path):
     _raises(_interactions_with(tmp_path, answer_time_s="soon"), read_interactions,
-            "row 3", "column 'answer_time_s'", "got 'soon'", "expected a number")
+            "row 3", "column 'answer_time_s'", "got 'soon'", "expected a finite number")
 
 
 def test_negative_duration_is_refused(tmp_path):
     _raises(_interactions_with(tmp_path, handle_time_s="-5"), read_interactions,
-            "row 3", "column 'handle_time_s'", "got '-5'", "expected a number >= 0")
+            "row 3", "column 'handle_time_s'", "got '-5'", "expected a finite number >= 0")
 
 
 def test_unknown_channel_lists_the_allowed_ones(tmp_path):

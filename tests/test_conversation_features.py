@@ -10,16 +10,19 @@ from carelens.models.conversation_features import (
 NAN = np.nan
 
 
-def _turns(rows):
+def _turns(rows, ids=None):
+    """Turn scores; each conversation's position is its place in `ids` (default: order of first appearance)."""
     columns = ["conversation_id", "turn_index", "speaker", "sentiment", "empathy", "empathic", "start_s", "end_s"]
     frame = pd.DataFrame(rows, columns=columns)
+    order = list(ids) if ids else list(dict.fromkeys(frame["conversation_id"]))
+    frame["position"] = frame["conversation_id"].map(order.index)
     frame["empathic"] = frame["empathic"].astype("boolean")
     return frame
 
 
 def _index(*ids):
     return pd.DataFrame({"conversation_id": list(ids), "customer_id": [f"C{i}" for i in ids],
-                         "contact_id": [f"K{i}" for i in ids]})
+                         "contact_id": [f"K{i}" for i in ids], "position": range(len(ids))})
 
 
 def test_sentiment_start_end_shift_and_empathy_roll_up():
@@ -45,7 +48,8 @@ def test_sentiment_start_end_shift_and_empathy_roll_up():
 def test_every_conversation_gets_a_row_in_order_with_missing_features_as_nan():
     turns = _turns([("agent-only", 0, "agent", NAN, 0.5, True, NAN, NAN),
                     ("customer-only", 0, "customer", 0.3, NAN, pd.NA, NAN, NAN),
-                    ("blank", 0, "customer", NAN, NAN, pd.NA, NAN, NAN)])
+                    ("blank", 0, "customer", NAN, NAN, pd.NA, NAN, NAN)],
+                   ids=["empty", "agent-only", "customer-only", "blank"])
     out = conversation_features(turns, _index("empty", "agent-only", "customer-only", "blank"))
     assert list(out["conversation_id"]) == ["empty", "agent-only", "customer-only", "blank"]
     assert list(out.columns) == ["conversation_id", "customer_id", "contact_id", *FEATURE_COLUMNS]
@@ -76,3 +80,11 @@ def test_agent_interruption_is_counted_for_the_agent():
 
 def test_covered_seconds_is_the_union_of_intervals():
     assert covered_seconds(np.array([0.0, 2.0, 10.0]), np.array([5.0, 3.0, 11.0])) == pytest.approx(6.0)
+
+
+def test_two_conversations_sharing_an_id_keep_their_own_features():
+    turns = _turns([("dup", 0, "customer", -0.9, NAN, pd.NA, NAN, NAN), ("dup", 0, "customer", 0.6, NAN, pd.NA, NAN, NAN)])
+    turns["position"] = [0, 1]
+    out = conversation_features(turns, _index("dup", "dup"))
+    assert out["customer_sentiment_start"].tolist() == pytest.approx([-0.9, 0.6])
+    assert out["customer_turns"].tolist() == [1, 1]

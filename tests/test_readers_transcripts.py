@@ -29,18 +29,36 @@ def test_jsonl_round_trip_keeps_every_conversation_and_turn(tmp_path_factory, re
 
 def test_long_form_parquet_is_grouped_back_in_turn_order(tmp_path):
     long = pd.DataFrame({
-        "conversation_id": ["V2", "V1", "V1", "V2"],
-        "customer_id": ["C2", "C1", "C1", "C2"],
-        "turn_index": [1, 1, 0, 0],
-        "speaker": ["customer", "customer", "agent", "agent"],
-        "text": ["thanks", "it broke", "hello", "hi"],
+        "conversation_id": ["V2", "V2", "V1", "V1"],
+        "customer_id": ["C2", "C2", "C1", "C1"],
+        "turn_index": [1, 0, 1, 0],
+        "speaker": ["customer", "agent", "customer", "agent"],
+        "text": ["thanks", "hi", "it broke", "hello"],
     })
     path = tmp_path / "long.parquet"
     long.to_parquet(path)
     back = read_transcripts(path)
-    assert [c.conversation_id for c in back] == ["V1", "V2"]
-    assert [t.text for t in back[0].turns] == ["hello", "it broke"]
-    assert [t.speaker for t in back[1].turns] == ["agent", "customer"]
+    assert [c.conversation_id for c in back] == ["V2", "V1"]
+    assert [t.text for t in back[1].turns] == ["hello", "it broke"]
+    assert [t.speaker for t in back[0].turns] == ["agent", "customer"]
+
+
+def test_a_conversation_whose_rows_are_split_is_refused_naming_both_rows(tmp_path):
+    long = pd.DataFrame({"conversation_id": ["V1", "V2", "V1"], "customer_id": ["C1", "C2", "C1"],
+                         "turn_index": [0, 0, 1], "speaker": ["agent", "agent", "customer"], "text": ["a", "b", "c"]})
+    long.to_parquet(tmp_path / "split.parquet")
+    with pytest.raises(ContractError, match=r"split\.parquet: row 3, column 'conversation_id': conversation_id 'V1' "
+                                            r"already had rows from row 1; the rows of one conversation must be "
+                                            r"contiguous"):
+        read_transcripts(tmp_path / "split.parquet")
+
+
+def test_a_long_form_row_without_conversation_id_is_refused(tmp_path):
+    long = pd.DataFrame({"conversation_id": ["V1", None], "customer_id": ["C1", "C1"], "turn_index": [0, 1],
+                         "speaker": ["agent", "customer"], "text": ["a", "b"]})
+    long.to_parquet(tmp_path / "null.parquet")
+    with pytest.raises(ContractError, match=r"row 2, column 'conversation_id': missing value"):
+        read_transcripts(tmp_path / "null.parquet")
 
 
 def _jsonl(tmp_path, *lines):
