@@ -1,7 +1,6 @@
 """Adapters from public formats (airline tweets, EPITOME pairs, ABCD chats) and labelled transcripts to training tables."""
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,8 +8,12 @@ from typing import Iterable, Optional, Sequence, Union
 
 import pandas as pd
 
-from carelens.data.contracts import LEVELS, MECHANISMS, SENTIMENTS, SYNTHETIC_TEXT, ContractError, Conversation, Turn
-from carelens.data.readers import conversation_from_record, read_table, read_transcripts
+from carelens.data.contracts import (
+    LEVELS, MECHANISMS, SENTIMENTS, SYNTHETIC_TEXT, ContractError, Conversation, Turn, plain_column,
+)
+from carelens.data.readers import (
+    check_unique_names, conversation_from_record, parsed_json, read_table, read_transcripts, shown,
+)
 
 PathLike = Union[str, Path]
 EMPATHY_COLUMNS = ["context", "response", *MECHANISMS]
@@ -36,6 +39,17 @@ def _first_bad_row(bad: pd.Series, values: pd.Series, source: str, column: str, 
                             row=position + 2, column=column)
 
 
+def _plain(frame: pd.DataFrame, columns: Sequence[str], source: str) -> pd.DataFrame:
+    """The named columns with one plain value per cell; ContractError naming the first nested value, non-UTF-8 text
+    or repeated column."""
+    check_unique_names(list(frame.columns), source)
+    frame = frame.copy()
+    for column in columns:
+        frame[column], problems = plain_column(frame[column])
+        _first_bad_row(problems != "", problems, source, column, "a single UTF-8 value")
+    return frame
+
+
 def _texts(values: pd.Series, source: str, column: str) -> pd.Series:
     """A text column with every value present and not blank."""
     blank = values.isna() | (values.astype("string").str.strip() == "")
@@ -48,6 +62,7 @@ def read_airline_tweets(path: PathLike) -> pd.DataFrame:
     frame = read_table(path)
     source = str(path)
     _require_columns(frame, ["text", "label"], source, "airline tweet files")
+    frame = _plain(frame, ["text", "label"], source)
     labels = frame["label"].astype("string").str.strip().str.lower()
     _first_bad_row(~labels.isin(SENTIMENTS).fillna(False).astype(bool), frame["label"], source, "label",
                    f"one of {', '.join(SENTIMENTS)}")
@@ -68,6 +83,8 @@ def read_epitome(path: PathLike, mechanism: Optional[str] = None) -> pd.DataFram
     frame = read_table(path)
     source = str(path)
     _require_columns(frame, ["seeker_post", "response_post", "level"], source, "EPITOME files")
+    frame = _plain(frame, [c for c in ("seeker_post", "response_post", "level", "mechanism", "sp_id", "rp_id")
+                           if c in frame.columns], source)
     named = mechanism or mechanism_of(path)
     if named is None and "mechanism" not in frame.columns:
         raise ContractError(source, f"cannot tell the empathy mechanism: name the file epitome_<mechanism>_*.csv or add "
@@ -157,17 +174,17 @@ def abcd_conversation(record: dict, source: str = "abcd", line_no: Optional[int]
     speech, so they are left out."""
     if not isinstance(record, dict) or not isinstance(record.get("original"), list):
         raise ContractError(source, "expected an ABCD record with an 'original' list of [speaker, text] pairs",
-                            row=line_no, column="original")
+                            row=line_no, column="original", unit="entry")
     turns = []
     for position, entry in enumerate(record["original"]):
         if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
-            raise ContractError(source, f"original[{position}] is {entry!r}, expected [speaker, text]", row=line_no,
-                                column="original")
+            raise ContractError(source, f"original[{position}] is {shown(entry)}, expected [speaker, text]",
+                                row=line_no, column="original", unit="entry")
         if entry[0] != "action":
             turns.append({"speaker": entry[0], "text": entry[1]})
-    identifier = str(record.get("convo_id", line_no))
+    identifier = record.get("convo_id", line_no)
     return conversation_from_record({"conversation_id": identifier, "customer_id": identifier, "channel": "chat",
-                                     "turns": turns}, source, line_no)
+                                     "turns": turns}, source, line_no, unit="entry")
 
 
 def read_abcd(path: PathLike) -> list[Conversation]:
@@ -176,8 +193,8 @@ def read_abcd(path: PathLike) -> list[Conversation]:
     if not path.is_file():
         raise ContractError(str(path), "no such file")
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        records = parsed_json(path.read_text(encoding="utf-8"), str(path), None)
+    except UnicodeDecodeError as exc:
         raise ContractError(str(path), f"not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(records, list):
         raise ContractError(str(path), f"expected a JSON list of ABCD records, got {type(records).__name__}")

@@ -148,7 +148,7 @@ def plain_value(value: Any) -> tuple[Any, str]:
             return pd.NA, f"got bytes {bytes(value)[:24]!r}, expected UTF-8 text"
     if isinstance(value, str):
         if SURROGATE.search(value):
-            return pd.NA, f"got {value[:40]!r}, which holds a lone surrogate: not valid Unicode text"
+            return pd.NA, f"got {value[:40]!r}, which is not valid UTF-8 (it holds a lone surrogate)"
         return value, ""
     if isinstance(value, (list, tuple, dict, set, np.ndarray)):
         return pd.NA, f"got a nested value ({type(value).__name__}), expected a single value"
@@ -309,7 +309,7 @@ def identifier(value: Any) -> Any:
         if not value.strip():
             raise ValueError("expected a non-empty identifier")
         if SURROGATE.search(value):
-            raise ValueError("holds a lone surrogate: not valid Unicode text")
+            raise ValueError("not valid UTF-8 (it holds a lone surrogate)")
     return value
 
 

@@ -23,8 +23,15 @@ TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 def arrow_frame(table: pa.Table) -> pd.DataFrame:
     """An Arrow table as a DataFrame by its own column types: the pandas metadata a file carries is ignored, because a
-    hostile or mislabelled file can declare dtypes its values cannot take (a list column labelled text)."""
-    return table.to_pandas(ignore_metadata=True)
+    hostile or mislabelled file can declare dtypes its values cannot take (a list column labelled text). Binary
+    columns become text, bytes that are not UTF-8 kept as lone surrogates, which every contract check refuses by
+    name instead of failing deep inside pandas."""
+    frame = table.to_pandas(ignore_metadata=True)
+    for position, kind in enumerate(table.schema.types):
+        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+            frame.isetitem(position, pd.Series([v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
+                                                for v in frame.iloc[:, position]], index=frame.index, dtype=object))
+    return frame
 
 
 def csv_header(path: Path) -> list[str]:
@@ -160,7 +167,7 @@ def conversation_runs(ids: pd.Series) -> np.ndarray:
     """Where each conversation of a long-form id column starts: a conversation is a run of rows sharing one id, and
     a row without an id stands alone (to be refused). An id that comes back after another is a new conversation."""
     missing = ids.isna().to_numpy()
-    text = ids.astype(str).to_numpy()
+    text = np.array([str(v) for v in ids], dtype=object)  # not astype(str): pandas' Arrow strings refuse bad UTF-8
     if not len(text):
         return np.zeros(0, dtype=int)
     return np.flatnonzero(np.r_[True, (text[1:] != text[:-1]) | missing[1:] | missing[:-1]])

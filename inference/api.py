@@ -50,7 +50,8 @@ def interactions_frame(interactions: Interactions, extra_numeric: Sequence[str] 
         path = Path(interactions)
         return validated(read_table(path), INTERACTIONS, str(path), header_rows=header_lines(path),
                          extra_numeric=extra_numeric, extra_categorical=extra_categorical)
-    frame = interactions if isinstance(interactions, pd.DataFrame) else pd.DataFrame(list(interactions))
+    # Python objects, not pandas' inferred Arrow strings, which raise on text that is not valid UTF-8.
+    frame = interactions if isinstance(interactions, pd.DataFrame) else pd.DataFrame(list(interactions), dtype=object)
     # Records number from 1 like file rows without a header, so "row 3" is the third dict or DataFrame row.
     return validated(frame.reset_index(drop=True), INTERACTIONS, "interactions", header_rows=0,
                      extra_numeric=extra_numeric, extra_categorical=extra_categorical)
@@ -259,11 +260,12 @@ class Scorer:
     def contact_predictions(self, table: pd.DataFrame) -> pd.DataFrame:
         """Per contact, predicted once: churn and retaliation risk, each model's flag, the likeliest retaliation type
         (empty unless retaliation is flagged), and the features the models read (for reasons and drift)."""
-        retaliation = self.retaliation.predict_proba(table)
         classes = self.retaliation.classes_.tolist()
+        # A batch chunk whose every row broke the contract leaves nothing to predict; scikit-learn refuses 0 rows.
+        retaliation = self.retaliation.predict_proba(table) if len(table) else np.zeros((0, len(classes)))
         negative = classes.index(self.retaliation.negative_class_)
         likeliest = np.where(np.arange(len(classes)) == negative, -np.inf, retaliation).argmax(axis=1)
-        churn_risk = self.churn.risk(table)
+        churn_risk = self.churn.risk(table) if len(table) else np.zeros(0)
         retaliation_risk = self.retaliation.risk_from_proba(retaliation)
         retaliation_flagged = retaliation_risk >= self.retaliation.threshold_
         scores = pd.DataFrame({

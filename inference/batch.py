@@ -8,6 +8,7 @@ a half-written part. The engines (local here, Ray in `ray_engine`) differ only i
 """
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import glob
 import hashlib
@@ -395,15 +396,19 @@ def run_local(units: Sequence[Unit], model: TranscriptModel, out: Path, batch_si
 # -- interactions: contact-level predictions with the transcript features --------------------------------------------
 
 def table_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
-    """A CSV (as text, like the contract readers) or Parquet table in chunks of at most `chunk_size` rows."""
-    if path.suffix.lower() == ".csv":
-        check_unique_names(csv_header(path), str(path))
-        yield from pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_size)
-    else:
-        parquet = pq.ParquetFile(path)
-        check_unique_names(parquet.schema_arrow.names, str(path))
-        for batch in parquet.iter_batches(batch_size=chunk_size):
-            yield arrow_frame(pa.Table.from_batches([batch]))
+    """A CSV (as text, like the contract readers) or Parquet table in chunks of at most `chunk_size` rows;
+    ContractError when the file stops being readable (the rows before it were already handed on)."""
+    try:
+        if path.suffix.lower() == ".csv":
+            check_unique_names(csv_header(path), str(path))
+            yield from pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_size)
+        else:
+            parquet = pq.ParquetFile(path)
+            check_unique_names(parquet.schema_arrow.names, str(path))
+            for batch in parquet.iter_batches(batch_size=chunk_size):
+                yield arrow_frame(pa.Table.from_batches([batch]))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, UnicodeDecodeError, csv.Error) as exc:
+        raise ContractError(str(path), f"cannot be read as {path.suffix[1:].upper() or 'a table'}: {exc}") from exc
 
 
 def saved_features(out: Path) -> pd.DataFrame:
@@ -435,7 +440,7 @@ def predict_contacts(scorer, paths: Sequence[Path], out: Path, chunk_size: int) 
                     commit_unit(out, PREDICTIONS, key, scored, dead)
                 rows += len(chunk)
             seen[str(path)] = {"records": rows}
-        except (ContractError, pa.ArrowException, pd.errors.ParserError, OSError, UnicodeDecodeError) as exc:
+        except (ContractError, OSError) as exc:
             seen[str(path)] = {"records": rows, "rejected": f"after {rows:,} rows: {exc}"}
     return seen
 
