@@ -16,6 +16,7 @@ import pandas as pd
 from carelens.data.contracts import INTERACTION_FEATURES, INTERACTIONS, Conversation, validated
 from carelens.data.errors import CareLensError, UsageError
 from carelens.data.readers import header_lines, read_table, read_transcripts
+from carelens.data.redaction import redacted_conversation
 from carelens.inference.reasons import pushes, top_reasons
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import Registry, RegistryError
@@ -139,18 +140,20 @@ class Scorer:
     versions: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
     batch_size: int = 64
+    #: Mask e-mail addresses, phone numbers, card and order numbers in transcript text before it is scored.
+    redact: bool = False
     #: What the caller should know about these models (e.g. a transcript model trained on synthetic text only).
     warnings: list = field(default_factory=list)
 
     @classmethod
     def load(cls, registry: Optional[Union[Registry, PathLike]] = None, version: Versions = "latest",
-             load_encoder: bool = True, pinned: Optional[bool] = None) -> "Scorer":
+             load_encoder: bool = True, pinned: Optional[bool] = None, redact: bool = False) -> "Scorer":
         """The churn and retaliation models and, when published, the transcript model: checksums verified, library
         versions checked, and the models checked to fit together (feature schemas, and the transcript model version
         the tabular models were trained on). `version` is one version for all three ("latest", "v3") or a dict per
         model name, which pins them (or say so with `pinned`): a pinned set that does not fit together loads with a
         warning instead of an error. `load_encoder=False` loads the tabular models alone (the transcript model's
-        metadata is still read)."""
+        metadata is still read). `redact=True` masks personal data in every transcript before it is scored."""
         store = registry if isinstance(registry, Registry) else Registry(registry)
         chosen = version if isinstance(version, dict) else {n: version for n in (*TABULAR, MODEL_NAME)}
         loaded, metadata, versions = {}, {}, {}
@@ -165,7 +168,7 @@ class Scorer:
             else:
                 metadata[MODEL_NAME] = store.open(MODEL_NAME, wanted).metadata
             versions[MODEL_NAME] = metadata[MODEL_NAME]["version"]
-        scorer = cls(loaded["churn"], loaded["retaliation"], transcripts, versions, metadata)
+        scorer = cls(loaded["churn"], loaded["retaliation"], transcripts, versions, metadata, redact=redact)
         scorer.check_schemas(store.root, pinned=isinstance(version, dict) if pinned is None else pinned)
         text_warning = training_text_warning(metadata[MODEL_NAME]) if MODEL_NAME in metadata else None
         if text_warning:
@@ -231,11 +234,13 @@ class Scorer:
     # -- stages -------------------------------------------------------------------------------------------------
 
     def score_transcripts(self, conversations: Conversations, show_progress_bar: bool = False) -> pd.DataFrame:
-        """One row per conversation, in input order: ids and the transcript features."""
+        """One row per conversation, in input order: ids and the transcript features (personal data masked first
+        when the Scorer redacts)."""
         if self.transcripts is None:
             raise RegistryError("no transcript model is loaded; publish one with `carelens train transcripts`")
-        return transcript_features(self.transcripts, conversation_list(conversations), self.batch_size,
-                                   show_progress_bar)
+        given = conversation_list(conversations)
+        return transcript_features(self.transcripts, [redacted_conversation(c) for c in given] if self.redact else given,
+                                   self.batch_size, show_progress_bar)
 
     def contact_table(self, interactions: Interactions, transcripts: Optional[Conversations] = None,
                       transcript_features: Optional[pd.DataFrame] = None) -> pd.DataFrame:

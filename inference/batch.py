@@ -36,6 +36,7 @@ from carelens.data.readers import (
     TABLE_SUFFIXES, arrow_frame, check_long_form_columns, check_unique_names, conversation_from_json,
     conversation_runs, csv_header, header_lines, long_form_conversation, long_form_runs, parsed_json, reappearing_runs,
 )
+from carelens.data.redaction import redacted, redacted_conversation, redacted_record
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 from carelens.models.registry import Registry, file_sha256
 from carelens.models.transcript import (
@@ -255,14 +256,17 @@ def unit_records(unit: Unit) -> Iterator[tuple[int, Union[str, dict, pd.DataFram
     return readers[unit.kind](unit)
 
 
-def dead_letter(source: str, kind: str, number: int, reason: str, record: Union[str, dict, pd.DataFrame]) -> dict:
+def dead_letter(source: str, kind: str, number: int, reason: str, record: Union[str, dict, pd.DataFrame],
+                redact: bool = False) -> dict:
     """One dead-letter entry: the file, the line (JSON Lines) or row (tables), why, and the record as it came (a
-    long-form conversation as its rows)."""
+    long-form conversation as its rows); with `redact`, personal data masked in the record and in the reason (which
+    may quote a value)."""
     place = {"jsonl": "line", "abcd": "entry"}.get(kind, "row")
     if isinstance(record, pd.DataFrame):
         record = record.to_dict("records")
-    return {"source": source, place: number, "reason": reason,
-            "record": record if isinstance(record, str) else json.dumps(record, default=str, ensure_ascii=False)}
+    text = record if isinstance(record, str) else json.dumps(record, default=str, ensure_ascii=False)
+    return {"source": source, place: number, "reason": redacted(reason) if redact else reason,
+            "record": redacted_record(text) if redact else text}
 
 
 def parsed(unit: Unit, number: int, record: Union[str, dict, pd.DataFrame]) -> Union[Conversation, str]:
@@ -294,15 +298,17 @@ def isolated_features(model: TranscriptModel, conversations: list[Conversation],
     return frames, reasons
 
 
-def score_unit(model: TranscriptModel, unit: Unit, batch_size: int) -> tuple[pd.DataFrame, list[dict]]:
-    """(features of every conversation that parsed and scored, dead letters of the rest), in input order."""
+def score_unit(model: TranscriptModel, unit: Unit, batch_size: int, redact: bool = False
+               ) -> tuple[pd.DataFrame, list[dict]]:
+    """(features of every conversation that parsed and scored, dead letters of the rest), in input order; with
+    `redact`, personal data is masked before scoring and in the dead letters."""
     good, numbers, raw, dead = [], [], [], []
     for number, record in unit_records(unit):
         result = parsed(unit, number, record)
         if isinstance(result, str):
-            dead.append(dead_letter(unit.path, unit.kind, number, result, record))
+            dead.append(dead_letter(unit.path, unit.kind, number, result, record, redact))
         else:
-            good.append(result)
+            good.append(redacted_conversation(result) if redact else result)
             numbers.append(number)
             raw.append(record)
     features = feature_frame(model, good, batch_size)
@@ -310,7 +316,7 @@ def score_unit(model: TranscriptModel, unit: Unit, batch_size: int) -> tuple[pd.
         frames, reasons = isolated_features(model, good, batch_size)
         for number, record, reason in zip(numbers, raw, reasons):
             if reason is not None:
-                dead.append(dead_letter(unit.path, unit.kind, number, reason, record))
+                dead.append(dead_letter(unit.path, unit.kind, number, reason, record, redact))
         keep = [r is None for r in reasons]
         numbers = [n for n, k in zip(numbers, keep) if k]
         features = pd.concat([f for f in frames if f is not None], ignore_index=True)
@@ -383,12 +389,12 @@ def removed_leftovers(out: Path) -> int:
 # -- engines ----------------------------------------------------------------------------------------------------------
 
 def run_local(units: Sequence[Unit], model: TranscriptModel, out: Path, batch_size: int,
-              show_progress_bar: bool) -> None:
+              show_progress_bar: bool, redact: bool = False) -> None:
     """Score the units one after another in this process; memory holds one unit at a time."""
     with tqdm(total=sum(u.records for u in units), unit="conv", desc="scoring", disable=not show_progress_bar,
               smoothing=0.1) as bar:
         for unit in units:
-            features, dead = score_unit(model, unit, batch_size)
+            features, dead = score_unit(model, unit, batch_size, redact)
             commit_unit(out, FEATURES, unit.key, features, dead, FEATURES_SCHEMA)
             bar.update(unit.records)
 
@@ -422,7 +428,7 @@ PREDICTION_DTYPES = {"customer_id": str, "contact_id": str, "churn_risk": float,
                      "retaliation_type": str, "churn_flagged": bool, "retaliation_flagged": bool}
 
 
-def predict_contacts(scorer, paths: Sequence[Path], out: Path, chunk_size: int) -> dict:
+def predict_contacts(scorer, paths: Sequence[Path], out: Path, chunk_size: int, redact: bool = False) -> dict:
     """Per contact of the interactions files, each read and validated once: churn and retaliation risk, type, flags
     and the features the models read, with the transcript features joined on contact_id; rows that break the contract
     go to the dead letters. Returns each file's rows read (or why it was rejected whole)."""
@@ -436,7 +442,7 @@ def predict_contacts(scorer, paths: Sequence[Path], out: Path, chunk_size: int) 
                 key = f"i{index:04d}-c{chunk_no:06d}"
                 if key not in done:
                     scored, dead = predicted_chunk(scorer, chunk, str(path), rows + header_lines(path) + 1, features,
-                                                   numeric, categorical)
+                                                   numeric, categorical, redact)
                     commit_unit(out, PREDICTIONS, key, scored, dead)
                 rows += len(chunk)
             seen[str(path)] = {"records": rows}
@@ -446,11 +452,12 @@ def predict_contacts(scorer, paths: Sequence[Path], out: Path, chunk_size: int) 
 
 
 def predicted_chunk(scorer, chunk: pd.DataFrame, source: str, first_row: int, features: Optional[pd.DataFrame],
-                    numeric: Sequence[str], categorical: Sequence[str]) -> tuple[pd.DataFrame, list[dict]]:
+                    numeric: Sequence[str], categorical: Sequence[str], redact: bool = False
+                    ) -> tuple[pd.DataFrame, list[dict]]:
     """(the predictions of a chunk's good rows with the features they were made from, a dead letter for each bad
     row, numbered as in the file)."""
     checked = check_table(chunk, INTERACTIONS, source, numeric, categorical)
-    dead = [dead_letter(source, "table", first_row + int(i), reason, chunk.iloc[int(i)].to_dict())
+    dead = [dead_letter(source, "table", first_row + int(i), reason, chunk.iloc[int(i)].to_dict(), redact)
             for i, reason in checked.problems[checked.problems != ""].items()]
     scored = scorer.contact_predictions(scorer.joined(checked.good, features))
     return scored.astype(PREDICTION_DTYPES), dead
@@ -515,6 +522,10 @@ class Run:
     clock: float = field(default_factory=time.perf_counter)
 
     @property
+    def redact(self) -> bool:
+        return self.plan["redact"]
+
+    @property
     def pending(self) -> list[Unit]:
         """The transcript units whose features part is not yet committed."""
         done = done_keys(self.out, FEATURES)
@@ -523,9 +534,10 @@ class Run:
 
 def planned_run(transcripts: Sequence[PathLike], out: PathLike, registry: Optional[PathLike] = None,
                 version: Union[str, dict] = "latest", interactions: Sequence[PathLike] = (), chunk_size: int = 1_000,
-                restart: bool = False, format: str = "auto") -> Run:
+                restart: bool = False, format: str = "auto", redact: bool = False) -> Run:
     """The first stage: inputs expanded, hashed and cut into units, model versions resolved, and the plan recorded in
-    `out` (RunConflict when `out` holds a run of another plan, unless `restart`)."""
+    `out` (RunConflict when `out` holds a run of another plan, unless `restart`); `redact` is part of the plan, so a
+    run is never resumed half masked."""
     if chunk_size < 1:
         raise UsageError(f"chunk_size must be at least 1, got {chunk_size}")
     out, store = Path(out), Registry(registry)
@@ -535,7 +547,8 @@ def planned_run(transcripts: Sequence[PathLike], out: PathLike, registry: Option
     models = {name: store.resolve(name, wanted.get(name, "latest") if wanted else version) for name in names}
     inputs = planned_inputs(transcripts, chunk_size, format)
     plan = {"inputs": [f.summary() for f in inputs], "interactions": [str(p) for p in tables],
-            "interaction_hashes": [file_sha256(p) for p in tables], "models": models, "chunk_size": chunk_size}
+            "interaction_hashes": [file_sha256(p) for p in tables], "models": models, "chunk_size": chunk_size,
+            "redact": redact}
     return Run(out, store, inputs, tables, models, bool(wanted), plan, checked_plan(out, plan, restart))
 
 
@@ -550,10 +563,10 @@ def scored_units(run: Run, engine: str = "local", batch_size: int = 64, show_pro
     if pending and engine == "ray":
         from carelens.inference.ray_engine import run_ray
         run_ray(pending, run.store.root, run.models[MODEL_NAME], run.out, batch_size, ray_address, workers,
-                show_progress_bar, cache_entries)
+                show_progress_bar, cache_entries, run.redact)
     elif pending:
         model = model or load_transcript_model(run.store, run.models[MODEL_NAME], cache_entries)[0]
-        run_local(pending, model, run.out, batch_size, show_progress_bar)
+        run_local(pending, model, run.out, batch_size, show_progress_bar, run.redact)
     return len(pending)
 
 
@@ -561,16 +574,18 @@ def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Option
                 version: Union[str, dict] = "latest", interactions: Sequence[PathLike] = (), engine: str = "local",
                 chunk_size: int = 1_000, batch_size: int = 64, restart: bool = False, show_progress_bar: bool = True,
                 ray_address: Optional[str] = None, workers: Optional[int] = None,
-                cache_entries: int = SCORING_CACHE_ENTRIES, format: str = "auto") -> dict:
+                cache_entries: int = SCORING_CACHE_ENTRIES, format: str = "auto", redact: bool = False) -> dict:
     """Score transcript files (JSON Lines, long-form Parquet or ABCD JSON; paths, globs or directories) into `out`:
     Parquet parts of conversation features, with `interactions` also per-contact predictions, every bad record in
     dead_letter.jsonl, and `_manifest.json`. Re-running resumes. Each scoring process remembers `cache_entries` recent
     encodings (0: none). The first stages of `carelens nightly`, which calls the same functions. Returns the
-    manifest (its `failures` name every input that produced nothing or was rejected); raises when in != out + dead."""
-    run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format)
+    manifest (its `failures` name every input that produced nothing or was rejected); raises when in != out + dead.
+    With `redact`, e-mail addresses, phone numbers, card and order numbers are masked before scoring and in the dead
+    letters."""
+    run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact)
     scorer = tabular_scorer(run)
     scored = scored_units(run, engine, batch_size, show_progress_bar, ray_address, workers, cache_entries)
-    table_counts = predict_contacts(scorer, run.tables, run.out, chunk_size) if scorer else {}
+    table_counts = predict_contacts(scorer, run.tables, run.out, chunk_size, run.redact) if scorer else {}
     return finish(run, engine, table_counts, scored)
 
 
@@ -618,12 +633,16 @@ def finish(run: Run, engine: str, table_counts: dict, scored_units: int, write: 
     counts = {key: sum(k[key] for k in kinds.values()) for key in ("in", "out", "dead")}
     rejected = [{"source": f.path, "reason": f.rejected} for f in run.inputs if f.rejected] + \
                [{"source": p, "reason": c["rejected"]} for p, c in table_counts.items() if "rejected" in c]
+    found = failures(run, table_counts)
+    if run.redact:  # a reason can quote what it refused
+        for entry in (*rejected, *found):
+            entry["reason"] = redacted(entry["reason"])
     manifest = {"carelens": package_version("carelens"), "engine": engine, "started_at": run.started,
                 "ended_at": now(), "elapsed_s": round(time.perf_counter() - run.clock, 3), "models": run.plan["models"],
                 "chunk_size": run.plan["chunk_size"], "inputs": run.plan["inputs"],
                 "interactions": [{"path": p, "sha256": h, **table_counts.get(p, {})}
                                  for p, h in zip(run.plan["interactions"], run.plan["interaction_hashes"])],
-                "rejected_inputs": rejected, "failures": failures(run, table_counts), "counts": counts,
+                "rejected_inputs": rejected, "failures": found, "counts": counts,
                 "by_input": kinds, "units": {"scored_now": scored_units, "already_done": run.already},
                 "outputs": {"features": FEATURES, "predictions": PREDICTIONS if run.tables else None,
                             "dead_letter": DEAD_LETTER},

@@ -148,24 +148,26 @@ def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike
                 capacity: Optional[int] = None, threshold: Optional[float] = None, engine: str = "local",
                 chunk_size: int = 1_000, batch_size: int = 64, restart: bool = False, show_progress_bar: bool = True,
                 ray_address: Optional[str] = None, workers: Optional[int] = None,
-                cache_entries: int = SCORING_CACHE_ENTRIES, format: str = "auto", strict: bool = False) -> dict:
+                cache_entries: int = SCORING_CACHE_ENTRIES, format: str = "auto", strict: bool = False,
+                redact: bool = False) -> dict:
     """Run (or resume) the nightly job into `out`; returns the manifest. Flags the `capacity` riskiest customers, or
     those at risk >= `threshold`, or (neither) those either model's own threshold flags. The manifest's `failures`
     name every input a stage produced nothing for; with `strict`, answered contacts without conversation features
-    fail the run (MissingConversations) instead of warning."""
+    fail the run (MissingConversations) instead of warning; with `redact`, personal data in transcript text is masked
+    before scoring and in every output."""
     checked_selection(capacity, threshold)
     if not interactions:
         raise UsageError("the nightly job needs the day's interactions (--interactions) to flag customers")
     timings: dict[str, float] = {}
     with timed(timings, "plan"):
-        run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format)
+        run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact)
     with timed(timings, "load"):
         scorer = tabular_scorer(run, load_encoder=engine == "local" and bool(run.pending))
     with timed(timings, "features"):
         scored = scored_units(run, engine, batch_size, show_progress_bar, ray_address, workers, cache_entries,
                               scorer.transcripts)
     with timed(timings, "predictions"):
-        table_counts = predict_contacts(scorer, run.tables, run.out, chunk_size)
+        table_counts = predict_contacts(scorer, run.tables, run.out, chunk_size, run.redact)
     scoring = finish(run, engine, table_counts, scored, write=False)
     # The plan itself needs no place in the key: `planned_run` refuses an `out` that holds a run of another plan.
     key = {"capacity": capacity, "threshold": threshold, "strict": strict}

@@ -38,16 +38,17 @@ def staged_rows(key: str, features: pd.DataFrame, dead: Sequence[dict]) -> pa.Ta
 class UnitScorer:
     """A Ray Data actor: loads the published transcript model once, then scores each batch of units it is given."""
 
-    def __init__(self, registry: str, version: str, batch_size: int, threads: int, cache_entries: int):
+    def __init__(self, registry: str, version: str, batch_size: int, threads: int, cache_entries: int, redact: bool):
         import torch
 
         from carelens.models.transcript import load_transcript_model
         torch.set_num_threads(threads)
         self.model, _ = load_transcript_model(registry, version, cache_entries)
-        self.batch_size = batch_size
+        self.batch_size, self.redact = batch_size, redact
 
     def __call__(self, units: pd.DataFrame) -> pa.Table:
-        return pa.concat_tables([staged_rows(unit["key"], *score_unit(self.model, Unit(**unit), self.batch_size))
+        return pa.concat_tables([staged_rows(unit["key"], *score_unit(self.model, Unit(**unit), self.batch_size,
+                                                                           self.redact))
                           for unit in units.to_dict("records")])
 
 
@@ -65,7 +66,7 @@ def committed_staging(staging: Path, out: Path) -> int:
 
 def run_ray(units: Sequence[Unit], registry: Path, version: str, out: Path, batch_size: int,
             address: Optional[str] = None, workers: Optional[int] = None, show_progress_bar: bool = True,
-            cache_entries: int = 0) -> None:
+            cache_entries: int = 0, redact: bool = False) -> None:
     """Score the units with Ray Data on a local Ray instance (default) or the cluster at `address`."""
     import ray
 
@@ -83,7 +84,7 @@ def run_ray(units: Sequence[Unit], registry: Path, version: str, out: Path, batc
         scored = dataset.map_batches(UnitScorer, batch_size=1, batch_format="pandas", concurrency=actors, num_cpus=1,
                                      fn_constructor_kwargs={"registry": str(registry.resolve()), "version": version,
                                                             "batch_size": batch_size, "threads": 1,
-                                                            "cache_entries": cache_entries})
+                                                            "cache_entries": cache_entries, "redact": redact})
         scored.write_parquet(str(staging.resolve()), partition_cols=[UNIT_COLUMN])
         committed = committed_staging(staging, out)
         if committed != len(units):

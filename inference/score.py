@@ -53,16 +53,19 @@ CacheOption = Annotated[Optional[int], typer.Option(
                 "once (about 1.6 kB each for MiniLM; default 50,000); 0 turns it off.")]
 RestartOption = Annotated[bool, typer.Option(help="Discard what --out holds from an earlier run instead of resuming.")]
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar (conversations/s and ETA).")]
+RedactOption = Annotated[bool, typer.Option(help="Mask e-mail addresses, phone numbers, card and order/account numbers "
+                                                 "in transcript text ([EMAIL], [PHONE], [CARD], [ORDER]) before "
+                                                 "scoring and in every output, dead letters included.")]
 
 
 def run_options(registry, version, engine, chunk_size, batch_size, restart, progress, ray_address, workers,
-                cache_entries, format) -> dict:
+                cache_entries, format, redact) -> dict:
     """The options `score` and `nightly` share, as keyword arguments of `score_batch` / `run_nightly`."""
     from carelens.inference.api import parse_versions
     from carelens.models.transcript import SCORING_CACHE_ENTRIES
     return {"registry": registry, "version": parse_versions(version), "engine": engine.value,
             "chunk_size": chunk_size, "batch_size": batch_size, "restart": restart, "show_progress_bar": progress,
-            "ray_address": ray_address, "workers": workers, "format": format.value,
+            "ray_address": ray_address, "workers": workers, "format": format.value, "redact": redact,
             "cache_entries": SCORING_CACHE_ENTRIES if cache_entries is None else cache_entries}
 
 
@@ -100,6 +103,7 @@ def score_command(
     cache_entries: CacheOption = None,
     restart: RestartOption = False,
     progress: ProgressOption = True,
+    redact: RedactOption = False,
 ) -> None:
     """The scoring stages of the nightly job alone: transcripts (and, with --interactions, contacts) in bounded
     chunks into features/ and predictions/ parts. Every input record ends up in a part or in dead_letter.jsonl with its
@@ -112,7 +116,7 @@ def score_command(
     with user_errors():
         manifest = score_batch(transcripts, out, interactions=interactions or (),
                                **run_options(registry, version, engine, chunk_size, batch_size, restart, progress,
-                                             ray_address, workers, cache_entries, format))
+                                             ray_address, workers, cache_entries, format, redact))
     reported(manifest, out)
 
 
@@ -139,6 +143,7 @@ def nightly_command(
     cache_entries: CacheOption = None,
     restart: RestartOption = False,
     progress: ProgressOption = True,
+    redact: RedactOption = False,
     top: Annotated[int, typer.Option(min=0, help="Flagged customers printed on the terminal.")] = 10,
 ) -> None:
     """The nightly job: the day's transcripts and contacts → conversation features → per-contact predictions →
@@ -154,7 +159,7 @@ def nightly_command(
     with user_errors():
         manifest = run_nightly(transcripts, interactions, out, capacity=capacity, threshold=threshold, strict=strict,
                                **run_options(registry, version, engine, chunk_size, batch_size, restart, progress,
-                                             ray_address, workers, cache_entries, format))
+                                             ray_address, workers, cache_entries, format, redact))
     flagged = pd.read_parquet(out / FLAGGED_PARQUET)
     console.print(top_table(flagged, top))
     console.print(f"{manifest['rule']}: flagged {manifest['flagged']:,} customers; summary: {out / SUMMARY}",
