@@ -5,6 +5,16 @@ from __future__ import annotations
 class CareLensError(Exception):
     """An error a user can act on: bad input, a refused artifact, a run that would mix two runs, a bad option."""
 
+    #: The CLI's exit code for it: 2 (the input or the command must change) unless a subclass says otherwise.
+    exit_code = 2
+
+
+class OutOfSpace(CareLensError, OSError):
+    """A write failed because the disk, the quota or the file-size limit is full; nothing half-written was kept, so a
+    re-run after freeing space resumes (exit code 1, as for an incomplete run)."""
+
+    exit_code = 1
+
 
 class UsageError(CareLensError, ValueError):
     """An argument or option outside what the function or command accepts; the message says what was expected."""

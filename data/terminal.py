@@ -16,13 +16,13 @@ error_console = Console(stderr=True)
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """The toolkit's own errors end the command with their message and exit code 2; anything else is a bug and
-    keeps its traceback."""
+    """The toolkit's own errors end the command with their message and exit code (2 unless the error says otherwise);
+    anything else is a bug and keeps its traceback."""
     try:
         yield
     except CareLensError as exc:
         error_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(exc.exit_code) from exc
 
 
 def warn(message: str) -> None:

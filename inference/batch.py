@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import glob
 import hashlib
 import json
@@ -17,7 +18,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 
 from carelens.data.adapters import abcd_conversation
 from carelens.data.contracts import INTERACTIONS, SURROGATE, ContractError, Conversation, check_table
-from carelens.data.errors import CareLensError, UsageError
+from carelens.data.errors import CareLensError, OutOfSpace, UsageError
 from carelens.data.readers import (
     TABLE_SUFFIXES, arrow_frame, check_long_form_columns, check_unique_names, conversation_from_json,
     conversation_runs, csv_header, header_lines, long_form_conversation, long_form_runs, parsed_json, reappearing_runs,
@@ -66,6 +67,15 @@ class RunConflict(CareLensError, ValueError):
     """The output folder holds a run over other inputs, models or chunking; resuming it would mix two runs."""
 
 
+class InputChanged(CareLensError, RuntimeError):
+    """An input file changed or disappeared after the run was planned; reading on would mix two versions of it."""
+
+
+#: errno values and messages (pyarrow's OSErrors may carry no errno) of a write that found no room.
+FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+FULL_MESSAGES = ("No space left", "File too large", "Disk quota exceeded")
+
+
 # -- the plan: input files, cut into units ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -80,6 +90,8 @@ class Unit:
     stop: int
     first: int
     records: int
+    #: The file's (size, modification time in ns) when the run was planned: reading a changed file is refused.
+    stamp: tuple[int, int] = (0, 0)
     #: Long-form Parquet: the first row of each conversation whose id already had rows earlier in the file → that
     #: earlier first row (both 0-based); such a conversation is refused.
     repeated: tuple[tuple[int, int], ...] = ()
@@ -126,8 +138,37 @@ def file_kind(path: Path, format: str) -> str:
     return "parquet" if suffix in PARQUET_SUFFIXES else "abcd" if suffix in ABCD_SUFFIXES else "jsonl"
 
 
+def file_stamp(path: Union[str, Path]) -> tuple[int, int]:
+    """(size, modification time in ns) of a file; InputChanged when it is gone."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError as exc:
+        raise InputChanged(f"{path}: the input disappeared after the run was planned; restore it, or re-run with "
+                           f"--restart to plan the run again without it") from exc
+    return status.st_size, status.st_mtime_ns
+
+
+def check_unchanged(path: Union[str, Path], stamp: tuple[int, int]) -> None:
+    """InputChanged unless the file still has the size and modification time the plan saw."""
+    now = tuple(file_stamp(path))
+    if now != tuple(stamp):
+        raise InputChanged(f"{path}: the input changed after the run was planned (size {stamp[0]:,} → {now[0]:,} "
+                           f"bytes); scoring on would mix two versions of it. Re-run with --restart to score it as "
+                           f"it is now")
+
+
 def planned_file(path: Path, index: int, chunk_size: int, format: str = "auto") -> InputFile:
-    """An input file described and cut into units; an empty or unreadable file is rejected whole, with the reason."""
+    """An input file described and cut into units, each stamped with the file's size and modification time as they
+    were before planning read it (so a change while planning shows too); an empty or unreadable file is rejected
+    whole, with the reason."""
+    stamp = file_stamp(path)
+    planned = described_file(path, index, chunk_size, format)
+    planned.units = [replace(unit, stamp=stamp) for unit in planned.units]
+    return planned
+
+
+def described_file(path: Path, index: int, chunk_size: int, format: str) -> InputFile:
+    """The file's kind, size, hash and units, or why it is rejected whole."""
     kind = file_kind(path, format)
     if path.stat().st_size == 0:
         return InputFile(str(path), kind, 0, file_sha256(path), rejected="the file is empty: no conversations")
@@ -252,6 +293,8 @@ def abcd_records(unit: Unit) -> Iterator[tuple[int, object]]:
 
 
 def unit_records(unit: Unit) -> Iterator[tuple[int, Union[str, dict, pd.DataFrame]]]:
+    """The unit's records as its reader gives them, after checking the file is the one the plan cut."""
+    check_unchanged(unit.path, unit.stamp)
     readers = {"jsonl": jsonl_records, "parquet": parquet_records, "abcd": abcd_records}
     return readers[unit.kind](unit)
 
@@ -338,11 +381,17 @@ def feature_frame(model: TranscriptModel, conversations: list[Conversation], bat
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """A temporary path beside `target` that becomes `target` (by rename) only when the block completes."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}{TEMPORARY_MARK}{os.getpid()}")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         yield temporary
         os.replace(temporary, target)
+    except OSError as exc:
+        if exc.errno in FULL or any(message in str(exc) for message in FULL_MESSAGES):
+            raise OutOfSpace(f"{target}: cannot be written ({exc.strerror or exc}): the disk, quota or file-size limit "
+                             f"is full. Nothing half-written was kept; free space and re-run the same command to "
+                             f"resume") from exc
+        raise
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -428,26 +477,31 @@ PREDICTION_DTYPES = {"customer_id": str, "contact_id": str, "churn_risk": float,
                      "retaliation_type": str, "churn_flagged": bool, "retaliation_flagged": bool}
 
 
-def predict_contacts(scorer, paths: Sequence[Path], out: Path, chunk_size: int, redact: bool = False) -> dict:
-    """Per contact of the interactions files, each read and validated once: churn and retaliation risk, type, flags
-    and the features the models read, with the transcript features joined on contact_id; rows that break the contract
-    go to the dead letters. Returns each file's rows read (or why it was rejected whole)."""
-    features = saved_features(out) if scorer.uses_transcripts else None
+def predict_contacts(scorer, run: "Run", chunk_size: int) -> dict:
+    """Per contact of the run's interactions files, each read and validated once: churn and retaliation risk, type,
+    flags and the features the models read, with the transcript features joined on contact_id; rows that break the
+    contract go to the dead letters. Returns each file's rows read (or why it was rejected whole); InputChanged when a
+    file is not the one the plan hashed."""
+    features = saved_features(run.out) if scorer.uses_transcripts else None
     numeric, categorical = scorer.extra_columns()
-    done, seen = done_keys(out, PREDICTIONS), {}
-    for index, path in enumerate(paths):
+    done, seen = done_keys(run.out, PREDICTIONS), {}
+    for index, (path, stamp) in enumerate(zip(run.tables, run.table_stamps)):
+        check_unchanged(path, stamp)
         rows = 0
         try:
             for chunk_no, chunk in enumerate(table_chunks(path, chunk_size)):
                 key = f"i{index:04d}-c{chunk_no:06d}"
                 if key not in done:
                     scored, dead = predicted_chunk(scorer, chunk, str(path), rows + header_lines(path) + 1, features,
-                                                   numeric, categorical, redact)
-                    commit_unit(out, PREDICTIONS, key, scored, dead)
+                                                   numeric, categorical, run.redact)
+                    commit_unit(run.out, PREDICTIONS, key, scored, dead)
                 rows += len(chunk)
             seen[str(path)] = {"records": rows}
+        except OutOfSpace:
+            raise
         except (ContractError, OSError) as exc:
             seen[str(path)] = {"records": rows, "rejected": f"after {rows:,} rows: {exc}"}
+        check_unchanged(path, stamp)
     return seen
 
 
@@ -518,6 +572,8 @@ class Run:
     pinned: bool
     plan: dict
     already: int
+    #: (size, modification time) of each interactions file before the plan hashed it.
+    table_stamps: list = field(default_factory=list)
     started: str = field(default_factory=now)
     clock: float = field(default_factory=time.perf_counter)
 
@@ -543,13 +599,14 @@ def planned_run(transcripts: Sequence[PathLike], out: PathLike, registry: Option
     out, store = Path(out), Registry(registry)
     wanted = version if isinstance(version, dict) else {}
     tables = expanded_inputs(interactions, TABLE_SUFFIXES) if interactions else []
+    table_stamps = [file_stamp(p) for p in tables]
     names = (MODEL_NAME, "churn", "retaliation") if tables else (MODEL_NAME,)
     models = {name: store.resolve(name, wanted.get(name, "latest") if wanted else version) for name in names}
     inputs = planned_inputs(transcripts, chunk_size, format)
     plan = {"inputs": [f.summary() for f in inputs], "interactions": [str(p) for p in tables],
             "interaction_hashes": [file_sha256(p) for p in tables], "models": models, "chunk_size": chunk_size,
             "redact": redact}
-    return Run(out, store, inputs, tables, models, bool(wanted), plan, checked_plan(out, plan, restart))
+    return Run(out, store, inputs, tables, models, bool(wanted), plan, checked_plan(out, plan, restart), table_stamps)
 
 
 def scored_units(run: Run, engine: str = "local", batch_size: int = 64, show_progress_bar: bool = True,
@@ -585,7 +642,7 @@ def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Option
     run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact)
     scorer = tabular_scorer(run)
     scored = scored_units(run, engine, batch_size, show_progress_bar, ray_address, workers, cache_entries)
-    table_counts = predict_contacts(scorer, run.tables, run.out, chunk_size, run.redact) if scorer else {}
+    table_counts = predict_contacts(scorer, run, chunk_size) if scorer else {}
     return finish(run, engine, table_counts, scored)
 
 

@@ -167,7 +167,7 @@ def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike
         scored = scored_units(run, engine, batch_size, show_progress_bar, ray_address, workers, cache_entries,
                               scorer.transcripts)
     with timed(timings, "predictions"):
-        table_counts = predict_contacts(scorer, run.tables, run.out, chunk_size, run.redact)
+        table_counts = predict_contacts(scorer, run, chunk_size)
     scoring = finish(run, engine, table_counts, scored, write=False)
     # The plan itself needs no place in the key: `planned_run` refuses an `out` that holds a run of another plan.
     key = {"capacity": capacity, "threshold": threshold, "strict": strict}

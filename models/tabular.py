@@ -445,13 +445,48 @@ def save_model(model: RiskModel, directory: Union[str, Path]) -> Path:
     return path
 
 
+def _check_skops_container(path: Path) -> None:
+    """RegistryError unless `path` is a plain file that starts as a skops file (a zip archive) does: a pickle or
+    joblib file put in its place is named as such and never opened by anything that would unpickle it."""
+    if not path.is_file():
+        raise RegistryError(f"{path}: missing or not a plain file; expected a skops file — refusing to load it")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot be read ({exc}); expected a skops file — refusing to load it") from exc
+    if head != b"PK\x03\x04":
+        looks = ("a pickle" if head[:1] == b"\x80" else "a compressed joblib file" if head[:1] in (b"x", b"\x1f", b"\xfd", b"B")
+                 else "something else")
+        raise RegistryError(f"{path}: is not a skops file (expected a zip archive starting with 'PK', found bytes "
+                            f"{head.hex(' ') or 'none'}: {looks}); CareLens never unpickles a model — refusing to "
+                            f"load it")
+
+
 def load_model(path: Union[str, Path]) -> RiskModel:
-    """A skops-stored model, after checking that every type it holds is on the explicit allow-list."""
-    unexpected = sorted(set(sio.get_untrusted_types(file=path)) - TRUSTED_TYPES)
+    """A skops-stored model, after checking that every type it holds is on the explicit allow-list (TRUSTED_TYPES)
+    and that it is a RiskModel. Nothing in the file is unpickled or run; anything unreadable is a RegistryError
+    naming the file."""
+    path = Path(path)
+    _check_skops_container(path)
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # a damaged or foreign zip: whatever skops or zipfile raises, the answer is refusal
+        raise RegistryError(f"{path}: not a readable skops file ({type(exc).__name__}: {exc}); refusing to load "
+                            f"it") from exc
+    unexpected = sorted(set(untrusted) - TRUSTED_TYPES)
     if unexpected:
         raise RegistryError(f"{path}: holds type(s) outside the allow-list: {', '.join(unexpected)}; "
                             f"refusing to load it")
-    return sio.load(path, trusted=sorted(TRUSTED_TYPES))
+    try:
+        model = sio.load(path, trusted=sorted(TRUSTED_TYPES))
+    except Exception as exc:  # skops' UntrustedTypesFoundException, zipfile, json and construction errors alike
+        raise RegistryError(f"{path}: the skops file could not be loaded with the allow-list "
+                            f"({type(exc).__name__}: {exc}); refusing to load it") from exc
+    if not isinstance(model, RiskModel):
+        raise RegistryError(f"{path}: holds a {type(model).__module__}.{type(model).__qualname__}; expected a "
+                            f"carelens RiskModel — refusing to load it")
+    return model
 
 
 def load_tabular(registry: Union[Registry, str, Path], name: str, version: str = "latest") -> tuple[RiskModel, dict]:
@@ -459,7 +494,12 @@ def load_tabular(registry: Union[Registry, str, Path], name: str, version: str =
     registry = registry if isinstance(registry, Registry) else Registry(registry)
     artifact = registry.open(name, version, requires=("scikit-learn", "skops"))
     model = load_model(artifact.path / ARTIFACT)
-    if model.feature_schema() != artifact.metadata.get("features"):
+    try:
+        schema = model.feature_schema()
+    except Exception as exc:  # an unfitted or hollowed-out model
+        raise RegistryError(f"{artifact.path / ARTIFACT}: the stored model has no feature schema "
+                            f"({type(exc).__name__}: {exc}); refusing to load it") from exc
+    if schema != artifact.metadata.get("features"):
         raise RegistryError(f"{artifact.path}: the stored model's features {model.feature_schema()} differ from "
                             f"those in its metadata {artifact.metadata.get('features')}; refusing to load it")
     return model, artifact.metadata

@@ -54,14 +54,16 @@ def _pretrained(directory: Path):
     if not (directory / "config.json").is_file():
         raise UsageError(f"{directory}: not a Hugging Face checkpoint directory (no config.json); pass --encoder "
                          f"a directory written by save_pretrained")
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    # Weights only as safetensors and no code from the checkpoint: loading a model must never run what it carries.
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     if not tokenizer.is_fast:
         raise UsageError(f"{directory}: the tokenizer is not a fast (Rust) tokenizer; windowing long turns needs one")
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected, not news
     hf_logging.disable_progress_bar()
     try:
-        encoder = AutoModel.from_pretrained(directory, local_files_only=True)
+        encoder = AutoModel.from_pretrained(directory, local_files_only=True, use_safetensors=True,
+                                            trust_remote_code=False)
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
@@ -320,20 +322,117 @@ class TranscriptModel(nn.Module):
         (directory / HEADS_CONFIG).write_text(json.dumps(self.config_dict(), indent=2))
         return directory
 
+    #: Files that hold pickles or code (PyTorch/TF/Flax checkpoints, joblib, Python): never part of a saved model,
+    #: so one found in its directory is refused rather than left for a loader to pick up.
+    UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".h5", ".msgpack", ".npy", ".npz",
+                       ".py", ".pyc", ".so")
+    #: Configuration keys through which Hugging Face loaders import code shipped with a checkpoint.
+    CUSTOM_CODE_KEYS = ("auto_map", "custom_pipelines")
+
+    @staticmethod
+    def _keys_found(content, keys: Sequence[str]) -> list[str]:
+        """Where in a parsed JSON document any of `keys` appears, at any depth, as dotted paths."""
+        found, pending = [], [("", content)]
+        while pending:
+            where, value = pending.pop()
+            items = (value.items() if isinstance(value, dict) else
+                     ((f"[{i}]", v) for i, v in enumerate(value)) if isinstance(value, list) else ())
+            for key, child in items:
+                path = f"{where}.{key}" if where and not str(key).startswith("[") else f"{where}{key}"
+                if isinstance(value, dict) and key in keys:
+                    found.append(path)
+                pending.append((path, child))
+        return sorted(found)
+
     @classmethod
-    def load(cls, directory: PathLike, cache_entries: int = 0) -> "TranscriptModel":
-        """A model saved by `save`; weights are safetensors, so loading runs no code from the files. With
-        `cache_entries`, it remembers that many recent encodings (for scoring, never for training)."""
-        directory = Path(directory)
-        for name in (HEADS_CONFIG, HEADS_WEIGHTS):
+    def _check_loadable(cls, directory: Path) -> None:
+        """RegistryError unless the directory is one `save` writes: heads and encoder weights as safetensors, no
+        pickled checkpoint or Python file beside them, and no configuration that asks for custom code. Checked before
+        any loader opens a file, so the Hugging Face loaders can only take the safetensors route."""
+        if not directory.is_dir():
+            raise RegistryError(f"{directory}: not a directory; expected a transcript model saved by TranscriptModel.save")
+        for name in (HEADS_CONFIG, HEADS_WEIGHTS, "config.json"):
             if not (directory / name).is_file():
                 raise RegistryError(f"{directory}: no {name}; not a saved transcript model")
-        config = json.loads((directory / HEADS_CONFIG).read_text())
-        tokenizer, encoder = _pretrained(directory)
-        heads = Heads(config["hidden_size"])
-        heads.load_state_dict(load_file(directory / HEADS_WEIGHTS))
-        model = cls(encoder, tokenizer, heads, config["max_length"], config["mode"], config["temperatures"],
-                    {k: v for k, v in config.items() if k not in STANDARD_CONFIG_KEYS}, config.get("decision_weights"))
+        if not any((directory / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+            raise RegistryError(f"{directory}: no model.safetensors; the encoder's weights are loaded from safetensors "
+                                f"only — refusing to load it")
+        files = sorted(p for p in directory.rglob("*") if p.is_file() or p.is_symlink())
+        for path in files:
+            if path.suffix != ".json" or path.name in ("tokenizer.json", "metadata.json"):
+                continue
+            try:
+                content = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+                raise RegistryError(f"{path}: not valid JSON ({type(exc).__name__}: {exc}); refusing to load "
+                                    f"the transcript model") from exc
+            found = cls._keys_found(content, cls.CUSTOM_CODE_KEYS)
+            if found:
+                raise RegistryError(f"{path}: asks for custom code ({', '.join(found)}); CareLens never runs code "
+                                    f"shipped with a model (trust_remote_code stays off) — refusing to load it")
+        unsafe = [p.relative_to(directory).as_posix() for p in files if p.name.lower().endswith(cls.UNSAFE_SUFFIXES)]
+        if unsafe:
+            raise RegistryError(f"{directory}: holds {', '.join(unsafe)}, a pickled checkpoint or code file that a "
+                                f"saved transcript model never has; weights are loaded from safetensors only — "
+                                f"refusing to load it")
+
+    @classmethod
+    def load(cls, directory: PathLike, cache_entries: int = 0) -> "TranscriptModel":
+        """A model saved by `save`; weights are safetensors, so loading runs no code from the files (pickled
+        checkpoints, Python files and custom-code configuration are refused before any loader runs). With
+        `cache_entries`, it remembers that many recent encodings (for scoring, never for training). Anything
+        missing, malformed or foreign is a RegistryError naming the file."""
+        directory = Path(directory)
+        cls._check_loadable(directory)
+        heads_config = directory / HEADS_CONFIG
+        try:
+            config = json.loads(heads_config.read_text(encoding="utf-8"))
+            hidden_size, max_length, mode = config["hidden_size"], config["max_length"], config["mode"]
+            temperatures = config["temperatures"]
+            if not (isinstance(hidden_size, int) and hidden_size > 0 and isinstance(max_length, int)
+                    and isinstance(temperatures, dict)):
+                raise ValueError(f"hidden_size {hidden_size!r}, max_length {max_length!r}, temperatures "
+                                 f"{temperatures!r}")
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError) as exc:
+            raise RegistryError(f"{heads_config}: not the heads configuration TranscriptModel.save writes "
+                                f"({type(exc).__name__}: {exc}); expected a JSON object with hidden_size, max_length, "
+                                f"mode and temperatures — refusing to load it") from exc
+        encoder_config = directory / "config.json"
+        try:
+            encoder_hidden = json.loads(encoder_config.read_text(encoding="utf-8")).get("hidden_size", hidden_size)
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError) as exc:
+            raise RegistryError(f"{encoder_config}: not an encoder configuration ({type(exc).__name__}: {exc}) — "
+                                f"refusing to load it") from exc
+        if encoder_hidden != hidden_size:
+            raise RegistryError(f"{encoder_config}: hidden_size {encoder_hidden!r} differs from the heads' "
+                                f"{hidden_size} ({HEADS_CONFIG}) — refusing to load it")
+        heads_weights = directory / HEADS_WEIGHTS
+        try:
+            state = load_file(heads_weights)
+        except Exception as exc:  # safetensors' SafetensorError (a pickle or zip in its place), OSError, ...
+            raise RegistryError(f"{heads_weights}: not a safetensors file ({type(exc).__name__}: {exc}); weights are "
+                                f"loaded from safetensors only, never unpickled — refusing to load it") from exc
+        heads = Heads(hidden_size)
+        try:
+            heads.load_state_dict(state)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise RegistryError(f"{heads_weights}: the tensors do not fit heads of hidden size {hidden_size} "
+                                f"({type(exc).__name__}: {exc}) — refusing to load it") from exc
+        try:
+            tokenizer, encoder = _pretrained(directory)
+        except RegistryError:
+            raise
+        except Exception as exc:  # transformers' OSError/ValueError, safetensors errors, a config it cannot read
+            raise RegistryError(f"{directory}: the encoder or tokenizer could not be loaded "
+                                f"({type(exc).__name__}: {exc}) — refusing to load it") from exc
+        if encoder.config.hidden_size != hidden_size:
+            raise RegistryError(f"{encoder_config}: the encoder's hidden size {encoder.config.hidden_size} differs "
+                                f"from the heads' {hidden_size} ({HEADS_CONFIG}) — refusing to load it")
+        try:
+            model = cls(encoder, tokenizer, heads, max_length, mode, temperatures,
+                        {k: v for k, v in config.items() if k not in STANDARD_CONFIG_KEYS}, config.get("decision_weights"))
+        except (UsageError, ValueError, TypeError) as exc:
+            raise RegistryError(f"{heads_config}: {exc} — refusing to load it") from exc
         return model.remembering(cache_entries)
 
     def remembering(self, cache_entries: int) -> "TranscriptModel":

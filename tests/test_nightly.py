@@ -144,67 +144,6 @@ def test_an_interactions_file_rejected_whole_fails_the_run_with_the_reason(regis
     assert (tmp_path / "run" / FLAGGED_PARQUET).is_file()
 
 
-# -- SIGKILL at every stage, then a re-run --------------------------------------------------------------------------
-
-KILLERS = {
-    # (module, function, a condition on its arguments): the run SIGKILLs itself right after such a call returns, or,
-    # for write_text, right before it writes (so the summary and the manifest are never written).
-    # After the second features part is committed.
-    "features": ("carelens.inference.batch", "commit_unit", "lambda out, folder, *a, **k: folder == 'features' and "
-                 "len(list((out / folder).glob('*.parquet'))) >= 2"),
-    "predictions": ("carelens.inference.batch", "commit_unit", "lambda out, folder, *a, **k: folder == 'predictions' "
-                    "and len(list((out / folder).glob('*.parquet'))) >= 1"),
-    "flags": ("carelens.inference.nightly", "write_parquet", "lambda frame, target, *a, **k: target.name == "
-              "'flagged.parquet' and target.exists()"),
-    "summary": ("carelens.inference.nightly", "write_text", "lambda text, target: target.name == 'summary.html'"),
-    "manifest": ("carelens.inference.nightly", "write_text", "lambda text, target: target.name == '_manifest.json' "
-                 "and not target.exists()"),
-}
-
-KILLED_RUN = """
-import os, signal, sys
-from pathlib import Path
-import importlib
-module_name, function, condition = sys.argv[4], sys.argv[5], eval(sys.argv[6])
-module = importlib.import_module(module_name)
-original = getattr(module, function)
-def killing(*args, **kwargs):
-    if function == "write_text" and condition(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGKILL)
-    result = original(*args, **kwargs)
-    if condition(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return result
-setattr(module, function, killing)
-from carelens.inference.nightly import run_nightly
-day = Path(sys.argv[1])
-run_nightly([day / "transcripts.jsonl"], [day / "interactions.parquet"], sys.argv[2], sys.argv[3], chunk_size=7,
-            show_progress_bar=False)
-"""
-
-
-@pytest.mark.parametrize("stage", list(KILLERS))
-def test_a_run_killed_in_any_stage_finishes_on_rerun_with_the_uninterrupted_outputs(
-        stage, registry_with_models, uninterrupted, tmp_path):
-    module, function, condition = KILLERS[stage]
-    out = tmp_path / "run"
-    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(registry_with_models.day_dir), str(out),
-                             str(registry_with_models.root), module, function, condition],
-                            capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert not (out / MANIFEST).is_file()
-    nightly(registry_with_models.day_dir, out, registry_with_models.root, chunk_size=7)
-    reference, _ = uninterrupted
-    assert_same_flags(pd.read_parquet(out / FLAGGED_PARQUET), pd.read_parquet(reference / FLAGGED_PARQUET))
-    for folder in (FEATURES, PREDICTIONS):
-        assert sorted(p.name for p in (out / folder).glob("*.parquet")) == \
-            sorted(p.name for p in (reference / folder).glob("*.parquet"))
-        got, expected = read_parts(out, folder), read_parts(reference, folder)
-        assert got.drop(columns="source", errors="ignore").shape == expected.drop(columns="source", errors="ignore").shape
-    manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["balanced"] and manifest["stages"]["predictions"]["out"] == len(read_parts(reference, PREDICTIONS))
-
-
 # -- no silent wrong answers ------------------------------------------------------------------------------------------
 
 def test_tabular_models_record_the_transcript_model_that_scored_their_features(scorer):
