@@ -6,7 +6,7 @@ SHARED ?= ../shared
 # HistGradientBoosting's OpenMP threads spin-wait by default; on a busy 2-core machine that made training 10x slower.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test bench train-real clean
+.PHONY: demo test bench fuzz train-real clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,14 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# The property tests at 10,000 examples each (the whole-run property at 200) and the fault tests at 5 seeded kill
+# points per stage of the nightly job. Hours on 2 cores; FUZZ_EXAMPLES=1000 for a quicker pass.
+FUZZ_EXAMPLES ?= 10000
+fuzz: $(VENV)/.installed
+	CARELENS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CARELENS_KILL_POINTS=5 $(BIN)/python -m pytest -q \
+		-k "property or killed" tests/test_properties.py tests/test_service_properties.py tests/test_redaction.py \
+		tests/test_faults.py
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m slow -s tests/benchmarks tests

@@ -297,12 +297,12 @@ def test_property_batch_units_keep_in_equal_out_plus_dead(scorer, tmp_path_facto
         assert_own_error(exc, str(path))
 
 
-@settings(fuzz, max_examples=min(EXAMPLES, 5))
+@settings(fuzz, max_examples=max(5, EXAMPLES // 50))
 @given(records=st.lists(hostile_records(), min_size=1, max_size=4), table=hostile_tables(BASE),
        kind=st.sampled_from(["csv", "parquet"]))
 def test_property_batch_run_keeps_in_equal_out_plus_dead(registry_with_models, tmp_path_factory, records, table,
                                                          kind):
-    """The whole `score_batch` run (models loaded from the registry each time, so few examples): a balanced
+    """The whole `score_batch` run (models loaded from the registry each time, so a 50th of the examples): a balanced
     manifest, and one dead-letter line per record that went dead."""
     folder = tmp_path_factory.mktemp("b")
     transcripts = folder / "day.jsonl"
