@@ -188,18 +188,28 @@ def present(value: Any) -> bool:
     return not (value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)))
 
 
+def turn_number(value: Any) -> float:
+    """A turn_index as a number to sort by; NaN for anything that is not one (a bool, a list, text that is not a
+    number)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, str, np.number)):
+        return math.nan
+    try:
+        return float(value)
+    except (ValueError, OverflowError):
+        return math.nan
+
+
 def long_form_record(turns: pd.DataFrame, source: str, row: int) -> dict:
     """One conversation's rows (one per turn, any order, the first at file row `row`) as a transcripts-contract record,
     turns in turn_index order; ContractError when it has no conversation_id or a turn_index is not a number."""
     head = turns.iloc[0]
     if not present(head["conversation_id"]):
         raise ContractError(source, "missing value, expected a conversation_id", row=row, column="conversation_id")
-    order = pd.to_numeric(turns["turn_index"].map(lambda v: v if isinstance(v, (int, float, str, np.number)) else None),
-                          errors="coerce")
-    if order.isna().any() or not np.isfinite(order.to_numpy(float)).all():
-        bad = turns["turn_index"][~np.isfinite(order.to_numpy(float))].iloc[0]
-        raise ContractError(source, f"got {bad!r}, expected a whole number", row=row, column="turn_index")
-    turns = turns.iloc[np.argsort(order.to_numpy(float), kind="stable")]
+    order = np.array([turn_number(v) for v in turns["turn_index"]], dtype=float)
+    if not np.isfinite(order).all():
+        bad = turns["turn_index"].iloc[int(np.flatnonzero(~np.isfinite(order))[0])]
+        raise ContractError(source, f"got {shown(bad)}, expected a whole number", row=row, column="turn_index")
+    turns = turns.iloc[np.argsort(order, kind="stable")]
     turn_fields = [c for c in LONG_FORM_TURN_FIELDS if c in turns.columns]
     conversation_fields = [c for c in LONG_FORM_CONVERSATION_FIELDS if c in turns.columns]
     return {"conversation_id": head["conversation_id"],

@@ -1,7 +1,9 @@
 """The `carelens serve` command: load the models once and answer HTTP requests with uvicorn."""
 from __future__ import annotations
 
+import copy
 import os
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,6 +23,41 @@ def api_key_from(variable: Optional[str]) -> Optional[str]:
     return key
 
 
+def logging_config() -> dict:
+    """uvicorn's logging, plus the service's: the JSON access lines alone on stdout (uvicorn's own access log is off),
+    failed requests with their traceback on stderr."""
+    from uvicorn.config import LOGGING_CONFIG
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["line"] = {"format": "%(message)s"}
+    config["handlers"]["access_lines"] = {"class": "logging.StreamHandler", "formatter": "line",
+                                          "stream": "ext://sys.stdout"}
+    config["loggers"]["carelens.access"] = {"handlers": ["access_lines"], "level": "INFO", "propagate": False}
+    config["loggers"]["carelens.service"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
+
+
+def serve_until_stopped(app, host: str, port: int, shutdown_timeout: int) -> None:
+    """Run uvicorn until SIGINT or SIGTERM, then let requests in flight finish (for at most `shutdown_timeout`
+    seconds) and return, so that a stop asked for ends with exit code 0."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False, log_config=logging_config(),
+                                           timeout_graceful_shutdown=shutdown_timeout))
+
+    # uvicorn, once it has shut down gracefully, raises the signal it caught again under the handler it found; under
+    # Python's defaults SIGTERM would then kill the process (exit -15) and SIGINT raise KeyboardInterrupt. This handler
+    # asks the server to stop instead, which also covers a signal that comes before uvicorn installs its own.
+    def stop(signum, frame) -> None:
+        server.should_exit = True
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def serve_command(
     registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
                                                           "./registry).")] = None,
@@ -34,18 +71,28 @@ def serve_command(
                                                             "get 413.")] = 10_000_000,
     max_batch: Annotated[int, typer.Option(min=1, help="Most conversations, interactions or transcripts in one "
                                                        "request; more get 413.")] = 1_000,
+    request_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a request may wait for and run scoring; "
+                                                                   "longer ones get 503.")] = 30.0,
+    shutdown_timeout: Annotated[int, typer.Option(min=0, help="On SIGTERM or SIGINT, seconds given to requests in "
+                                                              "flight to finish before they are cancelled.")] = 30,
+    log_text: Annotated[bool, typer.Option("--log-text", help="Add each request's transcript texts to its access-log "
+                                                              "line (off by default: they are customers' words).")]
+        = False,
+    redact: Annotated[bool, typer.Option(help="Mask e-mail addresses, phone numbers, card and order/account numbers "
+                                              "in transcript text before scoring and in the access log ([EMAIL], "
+                                              "[PHONE], [CARD], [ORDER]).")] = False,
 ) -> None:
     """Serve POST /v1/score (transcript features), POST /v1/flag (customers at risk, with reasons and actions),
-    GET /v1/models and GET /v1/health; the OpenAPI documentation is at /docs."""
-    import uvicorn
-
+    GET /v1/models and GET /v1/health; the OpenAPI documentation is at /docs. Each request is logged as one JSON line
+    on stdout."""
     from carelens.inference.api import Scorer
     from carelens.inference.service import ServiceSettings, create_app
     from carelens.data.terminal import console, user_errors
     with user_errors():
         settings = ServiceSettings(api_key=api_key_from(api_key_env), max_body_bytes=max_body_bytes,
-                                   max_batch=max_batch)
-        scorer = Scorer.load(registry, version)
+                                   max_batch=max_batch, request_timeout_s=request_timeout, log_text=log_text)
+        scorer = Scorer.load(registry, version, redact=redact)
     models = ", ".join(f"{name} {v}" for name, v in scorer.versions.items())
-    console.print(f"serving {models}; API key {'required' if settings.api_key else 'not required'}")
-    uvicorn.run(create_app(scorer, settings), host=host, port=port)
+    console.print(f"serving {models}; API key {'required' if settings.api_key else 'not required'}"
+                  f"{'; personal data redacted' if redact else ''}")
+    serve_until_stopped(create_app(scorer, settings), host, port, shutdown_timeout)

@@ -1,31 +1,51 @@
 """The HTTP service: transcript scores and at-risk customers over JSON, from models loaded once at start-up."""
 from __future__ import annotations
 
+import json
+import logging
 import math
+import re
 import secrets
 import threading
 import time
+import traceback
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.message import Message
 from importlib.metadata import version as package_version
-from typing import Annotated, Any, Literal, Optional, Sequence
+from itertools import islice
+from typing import Annotated, Any, Callable, Iterator, Literal, Optional, Sequence, TypeVar
 
+import anyio
 import pandas as pd
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
-from carelens.data.contracts import INTERACTIONS, Column, Conversation
+from carelens.data.contracts import INTERACTIONS, SURROGATE, Column, Conversation
 from carelens.data.errors import CareLensError
-from carelens.inference.api import FLAG_COLUMNS, Scorer
+from carelens.data.redaction import redacted
+from carelens.inference.api import FLAG_COLUMNS, MissingConversations, Scorer
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 from carelens.models.registry import RegistryError
 
 API_KEY_HEADER = "X-API-Key"
+REQUEST_ID_HEADER = "X-Request-ID"
 TABULAR_HEADLINES = ("roc_auc", "pr_auc", "ece", "macro_f1")
+#: Deeper JSON than any contract needs (a turn's empathy labels sit 5 levels down); refused before it reaches pandas.
+MAX_DEPTH = 32
+TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels; no field takes that"
+#: The lists of a request body counted on its access-log line, and those whose turns' texts `log_text` adds.
+COUNTED = ("conversations", "interactions", "transcripts", "transcript_features")
+WITH_TEXT = ("conversations", "transcripts")
+ACCESS_LOG = logging.getLogger("carelens.access")
+ERROR_LOG = logging.getLogger("carelens.service")
+T = TypeVar("T")
 
 
 class ServiceSettings(BaseModel):
@@ -37,9 +57,16 @@ class ServiceSettings(BaseModel):
     api_key: Optional[str] = Field(default=None, repr=False)
     max_body_bytes: int = Field(gt=0, description="Largest request body accepted, in bytes.")
     max_batch: int = Field(gt=0, description="Most conversations, interactions or transcripts in one request.")
+    request_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False,
+                                     description="Longest a request waits for and runs scoring before it gets 503.")
+    log_text: bool = Field(False, description="Add each request's transcript texts to its access-log line.")
 
 
 # -- request and response bodies ------------------------------------------------------------------------------------
+
+#: A number JSON can carry back: NaN and infinity are refused (Python's JSON reader takes NaN, Infinity and 1e400).
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
 
 def _lowered(value: Any) -> Any:
     """Text trimmed and lower-cased, as the contract reads categories; anything else as given."""
@@ -53,7 +80,7 @@ def _text_id(value: Any) -> Any:
 
 def contract_field(column: Column) -> tuple[Any, Any]:
     """The pydantic type and field of one contract column: required unless nullable, bounded as the contract is."""
-    kinds = {"id": Annotated[str, BeforeValidator(_text_id)], "int": int, "float": float, "bool": bool,
+    kinds = {"id": Annotated[str, BeforeValidator(_text_id)], "int": int, "float": Finite, "bool": bool,
              "datetime": datetime, "category": Annotated[str, BeforeValidator(_lowered)]}
     kind = Annotated[Literal[column.allowed], BeforeValidator(_lowered)] if column.allowed else kinds[column.kind]
     if column.nullable:
@@ -71,7 +98,7 @@ InteractionRecord = create_model("InteractionRecord", __config__=ConfigDict(extr
 TranscriptFeatures = create_model("TranscriptFeatures",
                                   __doc__="One conversation's ids and transcript features (null: not measurable).",
                                   conversation_id=(str, ...), customer_id=(str, ...), contact_id=(Optional[str], None),
-                                  **{name: (Optional[float], None) for name in FEATURE_COLUMNS})
+                                  **{name: (Optional[Finite], None) for name in FEATURE_COLUMNS})
 
 
 class ScoreRequest(BaseModel):
@@ -96,7 +123,7 @@ class FlagRequest(BaseModel):
                                           "transcripts: flagging then needs no encoder pass.")
     capacity: Optional[int] = Field(None, ge=0, description="Return the `capacity` riskiest customers (the calls the "
                                                             "centre can make).")
-    threshold: Optional[float] = Field(None, ge=0, le=1, description="Return customers whose risk >= threshold.")
+    threshold: Optional[Finite] = Field(None, ge=0, le=1, description="Return customers whose risk >= threshold.")
     strict: bool = Field(False, description="Answer 422 instead of warning when answered contacts have no "
                                             "conversation features.")
 
@@ -199,9 +226,9 @@ def check_batch(items: Sequence, name: str, settings: ServiceSettings) -> None:
 
 
 def json_records(frame: pd.DataFrame) -> list[dict]:
-    """The rows as dicts of plain Python values, missing numbers as None (JSON null)."""
-    return [{key: None if isinstance(value, float) and math.isnan(value) else value for key, value in row.items()}
-            for row in frame.to_dict("records")]
+    """The rows as dicts of plain Python values, missing (and infinite) numbers as None (JSON null)."""
+    return [{key: None if isinstance(value, float) and not math.isfinite(value) else value
+             for key, value in row.items()} for row in frame.to_dict("records")]
 
 
 def headline_metrics(metadata: dict) -> dict[str, Optional[float]]:
@@ -214,10 +241,174 @@ def headline_metrics(metadata: dict) -> dict[str, Optional[float]]:
     return {name: metrics[name] for name in TABULAR_HEADLINES if name in metrics}
 
 
+# -- scoring under the lock, within the request timeout -------------------------------------------------------------
+
+_GAVE_UP = object()
+
+
+def locked(lock: threading.Lock, work: Callable[[], T], deadline: float, abandoned: threading.Event) -> Any:
+    """work() under the lock; _GAVE_UP instead when the lock did not come before the deadline or the request was
+    abandoned while this thread waited for it, so that a request nobody waits for any more never holds up the next."""
+    if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        return _GAVE_UP
+    try:
+        return _GAVE_UP if abandoned.is_set() else work()
+    finally:
+        lock.release()
+
+
+async def scored(service: Service, work: Callable[[], T]) -> T:
+    """work() in a worker thread, one call at a time; 503 when waiting for the lock and running take longer than
+    the request timeout.
+
+    A thread cannot be stopped from outside: work that is already running when the time is up runs on to its end in
+    its thread, holding the lock (released when it finishes), and its result is dropped. Requests queued behind it
+    wait at most their own timeout, and one that times out while still queued never runs its work."""
+    limit = service.settings.request_timeout_s
+    abandoned = threading.Event()
+    result: Any = _GAVE_UP
+    with anyio.move_on_after(limit):
+        result = await anyio.to_thread.run_sync(locked, service.lock, work, time.monotonic() + limit, abandoned,
+                                                abandon_on_cancel=True)
+    if result is _GAVE_UP:
+        abandoned.set()
+        raise HTTPException(503, f"scoring timed out after {limit:g} s (the service is busy or the batch is large); "
+                                 f"retry later or split the batch", headers={"Retry-After": "1"})
+    return result
+
+
+def features_answer(scorer: Scorer, request: ScoreRequest) -> dict:
+    """The /v1/score answer: each conversation's ids and transcript features."""
+    features = scorer.score_transcripts(request.conversations)
+    return {"conversations": json_records(features[[*KEYS, *FEATURE_COLUMNS]])}
+
+
+def flag_answer(scorer: Scorer, request: FlagRequest) -> dict:
+    """The /v1/flag answer: the flagged customers and the warnings."""
+    records = [record.model_dump(mode="json") for record in request.interactions]
+    scored_features = (pd.DataFrame([row.model_dump() for row in request.transcript_features],
+                                    columns=[*KEYS, *FEATURE_COLUMNS]) if request.transcript_features else None)
+    flagged = scorer.flag_at_risk(records, request.transcripts or None, request.capacity, request.threshold,
+                                  transcript_features=scored_features, strict=request.strict)
+    return {"customers": json_records(flagged[FLAG_COLUMNS]), "warnings": flagged.attrs["warnings"]}
+
+
+# -- the JSON body, checked once before pydantic reads it -----------------------------------------------------------
+
+def body_error(place: tuple, kind: str, message: str, **ctx: Any) -> dict:
+    """One error about the raw body, shaped as pydantic's are (loc from "body", type, msg, ctx)."""
+    return {"type": kind, "loc": ("body", *place), "msg": message, **({"ctx": ctx} if ctx else {})}
+
+
+def printable(text: str) -> str:
+    """Text safe to answer and log: lone surrogates written as \\udxxx escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def body_faults(body: Any) -> Iterator[dict]:
+    """An error for each place of a parsed body that JSON allows but no contract can take: NaN or an infinity (Python
+    reads NaN, Infinity and 1e400 as floats), text or a key with a lone UTF-16 surrogate (not a Unicode character:
+    it can be neither answered nor logged), nesting deeper than MAX_DEPTH."""
+    pending = [((), body)]
+    while pending:
+        place, value = pending.pop()
+        if isinstance(value, (dict, list)) and len(place) >= MAX_DEPTH:
+            yield body_error(place[:4], "too_deep", TOO_DEEP)
+        elif isinstance(value, dict):
+            for key in value:
+                if SURROGATE.search(key):
+                    yield body_error(place, "key_surrogate", f"key {printable(key)!r} holds a lone UTF-16 surrogate, "
+                                                             f"which is not a Unicode character")
+            pending.extend(((*place, key), inner) for key, inner in reversed(value.items()))
+        elif isinstance(value, list):
+            pending.extend(((*place, index), inner) for index, inner in reversed(list(enumerate(value))))
+        elif isinstance(value, float) and not math.isfinite(value):
+            yield body_error(place, "finite_number", "Input should be a finite number, got " + (
+                "NaN" if math.isnan(value) else f"{'-' * (value < 0)}Infinity (numbers beyond 1.8e308 read as that)"))
+        elif isinstance(value, str) and SURROGATE.search(value):
+            at = SURROGATE.search(value).start()
+            yield body_error(place, "string_surrogate", f"lone UTF-16 surrogate {printable(value[at])} at character "
+                                                        f"{at}, which is not a Unicode character; expected text")
+
+
+def parsed_body(body: bytes) -> Any:
+    """The JSON body, parsed; RequestValidationError saying where it is not JSON or holds what body_faults refuses."""
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise RequestValidationError([body_error((exc.pos,), "json_invalid", "JSON decode error", error=exc.msg)])
+    except UnicodeDecodeError as exc:
+        raise RequestValidationError([body_error((exc.start,), "json_invalid", "JSON decode error",
+                                                 error=f"not UTF-8 text ({exc.reason})")])
+    except RecursionError:
+        raise RequestValidationError([body_error((), "too_deep", TOO_DEEP)])
+    faults = list(islice(body_faults(value), 10))
+    if faults:
+        raise RequestValidationError(faults)
+    return value
+
+
+def takes_json(request: Request) -> bool:
+    """Whether FastAPI reads this request's body as JSON: it has a JSON content type (FastAPI's strict default reads
+    a body without one as bytes)."""
+    given = request.headers.get("content-type")
+    if not given:
+        return False
+    message = Message()
+    message["content-type"] = given
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def body_facts(body: Any, log_text: bool, redact: bool = False) -> dict:
+    """What the access log says of a parsed body: the length of each list in COUNTED and, with `log_text`, the
+    texts of the turns of the conversations or transcripts (masked, as they are scored, when the service redacts)."""
+    if not isinstance(body, dict):
+        return {}
+    facts = {name: len(body[name]) for name in COUNTED if isinstance(body.get(name), list)}
+    if log_text:
+        conversations = [c for name in WITH_TEXT if isinstance(body.get(name), list) for c in body[name]]
+        turns = [t for c in conversations if isinstance(c, dict) and isinstance(c.get("turns"), list)
+                 for t in c["turns"]]
+        texts = [t["text"] for t in turns if isinstance(t, dict) and isinstance(t.get("text"), str)]
+        facts["texts"] = [redacted(text) for text in texts] if redact else texts
+    return facts
+
+
+class CheckedJSONRequest(Request):
+    """A request whose JSON body is parsed by parsed_body, so that FastAPI validates only what passed its checks."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = parsed_body(await self.body())
+        return self._json
+
+
+class CheckedJSONRoute(APIRoute):
+    """A route that parses and checks the JSON body before FastAPI does: FastAPI turns any error raised while it reads
+    the body into a bare 400, where these checks answer 422 naming the place."""
+
+    def get_route_handler(self) -> Callable:
+        handle = super().get_route_handler()
+
+        async def checked(request: Request):
+            request = CheckedJSONRequest(request.scope, request.receive)
+            if request.method == "POST" and await request.body():
+                if not takes_json(request):
+                    given = request.headers.get("content-type")
+                    raise HTTPException(415, f"body: expected JSON with Content-Type: application/json, got "
+                                             f"{repr(given) if given else 'none'}")
+                body = await request.json()
+                service = service_of(request)
+                request.state.body_facts = body_facts(body, service.settings.log_text, service.scorer.redact)
+            return await handle(request)
+        return checked
+
+
 # -- endpoints ------------------------------------------------------------------------------------------------------
 
-public = APIRouter(prefix="/v1")
-guarded = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+public = APIRouter(prefix="/v1", route_class=CheckedJSONRoute)
+guarded = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], route_class=CheckedJSONRoute)
 
 
 # `async` so that health answers from the event loop even while every worker thread waits to score.
@@ -236,40 +427,36 @@ async def models(service: ServiceDep) -> dict:
                        for name, version in service.scorer.versions.items()]}
 
 
-# Plain `def`: FastAPI runs these CPU-bound endpoints in its thread pool, off the event loop.
+# CPU-bound work runs in a worker thread (`scored`), off the event loop, within the request timeout.
 @guarded.post("/score", response_model=ScoreResponse)
-def score(request: ScoreRequest, service: ServiceDep) -> dict:
+async def score(request: ScoreRequest, service: ServiceDep) -> dict:
     """The transcript features of each conversation, in request order."""
     check_batch(request.conversations, "conversations", service.settings)
-    with service.lock:
-        features = service.scorer.score_transcripts(request.conversations)
-    return {"conversations": json_records(features[[*KEYS, *FEATURE_COLUMNS]])}
+    return await scored(service, lambda: features_answer(service.scorer, request))
 
 
 @guarded.post("/flag", response_model=FlagResponse)
-def flag(request: FlagRequest, service: ServiceDep) -> dict:
+async def flag(request: FlagRequest, service: ServiceDep) -> dict:
     """Customers at risk, riskiest first: the `capacity` riskiest, those with risk >= threshold, or (neither given)
     those either model's own threshold flags; each with reasons and an action, as `carelens nightly` flags them."""
     check_batch(request.interactions, "interactions", service.settings)
     check_batch(request.transcripts, "transcripts", service.settings)
     check_batch(request.transcript_features, "transcript_features", service.settings)
-    records = [record.model_dump(mode="json") for record in request.interactions]
-    scored = (pd.DataFrame([row.model_dump() for row in request.transcript_features], columns=[*KEYS, *FEATURE_COLUMNS])
-              if request.transcript_features else None)
-    with service.lock:
-        flagged = service.scorer.flag_at_risk(records, request.transcripts or None, request.capacity, request.threshold,
-                                              transcript_features=scored, strict=request.strict)
-    return {"customers": json_records(flagged[FLAG_COLUMNS]), "warnings": flagged.attrs["warnings"]}
+    return await scored(service, lambda: flag_answer(service.scorer, request))
 
 
 # -- error answers --------------------------------------------------------------------------------------------------
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def error_place(location: Sequence) -> str:
-    """A pydantic error location as a path into the body, e.g. interactions[2].answer_time_s."""
-    path = ""
-    for part in location[1:] if location and location[0] == "body" else location:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path.lstrip(".") or "body"
+    """A pydantic error location as a path into the body, e.g. interactions[2].answer_time_s (a key that is not a
+    plain name in brackets and quotes: interactions[2]["hold time"])."""
+    parts = location[1:] if location and location[0] == "body" else location
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" if _NAME.fullmatch(str(part))
+                   else f"[{json.dumps(printable(str(part)), ensure_ascii=False)}]" for part in parts)
+    return path[1:] if path.startswith(".") else "body" + path
 
 
 def error_line(error: dict) -> str:
@@ -278,9 +465,24 @@ def error_line(error: dict) -> str:
         return f"body: not valid JSON at character {error['loc'][-1]}: {error['ctx']['error']}"
     line = f"{error_place(error['loc'])}: {error['msg']}"
     given = repr(error.get("input"))
-    if error["type"] != "missing" and len(given) <= 80:
-        line += f", got {given}"
+    if error["type"] != "missing" and "input" in error and len(given) <= 80:
+        line += f", got {printable(given)}"
     return line
+
+
+def shown_error(error: dict) -> dict:
+    """A pydantic error as answered: the input only when it is a short scalar (a model-level error's input is the
+    whole body, which the client already has), the context as text."""
+    shown = {key: value for key, value in error.items() if key not in ("input", "ctx")}
+    given = error.get("input")
+    if "input" in error and (given is None or isinstance(given, (bool, int)) or isinstance(given, float)
+                             and math.isfinite(given) or isinstance(given, str) and len(given) <= 200):
+        shown["input"] = printable(given) if isinstance(given, str) else given
+    if "ctx" in error:
+        shown["ctx"] = {key: printable(str(value)) for key, value in error["ctx"].items()}
+    if "loc" in error:
+        shown["loc"] = [part if isinstance(part, int) else printable(str(part)) for part in error["loc"]]
+    return shown
 
 
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -288,21 +490,124 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
     errors = exc.errors()
     shown = "; ".join(error_line(e) for e in errors[:3])
     more = f" ({len(errors) - 3} more)" if len(errors) > 3 else ""
-    return JSONResponse({"detail": shown + more, "errors": jsonable_encoder(errors)}, status_code=422)
+    return JSONResponse({"detail": shown + more, "errors": jsonable_encoder([shown_error(e) for e in errors])},
+                        status_code=422)
+
+
+_PATH = re.compile(r"(?<![^\s('\"`=])(?:[A-Za-z]:)?[/\\][^\s'\"`/\\]+[/\\][^\s'\"`]*")
+
+
+def without_paths(message: str) -> str:
+    """The message with the server's file paths left out: the path a registry error starts with is cut to its last
+    two parts (`/srv/registry/churn/v1: ...` to `churn/v1: ...`, which names the model), other absolute paths become
+    <path>."""
+    head, colon, rest = message.partition(": ")
+    if colon and " " not in head and re.search(r"[/\\]", head):
+        message = "/".join(re.split(r"[/\\]+", head.rstrip("/\\"))[-2:]) + colon + rest
+    return printable(_PATH.sub("<path>", message))
 
 
 async def contract_broken(request: Request, exc: CareLensError) -> JSONResponse:
     """422 with the toolkit's message: for a contract error it names the record (row, counted from 1) and the column;
     for a strict request, the contacts that had no conversation features."""
-    return JSONResponse({"detail": str(exc)}, status_code=422)
+    place = "transcripts: " if isinstance(exc, MissingConversations) else ""
+    return JSONResponse({"detail": place + without_paths(str(exc))}, status_code=422)
 
 
 async def model_missing(request: Request, exc: RegistryError) -> JSONResponse:
-    """503: the request needs a model this service was started without."""
-    return JSONResponse({"detail": str(exc)}, status_code=503)
+    """503: the request needs a model this service was started without (named, without the registry's path)."""
+    return JSONResponse({"detail": f"model unavailable: {without_paths(str(exc))}"}, status_code=503)
 
 
-# -- the body limit -------------------------------------------------------------------------------------------------
+# -- middleware: request ids and access log, the catch-all, the body limit -------------------------------------------
+
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def request_id_of(scope: dict) -> str:
+    """The client's X-Request-ID when it is short and plain (so logs join up across services), else a new one."""
+    given = dict(scope["headers"]).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
+    return given if _CLIENT_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+class AccessLog:
+    """ASGI middleware giving each request an id (answered in X-Request-ID) and writing one JSON line per request on
+    the `carelens.access` logger: method, path, status, duration, id, client, body size and, once the body was
+    parsed, how many items each list held. Never the body itself, nor headers (the API key); the transcript texts
+    only when the service runs with `log_text`."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, request_id = time.perf_counter(), request_id_of(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        seen = {"status": None, "body_bytes": 0}
+
+        async def counted():
+            message = await receive()
+            seen["body_bytes"] += len(message.get("body", b""))
+            return message
+
+        async def identified(message):
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (REQUEST_ID_HEADER.lower().encode(), request_id.encode())]}
+            await send(message)
+        try:
+            await self.app(scope, counted, identified)
+        finally:
+            ACCESS_LOG.info(json.dumps(access_line(scope, seen, started)))
+
+
+def access_line(scope: dict, seen: dict, started: float) -> dict:
+    """The access-log record of a finished request."""
+    client = scope.get("client")
+    return {"method": scope["method"], "path": printable(scope["path"]), "status": seen["status"],
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "request_id": scope["state"]["request_id"], "client": f"{client[0]}:{client[1]}" if client else None,
+            "body_bytes": seen["body_bytes"], **scope["state"].get("body_facts", {})}
+
+
+def traceback_text(exc: BaseException, longest_line: int = 500) -> str:
+    """The traceback of exc alone (not the errors it was raised while handling: a RequestValidationError quotes the
+    body), each line cut to `longest_line` characters, so that a message quoting its input brings a fragment of a
+    request into the log at most."""
+    lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, chain=False)).splitlines()
+    return "\n".join(printable(line if len(line) <= longest_line else line[:longest_line] + " …") for line in lines)
+
+
+class InternalErrors:
+    """ASGI middleware answering 500 `{"detail": "internal error", "request_id"}` to an exception no handler took (a
+    bug, not the client's doing), logged with its traceback on `carelens.service`; nothing of the failure reaches the
+    client. The exception is not raised on: the server would log it again, with the errors it chains."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        answered = False
+
+        async def watched(message):
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            request_id = scope.get("state", {}).get("request_id")
+            ERROR_LOG.error("request %s %s %s failed:\n%s", request_id, scope["method"], printable(scope["path"]),
+                            traceback_text(exc))
+            if not answered:
+                await JSONResponse({"detail": "internal error", "request_id": request_id}, status_code=500)(
+                    scope, receive, send)
+
 
 class BodyLimit:
     """ASGI middleware answering 413 to a body over `max_bytes`: at once when Content-Length says so, and by counting
@@ -349,7 +654,10 @@ def create_app(scorer: Scorer, settings: ServiceSettings) -> FastAPI:
     app = FastAPI(title="CareLens", version=package_version("carelens"),
                   description="Which contact-centre customers are we about to lose or anger, and why.")
     app.state.service = Service(scorer, settings)
+    # The last added runs first: each request gets its id and log line, then the catch-all, then the body limit.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(InternalErrors)
+    app.add_middleware(AccessLog)
     app.include_router(public)
     app.include_router(guarded)
     app.add_exception_handler(RequestValidationError, invalid_request)

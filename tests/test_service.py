@@ -1,24 +1,29 @@
-"""The HTTP service: answers equal to the Scorer's, limits, error messages, authentication, and a real uvicorn run."""
+"""The HTTP service: answers equal to the Scorer's, limits, error messages, authentication, timeouts, access logs,
+and a real uvicorn run that stops gracefully."""
+import dataclasses
 import json
-import os
+import logging
+import re
 import signal
-import socket
-import subprocess
-import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from carelens.data.redaction import redacted_conversation
 from carelens.data.synthetic import generate
 from carelens.inference.cli import app as cli
 from carelens.inference.service import API_KEY_HEADER, ServiceSettings, create_app, headline_metrics
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
+from carelens.models.registry import RegistryError
+from carelens.models.transcript import as_conversations
+from live_server import serving, stopped
 
 KEY = "s3cret-key"
 LIMITS = {"max_body_bytes": 400_000, "max_batch": 80}
@@ -126,7 +131,7 @@ def test_the_openapi_schema_documents_the_interactions_contract(client):
     schema = client.get("/openapi.json").json()["components"]["schemas"]["InteractionRecord"]
     assert schema["properties"]["answer_time_s"]["minimum"] == 0
     assert schema["properties"]["channel"]["enum"] == ["phone", "chat", "email", "social"]
-    assert schema["properties"]["csat"]["description"] == "a number between 1 and 5"
+    assert schema["properties"]["csat"]["description"] == "a finite number between 1 and 5"
     assert "csat" not in schema["required"] and "customer_id" in schema["required"]
 
 
@@ -209,6 +214,13 @@ def test_unreadable_or_empty_bodies_are_422_saying_what_was_expected(client, con
     assert response.status_code == 422 and response.json()["detail"] == detail
 
 
+@pytest.mark.parametrize("headers", [{}, {"content-type": "text/plain"}, {"content-type": "multipart/form-data"}])
+def test_a_body_not_sent_as_json_is_415_saying_what_to_send(client, headers):
+    response = client.post("/v1/score", content=b'{"conversations": []}', headers=headers)
+    assert response.status_code == 415
+    assert response.json()["detail"].startswith("body: expected JSON with Content-Type: application/json, got ")
+
+
 def test_capacity_and_threshold_together_are_refused(client, day):
     body = {"interactions": records(day.interactions), "capacity": 3, "threshold": 0.5}
     response = client.post("/v1/flag", json=body)
@@ -221,11 +233,14 @@ def test_capacity_and_threshold_together_are_refused(client, day):
 @pytest.mark.parametrize("headers, detail", [
     ({}, "missing X-API-Key header: this service requires an API key"),
     ({API_KEY_HEADER: "guess"}, "wrong API key in the X-API-Key header"),
+    ({API_KEY_HEADER: KEY[:-1] + "X"}, "wrong API key in the X-API-Key header"),  # same length, last character wrong
+    ({API_KEY_HEADER: KEY + "-and-more"}, "wrong API key in the X-API-Key header"),  # the key is a prefix
 ])
 def test_without_the_right_key_requests_are_401(guarded_client, day, headers, detail):
     for response in (guarded_client.post("/v1/score", json={"conversations": day.conversations[:2]}, headers=headers),
                      guarded_client.get("/v1/models", headers=headers)):
         assert response.status_code == 401 and response.json()["detail"] == detail
+        assert KEY not in response.text and (not headers or headers[API_KEY_HEADER] not in response.text)
 
 
 def test_with_the_key_requests_are_answered_and_health_is_open(guarded_client, day):
@@ -247,49 +262,201 @@ def test_serve_refuses_an_unset_key_variable(registry_with_models, monkeypatch):
     assert "--api-key-env CARELENS_TEST_NO_KEY: that environment variable is unset or empty" in result.output
 
 
+# -- failures, timeouts and logs ---------------------------------------------------------------------------------------
+
+class Faulty:
+    """The scorer with one method replaced: `fault` is raised, or the call first sleeps `seconds`; calls counted."""
+
+    def __init__(self, scorer, method: str, fault: Exception = None, seconds: float = 0):
+        self.scorer, self.method, self.fault, self.seconds, self.calls = scorer, method, fault, seconds, 0
+
+    def __getattr__(self, name):
+        if name != self.method:
+            return getattr(self.scorer, name)
+
+        def replaced(*args, **kwargs):
+            self.calls += 1
+            time.sleep(self.seconds)
+            if self.fault:
+                raise self.fault
+            return getattr(self.scorer, name)(*args, **kwargs)
+        return replaced
+
+
+def test_a_bug_is_a_500_with_a_request_id_and_nothing_else_logged_without_the_body(scorer, day, caplog):
+    app = create_app(Faulty(scorer, "flag_at_risk", KeyError("/srv/carelens/registry/churn/v1/model.skops")),
+                     ServiceSettings(**LIMITS))
+    body = {"interactions": records(day.interactions), "transcripts": marked(day.conversations[:3], "ZEBRA-QUOKKA")}
+    with TestClient(app) as client, caplog.at_level(logging.INFO):
+        response = client.post("/v1/flag", json=body, headers={"X-Request-ID": "trace-42"})
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal error", "request_id": "trace-42"}
+    assert response.headers["x-request-id"] == "trace-42"
+    failure, = [r for r in caplog.records if r.name == "carelens.service"]
+    assert "trace-42" in failure.getMessage() and "Traceback" in failure.getMessage()
+    assert "flag_at_risk" in failure.getMessage()
+    assert "ZEBRA-QUOKKA" not in caplog.text and day.conversations[0]["turns"][0]["text"] not in caplog.text
+
+
+@pytest.mark.parametrize("fault, detail", [
+    (RegistryError("no transcript model is loaded; publish one with `carelens train transcripts`"),
+     "model unavailable: no transcript model is loaded; publish one with `carelens train transcripts`"),
+    (RegistryError("/srv/carelens/registry/transcripts/v2: checksum mismatch for 'model.safetensors' in "
+                   "/srv/carelens/registry/transcripts/v2/model.safetensors"),
+     "model unavailable: transcripts/v2: checksum mismatch for 'model.safetensors' in <path>"),
+])
+def test_a_missing_model_is_a_503_naming_it_without_the_servers_paths(scorer, day, fault, detail):
+    with TestClient(create_app(Faulty(scorer, "score_transcripts", fault), ServiceSettings(**LIMITS))) as client:
+        response = client.post("/v1/score", json={"conversations": day.conversations[:2]})
+    assert response.status_code == 503 and response.json() == {"detail": detail}
+
+
+def test_a_scorer_without_a_transcript_model_answers_503(scorer, day):
+    settings = ServiceSettings(**LIMITS)
+    with TestClient(create_app(dataclasses.replace(scorer, transcripts=None), settings)) as client:
+        response = client.post("/v1/score", json={"conversations": day.conversations[:2]})
+    assert response.status_code == 503
+    assert response.json()["detail"] == ("model unavailable: no transcript model is loaded; publish one with "
+                                         "`carelens train transcripts`")
+
+
+def test_requests_over_the_timeout_get_503_and_the_lock_frees_when_the_work_ends(scorer, day):
+    slow = Faulty(scorer, "score_transcripts", seconds=3)
+    app = create_app(slow, ServiceSettings(request_timeout_s=0.4, **LIMITS))
+    body = {"conversations": day.conversations[:2]}
+    with TestClient(app) as client, ThreadPoolExecutor(2) as pool:
+        started = time.monotonic()
+        running, queued = pool.submit(client.post, "/v1/score", json=body), pool.submit(client.post, "/v1/score",
+                                                                                         json=body)
+        assert client.get("/v1/health").status_code == 200  # answered while both wait
+        for response in (running.result(), queued.result()):
+            assert response.status_code == 503
+            assert response.json()["detail"].startswith("scoring timed out after 0.4 s")
+        assert time.monotonic() - started < 2.5, "the timeout answered only when the work ended"
+        # The running call cannot be stopped; the queued one gave up waiting and never ran its work.
+        assert slow.calls == 1
+        lock = app.state.service.lock
+        assert lock.acquire(timeout=10), "the lock was not released when the work ended"
+        lock.release()
+        slow.seconds = 0
+        response = client.post("/v1/score", json=body)
+    assert response.status_code == 200 and len(response.json()["conversations"]) == 2
+
+
+def marked(conversations: list, mark: str) -> list:
+    """The conversations with `mark` in the text of their first turn."""
+    copies = json.loads(json.dumps(conversations))
+    copies[0]["turns"][0]["text"] += f" {mark}"
+    return copies
+
+
+@pytest.mark.parametrize("log_text", [False, True])
+def test_each_request_is_one_json_access_line_with_texts_only_when_asked(scorer, day, caplog, log_text):
+    conversations = marked(day.conversations[:3], "ZEBRA-QUOKKA")
+    score_body = json.dumps({"conversations": conversations}).encode()
+    with TestClient(create_app(scorer, ServiceSettings(api_key=KEY, log_text=log_text, **LIMITS))) as client, \
+            caplog.at_level(logging.INFO):
+        scored = client.post("/v1/score", content=score_body, headers={API_KEY_HEADER: KEY, "X-Request-ID": "abc-1",
+                                                                       "content-type": "application/json"})
+        client.post("/v1/flag", json={"interactions": records(day.interactions)[:4], "transcripts": conversations,
+                                      "capacity": 1}, headers={API_KEY_HEADER: KEY})
+        client.post("/v1/flag", content=b"{not json", headers={API_KEY_HEADER: KEY, "content-type": "application/json"})
+        client.get("/v1/health")
+    assert scored.status_code == 200 and scored.headers["x-request-id"] == "abc-1"
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "carelens.access"]
+    assert [(line["method"], line["path"], line["status"]) for line in lines] == [
+        ("POST", "/v1/score", 200), ("POST", "/v1/flag", 200), ("POST", "/v1/flag", 422), ("GET", "/v1/health", 200)]
+    score_line, flag_line, bad_line, health_line = lines
+    assert score_line["request_id"] == "abc-1" and re.fullmatch(r"[0-9a-f]{32}", flag_line["request_id"])
+    assert score_line["body_bytes"] == len(score_body) and score_line["conversations"] == 3
+    assert flag_line["interactions"] == 4 and flag_line["transcripts"] == 3
+    assert all(line["duration_ms"] >= 0 and line["client"] for line in lines)
+    assert "interactions" not in bad_line and health_line["body_bytes"] == 0
+    assert ("ZEBRA-QUOKKA" in caplog.text) is log_text
+    assert KEY not in caplog.text
+    if log_text:
+        assert score_line["texts"] == [t["text"] for c in conversations for t in c["turns"]]
+
+
+def test_a_client_request_id_is_kept_only_when_short_and_plain(client):
+    assert client.get("/v1/health", headers={"X-Request-ID": "a" * 64}).headers["x-request-id"] == "a" * 64
+    for unsafe in ("a" * 65, "two words", "x\"y"):
+        answered = client.get("/v1/health", headers={"X-Request-ID": unsafe}).headers["x-request-id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", answered)
+
+
 # -- a real server ----------------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_healthy(url: str, server: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "the server exited before answering"
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError(f"no answer from {url}/v1/health within {seconds} s")
-
-
 def test_carelens_serve_answers_over_http_and_stops_cleanly(registry_with_models, scorer, day, tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    command = [str(Path(sys.executable).with_name("carelens")), "serve", "--registry", str(registry_with_models.root),
-               "--port", str(port), "--api-key-env", "CARELENS_TEST_KEY"]
-    with log.open("w") as output:
-        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "CARELENS_TEST_KEY": KEY})
-    try:
-        wait_until_healthy(url, server)
+    with serving(registry_with_models.root, log, "--api-key-env", "CARELENS_TEST_KEY",
+                 env={"CARELENS_TEST_KEY": KEY}) as (url, server):
         body = {"interactions": records(day.interactions), "transcripts": day.conversations, "capacity": 5}
         response = httpx.post(f"{url}/v1/flag", json=body, headers={API_KEY_HEADER: KEY}, timeout=60)
         assert response.status_code == 200
         assert response.json()["customers"] == expected_rows(scorer.flag_at_risk(day.interactions, day.conversations,
                                                                                   capacity=5))
         assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 401
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-    assert server.returncode == 0, log.read_text()
+        assert stopped(server, signal.SIGINT) == 0, log.read_text()
     assert "Finished server process" in log.read_text()
+    access = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert [(line["method"], line["path"], line["status"]) for line in access][-2:] == [
+        ("POST", "/v1/flag", 200), ("GET", "/v1/models", 401)]
+    assert '"POST /v1/flag HTTP/1.1"' not in log.read_text(), "uvicorn's own access log should be off"
+
+
+def test_on_sigterm_a_request_in_flight_is_answered_then_the_server_exits_0(registry_with_models, scorer, day,
+                                                                            tmp_path):
+    body = json.dumps({"interactions": records(day.interactions), "transcripts": day.conversations,
+                       "capacity": 5}).encode()
+    halfway, resume = threading.Event(), threading.Event()
+
+    def slowly_sent():
+        """The body in two parts, the second only once the server has been told to stop."""
+        yield body[:len(body) // 2]
+        halfway.set()
+        assert resume.wait(30)
+        yield body[len(body) // 2:]
+
+    log = tmp_path / "serve.log"
+    with serving(registry_with_models.root, log, "--shutdown-timeout", "20") as (url, server):
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(httpx.post, f"{url}/v1/flag", content=slowly_sent(), timeout=60,
+                                 headers={"content-type": "application/json"})
+            assert halfway.wait(30)
+            time.sleep(0.3)  # the server has read the headers: the request is in flight
+            server.send_signal(signal.SIGTERM)
+            refusing_new_connections(url)
+            resume.set()
+            response = answer.result(timeout=60)
+        assert response.status_code == 200, response.text
+        assert response.json()["customers"] == expected_rows(scorer.flag_at_risk(day.interactions, day.conversations,
+                                                                                  capacity=5))
+        assert server.wait(timeout=30) == 0, log.read_text()
+    assert "Finished server process" in log.read_text()
+
+
+def refusing_new_connections(url: str, seconds: float = 10) -> None:
+    """Returns once the server refuses new connections (it is shutting down)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/v1/health", timeout=1)
+        except httpx.TransportError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{url} still accepts connections {seconds} s after SIGTERM")
+
+
+def test_a_redacting_service_logs_and_scores_the_masked_text(scorer, day, caplog):
+    conversations = marked(day.conversations[:2], "call me on (977) 625-2661 or mail jo@example.com")
+    masked = dataclasses.replace(scorer, redact=True)
+    with TestClient(create_app(masked, ServiceSettings(api_key=KEY, log_text=True, **LIMITS))) as client, \
+            caplog.at_level(logging.INFO):
+        answer = client.post("/v1/score", json={"conversations": conversations}, headers={API_KEY_HEADER: KEY})
+    assert answer.status_code == 200
+    assert "625-2661" not in caplog.text and "jo@example.com" not in caplog.text
+    assert "call me on [PHONE] or mail [EMAIL]" in caplog.text
+    expected = scorer.score_transcripts([redacted_conversation(c) for c in as_conversations(conversations)])
+    np.testing.assert_allclose(pd.DataFrame(answer.json()["conversations"])[FEATURE_COLUMNS].to_numpy(float),
+                               expected[FEATURE_COLUMNS].to_numpy(float), atol=1e-6)
