@@ -128,7 +128,7 @@ def test_abcd_record_becomes_a_conversation_without_actions():
 
 def test_abcd_record_with_a_malformed_entry_names_it(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([{"convo_id": 1, "original": [["agent"]]}]))
-    with pytest.raises(ContractError, match=r"row 1, column 'original': original\[0\]"):
+    with pytest.raises(ContractError, match=r"entry 1, column 'original': original\[0\]"):
         read_abcd(tmp_path / "a.json")
 
 
