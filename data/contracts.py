@@ -316,6 +316,8 @@ def identifier(value: Any) -> Any:
 def date_time_text(value: Any) -> Any:
     """A date-time given as text, checked to be one the interactions contract takes (kept as written)."""
     if isinstance(value, str):
+        if SURROGATE.search(value):
+            raise ValueError("not valid UTF-8 (it holds a lone surrogate)")
         stamp = pd.to_datetime(pd.Series([value]), errors="coerce", utc=True, format="mixed").iloc[0]
         if pd.isna(stamp) or not EARLIEST <= stamp <= LATEST:
             raise ValueError(f"expected {Column('started_at', 'datetime').expectation()}")

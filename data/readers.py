@@ -143,8 +143,9 @@ def conversation_from_record(record: object, source: str, line_no: Optional[int]
 
 
 def iter_jsonl_lines(path: PathLike) -> Iterator[tuple[int, str]]:
-    """(line number, text) for each non-blank line; undecodable bytes are replaced so the line still reports."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    """(line number, text) for each non-blank line. Undecodable bytes are kept as lone surrogates, the one policy of
+    every reader: an id holding them is refused by name, a turn's text is scored with U+FFFD in their place."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
         for line_no, line in enumerate(handle, start=1):
             if line.strip():
                 yield line_no, line

@@ -257,14 +257,14 @@ def planned_inputs(patterns: Sequence[PathLike], chunk_size: int, format: str = 
 # -- reading and scoring a unit ---------------------------------------------------------------------------------------
 
 def jsonl_records(unit: Unit) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each non-blank line of a unit; undecodable bytes become U+FFFD so the line still
-    reports."""
+    """(line number, text) of each non-blank line of a unit; undecodable bytes are kept as lone surrogates, as
+    `iter_jsonl_lines` keeps them."""
     with open(unit.path, "rb") as handle:
         handle.seek(unit.start)
         data = handle.read(unit.stop - unit.start)
     for offset, raw in enumerate(data.split(b"\n")):
         if raw.strip():
-            yield unit.first + offset, raw.decode("utf-8", errors="replace").rstrip("\r")
+            yield unit.first + offset, raw.decode("utf-8", errors="surrogateescape").rstrip("\r")
 
 
 def parquet_rows(path: str, start: int, stop: int) -> pd.DataFrame:

@@ -102,3 +102,12 @@ def test_empty_file_is_refused(tmp_path):
 def test_integer_ids_are_read_as_text():
     conversation = Conversation.model_validate({"conversation_id": 7, "customer_id": 9, "turns": []})
     assert (conversation.conversation_id, conversation.customer_id) == ("7", "9")
+
+
+def test_undecodable_bytes_are_tolerated_in_text_and_refused_in_an_id(tmp_path):
+    path = tmp_path / "bytes.jsonl"
+    path.write_bytes(b'{"conversation_id": "a", "customer_id": "c", "turns": [{"speaker": "agent", "text": "caf\xff"}]}\n')
+    assert read_transcripts(path)[0].turns[0].text == "caf\udcff"  # the tokenizer reads it as "caf\ufffd"
+    path.write_bytes(b'{"conversation_id": "a\xff", "customer_id": "c", "turns": []}\n')
+    with pytest.raises(ContractError, match=r"line 1, column 'conversation_id': .*not valid UTF-8"):
+        read_transcripts(path)
