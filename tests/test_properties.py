@@ -259,7 +259,9 @@ def test_property_scorer_predicts_or_names_the_row(scorer, frame):
         return
     risks = predicted[["churn_risk", "retaliation_risk"]].to_numpy(float)
     assert np.isfinite(risks).all() and ((risks >= 0) & (risks <= 1)).all()
-    assert set(predicted["customer_id"]) <= {str(r["customer_id"]).strip() for r in records}
+    given = {(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)).strip()  # bytes are read as UTF-8
+             for v in (r["customer_id"] for r in records)}
+    assert set(predicted["customer_id"]) <= given
 
 
 @fuzz
