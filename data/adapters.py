@@ -12,7 +12,7 @@ from carelens.data.contracts import (
     LEVELS, MECHANISMS, SENTIMENTS, SYNTHETIC_TEXT, ContractError, Conversation, Turn, plain_column,
 )
 from carelens.data.readers import (
-    check_unique_names, conversation_from_record, parsed_json, read_table, read_transcripts, shown,
+    conversation_from_record, parsed_json, read_table, read_transcripts, shown,
 )
 
 PathLike = Union[str, Path]
@@ -40,9 +40,8 @@ def _first_bad_row(bad: pd.Series, values: pd.Series, source: str, column: str, 
 
 
 def _plain(frame: pd.DataFrame, columns: Sequence[str], source: str) -> pd.DataFrame:
-    """The named columns with one plain value per cell; ContractError naming the first nested value, non-UTF-8 text
-    or repeated column."""
-    check_unique_names(list(frame.columns), source)
+    """The named columns with one plain value per cell; ContractError naming the first nested value or non-UTF-8
+    text (read_table has already refused a repeated column)."""
     frame = frame.copy()
     for column in columns:
         frame[column], problems = plain_column(frame[column])

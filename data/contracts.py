@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Sequence
 
@@ -233,6 +234,15 @@ class Checked:
         return self.frame[self.problems != ""].assign(_reason=self.problems[self.problems != ""])
 
 
+def check_unique_names(names: Sequence, source: str) -> None:
+    """ContractError naming the columns a table holds more than once: which one holds the values is ambiguous."""
+    counts = Counter(names)
+    repeated = sorted(str(n) for n, count in counts.items() if count > 1)
+    if repeated:
+        raise ContractError(source, f"column(s) {', '.join(repeated)} appear more than once; expected each column "
+                                    f"once", column=repeated[0])
+
+
 def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
                 extra_numeric: Sequence[str] = (), extra_categorical: Sequence[str] = ()) -> Checked:
     """Type every contract column and collect per-row problems; raises only for table-level faults.
@@ -243,10 +253,7 @@ def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
     if raw.shape[0] == 0:
         raise ContractError(source, f"the file has no rows; expected a {contract.name} table "
                                     f"with columns {', '.join(contract.names)}")
-    repeated_names = sorted({str(c) for c in raw.columns[raw.columns.duplicated()]})
-    if repeated_names:
-        raise ContractError(source, f"column(s) {', '.join(repeated_names)} appear more than once; expected each "
-                                    f"column once", column=repeated_names[0])
+    check_unique_names(list(raw.columns), source)
     declared = [Column(n, "float", nullable=True) for n in extra_numeric] + \
                [Column(n, "category", nullable=True) for n in extra_categorical]
     columns = list(contract.columns) + declared

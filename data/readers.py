@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from carelens.data.contracts import (
-    INTERACTIONS, LABELS, ContractError, Conversation, TableContract, validated,
+    INTERACTIONS, LABELS, ContractError, Conversation, TableContract, check_unique_names, validated,
 )
 
 PathLike = Union[str, Path]
@@ -38,14 +38,6 @@ def csv_header(path: Path) -> list[str]:
     """The column names of a CSV file as written (pandas renames a repeated name to `name.1`)."""
     with open(path, newline="", encoding="utf-8") as handle:
         return next(csv.reader(handle), [])
-
-
-def check_unique_names(names: Sequence[str], source: str) -> None:
-    """ContractError naming the columns a table holds more than once: which one holds the values is ambiguous."""
-    repeated = sorted({str(n) for n in names if list(names).count(n) > 1})
-    if repeated:
-        raise ContractError(source, f"column(s) {', '.join(repeated)} appear more than once; expected each column "
-                                    f"once", column=repeated[0])
 
 
 def read_table(path: PathLike) -> pd.DataFrame:

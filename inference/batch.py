@@ -31,10 +31,12 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from carelens.data.adapters import abcd_conversation
-from carelens.data.contracts import INTERACTIONS, SURROGATE, ContractError, Conversation, check_table
+from carelens.data.contracts import (
+    INTERACTIONS, SURROGATE, ContractError, Conversation, check_table, check_unique_names,
+)
 from carelens.data.errors import CareLensError, OutOfSpace, UsageError
 from carelens.data.readers import (
-    TABLE_SUFFIXES, arrow_frame, check_long_form_columns, check_unique_names, conversation_from_json,
+    TABLE_SUFFIXES, arrow_frame, check_long_form_columns, conversation_from_json,
     conversation_runs, csv_header, header_lines, long_form_conversation, long_form_runs, parsed_json, reappearing_runs,
 )
 from carelens.data.redaction import redacted, redacted_conversation, redacted_record
