@@ -17,6 +17,9 @@ from carelens.data.readers import (
 
 PathLike = Union[str, Path]
 EMPATHY_COLUMNS = ["context", "response", *MECHANISMS]
+#: EPITOME's rationales per mechanism: the '|'-separated parts of the response that show the level (missing where
+#: the mechanism was not annotated, empty where the level is 0).
+RATIONALE_COLUMNS = [f"rationale_{m}" for m in MECHANISMS]
 #: What labelled text is, beside SYNTHETIC_TEXT: written by people, or a mix of both kinds.
 REAL_TEXT, MIXED_TEXT = "real", "mixed"
 _MECHANISM_IN_NAME = re.compile("|".join(MECHANISMS))
@@ -82,8 +85,8 @@ def read_epitome(path: PathLike, mechanism: Optional[str] = None) -> pd.DataFram
     frame = read_table(path)
     source = str(path)
     _require_columns(frame, ["seeker_post", "response_post", "level"], source, "EPITOME files")
-    frame = _plain(frame, [c for c in ("seeker_post", "response_post", "level", "mechanism", "sp_id", "rp_id")
-                           if c in frame.columns], source)
+    frame = _plain(frame, [c for c in ("seeker_post", "response_post", "level", "mechanism", "sp_id", "rp_id",
+                                       "rationales") if c in frame.columns], source)
     named = mechanism or mechanism_of(path)
     if named is None and "mechanism" not in frame.columns:
         raise ContractError(source, f"cannot tell the empathy mechanism: name the file epitome_<mechanism>_*.csv or add "
@@ -101,19 +104,25 @@ def read_epitome(path: PathLike, mechanism: Optional[str] = None) -> pd.DataFram
         "response": responses,
         "mechanism": mechanisms.astype(str),
         "level": levels.astype(int),
+        "rationale": (frame["rationales"].fillna("").astype(str) if "rationales" in frame.columns
+                      else pd.Series("", index=frame.index)),
     })
 
 
 def empathy_pairs(long: pd.DataFrame) -> pd.DataFrame:
-    """EPITOME rows (one per pair and mechanism) as one row per (seeker, response) pair with a level column per
-    mechanism (missing where that mechanism was not annotated), so that the encoder reads each pair once."""
+    """EPITOME rows (one per pair and mechanism) as one row per (seeker, response) pair with a level and a rationale
+    column per mechanism (missing where that mechanism was not annotated), so that the encoder reads each pair once."""
     first = long.drop_duplicates(["sp_id", "rp_id", "mechanism"], keep="first")
-    wide = first.pivot(index=["sp_id", "rp_id"], columns="mechanism", values="level")
+    if "rationale" not in first.columns:
+        first = first.assign(rationale="")
+    levels = first.pivot(index=["sp_id", "rp_id"], columns="mechanism", values="level")
+    rationales = first.pivot(index=["sp_id", "rp_id"], columns="mechanism", values="rationale")
     texts = first.drop_duplicates(["sp_id", "rp_id"]).set_index(["sp_id", "rp_id"])[["context", "response"]]
-    joined = texts.join(wide.reindex(columns=list(MECHANISMS)))
+    joined = texts.join(levels.reindex(columns=list(MECHANISMS))).join(
+        rationales.reindex(columns=list(MECHANISMS)).add_prefix("rationale_"))
     for mechanism in MECHANISMS:
         joined[mechanism] = joined[mechanism].astype("Int64")
-    return joined.reset_index(drop=True)[EMPATHY_COLUMNS]
+    return joined.reset_index(drop=True)[EMPATHY_COLUMNS + RATIONALE_COLUMNS]
 
 
 def read_empathy_files(paths: Iterable[PathLike]) -> pd.DataFrame:
@@ -214,6 +223,9 @@ class LabelledText:
     #: SYNTHETIC_TEXT when every row came from generator conversations, REAL_TEXT when none did, MIXED_TEXT for
     #: both; None without rows.
     text: Optional[str]
+    #: Whether every row came from the public CSVs (airline tweets, EPITOME): only their text may be shown in reports,
+    #: since contract transcripts may hold customers' words.
+    public: bool = False
 
 
 def _carries_label(turn: Turn) -> bool:
@@ -234,7 +246,8 @@ def text_kind(sources: set[str]) -> Optional[str]:
 
 def read_labelled_text(paths: Iterable[PathLike]) -> LabelledText:
     """The sentiment and empathy tables from any mix of airline tweet CSVs, EPITOME CSVs and labelled transcripts
-    (a directory stands for the CSV and JSONL files inside it), and whether their text is synthetic or real."""
+    (a directory stands for the CSV and JSONL files inside it), whether their text is synthetic or real, and whether
+    it is all the public CSVs'."""
     files = sorted(f for p in map(Path, paths) for f in ([p] if not p.is_dir() else
                    [c for c in p.iterdir() if c.suffix.lower() in (".csv", ".jsonl", ".parquet")]))
     sentiment, epitome, turns, sources = [], [], [], set()
@@ -253,7 +266,9 @@ def read_labelled_text(paths: Iterable[PathLike]) -> LabelledText:
     empathy = [empathy_pairs(pd.concat(epitome, ignore_index=True))] if epitome else []
     sentiment += [s for s, _ in turns]
     empathy += [e for _, e in turns]
-    return LabelledText(_concat(sentiment, ["text", "label"]), _concat(empathy, EMPATHY_COLUMNS), text_kind(sources))
+    public = not any(len(s) or len(e) for s, e in turns)
+    return LabelledText(_concat(sentiment, ["text", "label"]), _concat(empathy, EMPATHY_COLUMNS), text_kind(sources),
+                        public)
 
 
 def read_labelled(paths: Iterable[PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:

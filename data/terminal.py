@@ -7,6 +7,7 @@ from typing import Iterator
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from carelens.data.errors import CareLensError
 
@@ -31,10 +32,11 @@ def warn(message: str) -> None:
 
 
 def rows_table(rows: list[dict], title: str) -> Table:
-    """Rows of dicts as a rich table; floats to 4 places, missing values as a dash."""
+    """Rows of dicts as a rich table; floats to 4 places, missing values as a dash, every value shown as written (a
+    tweet's "[sic]" is text, not rich markup)."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     table = Table(*columns, title=title)
     for row in rows:
         values = (row.get(c) for c in columns)
-        table.add_row(*("—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in values))
+        table.add_row(*(Text("—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)) for v in values))
     return table

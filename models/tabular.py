@@ -1,8 +1,9 @@
-"""The churn and retaliation models: calibrated gradient boosting over a table, with a goal-chosen decision threshold."""
+"""The churn and retaliation models: a learner chosen by cross-validation, cross-fitted calibration, a goal-chosen threshold."""
 from __future__ import annotations
 
 import math
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,13 @@ import skops.io as sio
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.frozen import FrozenEstimator
-from sklearn.metrics import precision_recall_curve
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OrdinalEncoder
+from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss, precision_recall_curve, roc_auc_score
+from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler, TargetEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_consistent_length, check_is_fitted, column_or_1d
 
@@ -31,12 +33,14 @@ ARTIFACT = "model.skops"
 #: Types a stored tabular model may contain beyond those skops trusts by default; anything else is refused on load.
 TRUSTED_TYPES = frozenset({
     "carelens.models.tabular.RiskModel",
-    "carelens.models.tabular.OneFold",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     # HistGradientBoosting keeps partial(check_array, ...) to type its numeric columns.
     "functools.partial",
+    # TargetEncoder keeps its seeded folds; OneHotEncoder and TargetEncoder record the dtypes they saw.
+    "sklearn.model_selection._split.StratifiedKFold",
+    "numpy.dtype",
     "sklearn.utils.validation.check_array",
 })
 #: Rows scored at a time: every tree walks a block that stays in cache instead of streaming the whole table again.
@@ -44,8 +48,14 @@ SCORING_ROWS = 100_000
 CALIBRATIONS = ("auto", "isotonic", "sigmoid")
 #: Percentiles kept per numeric feature (0, 1, ..., 100) to say where a value lies among the training rows.
 PROFILE_POINTS = 101
-#: Calibration below this many validation rows uses Platt scaling: isotonic regression overfits small sets.
+#: Calibration folds smaller than this use Platt scaling: isotonic regression overfits small sets.
 ISOTONIC_MIN_ROWS = 5000
+LEARNERS = ("logistic", "boosting", "forest", "extra-trees")
+#: Categorical features with more distinct values than this are target-encoded (cross-fitted by TargetEncoder):
+#: one-hot or native categories of, say, 51 US states let trees chase noise in a few hundred rows.
+HIGH_CARDINALITY = 10
+#: Rows each forest tree draws at most: beyond it more rows cost time and add little to hundreds of trees.
+FOREST_ROWS = 100_000
 
 
 class SchemaError(CareLensError, ValueError):
@@ -102,21 +112,86 @@ def threshold_for_f1(positive: np.ndarray, scores: np.ndarray) -> float:
     return float(thresholds[np.argmax(f1[:-1])])
 
 
-def boosting_pipeline(numeric: Sequence[str], categorical: Sequence[str], *, max_iter: int, learning_rate: float,
-                      max_leaf_nodes: int, l2_regularization: float, early_stopping: bool, tol: float,
-                      random_state: int) -> Pipeline:
-    """ColumnTransformer (categories → ordinal codes, numbers passed through) → HistGradientBoostingClassifier."""
-    encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
-                             max_categories=255)
-    columns = ColumnTransformer([("categorical", encoder, list(categorical)), ("numeric", "passthrough", list(numeric))],
-                                verbose_feature_names_out=False)
-    # Categories come first out of the ColumnTransformer, so the mask is categories-then-numbers.
-    mask = [True] * len(categorical) + [False] * len(numeric)
-    booster = HistGradientBoostingClassifier(
-        learning_rate=learning_rate, max_iter=max_iter, max_leaf_nodes=max_leaf_nodes,
-        l2_regularization=l2_regularization, categorical_features=mask if categorical else None,
-        early_stopping=early_stopping, tol=tol, random_state=random_state)
-    return Pipeline([("columns", columns), ("boosting", booster)])
+@dataclass(frozen=True)
+class Candidate:
+    """One learner with one setting of its main hyper-parameters, as compared by cross-validation."""
+
+    learner: str
+    params: tuple
+
+    @property
+    def name(self) -> str:
+        return f"{self.learner}({', '.join(f'{k}={v:g}' for k, v in self.params)})"
+
+
+#: The candidates, simplest first: the one-standard-error rule picks the first whose cross-validated ROC-AUC is
+#: within one standard error of the best, since smaller differences are fold-to-fold noise.
+CANDIDATES = (
+    Candidate("logistic", (("C", 0.1),)),
+    Candidate("logistic", (("C", 1.0),)),
+    Candidate("boosting", (("learning_rate", 0.05), ("max_leaf_nodes", 7))),
+    Candidate("forest", (("min_samples_leaf", 1),)),
+    Candidate("extra-trees", (("min_samples_leaf", 3),)),
+    Candidate("boosting", (("learning_rate", 0.1), ("max_leaf_nodes", 15))),
+)
+
+
+def candidates(learner: str) -> list[Candidate]:
+    """The candidates of one learner, or of every learner for 'auto'; UsageError naming the learners otherwise."""
+    if learner != "auto" and learner not in LEARNERS:
+        raise UsageError(f"learner {learner!r} is not offered; expected auto or one of {', '.join(LEARNERS)}")
+    return [c for c in CANDIDATES if learner in ("auto", c.learner)]
+
+
+def one_standard_error_choice(selection: Sequence[dict]) -> int:
+    """The first candidate whose mean fold ROC-AUC is within one standard error of the best mean."""
+    means = [c["roc_auc_folds"]["mean"] for c in selection]
+    best = int(np.argmax(means))
+    spread = selection[best]["roc_auc_folds"]["std"] / math.sqrt(selection[best]["folds"])
+    return next(i for i, mean in enumerate(means) if mean >= means[best] - spread)
+
+
+def _columns(learner: str, numeric: Sequence[str], narrow: Sequence[str], wide: Sequence[str],
+             random_state: int) -> ColumnTransformer:
+    """Features encoded for the learner, in the order narrow categories, wide categories, numbers: boosting reads
+    narrow categories natively (ordinal codes), the others one-hot; wide ones are target-encoded for all; the
+    logistic regression gets missing values imputed (with indicators) and every column standardised."""
+    if learner == "boosting":
+        categories = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan,
+                                    encoded_missing_value=np.nan, max_categories=255)
+    else:
+        categories = OneHotEncoder(handle_unknown="ignore")
+    wide_encoder = TargetEncoder(cv=StratifiedKFold(5, shuffle=True, random_state=random_state))
+    numbers = "passthrough"
+    if learner == "logistic":
+        wide_encoder = make_pipeline(wide_encoder, StandardScaler())
+        numbers = make_pipeline(SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+                                StandardScaler())
+    return ColumnTransformer([("categorical", categories, list(narrow)), ("wide", wide_encoder, list(wide)),
+                              ("numeric", numbers, list(numeric))], verbose_feature_names_out=False)
+
+
+def learner_pipeline(candidate: Candidate, numeric: Sequence[str], narrow: Sequence[str], wide: Sequence[str], *,
+                     rows: int, early_stopping: bool, rounds: int, trees: int, random_state: int) -> Pipeline:
+    """ColumnTransformer (`_columns`) → the candidate's classifier, ready to fit on `rows` rows. Boosting runs
+    `rounds` rounds at learning rate 0.1 and proportionally more at lower rates; from 10,000 rows on it stops once
+    ten rounds gain less than 1e-3 in the loss on its own held-out tenth (below that the tenth is too noisy)."""
+    params = dict(candidate.params)
+    if candidate.learner == "boosting":
+        # Narrow categories come first out of the ColumnTransformer: their positions are 0 .. len(narrow) - 1.
+        model = HistGradientBoostingClassifier(
+            max_iter=round(rounds * 0.1 / params["learning_rate"]), l2_regularization=1.0,
+            categorical_features=list(range(len(narrow))) or None, early_stopping=early_stopping and rows >= 10_000,
+            tol=1e-3, random_state=random_state, **params)
+    elif candidate.learner in ("forest", "extra-trees"):
+        kind = RandomForestClassifier if candidate.learner == "forest" else ExtraTreesClassifier
+        model = kind(n_estimators=trees, bootstrap=candidate.learner == "forest" or rows > FOREST_ROWS,
+                     max_samples=min(rows, FOREST_ROWS) if rows > FOREST_ROWS else None, n_jobs=-1,
+                     random_state=random_state, **params)
+    else:
+        model = LogisticRegression(max_iter=2000, **params)
+    return Pipeline([("columns", _columns(candidate.learner, numeric, narrow, wide, random_state)),
+                     ("model", model)])
 
 
 def categorical_columns(frame: pd.DataFrame, features: Sequence[str]) -> list[str]:
@@ -173,35 +248,21 @@ def can_stratify(y: np.ndarray, fraction: float) -> bool:
     return counts.min() >= 2 and len(counts) <= held_out <= len(y) - len(counts)
 
 
-class OneFold:
-    """Cross-validation of one fold that trains on and scores every row, for calibrating a frozen pipeline.
-
-    Calibration refits nothing there, so folds would only split up the same predictions, while the default
-    stratified 5-fold demands five rows of every class: with one fold, calibration takes the rows there are.
-    """
-
-    def split(self, X, y=None, groups=None):
-        rows = np.arange(len(X))
-        yield rows, rows
-
-    def get_n_splits(self, X=None, y=None, groups=None) -> int:
-        return 1
-
-    def __repr__(self) -> str:
-        return "OneFold()"
-
-
 class RiskModel(ClassifierMixin, BaseEstimator):
-    """Calibrated gradient boosting on a table; `risk` is 1 − P(negative_class) and a goal sets the flag threshold.
+    """A calibrated classifier on a table; `risk` is 1 − P(negative_class) and a goal sets the flag threshold.
 
     Binary (churn) and multi-class (retaliation) alike: `predict_proba` columns follow `classes_`, `risk` is the
     probability of anything but the negative class, and `predict` flags a row when its risk reaches `threshold_`,
     naming the most likely non-negative class.
 
-    fit(X, y, X_val=..., y_val=...) trains the booster on X, calibrates it on X_val (at most `calibration_rows`
-    of it) and chooses the threshold there; without X_val, `validation_fraction` of X is held out for that.
-    Boosting stops once ten rounds gain less than `tol` in validation loss: later trees change no reported
-    figure and each one costs scoring time.
+    fit(X, y) compares the candidates of `learner` (`candidates`: 'auto' tries boosting, random forest,
+    extra-trees and logistic regression, each at a few settings) by `cv`-fold cross-validation: each candidate is
+    fitted as a CalibratedClassifierCV over the same stratified folds, so every row trains `cv` − 1 fold models and
+    calibrates the one that did not see it. The simplest candidate whose out-of-fold risk ranks the outcome within
+    one standard error of the best (mean ROC-AUC over the folds; `one_standard_error_choice`) is kept as it is: the ensemble of its calibrated fold models, no refit and no row spent only on calibration.
+    The threshold is chosen on the same out-of-fold risks. Beyond `selection_rows`, candidates are compared on a
+    stratified sample of that many rows and the winner alone is then fitted on all of them. `selection_` records
+    every candidate's cross-validated figures and time.
 
     X is a DataFrame, whose feature columns are picked by name (others are ignored, the order is free) and
     whose text columns are categorical, or any 2-d array-like, whose columns are named x0, x1, ... (see
@@ -211,70 +272,98 @@ class RiskModel(ClassifierMixin, BaseEstimator):
 
     def __init__(self, features: Optional[Sequence[str]] = None, categorical: Optional[Sequence[str]] = None,
                  negative_class=None, goal: str = "f1", contacts_per_day: Optional[float] = None,
-                 calibration: str = "auto", calibration_rows: int = 200_000, validation_fraction: float = 0.25,
-                 max_iter: int = 300, learning_rate: float = 0.1, max_leaf_nodes: int = 15,
-                 l2_regularization: float = 1.0, early_stopping: bool = True, tol: float = 1e-3,
-                 random_state: int = 0):
+                 learner: str = "auto", cv: int = 5, calibration: str = "auto", selection_rows: int = 20_000,
+                 rounds: int = 200, trees: int = 500, random_state: int = 0):
         self.features = features
         self.categorical = categorical
         self.negative_class = negative_class
         self.goal = goal
         self.contacts_per_day = contacts_per_day
+        self.learner = learner
+        self.cv = cv
         self.calibration = calibration
-        self.calibration_rows = calibration_rows
-        self.validation_fraction = validation_fraction
-        self.max_iter = max_iter
-        self.learning_rate = learning_rate
-        self.max_leaf_nodes = max_leaf_nodes
-        self.l2_regularization = l2_regularization
-        self.early_stopping = early_stopping
-        self.tol = tol
+        self.selection_rows = selection_rows
+        self.rounds = rounds
+        self.trees = trees
         self.random_state = random_state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True  # the booster routes missing values
+        tags.input_tags.allow_nan = True  # every learner takes missing values (logistic: imputed)
         tags.input_tags.string = True  # text columns are categories
         tags.input_tags.categorical = True
         return tags
 
-    def fit(self, X, y, *, X_val=None, y_val=None) -> "RiskModel":
+    def fit(self, X, y) -> "RiskModel":
         goal = self._checked_goal()
+        tried = candidates(self.learner)
         X, y = self._frame(X, fitting=True), self._labels(y)
         check_consistent_length(X, y)
         self._check_classes(y)
-        if X_val is None and can_stratify(y, self.validation_fraction):
-            X, X_val, y, y_val = train_test_split(X, y, test_size=self.validation_fraction, stratify=y,
-                                                  random_state=self.random_state)
-        elif X_val is None:
-            # Too few rows to hold out a part with every class in it and every class left to train on: any split
-            # would drop a class from the booster or from calibration. Calibrate and choose the threshold on the
-            # training rows themselves instead; that is optimistic, so say so.
-            warnings.warn(f"y has too few rows per class ({self._class_counts(y)}) to hold out a stratified "
-                          f"validation_fraction={self.validation_fraction:g} with every class on both sides; "
-                          f"calibrating and choosing the threshold "
-                          f"on the training rows themselves, which overstates how well the model separates the "
-                          f"classes. Pass X_val and y_val to avoid this.", UserWarning, stacklevel=2)
-            X_val, y_val = X, y
         self._learn_schema(X)
-        if y_val is None:
-            raise ValueError("X_val was passed without y_val")
-        X_val, y_val = self._frame(X_val), self._labels(y_val, name="y_val")
-        check_consistent_length(X_val, y_val)
-        self.profile_ = feature_profile(self._model_frame(X), self.categorical_features_)
-        pipeline = self._pipeline()
-        if pipeline[-1].early_stopping and not can_stratify(y, pipeline[-1].validation_fraction):
-            # The booster holds out a stratified part of its rows to decide when to stop; with too few rows for
-            # that, it runs all max_iter rounds.
-            pipeline.set_params(boosting__early_stopping=False)
-        pipeline.fit(self._model_frame(X), y)
-        self.classes_ = pipeline.classes_
+        frame = self._model_frame(X)
+        self.profile_ = feature_profile(frame, self.categorical_features_)
+        self.classes_ = np.unique(y)
         self.negative_class_ = self.negative_class if self.negative_class is not None else self.classes_[0]
-        self.n_iter_ = int(pipeline[-1].n_iter_)
-        self.estimator_ = self._calibrated(pipeline, X_val, y_val)
+        folds = self._folds(y)
+        sample = self._selection_sample(y)
+        results = [self._cross_fitted(c, frame.iloc[sample], y[sample], folds) for c in tried]
+        self.selection_ = [figures for _, figures, _ in results]
+        best = one_standard_error_choice(self.selection_)
+        self.learner_ = tried[best].name
+        self.estimator_, _, risk = (results[best] if len(sample) == len(y)
+                                    else self._cross_fitted(tried[best], frame, y, folds))
         self.flag_rate_ = min(1.0, goal.value / self.contacts_per_day) if goal.kind == "top-k" else None
-        self.threshold_ = self._threshold(goal, y_val != self.negative_class_, self.risk(X_val))
+        self.threshold_ = self._threshold(goal, y != self.negative_class_, risk)
         return self
+
+    def _folds(self, y: np.ndarray):
+        """Stratified folds, as many as `cv` and the rarest class allow; with a class of one row, one 'fold' that
+        trains and calibrates on every row (optimistic, and said so in a warning)."""
+        rarest = int(np.unique(y, return_counts=True)[1].min())
+        if rarest >= 2:
+            return StratifiedKFold(min(self.cv, rarest), shuffle=True, random_state=self.random_state)
+        warnings.warn(f"y has too few rows per class ({self._class_counts(y)}) for two stratified folds; "
+                      f"calibrating and choosing the threshold on the training rows themselves, which overstates how "
+                      f"well the model separates the classes", UserWarning, stacklevel=3)
+        return [(np.arange(len(y)), np.arange(len(y)))]
+
+    def _selection_sample(self, y: np.ndarray) -> np.ndarray:
+        """Row positions the candidates are compared on: all rows, or a stratified `selection_rows` of them."""
+        rows = np.arange(len(y))
+        if len(y) <= self.selection_rows:
+            return rows
+        return np.sort(train_test_split(rows, train_size=self.selection_rows, stratify=y,
+                                        random_state=self.random_state)[0])
+
+    def _cross_fitted(self, candidate: Candidate, frame: pd.DataFrame, y: np.ndarray,
+                      folds) -> tuple[CalibratedClassifierCV, dict, np.ndarray]:
+        """(the candidate as a CalibratedClassifierCV over the folds, its cross-validated figures, the out-of-fold
+        risk of every row): each row's risk comes from the fold model that did not see it."""
+        started = time.perf_counter()
+        splits = list(folds.split(frame, y) if hasattr(folds, "split") else folds)
+        method = self._calibration_method(min(len(test) for _, test in splits))
+        numeric = [f for f in self.feature_names_in_ if f not in set(self.categorical_features_)]
+        wide = [f for f in self.categorical_features_ if frame[f].nunique() > HIGH_CARDINALITY]
+        narrow = [f for f in self.categorical_features_ if f not in set(wide)]
+        pipeline = learner_pipeline(candidate, numeric, narrow, wide, rows=len(y),
+                                    early_stopping=can_stratify(y, 0.2) and len(y) >= 100, rounds=self.rounds,
+                                    trees=self.trees, random_state=self.random_state)
+        # The splitter, not its splits, is stored with the model: fold indices of a large table would bloat it.
+        calibrated = CalibratedClassifierCV(pipeline, method=method, cv=folds, ensemble=True).fit(frame, y)
+        proba = np.zeros((len(y), len(self.classes_)))
+        for (_, test), fold_model in zip(splits, calibrated.calibrated_classifiers_):
+            proba[test] = fold_model.predict_proba(frame.iloc[test])
+        risk = self.risk_from_proba(proba)
+        positive = y != self.negative_class_
+        per_fold = [roc_auc_score(positive[test], risk[test]) for _, test in splits if 0 < positive[test].mean() < 1]
+        figures = {"candidate": candidate.name, "learner": candidate.learner, "params": dict(candidate.params),
+                   "roc_auc": float(roc_auc_score(positive, risk)),
+                   "roc_auc_folds": {"mean": float(np.mean(per_fold)),
+                                     "std": float(np.std(per_fold, ddof=1)) if len(per_fold) > 1 else 0.0},
+                   "log_loss": float(log_loss(y, proba, labels=self.classes_)), "calibration": method,
+                   "rows": int(len(y)), "folds": len(splits), "seconds": round(time.perf_counter() - started, 2)}
+        return calibrated, figures, risk
 
     def _checked_goal(self) -> Goal:
         goal = parse_goal(self.goal)
@@ -283,9 +372,8 @@ class RiskModel(ClassifierMixin, BaseEstimator):
                              "into a share of contacts")
         if self.calibration not in CALIBRATIONS:
             raise UsageError(f"calibration {self.calibration!r} is not offered; expected one of {', '.join(CALIBRATIONS)}")
-        if not 0 < self.validation_fraction < 1:
-            raise UsageError(f"validation_fraction {self.validation_fraction!r} is not a share of the rows; expected "
-                             f"a number between 0 and 1")
+        if not (isinstance(self.cv, int) and self.cv >= 2):
+            raise UsageError(f"cv {self.cv!r} is not a number of folds; expected a whole number of at least 2")
         return goal
 
     @staticmethod
@@ -321,27 +409,6 @@ class RiskModel(ClassifierMixin, BaseEstimator):
         self.feature_names_in_ = np.asarray(features, dtype=object)
         self.n_features_in_ = len(features)
         self.categorical_features_ = [f for f in features if f in set(declared)]
-
-    def _pipeline(self) -> Pipeline:
-        numeric = [f for f in self.feature_names_in_ if f not in set(self.categorical_features_)]
-        return boosting_pipeline(numeric, self.categorical_features_, max_iter=self.max_iter,
-                                 learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
-                                 l2_regularization=self.l2_regularization, early_stopping=self.early_stopping,
-                                 tol=self.tol, random_state=self.random_state)
-
-    def _calibrated(self, pipeline: Pipeline, X_val: pd.DataFrame, y_val: np.ndarray) -> CalibratedClassifierCV:
-        """The fitted pipeline, frozen, with probabilities calibrated on validation rows."""
-        X_cal, y_cal = self._calibration_rows(X_val, y_val)
-        self.calibration_method_ = self._calibration_method(len(y_cal))
-        return CalibratedClassifierCV(FrozenEstimator(pipeline), method=self.calibration_method_, cv=OneFold()).fit(
-            self._model_frame(X_cal), y_cal)
-
-    def _calibration_rows(self, X: pd.DataFrame, y: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
-        """Validation rows for calibration, stratified down to `calibration_rows` so that large data stays fast."""
-        if len(y) <= self.calibration_rows:
-            return X, y
-        X, _, y, _ = train_test_split(X, y, train_size=self.calibration_rows, stratify=y, random_state=self.random_state)
-        return X, y
 
     def _calibration_method(self, rows: int) -> str:
         if self.calibration != "auto":

@@ -190,17 +190,27 @@ class TranscriptModel(nn.Module):
         return [text[offsets[-budget][0]:] if len(offsets) > budget else text
                 for text, offsets in zip(safe, encoded["offset_mapping"])]
 
-    def preprocess(self, texts: Sequence[str], contexts: Optional[Sequence[str]] = None) -> dict:
-        """Token windows covering every text in full (long ones split with overlap), and the text each came from."""
+    def preprocess(self, texts: Sequence[str], contexts: Optional[Sequence[str]] = None,
+                   with_offsets: bool = False) -> dict:
+        """Token windows covering every text in full (long ones split with overlap), and the text each came from;
+        `with_offsets` adds each token's character span in its text and a mask of the tokens that belong to the
+        text rather than to the context or the special tokens (training reads rationale spans with them)."""
         safe = [utf8_safe(t) for t in texts]
         options = dict(max_length=self.max_length, stride=self.overlap, return_overflowing_tokens=True,
-                       return_attention_mask=False, padding=False)
-        if contexts is None or not self.pairs:
+                       return_attention_mask=False, padding=False, return_offsets_mapping=with_offsets)
+        paired = contexts is not None and self.pairs
+        if not paired:
             encoded = self.tokenizer(safe, truncation=True, **options)
         else:
             encoded = self.tokenizer(self.trimmed_contexts(contexts), safe, truncation="only_second", **options)
-        return {"input_ids": encoded["input_ids"], "token_type_ids": encoded.get("token_type_ids"),
-                "owner": np.asarray(encoded["overflow_to_sample_mapping"], dtype=int), "count": len(safe)}
+        windows = {"input_ids": encoded["input_ids"], "token_type_ids": encoded.get("token_type_ids"),
+                   "owner": np.asarray(encoded["overflow_to_sample_mapping"], dtype=int), "count": len(safe)}
+        if with_offsets:
+            own = 1 if paired else 0
+            windows["offsets"] = encoded["offset_mapping"]
+            windows["in_text"] = [[sequence == own for sequence in encoded.sequence_ids(i)]
+                                  for i in range(len(encoded["input_ids"]))]
+        return windows
 
     def collate(self, input_ids: Sequence[list[int]], token_type_ids: Optional[Sequence[list[int]]] = None) -> dict:
         """Windows padded to the longest in the batch (dynamic padding), as model inputs."""

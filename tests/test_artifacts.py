@@ -41,7 +41,7 @@ def fitted():
     rng = np.random.default_rng(3)
     frame = pd.DataFrame({"x": rng.normal(size=200), "channel": rng.choice(["phone", "chat"], 200)})
     y = rng.random(200) < 1 / (1 + np.exp(-2 * frame["x"]))
-    return RiskModel(max_iter=5, random_state=1).fit(frame, y), frame
+    return RiskModel(rounds=5, trees=10, random_state=1).fit(frame, y), frame
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from carelens.models.tabular import RiskModel, SchemaError
 
-FAST = {"max_iter": 20}
+FAST = {"rounds": 20, "learner": "boosting"}
 
 #: Checks that contradict the design, each with the reason; keep this as short as the design allows.
 EXPECTED_FAILED_CHECKS = {

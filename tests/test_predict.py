@@ -36,7 +36,7 @@ def contract_table() -> pd.DataFrame:
 def published(registry: Registry, path, name: str, target: str) -> None:
     """Train and publish as `carelens train <name> --data PATH --target TARGET` does, with a short booster."""
     task = TASKS[name]
-    publish_tabular(train_tabular(load_labelled(path, task, target=target), task, max_iter=15), registry)
+    publish_tabular(train_tabular(load_labelled(path, task, target=target), task, rounds=15, trees=30, spread_seeds=1), registry)
 
 
 @pytest.fixture(scope="module")

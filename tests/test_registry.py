@@ -22,7 +22,7 @@ def fitted():
     rng = np.random.default_rng(1)
     frame = pd.DataFrame({"x": rng.normal(size=400), "channel": rng.choice(["phone", "chat"], 400)})
     y = rng.random(400) < 1 / (1 + np.exp(-2 * frame["x"]))
-    return RiskModel(max_iter=10, random_state=1).fit(frame, y), frame
+    return RiskModel(rounds=10, trees=20, random_state=1).fit(frame, y), frame
 
 
 @pytest.fixture

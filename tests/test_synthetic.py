@@ -231,6 +231,6 @@ def test_the_true_turn_labels_carry_most_of_the_care_gap(tmp_path):
                                      conversation_index(as_conversations(data.conversations)))
     features.to_parquet(tmp_path / "features.parquet")
     trained = train_tabular(load_labelled(tmp_path, TASKS["churn"], features_from=[tmp_path / "features.parquet"]),
-                            TASKS["churn"])
+                            TASKS["churn"], learner="boosting", spread_seeds=1)
     assert trained.metadata["seed_groups"]["gap_recovered"] >= 0.8
     assert trained.metadata["without_added_features"]["seed_groups"]["gap_recovered"] < 0.5

@@ -172,7 +172,9 @@ def test_train_command_publishes_a_model_with_metrics_beside_the_floor(encoder_d
     assert set(metadata["floor"]["test"]) == set(metadata["metrics"]["test"])
     assert metadata["options"]["mode"] == mode and metadata["seed"] == 13
     assert metadata["training_text"] == "real"
-    assert (registry / "transcripts" / "v1" / "report.html").read_text().count("<img") == 2
+    report = (registry / "transcripts" / "v1" / "report.html").read_text()
+    assert report.count("<img") == 2 and "95% CI" in report and "Most confidently wrong test examples" in report
+    assert metadata["bootstrap"] == {"resamples": 1000, "seed": 0, "level": 0.95}
     rows = metadata["rows"]["sentiment"]
     assert rows["train"] + rows["validation"] + rows["test"] == 120
 
@@ -183,6 +185,7 @@ def test_train_command_publishes_a_model_with_metrics_beside_the_floor(encoder_d
     assert "warning" not in evaluated.stderr
     assert figures["sentiment"]["n"] == 120 and set(figures["sentiment"]["per_class_f1"]) == {
         "negative", "neutral", "positive"}
+    assert set(figures["sentiment"]["intervals"]) == {"accuracy", "macro_f1", "f1"}
 
 
 @pytest.mark.parametrize("chosen", [False, True])
@@ -228,6 +231,8 @@ def test_a_model_trained_on_generated_conversations_records_synthetic_text_and_w
     _, metadata = load_transcript_model(root / "registry")
     assert metadata["training_text"] == "synthetic"
     assert training_text_warning(metadata) == SYNTHETIC_WARNING
+    report = (root / "registry" / "transcripts" / "v1" / "report.html").read_text()
+    assert "sentiment: most confidently wrong (text hidden" in report and "<th>text</th>" not in report
     evaluated = CliRunner().invoke(evaluate_app, ["transcripts", "--registry", str(root / "registry"),
                                                   "--sentiment-data", str(conversations), "--json"])
     assert evaluated.exit_code == 0, evaluated.output

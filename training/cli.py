@@ -34,9 +34,15 @@ def _registry(path: Optional[Path]):
 
 
 def figures_tables(figures: dict) -> list[Table]:
-    """Rich tables of held-out metrics and, when present, the per-seed-group rates."""
-    from carelens.training.report import comparison_rows, metric_rows
+    """Rich tables of held-out metrics and, when present, the learner selection, the spread over split seeds and the
+    per-seed-group rates."""
+    from carelens.training.report import comparison_rows, metric_rows, selection_rows, spread_rows
     tables = [rows_table(metric_rows(figures["metrics"]), "held-out metrics")]
+    if figures.get("selection"):
+        tables.append(rows_table(selection_rows(figures), "learner selection (cross-validated on the training rows)"))
+    if figures.get("spread"):
+        tables.append(rows_table(spread_rows(figures), f"held-out figures over {len(figures['spread']['seeds'])} "
+                                                       f"split seeds"))
     if "seed_groups" in figures:
         groups = figures["seed_groups"]
         recovered = groups.get("gap_recovered")
@@ -61,7 +67,11 @@ def train_command(name: str):
                                                                 "detected from types).")] = None,
         features_from: FeaturesFromOption = None,
         goal: Annotated[str, typer.Option(help="Threshold goal: f1, recall:0.8 or top-k:500 (contacts a day).")] = "f1",
-        seed: Annotated[int, typer.Option(help="Seed for the split and the booster.")] = 0,
+        seed: Annotated[int, typer.Option(help="Seed of the published model's split, folds and learner.")] = 0,
+        learner: Annotated[str, typer.Option(help="auto (chosen by cross-validation), or force one of "
+                                                  "logistic, boosting, forest, extra-trees.")] = "auto",
+        spread_seeds: Annotated[int, typer.Option(min=1, help="Split seeds (seed, seed+1, ...) whose held-out "
+                                                              "figures give the mean and std reported.")] = 5,
         out: RegistryOption = None,
         runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
     ) -> None:
@@ -73,14 +83,16 @@ def train_command(name: str):
                 labelled = load_labelled(data, task, labels, target, features, categorical, features_from or ())
             console.print(f"{len(labelled.frame):,} labelled rows, {len(labelled.features)} features, "
                           f"target '{labelled.target}'")
-            with console.status(f"Training the {name} model (60/20/20 split, seed {seed})"):
-                trained = train_tabular(labelled, task, goal=goal, seed=seed)
+            with console.status(f"Training the {name} model (80/20 split, seeds {seed}..{seed + spread_seeds - 1})"):
+                trained = train_tabular(labelled, task, goal=goal, seed=seed, learner=learner,
+                                        spread_seeds=spread_seeds)
             with console.status("Writing the report and publishing"):
                 artifact = publish_tabular(trained, _registry(out))
         copy = copied_report(artifact.path, runs / name / artifact.version / "report.html")
         for table in figures_tables(trained.metadata):
             console.print(table)
-        console.print(f"threshold {trained.model.threshold_:.4f} for goal {goal}; published {name} "
+        console.print(f"learner {trained.model.learner_}; threshold {trained.model.threshold_:.4f} for goal {goal}; "
+                      f"published {name} "
                       f"{artifact.version} to {artifact.path}", soft_wrap=True)
         console.print(f"report: {copy}", soft_wrap=True)
     train.__doc__ = f"Train the {name} model on labelled data and publish it to the registry."
@@ -171,6 +183,10 @@ def train_transcripts_command(
              "than EPITOME's to carry over.")] = False,
     pair: Annotated[bool, typer.Option(help="Read empathy from (customer turn, agent turn) pairs; --no-pair is the "
                                             "single-turn ablation.")] = True,
+    rationales: Annotated[bool, typer.Option(help="finetune: learn EPITOME's rationale spans (which reply tokens "
+                                                  "show each mechanism) as an auxiliary token-level task.")] = False,
+    balanced_sampling: Annotated[bool, typer.Option(help="finetune: draw empathy rows class-balanced (rare levels "
+                                                         "more often) instead of weighting the loss.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for the splits, batches and initialisation.")] = 13,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
     time_budget: Annotated[Optional[float], typer.Option(help="finetune: minutes after which training stops at the "
@@ -181,11 +197,12 @@ def train_transcripts_command(
 ) -> None:
     """Train the transcript model (sentiment and empathy heads) and publish it beside its TF-IDF floor."""
     from carelens.training.report import copied_report
-    from carelens.training.transcript_report import summary_rows
+    from carelens.training.transcript_report import stacking_rows, summary_rows
     from carelens.training.transcripts import Options, publish_trained, train_transcripts
     paths = [*(sentiment_data or ()), *(empathy_data or ()), *(transcripts or ())]
     options = Options(mode=mode, epochs=epochs, lr=lr, max_length=max_length, batch_size=batch_size, seed=seed,
                       class_weights=class_weights, pair_encoding=pair, decision_weights=decision_weights,
+                      rationales=rationales, balanced_sampling=balanced_sampling,
                       empathy_repeats=empathy_repeats, threads=threads, time_budget_minutes=time_budget,
                       show_progress_bar=progress)
     with user_errors():
@@ -198,6 +215,8 @@ def train_transcripts_command(
     if "test_plain_argmax" in trained.metrics:
         console.print(rows_table(summary_rows(trained.metrics["test_plain_argmax"], trained.floor),
                                  "ablation: test split, plain argmax (no decision weights)"))
+    console.print(rows_table(stacking_rows({"metrics": trained.metrics, **trained.details}),
+                             "ablation: test split, pooled with the TF-IDF floor"))
     console.print(f"published transcripts {artifact.version} to {artifact.path} in "
                   f"{trained.details['seconds']['total']:.0f} s; report: {copy}", soft_wrap=True)
 
@@ -213,8 +232,11 @@ def evaluate_transcripts_command(
     batch_size: Annotated[int, typer.Option(help="Rows per scoring batch.")] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
-    """Score labelled files with a published transcript model: accuracy, macro-F1 and per-class F1 per head."""
+    """Score labelled files with a published transcript model: per head, accuracy and macro-F1 with 95% bootstrap
+    intervals, per-class precision/recall/F1, the confusion matrix and the most confidently wrong rows (their text
+    for the public CSVs only)."""
     from carelens.models.transcript import load_transcript_model, training_text_warning
+    from carelens.training.transcript_report import INTERVALS_NOTE, evaluation_tables
     from carelens.training.transcripts import evaluate_files
     with user_errors():
         model, metadata = load_transcript_model(registry, version)
@@ -226,6 +248,6 @@ def evaluate_transcripts_command(
     if as_json:
         typer.echo(json.dumps(metrics))
         return
-    console.print(rows_table([{"head": h, "rows": m["n"], "accuracy": m["accuracy"], "macro-F1": m["macro_f1"],
-                               **{f"F1 {k}": v for k, v in m["per_class_f1"].items()}}
-                              for h, m in metrics.items() if m.get("n")], "transcript model"))
+    console.print(f"transcripts {metadata['version']}. {INTERVALS_NOTE}", soft_wrap=True)
+    for title, rows in evaluation_tables(metrics):
+        console.print(rows_table(rows, title))

@@ -38,8 +38,7 @@ def held_out_check(name: str, metadata: dict, labelled: LabelledData, fitted: Op
     """Whether the figures are held-out, how many rows the model trained on (when known), and a warning if not."""
     rows, version = len(labelled.frame), metadata["version"]
     if is_training_data(metadata, labelled):
-        split = metadata["split"]
-        trained = fitted if fitted is not None else split["train"] + split["validation"]
+        trained = fitted if fitted is not None else metadata["split"]["train"]
         warning = (f"this is the data {name} {version} was trained on (its training data fingerprint matches): it was "
                    f"fitted and calibrated on {trained:,} of these {rows:,} rows, so these figures are not held-out; "
                    f"its held-out figures are in its metadata and report; evaluate on data it never saw")

@@ -95,11 +95,27 @@ def metric_rows(metrics: dict) -> list[dict]:
 def summary_rows(metadata: dict) -> list[dict]:
     """The facts about data and training worth seeing beside the metrics."""
     keys = ("task", "version", "source", "target", "classes", "negative_class", "goal", "threshold", "flag_rate",
-            "calibration", "boosting_iterations", "seed", "training_data_fingerprint", "created_at")
+            "learner", "learner_requested", "calibration", "training_seconds", "seed", "training_data_fingerprint",
+            "created_at")
     split = {f"{part} rows": n for part, n in metadata.get("split", {}).items()}
     features = ", ".join(f"{f['name']} ({f['kind']})" for f in metadata.get("features", []))
     return [{"item": k, "value": metadata[k]} for k in keys if k in metadata] + \
         [{"item": k, "value": v} for k, v in split.items()] + [{"item": "features", "value": features}]
+
+
+def selection_rows(metadata: dict) -> list[dict]:
+    """Every candidate learner's cross-validated figures on the training rows, the chosen one marked."""
+    return [{"candidate": c["candidate"], "chosen": "yes" if c["candidate"] == metadata["learner"] else "",
+             "CV ROC-AUC": c["roc_auc_folds"]["mean"], "± std (folds)": c["roc_auc_folds"]["std"],
+             "CV log-loss": c["log_loss"], "calibration": c["calibration"], "rows": c["rows"], "folds": c["folds"],
+             "seconds": c["seconds"]} for c in metadata.get("selection", [])]
+
+
+def spread_rows(metadata: dict) -> list[dict]:
+    """Held-out figures per split seed, then their mean and standard deviation across the seeds."""
+    spread = metadata["spread"]
+    return [*spread["rows"], {"seed": "mean", "learner": "", **spread["mean"]},
+            {"seed": "std", "learner": "", **spread["std"]}]
 
 
 COMPARED = ("roc_auc", "pr_auc", "brier", "ece", "macro_f1")
@@ -124,8 +140,13 @@ def tabular_report(model, frame: pd.DataFrame, labels: np.ndarray, metadata: dic
     positive = labels != model.negative_class_
     risk = model.risk(frame)
     importance = importance_rows(model, frame, positive, metadata.get("seed", 0))
+    seeds = len(metadata.get("spread", {}).get("seeds", []))
     sections = [
         ("Metrics on held-out rows", table_html(metric_rows(metadata["metrics"]))),
+        (f"Held-out figures across {seeds} split seeds (a difference smaller than the std is no difference)",
+         table_html(spread_rows(metadata)) if seeds else "<p>one split seed only</p>"),
+        ("Learner selection (cross-validation on the training rows; the simplest within one standard error of the "
+         "best is chosen)", table_html(selection_rows(metadata))),
         ("ROC and precision-recall", figure_html(curves_figure(positive, risk))),
         ("Calibration", figure_html(calibration_figure(positive, risk))),
         ("Score distribution", figure_html(histogram_figure(labels, risk, model.threshold_))),

@@ -1,6 +1,7 @@
-"""How the churn and retaliation models are made: load labelled data, split it, fit, measure and publish."""
+"""How the churn and retaliation models are made: load labelled data, split it, select and fit, measure and publish."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -24,7 +25,12 @@ PathLike = Union[str, Path]
 KEYS = ("contact_id", "customer_id")
 #: Columns that identify or date a row: never features unless declared.
 NOT_FEATURES = ("contact_id", "customer_id", "started_at")
-SPLIT = (0.6, 0.2, 0.2)
+#: Rows held out for the reported figures; the rest train, calibrate (cross-fitted) and set the threshold.
+TEST_SHARE = 0.2
+#: Split seeds the headline figures are averaged over: on a few hundred test rows one split can mislead.
+SPREAD_SEEDS = 5
+#: Held-out figures summarised across split seeds.
+SPREAD_METRICS = ("roc_auc", "pr_auc", "brier", "ece", "accuracy", "f1", "macro_f1")
 #: Beside a published model: the hashed contact_ids of the rows it was fitted and calibrated on, as Parquet (reading
 #: it runs no code), so that an evaluation on those contacts is told apart from a held-out one.
 FITTED_CONTACTS = "fitted_contacts.parquet"
@@ -197,13 +203,9 @@ def target_values(data: LabelledData, task: Task) -> np.ndarray:
     return values.astype(bool) if task.negative_class is False else values.astype(str)
 
 
-def split_indices(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stratified train / validation / test row indices in SPLIT proportions, the same for the same seed."""
-    rows = np.arange(len(y))
-    train, rest = train_test_split(rows, train_size=SPLIT[0], stratify=y, random_state=seed)
-    validation, test = train_test_split(rest, test_size=SPLIT[2] / (SPLIT[1] + SPLIT[2]), stratify=y[rest],
-                                        random_state=seed)
-    return train, validation, test
+def split_indices(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train / test row indices (TEST_SHARE held out), the same for the same seed."""
+    return train_test_split(np.arange(len(y)), test_size=TEST_SHARE, stratify=y, random_state=seed)
 
 
 @dataclass
@@ -214,7 +216,7 @@ class Trained:
     metadata: dict
     test_frame: pd.DataFrame
     test_y: np.ndarray
-    #: `contact_hashes` of the train and validation rows (None when the data has no contact_id column).
+    #: `contact_hashes` of the training rows (None when the data has no contact_id column).
     fitted_contacts: Optional[np.ndarray] = None
 
 
@@ -256,38 +258,63 @@ def held_out_figures(model: RiskModel, task: Task, frame: pd.DataFrame, y: np.nd
     return figures
 
 
-def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 0, **params) -> Trained:
-    """Fit on 60%, calibrate and choose the threshold on 20%, and measure on the last 20% the model never saw."""
-    y = target_values(data, task)
-    train, validation, test = split_indices(y, seed)
-    rows = data.frame.reset_index(drop=True)
-    test_groups = None if data.groups is None else data.groups.iloc[test]
+def seed_spread(runs: Sequence[dict]) -> dict:
+    """Per split seed its learner and held-out figures, and each figure's mean and standard deviation across seeds."""
+    rows = [{"seed": r["seed"], "learner": r["learner"], **{m: r["metrics"][m] for m in SPREAD_METRICS
+                                                            if m in r["metrics"]}} for r in runs]
+    present = [m for m in SPREAD_METRICS if all(m in r for r in rows)]
+    return {"seeds": [r["seed"] for r in rows], "rows": rows,
+            "mean": {m: float(np.mean([r[m] for r in rows])) for m in present},
+            "std": {m: float(np.std([r[m] for r in rows], ddof=1)) if len(rows) > 1 else 0.0 for m in present}}
 
-    def fitted(features: list[str]) -> RiskModel:
+
+def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 0, learner: str = "auto",
+                  spread_seeds: int = SPREAD_SEEDS, **params) -> Trained:
+    """Hold out 20% of the rows; on the other 80% pick the learner by cross-validation and fit it with cross-fitted
+    calibration and threshold (`RiskModel`); measure on the held-out rows. The same is repeated for the next
+    `spread_seeds` − 1 split seeds, whose figures give the spread the report shows beside the published model's."""
+    y = target_values(data, task)
+    rows = data.frame.reset_index(drop=True)
+
+    def fitted(features: list[str], train: np.ndarray, split_seed: int) -> RiskModel:
         model = RiskModel(features=features, categorical=data.categorical, negative_class=task.negative_class,
-                          goal=goal, contacts_per_day=data.contacts_per_day, random_state=seed, **params)
-        return model.fit(rows.iloc[train], y[train], X_val=rows.iloc[validation], y_val=y[validation])
-    model = fitted(data.features)
+                          goal=goal, contacts_per_day=data.contacts_per_day, learner=learner,
+                          random_state=split_seed, **params)
+        return model.fit(rows.iloc[train], y[train])
+
+    def held_out(features: list[str], split_seed: int) -> tuple[RiskModel, np.ndarray, np.ndarray, dict]:
+        train, test = split_indices(y, split_seed)
+        groups = None if data.groups is None else data.groups.iloc[test]
+        model = fitted(features, train, split_seed)
+        return model, train, test, held_out_figures(model, task, rows.iloc[test], y[test], groups)
+
+    started = time.perf_counter()
+    model, train, test, figures = held_out(data.features, seed)
+    seconds = time.perf_counter() - started
+    others = [held_out(data.features, s) for s in range(seed + 1, seed + spread_seeds)]
+    runs = [{"seed": s, "learner": m.learner_, "metrics": f["metrics"]}
+            for s, (m, _, _, f) in zip(range(seed, seed + spread_seeds), [(model, train, test, figures), *others])]
     metadata = {
         "task": task.name, "target": data.target, "source": data.source,
         "features": model.feature_schema(), "classes": model.classes_.tolist(),
         "negative_class": np.asarray(model.negative_class_).item(),
         "goal": goal, "threshold": model.threshold_, "flag_rate": model.flag_rate_,
-        "contacts_per_day": data.contacts_per_day, "seed": seed,
-        "calibration": model.calibration_method_, "boosting_iterations": model.n_iter_,
-        "split": {"train": int(train.size), "validation": int(validation.size), "test": int(test.size)},
+        "contacts_per_day": data.contacts_per_day, "seed": seed, "learner": model.learner_,
+        "learner_requested": learner, "selection": model.selection_, "training_seconds": round(seconds, 1),
+        "calibration": next(c["calibration"] for c in model.selection_ if c["candidate"] == model.learner_),
+        "split": {"train": int(train.size), "test": int(test.size)},
         "training_data_fingerprint": frame_fingerprint(rows[[*data.features, data.target]]),
         # Which transcript model scored the conversation features: another one's scores are on another scale.
         "transcript_model": data.transcript_model if set(FEATURE_COLUMNS) & set(data.features) else None,
+        **figures, "spread": seed_spread(runs),
     }
-    metadata.update(held_out_figures(model, task, rows.iloc[test], y[test], test_groups))
     if data.added:
         # The same split and seed without the joined features: the report shows what they are worth.
-        baseline = fitted([f for f in data.features if f not in data.added])
+        baseline = fitted([f for f in data.features if f not in data.added], train, seed)
+        test_groups = None if data.groups is None else data.groups.iloc[test]
         metadata["without_added_features"] = {
             "added": list(data.added), **held_out_figures(baseline, task, rows.iloc[test], y[test], test_groups)}
-    fitted_contacts = (contact_hashes(rows["contact_id"].iloc[np.concatenate([train, validation])])
-                       if "contact_id" in rows.columns else None)
+    fitted_contacts = contact_hashes(rows["contact_id"].iloc[train]) if "contact_id" in rows.columns else None
     return Trained(model, metadata, rows.iloc[test], y[test], fitted_contacts)
 
 

@@ -12,18 +12,21 @@ import pandas as pd
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
-from carelens.data.adapters import read_labelled, read_labelled_text
+from carelens.data.adapters import RATIONALE_COLUMNS, read_labelled_text
 from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS
 from carelens.data.errors import UsageError
 from carelens.models.registry import Artifact, frame_fingerprint
-from carelens.models.transcript import PAIRED, SINGLE_TURN, TranscriptModel, publish, softmax
+from carelens.models.transcript import PAIRED, SINGLE_TURN, TranscriptModel, mean_pooled, publish, softmax
+from carelens.training.bootstrap import (
+    LEVEL, RESAMPLES, SEED, bootstrap_intervals, class_figures, confusion, macro_f1_difference, predicted_classes,
+)
 from carelens.training.metrics import expected_calibration_error
 from carelens.training.transcript_report import transcript_report
 
@@ -41,6 +44,8 @@ MIN_STRATUM = 10
 #: Length-sorted buckets span this many batches: batches of similar length, still shuffled across the epoch.
 BUCKET_BATCHES = 50
 FLOOR = "TF-IDF + logistic regression"
+#: Most confidently wrong rows shown per head.
+EXAMPLES = 10
 
 
 @dataclass
@@ -63,6 +68,11 @@ class Options:
     patience: int = 2
     evals_per_epoch: int = 2
     empathy_repeats: int = 4
+    # EPITOME's rationale spans as an auxiliary token-level task (finetune): which reply tokens show each mechanism.
+    rationales: bool = False
+    rationale_weight: float = 0.5
+    # Draw empathy rows in proportion to their rarest level's balanced weight instead of weighting the loss.
+    balanced_sampling: bool = False
     threads: int = 2
     time_budget_minutes: Optional[float] = None
     show_progress_bar: bool = True
@@ -84,6 +94,8 @@ class Data:
     empathy: dict[str, pd.DataFrame]
     #: What the rows' text is: "synthetic" (generator conversations only), "real" or "mixed" (`read_labelled_text`).
     training_text: Optional[str] = None
+    #: Whether every row came from the public CSVs, the only text that reports may show (`read_labelled_text`).
+    public_text: bool = False
 
     def sizes(self) -> dict:
         return {task: {split: len(frame) for split, frame in getattr(self, task).items()}
@@ -101,6 +113,8 @@ class Trained:
     floor: dict
     history: list = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    #: Per head, the most confidently wrong test rows (`head_examples`), for the report only: never in metadata.
+    examples: dict = field(default_factory=dict)
 
 
 # -- data ---------------------------------------------------------------------------------------------------------
@@ -141,7 +155,8 @@ def load_data(paths: Sequence[PathLike], options: Options) -> Data:
     if labelled.sentiment.empty and labelled.empathy.empty:
         raise UsageError(f"no labelled rows in {', '.join(map(str, paths))}: expected airline tweet or EPITOME CSVs, "
                          f"or transcripts whose turns carry `sentiment` / `empathy` labels")
-    return replace(split_data(labelled.sentiment, labelled.empathy, options), training_text=labelled.text)
+    return replace(split_data(labelled.sentiment, labelled.empathy, options), training_text=labelled.text,
+                   public_text=labelled.public)
 
 
 def sentiment_targets(frame: pd.DataFrame) -> np.ndarray:
@@ -165,18 +180,22 @@ def head_targets(data: Data, split: str) -> dict[str, np.ndarray]:
 
 def head_metrics(truth: np.ndarray, probabilities: np.ndarray, labels: Sequence[str],
                  weights: Optional[Sequence[float]] = None) -> dict:
-    """Accuracy, macro-F1 over all classes, per-class F1, confusion matrix and top-label calibration error; the
-    predicted class is the argmax of the probabilities times the decision `weights` (none: plain argmax)."""
+    """Accuracy, macro-F1 over all classes, per-class precision/recall/F1 with support, the confusion matrix (rows:
+    truth), bootstrap intervals, and top-label calibration error; the predicted class is the argmax of the
+    probabilities times the decision `weights` (none: plain argmax)."""
     keep = truth >= 0
     truth, probabilities = truth[keep], probabilities[keep]
     if truth.size == 0:
         return {"n": 0}
-    predicted = (probabilities * np.asarray(weights if weights is not None else 1.0)).argmax(axis=1)
-    classes = list(range(len(labels)))
-    per_class = f1_score(truth, predicted, labels=classes, average=None, zero_division=0)
-    return {"n": int(truth.size), "accuracy": float(accuracy_score(truth, predicted)),
-            "macro_f1": float(per_class.mean()), "per_class_f1": dict(zip(labels, map(float, per_class))),
-            "confusion": confusion_matrix(truth, predicted, labels=classes).tolist(),
+    predicted = predicted_classes(probabilities, weights)
+    counts = confusion(truth, predicted, len(labels))
+    figures = class_figures(counts)
+    per_class = {label: {"precision": float(figures["precision"][k]), "recall": float(figures["recall"][k]),
+                         "f1": float(figures["f1"][k]), "support": int(figures["support"][k])}
+                 for k, label in enumerate(labels)}
+    return {"n": int(truth.size), "accuracy": float(figures["accuracy"]), "macro_f1": float(figures["f1"].mean()),
+            "per_class_f1": {label: scores["f1"] for label, scores in per_class.items()}, "per_class": per_class,
+            "confusion": counts.tolist(), "intervals": bootstrap_intervals(counts, labels),
             "ece": expected_calibration_error(predicted == truth, probabilities.max(axis=1)),
             "reliability": reliability(predicted == truth, probabilities.max(axis=1))}
 
@@ -188,11 +207,46 @@ def reliability(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> 
              "n": int((which == b).sum())} for b in range(bins) if (which == b).any()]
 
 
+def head_labels(head: str) -> tuple[str, ...]:
+    """The class names of a head, in the order of its probability columns."""
+    return SENTIMENTS if head == "sentiment" else LEVEL_NAMES
+
+
 def all_head_metrics(truth: dict[str, np.ndarray], probabilities: dict[str, np.ndarray],
                      weights: Optional[dict] = None) -> dict:
     """head_metrics for every head that has rows, each with its decision weights (none: plain argmax)."""
-    return {head: head_metrics(truth[head], probabilities[head], SENTIMENTS if head == "sentiment" else LEVEL_NAMES,
-                               (weights or {}).get(head))
+    return {head: head_metrics(truth[head], probabilities[head], head_labels(head), (weights or {}).get(head))
+            for head in HEADS if head in probabilities}
+
+
+def confidently_wrong(truth: np.ndarray, probabilities: np.ndarray, labels: Sequence[str],
+                      texts: Optional[Sequence[str]] = None, contexts: Optional[Sequence[str]] = None,
+                      weights: Optional[Sequence[float]] = None, n: int = EXAMPLES) -> list[dict]:
+    """The `n` labelled rows predicted wrongly with the highest probability of the predicted class, most confident
+    first (ties: earlier row first): row position, true and predicted label, that probability, and the row's text
+    and context when given."""
+    predicted = predicted_classes(probabilities, weights)
+    confidence = probabilities[np.arange(len(predicted)), predicted]
+    wrong = np.flatnonzero((truth >= 0) & (predicted != truth))
+    return [{"row": int(row), "truth": labels[truth[row]], "predicted": labels[predicted[row]],
+             "confidence": float(confidence[row]), **({"context": contexts[row]} if contexts is not None else {}),
+             **({"text": texts[row]} if texts is not None else {})}
+            for row in wrong[np.argsort(-confidence[wrong], kind="stable")][:n]]
+
+
+def head_examples(data: Data, split: str, truth: dict[str, np.ndarray], probabilities: dict[str, np.ndarray],
+                  weights: Optional[dict] = None) -> dict[str, list[dict]]:
+    """Per head, the most confidently wrong rows of a split. Their text (empathy: the agent's reply and the customer
+    turn it answers) only when every row is from the public CSVs: contract transcripts may hold customers' words,
+    so their rows are named by position alone."""
+    def column(frame: pd.DataFrame, name: str) -> Optional[list]:
+        return frame[name].tolist() if data.public_text else None
+
+    sentiment, empathy = data.sentiment[split], data.empathy[split]
+    texts = {"sentiment": (column(sentiment, "text"), None),
+             **{m: (column(empathy, "response"), column(empathy, "context")) for m in MECHANISMS}}
+    return {head: confidently_wrong(truth[head], probabilities[head], head_labels(head), *texts[head],
+                                    (weights or {}).get(head))
             for head in HEADS if head in probabilities}
 
 
@@ -228,29 +282,59 @@ def selection_score(metrics: dict) -> float:
 
 # -- floor --------------------------------------------------------------------------------------------------------
 
-def floor_probabilities(texts: pd.Series, truth: np.ndarray, test_texts: pd.Series, options: Options) -> np.ndarray:
-    """TF-IDF + logistic regression fitted on the training texts, as probabilities over all 3 classes on the test."""
+def floor_fitted(texts: pd.Series, truth: np.ndarray, options: Options):
+    """TF-IDF + logistic regression fitted on the training texts of one head."""
     keep = truth >= 0
     pipeline = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
                              LogisticRegression(max_iter=2000, class_weight="balanced" if options.class_weights else None))
-    pipeline.fit(texts[keep], truth[keep])
-    full = np.zeros((len(test_texts), 3))
-    full[:, pipeline.classes_] = pipeline.predict_proba(test_texts)
+    return pipeline.fit(texts[keep], truth[keep])
+
+
+def floor_probabilities(pipeline, texts: pd.Series) -> np.ndarray:
+    """A fitted floor's probabilities over all 3 classes (0 for a class its training rows lacked)."""
+    full = np.zeros((len(texts), 3))
+    full[:, pipeline.classes_] = pipeline.predict_proba(texts)
     return full
 
 
-def floor_metrics(data: Data, options: Options, split: str = "test") -> dict:
-    """The floor every head must beat: TF-IDF + LR on the same training rows (empathy: on the agent's reply)."""
-    train, test = head_targets(data, "train"), head_targets(data, split)
-    probabilities = {}
-    if len(data.sentiment["train"]) and len(data.sentiment[split]):
-        probabilities["sentiment"] = floor_probabilities(data.sentiment["train"]["text"], train["sentiment"],
-                                                         data.sentiment[split]["text"], options)
+def floor_split_probabilities(data: Data, options: Options, splits: Sequence[str] = ("test",)) -> dict[str, dict]:
+    """Per split, per head: the floor's probabilities, each head's floor fitted once on the training rows (TF-IDF +
+    LR; empathy reads the agent's reply)."""
+    train = head_targets(data, "train")
+    fitted, texts = {}, {}
+    if len(data.sentiment["train"]):
+        fitted["sentiment"] = floor_fitted(data.sentiment["train"]["text"], train["sentiment"], options)
+        texts["sentiment"] = lambda split: data.sentiment[split]["text"]
     for mechanism in MECHANISMS:
         if (train[mechanism] >= 0).sum() and len(set(train[mechanism][train[mechanism] >= 0])) > 1:
-            probabilities[mechanism] = floor_probabilities(data.empathy["train"]["response"], train[mechanism],
-                                                           data.empathy[split]["response"], options)
-    return all_head_metrics(test, probabilities)
+            fitted[mechanism] = floor_fitted(data.empathy["train"]["response"], train[mechanism], options)
+            texts[mechanism] = lambda split: data.empathy[split]["response"]
+    return {split: {head: floor_probabilities(pipeline, texts[head](split)) for head, pipeline in fitted.items()
+                    if len(texts[head](split))} for split in splits}
+
+
+#: Shares of the TF-IDF floor in a stacked head, tried on the validation split.
+STACK_GRID = np.linspace(0.0, 1.0, 21)
+
+
+def stacked(model: np.ndarray, floor: np.ndarray, share: float) -> np.ndarray:
+    """The geometric mix p_model^(1 − share) · p_floor^share, renormalised: a log-linear pool of the two."""
+    logs = (1 - share) * np.log(np.clip(model, 1e-12, 1)) + share * np.log(np.clip(floor, 1e-12, 1))
+    mixed = np.exp(logs - logs.max(axis=1, keepdims=True))
+    return mixed / mixed.sum(axis=1, keepdims=True)
+
+
+def stacking_shares(model: dict, floor: dict, truth: dict) -> dict[str, float]:
+    """Per head, the floor's share in the pool with the lowest validation log-loss (0: the model alone)."""
+    shares = {}
+    for head in set(model) & set(floor):
+        keep = truth[head] >= 0
+        if not keep.any():
+            continue
+        losses = [-np.log(np.clip(stacked(model[head][keep], floor[head][keep], share)[
+            np.arange(keep.sum()), truth[head][keep]], 1e-12, 1)).mean() for share in STACK_GRID]
+        shares[head] = float(STACK_GRID[int(np.argmin(losses))])
+    return shares
 
 
 # -- calibration --------------------------------------------------------------------------------------------------
@@ -386,30 +470,66 @@ def _embedded(model: TranscriptModel, task: str, frame: pd.DataFrame, encode: di
 
 @dataclass
 class TaskTokens:
-    """One task's training rows tokenised to a single window each (truncated past max_length, counted)."""
+    """One task's training rows tokenised to a single window each (truncated past max_length, counted), with, for
+    empathy rows that carry rationales, per token and mechanism whether it lies in a rationale (-100: not scored)."""
 
     task: str
     input_ids: list
     token_type_ids: Optional[list]
     targets: np.ndarray
     truncated: int
+    token_labels: Optional[list] = None
 
     @property
     def lengths(self) -> np.ndarray:
         return np.array([len(ids) for ids in self.input_ids])
 
 
-def task_tokens(model: TranscriptModel, task: str, frame: pd.DataFrame) -> TaskTokens:
-    """Training rows as their first window; training tolerates truncation (counted in metadata), scoring never does."""
+def rationale_spans(response: str, rationale) -> list[tuple[int, int]]:
+    """Character spans in the response of each '|'-separated rationale part found in it (case-insensitively)."""
+    if not isinstance(rationale, str):
+        return []
+    lowered, spans = response.lower(), []
+    for part in (p.strip() for p in rationale.split("|")):
+        start = lowered.find(part.lower()) if part else -1
+        if start >= 0:
+            spans.append((start, start + len(part)))
+    return spans
+
+
+def rationale_token_labels(frame: pd.DataFrame, windows: dict, first: np.ndarray) -> list[np.ndarray]:
+    """Per row's first window, labels [tokens, mechanisms]: 1 for a reply token inside a rationale span, 0 for other
+    reply tokens, -100 for context and special tokens and for mechanisms without an annotated level."""
+    labels = []
+    for row, window in enumerate(first):
+        response = frame["response"].iloc[row]
+        marks = np.full((len(windows["input_ids"][window]), len(MECHANISMS)), -100, dtype=np.int64)
+        in_text = np.asarray(windows["in_text"][window])
+        for k, mechanism in enumerate(MECHANISMS):
+            if pd.isna(frame[mechanism].iloc[row]):
+                continue
+            spans = rationale_spans(response, frame[f"rationale_{mechanism}"].iloc[row])
+            inside = [any(a < end and b > start for start, end in spans) for a, b in windows["offsets"][window]]
+            marks[in_text, k] = np.asarray(inside, dtype=np.int64)[in_text]
+        labels.append(marks)
+    return labels
+
+
+def task_tokens(model: TranscriptModel, task: str, frame: pd.DataFrame, rationales: bool = False) -> TaskTokens:
+    """Training rows as their first window; training tolerates truncation (counted in metadata), scoring never does.
+    With `rationales` and rationale columns in the frame, empathy rows also get their token labels."""
+    rationales = rationales and task == "empathy" and set(RATIONALE_COLUMNS) <= set(frame.columns)
     if task == "sentiment":
         windows, targets = model.preprocess(frame["text"].tolist()), sentiment_targets(frame)
     else:
-        windows, targets = model.preprocess(frame["response"].tolist(), frame["context"].tolist()), empathy_targets(frame)
+        windows = model.preprocess(frame["response"].tolist(), frame["context"].tolist(), with_offsets=rationales)
+        targets = empathy_targets(frame)
     first = np.flatnonzero(np.r_[True, np.diff(windows["owner"]) != 0])
     types = windows["token_type_ids"]
     return TaskTokens(task, [windows["input_ids"][i] for i in first],
                       [types[i] for i in first] if types is not None else None, targets,
-                      int((np.bincount(windows["owner"], minlength=windows["count"]) > 1).sum()))
+                      int((np.bincount(windows["owner"], minlength=windows["count"]) > 1).sum()),
+                      rationale_token_labels(frame, windows, first) if rationales else None)
 
 
 def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -431,11 +551,34 @@ def alternating(sentiment: list, empathy: list) -> list[tuple[str, np.ndarray]]:
     return [(task, batch) for _, task, batch in sorted(tagged, key=lambda t: (t[0], t[1]))]
 
 
+def balanced_row_weights(targets: np.ndarray) -> np.ndarray:
+    """Per empathy row, the largest balanced class weight among its annotated levels: a row holding a rare level
+    (weak interpretations: 4% of EPITOME) is drawn as often as its level's share demands."""
+    weights = np.zeros(targets.shape)
+    for k in range(targets.shape[1]):
+        levels = targets[:, k]
+        annotated = levels >= 0
+        present = np.unique(levels[annotated])
+        per_class = compute_class_weight("balanced", classes=present, y=levels[annotated])
+        weights[annotated, k] = per_class[np.searchsorted(present, levels[annotated])]
+    return np.maximum(weights.max(axis=1), 1e-12)
+
+
+def empathy_batches(task: TaskTokens, options: Options, rng: np.random.Generator) -> list[np.ndarray]:
+    """One pass of empathy batches: every row once, or with `balanced_sampling` as many rows drawn with replacement
+    in proportion to `balanced_row_weights`."""
+    if not options.balanced_sampling:
+        return bucketed_batches(task.lengths, options.batch_size, rng)
+    weights = balanced_row_weights(task.targets)
+    drawn = rng.choice(len(weights), size=len(weights), p=weights / weights.sum())
+    return [drawn[b] for b in bucketed_batches(task.lengths[drawn], options.batch_size, rng)]
+
+
 def epoch_schedule(tokens: dict[str, TaskTokens], options: Options, rng: np.random.Generator) -> list:
     """One epoch of (task, rows) batches: every sentiment batch once, the empathy data `empathy_repeats` times."""
     sentiment = bucketed_batches(tokens["sentiment"].lengths, options.batch_size, rng) if "sentiment" in tokens else []
     empathy = [b for _ in range(options.empathy_repeats)
-               for b in bucketed_batches(tokens["empathy"].lengths, options.batch_size, rng)] if "empathy" in tokens else []
+               for b in empathy_batches(tokens["empathy"], options, rng)] if "empathy" in tokens else []
     if not sentiment or not empathy:
         return [("sentiment", b) for b in sentiment] + [("empathy", b) for b in empathy]
     return alternating(sentiment, empathy)
@@ -452,21 +595,39 @@ def class_weight_tensors(tokens: dict[str, TaskTokens], options: Options) -> dic
     for head, values in targets.items():
         values = values[values >= 0]
         present = np.unique(values)
+        # Balanced sampling already evens the empathy levels out; weighting the loss too would count it twice.
+        weighted = options.class_weights and not (options.balanced_sampling and head in MECHANISMS)
         weights[head] = torch.tensor(compute_class_weight("balanced", classes=np.arange(3), y=values),
-                                     dtype=torch.float32) if options.class_weights and len(present) == 3 else None
+                                     dtype=torch.float32) if weighted and len(present) == 3 else None
     return weights
 
 
-def batch_loss(model: TranscriptModel, task: TaskTokens, rows: np.ndarray, weights: dict) -> torch.Tensor:
-    """Cross-entropy of one task's batch; empathy sums the three mechanisms, skipping unannotated ones."""
+def rationale_loss(token_logits: torch.Tensor, labels: Sequence[np.ndarray]) -> torch.Tensor:
+    """Binary cross-entropy of the token-level rationale logits [batch, tokens, mechanisms] over scored tokens."""
+    padded = torch.full(token_logits.shape, -100, dtype=torch.long)
+    for row, marks in enumerate(labels):
+        padded[row, :len(marks)] = torch.from_numpy(marks)
+    scored = padded >= 0
+    if not scored.any():
+        return token_logits.sum() * 0.0
+    return torch.nn.functional.binary_cross_entropy_with_logits(token_logits[scored], padded[scored].float())
+
+
+def batch_loss(model: TranscriptModel, task: TaskTokens, rows: np.ndarray, weights: dict,
+               rationale_head: Optional[torch.nn.Module] = None, rationale_weight: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of one task's batch; empathy sums the three mechanisms, skipping unannotated ones, plus the
+    weighted rationale loss when a rationale head is trained."""
     batch = model.collate([task.input_ids[i] for i in rows],
                           [task.token_type_ids[i] for i in rows] if task.token_type_ids is not None else None)
-    sentiment, empathy = model(batch)
+    hidden = model.encoder(**batch).last_hidden_state
+    sentiment, empathy = model.heads(mean_pooled(hidden, batch["attention_mask"]))
     targets = torch.from_numpy(task.targets[rows])
     if task.task == "sentiment":
         return torch.nn.functional.cross_entropy(sentiment, targets, weight=weights["sentiment"])
     losses = [torch.nn.functional.cross_entropy(empathy[:, k], targets[:, k], weight=weights[m], ignore_index=-100)
               for k, m in enumerate(MECHANISMS) if (targets[:, k] >= 0).any()]
+    if rationale_head is not None and task.token_labels is not None:
+        losses.append(rationale_weight * rationale_loss(rationale_head(hidden), [task.token_labels[i] for i in rows]))
     return torch.stack(losses).sum()
 
 
@@ -479,25 +640,32 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, total: int, warmup: in
 def train_finetune(model: TranscriptModel, data: Data, options: Options, log: Callable[[str], None] = print) -> dict:
     """Multi-task fine-tuning of encoder and heads with alternating task batches, AdamW, warmup/decay and early
     stopping on the validation selection score; the best state is restored at the end."""
-    tokens = {task: task_tokens(model, task, getattr(data, task)["train"])
+    tokens = {task: task_tokens(model, task, getattr(data, task)["train"], options.rationales)
               for task in ("sentiment", "empathy") if len(getattr(data, task)["train"])}
     weights = class_weight_tensors(tokens, options)
+    # The rationale head only shapes the encoder during training; scoring never reads it, so it is not saved.
+    rationale_head = (torch.nn.Sequential(torch.nn.Dropout(0.1),
+                                          torch.nn.Linear(model.encoder.config.hidden_size, len(MECHANISMS)))
+                      if "empathy" in tokens and tokens["empathy"].token_labels is not None else None)
     rng = np.random.default_rng(options.seed)
     steps_per_epoch = len(epoch_schedule(tokens, options, np.random.default_rng(options.seed)))
     total = steps_per_epoch * options.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=0.01)
+    parameters = [*model.parameters(), *(rationale_head.parameters() if rationale_head is not None else ())]
+    optimizer = torch.optim.AdamW(parameters, lr=options.lr, weight_decay=0.01)
     scheduler = linear_warmup_decay(optimizer, total, int(options.warmup_fraction * total))
     checkpoints = set(np.linspace(0, steps_per_epoch, options.evals_per_epoch + 1, dtype=int)[1:])
     best, history, step, stop = BestState(), [], 0, ""
     started = time.monotonic()
     for epoch in range(options.epochs):
         model.train()
+        if rationale_head is not None:
+            rationale_head.train()
         bar = tqdm(epoch_schedule(tokens, options, rng), desc=f"epoch {epoch + 1}/{options.epochs}",
                    disable=not options.show_progress_bar, unit="batch")
         for position, (task, rows) in enumerate(bar, start=1):
-            loss = batch_loss(model, tokens[task], rows, weights)
+            loss = batch_loss(model, tokens[task], rows, weights, rationale_head, options.rationale_weight)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
@@ -567,15 +735,27 @@ def train_transcripts(paths: Sequence[PathLike], options: Options, encoder: Opti
         raise UsageError(f"unknown mode {options.mode!r}, expected heads or finetune")
     details.update(calibrate(model, data, options))
     trained_s = time.monotonic() - started
+    validation_truth, validation = split_probabilities(model, data, "validation", options.scoring)
     truth, probabilities = split_probabilities(model, data, "test", options.scoring)
-    metrics = {"validation": split_metrics(model, data, "validation", options.scoring),
+    metrics = {"validation": all_head_metrics(validation_truth, validation, model.decision_weights),
                "test": all_head_metrics(truth, probabilities, model.decision_weights)}
+    examples = head_examples(data, "test", truth, probabilities, model.decision_weights)
     if options.decision_weights:
         # The plain argmax beside the decision weights is the ablation: what choosing them on validation data adds.
         metrics["test_plain_argmax"] = all_head_metrics(truth, probabilities)
-    floor = floor_metrics(data, options)
+    floors = floor_split_probabilities(data, options, ("validation", "test"))
+    floor = all_head_metrics(truth, floors["test"])
+    # The ablation of stacking: the model pooled with the TF-IDF floor, the floor's share chosen on validation.
+    details["stacking_shares"] = stacking_shares(validation, floors["validation"], validation_truth)
+    pooled = {head: stacked(probabilities[head], floors["test"][head], share)
+              for head, share in details["stacking_shares"].items()}
+    metrics["test_stacked"] = all_head_metrics(truth, pooled, model.decision_weights)
+    metrics["stacked_minus_model"] = {
+        head: macro_f1_difference(truth[head], predicted_classes(pooled[head], model.decision_weights.get(head)),
+                                  predicted_classes(probabilities[head], model.decision_weights.get(head)), 3)
+        for head in pooled if (truth[head] >= 0).any()}
     details["seconds"] = {"train_and_calibrate": round(trained_s, 1), "total": round(time.monotonic() - started, 1)}
-    return Trained(model, data, options, metrics, floor, details.pop("history", []), details)
+    return Trained(model, data, options, metrics, floor, details.pop("history", []), details, examples)
 
 
 def metadata(trained: Trained) -> dict:
@@ -587,7 +767,7 @@ def metadata(trained: Trained) -> dict:
             "training_text": data.training_text, "training_data_fingerprint": fingerprints,
             "metrics": trained.metrics, "floor": {"name": FLOOR, "test": trained.floor},
             "beats_floor": beats_floor(trained.metrics["test"], trained.floor), "history": trained.history,
-            **trained.details}
+            "bootstrap": {"resamples": RESAMPLES, "seed": SEED, "level": LEVEL}, **trained.details}
 
 
 def beats_floor(metrics: dict, floor: dict) -> dict[str, bool]:
@@ -599,7 +779,7 @@ def beats_floor(metrics: dict, floor: dict) -> dict[str, bool]:
 def publish_trained(trained: Trained, root: Optional[PathLike]) -> Artifact:
     """The trained model, its metadata and its HTML report (report.html) published to the registry."""
     recorded = metadata(trained)
-    report = transcript_report(trained.metrics["test"], trained.floor, recorded)
+    report = transcript_report(trained.metrics["test"], trained.floor, recorded, trained.examples)
     return publish(trained.model, root, recorded, files={"report.html": report})
 
 
@@ -607,9 +787,14 @@ def publish_trained(trained: Trained, root: Optional[PathLike]) -> Artifact:
 
 def evaluate_files(model: TranscriptModel, paths: Sequence[PathLike], batch_size: int = 64,
                    show_progress_bar: bool = False) -> dict:
-    """Every head's metrics on all rows of labelled files (contract transcripts, airline tweets or EPITOME CSVs)."""
-    sentiment, empathy = read_labelled(paths)
-    if sentiment.empty and empathy.empty:
+    """Every head's metrics on all rows of labelled files (contract transcripts, airline tweets or EPITOME CSVs), each
+    with its most confidently wrong rows under `confidently_wrong` (text for the public CSVs only)."""
+    labelled = read_labelled_text(paths)
+    if labelled.sentiment.empty and labelled.empathy.empty:
         raise UsageError("no labelled rows to evaluate: pass --sentiment-data and/or --empathy-data files with labels")
-    data = Data({"test": sentiment}, {"test": empathy})
-    return split_metrics(model, data, "test", {"batch_size": batch_size, "show_progress_bar": show_progress_bar})
+    data = Data({"test": labelled.sentiment}, {"test": labelled.empathy}, labelled.text, labelled.public)
+    truth, probabilities = split_probabilities(model, data, "test",
+                                               {"batch_size": batch_size, "show_progress_bar": show_progress_bar})
+    metrics = all_head_metrics(truth, probabilities, model.decision_weights)
+    examples = head_examples(data, "test", truth, probabilities, model.decision_weights)
+    return {head: {**figures, "confidently_wrong": examples[head]} for head, figures in metrics.items()}
