@@ -38,6 +38,8 @@ TRUSTED_TYPES = frozenset({
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     # HistGradientBoosting keeps partial(check_array, ...) to type its numeric columns.
     "functools.partial",
+    # The trees of the random forest and extra-trees learners.
+    "sklearn.tree._tree.Tree",
     # TargetEncoder keeps its seeded folds; OneHotEncoder and TargetEncoder record the dtypes they saw.
     "sklearn.model_selection._split.StratifiedKFold",
     "numpy.dtype",

@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
+import skops.io as sio
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -26,6 +27,12 @@ PathLike = Union[str, Path]
 MODEL_NAME = "transcripts"
 HEADS_WEIGHTS = "heads.safetensors"
 HEADS_CONFIG = "heads.json"
+#: The TF-IDF + logistic regression heads pooled with the transformer's, stored with skops (no code runs on load).
+FLOOR_FILE = "floor.skops"
+#: Types a stored floor may hold beyond those skops trusts by default.
+FLOOR_TRUSTED_TYPES = ("builtins.type", "numpy.dtype", "numpy.float64", "numpy.int64",
+                       "sklearn.feature_extraction.text.TfidfTransformer",
+                       "sklearn.feature_extraction.text.TfidfVectorizer")
 MIN_MAX_LENGTH = 16
 _SURROGATE = re.compile("[\ud800-\udfff]")
 STANDARD_CONFIG_KEYS = {"sentiment_labels", "mechanisms", "levels", "mode", "max_length", "overlap", "pooling",
@@ -75,6 +82,13 @@ def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     """The mean of the token vectors a mask keeps (sentence-transformers' pooling for MiniLM)."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def pooled_with_floor(model: np.ndarray, floor: np.ndarray, share: float) -> np.ndarray:
+    """The log-linear pool p_model^(1 − share) · p_floor^share, renormalised per row."""
+    logs = (1 - share) * np.log(np.clip(model, 1e-12, 1)) + share * np.log(np.clip(floor, 1e-12, 1))
+    pooled = np.exp(logs - logs.max(axis=1, keepdims=True))
+    return pooled / pooled.sum(axis=1, keepdims=True)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -149,6 +163,9 @@ class TranscriptModel(nn.Module):
         self.decision_weights = {m: [1.0] * len(LEVEL_NAMES) for m in MECHANISMS} | dict(decision_weights or {})
         self.extra = dict(extra or {})
         self.encodings: Optional[EncodingCache] = None
+        # Per head, a TF-IDF + logistic regression pipeline on the turn's own text, pooled with the transformer's
+        # probabilities at `extra["floor_shares"][head]` (chosen on validation log-loss); none by default.
+        self.floor: dict = {}
 
     @property
     def pairs(self) -> bool:
@@ -291,13 +308,34 @@ class TranscriptModel(nn.Module):
             sentiment, empathy = self.heads(torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32)))
         return sentiment.numpy(), empathy.numpy()
 
-    def postprocess_sentiment(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated P(negative, neutral, positive) per row."""
-        return softmax(logits, self.temperatures["sentiment"])
+    @property
+    def floor_shares(self) -> dict[str, float]:
+        return {head: float(share) for head, share in self.extra.get("floor_shares", {}).items()}
 
-    def postprocess_empathy(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated P(none, weak, strong) per row and mechanism: shape [n, 3 mechanisms, 3 levels]."""
-        return np.stack([softmax(logits[:, k], self.temperatures[m]) for k, m in enumerate(MECHANISMS)], axis=1)
+    def floor_probabilities(self, head: str, texts: Sequence[str]) -> np.ndarray:
+        """The head's TF-IDF floor probabilities over all 3 classes (0 for a class its training rows lacked)."""
+        pipeline = self.floor[head]
+        full = np.zeros((len(texts), 3))
+        if len(texts):
+            full[:, pipeline.classes_] = pipeline.predict_proba([utf8_safe(t) for t in texts])
+        return full
+
+    def pooled(self, head: str, probabilities: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """A head's calibrated probabilities pooled with its TF-IDF floor on the same texts, when it has one."""
+        share = self.floor_shares.get(head, 0.0)
+        if share == 0.0 or head not in self.floor:
+            return probabilities
+        return pooled_with_floor(probabilities, self.floor_probabilities(head, texts), share)
+
+    def postprocess_sentiment(self, logits: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """Calibrated P(negative, neutral, positive) per customer turn, pooled with the TF-IDF floor if any."""
+        return self.pooled("sentiment", softmax(logits, self.temperatures["sentiment"]), texts)
+
+    def postprocess_empathy(self, logits: np.ndarray, responses: Sequence[str]) -> np.ndarray:
+        """Calibrated P(none, weak, strong) per agent turn and mechanism, pooled with the TF-IDF floors if any:
+        shape [n, 3 mechanisms, 3 levels]."""
+        return np.stack([self.pooled(m, softmax(logits[:, k], self.temperatures[m]), responses)
+                         for k, m in enumerate(MECHANISMS)], axis=1)
 
     def decided_levels(self, probabilities: np.ndarray) -> np.ndarray:
         """The level (0 none … 2 strong) each row is labelled with per mechanism: the argmax of the calibrated
@@ -307,11 +345,12 @@ class TranscriptModel(nn.Module):
 
     def predict_sentiment(self, texts: Sequence[str], **options) -> np.ndarray:
         """Calibrated sentiment probabilities [n, 3] (columns: negative, neutral, positive)."""
-        return self.postprocess_sentiment(self.head_logits(self.encode(texts, desc="sentiment", **options))[0])
+        return self.postprocess_sentiment(self.head_logits(self.encode(texts, desc="sentiment", **options))[0], texts)
 
     def predict_empathy(self, responses: Sequence[str], contexts: Sequence[str], **options) -> np.ndarray:
         """Calibrated empathy probabilities [n, 3 mechanisms, 3 levels] for agent replies to customer turns."""
-        return self.postprocess_empathy(self.head_logits(self.encode(responses, contexts, desc="empathy", **options))[1])
+        return self.postprocess_empathy(self.head_logits(self.encode(responses, contexts, desc="empathy", **options))[1],
+                                        responses)
 
     # -- persistence ------------------------------------------------------------------------------------------
 
@@ -329,6 +368,8 @@ class TranscriptModel(nn.Module):
         self.encoder.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         save_file({k: v.detach().contiguous() for k, v in self.heads.state_dict().items()}, directory / HEADS_WEIGHTS)
+        if self.floor:
+            sio.dump(self.floor, directory / FLOOR_FILE)
         (directory / HEADS_CONFIG).write_text(json.dumps(self.config_dict(), indent=2))
         return directory
 
@@ -443,7 +484,32 @@ class TranscriptModel(nn.Module):
                         {k: v for k, v in config.items() if k not in STANDARD_CONFIG_KEYS}, config.get("decision_weights"))
         except (UsageError, ValueError, TypeError) as exc:
             raise RegistryError(f"{heads_config}: {exc} — refusing to load it") from exc
+        model.floor = cls._loaded_floor(directory / FLOOR_FILE) if (directory / FLOOR_FILE).exists() else {}
+        missing = sorted(set(model.floor_shares) - set(model.floor))
+        if missing:
+            raise RegistryError(f"{heads_config}: pools head(s) {', '.join(missing)} with a TF-IDF floor that "
+                                f"{FLOOR_FILE} does not hold — refusing to load it")
         return model.remembering(cache_entries)
+
+    @staticmethod
+    def _loaded_floor(path: Path) -> dict:
+        """The TF-IDF floor pipelines of a saved model, loaded by skops with an allow-list; RegistryError otherwise."""
+        try:
+            untrusted = sio.get_untrusted_types(file=path)
+            unexpected = sorted(set(untrusted) - set(FLOOR_TRUSTED_TYPES))
+            if unexpected:
+                raise RegistryError(f"{path}: holds type(s) outside the allow-list: {', '.join(unexpected)}; "
+                                    f"refusing to load it")
+            floor = sio.load(path, trusted=list(FLOOR_TRUSTED_TYPES))
+        except RegistryError:
+            raise
+        except Exception as exc:  # a damaged zip, a pickle in its place: refusal, whatever skops raises
+            raise RegistryError(f"{path}: not a readable skops file of floor pipelines ({type(exc).__name__}: "
+                                f"{exc}); refusing to load it") from exc
+        if not (isinstance(floor, dict) and all(hasattr(p, "predict_proba") for p in floor.values())):
+            raise RegistryError(f"{path}: holds {type(floor).__name__}; expected a dict of fitted pipelines — "
+                                f"refusing to load it")
+        return floor
 
     def remembering(self, cache_entries: int) -> "TranscriptModel":
         """This model, remembering its `cache_entries` most recent encodings (0: none) while it scores."""
@@ -508,12 +574,12 @@ def score_turns(model: TranscriptModel, conversations: Sequence[Union[Conversati
     scores["windows"] = 0
     pooled, scores.loc[customer, "windows"] = model.encode_with_windows(
         turns.loc[customer, "text"].tolist(), desc="customer turns", **options)
-    sentiment = model.postprocess_sentiment(model.head_logits(pooled)[0])
+    sentiment = model.postprocess_sentiment(model.head_logits(pooled)[0], turns.loc[customer, "text"].tolist())
     scores.loc[customer, PROBABILITY_COLUMNS] = sentiment
     scores.loc[customer, "sentiment"] = sentiment[:, 2] - sentiment[:, 0]
     pooled, scores.loc[agent, "windows"] = model.encode_with_windows(
         turns.loc[agent, "text"].tolist(), turns.loc[agent, "context"].tolist(), desc="agent turns", **options)
-    empathy = model.postprocess_empathy(model.head_logits(pooled)[1])
+    empathy = model.postprocess_empathy(model.head_logits(pooled)[1], turns.loc[agent, "text"].tolist())
     scores.loc[agent, EMPATHY_LEVEL_COLUMNS] = empathy_levels(empathy)
     scores.loc[agent, "empathy"] = empathy_score(empathy)
     scores.loc[agent, "empathic"] = (model.decided_levels(empathy) > 0).any(axis=1)

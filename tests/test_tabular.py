@@ -15,7 +15,7 @@ from carelens.data.synthetic import generate, write_synthetic
 from carelens.models.registry import Registry
 from carelens.data.errors import UsageError
 from carelens.models.tabular import (
-    CANDIDATES, Goal, RiskModel, one_standard_error_choice, SchemaError, load_tabular, parse_goal, threshold_for_f1, threshold_for_rate, threshold_for_recall,
+    CANDIDATES, LEARNERS, Goal, RiskModel, one_standard_error_choice, SchemaError, load_tabular, parse_goal, threshold_for_f1, threshold_for_rate, threshold_for_recall,
 )
 from carelens.training.cli import evaluate_app, export_command, train_app
 from carelens.training.metrics import expected_calibration_error, group_rates, risk_metrics
@@ -188,6 +188,18 @@ def test_a_forced_learner_is_the_only_one_tried_and_an_unknown_one_is_refused(ge
     with pytest.raises(UsageError, match="learner 'svm' is not offered; expected auto or one of logistic, boosting, "
                                          "forest, extra-trees"):
         train_tabular(data, TASKS["churn"], learner="svm", **FAST)
+
+
+@pytest.mark.parametrize("learner", LEARNERS)
+def test_every_learner_family_round_trips_through_the_registry(generated, tmp_path, learner):
+    data = load_labelled(generated, TASKS["churn"])
+    trained = train_tabular(data, TASKS["churn"], learner=learner, **FAST)
+    publish_tabular(trained, Registry(tmp_path))
+    loaded, metadata = load_tabular(Registry(tmp_path), "churn")
+    assert metadata["learner"].startswith(learner) and loaded.learner_ == trained.model.learner_
+    # Forests average their trees in parallel threads, so the last bit may differ from one call to the next.
+    np.testing.assert_allclose(loaded.predict_proba(trained.test_frame), trained.model.predict_proba(trained.test_frame),
+                               rtol=0, atol=1e-12)
 
 
 def test_the_spread_over_split_seeds_is_the_mean_and_std_of_each_seed_s_figures(generated):

@@ -10,10 +10,13 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from carelens.data.adapters import read_empathy_files
-from carelens.models.transcript import TranscriptModel
+from carelens.models.registry import RegistryError
+from carelens.models.transcript import (
+    FLOOR_FILE, TranscriptModel, load_transcript_model, pooled_with_floor, softmax,
+)
 from carelens.training.cli import train_app
 from carelens.training.transcripts import (
-    STACK_GRID, balanced_row_weights, rationale_spans, stacked, stacking_shares, task_tokens,
+    STACK_GRID, balanced_row_weights, rationale_spans, stacking_shares, task_tokens,
 )
 from tiny_encoder import tiny_encoder
 
@@ -75,10 +78,10 @@ def test_balanced_row_weights_draw_each_level_as_often_as_the_others():
        st.sampled_from(list(STACK_GRID)))
 def test_a_pool_is_a_distribution_and_its_ends_are_the_two_members(model_p, floor_p, share):
     model_p, floor_p = np.array([model_p]) / sum(model_p), np.array([floor_p]) / sum(floor_p)
-    pooled = stacked(model_p, floor_p, share)
+    pooled = pooled_with_floor(model_p, floor_p, share)
     assert pooled.sum() == pytest.approx(1.0) and (pooled >= 0).all()
-    np.testing.assert_allclose(stacked(model_p, floor_p, 0.0), model_p, rtol=1e-9)
-    np.testing.assert_allclose(stacked(model_p, floor_p, 1.0), floor_p, rtol=1e-9)
+    np.testing.assert_allclose(pooled_with_floor(model_p, floor_p, 0.0), model_p, rtol=1e-9)
+    np.testing.assert_allclose(pooled_with_floor(model_p, floor_p, 1.0), floor_p, rtol=1e-9)
 
 
 def test_the_floor_gets_no_share_when_it_is_wrong_and_all_of_it_when_only_it_is_right():
@@ -101,7 +104,7 @@ def test_finetuning_with_an_ablation_switch_records_it_and_the_stacked_figures(t
         "transcripts", "--mode", "finetune", "--encoder", str(tiny_encoder(tmp_path / "encoder")),
         "--empathy-data", str(epitome), "--epochs", "1", "--max-length", "48", "--batch-size", "16",
         "--empathy-repeats", "1", "--out", str(registry), "--runs", str(tmp_path / "runs"), "--no-progress",
-        *switches])
+        "--pair", *switches])
     assert result.exit_code == 0, result.output
     metadata = json.loads((registry / "transcripts" / "v1" / "metadata.json").read_text())
     options = metadata["options"]
@@ -115,3 +118,46 @@ def test_finetuning_with_an_ablation_switch_records_it_and_the_stacked_figures(t
     assert "pooled with the TF-IDF floor" in (registry / "transcripts" / "v1" / "report.html").read_text()
     # The rationale head shapes training only: nothing of it is saved with the model.
     assert "rationale" not in (registry / "transcripts" / "v1" / "heads.json").read_text()
+
+
+@pytest.fixture(scope="module")
+def pooled_registry(tmp_path_factory):
+    """A fine-tuned tiny model whose heads are pooled with their TF-IDF floors, published to a registry."""
+    root = tmp_path_factory.mktemp("pooled")
+    replies = ["ok", "sorry to hear that", "i understand how you are feeling", "how are you feeling today"]
+    rows = [(f"my flight was late {i}", f"{replies[i % 4]} {i}",
+             {m: ((i + k) % 3, "") for k, m in enumerate(("emotional_reactions", "interpretations", "explorations"))})
+            for i in range(60)]
+    tweets = root / "tweets.csv"
+    pd.DataFrame({"text": [f"{['awful delay', 'ok flight', 'great thanks'][i % 3]} {i}" for i in range(90)],
+                  "label": [["negative", "neutral", "positive"][i % 3] for i in range(90)]}
+                 ).to_csv(tweets, index=False)
+    result = CliRunner().invoke(train_app, [
+        "transcripts", "--mode", "heads", "--encoder", str(tiny_encoder(root / "encoder")),
+        "--sentiment-data", str(tweets), "--empathy-data", str(_epitome(root / "epitome", rows)),
+        "--max-length", "32", "--out", str(root / "registry"), "--runs", str(root / "runs"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return root / "registry"
+
+
+def test_the_floor_is_saved_with_the_model_and_pools_its_scores_after_loading(pooled_registry):
+    model, metadata = load_transcript_model(pooled_registry)
+    assert (pooled_registry / "transcripts" / "v1" / FLOOR_FILE).is_file()
+    assert set(model.floor) == {"sentiment", "emotional_reactions", "interpretations", "explorations"}
+    assert model.floor_shares == metadata["stacking_shares"]
+    texts = ["awful delay 5", "great thanks 7"]
+    alone = softmax(model.head_logits(model.encode(texts, batch_size=4))[0], model.temperatures["sentiment"])
+    model.extra["floor_shares"] = {"sentiment": 0.5}
+    np.testing.assert_allclose(model.predict_sentiment(texts, batch_size=4),
+                               pooled_with_floor(alone, model.floor_probabilities("sentiment", texts), 0.5), rtol=1e-6)
+    model.extra["floor_shares"] = {}
+    np.testing.assert_allclose(model.predict_sentiment(texts, batch_size=4), alone, rtol=1e-6)
+
+
+def test_a_pickle_in_place_of_the_floor_is_refused(pooled_registry, tmp_path):
+    import shutil
+    copy = tmp_path / "v1"
+    shutil.copytree(pooled_registry / "transcripts" / "v1", copy)
+    (copy / FLOOR_FILE).write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(RegistryError, match="floor.skops: not a readable skops file of floor pipelines"):
+        TranscriptModel.load(copy)

@@ -214,7 +214,8 @@ def synthetic_trained(encoder_dir, tmp_path_factory):
     from carelens.training.transcripts import Options, publish_trained, train_transcripts
     root = tmp_path_factory.mktemp("synthetic_text")
     conversations = write_transcripts(generate(300, seed=3).conversations, root / "transcripts.jsonl")
-    trained = train_transcripts([conversations], Options(mode="heads", max_length=32, show_progress_bar=False),
+    trained = train_transcripts([conversations], Options(mode="heads", max_length=32, show_progress_bar=False,
+                                                         stack_floor=False),
                                 encoder_dir, log=lambda _: None)
     publish_trained(trained, root / "registry")
     return root, conversations

