@@ -35,7 +35,8 @@ fuzz: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m slow -s tests/benchmarks tests
 
-# Fine-tunes the transcript model on the public tweets and EPITOME pairs: about 45 minutes on 2 free CPU cores,
+# Fine-tunes the transcript model on the public tweets and EPITOME pairs (the agent turn alone, each head pooled with
+# its TF-IDF floor): about 30 minutes on 2 free CPU cores,
 # and never more than the 55-minute budget (it then keeps its best validated state).
 train-real: $(VENV)/.installed
 	$(BIN)/carelens train transcripts --mode finetune --sentiment-data $(SHARED)/data/sentiment \
