@@ -52,6 +52,8 @@ CALIBRATIONS = ("auto", "isotonic", "sigmoid")
 PROFILE_POINTS = 101
 #: Calibration folds smaller than this use Platt scaling: isotonic regression overfits small sets.
 ISOTONIC_MIN_ROWS = 5000
+#: Classes with fewer rows than this are kept whole when candidates are compared on a sample of the rows.
+RARE_CLASS_ROWS = 50
 LEARNERS = ("logistic", "boosting", "forest", "extra-trees")
 #: Categorical features with more distinct values than this are target-encoded (cross-fitted by TargetEncoder):
 #: one-hot or native categories of, say, 51 US states let trees chase noise in a few hundred rows.
@@ -162,7 +164,8 @@ def _columns(learner: str, numeric: Sequence[str], narrow: Sequence[str], wide: 
         categories = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan,
                                     encoded_missing_value=np.nan, max_categories=255)
     else:
-        categories = OneHotEncoder(handle_unknown="ignore")
+        # Dense: a sparse block would hide the numeric columns' NaN from the trees, which then refuse it.
+        categories = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
     wide_encoder = TargetEncoder(cv=StratifiedKFold(5, shuffle=True, random_state=random_state))
     numbers = "passthrough"
     if learner == "logistic":
@@ -242,14 +245,6 @@ def generated_names(count: int) -> list[str]:
     return [f"x{i}" for i in range(count)]
 
 
-def can_stratify(y: np.ndarray, fraction: float) -> bool:
-    """Whether `fraction` of the rows can be held out with every class on both sides, as a stratified
-    train_test_split needs: two rows of each class at least, and room for every class in each part."""
-    counts = np.unique(y, return_counts=True)[1]
-    held_out = math.ceil(fraction * len(y))
-    return counts.min() >= 2 and len(counts) <= held_out <= len(y) - len(counts)
-
-
 class RiskModel(ClassifierMixin, BaseEstimator):
     """A calibrated classifier on a table; `risk` is 1 − P(negative_class) and a goal sets the flag threshold.
 
@@ -307,14 +302,14 @@ class RiskModel(ClassifierMixin, BaseEstimator):
         self.profile_ = feature_profile(frame, self.categorical_features_)
         self.classes_ = np.unique(y)
         self.negative_class_ = self.negative_class if self.negative_class is not None else self.classes_[0]
-        folds = self._folds(y)
         sample = self._selection_sample(y)
-        results = [self._cross_fitted(c, frame.iloc[sample], y[sample], folds) for c in tried]
+        results = [self._cross_fitted(c, frame.iloc[sample], y[sample]) for c in tried]
         self.selection_ = [figures for _, figures, _ in results]
         best = one_standard_error_choice(self.selection_)
         self.learner_ = tried[best].name
-        self.estimator_, _, risk = (results[best] if len(sample) == len(y)
-                                    else self._cross_fitted(tried[best], frame, y, folds))
+        self.estimator_, final, risk = (results[best] if len(sample) == len(y)
+                                        else self._cross_fitted(tried[best], frame, y))
+        self.calibration_method_ = final["calibration"]
         self.flag_rate_ = min(1.0, goal.value / self.contacts_per_day) if goal.kind == "top-k" else None
         self.threshold_ = self._threshold(goal, y != self.negative_class_, risk)
         return self
@@ -331,25 +326,34 @@ class RiskModel(ClassifierMixin, BaseEstimator):
         return [(np.arange(len(y)), np.arange(len(y)))]
 
     def _selection_sample(self, y: np.ndarray) -> np.ndarray:
-        """Row positions the candidates are compared on: all rows, or a stratified `selection_rows` of them."""
-        rows = np.arange(len(y))
+        """Row positions the candidates are compared on: all rows, or a stratified `selection_rows` of them that keeps
+        every row of a class rarer than RARE_CLASS_ROWS (a sample could otherwise leave it too few for the folds)."""
         if len(y) <= self.selection_rows:
-            return rows
-        return np.sort(train_test_split(rows, train_size=self.selection_rows, stratify=y,
-                                        random_state=self.random_state)[0])
+            return np.arange(len(y))
+        classes, counts = np.unique(y, return_counts=True)
+        rare = np.isin(y, classes[counts < RARE_CLASS_ROWS])
+        common = np.flatnonzero(~rare)
+        wanted = max(self.selection_rows - int(rare.sum()), len(np.unique(y[common])))
+        if wanted >= len(common):
+            return np.arange(len(y))
+        chosen = train_test_split(common, train_size=wanted, stratify=y[common], random_state=self.random_state)[0]
+        return np.sort(np.concatenate([chosen, np.flatnonzero(rare)]))
 
-    def _cross_fitted(self, candidate: Candidate, frame: pd.DataFrame, y: np.ndarray,
-                      folds) -> tuple[CalibratedClassifierCV, dict, np.ndarray]:
-        """(the candidate as a CalibratedClassifierCV over the folds, its cross-validated figures, the out-of-fold
-        risk of every row): each row's risk comes from the fold model that did not see it."""
+    def _cross_fitted(self, candidate: Candidate, frame: pd.DataFrame,
+                      y: np.ndarray) -> tuple[CalibratedClassifierCV, dict, np.ndarray]:
+        """(the candidate as a CalibratedClassifierCV over stratified folds of the rows, its cross-validated figures,
+        the out-of-fold risk of every row): each row's risk comes from the fold model that did not see it."""
         started = time.perf_counter()
+        folds = self._folds(y)
         splits = list(folds.split(frame, y) if hasattr(folds, "split") else folds)
         method = self._calibration_method(min(len(test) for _, test in splits))
         numeric = [f for f in self.feature_names_in_ if f not in set(self.categorical_features_)]
         wide = [f for f in self.categorical_features_ if frame[f].nunique() > HIGH_CARDINALITY]
         narrow = [f for f in self.categorical_features_ if f not in set(wide)]
         pipeline = learner_pipeline(candidate, numeric, narrow, wide, rows=len(y),
-                                    early_stopping=can_stratify(y, 0.2) and len(y) >= 100, rounds=self.rounds,
+                                    # Each fold's booster holds out a stratified tenth of its rows to stop early.
+                                    early_stopping=int(np.unique(y, return_counts=True)[1].min()) >= 2 * self.cv,
+                                    rounds=self.rounds,
                                     trees=self.trees, random_state=self.random_state)
         # The splitter, not its splits, is stored with the model: fold indices of a large table would bloat it.
         calibrated = CalibratedClassifierCV(pipeline, method=method, cv=folds, ensemble=True).fit(frame, y)

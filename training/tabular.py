@@ -301,7 +301,7 @@ def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 
         "goal": goal, "threshold": model.threshold_, "flag_rate": model.flag_rate_,
         "contacts_per_day": data.contacts_per_day, "seed": seed, "learner": model.learner_,
         "learner_requested": learner, "selection": model.selection_, "training_seconds": round(seconds, 1),
-        "calibration": next(c["calibration"] for c in model.selection_ if c["candidate"] == model.learner_),
+        "calibration": model.calibration_method_,
         "split": {"train": int(train.size), "test": int(test.size)},
         "training_data_fingerprint": frame_fingerprint(rows[[*data.features, data.target]]),
         # Which transcript model scored the conversation features: another one's scores are on another scale.

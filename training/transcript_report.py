@@ -12,9 +12,9 @@ from carelens.data.contracts import LEVEL_NAMES, SENTIMENTS
 from carelens.training.bootstrap import LEVEL, RESAMPLES, SEED
 from carelens.training.report import figure_html, html_report, table_html
 
-#: The issue's targets: sentiment on the airline tweets; empathy at the published RoBERTa-base macro-F1.
-TARGETS = {"sentiment": {"accuracy": 0.85, "macro_f1": 0.80}, "emotional_reactions": {"macro_f1": 0.745},
-           "interpretations": {"macro_f1": 0.626}, "explorations": {"macro_f1": 0.726}}
+#: The targets: sentiment above the published fine-tuned BERT on the airline tweets; empathy above EPITOME's model.
+TARGETS = {"sentiment": {"accuracy": 0.87, "macro_f1": 0.83}, "emotional_reactions": {"macro_f1": 0.76},
+           "interpretations": {"macro_f1": 0.64}, "explorations": {"macro_f1": 0.74}}
 #: Characters of an example's text shown in a table; the JSON output keeps the whole text.
 SHOWN_CHARACTERS = 280
 INTERVALS_NOTE = (f"Intervals: {LEVEL:.0%} percentile bootstrap over the rows ({RESAMPLES} resamples, seed {SEED}). "
@@ -148,7 +148,7 @@ def stacking_rows(metadata: dict) -> list[dict]:
     """Per head: the floor's share in the pool, the model's and the pool's test macro-F1, and their paired
     difference with its 95% interval (no difference unless the interval excludes 0)."""
     metrics = metadata["metrics"]
-    return [{"head": head, "floor share": share, "model macro-F1": metrics["test"][head]["macro_f1"],
+    return [{"head": head, "floor share": share, "model macro-F1": metrics["test_model_alone"][head]["macro_f1"],
              "pooled macro-F1": metrics["test_stacked"][head]["macro_f1"],
              "difference": metrics["stacked_minus_model"][head]["difference"],
              CI: interval_text(metrics["stacked_minus_model"][head]["interval"]),

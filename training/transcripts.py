@@ -377,8 +377,11 @@ def calibrated_probabilities(model: TranscriptModel, logits: dict[str, np.ndarra
 
 
 def split_probabilities(model: TranscriptModel, data: Data, split: str, scoring: dict) -> tuple[dict, dict]:
-    """(per head: the class index of every row, the calibrated probabilities) on one split."""
-    return head_targets(data, split), calibrated_probabilities(model, head_logits(model, data, split, scoring))
+    """(per head: the class index of every row, the probabilities the model ships: calibrated, and pooled with the
+    TF-IDF floor where the model has one) on one split."""
+    calibrated = calibrated_probabilities(model, head_logits(model, data, split, scoring))
+    return head_targets(data, split), {head: model.pooled(head, values, head_texts(data, split, head))
+                                       for head, values in calibrated.items()}
 
 
 def split_metrics(model: TranscriptModel, data: Data, split: str, scoring: dict) -> dict:
@@ -549,6 +552,8 @@ def balanced_row_weights(targets: np.ndarray) -> np.ndarray:
     for k in range(targets.shape[1]):
         levels = targets[:, k]
         annotated = levels >= 0
+        if not annotated.any():
+            continue
         present = np.unique(levels[annotated])
         per_class = compute_class_weight("balanced", classes=present, y=levels[annotated])
         weights[annotated, k] = per_class[np.searchsorted(present, levels[annotated])]
@@ -726,6 +731,7 @@ def train_transcripts(paths: Sequence[PathLike], options: Options, encoder: Opti
         raise UsageError(f"unknown mode {options.mode!r}, expected heads or finetune")
     details.update(calibrate(model, data, options))
     trained_s = time.monotonic() - started
+    # Without its floor yet, the model's probabilities are the transformer's alone.
     validation_truth, validation = split_probabilities(model, data, "validation", options.scoring)
     truth, alone = split_probabilities(model, data, "test", options.scoring)
     model.floor = fitted_floors(data, options)
