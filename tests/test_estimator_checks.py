@@ -8,7 +8,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from carelens.models.tabular import RiskModel, SchemaError
 
-FAST = {"rounds": 20, "learner": "boosting"}
+FAST = {"rounds": 10, "learner": "boosting", "cv": 3}
 
 #: Checks that contradict the design, each with the reason; keep this as short as the design allows.
 EXPECTED_FAILED_CHECKS = {
