@@ -21,10 +21,10 @@ from carelens.inference.reasons import pushes, top_reasons
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import RiskModel, load_tabular
-from carelens.models.transcript import (
-    MODEL_NAME, SCORING_CACHE_ENTRIES, TranscriptModel, as_conversations, load_transcript_model, training_text_warning,
-    transcript_features,
+from carelens.models.scoring import (
+    ScoringOptions, TranscriptPipeline, as_conversations, load_scoring_pipeline, transcript_features,
 )
+from carelens.models.transcript import MODEL_NAME, training_text_warning
 
 PathLike = Union[str, Path]
 Interactions = Union[pd.DataFrame, Sequence[dict], PathLike]
@@ -136,10 +136,10 @@ class Scorer:
 
     churn: RiskModel
     retaliation: RiskModel
-    transcripts: Optional[TranscriptModel] = None
+    #: The transcript model as a scoring pipeline (runtime, token-budget batches, encoding cache).
+    transcripts: Optional[TranscriptPipeline] = None
     versions: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
-    batch_size: int = 64
     #: Mask e-mail addresses, phone numbers, card and order numbers in transcript text before it is scored.
     redact: bool = False
     #: What the caller should know about these models (e.g. a transcript model trained on synthetic text only).
@@ -147,13 +147,15 @@ class Scorer:
 
     @classmethod
     def load(cls, registry: Optional[Union[Registry, PathLike]] = None, version: Versions = "latest",
-             load_encoder: bool = True, pinned: Optional[bool] = None, redact: bool = False) -> "Scorer":
+             load_encoder: bool = True, pinned: Optional[bool] = None, redact: bool = False,
+             scoring: ScoringOptions = ScoringOptions()) -> "Scorer":
         """The churn and retaliation models and, when published, the transcript model: checksums verified, library
         versions checked, and the models checked to fit together (feature schemas, and the transcript model version
         the tabular models were trained on). `version` is one version for all three ("latest", "v3") or a dict per
         model name, which pins them (or say so with `pinned`): a pinned set that does not fit together loads with a
         warning instead of an error. `load_encoder=False` loads the tabular models alone (the transcript model's
-        metadata is still read). `redact=True` masks personal data in every transcript before it is scored."""
+        metadata is still read); `scoring` says how the transcript model runs (runtime, precision, threads, token
+        budget, cache). `redact=True` masks personal data in every transcript before it is scored."""
         store = registry if isinstance(registry, Registry) else Registry(registry)
         chosen = version if isinstance(version, dict) else {n: version for n in (*TABULAR, MODEL_NAME)}
         loaded, metadata, versions = {}, {}, {}
@@ -164,15 +166,15 @@ class Scorer:
         if store.versions(MODEL_NAME):
             wanted = chosen.get(MODEL_NAME, "latest")
             if load_encoder:
-                transcripts, metadata[MODEL_NAME] = load_transcript_model(store, wanted, SCORING_CACHE_ENTRIES)
+                transcripts, metadata[MODEL_NAME] = load_scoring_pipeline(store, wanted, scoring)
             else:
                 metadata[MODEL_NAME] = store.open(MODEL_NAME, wanted).metadata
             versions[MODEL_NAME] = metadata[MODEL_NAME]["version"]
         scorer = cls(loaded["churn"], loaded["retaliation"], transcripts, versions, metadata, redact=redact)
         scorer.check_schemas(store.root, pinned=isinstance(version, dict) if pinned is None else pinned)
-        text_warning = training_text_warning(metadata[MODEL_NAME]) if MODEL_NAME in metadata else None
-        if text_warning:
-            scorer.warnings.append(text_warning)
+        transcript_metadata = metadata.get(MODEL_NAME, {})
+        scorer.warnings += [w for w in (training_text_warning(transcript_metadata) if transcript_metadata else None,
+                                        transcript_metadata.get("runtime_warning")) if w]
         return scorer
 
     def check_schemas(self, where: PathLike = "the registry", pinned: bool = False) -> None:
@@ -240,7 +242,7 @@ class Scorer:
             raise RegistryError("no transcript model is loaded; publish one with `carelens train transcripts`")
         given = conversation_list(conversations)
         return transcript_features(self.transcripts, [redacted_conversation(c) for c in given] if self.redact else given,
-                                   self.batch_size, show_progress_bar)
+                                   show_progress_bar)
 
     def contact_table(self, interactions: Interactions, transcripts: Optional[Conversations] = None,
                       transcript_features: Optional[pd.DataFrame] = None) -> pd.DataFrame:

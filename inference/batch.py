@@ -42,9 +42,8 @@ from carelens.data.readers import (
 from carelens.data.redaction import redacted, redacted_conversation, redacted_record
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 from carelens.models.registry import Registry, file_sha256
-from carelens.models.transcript import (
-    MODEL_NAME, SCORING_CACHE_ENTRIES, TranscriptModel, load_transcript_model, transcript_features,
-)
+from carelens.models.scoring import ScoringOptions, TranscriptPipeline, load_scoring_pipeline, transcript_features
+from carelens.models.transcript import MODEL_NAME
 
 PathLike = Union[str, Path]
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -327,13 +326,13 @@ def parsed(unit: Unit, number: int, record: Union[str, dict, pd.DataFrame]) -> U
         return str(exc)
 
 
-def isolated_features(model: TranscriptModel, conversations: list[Conversation], batch_size: int
+def isolated_features(pipeline: TranscriptPipeline, conversations: list[Conversation]
                       ) -> tuple[list[pd.DataFrame], list[Optional[str]]]:
     """Each conversation scored alone: its features, or why scoring it failed (only after the whole batch failed)."""
     frames, reasons = [], []
     for conversation in conversations:
         try:
-            frames.append(transcript_features(model, [conversation], batch_size))
+            frames.append(transcript_features(pipeline, [conversation]))
             reasons.append(None)
         except Exception as exc:  # noqa: BLE001 - one unscorable conversation must not sink its unit
             frames.append(None)
@@ -343,7 +342,7 @@ def isolated_features(model: TranscriptModel, conversations: list[Conversation],
     return frames, reasons
 
 
-def score_unit(model: TranscriptModel, unit: Unit, batch_size: int, redact: bool = False
+def score_unit(pipeline: TranscriptPipeline, unit: Unit, redact: bool = False
                ) -> tuple[pd.DataFrame, list[dict]]:
     """(features of every conversation that parsed and scored, dead letters of the rest), in input order; with
     `redact`, personal data is masked before scoring and in the dead letters."""
@@ -356,9 +355,9 @@ def score_unit(model: TranscriptModel, unit: Unit, batch_size: int, redact: bool
             good.append(redacted_conversation(result) if redact else result)
             numbers.append(number)
             raw.append(record)
-    features = feature_frame(model, good, batch_size)
+    features = feature_frame(pipeline, good)
     if features is None:
-        frames, reasons = isolated_features(model, good, batch_size)
+        frames, reasons = isolated_features(pipeline, good)
         for number, record, reason in zip(numbers, raw, reasons):
             if reason is not None:
                 dead.append(dead_letter(unit.path, unit.kind, number, reason, record, redact))
@@ -370,10 +369,10 @@ def score_unit(model: TranscriptModel, unit: Unit, batch_size: int, redact: bool
     return features[FEATURES_SCHEMA.names], dead
 
 
-def feature_frame(model: TranscriptModel, conversations: list[Conversation], batch_size: int) -> Optional[pd.DataFrame]:
+def feature_frame(pipeline: TranscriptPipeline, conversations: list[Conversation]) -> Optional[pd.DataFrame]:
     """The conversations' features scored together, or None when that failed (so they are retried one by one)."""
     try:
-        return transcript_features(model, conversations, batch_size)
+        return transcript_features(pipeline, conversations)
     except Exception:  # noqa: BLE001 - retried conversation by conversation, where the failure gets its reason
         return None
 
@@ -439,13 +438,13 @@ def removed_leftovers(out: Path) -> int:
 
 # -- engines ----------------------------------------------------------------------------------------------------------
 
-def run_local(units: Sequence[Unit], model: TranscriptModel, out: Path, batch_size: int,
-              show_progress_bar: bool, redact: bool = False) -> None:
+def run_local(units: Sequence[Unit], pipeline: TranscriptPipeline, out: Path, show_progress_bar: bool,
+              redact: bool = False) -> None:
     """Score the units one after another in this process; memory holds one unit at a time."""
     with tqdm(total=sum(u.records for u in units), unit="conv", desc="scoring", disable=not show_progress_bar,
               smoothing=0.1) as bar:
         for unit in units:
-            features, dead = score_unit(model, unit, batch_size, redact)
+            features, dead = score_unit(pipeline, unit, redact)
             commit_unit(out, FEATURES, unit.key, features, dead, FEATURES_SCHEMA)
             bar.update(unit.records)
 
@@ -611,50 +610,51 @@ def planned_run(transcripts: Sequence[PathLike], out: PathLike, registry: Option
     return Run(out, store, inputs, tables, models, bool(wanted), plan, checked_plan(out, plan, restart), table_stamps)
 
 
-def scored_units(run: Run, engine: str = "local", batch_size: int = 64, show_progress_bar: bool = True,
-                 ray_address: Optional[str] = None, workers: Optional[int] = None,
-                 cache_entries: int = SCORING_CACHE_ENTRIES, model: Optional[TranscriptModel] = None) -> int:
+def scored_units(run: Run, engine: str = "local", show_progress_bar: bool = True, ray_address: Optional[str] = None,
+                 workers: Optional[int] = None, scoring: ScoringOptions = ScoringOptions(),
+                 pipeline: Optional[TranscriptPipeline] = None) -> int:
     """The transcript-features stage: every pending unit scored and committed; how many units were scored. The local
-    engine uses `model` or loads the transcript model once; the Ray engine's actors load it once each."""
+    engine uses `pipeline` or loads the transcript model once as `scoring` says; the Ray engine's actors load it
+    once each."""
     if engine not in ENGINES:
         raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     pending = run.pending
     if pending and engine == "ray":
         from carelens.inference.ray_engine import run_ray
-        run_ray(pending, run.store.root, run.models[MODEL_NAME], run.out, batch_size, ray_address, workers,
-                show_progress_bar, cache_entries, run.redact)
+        run_ray(pending, run.store.root, run.models[MODEL_NAME], run.out, scoring, ray_address, workers,
+                show_progress_bar, run.redact)
     elif pending:
-        model = model or load_transcript_model(run.store, run.models[MODEL_NAME], cache_entries)[0]
-        run_local(pending, model, run.out, batch_size, show_progress_bar, run.redact)
+        pipeline = pipeline or load_scoring_pipeline(run.store, run.models[MODEL_NAME], scoring)[0]
+        run_local(pending, pipeline, run.out, show_progress_bar, run.redact)
     return len(pending)
 
 
 def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Optional[PathLike] = None,
                 version: Union[str, dict] = "latest", interactions: Sequence[PathLike] = (), engine: str = "local",
-                chunk_size: int = 1_000, batch_size: int = 64, restart: bool = False, show_progress_bar: bool = True,
+                chunk_size: int = 1_000, restart: bool = False, show_progress_bar: bool = True,
                 ray_address: Optional[str] = None, workers: Optional[int] = None,
-                cache_entries: int = SCORING_CACHE_ENTRIES, format: str = "auto", redact: bool = False) -> dict:
+                scoring: ScoringOptions = ScoringOptions(), format: str = "auto", redact: bool = False) -> dict:
     """Score transcript files (JSON Lines, long-form Parquet or ABCD JSON; paths, globs or directories) into `out`:
     Parquet parts of conversation features, with `interactions` also per-contact predictions, every bad record in
-    dead_letter.jsonl, and `_manifest.json`. Re-running resumes. Each scoring process remembers `cache_entries` recent
-    encodings (0: none). The first stages of `carelens nightly`, which calls the same functions. Returns the
+    dead_letter.jsonl, and `_manifest.json`. Re-running resumes. `scoring` says how the transcript model runs
+    (runtime, precision, threads, token budget, encodings remembered). The first stages of `carelens nightly`, which calls the same functions. Returns the
     manifest (its `failures` name every input that produced nothing or was rejected); raises when in != out + dead.
     With `redact`, e-mail addresses, phone numbers, card and order numbers are masked before scoring and in the dead
     letters."""
     run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact)
     scorer = tabular_scorer(run)
-    scored = scored_units(run, engine, batch_size, show_progress_bar, ray_address, workers, cache_entries)
+    scored = scored_units(run, engine, show_progress_bar, ray_address, workers, scoring)
     table_counts = predict_contacts(scorer, run, chunk_size) if scorer else {}
     return finish(run, engine, table_counts, scored)
 
 
-def tabular_scorer(run: Run, load_encoder: bool = False):
-    """The models of the plan (the encoder only with `load_encoder`), checked to fit together before anything is
-    scored; None when no interactions are to be predicted."""
+def tabular_scorer(run: Run, load_encoder: bool = False, scoring: ScoringOptions = ScoringOptions()):
+    """The models of the plan (the encoder only with `load_encoder`, run as `scoring` says), checked to fit together
+    before anything is scored; None when no interactions are to be predicted."""
     if not run.tables:
         return None
     from carelens.inference.api import Scorer
-    return Scorer.load(run.store, run.models, load_encoder=load_encoder, pinned=run.pinned)
+    return Scorer.load(run.store, run.models, load_encoder=load_encoder, pinned=run.pinned, scoring=scoring)
 
 
 def stage_counts(run: Run, table_counts: dict) -> dict[str, dict]:

@@ -36,8 +36,8 @@ def labelled_transcripts(history: Path) -> Path:
 
 
 def trained_transcripts(history: Path, registry, out: Path):
-    """Train the transcript heads (frozen encoder) on labelled history turns and publish; (the trained model, its
-    version, the path of its report copy)."""
+    """Train the transcript heads (frozen encoder) on labelled history turns and publish; (its version, the path of
+    its report copy)."""
     from carelens.training.report import copied_report
     from carelens.training.transcripts import Options, publish_trained, train_transcripts
     with console.status("Training the transcript model (heads on the frozen encoder)"):
@@ -48,19 +48,19 @@ def trained_transcripts(history: Path, registry, out: Path):
     test = trained.metrics["test"]
     console.print(f"published transcripts {artifact.version}: test macro-F1 " +
                   ", ".join(f"{head} {test[head]['macro_f1']:.3f}" for head in test if test[head].get("n")))
-    return trained.model, artifact.version, copied_report(artifact.path, out / "reports" / "transcripts.html")
+    return artifact.version, copied_report(artifact.path, out / "reports" / "transcripts.html")
 
 
-def history_features(history: Path, registry, out: Path, model, version: str) -> Path:
-    """Conversation features of every history transcript, scored by the model just trained (no second encoder
-    load) through the batch scorer, written with the version that scored them."""
+def history_features(history: Path, registry, out: Path, version: str) -> Path:
+    """Conversation features of every history transcript, scored through the batch scorer by the model just
+    published, loaded back with the default runtime (the one the nightly job scores with, so that the tabular models
+    learn features on the scale they will be served), written with the version that scored them."""
     from carelens.inference.batch import finish, planned_run, read_parts, scored_units
     from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS, write_features
-    from carelens.models.transcript import MODEL_NAME, SCORING_CACHE_ENTRIES
+    from carelens.models.transcript import MODEL_NAME
     run = planned_run([history / "transcripts.jsonl"], out / "history-scores", registry.root, {MODEL_NAME: version},
                       restart=True)
-    manifest = finish(run, "local", {}, scored_units(run, model=model.remembering(SCORING_CACHE_ENTRIES),
-                                                     show_progress_bar=False))
+    manifest = finish(run, "local", {}, scored_units(run, show_progress_bar=False))
     counts = manifest["counts"]
     console.print(f"batch-scored the history: in {counts['in']:,} = out {counts['out']:,} + dead {counts['dead']:,} "
                   f"in {manifest['elapsed_s']:.1f} s")
@@ -86,8 +86,8 @@ def trained_tabular(name: str, history: Path, features: Path, registry, out: Pat
 def train_all(store, out: Path) -> dict[str, Path]:
     """Transcript model, then churn and retaliation on its features: the report of each."""
     history = history_dir(out)
-    model, version, report = trained_transcripts(history, store, out)
-    features = history_features(history, store, out, model, version)
+    version, report = trained_transcripts(history, store, out)
+    features = history_features(history, store, out, version)
     reports = {"transcripts": report}
     for name in ("churn", "retaliation"):
         reports[name] = trained_tabular(name, history, features, store, out)

@@ -6,6 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from carelens.data.options import (
+    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
+)
+
 
 def read_conversations(path: Path) -> list:
     """Conversations from contract JSONL / long-form Parquet, or from an ABCD JSON file (a list of records)."""
@@ -20,26 +24,28 @@ def featurize_command(
     registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
                                                           "./registry).")] = None,
     version: Annotated[str, typer.Option(help="Transcript model version, e.g. v2, or latest.")] = "latest",
-    batch_size: Annotated[int, typer.Option(help="Turns per encoder batch.")] = 32,
-    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    runtime: RuntimeOption = None,
+    precision: PrecisionOption = None,
+    device: DeviceOption = "cpu",
+    threads: ThreadsOption = None,
+    token_budget: TokenBudgetOption = None,
+    cache_entries: CacheOption = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Score every turn with the transcript model and write the conversation features the churn and retaliation
     models take (`carelens train churn --features-from FILE`)."""
-    import torch
-
     from carelens.data.terminal import console, user_errors, warn
     from carelens.models.conversation_features import write_features
-    from carelens.models.transcript import (
-        SCORING_CACHE_ENTRIES, load_transcript_model, training_text_warning, transcript_features,
-    )
-    torch.set_num_threads(threads)
+    from carelens.models.scoring import ScoringOptions, load_scoring_pipeline, transcript_features
+    from carelens.models.transcript import training_text_warning
     with user_errors():
-        model, metadata = load_transcript_model(registry, version, SCORING_CACHE_ENTRIES)
-        warning = training_text_warning(metadata)
-        if warning:
-            warn(warning)
-        features = transcript_features(model, read_conversations(transcripts), batch_size, show_progress_bar=progress)
+        options = ScoringOptions(**scoring_option_values(runtime, precision, device, threads, token_budget,
+                                                         cache_entries))
+        pipeline, metadata = load_scoring_pipeline(registry, version, options)
+        for warning in (training_text_warning(metadata), metadata.get("runtime_warning")):
+            if warning:
+                warn(warning)
+        features = transcript_features(pipeline, read_conversations(transcripts), show_progress_bar=progress)
     if out.suffix.lower() == ".csv":
         out.parent.mkdir(parents=True, exist_ok=True)
         features.to_csv(out, index=False)

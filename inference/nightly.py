@@ -25,7 +25,7 @@ from carelens.inference.batch import (
     scored_units, tabular_scorer, write_parquet, write_text,
 )
 from carelens.models.drift import PSI_WARNING, drift_row, feature_drift
-from carelens.models.transcript import SCORING_CACHE_ENTRIES
+from carelens.models.scoring import ScoringOptions
 
 PathLike = Union[str, Path]
 FLAGGED_PARQUET, FLAGGED_CSV, SUMMARY = "flagged.parquet", "flagged.csv", "summary.html"
@@ -146,9 +146,9 @@ def committed_predictions(out: Path, scorer: Scorer) -> tuple[pd.DataFrame, pd.D
 def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike], out: PathLike,
                 registry: Optional[PathLike] = None, version: Union[str, dict] = "latest",
                 capacity: Optional[int] = None, threshold: Optional[float] = None, engine: str = "local",
-                chunk_size: int = 1_000, batch_size: int = 64, restart: bool = False, show_progress_bar: bool = True,
+                chunk_size: int = 1_000, restart: bool = False, show_progress_bar: bool = True,
                 ray_address: Optional[str] = None, workers: Optional[int] = None,
-                cache_entries: int = SCORING_CACHE_ENTRIES, format: str = "auto", strict: bool = False,
+                scoring: ScoringOptions = ScoringOptions(), format: str = "auto", strict: bool = False,
                 redact: bool = False) -> dict:
     """Run (or resume) the nightly job into `out`; returns the manifest. Flags the `capacity` riskiest customers, or
     those at risk >= `threshold`, or (neither) those either model's own threshold flags. The manifest's `failures`
@@ -162,10 +162,9 @@ def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike
     with timed(timings, "plan"):
         run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact)
     with timed(timings, "load"):
-        scorer = tabular_scorer(run, load_encoder=engine == "local" and bool(run.pending))
+        scorer = tabular_scorer(run, load_encoder=engine == "local" and bool(run.pending), scoring=scoring)
     with timed(timings, "features"):
-        scored = scored_units(run, engine, batch_size, show_progress_bar, ray_address, workers, cache_entries,
-                              scorer.transcripts)
+        scored = scored_units(run, engine, show_progress_bar, ray_address, workers, scoring, scorer.transcripts)
     with timed(timings, "predictions"):
         table_counts = predict_contacts(scorer, run, chunk_size)
     scoring = finish(run, engine, table_counts, scored, write=False)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from carelens.inference.batch import FEATURES, FEATURES_SCHEMA, Unit, commit_unit, score_unit
+from carelens.models.scoring import ScoringOptions
 
 STAGING = ".ray-staging"
 UNIT_COLUMN = "unit"
@@ -38,18 +39,14 @@ def staged_rows(key: str, features: pd.DataFrame, dead: Sequence[dict]) -> pa.Ta
 class UnitScorer:
     """A Ray Data actor: loads the published transcript model once, then scores each batch of units it is given."""
 
-    def __init__(self, registry: str, version: str, batch_size: int, threads: int, cache_entries: int, redact: bool):
-        import torch
-
-        from carelens.models.transcript import load_transcript_model
-        torch.set_num_threads(threads)
-        self.model, _ = load_transcript_model(registry, version, cache_entries)
-        self.batch_size, self.redact = batch_size, redact
+    def __init__(self, registry: str, version: str, scoring: dict, redact: bool):
+        from carelens.models.scoring import ScoringOptions, load_scoring_pipeline
+        self.pipeline, _ = load_scoring_pipeline(registry, version, ScoringOptions(**scoring))
+        self.redact = redact
 
     def __call__(self, units: pd.DataFrame) -> pa.Table:
-        return pa.concat_tables([staged_rows(unit["key"], *score_unit(self.model, Unit(**unit), self.batch_size,
-                                                                           self.redact))
-                          for unit in units.to_dict("records")])
+        return pa.concat_tables([staged_rows(unit["key"], *score_unit(self.pipeline, Unit(**unit), self.redact))
+                                 for unit in units.to_dict("records")])
 
 
 def committed_staging(staging: Path, out: Path) -> int:
@@ -64,10 +61,12 @@ def committed_staging(staging: Path, out: Path) -> int:
     return len(units)
 
 
-def run_ray(units: Sequence[Unit], registry: Path, version: str, out: Path, batch_size: int,
+def run_ray(units: Sequence[Unit], registry: Path, version: str, out: Path, scoring: ScoringOptions,
             address: Optional[str] = None, workers: Optional[int] = None, show_progress_bar: bool = True,
-            cache_entries: int = 0, redact: bool = False) -> None:
-    """Score the units with Ray Data on a local Ray instance (default) or the cluster at `address`."""
+            redact: bool = False) -> None:
+    """Score the units with Ray Data on a local Ray instance (default) or the cluster at `address`. Each actor
+    holds one CPU and runs its encoder on one intra-op thread (`scoring.threads` unset), so that actors do not
+    oversubscribe the cores."""
     import ray
 
     started_here = not ray.is_initialized()
@@ -81,10 +80,12 @@ def run_ray(units: Sequence[Unit], registry: Path, version: str, out: Path, batc
         staging = out / STAGING
         shutil.rmtree(staging, ignore_errors=True)
         dataset = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
-        scored = dataset.map_batches(UnitScorer, batch_size=1, batch_format="pandas", concurrency=actors, num_cpus=1,
+        scored = dataset.map_batches(UnitScorer, batch_size=1, batch_format="pandas", concurrency=actors,
+                                     num_cpus=scoring.threads or 1,
                                      fn_constructor_kwargs={"registry": str(registry.resolve()), "version": version,
-                                                            "batch_size": batch_size, "threads": 1,
-                                                            "cache_entries": cache_entries, "redact": redact})
+                                                            "scoring": {**asdict(scoring),
+                                                                        "threads": scoring.threads or 1},
+                                                            "redact": redact})
         scored.write_parquet(str(staging.resolve()), partition_cols=[UNIT_COLUMN])
         committed = committed_staging(staging, out)
         if committed != len(units):

@@ -8,6 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from carelens.data.options import (
+    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
+)
+
 #: Exit code when the run finished but some input produced nothing (bad input itself exits 2).
 INCOMPLETE = 1
 
@@ -42,15 +46,10 @@ FormatOption = Annotated[Format, typer.Option("--format", help="Transcript forma
                                                                "or abcd.")]
 ChunkOption = Annotated[int, typer.Option(min=1, help="Records per unit: what memory holds, and what one part file "
                                                       "holds.")]
-BatchOption = Annotated[int, typer.Option(min=1, help="Turns per encoder batch.")]
-ThreadsOption = Annotated[int, typer.Option(min=1, help="torch CPU threads (local engine).")]
 AddressOption = Annotated[Optional[str], typer.Option(help="An existing Ray cluster (e.g. ray://head:10001); default: "
                                                            "start a local Ray instance.")]
 WorkersOption = Annotated[Optional[int], typer.Option(min=1, help="Ray actors, each loading the model once (default: "
                                                                   "one per CPU).")]
-CacheOption = Annotated[Optional[int], typer.Option(
-    min=0, help="Recent encodings each scoring process remembers, so repeated greetings and stock replies are encoded "
-                "once (about 1.6 kB each for MiniLM; default 50,000); 0 turns it off.")]
 RestartOption = Annotated[bool, typer.Option(help="Discard what --out holds from an earlier run instead of resuming.")]
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar (conversations/s and ETA).")]
 RedactOption = Annotated[bool, typer.Option(help="Mask e-mail addresses, phone numbers, card and order/account numbers "
@@ -58,15 +57,14 @@ RedactOption = Annotated[bool, typer.Option(help="Mask e-mail addresses, phone n
                                                  "scoring and in every output, dead letters included.")]
 
 
-def run_options(registry, version, engine, chunk_size, batch_size, restart, progress, ray_address, workers,
-                cache_entries, format, redact) -> dict:
+def run_options(registry, version, engine, chunk_size, restart, progress, ray_address, workers, format, redact,
+                scoring: dict) -> dict:
     """The options `score` and `nightly` share, as keyword arguments of `score_batch` / `run_nightly`."""
     from carelens.inference.api import parse_versions
-    from carelens.models.transcript import SCORING_CACHE_ENTRIES
+    from carelens.models.scoring import ScoringOptions
     return {"registry": registry, "version": parse_versions(version), "engine": engine.value,
-            "chunk_size": chunk_size, "batch_size": batch_size, "restart": restart, "show_progress_bar": progress,
-            "ray_address": ray_address, "workers": workers, "format": format.value, "redact": redact,
-            "cache_entries": SCORING_CACHE_ENTRIES if cache_entries is None else cache_entries}
+            "chunk_size": chunk_size, "restart": restart, "show_progress_bar": progress, "ray_address": ray_address,
+            "workers": workers, "format": format.value, "redact": redact, "scoring": ScoringOptions(**scoring)}
 
 
 def reported(manifest: dict, out: Path) -> None:
@@ -96,11 +94,14 @@ def score_command(
     engine: EngineOption = Engine.local,
     format: FormatOption = Format.auto,
     chunk_size: ChunkOption = 1_000,
-    batch_size: BatchOption = 64,
-    threads: ThreadsOption = 2,
+    runtime: RuntimeOption = None,
+    precision: PrecisionOption = None,
+    device: DeviceOption = "cpu",
+    threads: ThreadsOption = None,
+    token_budget: TokenBudgetOption = None,
+    cache_entries: CacheOption = None,
     ray_address: AddressOption = None,
     workers: WorkersOption = None,
-    cache_entries: CacheOption = None,
     restart: RestartOption = False,
     progress: ProgressOption = True,
     redact: RedactOption = False,
@@ -108,15 +109,14 @@ def score_command(
     """The scoring stages of the nightly job alone: transcripts (and, with --interactions, contacts) in bounded
     chunks into features/ and predictions/ parts. Every input record ends up in a part or in dead_letter.jsonl with its
     reason; the manifest records in = out + dead. Exit code 1 when an input produced nothing, 2 on bad input."""
-    import torch
-
     from carelens.data.terminal import user_errors
     from carelens.inference.batch import score_batch
-    torch.set_num_threads(threads)
     with user_errors():
         manifest = score_batch(transcripts, out, interactions=interactions or (),
-                               **run_options(registry, version, engine, chunk_size, batch_size, restart, progress,
-                                             ray_address, workers, cache_entries, format, redact))
+                               **run_options(registry, version, engine, chunk_size, restart, progress, ray_address,
+                                             workers, format, redact,
+                                             scoring_option_values(runtime, precision, device, threads, token_budget,
+                                                                   cache_entries)))
     reported(manifest, out)
 
 
@@ -136,11 +136,14 @@ def nightly_command(
     strict: Annotated[bool, typer.Option(help="Fail instead of warning when answered contacts have no "
                                               "conversation features.")] = False,
     chunk_size: ChunkOption = 1_000,
-    batch_size: BatchOption = 64,
-    threads: ThreadsOption = 2,
+    runtime: RuntimeOption = None,
+    precision: PrecisionOption = None,
+    device: DeviceOption = "cpu",
+    threads: ThreadsOption = None,
+    token_budget: TokenBudgetOption = None,
+    cache_entries: CacheOption = None,
     ray_address: AddressOption = None,
     workers: WorkersOption = None,
-    cache_entries: CacheOption = None,
     restart: RestartOption = False,
     progress: ProgressOption = True,
     redact: RedactOption = False,
@@ -151,15 +154,15 @@ def nightly_command(
     Without --capacity or --threshold, each model's own threshold decides. Re-running resumes where a killed run
     stopped. Exit code 1 when an input produced nothing, 2 on bad input."""
     import pandas as pd
-    import torch
 
     from carelens.data.terminal import console, user_errors
     from carelens.inference.nightly import FLAGGED_PARQUET, SUMMARY, run_nightly
-    torch.set_num_threads(threads)
     with user_errors():
         manifest = run_nightly(transcripts, interactions, out, capacity=capacity, threshold=threshold, strict=strict,
-                               **run_options(registry, version, engine, chunk_size, batch_size, restart, progress,
-                                             ray_address, workers, cache_entries, format, redact))
+                               **run_options(registry, version, engine, chunk_size, restart, progress, ray_address,
+                                             workers, format, redact,
+                                             scoring_option_values(runtime, precision, device, threads, token_budget,
+                                                                   cache_entries)))
     flagged = pd.read_parquet(out / FLAGGED_PARQUET)
     console.print(top_table(flagged, top))
     console.print(f"{manifest['rule']}: flagged {manifest['flagged']:,} customers; summary: {out / SUMMARY}",

@@ -9,6 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from carelens.data.options import (
+    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
+)
+
 from carelens.data.errors import UsageError
 
 
@@ -81,6 +85,12 @@ def serve_command(
     redact: Annotated[bool, typer.Option(help="Mask e-mail addresses, phone numbers, card and order/account numbers "
                                               "in transcript text before scoring and in the access log ([EMAIL], "
                                               "[PHONE], [CARD], [ORDER]).")] = False,
+    runtime: RuntimeOption = None,
+    precision: PrecisionOption = None,
+    device: DeviceOption = "cpu",
+    threads: ThreadsOption = None,
+    token_budget: TokenBudgetOption = None,
+    cache_entries: CacheOption = None,
 ) -> None:
     """Serve POST /v1/score (transcript features), POST /v1/flag (customers at risk, with reasons and actions),
     GET /v1/models and GET /v1/health; the OpenAPI documentation is at /docs. Each request is logged as one JSON line
@@ -88,10 +98,13 @@ def serve_command(
     from carelens.inference.api import Scorer
     from carelens.inference.service import ServiceSettings, create_app
     from carelens.data.terminal import console, user_errors
+    from carelens.models.scoring import ScoringOptions
     with user_errors():
         settings = ServiceSettings(api_key=api_key_from(api_key_env), max_body_bytes=max_body_bytes,
                                    max_batch=max_batch, request_timeout_s=request_timeout, log_text=log_text)
-        scorer = Scorer.load(registry, version, redact=redact)
+        scoring = ScoringOptions(**scoring_option_values(runtime, precision, device, threads, token_budget,
+                                                         cache_entries))
+        scorer = Scorer.load(registry, version, redact=redact, scoring=scoring)
     models = ", ".join(f"{name} {v}" for name, v in scorer.versions.items())
     console.print(f"serving {models}; API key {'required' if settings.api_key else 'not required'}"
                   f"{'; personal data redacted' if redact else ''}")

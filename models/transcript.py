@@ -1,27 +1,23 @@
 """The transcript model: one transformer encoder with a customer-sentiment head and an agent-empathy (EPITOME) head."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
-from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
-import pandas as pd
 import skops.io as sio
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
-from carelens.data.adapters import answered_customer_texts
-from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS, SYNTHETIC_TEXT, Conversation
+from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS, SYNTHETIC_TEXT
 from carelens.data.errors import UsageError
-from carelens.data.readers import conversation_from_record
-from carelens.models.conversation_features import KEYS, POSITION, conversation_features
 from carelens.models.registry import Artifact, Registry, RegistryError
+from carelens.models.runtimes import mean_pooled, write_onnx_exports
 
 PathLike = Union[str, Path]
 MODEL_NAME = "transcripts"
@@ -40,9 +36,6 @@ STANDARD_CONFIG_KEYS = {"sentiment_labels", "mechanisms", "levels", "mode", "max
 PAIRED = "answered customer turn, agent turn"
 SINGLE_TURN = "agent turn alone (ablation)"
 PROBABILITY_COLUMNS = [f"p_{s}" for s in SENTIMENTS]
-EMPATHY_LEVEL_COLUMNS = [f"{m}_level" for m in MECHANISMS]
-#: Recent encodings a scoring process remembers: 50,000 MiniLM vectors take about 80 MB.
-SCORING_CACHE_ENTRIES = 50_000
 
 
 def default_encoder_dir() -> Path:
@@ -78,12 +71,6 @@ def _pretrained(directory: Path):
     return tokenizer, encoder
 
 
-def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The mean of the token vectors a mask keeps (sentence-transformers' pooling for MiniLM)."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-
 def pooled_with_floor(model: np.ndarray, floor: np.ndarray, share: float) -> np.ndarray:
     """The log-linear pool p_model^(1 − share) · p_floor^share, renormalised per row."""
     logs = (1 - share) * np.log(np.clip(model, 1e-12, 1)) + share * np.log(np.clip(floor, 1e-12, 1))
@@ -102,28 +89,6 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 def utf8_safe(text: str) -> str:
     """Text the Rust tokenizer accepts: lone surrogates (undecodable bytes smuggled into a str) become U+FFFD."""
     return _SURROGATE.sub("\ufffd", text)
-
-
-class EncodingCache:
-    """Pooled encodings of recently seen inputs, keyed by (text, context): contact centres say the same greetings,
-    closings and stock replies all day, so a batch job encodes each of them once. Least recently used entries go
-    first once `max_entries` are held. Only for a model whose weights no longer change."""
-
-    def __init__(self, max_entries: int = SCORING_CACHE_ENTRIES):
-        self.max_entries = max_entries
-        self.entries: OrderedDict = OrderedDict()
-
-    def get(self, key: tuple) -> Optional[tuple[np.ndarray, int]]:
-        """(pooled vector, encoder windows) of an input seen before, or None."""
-        found = self.entries.get(key)
-        if found is not None:
-            self.entries.move_to_end(key)
-        return found
-
-    def put(self, key: tuple, vector: np.ndarray, windows: int) -> None:
-        self.entries[key] = (vector, windows)
-        if len(self.entries) > self.max_entries:
-            self.entries.popitem(last=False)
 
 
 class Heads(nn.Module):
@@ -146,8 +111,9 @@ def default_temperatures() -> dict[str, float]:
 
 
 class TranscriptModel(nn.Module):
-    """Encoder + heads. Scoring follows the pipeline split: `preprocess` (tokenise into overlapping windows) →
-    `_forward` (pooled encodings, length-sorted batches) → `postprocess` (calibrated probabilities)."""
+    """Encoder + heads + calibration: weights and configuration, saved and loaded with the Hugging Face names
+    (`save_pretrained` / `from_pretrained`). It defines `preprocess` (token windows) and `postprocess_*`
+    (calibrated probabilities); `carelens.models.scoring.TranscriptPipeline` runs them around a runtime."""
 
     def __init__(self, encoder: nn.Module, tokenizer, heads: Heads, max_length: int = 128, mode: str = "heads",
                  temperatures: Optional[dict] = None, extra: Optional[dict] = None,
@@ -162,7 +128,6 @@ class TranscriptModel(nn.Module):
         # Per empathy mechanism, weights on the calibrated level probabilities before the argmax that names a level.
         self.decision_weights = {m: [1.0] * len(LEVEL_NAMES) for m in MECHANISMS} | dict(decision_weights or {})
         self.extra = dict(extra or {})
-        self.encodings: Optional[EncodingCache] = None
         # Per head, a TF-IDF + logistic regression pipeline on the turn's own text, pooled with the transformer's
         # probabilities at `extra["floor_shares"][head]` (chosen on validation log-loss); none by default.
         self.floor: dict = {}
@@ -229,22 +194,26 @@ class TranscriptModel(nn.Module):
                                   for i in range(len(encoded["input_ids"]))]
         return windows
 
-    def collate(self, input_ids: Sequence[list[int]], token_type_ids: Optional[Sequence[list[int]]] = None) -> dict:
-        """Windows padded to the longest in the batch (dynamic padding), as model inputs."""
-        width = max(len(ids) for ids in input_ids)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.full((len(input_ids), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(input_ids), width), dtype=torch.long)
-        for row, sequence in enumerate(input_ids):
-            ids[row, :len(sequence)] = torch.tensor(sequence)
-            mask[row, :len(sequence)] = 1
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if token_type_ids is not None and "token_type_ids" in self.tokenizer.model_input_names:
-            types = torch.zeros_like(ids)
-            for row, sequence in enumerate(token_type_ids):
-                types[row, :len(sequence)] = torch.tensor(sequence)
+    def padded(self, input_ids: Sequence[list[int]],
+               token_type_ids: Optional[Sequence[list[int]]] = None) -> dict[str, np.ndarray]:
+        """Windows padded to the longest in the batch (dynamic padding), as int64 arrays named like the encoder's
+        inputs: what every runtime takes."""
+        lengths = np.fromiter(map(len, input_ids), dtype=np.int64, count=len(input_ids))
+        mask = np.arange(lengths.max(initial=1))[None, :] < lengths[:, None]
+        ids = np.full(mask.shape, self.tokenizer.pad_token_id or 0, dtype=np.int64)
+        ids[mask] = np.fromiter(itertools.chain.from_iterable(input_ids), dtype=np.int64, count=int(lengths.sum()))
+        batch = {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
+        if "token_type_ids" in self.tokenizer.model_input_names:
+            types = np.zeros_like(ids)
+            if token_type_ids is not None:
+                types[mask] = np.fromiter(itertools.chain.from_iterable(token_type_ids), dtype=np.int64,
+                                          count=int(lengths.sum()))
             batch["token_type_ids"] = types
         return batch
+
+    def collate(self, input_ids: Sequence[list[int]], token_type_ids: Optional[Sequence[list[int]]] = None) -> dict:
+        """`padded` windows as torch tensors, for training."""
+        return {name: torch.from_numpy(values) for name, values in self.padded(input_ids, token_type_ids).items()}
 
     # -- forward ----------------------------------------------------------------------------------------------
 
@@ -255,49 +224,6 @@ class TranscriptModel(nn.Module):
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(sentiment logits [n, 3], empathy logits [n, 3 mechanisms, 3 levels]) for a collated batch."""
         return self.heads(self.embed(batch))
-
-    def _forward(self, windows: dict, batch_size: int, show_progress_bar: bool, desc: str) -> np.ndarray:
-        """Pooled encodings of every window, computed in length-sorted batches and returned in input order."""
-        lengths = np.array([len(ids) for ids in windows["input_ids"]])
-        order = np.argsort(-lengths, kind="stable")
-        pooled = np.zeros((len(lengths), self.encoder.config.hidden_size), dtype=np.float32)
-        types = windows["token_type_ids"]
-        self.eval()
-        with torch.inference_mode():
-            for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress_bar,
-                              unit="batch"):
-                rows = order[start:start + batch_size]
-                batch = self.collate([windows["input_ids"][i] for i in rows],
-                                     [types[i] for i in rows] if types is not None else None)
-                pooled[rows] = self.embed(batch).float().numpy()
-        return _pooled_by_owner(pooled, windows["owner"], lengths, windows["count"])
-
-    def encode_with_windows(self, texts: Sequence[str], contexts: Optional[Sequence[str]] = None, batch_size: int = 32,
-                            show_progress_bar: bool = False, desc: str = "encoding") -> tuple[np.ndarray, np.ndarray]:
-        """(one pooled vector per text, how many encoder windows each text took)."""
-        if len(texts) == 0:
-            return np.zeros((0, self.encoder.config.hidden_size), dtype=np.float32), np.zeros(0, dtype=int)
-        # Contact centres repeat themselves (greetings, closings, stock replies): each distinct input is encoded once.
-        inputs = list(zip(texts, contexts if self.pairs and contexts is not None else [None] * len(texts)))
-        unique = list(dict.fromkeys(inputs))
-        position = {item: i for i, item in enumerate(unique)}
-        back = np.fromiter((position[item] for item in inputs), dtype=int, count=len(inputs))
-        known = {item: self.encodings.get(item) for item in unique} if self.encodings is not None else {}
-        missing = [item for item in unique if known.get(item) is None]
-        if missing:
-            windows = self.preprocess([t for t, _ in missing], [c for _, c in missing] if missing[0][1] is not None else None)
-            pooled = self._forward(windows, batch_size, show_progress_bar, desc)
-            for item, vector, count in zip(missing, pooled, np.bincount(windows["owner"], minlength=windows["count"])):
-                known[item] = (vector, int(count))
-                if self.encodings is not None:
-                    self.encodings.put(item, vector.copy(), int(count))
-        vectors = np.stack([known[item][0] for item in unique])
-        counts = np.array([known[item][1] for item in unique], dtype=int)
-        return vectors[back], counts[back]
-
-    def encode(self, texts: Sequence[str], contexts: Optional[Sequence[str]] = None, **options) -> np.ndarray:
-        """One pooled vector per text (per (context, text) pair when contexts are given); long texts are windowed."""
-        return self.encode_with_windows(texts, contexts, **options)[0]
 
     # -- postprocess ------------------------------------------------------------------------------------------
 
@@ -343,15 +269,6 @@ class TranscriptModel(nn.Module):
         weights = np.array([self.decision_weights[m] for m in MECHANISMS])
         return (probabilities * weights[None]).argmax(axis=2)
 
-    def predict_sentiment(self, texts: Sequence[str], **options) -> np.ndarray:
-        """Calibrated sentiment probabilities [n, 3] (columns: negative, neutral, positive)."""
-        return self.postprocess_sentiment(self.head_logits(self.encode(texts, desc="sentiment", **options))[0], texts)
-
-    def predict_empathy(self, responses: Sequence[str], contexts: Sequence[str], **options) -> np.ndarray:
-        """Calibrated empathy probabilities [n, 3 mechanisms, 3 levels] for agent replies to customer turns."""
-        return self.postprocess_empathy(self.head_logits(self.encode(responses, contexts, desc="empathy", **options))[1],
-                                        responses)
-
     # -- persistence ------------------------------------------------------------------------------------------
 
     def config_dict(self) -> dict:
@@ -361,7 +278,11 @@ class TranscriptModel(nn.Module):
                 "pair_encoding": PAIRED, "temperatures": self.temperatures, "decision_weights": self.decision_weights,
                 "hidden_size": self.encoder.config.hidden_size, **self.extra}
 
-    def save(self, directory: PathLike) -> Path:
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.config.hidden_size
+
+    def save_pretrained(self, directory: PathLike) -> Path:
         """The model as a directory: encoder config + safetensors weights, tokenizer, heads.safetensors, heads.json."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -428,11 +349,10 @@ class TranscriptModel(nn.Module):
                                 f"refusing to load it")
 
     @classmethod
-    def load(cls, directory: PathLike, cache_entries: int = 0) -> "TranscriptModel":
-        """A model saved by `save`; weights are safetensors, so loading runs no code from the files (pickled
-        checkpoints, Python files and custom-code configuration are refused before any loader runs). With
-        `cache_entries`, it remembers that many recent encodings (for scoring, never for training). Anything
-        missing, malformed or foreign is a RegistryError naming the file."""
+    def from_pretrained(cls, directory: PathLike) -> "TranscriptModel":
+        """A model saved by `save_pretrained`; weights are safetensors, so loading runs no code from the files
+        (pickled checkpoints, Python files and custom-code configuration are refused before any loader runs).
+        Anything missing, malformed or foreign is a RegistryError naming the file."""
         directory = Path(directory)
         cls._check_loadable(directory)
         heads_config = directory / HEADS_CONFIG
@@ -489,7 +409,7 @@ class TranscriptModel(nn.Module):
         if missing:
             raise RegistryError(f"{heads_config}: pools head(s) {', '.join(missing)} with a TF-IDF floor that "
                                 f"{FLOOR_FILE} does not hold — refusing to load it")
-        return model.remembering(cache_entries)
+        return model
 
     @staticmethod
     def _loaded_floor(path: Path) -> dict:
@@ -511,13 +431,7 @@ class TranscriptModel(nn.Module):
                                 f"refusing to load it")
         return floor
 
-    def remembering(self, cache_entries: int) -> "TranscriptModel":
-        """This model, remembering its `cache_entries` most recent encodings (0: none) while it scores."""
-        self.encodings = EncodingCache(cache_entries) if cache_entries else None
-        return self
-
-
-def _pooled_by_owner(pooled: np.ndarray, owner: np.ndarray, lengths: np.ndarray, count: int) -> np.ndarray:
+def pooled_by_owner(pooled: np.ndarray, owner: np.ndarray, lengths: np.ndarray, count: int) -> np.ndarray:
     """Window encodings merged per text: the token-weighted mean, so a text's encoding is the mean over its tokens."""
     if len(owner) == count and np.array_equal(owner, np.arange(count)):
         return pooled
@@ -528,105 +442,29 @@ def _pooled_by_owner(pooled: np.ndarray, owner: np.ndarray, lengths: np.ndarray,
     return (sums / np.maximum(totals, 1e-9)[:, None]).astype(np.float32)
 
 
-# -- conversations ----------------------------------------------------------------------------------------------
-
-def as_conversations(records: Sequence[Union[Conversation, dict]], source: str = "conversations") -> list[Conversation]:
-    """Conversations, validating dicts against the contract (non-UTF-8 bytes in a text raise ContractError)."""
-    return [r if isinstance(r, Conversation) else conversation_from_record(r, source, i + 1)
-            for i, r in enumerate(records)]
-
-
-def turn_table(conversations: Sequence[Conversation]) -> pd.DataFrame:
-    """One row per turn: ids, position, speaker, text, the customer turn an agent turn answers, and timestamps."""
-    rows = []
-    for position, conversation in enumerate(conversations):
-        contexts = answered_customer_texts(conversation)
-        for index, turn in enumerate(conversation.turns):
-            rows.append({"conversation_id": conversation.conversation_id, "customer_id": conversation.customer_id,
-                         "contact_id": conversation.contact_id, POSITION: position, "turn_index": index, "speaker": turn.speaker,
-                         "text": utf8_safe(turn.text), "context": utf8_safe(contexts[index]), "start_s": turn.start_s,
-                         "end_s": turn.end_s})
-    columns = ["conversation_id", "customer_id", "contact_id", POSITION, "turn_index", "speaker", "text", "context",
-               "start_s", "end_s"]
-    return pd.DataFrame(rows, columns=columns).astype({"start_s": float, "end_s": float})
-
-
-def conversation_index(conversations: Sequence[Conversation]) -> pd.DataFrame:
-    """The ids and POSITION of every conversation, including those with no turns."""
-    return pd.DataFrame([{"conversation_id": c.conversation_id, "customer_id": c.customer_id,
-                          "contact_id": c.contact_id, POSITION: position} for position, c in enumerate(conversations)],
-                        columns=[*KEYS, POSITION])
-
-
-def score_turns(model: TranscriptModel, conversations: Sequence[Union[Conversation, dict]], batch_size: int = 32,
-                show_progress_bar: bool = False) -> pd.DataFrame:
-    """Turn-level scores. Customer turns get p_negative/p_neutral/p_positive and `sentiment` = P(pos) − P(neg);
-    agent turns get each mechanism's expected level (0–2), `empathy` in [0, 1] and `empathic` (some mechanism most
-    likely weak or strong). Blank turns are kept but not scored (NaN); `windows` counts encoder windows per turn."""
-    turns = turn_table(as_conversations(conversations))
-    blank = turns["text"].str.strip() == ""
-    customer = (turns["speaker"] == "customer") & ~blank
-    agent = (turns["speaker"] == "agent") & ~blank
-    options = {"batch_size": batch_size, "show_progress_bar": show_progress_bar}
-    scores = pd.DataFrame(np.nan, index=turns.index,
-                          columns=[*PROBABILITY_COLUMNS, "sentiment", *EMPATHY_LEVEL_COLUMNS, "empathy"])
-    scores["empathic"] = pd.Series(pd.NA, index=turns.index, dtype="boolean")
-    scores["windows"] = 0
-    pooled, scores.loc[customer, "windows"] = model.encode_with_windows(
-        turns.loc[customer, "text"].tolist(), desc="customer turns", **options)
-    sentiment = model.postprocess_sentiment(model.head_logits(pooled)[0], turns.loc[customer, "text"].tolist())
-    scores.loc[customer, PROBABILITY_COLUMNS] = sentiment
-    scores.loc[customer, "sentiment"] = sentiment[:, 2] - sentiment[:, 0]
-    pooled, scores.loc[agent, "windows"] = model.encode_with_windows(
-        turns.loc[agent, "text"].tolist(), turns.loc[agent, "context"].tolist(), desc="agent turns", **options)
-    empathy = model.postprocess_empathy(model.head_logits(pooled)[1], turns.loc[agent, "text"].tolist())
-    scores.loc[agent, EMPATHY_LEVEL_COLUMNS] = empathy_levels(empathy)
-    scores.loc[agent, "empathy"] = empathy_score(empathy)
-    scores.loc[agent, "empathic"] = (model.decided_levels(empathy) > 0).any(axis=1)
-    return pd.concat([turns.drop(columns=["text", "context"]), scores], axis=1)
-
-
-def empathy_levels(probabilities: np.ndarray) -> np.ndarray:
-    """Expected level (0 none … 2 strong) per row and mechanism."""
-    return probabilities @ np.arange(len(LEVEL_NAMES), dtype=float)
-
-
-def empathy_score(probabilities: np.ndarray) -> np.ndarray:
-    """The combined empathy score in [0, 1]: the mean over mechanisms of expected level / 2."""
-    return empathy_levels(probabilities).mean(axis=1) / (len(LEVEL_NAMES) - 1)
-
-
-def transcript_features(model: TranscriptModel, conversations: Sequence[Union[Conversation, dict]],
-                        batch_size: int = 32, show_progress_bar: bool = False) -> pd.DataFrame:
-    """One row per conversation (all of them, in input order): ids and the conversation features the churn and
-    retaliation models take (see `carelens.models.conversation_features.FEATURE_COLUMNS`)."""
-    conversations = as_conversations(conversations)
-    return conversation_features(score_turns(model, conversations, batch_size, show_progress_bar),
-                                 conversation_index(conversations))
-
-
 # -- registry ---------------------------------------------------------------------------------------------------
 
 def publish(model: TranscriptModel, root: Optional[PathLike], metadata: dict,
             files: Optional[dict[str, str]] = None) -> Artifact:
-    """The model published to the registry as `transcripts/<version>/` with checksums; `files` adds text files
-    (such as the HTML report) under the same checksums."""
+    """The model published to the registry as `transcripts/<version>/` with checksums, with its encoder exported
+    to ONNX at fp32 and int8 (`onnx/`, the runtimes scoring chooses from); `files` adds text files (such as the HTML
+    report) under the same checksums."""
     def write(directory: Path) -> None:
-        model.save(directory)
+        model.save_pretrained(directory)
+        write_onnx_exports(model.encoder, model.tokenizer, directory)
         for name, text in (files or {}).items():
             (directory / name).write_text(text, encoding="utf-8")
 
     return Registry(root).publish(MODEL_NAME, write, {"kind": "transcript", **metadata})
 
 
-def load_transcript_model(registry: Union[Registry, PathLike, None] = None, version: str = "latest",
-                          cache_entries: int = 0) -> tuple[TranscriptModel, dict]:
+def load_transcript_model(registry: Union[Registry, PathLike, None] = None,
+                          version: str = "latest") -> tuple[TranscriptModel, dict]:
     """The published transcript model and its metadata (as `load_tabular` returns a tabular one), after the registry
-    verified its checksums and library versions; with `cache_entries`, it remembers that many recent encodings (for
-    scoring, never for training)."""
+    verified its checksums and library versions (to score with it, `carelens.models.scoring.load_scoring_pipeline`)."""
     registry = registry if isinstance(registry, Registry) else Registry(registry)
     artifact = registry.open(MODEL_NAME, version, requires=("torch", "transformers"))
-    return TranscriptModel.load(artifact.path, cache_entries), artifact.metadata
+    return TranscriptModel.from_pretrained(artifact.path), artifact.metadata
 
 
 def training_text_warning(metadata: dict) -> Optional[str]:

@@ -6,7 +6,8 @@ from typing import Optional
 from carelens.data.synthetic import SyntheticData, generate, write_synthetic
 from carelens.models.conversation_features import write_features
 from carelens.models.registry import Registry
-from carelens.models.transcript import TranscriptModel, publish, transcript_features
+from carelens.models.scoring import load_scoring_pipeline, transcript_features
+from carelens.models.transcript import TranscriptModel, publish
 from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
 from tiny_encoder import tiny_encoder
 
@@ -27,7 +28,8 @@ def scored_registry(directory: Path, customers: int = 1200, model: Optional[Tran
     history = generate(customers, seed=11)
     write_synthetic(history, directory / "history")
     features = directory / "history_features.parquet"
-    write_features(transcript_features(model, history.conversations), features, version)
+    # Scored as the Scorer will score (the default runtime of the published model), so train and serve agree.
+    write_features(transcript_features(load_scoring_pipeline(root)[0], history.conversations), features, version)
     for name in ("churn", "retaliation"):
         data = load_labelled(directory / "history", TASKS[name], features_from=[features])
         # Few rounds: these models only need to score; 200 rounds x 5 folds would make every test that scores slow.

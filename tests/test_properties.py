@@ -285,7 +285,7 @@ def test_property_batch_units_keep_in_equal_out_plus_dead(scorer, tmp_path_facto
     transcripts = folder / "day.jsonl"
     transcripts.write_text("\n".join(map(json_line, records)) + "\n", encoding="utf-8")
     planned = planned_file(transcripts, 0, chunk)
-    scored = [score_unit(scorer.transcripts, unit, 8) for unit in planned.units]
+    scored = [score_unit(scorer.transcripts, unit) for unit in planned.units]
     assert planned.records == len(records) == sum(len(f) + len(d) for f, d in scored)
     assert all(d["reason"] and d["line"] for _, dead in scored for d in dead)
     path = written(table, folder / f"interactions.{kind}", kind)

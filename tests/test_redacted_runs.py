@@ -9,7 +9,7 @@ from carelens.data.readers import write_transcripts
 from carelens.data.redaction import redacted_conversation
 from carelens.inference.api import Scorer
 from carelens.inference.cli import app
-from carelens.models.transcript import as_conversations
+from carelens.models.scoring import as_conversations
 
 EMAIL, PHONE, CARD, ORDER = "jane.doe+air@example.co.uk", "(977) 625-2661", "4111 1111 1111 1111", "3348917502"
 SECRETS = (EMAIL, PHONE, CARD, ORDER, "4111111111111111", "977-625-2661", "9776252661")

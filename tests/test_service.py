@@ -22,7 +22,7 @@ from carelens.inference.cli import app as cli
 from carelens.inference.service import API_KEY_HEADER, ServiceSettings, create_app, headline_metrics
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 from carelens.models.registry import RegistryError
-from carelens.models.transcript import as_conversations
+from carelens.models.scoring import as_conversations
 from live_server import serving, stopped
 
 KEY = "s3cret-key"

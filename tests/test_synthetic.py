@@ -207,7 +207,7 @@ def test_no_customers_is_refused():
 
 def labelled_turn_scores(conversations: list) -> pd.DataFrame:
     """Turn scores as a perfect transcript model would give them: the generator's own turn labels."""
-    from carelens.models.transcript import as_conversations, turn_table
+    from carelens.models.scoring import as_conversations, turn_table
     conversations = as_conversations(conversations)
     turns = turn_table(conversations)
     moods = {"negative": -1.0, "neutral": 0.0, "positive": 1.0}
@@ -223,7 +223,7 @@ def test_the_true_turn_labels_carry_most_of_the_care_gap(tmp_path):
     """What the generator's words reveal about care: churn with features from the true turn labels recovers at
     least 80% of the problem+effective vs problem+ineffective gap (tabular features alone: about 40%)."""
     from carelens.models.conversation_features import conversation_features
-    from carelens.models.transcript import as_conversations, conversation_index
+    from carelens.models.scoring import as_conversations, conversation_index
     from carelens.training.tabular import TASKS, load_labelled, train_tabular
     data = generate(20_000, seed=3)
     write_synthetic(data, tmp_path)

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from carelens.data.adapters import read_empathy_files
 from carelens.models.registry import RegistryError
+from carelens.models.scoring import TranscriptPipeline
 from carelens.models.transcript import (
     FLOOR_FILE, TranscriptModel, load_transcript_model, pooled_with_floor, softmax,
 )
@@ -145,13 +146,13 @@ def test_the_floor_is_saved_with_the_model_and_pools_its_scores_after_loading(po
     assert (pooled_registry / "transcripts" / "v1" / FLOOR_FILE).is_file()
     assert set(model.floor) == {"sentiment", "emotional_reactions", "interpretations", "explorations"}
     assert model.floor_shares == metadata["stacking_shares"]
-    texts = ["awful delay 5", "great thanks 7"]
-    alone = softmax(model.head_logits(model.encode(texts, batch_size=4))[0], model.temperatures["sentiment"])
+    texts, pipeline = ["awful delay 5", "great thanks 7"], TranscriptPipeline(model)
+    alone = softmax(model.head_logits(pipeline.encode(texts))[0], model.temperatures["sentiment"])
     model.extra["floor_shares"] = {"sentiment": 0.5}
-    np.testing.assert_allclose(model.predict_sentiment(texts, batch_size=4),
+    np.testing.assert_allclose(pipeline.predict_sentiment(texts),
                                pooled_with_floor(alone, model.floor_probabilities("sentiment", texts), 0.5), rtol=1e-6)
     model.extra["floor_shares"] = {}
-    np.testing.assert_allclose(model.predict_sentiment(texts, batch_size=4), alone, rtol=1e-6)
+    np.testing.assert_allclose(pipeline.predict_sentiment(texts), alone, rtol=1e-6)
 
 
 def test_a_pickle_in_place_of_the_floor_is_refused(pooled_registry, tmp_path):
@@ -160,4 +161,4 @@ def test_a_pickle_in_place_of_the_floor_is_refused(pooled_registry, tmp_path):
     shutil.copytree(pooled_registry / "transcripts" / "v1", copy)
     (copy / FLOOR_FILE).write_bytes(b"\x80\x04K\x01.")
     with pytest.raises(RegistryError, match="floor.skops: not a readable skops file of floor pipelines"):
-        TranscriptModel.load(copy)
+        TranscriptModel.from_pretrained(copy)

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 from carelens.data.contracts import ContractError
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import RegistryError
+from carelens.models.scoring import TranscriptPipeline, score_turns, transcript_features
 from carelens.models.transcript import (
-    TranscriptModel, default_encoder_dir, load_transcript_model, publish, score_turns, training_text_warning,
-    transcript_features, utf8_safe,
+    TranscriptModel, default_encoder_dir, load_transcript_model, publish, training_text_warning, utf8_safe,
 )
 from carelens.training.cli import evaluate_app, train_app
 from conftest import SHARED, requires_shared
@@ -29,6 +29,11 @@ def encoder_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(encoder_dir):
     return TranscriptModel.from_encoder(encoder_dir, max_length=32)
+
+
+@pytest.fixture(scope="module")
+def pipeline(model):
+    return TranscriptPipeline(model)
 
 
 def _conversation(identifier, turns, **extra):
@@ -56,15 +61,15 @@ def test_pair_keeps_the_end_of_a_long_customer_turn_and_windows_the_whole_reply(
     assert len(reply_tokens) > len(model.tokenizer(reply)["input_ids"])  # several windows, nothing dropped
 
 
-def test_encodings_come_back_in_input_order_whatever_the_batching(model):
+def test_encodings_come_back_in_input_order_whatever_the_batching(model, pipeline):
     texts = ["thanks", "my flight was late " * 12, "bad", "great help thank you", "lost bag " * 30, "ok"]
-    one_by_one = np.vstack([model.encode([t], batch_size=1) for t in texts])
-    np.testing.assert_allclose(model.encode(texts, batch_size=4), one_by_one, atol=1e-5)
+    one_by_one = np.vstack([pipeline.encode([t]) for t in texts])
+    np.testing.assert_allclose(TranscriptPipeline(model, token_budget=64).encode(texts), one_by_one, atol=1e-5)
 
 
-def test_probabilities_are_distributions(model):
-    sentiment = model.predict_sentiment(["thanks", "awful"])
-    empathy = model.predict_empathy(["sorry to hear that", "ok"], ["my bag was lost", ""])
+def test_probabilities_are_distributions(pipeline):
+    sentiment = pipeline.predict_sentiment(["thanks", "awful"])
+    empathy = pipeline.predict_empathy(["sorry to hear that", "ok"], ["my bag was lost", ""])
     np.testing.assert_allclose(sentiment.sum(1), 1, atol=1e-6)
     assert empathy.shape == (2, 3, 3)
     np.testing.assert_allclose(empathy.sum(2), 1, atol=1e-6)
@@ -72,13 +77,14 @@ def test_probabilities_are_distributions(model):
 
 def test_save_and_load_round_trip_uses_safetensors_and_gives_the_same_scores(model, tmp_path):
     model.temperatures["sentiment"] = 1.7
-    model.save(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")
     files = {p.name for p in (tmp_path / "m").iterdir()}
     assert {"config.json", "model.safetensors", "heads.safetensors", "heads.json", "tokenizer.json"} <= files
     assert not any(name.endswith((".bin", ".pkl", ".pt")) for name in files)
-    back = TranscriptModel.load(tmp_path / "m")
+    back = TranscriptModel.from_pretrained(tmp_path / "m")
     texts = ["my flight was late", "thank you"]
-    np.testing.assert_allclose(back.predict_sentiment(texts), model.predict_sentiment(texts), atol=1e-6)
+    np.testing.assert_allclose(TranscriptPipeline(back).predict_sentiment(texts),
+                               TranscriptPipeline(model).predict_sentiment(texts), atol=1e-6)
     assert json.loads((tmp_path / "m" / "heads.json").read_text())["temperatures"]["sentiment"] == 1.7
     model.temperatures["sentiment"] = 1.0
 
@@ -94,7 +100,7 @@ def test_registry_refuses_a_tampered_head(model, tmp_path):
         load_transcript_model(tmp_path)
 
 
-def test_turn_scores_and_features_for_the_edge_cases(model):
+def test_turn_scores_and_features_for_the_edge_cases(pipeline):
     conversations = [
         _conversation("normal", [("customer", "my bag was lost"), ("agent", "sorry to hear that"),
                                  ("customer", "thanks")]),
@@ -104,12 +110,12 @@ def test_turn_scores_and_features_for_the_edge_cases(model):
         _conversation("blank", [("customer", "   "), ("agent", ""), ("customer", "\n\t")]),
         _conversation("long", [("customer", LONG_TURN), ("agent", LONG_TURN)]),
     ]
-    turns = score_turns(model, conversations, batch_size=64)
+    turns = score_turns(pipeline, conversations)
     long_rows = turns[turns["conversation_id"] == "long"]
     assert (long_rows["windows"] > 100).all() and long_rows[["sentiment"]].iloc[0].notna().all()
     assert turns.loc[turns["conversation_id"] == "blank", ["sentiment", "empathy"]].isna().all().all()
     assert (turns.loc[turns["conversation_id"] == "blank", "windows"] == 0).all()
-    features = transcript_features(model, conversations).set_index("conversation_id")
+    features = transcript_features(pipeline, conversations).set_index("conversation_id")
     assert list(features.index) == ["normal", "empty", "no-agent", "no-customer", "blank", "long"]
     assert features.loc["empty", FEATURE_COLUMNS].drop(["customer_turns", "agent_turns"]).isna().all()
     assert np.isnan(features.loc["no-agent", "agent_empathy_mean"]) and features.loc["no-agent", "customer_turns"] == 1
@@ -120,26 +126,26 @@ def test_turn_scores_and_features_for_the_edge_cases(model):
     assert 0 <= features.loc["normal", "agent_empathy_mean"] <= 1
 
 
-def test_timestamps_give_non_talk_time_and_interruptions(model):
+def test_timestamps_give_non_talk_time_and_interruptions(pipeline):
     conversation = _conversation("timed", [])
     conversation["turns"] = [{"speaker": "agent", "text": "how can we help", "start_s": 0, "end_s": 3},
                              {"speaker": "customer", "text": "my flight was late", "start_s": 2, "end_s": 6},
                              {"speaker": "agent", "text": "sorry", "start_s": 8, "end_s": 9}]
-    row = transcript_features(model, [conversation]).iloc[0]
+    row = transcript_features(pipeline, [conversation]).iloc[0]
     assert row["interruptions"] == 1 and row["non_talk_s"] == pytest.approx(2.0)
 
 
-def test_non_utf8_bytes_in_a_turn_are_a_contract_error(model):
+def test_non_utf8_bytes_in_a_turn_are_a_contract_error(pipeline):
     record = _conversation("bytes", [("customer", "ok")])
     record["turns"][0]["text"] = b"caf\xe9 \xff"
     with pytest.raises(ContractError, match=r"turns\.0\.text"):
-        score_turns(model, [record])
+        score_turns(pipeline, [record])
 
 
-def test_undecodable_bytes_read_with_surrogateescape_are_replaced_not_fatal(model):
+def test_undecodable_bytes_read_with_surrogateescape_are_replaced_not_fatal(pipeline):
     text = b"caf\xe9 late".decode("utf-8", errors="surrogateescape")
     assert utf8_safe(text) == "caf\ufffd late"
-    turns = score_turns(model, [_conversation("s", [("customer", text)])])
+    turns = score_turns(pipeline, [_conversation("s", [("customer", text)])])
     assert turns["sentiment"].notna().all()
 
 
@@ -301,24 +307,23 @@ def test_minilm_scores_the_abcd_sample_offline():
     from carelens.data.adapters import read_abcd
     model = TranscriptModel.from_encoder(max_length=128)
     assert (default_encoder_dir() / "model.safetensors").is_file()
-    features = transcript_features(model, read_abcd(SHARED / "data" / "transcripts" / "abcd_sample.json"))
+    features = transcript_features(TranscriptPipeline(model), read_abcd(SHARED / "data" / "transcripts" / "abcd_sample.json"))
     assert len(features) == 3 and features["customer_turns"].gt(0).all() and features["agent_turns"].gt(0).all()
 
 
 def test_the_encoding_cache_encodes_each_input_once_and_changes_no_score(tmp_path):
-    from carelens.models.transcript import EncodingCache
     model = TranscriptModel.from_encoder(tiny_encoder(tmp_path / "encoder"), max_length=32)
     texts = ["my flight was late", "thank you", "sorry to hear that", "thank you"]
-    plain = model.encode(texts)
-    model.encodings = EncodingCache(max_entries=2)
+    plain = TranscriptPipeline(model).encode(texts)
+    cached = TranscriptPipeline(model, cache_entries=2)
     calls = []
     model.encoder.register_forward_hook(lambda module, args, output: calls.append(args))
-    first = model.encode(texts)
-    again = model.encode(texts[2:])
+    first = cached.encode(texts)
+    again = cached.encode(texts[2:])
     np.testing.assert_allclose(first, plain, atol=1e-6)
     np.testing.assert_allclose(again, plain[2:], atol=1e-6)
     assert len(calls) == 1, "the second call should be answered from the cache"
-    assert list(model.encodings.entries) == [("sorry to hear that", None), ("thank you", None)]
+    assert list(cached.encodings.entries) == [("sorry to hear that", None), ("thank you", None)]
 
 
 def test_decision_weights_name_a_rare_level_when_that_raises_validation_macro_f1():
@@ -343,7 +348,7 @@ def test_decision_weights_stay_at_one_when_the_argmax_is_already_best():
 def test_decision_weights_survive_save_and_load_and_decide_the_empathic_flag(tmp_path):
     model = TranscriptModel.from_encoder(tiny_encoder(tmp_path / "encoder"), max_length=32)
     model.decision_weights["explorations"] = [1.0, 0.5, 3.0]
-    loaded = TranscriptModel.load(model.save(tmp_path / "model"))
+    loaded = TranscriptModel.from_pretrained(model.save_pretrained(tmp_path / "model"))
     assert loaded.decision_weights == model.decision_weights
     probabilities = np.array([[[0.6, 0.1, 0.3], [1, 0, 0], [0.5, 0.3, 0.2]]])
     assert loaded.decided_levels(probabilities).tolist() == [[0, 0, 2]]

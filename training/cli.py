@@ -9,6 +9,9 @@ import typer
 from rich.table import Table
 
 from carelens.data.errors import UsageError
+from carelens.data.options import (
+    DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
+)
 from carelens.data.terminal import console, error_console, rows_table, user_errors, warn
 
 train_app = typer.Typer(help="Train a model and publish it to the registry.", no_args_is_help=True)
@@ -232,25 +235,31 @@ def evaluate_transcripts_command(
                                                              "transcripts); repeatable.")] = None,
     empathy_data: Annotated[PathsOption, typer.Option(help="Labelled empathy file (EPITOME CSV or contract "
                                                            "transcripts); repeatable.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per scoring batch.")] = 64,
+    runtime: RuntimeOption = None,
+    precision: PrecisionOption = None,
+    device: DeviceOption = "cpu",
+    threads: ThreadsOption = None,
+    token_budget: TokenBudgetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Score labelled files with a published transcript model: per head, accuracy and macro-F1 with 95% bootstrap
     intervals, per-class precision/recall/F1, the confusion matrix and the most confidently wrong rows (their text
-    for the public CSVs only)."""
-    from carelens.models.transcript import load_transcript_model, training_text_warning
+    for the public CSVs only), through the runtime chosen as for scoring."""
+    from carelens.models.scoring import ScoringOptions, load_scoring_pipeline
+    from carelens.models.transcript import training_text_warning
     from carelens.training.transcript_report import INTERVALS_NOTE, evaluation_tables
     from carelens.training.transcripts import evaluate_files
     with user_errors():
-        model, metadata = load_transcript_model(registry, version)
-        warning = training_text_warning(metadata)
-        if warning:
-            warn(warning)
-        metrics = evaluate_files(model, [*(sentiment_data or ()), *(empathy_data or ())], batch_size,
+        options = ScoringOptions(**scoring_option_values(runtime, precision, device, threads, token_budget, 0))
+        pipeline, metadata = load_scoring_pipeline(registry, version, options)
+        for warning in (training_text_warning(metadata), metadata.get("runtime_warning")):
+            if warning:
+                warn(warning)
+        metrics = evaluate_files(pipeline, [*(sentiment_data or ()), *(empathy_data or ())],
                                  show_progress_bar=not as_json)
     if as_json:
         typer.echo(json.dumps(metrics))
         return
-    console.print(f"transcripts {metadata['version']}. {INTERVALS_NOTE}", soft_wrap=True)
+    console.print(f"transcripts {metadata['version']} ({pipeline.description}). {INTERVALS_NOTE}", soft_wrap=True)
     for title, rows in evaluation_tables(metrics):
         console.print(rows_table(rows, title))

@@ -23,9 +23,9 @@ from carelens.data.adapters import RATIONALE_COLUMNS, read_labelled_text
 from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS
 from carelens.data.errors import UsageError
 from carelens.models.registry import Artifact, frame_fingerprint
-from carelens.models.transcript import (
-    PAIRED, SINGLE_TURN, TranscriptModel, mean_pooled, pooled_with_floor, publish, softmax,
-)
+from carelens.models.runtimes import mean_pooled
+from carelens.models.scoring import TranscriptPipeline
+from carelens.models.transcript import PAIRED, SINGLE_TURN, TranscriptModel, pooled_with_floor, publish, softmax
 from carelens.training.bootstrap import (
     LEVEL, RESAMPLES, SEED, bootstrap_intervals, class_figures, confusion, macro_f1_difference, predicted_classes,
 )
@@ -84,10 +84,6 @@ class Options:
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "show_progress_bar"}
 
-    @property
-    def scoring(self) -> dict:
-        """How evaluation passes encode: no gradients are kept, so batches can be twice the training size."""
-        return {"batch_size": self.batch_size * 2, "show_progress_bar": self.show_progress_bar}
 
 
 @dataclass
@@ -344,25 +340,27 @@ def fitted_temperature(logits: np.ndarray, truth: np.ndarray) -> float:
     return float(TEMPERATURE_GRID[int(np.argmin(losses))])
 
 
-def head_logits(model: TranscriptModel, data: Data, split: str, scoring: dict) -> dict[str, np.ndarray]:
-    """Raw logits of every head on a split, from the model's own scoring path (windowed, length-sorted)."""
-    logits = {}
+def head_logits(pipeline: TranscriptPipeline, data: Data, split: str, progress: bool = False) -> dict[str, np.ndarray]:
+    """Raw logits of every head on a split, through the scoring pipeline (windowed, token-budget batches)."""
+    logits, model = {}, pipeline.model
     if len(data.sentiment[split]):
-        pooled = model.encode(data.sentiment[split]["text"].tolist(), desc=f"sentiment {split}", **scoring)
+        pooled = pipeline.encode(data.sentiment[split]["text"].tolist(), desc=f"sentiment {split}",
+                                 show_progress_bar=progress)
         logits["sentiment"] = model.head_logits(pooled)[0]
     if len(data.empathy[split]):
         frame = data.empathy[split]
-        pooled = model.encode(frame["response"].tolist(), frame["context"].tolist(), desc=f"empathy {split}", **scoring)
+        pooled = pipeline.encode(frame["response"].tolist(), frame["context"].tolist(), desc=f"empathy {split}",
+                                 show_progress_bar=progress)
         empathy = model.head_logits(pooled)[1]
         logits.update({m: empathy[:, k] for k, m in enumerate(MECHANISMS)})
     return logits
 
 
-def calibrate(model: TranscriptModel, data: Data, options: Options) -> dict[str, dict]:
+def calibrate(pipeline: TranscriptPipeline, data: Data, options: Options) -> dict[str, dict]:
     """Per-head temperatures, then (when asked for) the empathy heads' decision weights, fitted on the validation
     split and set on the model."""
-    truth = head_targets(data, "validation")
-    logits = head_logits(model, data, "validation", options.scoring)
+    truth, model = head_targets(data, "validation"), pipeline.model
+    logits = head_logits(pipeline, data, "validation", options.show_progress_bar)
     model.temperatures.update({head: fitted_temperature(logits[head], truth[head]) for head in logits})
     if options.decision_weights:
         probabilities = calibrated_probabilities(model, logits)
@@ -376,17 +374,19 @@ def calibrated_probabilities(model: TranscriptModel, logits: dict[str, np.ndarra
     return {head: softmax(values, model.temperatures[head]) for head, values in logits.items()}
 
 
-def split_probabilities(model: TranscriptModel, data: Data, split: str, scoring: dict) -> tuple[dict, dict]:
+def split_probabilities(pipeline: TranscriptPipeline, data: Data, split: str,
+                        progress: bool = False) -> tuple[dict, dict]:
     """(per head: the class index of every row, the probabilities the model ships: calibrated, and pooled with the
     TF-IDF floor where the model has one) on one split."""
-    calibrated = calibrated_probabilities(model, head_logits(model, data, split, scoring))
+    model = pipeline.model
+    calibrated = calibrated_probabilities(model, head_logits(pipeline, data, split, progress))
     return head_targets(data, split), {head: model.pooled(head, values, head_texts(data, split, head))
                                        for head, values in calibrated.items()}
 
 
-def split_metrics(model: TranscriptModel, data: Data, split: str, scoring: dict) -> dict:
+def split_metrics(pipeline: TranscriptPipeline, data: Data, split: str, progress: bool = False) -> dict:
     """Every head's metrics on one split, empathy levels named with the model's decision weights."""
-    return all_head_metrics(*split_probabilities(model, data, split, scoring), model.decision_weights)
+    return all_head_metrics(*split_probabilities(pipeline, data, split, progress), pipeline.model.decision_weights)
 
 
 # -- heads mode ---------------------------------------------------------------------------------------------------
@@ -425,7 +425,8 @@ def _per_class(fitted: LogisticRegression) -> tuple[np.ndarray, np.ndarray]:
 
 def train_heads(model: TranscriptModel, data: Data, options: Options) -> dict:
     """Fit the linear heads on frozen, windowed mean-pooled embeddings; returns the C picked for each head."""
-    embedded = {task: {split: _embedded(model, task, frame, options.scoring)
+    pipeline = TranscriptPipeline(model)
+    embedded = {task: {split: _embedded(pipeline, task, frame, options.show_progress_bar)
                        for split, frame in getattr(data, task).items() if split != "test"}
                 for task in ("sentiment", "empathy")}
     train, validation = head_targets(data, "train"), head_targets(data, "validation")
@@ -453,11 +454,12 @@ def train_heads(model: TranscriptModel, data: Data, options: Options) -> dict:
     return {"C": chosen}
 
 
-def _embedded(model: TranscriptModel, task: str, frame: pd.DataFrame, encode: dict) -> np.ndarray:
+def _embedded(pipeline: TranscriptPipeline, task: str, frame: pd.DataFrame, progress: bool) -> np.ndarray:
     """Pooled embeddings of one task's table (sentiment: texts; empathy: (customer, agent) pairs)."""
     if task == "sentiment":
-        return model.encode(frame["text"].tolist(), desc="embedding tweets", **encode)
-    return model.encode(frame["response"].tolist(), frame["context"].tolist(), desc="embedding pairs", **encode)
+        return pipeline.encode(frame["text"].tolist(), desc="embedding tweets", show_progress_bar=progress)
+    return pipeline.encode(frame["response"].tolist(), frame["context"].tolist(), desc="embedding pairs",
+                           show_progress_bar=progress)
 
 
 # -- finetune mode ------------------------------------------------------------------------------------------------
@@ -705,7 +707,7 @@ class BestState:
 def validation_record(model: TranscriptModel, data: Data, options: Options, epoch: int, step: int,
                       seconds: float) -> dict:
     """One row of the fine-tuning history: where training is, and each head's validation macro-F1."""
-    metrics = split_metrics(model, data, "validation", options.scoring)
+    metrics = split_metrics(TranscriptPipeline(model), data, "validation", options.show_progress_bar)
     return {"epoch": epoch, "step": step, "seconds": round(seconds, 1), "selection_score": selection_score(metrics),
             **{head: metrics[head]["macro_f1"] for head in metrics if metrics[head].get("n")}}
 
@@ -729,11 +731,12 @@ def train_transcripts(paths: Sequence[PathLike], options: Options, encoder: Opti
         details = train_finetune(model, data, options, log)
     else:
         raise UsageError(f"unknown mode {options.mode!r}, expected heads or finetune")
-    details.update(calibrate(model, data, options))
+    pipeline = TranscriptPipeline(model)
+    details.update(calibrate(pipeline, data, options))
     trained_s = time.monotonic() - started
     # Without its floor yet, the model's probabilities are the transformer's alone.
-    validation_truth, validation = split_probabilities(model, data, "validation", options.scoring)
-    truth, alone = split_probabilities(model, data, "test", options.scoring)
+    validation_truth, validation = split_probabilities(pipeline, data, "validation", options.show_progress_bar)
+    truth, alone = split_probabilities(pipeline, data, "test", options.show_progress_bar)
     model.floor = fitted_floors(data, options)
     floors = {split: {head: model.floor_probabilities(head, head_texts(data, split, head)) for head in model.floor}
               for split in ("validation", "test")}
@@ -789,16 +792,15 @@ def publish_trained(trained: Trained, root: Optional[PathLike]) -> Artifact:
 
 # -- evaluation on new data ---------------------------------------------------------------------------------------
 
-def evaluate_files(model: TranscriptModel, paths: Sequence[PathLike], batch_size: int = 64,
-                   show_progress_bar: bool = False) -> dict:
+def evaluate_files(pipeline: TranscriptPipeline, paths: Sequence[PathLike], show_progress_bar: bool = False) -> dict:
     """Every head's metrics on all rows of labelled files (contract transcripts, airline tweets or EPITOME CSVs), each
     with its most confidently wrong rows under `confidently_wrong` (text for the public CSVs only)."""
     labelled = read_labelled_text(paths)
     if labelled.sentiment.empty and labelled.empathy.empty:
         raise UsageError("no labelled rows to evaluate: pass --sentiment-data and/or --empathy-data files with labels")
     data = Data({"test": labelled.sentiment}, {"test": labelled.empathy}, labelled.text, labelled.public)
-    truth, probabilities = split_probabilities(model, data, "test",
-                                               {"batch_size": batch_size, "show_progress_bar": show_progress_bar})
-    metrics = all_head_metrics(truth, probabilities, model.decision_weights)
-    examples = head_examples(data, "test", truth, probabilities, model.decision_weights)
+    truth, probabilities = split_probabilities(pipeline, data, "test", show_progress_bar)
+    weights = pipeline.model.decision_weights
+    metrics = all_head_metrics(truth, probabilities, weights)
+    examples = head_examples(data, "test", truth, probabilities, weights)
     return {head: {**figures, "confidently_wrong": examples[head]} for head, figures in metrics.items()}

@@ -1,0 +1,31 @@
+"""Command-line options shared by every command that scores transcripts: runtime, precision, device, threads,
+token budget and encoding cache."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+RuntimeOption = Annotated[Optional[str], typer.Option(
+    help="Encoder runtime: onnx (ONNX Runtime on the export published with the model; the default on a CPU) or "
+         "torch.")]
+PrecisionOption = Annotated[Optional[str], typer.Option(
+    help="fp32 (default on a CPU), int8 (faster; a turn's score then depends on the turns batched with it), bf16 "
+         "(torch), fp16 (torch on --device cuda, the default there).")]
+DeviceOption = Annotated[str, typer.Option(help="cpu, or cuda[:N] (torch runtime).")]
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    min=1, help="Intra-op threads of each scoring process (default: every core it may use; Ray actors: the CPUs "
+                "each is given).")]
+TokenBudgetOption = Annotated[Optional[int], typer.Option(
+    min=16, help="Padded tokens per encoder batch: length-sorted turns are packed up to it (default 2,048).")]
+CacheOption = Annotated[Optional[int], typer.Option(
+    min=0, help="Recent encodings each scoring process remembers, so repeated greetings and stock replies are encoded "
+                "once (about 1.6 kB each for MiniLM; default 50,000); 0 turns it off.")]
+
+
+def scoring_option_values(runtime: Optional[str], precision: Optional[str], device: str, threads: Optional[int],
+                          token_budget: Optional[int], cache_entries: Optional[int]) -> dict:
+    """The options as keyword arguments of `carelens.models.scoring.ScoringOptions` (unset sizes: its defaults)."""
+    sizes = {"token_budget": token_budget, "cache_entries": cache_entries}
+    return {"runtime": runtime, "precision": precision, "device": device, "threads": threads,
+            **{name: value for name, value in sizes.items() if value is not None}}

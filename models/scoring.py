@@ -1,0 +1,280 @@
+"""The transcript scoring pipeline: preprocess (token windows) → token-budget batches through a runtime → postprocess
+(calibrated probabilities, levels, turn and conversation scores), with the encoding cache."""
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from carelens.data.adapters import answered_customer_texts
+from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, Conversation
+from carelens.data.readers import conversation_from_record
+from carelens.models.conversation_features import KEYS, POSITION, conversation_features
+from carelens.models.registry import Registry, RegistryError
+from carelens.data.errors import UsageError
+from carelens.models.runtimes import (
+    DEFAULT_PRECISION, DEFAULT_RUNTIME, OnnxRuntime, Runtime, TorchRuntime, checked_choice, configure_threads,
+    onnx_file,
+)
+from carelens.models.transcript import (
+    MODEL_NAME, PROBABILITY_COLUMNS, TranscriptModel, pooled_by_owner, utf8_safe,
+)
+
+PathLike = Union[str, Path]
+EMPATHY_LEVEL_COLUMNS = [f"{m}_level" for m in MECHANISMS]
+#: Recent encodings a scoring process remembers: 50,000 MiniLM vectors take about 80 MB.
+SCORING_CACHE_ENTRIES = 50_000
+#: Padded tokens per encoder batch: about 64 tweets, or 8 windows of 256 tokens. On the 2-core machine ONNX Runtime
+#: scored tweets fastest between 1,024 and 2,048 and slower at 4,096 and beyond (the batch outgrows the caches).
+DEFAULT_TOKEN_BUDGET = 2048
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How a scoring process runs the transcript model: runtime and precision (None: the defaults, see
+    `scoring_runtime`), device, intra-op threads (None: every core the process may use), padded tokens per encoder
+    batch, and how many recent encodings it remembers (0: none)."""
+    runtime: Optional[str] = None
+    precision: Optional[str] = None
+    device: str = "cpu"
+    threads: Optional[int] = None
+    token_budget: int = DEFAULT_TOKEN_BUDGET
+    cache_entries: int = SCORING_CACHE_ENTRIES
+
+    def __post_init__(self):
+        checked_choice(*self.chosen, self.device)
+        if self.token_budget < 16:
+            raise UsageError(f"--token-budget {self.token_budget}: give at least 16 tokens")
+
+    @property
+    def chosen(self) -> tuple[str, str]:
+        """(runtime, precision) with the defaults filled in: ONNX fp32 on a CPU, torch fp16 on CUDA."""
+        on_cpu = self.device == "cpu"
+        return (self.runtime or (DEFAULT_RUNTIME if on_cpu else "torch"),
+                self.precision or (DEFAULT_PRECISION if on_cpu else "fp16"))
+
+
+class EncodingCache:
+    """Pooled encodings of recently seen inputs, keyed by (text, context): contact centres say the same greetings,
+    closings and stock replies all day, so a batch job encodes each of them once. Least recently used entries go
+    first once `max_entries` are held. Only for a model whose weights no longer change."""
+
+    def __init__(self, max_entries: int = SCORING_CACHE_ENTRIES):
+        self.max_entries = max_entries
+        self.entries: OrderedDict = OrderedDict()
+
+    def get(self, key: tuple) -> Optional[tuple[np.ndarray, int]]:
+        """(pooled vector, encoder windows) of an input seen before, or None."""
+        found = self.entries.get(key)
+        if found is not None:
+            self.entries.move_to_end(key)
+        return found
+
+    def put(self, key: tuple, vector: np.ndarray, windows: int) -> None:
+        self.entries[key] = (vector, windows)
+        if len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+
+
+def token_budget_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Window indices, longest first, cut into batches whose padded size (rows × longest window) stays within
+    `budget` tokens: many short turns go together, long windows in small batches, and little is padding."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        rows = max(1, budget // max(int(lengths[order[start]]), 1))  # the first window of a batch is its longest
+        batches.append(order[start:start + rows])
+        start += rows
+    return batches
+
+
+class TranscriptPipeline:
+    """Scores text with a transcript model: the model's `preprocess` windows every text (the fast tokenizer called
+    once per call on all new texts), windows go through `runtime` in length-sorted batches of at most
+    `token_budget` padded tokens, and the model's `postprocess_*` turns pooled encodings into calibrated
+    probabilities — the same postprocess training evaluates. Identical inputs are encoded once per call, and across
+    calls when `cache_entries` > 0."""
+
+    def __init__(self, model: TranscriptModel, runtime: Optional[Runtime] = None,
+                 token_budget: int = DEFAULT_TOKEN_BUDGET, cache_entries: int = 0):
+        if token_budget < model.max_length:
+            raise UsageError(f"token_budget {token_budget} is below the model's window of {model.max_length} "
+                                f"tokens; give at least {model.max_length}")
+        self.model, self.token_budget = model, token_budget
+        self.runtime = runtime or TorchRuntime(model.encoder)
+        self.encodings = EncodingCache(cache_entries) if cache_entries else None
+
+    @property
+    def description(self) -> str:
+        """The runtime and precision, e.g. 'onnx int8'."""
+        return f"{self.runtime.name} {self.runtime.precision}"
+
+    def forward(self, windows: dict, show_progress_bar: bool = False, desc: str = "encoding") -> np.ndarray:
+        """One pooled encoding per text of `model.preprocess` output, in input order."""
+        lengths = np.fromiter(map(len, windows["input_ids"]), dtype=int, count=len(windows["input_ids"]))
+        pooled = np.zeros((len(lengths), self.model.hidden_size), dtype=np.float32)
+        types = windows["token_type_ids"]
+        for rows in tqdm(token_budget_batches(lengths, self.token_budget), desc=desc, disable=not show_progress_bar,
+                         unit="batch"):
+            batch = self.model.padded([windows["input_ids"][i] for i in rows],
+                                      [types[i] for i in rows] if types is not None else None)
+            pooled[rows] = self.runtime.pooled(batch)
+        return pooled_by_owner(pooled, windows["owner"], lengths, windows["count"])
+
+    def encode_with_windows(self, texts: Sequence[str], contexts: Optional[Sequence[str]] = None,
+                            show_progress_bar: bool = False, desc: str = "encoding") -> tuple[np.ndarray, np.ndarray]:
+        """(one pooled vector per text — per (context, text) pair when the model reads pairs —, how many encoder
+        windows each text took)."""
+        if len(texts) == 0:
+            return np.zeros((0, self.model.hidden_size), dtype=np.float32), np.zeros(0, dtype=int)
+        paired = self.model.pairs and contexts is not None
+        inputs = list(zip(texts, contexts if paired else itertools.repeat(None)))
+        unique = list(dict.fromkeys(inputs))
+        position = {item: i for i, item in enumerate(unique)}
+        back = np.fromiter((position[item] for item in inputs), dtype=int, count=len(inputs))
+        known = {item: self.encodings.get(item) for item in unique} if self.encodings is not None else {}
+        missing = [item for item in unique if known.get(item) is None]
+        if missing:
+            windows = self.model.preprocess([t for t, _ in missing], [c for _, c in missing] if paired else None)
+            pooled = self.forward(windows, show_progress_bar, desc)
+            for item, vector, count in zip(missing, pooled, np.bincount(windows["owner"], minlength=windows["count"])):
+                known[item] = (vector, int(count))
+                if self.encodings is not None:
+                    self.encodings.put(item, vector.copy(), int(count))
+        vectors = np.stack([known[item][0] for item in unique])
+        counts = np.array([known[item][1] for item in unique], dtype=int)
+        return vectors[back], counts[back]
+
+    def encode(self, texts: Sequence[str], contexts: Optional[Sequence[str]] = None, **options) -> np.ndarray:
+        """One pooled vector per text (per (context, text) pair when contexts are given); long texts are windowed."""
+        return self.encode_with_windows(texts, contexts, **options)[0]
+
+    def predict_sentiment(self, texts: Sequence[str], **options) -> np.ndarray:
+        """Calibrated sentiment probabilities [n, 3] (columns: negative, neutral, positive)."""
+        logits = self.model.head_logits(self.encode(texts, desc="sentiment", **options))[0]
+        return self.model.postprocess_sentiment(logits, texts)
+
+    def predict_empathy(self, responses: Sequence[str], contexts: Sequence[str], **options) -> np.ndarray:
+        """Calibrated empathy probabilities [n, 3 mechanisms, 3 levels] for agent replies to customer turns."""
+        logits = self.model.head_logits(self.encode(responses, contexts, desc="empathy", **options))[1]
+        return self.model.postprocess_empathy(logits, responses)
+
+
+def scoring_runtime(model: TranscriptModel, directory: Optional[Path], options: ScoringOptions,
+                    threads: Optional[int] = None) -> tuple[Runtime, Optional[str]]:
+    """(the runtime a saved model scores with, a warning when the default could not be honoured). A model saved
+    without an ONNX export scores with torch at the same precision when the runtime was left to the default; asked
+    for explicitly, a missing export is a RegistryError."""
+    runtime, precision = options.chosen
+    if runtime == "torch":
+        return TorchRuntime(model.encoder, precision, options.device), None
+    path = onnx_file(directory, precision) if directory is not None else None
+    if path is not None and path.is_file():
+        return OnnxRuntime(path, precision, threads), None
+    where = f"{directory}" if directory is not None else "a model in memory"
+    hint = "onnx/encoder.<precision>.onnx, written when a model is published"
+    if options.runtime is not None:
+        raise RegistryError(f"{where}: no ONNX export at {precision} ({hint}); re-publish the model or score with "
+                            f"--runtime torch")
+    return (TorchRuntime(model.encoder, precision, options.device),
+            f"{where} has no ONNX export ({hint}): scoring with torch {precision} instead, which is slower; models "
+            f"published by this version of CareLens carry one")
+
+
+def load_scoring_pipeline(registry: Union[Registry, PathLike, None] = None, version: str = "latest",
+                          options: ScoringOptions = ScoringOptions()) -> tuple[TranscriptPipeline, dict]:
+    """The published transcript model as a scoring pipeline, and its metadata (with a `runtime_warning` when the
+    default runtime fell back): checksums and library versions verified by the registry first, and this process's
+    threads set as `options` say."""
+    registry = registry if isinstance(registry, Registry) else Registry(registry)
+    artifact = registry.open(MODEL_NAME, version, requires=("torch", "transformers"))
+    model = TranscriptModel.from_pretrained(artifact.path)
+    threads = configure_threads(options.threads)
+    chosen, warning = scoring_runtime(model, artifact.path, options, threads)
+    metadata = {**artifact.metadata, **({"runtime_warning": warning} if warning else {})}
+    return TranscriptPipeline(model, chosen, options.token_budget, options.cache_entries), metadata
+
+
+# -- conversations ----------------------------------------------------------------------------------------------
+
+def as_conversations(records: Sequence[Union[Conversation, dict]], source: str = "conversations") -> list[Conversation]:
+    """Conversations, validating dicts against the contract (non-UTF-8 bytes in a text raise ContractError)."""
+    return [r if isinstance(r, Conversation) else conversation_from_record(r, source, i + 1)
+            for i, r in enumerate(records)]
+
+
+def turn_table(conversations: Sequence[Conversation]) -> pd.DataFrame:
+    """One row per turn: ids, position, speaker, text, the customer turn an agent turn answers, and timestamps."""
+    rows = []
+    for position, conversation in enumerate(conversations):
+        contexts = answered_customer_texts(conversation)
+        for index, turn in enumerate(conversation.turns):
+            rows.append({"conversation_id": conversation.conversation_id, "customer_id": conversation.customer_id,
+                         "contact_id": conversation.contact_id, POSITION: position, "turn_index": index, "speaker": turn.speaker,
+                         "text": utf8_safe(turn.text), "context": utf8_safe(contexts[index]), "start_s": turn.start_s,
+                         "end_s": turn.end_s})
+    columns = ["conversation_id", "customer_id", "contact_id", POSITION, "turn_index", "speaker", "text", "context",
+               "start_s", "end_s"]
+    return pd.DataFrame(rows, columns=columns).astype({"start_s": float, "end_s": float})
+
+
+def conversation_index(conversations: Sequence[Conversation]) -> pd.DataFrame:
+    """The ids and POSITION of every conversation, including those with no turns."""
+    return pd.DataFrame([{"conversation_id": c.conversation_id, "customer_id": c.customer_id,
+                          "contact_id": c.contact_id, POSITION: position} for position, c in enumerate(conversations)],
+                        columns=[*KEYS, POSITION])
+
+
+def score_turns(pipeline: TranscriptPipeline, conversations: Sequence[Union[Conversation, dict]],
+                show_progress_bar: bool = False) -> pd.DataFrame:
+    """Turn-level scores. Customer turns get p_negative/p_neutral/p_positive and `sentiment` = P(pos) − P(neg);
+    agent turns get each mechanism's expected level (0–2), `empathy` in [0, 1] and `empathic` (some mechanism most
+    likely weak or strong). Blank turns are kept but not scored (NaN); `windows` counts encoder windows per turn."""
+    model = pipeline.model
+    turns = turn_table(as_conversations(conversations))
+    blank = turns["text"].str.strip() == ""
+    customer = (turns["speaker"] == "customer") & ~blank
+    agent = (turns["speaker"] == "agent") & ~blank
+    scores = pd.DataFrame(np.nan, index=turns.index,
+                          columns=[*PROBABILITY_COLUMNS, "sentiment", *EMPATHY_LEVEL_COLUMNS, "empathy"])
+    scores["empathic"] = pd.Series(pd.NA, index=turns.index, dtype="boolean")
+    scores["windows"] = 0
+    texts = turns.loc[customer, "text"].tolist()
+    pooled, scores.loc[customer, "windows"] = pipeline.encode_with_windows(texts, show_progress_bar=show_progress_bar,
+                                                                           desc="customer turns")
+    sentiment = model.postprocess_sentiment(model.head_logits(pooled)[0], texts)
+    scores.loc[customer, PROBABILITY_COLUMNS] = sentiment
+    scores.loc[customer, "sentiment"] = sentiment[:, 2] - sentiment[:, 0]
+    responses = turns.loc[agent, "text"].tolist()
+    pooled, scores.loc[agent, "windows"] = pipeline.encode_with_windows(
+        responses, turns.loc[agent, "context"].tolist(), show_progress_bar=show_progress_bar, desc="agent turns")
+    empathy = model.postprocess_empathy(model.head_logits(pooled)[1], responses)
+    scores.loc[agent, EMPATHY_LEVEL_COLUMNS] = empathy_levels(empathy)
+    scores.loc[agent, "empathy"] = empathy_score(empathy)
+    scores.loc[agent, "empathic"] = (model.decided_levels(empathy) > 0).any(axis=1)
+    return pd.concat([turns.drop(columns=["text", "context"]), scores], axis=1)
+
+
+def empathy_levels(probabilities: np.ndarray) -> np.ndarray:
+    """Expected level (0 none … 2 strong) per row and mechanism."""
+    return probabilities @ np.arange(len(LEVEL_NAMES), dtype=float)
+
+
+def empathy_score(probabilities: np.ndarray) -> np.ndarray:
+    """The combined empathy score in [0, 1]: the mean over mechanisms of expected level / 2."""
+    return empathy_levels(probabilities).mean(axis=1) / (len(LEVEL_NAMES) - 1)
+
+
+def transcript_features(pipeline: TranscriptPipeline, conversations: Sequence[Union[Conversation, dict]],
+                        show_progress_bar: bool = False) -> pd.DataFrame:
+    """One row per conversation (all of them, in input order): ids and the conversation features the churn and
+    retaliation models take (see `carelens.models.conversation_features.FEATURE_COLUMNS`)."""
+    conversations = as_conversations(conversations)
+    return conversation_features(score_turns(pipeline, conversations, show_progress_bar),
+                                 conversation_index(conversations))

@@ -1,0 +1,63 @@
+"""What each runtime costs in accuracy: a fine-tuned transcript model's sentiment accuracy and empathy macro-F1 on
+its own validation and test splits (re-carved from ../shared/data with the seed and fractions its metadata records),
+through torch fp32 (the reference), torch int8, ONNX fp32 and ONNX int8. The default runtime may lose at most 0.5
+points of sentiment accuracy and 1 point of empathy macro-F1 against fp32 on validation.
+
+$CARELENS_BENCH_MODEL: the saved model directory (e.g. registry/transcripts/v1 after `make train-real`)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from carelens.data.contracts import MECHANISMS
+from carelens.models.scoring import ScoringOptions, load_scoring_pipeline
+from carelens.models.transcript import TranscriptModel, publish
+from carelens.training.transcripts import Options, load_data, split_metrics
+from conftest import SHARED, requires_shared
+from harness import record
+
+SOURCE = os.environ.get("CARELENS_BENCH_MODEL")
+RUNTIMES = [("torch", "fp32"), ("torch", "int8"), ("onnx", "fp32"), ("onnx", "int8")]
+SENTIMENT_POINTS, EMPATHY_POINTS = 0.5, 1.0
+
+
+@pytest.mark.slow
+@requires_shared
+@pytest.mark.skipif(not SOURCE, reason="set CARELENS_BENCH_MODEL to a fine-tuned transcript model directory")
+def test_the_default_runtime_holds_accuracy_against_fp32(tmp_path):
+    metadata = json.loads((Path(SOURCE) / "metadata.json").read_text())
+    recorded = metadata["options"]
+    options = Options(seed=recorded["seed"], validation_fraction=recorded["validation_fraction"],
+                      test_fraction=recorded["test_fraction"], show_progress_bar=False)
+    data = load_data([SHARED / "data" / "sentiment" / "airline_tweets_train.csv",
+                      *sorted((SHARED / "data" / "empathy").glob("epitome_*.csv"))], options)
+    assert data.sizes() == {task: {split: metadata["rows"][task][split] for split in ("train", "validation", "test")}
+                            for task in ("sentiment", "empathy")}, "not the split the model was trained with"
+    publish(TranscriptModel.from_pretrained(SOURCE), tmp_path, {"source": SOURCE})
+    figures = {}
+    for runtime, precision in RUNTIMES:
+        pipeline, _ = load_scoring_pipeline(tmp_path, options=ScoringOptions(runtime=runtime, precision=precision,
+                                                                             cache_entries=0))
+        for split in ("validation", "test"):
+            metrics = split_metrics(pipeline, data, split)
+            figures[(runtime, precision, split)] = {
+                "sentiment accuracy": 100 * metrics["sentiment"]["accuracy"],
+                "sentiment macro-F1": 100 * metrics["sentiment"]["macro_f1"],
+                **{f"{m} macro-F1": 100 * metrics[m]["macro_f1"] for m in MECHANISMS}}
+    rows = []
+    for (runtime, precision, split), values in figures.items():
+        reference = figures[("torch", "fp32", split)]
+        rows.append({"runtime": f"{runtime} {precision}", "split": split,
+                     **{name: round(value, 2) for name, value in values.items()},
+                     "worst empathy Δ": round(min(values[k] - reference[k] for k in values if k.split()[0] in MECHANISMS), 2),
+                     "sentiment accuracy Δ": round(values["sentiment accuracy"] - reference["sentiment accuracy"], 2)})
+    record("runtime_accuracy", {"model": SOURCE, "split_seed": options.seed, "rows": data.sizes(),
+                                "text": "airline tweets and EPITOME pairs, the model's own validation/test splits"},
+           rows, model_version=metadata.get("version"))
+    default = ScoringOptions().chosen
+    for row in rows:
+        if row["runtime"] == " ".join(default) and row["split"] == "validation":
+            assert row["sentiment accuracy Δ"] >= -SENTIMENT_POINTS and row["worst empathy Δ"] >= -EMPATHY_POINTS

@@ -1,0 +1,119 @@
+"""Runtimes and the scoring pipeline on a tiny model: int8 and ONNX stay near fp32, token-budget batches, the ONNX
+export in the registry under checksums, the fallback and the refusals."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from carelens.data.errors import UsageError
+from carelens.models.registry import Registry, RegistryError
+from carelens.models.runtimes import onnx_file
+from carelens.models.scoring import (
+    ScoringOptions, TranscriptPipeline, load_scoring_pipeline, token_budget_batches,
+)
+from carelens.models.transcript import MODEL_NAME, TranscriptModel, publish
+from tiny_encoder import tiny_encoder
+
+TEXTS = ["my flight was late", "thank you so much", "lost bag " * 20, "ok", "sorry to hear that, how can we help",
+         "awful delayed cancelled " * 4, "great help today"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return TranscriptModel.from_encoder(tiny_encoder(tmp_path_factory.mktemp("encoder")), max_length=32)
+
+
+@pytest.fixture(scope="module")
+def registry(model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry")
+    publish(model, root, {"note": "test"})
+    return root
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.parametrize("runtime, precision", [("onnx", "fp32"), ("onnx", "int8"), ("torch", "int8"),
+                                                ("torch", "bf16")])
+def test_every_runtime_stays_near_fp32(registry, runtime, precision):
+    reference, _ = load_scoring_pipeline(registry, options=ScoringOptions(runtime="torch", precision="fp32"))
+    other, _ = load_scoring_pipeline(registry, options=ScoringOptions(runtime=runtime, precision=precision))
+    assert other.description == f"{runtime} {precision}"
+    expected, got = reference.encode(TEXTS), other.encode(TEXTS)
+    if precision == "fp32":
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    else:
+        assert cosines(got, expected).min() > 0.99
+    np.testing.assert_allclose(other.predict_sentiment(TEXTS), reference.predict_sentiment(TEXTS), atol=0.02)
+
+
+def test_the_default_is_onnx_fp32_and_the_export_is_under_the_checksums(registry):
+    pipeline, metadata = load_scoring_pipeline(registry)
+    assert pipeline.description == "onnx fp32" and "runtime_warning" not in metadata
+    artifact = registry / MODEL_NAME / "v1"
+    listed = (artifact / "SHA256SUMS").read_text()
+    assert "onnx/encoder.fp32.onnx" in listed and "onnx/encoder.int8.onnx" in listed
+    with open(onnx_file(artifact, "int8"), "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\x00\x01\x02")
+    with pytest.raises(RegistryError, match="checksum mismatch for 'onnx/encoder.int8.onnx'"):
+        load_scoring_pipeline(registry)
+
+
+def test_a_model_without_an_export_falls_back_by_default_and_is_refused_when_onnx_is_asked_for(model, tmp_path):
+    Registry(tmp_path).publish(MODEL_NAME, model.save_pretrained, {})
+    pipeline, metadata = load_scoring_pipeline(tmp_path)
+    assert pipeline.description == "torch fp32"
+    assert "has no ONNX export" in metadata["runtime_warning"] and "torch fp32" in metadata["runtime_warning"]
+    with pytest.raises(RegistryError, match=r"no ONNX export at fp32 .*--runtime torch"):
+        load_scoring_pipeline(tmp_path, options=ScoringOptions(runtime="onnx", precision="fp32"))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"runtime": "tensorrt"}, "--runtime 'tensorrt': expected one of torch, onnx"),
+    ({"runtime": "onnx", "precision": "fp16"}, "--precision 'fp16' with --runtime onnx: expected one of fp32, int8"),
+    ({"runtime": "torch", "precision": "fp16"}, "--precision fp16 needs --device cuda"),
+    ({"device": "cuda", "precision": "int8"}, "int8 dynamic quantisation runs on CPUs only"),
+    ({"device": "tpu"}, "--device 'tpu': expected cpu or cuda"),
+    ({"token_budget": 8}, "--token-budget 8: give at least 16 tokens"),
+])
+def test_choices_that_do_not_go_together_are_usage_errors(options, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ScoringOptions(**options)
+
+
+def test_the_cli_refuses_a_precision_the_runtime_lacks(registry, tmp_path):
+    from carelens.inference.cli import app
+    (tmp_path / "t.jsonl").write_text('{"conversation_id": "a", "customer_id": "c", "turns": []}\n')
+    result = CliRunner().invoke(app, ["score", "--transcripts", str(tmp_path / "t.jsonl"), "--out",
+                                      str(tmp_path / "out"), "--registry", str(registry), "--runtime", "onnx",
+                                      "--precision", "bf16", "--no-progress"])
+    assert result.exit_code == 2 and "expected one of fp32, int8" in result.output
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=200), st.integers(16, 5000))
+def test_token_budget_batches_cover_every_window_once_longest_first_within_the_budget(lengths, budget):
+    lengths = np.array(lengths)
+    batches = token_budget_batches(lengths, budget)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * lengths[batch].max() <= budget
+        assert lengths[batch[0]] == lengths[batch].max()
+    firsts = [lengths[batch[0]] for batch in batches]
+    assert firsts == sorted(firsts, reverse=True)
+
+
+def test_scores_do_not_depend_on_the_token_budget_in_fp32(model):
+    small, large = TranscriptPipeline(model, token_budget=32), TranscriptPipeline(model, token_budget=4096)
+    np.testing.assert_allclose(small.encode(TEXTS), large.encode(TEXTS), atol=1e-5)
+
+
+def test_padded_batches_are_exact(model):
+    batch = model.padded([[2, 7, 3], [2, 3]], [[0, 0, 0], [0, 0]])
+    assert batch["input_ids"].tolist() == [[2, 7, 3], [2, 3, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["token_type_ids"].tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert batch["input_ids"].dtype == np.int64
