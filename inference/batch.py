@@ -575,6 +575,8 @@ class Run:
     already: int
     #: (size, modification time) of each interactions file before the plan hashed it.
     table_stamps: list = field(default_factory=list)
+    #: What the user should know about how the run scores (a runtime that fell back).
+    warnings: list = field(default_factory=list)
     started: str = field(default_factory=now)
     clock: float = field(default_factory=time.perf_counter)
 
@@ -591,10 +593,12 @@ class Run:
 
 def planned_run(transcripts: Sequence[PathLike], out: PathLike, registry: Optional[PathLike] = None,
                 version: Union[str, dict] = "latest", interactions: Sequence[PathLike] = (), chunk_size: int = 1_000,
-                restart: bool = False, format: str = "auto", redact: bool = False) -> Run:
+                restart: bool = False, format: str = "auto", redact: bool = False,
+                scoring: ScoringOptions = ScoringOptions()) -> Run:
     """The first stage: inputs expanded, hashed and cut into units, model versions resolved, and the plan recorded in
     `out` (RunConflict when `out` holds a run of another plan, unless `restart`); `redact` is part of the plan, so a
-    run is never resumed half masked."""
+    run is never resumed half masked, and so is the runtime and precision the transcript model scores with (a run is
+    never resumed with features scored two ways)."""
     if chunk_size < 1:
         raise UsageError(f"chunk_size must be at least 1, got {chunk_size}")
     out, store = Path(out), Registry(registry)
@@ -604,10 +608,12 @@ def planned_run(transcripts: Sequence[PathLike], out: PathLike, registry: Option
     names = (MODEL_NAME, "churn", "retaliation") if tables else (MODEL_NAME,)
     models = {name: store.resolve(name, wanted.get(name, "latest") if wanted else version) for name in names}
     inputs = planned_inputs(transcripts, chunk_size, format)
+    runtime, precision, warning = scoring.resolved(store.directory(MODEL_NAME, models[MODEL_NAME]))
     plan = {"inputs": [f.summary() for f in inputs], "interactions": [str(p) for p in tables],
             "interaction_hashes": [file_sha256(p) for p in tables], "models": models, "chunk_size": chunk_size,
-            "redact": redact}
-    return Run(out, store, inputs, tables, models, bool(wanted), plan, checked_plan(out, plan, restart), table_stamps)
+            "redact": redact, "runtime": f"{runtime} {precision}"}
+    return Run(out, store, inputs, tables, models, bool(wanted), plan, checked_plan(out, plan, restart), table_stamps,
+               warnings=[warning] if warning else [])
 
 
 def scored_units(run: Run, engine: str = "local", show_progress_bar: bool = True, ray_address: Optional[str] = None,
@@ -641,7 +647,7 @@ def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Option
     manifest (its `failures` name every input that produced nothing or was rejected); raises when in != out + dead.
     With `redact`, e-mail addresses, phone numbers, card and order numbers are masked before scoring and in the dead
     letters."""
-    run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact)
+    run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact, scoring)
     scorer = tabular_scorer(run)
     scored = scored_units(run, engine, show_progress_bar, ray_address, workers, scoring)
     table_counts = predict_contacts(scorer, run, chunk_size) if scorer else {}
@@ -698,6 +704,7 @@ def finish(run: Run, engine: str, table_counts: dict, scored_units: int, write: 
             entry["reason"] = redacted(entry["reason"])
     manifest = {"carelens": package_version("carelens"), "engine": engine, "started_at": run.started,
                 "ended_at": now(), "elapsed_s": round(time.perf_counter() - run.clock, 3), "models": run.plan["models"],
+                "runtime": run.plan["runtime"], "warnings": run.warnings,
                 "chunk_size": run.plan["chunk_size"], "inputs": run.plan["inputs"],
                 "interactions": [{"path": p, "sha256": h, **table_counts.get(p, {})}
                                  for p, h in zip(run.plan["interactions"], run.plan["interaction_hashes"])],

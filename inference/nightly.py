@@ -160,14 +160,15 @@ def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike
         raise UsageError("the nightly job needs the day's interactions (--interactions) to flag customers")
     timings: dict[str, float] = {}
     with timed(timings, "plan"):
-        run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact)
+        run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact,
+                          scoring)
     with timed(timings, "load"):
         scorer = tabular_scorer(run, load_encoder=engine == "local" and bool(run.pending), scoring=scoring)
     with timed(timings, "features"):
         scored = scored_units(run, engine, show_progress_bar, ray_address, workers, scoring, scorer.transcripts)
     with timed(timings, "predictions"):
         table_counts = predict_contacts(scorer, run, chunk_size)
-    scoring = finish(run, engine, table_counts, scored, write=False)
+    scored_manifest = finish(run, engine, table_counts, scored, write=False)
     # The plan itself needs no place in the key: `planned_run` refuses an `out` that holds a run of another plan.
     key = {"capacity": capacity, "threshold": threshold, "strict": strict}
     day = None
@@ -183,23 +184,26 @@ def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike
             day = committed_predictions(run.out, scorer) if day is None else day
             flagged = pd.read_parquet(run.out / FLAGGED_PARQUET) if flagged is None else flagged
             commit_stage(run.out, "summary", key, summary_stage(run.out, scorer, flags, flagged, *day))
-    return nightly_manifest(run, scoring, flags, scorer, timings)
+    return nightly_manifest(run, scored_manifest, flags, scorer, timings)
 
 
-def nightly_manifest(run: Run, scoring: dict, flags: dict, scorer: Scorer, timings: dict) -> dict:
+def nightly_manifest(run: Run, scored_manifest: dict, flags: dict, scorer: Scorer, timings: dict) -> dict:
     """The scoring manifest with the later stages: counts and in = out + dead per stage, the rule, per-model flag
     counts, drift, warnings, timings per stage; written last, atomically."""
-    kinds = scoring["by_input"]
+    kinds = scored_manifest["by_input"]
     planned = len(run.inputs) + len(run.tables)
-    rejected = len(scoring["rejected_inputs"])
+    rejected = len(scored_manifest["rejected_inputs"])
     stages = {"plan": {"in": planned, "out": planned - rejected, "dead": rejected},
               "features": kinds["transcripts"], "predictions": kinds["interactions"], "flags": flags["counts"]}
-    manifest = {**scoring, "ended_at": now(), "elapsed_s": round(time.perf_counter() - run.clock, 3), "stages": stages,
+    manifest = {**scored_manifest, "ended_at": now(), "elapsed_s": round(time.perf_counter() - run.clock, 3),
+                "stages": stages,
                 "balanced": all(s["in"] == s["out"] + s["dead"] for s in stages.values()),
                 "rule": flags["rule"], "flagged": flags["counts"]["flagged"], "flagged_by_model_alone": flags["alone"],
                 "drift": [{k: row[k] for k in ("feature", "psi", "shifted") if k in row} for row in flags["drift"]],
-                "warnings": [*scorer.warnings, *flags["warnings"]], "timings_s": timings,
-                "outputs": {**scoring["outputs"], "flagged": [FLAGGED_PARQUET, FLAGGED_CSV], "summary": SUMMARY}}
+                # The runtime's fallback reaches both the plan and the Scorer: said once.
+                "warnings": list(dict.fromkeys([*scored_manifest["warnings"], *scorer.warnings, *flags["warnings"]])),
+                "timings_s": timings,
+                "outputs": {**scored_manifest["outputs"], "flagged": [FLAGGED_PARQUET, FLAGGED_CSV], "summary": SUMMARY}}
     write_text(json.dumps(manifest, indent=2, default=str), run.out / MANIFEST)
     return manifest
 

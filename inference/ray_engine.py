@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from carelens.data.errors import UsageError
 from carelens.inference.batch import FEATURES, FEATURES_SCHEMA, Unit, commit_unit, score_unit
 from carelens.models.scoring import ScoringOptions
 
@@ -66,25 +67,28 @@ def run_ray(units: Sequence[Unit], registry: Path, version: str, out: Path, scor
             redact: bool = False) -> None:
     """Score the units with Ray Data on a local Ray instance (default) or the cluster at `address`. Each actor
     holds one CPU and runs its encoder on one intra-op thread (`scoring.threads` unset), so that actors do not
-    oversubscribe the cores."""
+    oversubscribe the cores; with `scoring.threads`, each actor holds that many CPUs and threads."""
     import ray
 
+    if scoring.device != "cpu":
+        raise UsageError("the Ray engine runs actors on CPUs; score on a GPU with --engine local --device cuda")
+    per_actor = scoring.threads or 1
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, num_cpus=None if address else (workers or os.cpu_count()),
-                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+        cpus = (workers * per_actor) if workers else max(per_actor, os.cpu_count() or 1)
+        ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = show_progress_bar
-        actors = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actors = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_actor)
         staging = out / STAGING
         shutil.rmtree(staging, ignore_errors=True)
         dataset = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
         scored = dataset.map_batches(UnitScorer, batch_size=1, batch_format="pandas", concurrency=actors,
-                                     num_cpus=scoring.threads or 1,
+                                     num_cpus=per_actor,
                                      fn_constructor_kwargs={"registry": str(registry.resolve()), "version": version,
-                                                            "scoring": {**asdict(scoring),
-                                                                        "threads": scoring.threads or 1},
+                                                            "scoring": {**asdict(scoring), "threads": per_actor},
                                                             "redact": redact})
         scored.write_parquet(str(staging.resolve()), partition_cols=[UNIT_COLUMN])
         committed = committed_staging(staging, out)

@@ -49,7 +49,7 @@ ChunkOption = Annotated[int, typer.Option(min=1, help="Records per unit: what me
 AddressOption = Annotated[Optional[str], typer.Option(help="An existing Ray cluster (e.g. ray://head:10001); default: "
                                                            "start a local Ray instance.")]
 WorkersOption = Annotated[Optional[int], typer.Option(min=1, help="Ray actors, each loading the model once (default: "
-                                                                  "one per CPU).")]
+                                                                  "one per CPU, or per --threads CPUs).")]
 RestartOption = Annotated[bool, typer.Option(help="Discard what --out holds from an earlier run instead of resuming.")]
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar (conversations/s and ETA).")]
 RedactOption = Annotated[bool, typer.Option(help="Mask e-mail addresses, phone numbers, card and order/account numbers "

@@ -23,7 +23,8 @@ FORMAT_VERSION = 1
 CHECKSUMS = "SHA256SUMS"
 METADATA = "metadata.json"
 LATEST = "latest"
-TRACKED_LIBRARIES = ("carelens", "scikit-learn", "skops", "numpy", "pandas", "torch", "transformers", "safetensors")
+TRACKED_LIBRARIES = ("carelens", "scikit-learn", "skops", "numpy", "pandas", "torch", "transformers", "safetensors",
+                     "onnx", "onnxruntime")
 #: A model name is one path component: letters, digits, '.', '_' or '-', starting with a letter or digit.
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: A version name: 'v' and ASCII digits (v1, v2, ...), never a path.
@@ -299,6 +300,11 @@ class Registry:
             shown = raw[:POINTER_BYTES].decode("ascii", "backslashreplace").strip()
             raise RegistryError(f"{pointer}: holds {shown!r}{'…' if len(raw) > POINTER_BYTES else ''}; {expected}")
         return text
+
+    def directory(self, name: str, version: str = "latest") -> Path:
+        """Where a version lives (resolved, inside the registry), without verifying its files: for looking, not
+        loading (`open` verifies)."""
+        return self._version_directory(name, self.resolve(name, version))
 
     def _version_directory(self, name: str, version: str) -> Path:
         """The directory of a resolved version: a real directory below the registry root, not a link out of it."""

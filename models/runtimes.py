@@ -52,7 +52,7 @@ def checked_choice(runtime: str, precision: str, device: str = "cpu") -> None:
 def configure_threads(threads: Optional[int]) -> int:
     """The intra-op threads one scoring process uses (default: every core it may run on), set for torch; the
     tokenizer's own thread pool is turned off so that it never competes with the encoder's."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = threads or available
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     torch.set_num_threads(threads)
@@ -60,7 +60,9 @@ def configure_threads(threads: Optional[int]) -> int:
 
 
 def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The mean of the token vectors a mask keeps (sentence-transformers' pooling for MiniLM)."""
+    """The mean of the token vectors a mask keeps (sentence-transformers' pooling for MiniLM), summed in fp32 even
+    when the encoder runs in half precision."""
+    hidden = hidden.float()
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 

@@ -19,8 +19,8 @@ from carelens.models.conversation_features import KEYS, POSITION, conversation_f
 from carelens.models.registry import Registry, RegistryError
 from carelens.data.errors import UsageError
 from carelens.models.runtimes import (
-    DEFAULT_PRECISION, DEFAULT_RUNTIME, OnnxRuntime, Runtime, TorchRuntime, checked_choice, configure_threads,
-    onnx_file,
+    DEFAULT_PRECISION, DEFAULT_RUNTIME, PRECISIONS, OnnxRuntime, Runtime, TorchRuntime, checked_choice,
+    configure_threads, onnx_file,
 )
 from carelens.models.transcript import (
     MODEL_NAME, PROBABILITY_COLUMNS, TranscriptModel, pooled_by_owner, utf8_safe,
@@ -54,10 +54,26 @@ class ScoringOptions:
 
     @property
     def chosen(self) -> tuple[str, str]:
-        """(runtime, precision) with the defaults filled in: ONNX fp32 on a CPU, torch fp16 on CUDA."""
-        on_cpu = self.device == "cpu"
-        return (self.runtime or (DEFAULT_RUNTIME if on_cpu else "torch"),
-                self.precision or (DEFAULT_PRECISION if on_cpu else "fp16"))
+        """(runtime, precision) with the defaults filled in: ONNX fp32 on a CPU, torch fp16 on CUDA, torch for a
+        precision only torch runs (bf16, fp16)."""
+        precision = self.precision or (DEFAULT_PRECISION if self.device == "cpu" else "fp16")
+        onnx_runs_it = self.device == "cpu" and precision in PRECISIONS["onnx"]
+        return self.runtime or (DEFAULT_RUNTIME if onnx_runs_it else "torch"), precision
+
+    def resolved(self, directory: Optional[Path]) -> tuple[str, str, Optional[str]]:
+        """(runtime, precision, a warning when the default could not be honoured) for the saved model in
+        `directory`: a model saved without an ONNX export scores with torch at the same precision when the runtime
+        was left to the default; asked for explicitly, a missing export is a RegistryError."""
+        runtime, precision = self.chosen
+        if runtime == "torch" or (directory is not None and onnx_file(directory, precision).is_file()):
+            return runtime, precision, None
+        where = f"{directory}" if directory is not None else "a model in memory"
+        hint = "onnx/encoder.<precision>.onnx, written when a model is published"
+        if self.runtime is not None:
+            raise RegistryError(f"{where}: no ONNX export at {precision} ({hint}); re-publish the model or score "
+                                f"with --runtime torch")
+        return "torch", precision, (f"{where} has no ONNX export ({hint}): scoring with torch {precision} instead, "
+                                    f"which is slower; models published by this version of CareLens carry one")
 
 
 class EncodingCache:
@@ -99,13 +115,10 @@ class TranscriptPipeline:
     once per call on all new texts), windows go through `runtime` in length-sorted batches of at most
     `token_budget` padded tokens, and the model's `postprocess_*` turns pooled encodings into calibrated
     probabilities — the same postprocess training evaluates. Identical inputs are encoded once per call, and across
-    calls when `cache_entries` > 0."""
+    calls when `cache_entries` > 0. A window longer than the budget goes in a batch of its own."""
 
     def __init__(self, model: TranscriptModel, runtime: Optional[Runtime] = None,
                  token_budget: int = DEFAULT_TOKEN_BUDGET, cache_entries: int = 0):
-        if token_budget < model.max_length:
-            raise UsageError(f"token_budget {token_budget} is below the model's window of {model.max_length} "
-                                f"tokens; give at least {model.max_length}")
         self.model, self.token_budget = model, token_budget
         self.runtime = runtime or TorchRuntime(model.encoder)
         self.encodings = EncodingCache(cache_entries) if cache_entries else None
@@ -168,23 +181,12 @@ class TranscriptPipeline:
 
 def scoring_runtime(model: TranscriptModel, directory: Optional[Path], options: ScoringOptions,
                     threads: Optional[int] = None) -> tuple[Runtime, Optional[str]]:
-    """(the runtime a saved model scores with, a warning when the default could not be honoured). A model saved
-    without an ONNX export scores with torch at the same precision when the runtime was left to the default; asked
-    for explicitly, a missing export is a RegistryError."""
-    runtime, precision = options.chosen
+    """(the runtime a saved model scores with, a warning when the default could not be honoured; see
+    `ScoringOptions.resolved`)."""
+    runtime, precision, warning = options.resolved(directory)
     if runtime == "torch":
-        return TorchRuntime(model.encoder, precision, options.device), None
-    path = onnx_file(directory, precision) if directory is not None else None
-    if path is not None and path.is_file():
-        return OnnxRuntime(path, precision, threads), None
-    where = f"{directory}" if directory is not None else "a model in memory"
-    hint = "onnx/encoder.<precision>.onnx, written when a model is published"
-    if options.runtime is not None:
-        raise RegistryError(f"{where}: no ONNX export at {precision} ({hint}); re-publish the model or score with "
-                            f"--runtime torch")
-    return (TorchRuntime(model.encoder, precision, options.device),
-            f"{where} has no ONNX export ({hint}): scoring with torch {precision} instead, which is slower; models "
-            f"published by this version of CareLens carry one")
+        return TorchRuntime(model.encoder, precision, options.device), warning
+    return OnnxRuntime(onnx_file(directory, precision), precision, threads), warning
 
 
 def load_scoring_pipeline(registry: Union[Registry, PathLike, None] = None, version: str = "latest",
@@ -193,7 +195,8 @@ def load_scoring_pipeline(registry: Union[Registry, PathLike, None] = None, vers
     default runtime fell back): checksums and library versions verified by the registry first, and this process's
     threads set as `options` say."""
     registry = registry if isinstance(registry, Registry) else Registry(registry)
-    artifact = registry.open(MODEL_NAME, version, requires=("torch", "transformers"))
+    onnx = options.resolved(registry.directory(MODEL_NAME, version))[0] == "onnx"
+    artifact = registry.open(MODEL_NAME, version, requires=("torch", "transformers", *(("onnxruntime",) if onnx else ())))
     model = TranscriptModel.from_pretrained(artifact.path)
     threads = configure_threads(options.threads)
     chosen, warning = scoring_runtime(model, artifact.path, options, threads)

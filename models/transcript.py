@@ -17,7 +17,7 @@ from torch import nn
 from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS, SYNTHETIC_TEXT
 from carelens.data.errors import UsageError
 from carelens.models.registry import Artifact, Registry, RegistryError
-from carelens.models.runtimes import mean_pooled, write_onnx_exports
+from carelens.models.runtimes import write_onnx_exports
 
 PathLike = Union[str, Path]
 MODEL_NAME = "transcripts"
@@ -215,16 +215,6 @@ class TranscriptModel(nn.Module):
         """`padded` windows as torch tensors, for training."""
         return {name: torch.from_numpy(values) for name, values in self.padded(input_ids, token_type_ids).items()}
 
-    # -- forward ----------------------------------------------------------------------------------------------
-
-    def embed(self, batch: dict) -> torch.Tensor:
-        """Mean-pooled encodings of a collated batch."""
-        return mean_pooled(self.encoder(**batch).last_hidden_state, batch["attention_mask"])
-
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sentiment logits [n, 3], empathy logits [n, 3 mechanisms, 3 levels]) for a collated batch."""
-        return self.heads(self.embed(batch))
-
     # -- postprocess ------------------------------------------------------------------------------------------
 
     def head_logits(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -318,11 +308,11 @@ class TranscriptModel(nn.Module):
 
     @classmethod
     def _check_loadable(cls, directory: Path) -> None:
-        """RegistryError unless the directory is one `save` writes: heads and encoder weights as safetensors, no
+        """RegistryError unless the directory is one `save_pretrained` writes: heads and encoder weights as safetensors, no
         pickled checkpoint or Python file beside them, and no configuration that asks for custom code. Checked before
         any loader opens a file, so the Hugging Face loaders can only take the safetensors route."""
         if not directory.is_dir():
-            raise RegistryError(f"{directory}: not a directory; expected a transcript model saved by TranscriptModel.save")
+            raise RegistryError(f"{directory}: not a directory; expected a transcript model saved by TranscriptModel.save_pretrained")
         for name in (HEADS_CONFIG, HEADS_WEIGHTS, "config.json"):
             if not (directory / name).is_file():
                 raise RegistryError(f"{directory}: no {name}; not a saved transcript model")
@@ -365,7 +355,7 @@ class TranscriptModel(nn.Module):
                 raise ValueError(f"hidden_size {hidden_size!r}, max_length {max_length!r}, temperatures "
                                  f"{temperatures!r}")
         except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError) as exc:
-            raise RegistryError(f"{heads_config}: not the heads configuration TranscriptModel.save writes "
+            raise RegistryError(f"{heads_config}: not the heads configuration TranscriptModel.save_pretrained writes "
                                 f"({type(exc).__name__}: {exc}); expected a JSON object with hidden_size, max_length, "
                                 f"mode and temperatures — refusing to load it") from exc
         encoder_config = directory / "config.json"

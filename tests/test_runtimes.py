@@ -1,5 +1,7 @@
 """Runtimes and the scoring pipeline on a tiny model: int8 and ONNX stay near fp32, token-budget batches, the ONNX
 export in the registry under checksums, the fallback and the refusals."""
+import shutil
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -49,9 +51,10 @@ def test_every_runtime_stays_near_fp32(registry, runtime, precision):
     np.testing.assert_allclose(other.predict_sentiment(TEXTS), reference.predict_sentiment(TEXTS), atol=0.02)
 
 
-def test_the_default_is_onnx_fp32_and_the_export_is_under_the_checksums(registry):
+def test_the_default_is_onnx_fp32_and_the_export_is_under_the_checksums(registry, tmp_path):
     pipeline, metadata = load_scoring_pipeline(registry)
     assert pipeline.description == "onnx fp32" and "runtime_warning" not in metadata
+    registry = shutil.copytree(registry, tmp_path / "registry")
     artifact = registry / MODEL_NAME / "v1"
     listed = (artifact / "SHA256SUMS").read_text()
     assert "onnx/encoder.fp32.onnx" in listed and "onnx/encoder.int8.onnx" in listed
@@ -69,6 +72,22 @@ def test_a_model_without_an_export_falls_back_by_default_and_is_refused_when_onn
     assert "has no ONNX export" in metadata["runtime_warning"] and "torch fp32" in metadata["runtime_warning"]
     with pytest.raises(RegistryError, match=r"no ONNX export at fp32 .*--runtime torch"):
         load_scoring_pipeline(tmp_path, options=ScoringOptions(runtime="onnx", precision="fp32"))
+
+
+def test_a_precision_only_torch_runs_chooses_torch_without_being_told():
+    assert ScoringOptions(precision="bf16").chosen == ("torch", "bf16")
+    assert ScoringOptions(device="cuda").chosen == ("torch", "fp16")
+    assert ScoringOptions().chosen == ("onnx", "fp32")
+
+
+def test_a_batch_run_records_its_runtime_and_says_when_it_fell_back(model, tmp_path):
+    from carelens.inference.batch import score_batch
+    Registry(tmp_path / "registry").publish(MODEL_NAME, model.save_pretrained, {})
+    (tmp_path / "t.jsonl").write_text('{"conversation_id": "a", "customer_id": "c", "turns": '
+                                      '[{"speaker": "customer", "text": "my bag was lost"}]}\n')
+    manifest = score_batch([tmp_path / "t.jsonl"], tmp_path / "out", tmp_path / "registry", show_progress_bar=False)
+    assert manifest["runtime"] == "torch fp32" and manifest["counts"] == {"in": 1, "out": 1, "dead": 0}
+    assert len(manifest["warnings"]) == 1 and "has no ONNX export" in manifest["warnings"][0]
 
 
 @pytest.mark.parametrize("options, message", [

@@ -202,6 +202,21 @@ def test_every_learner_family_round_trips_through_the_registry(generated, tmp_pa
                                rtol=0, atol=1e-12)
 
 
+def test_a_large_table_is_fitted_once_and_calibrated_on_held_out_rows(generated, tmp_path, monkeypatch):
+    import carelens.models.tabular as tabular
+    monkeypatch.setattr(tabular, "HELD_OUT_FROM", 500)  # what 100,000 rows would do, on the fixture's rows
+    data = load_labelled(generated, TASKS["churn"])
+    trained = train_tabular(data, TASKS["churn"], learner="boosting", selection_rows=400, **FAST)
+    estimator = trained.model.estimator_
+    assert len(estimator.calibrated_classifiers_) == 1  # one model to score, not one per fold
+    assert type(estimator.estimator).__name__ == "FrozenEstimator"
+    publish_tabular(trained, Registry(tmp_path))
+    loaded, _ = load_tabular(Registry(tmp_path), "churn")
+    np.testing.assert_allclose(loaded.predict_proba(trained.test_frame), trained.model.predict_proba(trained.test_frame),
+                               rtol=0, atol=1e-12)
+    assert loaded.threshold_ == trained.model.threshold_
+
+
 def test_the_spread_over_split_seeds_is_the_mean_and_std_of_each_seed_s_figures(generated):
     data = load_labelled(generated, TASKS["churn"])
     spread = train_tabular(data, TASKS["churn"], seed=3, learner="logistic", **{**FAST, "spread_seeds": 3}

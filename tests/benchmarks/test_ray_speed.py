@@ -38,7 +38,7 @@ def test_ray_with_one_and_two_actors_against_the_local_engine(registry, shared_d
                                                      *engine])
         conversations = manifest["by_input"]["transcripts"]["out"]
         rows.append({"engine": name, "conversations": conversations, "seconds": seconds,
-                     "conversations/s": conversations / seconds, "features stage s": manifest["elapsed_s"],
+                     "conversations/s": conversations / seconds, "run s (in process)": manifest["elapsed_s"],
                      "peak MiB (driver)": peak / 2 ** 20})
         features[name] = read_parts(out).sort_values(["source", "line"])[FEATURE_COLUMNS].to_numpy(float)
     record("ray_engine", {"customers": CUSTOMERS, "text": "real: airline tweets around EPITOME replies, no repeats",

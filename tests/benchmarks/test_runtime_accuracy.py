@@ -1,6 +1,6 @@
 """What each runtime costs in accuracy: a fine-tuned transcript model's sentiment accuracy and empathy macro-F1 on
 its own validation and test splits (re-carved from ../shared/data with the seed and fractions its metadata records),
-through torch fp32 (the reference), torch int8, ONNX fp32 and ONNX int8. The default runtime may lose at most 0.5
+through torch fp32 (the reference), torch int8, torch bf16, ONNX fp32 and ONNX int8. The default runtime may lose at most 0.5
 points of sentiment accuracy and 1 point of empathy macro-F1 against fp32 on validation.
 
 $CARELENS_BENCH_MODEL: the saved model directory (e.g. registry/transcripts/v1 after `make train-real`)."""
@@ -20,7 +20,7 @@ from conftest import SHARED, requires_shared
 from harness import record
 
 SOURCE = os.environ.get("CARELENS_BENCH_MODEL")
-RUNTIMES = [("torch", "fp32"), ("torch", "int8"), ("onnx", "fp32"), ("onnx", "int8")]
+RUNTIMES = [("torch", "fp32"), ("torch", "int8"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8")]
 SENTIMENT_POINTS, EMPATHY_POINTS = 0.5, 1.0
 
 
