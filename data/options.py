@@ -20,7 +20,7 @@ TokenBudgetOption = Annotated[Optional[int], typer.Option(
     min=16, help="Padded tokens per encoder batch: length-sorted turns are packed up to it (default 2,048).")]
 CacheOption = Annotated[Optional[int], typer.Option(
     min=0, help="Recent encodings each scoring process remembers, so repeated greetings and stock replies are encoded "
-                "once (about 1.6 kB each for MiniLM; default 50,000); 0 turns it off.")]
+                "once (about 1.7 kB each for MiniLM; default 10,000); 0 turns it off.")]
 
 
 def scoring_option_values(runtime: Optional[str], precision: Optional[str], device: str, threads: Optional[int],

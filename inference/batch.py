@@ -643,10 +643,10 @@ def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Option
     """Score transcript files (JSON Lines, long-form Parquet or ABCD JSON; paths, globs or directories) into `out`:
     Parquet parts of conversation features, with `interactions` also per-contact predictions, every bad record in
     dead_letter.jsonl, and `_manifest.json`. Re-running resumes. `scoring` says how the transcript model runs
-    (runtime, precision, threads, token budget, encodings remembered). The first stages of `carelens nightly`, which calls the same functions. Returns the
-    manifest (its `failures` name every input that produced nothing or was rejected); raises when in != out + dead.
-    With `redact`, e-mail addresses, phone numbers, card and order numbers are masked before scoring and in the dead
-    letters."""
+    (runtime, precision, threads, token budget, encodings remembered). The first stages of `carelens nightly`, which
+    calls the same functions. Returns the manifest (its `failures` name every input that produced nothing or was
+    rejected); raises when in != out + dead. With `redact`, e-mail addresses, phone numbers, card and order numbers
+    are masked before scoring and in the dead letters."""
     run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact, scoring)
     scorer = tabular_scorer(run)
     scored = scored_units(run, engine, show_progress_bar, ray_address, workers, scoring)

@@ -75,13 +75,16 @@ def run_ray(units: Sequence[Unit], registry: Path, version: str, out: Path, scor
     per_actor = scoring.threads or 1
     started_here = not ray.is_initialized()
     if started_here:
-        cpus = (workers * per_actor) if workers else max(per_actor, os.cpu_count() or 1)
-        ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        local_actors = workers or max(1, (os.cpu_count() or 1) // per_actor)
+        # One logical CPU beyond the actors' for Ray Data's own read and write tasks: with every CPU held by an actor
+        # they waited for one, and two actors scored no faster than one.
+        ray.init(address=address, num_cpus=None if address else local_actors * per_actor + 1, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = show_progress_bar
-        actors = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_actor)
+        actors = workers or max(1, (int(ray.cluster_resources().get("CPU", 1)) - (1 if started_here else 0))
+                                // per_actor)
         staging = out / STAGING
         shutil.rmtree(staging, ignore_errors=True)
         dataset = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))

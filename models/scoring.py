@@ -2,6 +2,7 @@
 (calibrated probabilities, levels, turn and conversation scores), with the encoding cache."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,8 +29,10 @@ from carelens.models.transcript import (
 
 PathLike = Union[str, Path]
 EMPATHY_LEVEL_COLUMNS = [f"{m}_level" for m in MECHANISMS]
-#: Recent encodings a scoring process remembers: 50,000 MiniLM vectors take about 80 MB.
-SCORING_CACHE_ENTRIES = 50_000
+#: Recent encodings a scoring process remembers: 10,000 MiniLM vectors and their 16-byte keys take about 17 MB. A
+#: synthetic day of 10,000 conversations held 18,815 distinct inputs: the cache is full within the first few thousand
+#: conversations, so the nightly job's memory does not grow with the day.
+SCORING_CACHE_ENTRIES = 10_000
 #: Padded tokens per encoder batch: about 64 tweets, or 8 windows of 256 tokens. On the 2-core machine ONNX Runtime
 #: scored tweets fastest between 1,024 and 2,048 and slower at 4,096 and beyond (the batch outgrows the caches).
 DEFAULT_TOKEN_BUDGET = 2048
@@ -76,23 +79,29 @@ class ScoringOptions:
                                     f"which is slower; models published by this version of CareLens carry one")
 
 
+def cache_key(text: str, context: Optional[str]) -> bytes:
+    """A 16-byte digest of an input (text, and the customer turn it answers): the cache's memory stays the same
+    however long the turns it remembers."""
+    return hashlib.blake2b(repr((text, context)).encode("utf-8", "backslashreplace"), digest_size=16).digest()
+
+
 class EncodingCache:
-    """Pooled encodings of recently seen inputs, keyed by (text, context): contact centres say the same greetings,
-    closings and stock replies all day, so a batch job encodes each of them once. Least recently used entries go
-    first once `max_entries` are held. Only for a model whose weights no longer change."""
+    """Pooled encodings of recently seen inputs, keyed by `cache_key` of (text, context): contact centres say the
+    same greetings, closings and stock replies all day, so a batch job encodes each of them once. Least recently used
+    entries go first once `max_entries` are held. Only for a model whose weights no longer change."""
 
     def __init__(self, max_entries: int = SCORING_CACHE_ENTRIES):
         self.max_entries = max_entries
         self.entries: OrderedDict = OrderedDict()
 
-    def get(self, key: tuple) -> Optional[tuple[np.ndarray, int]]:
+    def get(self, key: bytes) -> Optional[tuple[np.ndarray, int]]:
         """(pooled vector, encoder windows) of an input seen before, or None."""
         found = self.entries.get(key)
         if found is not None:
             self.entries.move_to_end(key)
         return found
 
-    def put(self, key: tuple, vector: np.ndarray, windows: int) -> None:
+    def put(self, key: bytes, vector: np.ndarray, windows: int) -> None:
         self.entries[key] = (vector, windows)
         if len(self.entries) > self.max_entries:
             self.entries.popitem(last=False)
@@ -151,7 +160,8 @@ class TranscriptPipeline:
         unique = list(dict.fromkeys(inputs))
         position = {item: i for i, item in enumerate(unique)}
         back = np.fromiter((position[item] for item in inputs), dtype=int, count=len(inputs))
-        known = {item: self.encodings.get(item) for item in unique} if self.encodings is not None else {}
+        keys = {item: cache_key(*item) for item in unique} if self.encodings is not None else {}
+        known = {item: self.encodings.get(key) for item, key in keys.items()}
         missing = [item for item in unique if known.get(item) is None]
         if missing:
             windows = self.model.preprocess([t for t, _ in missing], [c for _, c in missing] if paired else None)
@@ -159,7 +169,7 @@ class TranscriptPipeline:
             for item, vector, count in zip(missing, pooled, np.bincount(windows["owner"], minlength=windows["count"])):
                 known[item] = (vector, int(count))
                 if self.encodings is not None:
-                    self.encodings.put(item, vector.copy(), int(count))
+                    self.encodings.put(keys[item], vector.copy(), int(count))
         vectors = np.stack([known[item][0] for item in unique])
         counts = np.array([known[item][1] for item in unique], dtype=int)
         return vectors[back], counts[back]
@@ -196,7 +206,8 @@ def load_scoring_pipeline(registry: Union[Registry, PathLike, None] = None, vers
     threads set as `options` say."""
     registry = registry if isinstance(registry, Registry) else Registry(registry)
     onnx = options.resolved(registry.directory(MODEL_NAME, version))[0] == "onnx"
-    artifact = registry.open(MODEL_NAME, version, requires=("torch", "transformers", *(("onnxruntime",) if onnx else ())))
+    needed = ("torch", "transformers", *(("onnxruntime",) if onnx else ()))
+    artifact = registry.open(MODEL_NAME, version, requires=needed)
     model = TranscriptModel.from_pretrained(artifact.path)
     threads = configure_threads(options.threads)
     chosen, warning = scoring_runtime(model, artifact.path, options, threads)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from carelens.data.contracts import ContractError
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import RegistryError
-from carelens.models.scoring import TranscriptPipeline, score_turns, transcript_features
+from carelens.models.scoring import TranscriptPipeline, cache_key, score_turns, transcript_features
 from carelens.models.transcript import (
     TranscriptModel, default_encoder_dir, load_transcript_model, publish, training_text_warning, utf8_safe,
 )
@@ -323,7 +323,8 @@ def test_the_encoding_cache_encodes_each_input_once_and_changes_no_score(tmp_pat
     np.testing.assert_allclose(first, plain, atol=1e-6)
     np.testing.assert_allclose(again, plain[2:], atol=1e-6)
     assert len(calls) == 1, "the second call should be answered from the cache"
-    assert list(cached.encodings.entries) == [("sorry to hear that", None), ("thank you", None)]
+    assert list(cached.encodings.entries) == [cache_key("sorry to hear that", None), cache_key("thank you", None)]
+    assert cache_key("a\x00b", None) != cache_key("a", "b") and len(cache_key("x" * 100_000, "y" * 100_000)) == 16
 
 
 def test_decision_weights_name_a_rare_level_when_that_raises_validation_macro_f1():

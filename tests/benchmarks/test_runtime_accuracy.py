@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from carelens.data.contracts import MECHANISMS
@@ -61,3 +63,29 @@ def test_the_default_runtime_holds_accuracy_against_fp32(tmp_path):
     for row in rows:
         if row["runtime"] == " ".join(default) and row["split"] == "validation":
             assert row["sentiment accuracy Δ"] >= -SENTIMENT_POINTS and row["worst empathy Δ"] >= -EMPATHY_POINTS
+
+
+@pytest.mark.slow
+@requires_shared
+@pytest.mark.skipif(not SOURCE, reason="set CARELENS_BENCH_MODEL to a fine-tuned transcript model directory")
+def test_how_much_a_turn_s_score_depends_on_the_turns_batched_with_it(tmp_path):
+    """The same 300 distinct airline tweets scored in batches of 4,096 and of 256 padded tokens, and the first 60
+    one at a time: the largest change of any sentiment probability, per runtime."""
+    tweets = pd.read_csv(SHARED / "data" / "sentiment" / "airline_tweets_train.csv")["text"].drop_duplicates()
+    texts = tweets.iloc[np.random.default_rng(1).permutation(len(tweets))[:300]].tolist()
+    publish(TranscriptModel.from_pretrained(SOURCE), tmp_path, {"source": SOURCE})
+    rows = []
+    for runtime, precision in RUNTIMES:
+        pipeline, _ = load_scoring_pipeline(tmp_path, options=ScoringOptions(runtime=runtime, precision=precision,
+                                                                             cache_entries=0))
+        pipeline.token_budget = 4096
+        large = pipeline.predict_sentiment(texts)
+        pipeline.token_budget = 256
+        small = pipeline.predict_sentiment(texts)
+        alone = np.vstack([pipeline.predict_sentiment([text]) for text in texts[:60]])
+        rows.append({"runtime": f"{runtime} {precision}",
+                     "max |Δp| 4,096 vs 256 tokens": float(np.abs(large - small).max()),
+                     "max |Δp| batched vs alone": float(np.abs(large[:60] - alone).max())})
+    record("batch_invariance", {"model": SOURCE, "tweets": len(texts), "text": "airline tweets"}, rows)
+    fp32 = [row for row in rows if row["runtime"].endswith("fp32")]
+    assert all(row["max |Δp| 4,096 vs 256 tokens"] < 1e-5 and row["max |Δp| batched vs alone"] < 1e-5 for row in fp32)

@@ -208,7 +208,9 @@ def test_scoring_beats_the_hugging_face_pipeline_on_real_text(bench, real_text, 
     peer_default, peer_32 = rates["hf pipeline, defaults"], rates["hf pipeline, batch_size=32"]
     rows = [{"contestant": name, "turns/s": float(np.median(rate)),
              "× defaults": float(np.median(rate / peer_default)), "× batch_size=32": float(np.median(rate / peer_32)),
-             "% of fp32 GEMM": float(np.median(rate)) * macs / len(tweets) * 2 / 1e9 / ceiling * 100}
+             # Useful multiply-adds of the tweets' real tokens against the best sustained fp32 GEMM rate.
+             "% of fp32 GEMM": (float(np.median(rate)) * macs / len(tweets) * 2 / 1e9 / ceiling * 100
+                                if name != epitome else None)}
             for name, rate in rates.items()]
 
     profile = Profile(monkeypatch, fresh(default).transcripts.runtime)
