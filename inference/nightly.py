@@ -8,6 +8,7 @@ then a marker under `_stages/`, so a run killed anywhere finishes, when run agai
 """
 from __future__ import annotations
 
+import gc
 import json
 import time
 from contextlib import contextmanager
@@ -166,6 +167,10 @@ def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike
         scorer = tabular_scorer(run, load_encoder=engine == "local" and bool(run.pending), scoring=scoring)
     with timed(timings, "features"):
         scored = scored_units(run, engine, show_progress_bar, ray_address, workers, scoring, scorer.transcripts)
+        # The encoder's night is over: its weights, runtime and cache go back before the day's predictions are read
+        # whole for flagging, so that the job's peak does not grow with the day.
+        scorer.transcripts = None
+        gc.collect()
     with timed(timings, "predictions"):
         table_counts = predict_contacts(scorer, run, chunk_size)
     scored_manifest = finish(run, engine, table_counts, scored, write=False)
