@@ -76,20 +76,19 @@ def run_ray(units: Sequence[Unit], registry: Path, version: str, out: Path, scor
     started_here = not ray.is_initialized()
     if started_here:
         local_actors = workers or max(1, (os.cpu_count() or 1) // per_actor)
-        # One logical CPU beyond the actors' for Ray Data's own read and write tasks: with every CPU held by an actor
-        # they waited for one, and two actors scored no faster than one.
-        ray.init(address=address, num_cpus=None if address else local_actors * per_actor + 1, include_dashboard=False,
+        ray.init(address=address, num_cpus=None if address else local_actors * per_actor, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = show_progress_bar
-        actors = workers or max(1, (int(ray.cluster_resources().get("CPU", 1)) - (1 if started_here else 0))
-                                // per_actor)
+        actors = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_actor)
+        # One unit in flight per actor: by default an actor that is ready first queues several units, and with a
+        # few large units two actors scored no faster than one (the second was still loading the model).
+        pool = ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1)
         staging = out / STAGING
         shutil.rmtree(staging, ignore_errors=True)
         dataset = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
-        scored = dataset.map_batches(UnitScorer, batch_size=1, batch_format="pandas", concurrency=actors,
-                                     num_cpus=per_actor,
+        scored = dataset.map_batches(UnitScorer, batch_size=1, batch_format="pandas", compute=pool, num_cpus=per_actor,
                                      fn_constructor_kwargs={"registry": str(registry.resolve()), "version": version,
                                                             "scoring": {**asdict(scoring), "threads": per_actor},
                                                             "redact": redact})

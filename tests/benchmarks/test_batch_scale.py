@@ -15,6 +15,7 @@ import pytest
 from carelens.data.synthetic import generate, write_synthetic
 from carelens.inference.batch import read_parts
 from carelens.models.conversation_features import FEATURE_COLUMNS
+from carelens.models.scoring import SCORING_CACHE_ENTRIES
 from carelens.models.transcript import TranscriptModel
 from harness import record
 
@@ -86,7 +87,8 @@ def test_the_encoding_cache_speeds_scoring_without_changing_scores(registry, day
     warm, warm_peak, _ = measured("score", [*common, "--out", str(tmp_path / "warm")])
     record("encoding_cache", {"conversations": days["10k"][1], "text": "synthetic"},
            [{"cache": "off", "seconds": cold, "peak MiB": cold_peak / 2 ** 20},
-            {"cache": "50,000 entries", "seconds": warm, "peak MiB": warm_peak / 2 ** 20}], model_version="v1",
+            {"cache": f"{SCORING_CACHE_ENTRIES:,} entries", "seconds": warm, "peak MiB": warm_peak / 2 ** 20}],
+           model_version="v1",
            peak_mib=max(cold_peak, warm_peak) / 2 ** 20)
     without, with_cache = read_parts(tmp_path / "cold"), read_parts(tmp_path / "warm")
     np.testing.assert_allclose(with_cache[FEATURE_COLUMNS].to_numpy(float), without[FEATURE_COLUMNS].to_numpy(float),
