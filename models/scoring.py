@@ -41,7 +41,7 @@ DEFAULT_TOKEN_BUDGET = 2048
 @dataclass(frozen=True)
 class ScoringOptions:
     """How a scoring process runs the transcript model: runtime and precision (None: the defaults, see
-    `scoring_runtime`), device, intra-op threads (None: every core the process may use), padded tokens per encoder
+    `ScoringOptions.chosen`), device, intra-op threads (None: every core the process may use), padded tokens per encoder
     batch, and how many recent encodings it remembers (0: none)."""
     runtime: Optional[str] = None
     precision: Optional[str] = None
@@ -189,28 +189,20 @@ class TranscriptPipeline:
         return self.model.postprocess_empathy(logits, responses)
 
 
-def scoring_runtime(model: TranscriptModel, directory: Optional[Path], options: ScoringOptions,
-                    threads: Optional[int] = None) -> tuple[Runtime, Optional[str]]:
-    """(the runtime a saved model scores with, a warning when the default could not be honoured; see
-    `ScoringOptions.resolved`)."""
-    runtime, precision, warning = options.resolved(directory)
-    if runtime == "torch":
-        return TorchRuntime(model.encoder, precision, options.device), warning
-    return OnnxRuntime(onnx_file(directory, precision), precision, threads), warning
-
-
 def load_scoring_pipeline(registry: Union[Registry, PathLike, None] = None, version: str = "latest",
                           options: ScoringOptions = ScoringOptions()) -> tuple[TranscriptPipeline, dict]:
     """The published transcript model as a scoring pipeline, and its metadata (with a `runtime_warning` when the
-    default runtime fell back): checksums and library versions verified by the registry first, and this process's
-    threads set as `options` say."""
+    default runtime fell back, see `ScoringOptions.resolved`): checksums and library versions verified by the registry
+    first, and this process's threads set as `options` say."""
     registry = registry if isinstance(registry, Registry) else Registry(registry)
-    onnx = options.resolved(registry.directory(MODEL_NAME, version))[0] == "onnx"
-    needed = ("torch", "transformers", *(("onnxruntime",) if onnx else ()))
+    version = registry.resolve(MODEL_NAME, version)  # once: `latest` may move while we load
+    runtime, precision, warning = options.resolved(registry.directory(MODEL_NAME, version))
+    needed = ("torch", "transformers", *(("onnxruntime",) if runtime == "onnx" else ()))
     artifact = registry.open(MODEL_NAME, version, requires=needed)
     model = TranscriptModel.from_pretrained(artifact.path)
     threads = configure_threads(options.threads)
-    chosen, warning = scoring_runtime(model, artifact.path, options, threads)
+    chosen = (TorchRuntime(model.encoder, precision, options.device) if runtime == "torch"
+              else OnnxRuntime(onnx_file(artifact.path, precision), precision, threads))
     metadata = {**artifact.metadata, **({"runtime_warning": warning} if warning else {})}
     return TranscriptPipeline(model, chosen, options.token_budget, options.cache_entries), metadata
 
