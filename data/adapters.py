@@ -209,6 +209,51 @@ def read_abcd(path: PathLike) -> list[Conversation]:
     return [abcd_conversation(r, str(path), i + 1) for i, r in enumerate(records)]
 
 
+def read_conversations(path: PathLike) -> list[Conversation]:
+    """The conversations of a transcript file in any format the toolkit reads: ABCD JSON (`.json`, a list of chats),
+    or the contract's JSON Lines / long-form Parquet."""
+    return read_abcd(path) if Path(path).suffix.lower() == ".json" else read_transcripts(path)
+
+
+#: The columns `carelens label suggest` writes and a person fills in.
+SUGGESTED_COLUMNS = ["speaker", "context", "text", "sentiment", *MECHANISMS]
+
+
+def _is_suggested(path: Path) -> bool:
+    """Whether a CSV is a `carelens label suggest` file (it has speaker, text and the label columns)."""
+    return path.is_file() and path.stat().st_size > 0 and set(SUGGESTED_COLUMNS) <= set(pd.read_csv(path, nrows=0).columns)
+
+
+def read_suggested(path: PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(sentiment table, empathy table) from a filled-in `carelens label suggest` CSV: customer turns with a sentiment,
+    agent turns with at least one mechanism level (the others unannotated); rows left blank are skipped."""
+    source = str(path)
+    frame = read_table(path)
+    _require_columns(frame, SUGGESTED_COLUMNS, source, "label files from `carelens label suggest`")
+    frame = _plain(frame, SUGGESTED_COLUMNS, source)
+    speaker = frame["speaker"].astype("string").str.strip()
+    _first_bad_row(~speaker.isin(["customer", "agent"]).fillna(False).astype(bool), frame["speaker"], source,
+                   "speaker", "customer or agent")
+    sentiment = frame["sentiment"].astype("string").str.strip().str.lower().replace("", pd.NA)
+    _first_bad_row((sentiment.notna() & ~sentiment.isin(SENTIMENTS)).fillna(False).astype(bool) |
+                   (sentiment.notna() & (speaker == "agent")).fillna(False).astype(bool), frame["sentiment"], source,
+                   "sentiment", f"one of {', '.join(SENTIMENTS)} on a customer turn, or blank")
+    levels = {}
+    for mechanism in MECHANISMS:
+        text = frame[mechanism].astype("string").str.strip().replace("", pd.NA)
+        bad = (text.notna() & (~text.isin([str(level) for level in LEVELS]) | (speaker == "customer")))
+        _first_bad_row(bad.fillna(False).astype(bool), frame[mechanism], source, mechanism,
+                       "0, 1 or 2 on an agent turn, or blank")
+        levels[mechanism] = pd.to_numeric(text).astype("Int64")
+    rated = sentiment.notna().to_numpy()
+    texts = frame["text"].astype("string").fillna("")
+    empathy = pd.DataFrame({"context": frame["context"].astype("string").fillna("").to_numpy(), "response": texts.to_numpy(),
+                            **{m: levels[m].to_numpy() for m in MECHANISMS}})
+    leveled = empathy[list(MECHANISMS)].notna().any(axis=1).to_numpy()
+    return (pd.DataFrame({"text": texts[rated].astype(str).to_numpy(), "label": sentiment[rated].astype(str).to_numpy()}),
+            empathy[leveled].reset_index(drop=True).astype({m: "Int64" for m in MECHANISMS}))
+
+
 def _is_epitome(path: Path) -> bool:
     """Whether a CSV holds EPITOME pairs (it has a seeker_post column) rather than sentiment-labelled texts."""
     return path.is_file() and path.stat().st_size > 0 and "seeker_post" in pd.read_csv(path, nrows=0).columns
@@ -254,6 +299,9 @@ def read_labelled_text(paths: Iterable[PathLike]) -> LabelledText:
     for path in files:
         if path.suffix.lower() == ".csv" and _is_epitome(path):
             epitome.append(read_epitome(path))
+        elif path.suffix.lower() == ".csv" and _is_suggested(path):
+            turns.append(read_suggested(path))
+            sources.add(REAL_TEXT)
         elif path.suffix.lower() == ".csv":
             sentiment.append(read_airline_tweets(path))
         else:

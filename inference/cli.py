@@ -13,7 +13,7 @@ from carelens.inference.featurize import featurize_command
 from carelens.inference.predict import predict_app
 from carelens.inference.score import nightly_command, score_command
 from carelens.inference.serve import serve_command
-from carelens.training.cli import evaluate_app, export_command, train_app
+from carelens.training.cli import evaluate_app, export_command, label_app, train_app
 
 app = typer.Typer(name="carelens", help="Which customers are we about to lose or anger, and why.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -21,6 +21,7 @@ app.command("generate", help="Write seed-calibrated synthetic customers, contact
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(predict_app, name="predict")
+app.add_typer(label_app, name="label")
 app.command("export")(export_command)
 app.command("featurize")(featurize_command)
 app.command("nightly")(nightly_command)

@@ -11,8 +11,8 @@ from carelens.data.terminal import console
 
 HISTORY_CUSTOMERS = 8_000
 HISTORY_SEED = 1
-#: Labelled conversations the transcript heads learn from (the rest of the history is only scored).
-TRANSCRIPT_TRAINING_CONVERSATIONS = 1_500
+#: Rated sentences the demo's quick starter learns from (`make starter` builds the better one from all 23,702).
+STARTER_ROWS = 8_000
 PRINTED = 10
 
 
@@ -26,27 +26,19 @@ def history_dir(out: Path) -> Path:
     return history
 
 
-def labelled_transcripts(history: Path) -> Path:
-    """The first TRANSCRIPT_TRAINING_CONVERSATIONS conversations of the history, with their turn labels."""
-    subset = history / "transcripts_for_training.jsonl"
-    with open(history / "transcripts.jsonl", encoding="utf-8") as source:
-        lines = [line for _, line in zip(range(TRANSCRIPT_TRAINING_CONVERSATIONS), source)]
-    subset.write_text("".join(lines), encoding="utf-8")
-    return subset
-
-
-def trained_transcripts(history: Path, registry, out: Path):
-    """Train the transcript heads (frozen encoder) on labelled history turns and publish; (its version, the path of
-    its report copy)."""
+def trained_transcripts(registry, out: Path):
+    """The quick starter (heads on the frozen encoder, STARTER_ROWS of the permissively licensed rated sentences, the
+    mechanism rules for empathy), published; (its version, the path of its report copy)."""
     from carelens.training.report import copied_report
-    from carelens.training.transcripts import Options, publish_trained, train_transcripts
-    with console.status("Training the transcript model (heads on the frozen encoder)"):
-        trained = train_transcripts([labelled_transcripts(history)], Options(mode="heads", max_length=128,
-                                                                             show_progress_bar=False),
-                                    log=lambda message: None)
+    from carelens.training.starter import build_starter, starter_options
+    from carelens.training.transcripts import publish_trained
+    with console.status(f"Building the starter transcript model from {STARTER_ROWS:,} rated sentences (MIT)"):
+        trained = build_starter(starter_options(mode="heads", show_progress_bar=False), rows=STARTER_ROWS,
+                                log=lambda message: None)
         artifact = publish_trained(trained, registry.root)
     test = trained.metrics["test"]
-    console.print(f"published transcripts {artifact.version}: test macro-F1 " +
+    console.print(f"published the starter transcripts {artifact.version} (public-permissive text only): macro-F1 on "
+                  f"its held-out rated sentences and rule-labelled replies " +
                   ", ".join(f"{head} {test[head]['macro_f1']:.3f}" for head in test if test[head].get("n")))
     return artifact.version, copied_report(artifact.path, out / "reports" / "transcripts.html")
 
@@ -86,7 +78,7 @@ def trained_tabular(name: str, history: Path, features: Path, registry, out: Pat
 def train_all(store, out: Path) -> dict[str, Path]:
     """Transcript model, then churn and retaliation on its features: the report of each."""
     history = history_dir(out)
-    version, report = trained_transcripts(history, store, out)
+    version, report = trained_transcripts(store, out)
     features = history_features(history, store, out, version)
     reports = {"transcripts": report}
     for name in ("churn", "retaliation"):

@@ -27,6 +27,7 @@ HEADS_CONFIG = "heads.json"
 FLOOR_FILE = "floor.skops"
 #: Types a stored floor may hold beyond those skops trusts by default.
 FLOOR_TRUSTED_TYPES = ("builtins.type", "numpy.dtype", "numpy.float64", "numpy.int64",
+                       "carelens.models.empathy_rules.RuleLevels",
                        "sklearn.feature_extraction.text.TfidfTransformer",
                        "sklearn.feature_extraction.text.TfidfVectorizer")
 MIN_MAX_LENGTH = 16

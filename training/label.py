@@ -1,0 +1,85 @@
+"""Which turns a person should label first: those the current model is least sure of, spread over the kinds of turns."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+
+from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS
+from carelens.models.scoring import TranscriptPipeline, turn_table
+
+#: The pool that diversity is drawn from: this many times the turns asked for, the least certain first.
+POOL_FACTOR = 5
+#: The columns a person fills in: a sentiment for customer turns, a level per mechanism for agent turns.
+LABEL_COLUMNS = ["sentiment", *MECHANISMS]
+
+
+def normalised_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """Entropy of each row's distribution over its last axis, divided by its maximum: 0 certain, 1 uniform."""
+    clipped = np.clip(probabilities, 1e-12, 1)
+    return -(clipped * np.log(clipped)).sum(axis=-1) / np.log(probabilities.shape[-1])
+
+
+def diverse_uncertain(embeddings: np.ndarray, uncertainty: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Row indices of `n` turns: the POOL_FACTOR·n least certain, clustered on their embeddings into n groups (k-means),
+    and the least certain turn of each group, so that the picks are unsure and unlike one another."""
+    if n <= 0 or len(uncertainty) == 0:
+        return np.zeros(0, dtype=int)
+    pool = np.argsort(-uncertainty, kind="stable")[:POOL_FACTOR * n]
+    if len(pool) <= n:
+        return pool
+    unit = embeddings[pool] / np.maximum(np.linalg.norm(embeddings[pool], axis=1, keepdims=True), 1e-12)
+    groups = KMeans(n_clusters=n, n_init=1, random_state=seed).fit_predict(unit)
+    frame = pd.DataFrame({"row": pool, "group": groups, "uncertainty": uncertainty[pool]})
+    return frame.sort_values("uncertainty", ascending=False, kind="stable").groupby("group").head(1)["row"].to_numpy()
+
+
+def shares(counts: Sequence[int], n: int) -> list[int]:
+    """`n` split over groups in proportion to their counts, each at most its count (largest remainders)."""
+    counts = np.asarray(counts, dtype=float)
+    if counts.sum() == 0:
+        return [0] * len(counts)
+    exact = counts / counts.sum() * min(n, counts.sum())
+    given = np.floor(exact).astype(int)
+    for k in np.argsort(-(exact - given), kind="stable")[:int(min(n, counts.sum()) - given.sum())]:
+        given[k] += 1
+    return given.tolist()
+
+
+def guessed_sentiment(probabilities: np.ndarray) -> list[str]:
+    return [f"{SENTIMENTS[k]} {p[k]:.2f}" for p, k in zip(probabilities, probabilities.argmax(axis=1))]
+
+
+def guessed_levels(probabilities: np.ndarray) -> list[str]:
+    return ["; ".join(f"{m} {LEVEL_NAMES[k]}" for m, k in zip(MECHANISMS, row)) for row in probabilities.argmax(axis=2)]
+
+
+def suggested_turns(pipeline: TranscriptPipeline, conversations: Sequence, n: int, seed: int = 0) -> pd.DataFrame:
+    """The `n` turns to label, customer and agent turns in proportion to how many there are (each distinct text once),
+    picked by `diverse_uncertain`, with the model's guess and empty label columns, least certain first."""
+    model = pipeline.model
+    turns = turn_table(conversations)
+    turns = turns[turns["text"].str.strip() != ""].drop_duplicates(["speaker", "text"]).reset_index(drop=True)
+    customer, agent = turns[turns["speaker"] == "customer"], turns[turns["speaker"] == "agent"]
+    wanted = dict(zip(("customer", "agent"), shares([len(customer), len(agent)], n)))
+    picked = []
+    if len(customer):
+        pooled = pipeline.encode(customer["text"].tolist())
+        probabilities = model.postprocess_sentiment(model.head_logits(pooled)[0], customer["text"].tolist())
+        uncertainty = normalised_entropy(probabilities)
+        rows = diverse_uncertain(pooled, uncertainty, wanted["customer"], seed)
+        picked.append(customer.iloc[rows].assign(uncertainty=uncertainty[rows],
+                                                 model_guess=guessed_sentiment(probabilities[rows])))
+    if len(agent):
+        pooled = pipeline.encode(agent["text"].tolist(), agent["context"].tolist())
+        probabilities = model.postprocess_empathy(model.head_logits(pooled)[1], agent["text"].tolist())
+        uncertainty = normalised_entropy(probabilities).mean(axis=1)
+        rows = diverse_uncertain(pooled, uncertainty, wanted["agent"], seed)
+        picked.append(agent.iloc[rows].assign(uncertainty=uncertainty[rows],
+                                              model_guess=guessed_levels(probabilities[rows])))
+    chosen = pd.concat(picked, ignore_index=True) if picked else turns.head(0).assign(uncertainty=[], model_guess=[])
+    chosen = chosen.sort_values("uncertainty", ascending=False, kind="stable")
+    columns = ["conversation_id", "turn_index", "speaker", "context", "text", "model_guess", "uncertainty"]
+    return chosen[columns].assign(**{c: "" for c in LABEL_COLUMNS}).reset_index(drop=True)
