@@ -12,7 +12,7 @@ from carelens.data.terminal import console
 HISTORY_CUSTOMERS = 8_000
 HISTORY_SEED = 1
 #: Rated sentences the demo's quick starter learns from (`make starter` builds the better one from all 23,702).
-STARTER_ROWS = 8_000
+STARTER_ROWS = 5_000
 PRINTED = 10
 
 

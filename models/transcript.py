@@ -1,6 +1,7 @@
 """The transcript model: one transformer encoder with a customer-sentiment head and an agent-empathy (EPITOME) head."""
 from __future__ import annotations
 
+import html
 import itertools
 import json
 import os
@@ -32,6 +33,8 @@ FLOOR_TRUSTED_TYPES = ("builtins.type", "numpy.dtype", "numpy.float64", "numpy.i
                        "sklearn.feature_extraction.text.TfidfVectorizer")
 MIN_MAX_LENGTH = 16
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_HANDLES_AND_LINKS = re.compile(r"(?<![\w@])@\w+|https?://\S+|www\.\S+")
+_SPACES = re.compile(r"\s+")
 STANDARD_CONFIG_KEYS = {"sentiment_labels", "mechanisms", "levels", "mode", "max_length", "overlap", "pooling",
                         "temperatures", "decision_weights", "hidden_size"}
 PAIRED = "answered customer turn, agent turn"
@@ -92,6 +95,13 @@ def utf8_safe(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
 
+def without_handles(text: str) -> str:
+    """Text without @handles and links (social posts open with the company's handle: it says nothing of how the
+    writer feels) and with HTML entities unescaped; the text itself when nothing else is left."""
+    stripped = _SPACES.sub(" ", _HANDLES_AND_LINKS.sub(" ", html.unescape(text))).strip()
+    return stripped or text
+
+
 class Heads(nn.Module):
     """Linear heads on the pooled encoding: 3 sentiment logits, and 3 levels for each of the 3 empathy mechanisms."""
 
@@ -133,6 +143,12 @@ class TranscriptModel(nn.Module):
         # probabilities at `extra["floor_shares"][head]` (chosen on validation log-loss); none by default.
         self.floor: dict = {}
 
+    def prepared(self, texts: Sequence[str]) -> list[str]:
+        """Texts as every part of the model reads them: tokenizer-safe, and without @handles and links when the
+        model was trained so (`strip_handles`, as the starter is)."""
+        safe = [utf8_safe(t) for t in texts]
+        return [without_handles(t) for t in safe] if self.extra.get("strip_handles") else safe
+
     @property
     def pairs(self) -> bool:
         """Whether empathy is read from (customer turn, agent turn) pairs; off only in the single-turn ablation."""
@@ -166,7 +182,7 @@ class TranscriptModel(nn.Module):
 
     def trimmed_contexts(self, contexts: Sequence[str]) -> list[str]:
         """Each context cut to its last `context_budget` tokens: the words that lead into the agent's reply."""
-        safe = [utf8_safe(c) for c in contexts]
+        safe = self.prepared(contexts)
         encoded = self.tokenizer(safe, add_special_tokens=False, return_offsets_mapping=True,
                                  return_attention_mask=False, return_token_type_ids=False)
         budget = self.context_budget
@@ -178,7 +194,7 @@ class TranscriptModel(nn.Module):
         """Token windows covering every text in full (long ones split with overlap), and the text each came from;
         `with_offsets` adds each token's character span in its text and a mask of the tokens that belong to the
         text rather than to the context or the special tokens (training reads rationale spans with them)."""
-        safe = [utf8_safe(t) for t in texts]
+        safe = self.prepared(texts)
         options = dict(max_length=self.max_length, stride=self.overlap, return_overflowing_tokens=True,
                        return_attention_mask=False, padding=False, return_offsets_mapping=with_offsets)
         paired = contexts is not None and self.pairs
@@ -234,7 +250,7 @@ class TranscriptModel(nn.Module):
         pipeline = self.floor[head]
         full = np.zeros((len(texts), 3))
         if len(texts):
-            full[:, pipeline.classes_] = pipeline.predict_proba([utf8_safe(t) for t in texts])
+            full[:, pipeline.classes_] = pipeline.predict_proba(self.prepared(texts))
         return full
 
     def pooled(self, head: str, probabilities: np.ndarray, texts: Sequence[str]) -> np.ndarray:

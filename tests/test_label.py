@@ -1,0 +1,82 @@
+"""Picking turns to label (uncertain and diverse), adapting a model to them, and reading social text."""
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from carelens.data.synthetic import generate
+from carelens.models.scoring import TranscriptPipeline, as_conversations
+from carelens.models.transcript import TranscriptModel, without_handles
+from carelens.training.label import LABEL_COLUMNS, diverse_uncertain, normalised_entropy, shares, suggested_turns
+from carelens.training.transcripts import Options, soft_rows, split_data, trained_on
+from tiny_encoder import tiny_encoder
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    return tiny_encoder(tmp_path_factory.mktemp("encoder"))
+
+
+def test_entropy_is_zero_when_certain_and_one_when_uniform():
+    values = normalised_entropy(np.array([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]]))
+    np.testing.assert_allclose(values, [0.0, 1.0, np.log(2) / np.log(3)], atol=1e-9)
+
+
+@given(st.lists(st.integers(0, 50), min_size=1, max_size=5), st.integers(0, 300))
+@settings(max_examples=200, deadline=None)
+def test_shares_split_n_in_proportion_never_past_a_group_or_the_total(counts, n):
+    given_out = shares(counts, n)
+    assert sum(given_out) == min(n, sum(counts))
+    assert all(0 <= g <= c for g, c in zip(given_out, counts))
+
+
+def test_diverse_uncertain_takes_one_turn_per_cluster_the_least_certain():
+    # Two tight clusters of 5 points; the most uncertain point of each must be picked, not the two most uncertain.
+    rng = np.random.default_rng(0)
+    embeddings = np.vstack([rng.normal(0, 0.01, (5, 4)) + [10, 0, 0, 0], rng.normal(0, 0.01, (5, 4)) + [0, 10, 0, 0]])
+    uncertainty = np.array([0.9, 0.95, 0.1, 0.2, 0.3, 0.5, 0.1, 0.4, 0.2, 0.3])
+    assert sorted(diverse_uncertain(embeddings, uncertainty, 2, seed=0).tolist()) == [1, 5]
+    assert diverse_uncertain(embeddings, uncertainty, 0, seed=0).tolist() == []
+
+
+def test_suggested_turns_cover_both_speakers_once_each_with_blank_label_columns(encoder_dir):
+    model = TranscriptModel.from_encoder(encoder_dir, max_length=32)
+    conversations = as_conversations(generate(60, seed=4).conversations)
+    chosen = suggested_turns(TranscriptPipeline(model), conversations, 20, seed=0)
+    assert len(chosen) == 20
+    assert set(chosen["speaker"]) == {"customer", "agent"}
+    assert not chosen.duplicated(["speaker", "text"]).any()
+    assert (chosen[LABEL_COLUMNS] == "").all().all()
+    assert chosen["uncertainty"].is_monotonic_decreasing
+
+
+def test_soft_rows_repeat_each_row_per_class_it_has_a_share_of():
+    features = np.array([[1.0], [2.0]])
+    rows, labels, weights = soft_rows(features, np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]), class_weights=False)
+    assert rows[:, 0].tolist() == [1.0, 1.0, 2.0]
+    assert labels.tolist() == [0, 1, 2]
+    assert weights.tolist() == [0.5, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("@united my flight is late http://t.co/x &amp; more", "my flight is late & more"),
+    ("mail me at ana@example.com", "mail me at ana@example.com"),
+    ("@united", "@united"),
+])
+def test_handles_and_links_are_dropped_but_never_the_whole_text(text, expected):
+    assert without_handles(text) == expected
+
+
+def test_adapting_on_sentiment_labels_keeps_the_empathy_heads_and_temperatures(encoder_dir):
+    model = TranscriptModel.from_encoder(encoder_dir, max_length=32)
+    model.heads.empathy.weight.data.normal_()
+    model.temperatures["explorations"] = 2.5
+    before = model.heads.empathy.weight.detach().clone()
+    labelled = pd.DataFrame({"text": ["thank you so much", "my bag was lost", "where is gate 4"] * 20,
+                             "label": ["positive", "negative", "neutral"] * 20})
+    options = Options(mode="heads", max_length=32, show_progress_bar=False)
+    empty = pd.DataFrame(columns=["context", "response", "emotional_reactions", "interpretations", "explorations"])
+    trained_on(split_data(labelled, empty, options), options, log=lambda _: None, start=model)
+    assert np.array_equal(model.heads.empathy.weight.detach().numpy(), before.numpy())
+    assert model.temperatures["explorations"] == 2.5
