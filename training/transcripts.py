@@ -172,12 +172,10 @@ def sentiment_targets(frame: pd.DataFrame) -> np.ndarray:
     return frame["label"].map({s: i for i, s in enumerate(SENTIMENTS)}).to_numpy(int)
 
 
-def soft_sentiment_targets(frame: pd.DataFrame) -> np.ndarray:
+def soft_sentiment_targets(frame: pd.DataFrame) -> Optional[np.ndarray]:
     """Per row, the share of its raters on each sentiment [n, 3] where the table carries SOFT_COLUMNS (sentences
-    rated by several people), else the one-hot label: what the sentiment loss learns from."""
-    if set(SOFT_COLUMNS) <= set(frame.columns):
-        return frame[SOFT_COLUMNS].to_numpy(np.float32)
-    return np.eye(len(SENTIMENTS), dtype=np.float32)[sentiment_targets(frame)]
+    rated by several people); None for a table of plain labels."""
+    return frame[SOFT_COLUMNS].to_numpy(np.float32) if set(SOFT_COLUMNS) <= set(frame.columns) else None
 
 
 def empathy_targets(frame: pd.DataFrame) -> np.ndarray:
@@ -556,7 +554,8 @@ def task_tokens(model: TranscriptModel, task: str, frame: pd.DataFrame, rational
     With `rationales` and rationale columns in the frame, empathy rows also get their token labels."""
     rationales = rationales and task == "empathy" and set(RATIONALE_COLUMNS) <= set(frame.columns)
     if task == "sentiment":
-        windows, targets = model.preprocess(frame["text"].tolist()), soft_sentiment_targets(frame)
+        soft = soft_sentiment_targets(frame)
+        windows, targets = model.preprocess(frame["text"].tolist()), sentiment_targets(frame) if soft is None else soft
     else:
         windows = model.preprocess(frame["response"].tolist(), frame["context"].tolist(), with_offsets=rationales)
         targets = empathy_targets(frame)
@@ -626,7 +625,8 @@ def class_weight_tensors(tokens: dict[str, TaskTokens], options: Options) -> dic
     """Per head, balanced class weights for the loss (None when weighting is off or a class is absent)."""
     targets = {}
     if "sentiment" in tokens:
-        targets["sentiment"] = tokens["sentiment"].targets.argmax(axis=1)
+        sentiment = tokens["sentiment"].targets
+        targets["sentiment"] = sentiment.argmax(axis=1) if sentiment.ndim == 2 else sentiment
     if "empathy" in tokens:
         targets.update({m: tokens["empathy"].targets[:, k] for k, m in enumerate(MECHANISMS)})
     weights = {}
