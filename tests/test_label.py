@@ -80,3 +80,16 @@ def test_adapting_on_sentiment_labels_keeps_the_empathy_heads_and_temperatures(e
     trained_on(split_data(labelled, empty, options), options, log=lambda _: None, start=model)
     assert np.array_equal(model.heads.empathy.weight.detach().numpy(), before.numpy())
     assert model.temperatures["explorations"] == 2.5
+
+
+def test_an_adapted_head_folds_its_prior_back_into_one_linear_layer():
+    from carelens.training.transcripts import linear_head
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(300, 5))
+    prior = (np.array([[2.0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [-2.0, 0, 0, 0, 0]]), np.zeros(3))
+    truth = np.argmax(features @ prior[0].T + rng.gumbel(size=(300, 3)) * 0.3, axis=1)
+    options = Options(show_progress_bar=False, class_weights=False)
+    weight, bias, _ = linear_head(features[:200], truth[:200], features[200:], truth[200:], options, prior=prior)
+    assert weight.shape == (3, 5) and bias.shape == (3,)
+    adapted = np.argmax(features[200:] @ weight.T + bias, axis=1)
+    assert (adapted == np.argmax(features[200:] @ prior[0].T + prior[1], axis=1)).mean() > 0.9

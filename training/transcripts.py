@@ -420,10 +420,19 @@ def soft_rows(features: np.ndarray, soft: np.ndarray, class_weights: bool) -> tu
 
 
 def linear_head(features: np.ndarray, truth: np.ndarray, validation: np.ndarray, validation_truth: np.ndarray,
-                options: Options, soft: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, float]:
+                options: Options, soft: Optional[np.ndarray] = None,
+                prior: Optional[tuple[np.ndarray, np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray, float]:
     """(weight [3, hidden], bias [3], C) of a logistic regression on standardised embeddings, the scaling folded
     into the weights so the head is one linear layer on raw pooled embeddings; C is picked on validation macro-F1.
-    With `soft` targets [n, 3] it fits their cross-entropy instead of the hard labels'."""
+    With `soft` targets [n, 3] it fits their cross-entropy instead of the hard labels'. With a `prior` head (weight,
+    bias: the head being adapted), its logits join the features and are folded back in, so that a few labels correct
+    what the head knew (strong regularisation keeps it) rather than start from nothing."""
+    if prior is not None:
+        def augmented(x: np.ndarray) -> np.ndarray:
+            return np.hstack([x, x @ prior[0].T + prior[1]])
+        weight, bias, c = linear_head(augmented(features), truth, augmented(validation), validation_truth, options, soft)
+        hidden = features.shape[1]
+        return weight[:, :hidden] + weight[:, hidden:] @ prior[0], bias + weight[:, hidden:] @ prior[1], c
     keep, validation_keep = truth >= 0, validation_truth >= 0
     scaler = StandardScaler().fit(features[keep])
     if soft is None:
@@ -456,9 +465,19 @@ def _per_class(fitted: LogisticRegression) -> tuple[np.ndarray, np.ndarray]:
     return full_coef, full_intercept
 
 
+def current_head(model: TranscriptModel, head: str) -> tuple[np.ndarray, np.ndarray]:
+    """(weight [3, hidden], bias [3]) of one head as the model has it now."""
+    if head == "sentiment":
+        return model.heads.sentiment.weight.detach().numpy().copy(), model.heads.sentiment.bias.detach().numpy().copy()
+    k = MECHANISMS.index(head)
+    return (model.heads.empathy.weight.detach().numpy()[3 * k:3 * k + 3].copy(),
+            model.heads.empathy.bias.detach().numpy()[3 * k:3 * k + 3].copy())
+
+
 def train_heads(model: TranscriptModel, data: Data, options: Options, keep_unlabelled: bool = False) -> dict:
-    """Fit the linear heads on frozen, windowed mean-pooled embeddings; returns the C picked for each head. A head
-    without labels keeps its weights with `keep_unlabelled` (a model being adapted), else it says nothing (zeros)."""
+    """Fit the linear heads on frozen, windowed mean-pooled embeddings; returns the C picked for each head. With
+    `keep_unlabelled` (a model being adapted) a labelled head is fitted from its current one (`linear_head`'s prior)
+    and a head without labels keeps its weights; otherwise an unlabelled head says nothing (zeros)."""
     pipeline = TranscriptPipeline(model)
     embedded = {task: {split: _embedded(pipeline, task, frame, options.show_progress_bar)
                        for split, frame in getattr(data, task).items() if split != "test"}
@@ -468,7 +487,8 @@ def train_heads(model: TranscriptModel, data: Data, options: Options, keep_unlab
     if len(embedded["sentiment"]["train"]):
         weight, bias, chosen["sentiment"] = linear_head(embedded["sentiment"]["train"], train["sentiment"],
                                                         embedded["sentiment"]["validation"], validation["sentiment"],
-                                                        options, soft_sentiment_targets(data.sentiment["train"]))
+                                                        options, soft_sentiment_targets(data.sentiment["train"]),
+                                                        current_head(model, "sentiment") if keep_unlabelled else None)
         weights["sentiment.weight"], weights["sentiment.bias"] = weight, bias
     empathy_weights, empathy_biases = [], []
     for mechanism in MECHANISMS:
@@ -476,11 +496,10 @@ def train_heads(model: TranscriptModel, data: Data, options: Options, keep_unlab
         if labelled.sum() and len(set(train[mechanism][labelled])) > 1:
             weight, bias, chosen[mechanism] = linear_head(embedded["empathy"]["train"], train[mechanism],
                                                           embedded["empathy"]["validation"], validation[mechanism],
-                                                          options)
+                                                          options, prior=current_head(model, mechanism)
+                                                          if keep_unlabelled else None)
         elif keep_unlabelled:
-            k = MECHANISMS.index(mechanism)
-            weight = model.heads.empathy.weight.detach().numpy()[3 * k:3 * k + 3]
-            bias = model.heads.empathy.bias.detach().numpy()[3 * k:3 * k + 3]
+            weight, bias = current_head(model, mechanism)
         else:
             weight, bias = np.zeros((3, model.encoder.config.hidden_size)), np.zeros(3)
         empathy_weights.append(weight)
