@@ -27,8 +27,13 @@ STARTER_TEXT = "public-permissive"
 EMPATHY_SENTENCES = 4_000
 #: Customers of the seeded generator whose labelled turns join the rated sentences: contact-centre wording (a
 #: complaint about a fault with no feeling word in it is still negative), a few thousand distinct turns.
-GENERATED_CUSTOMERS = 3_000
+GENERATED_CUSTOMERS = 10_000
 GENERATOR_SEED = 29
+#: Generated agent turns in the empathy table (the rules carry most of the starter's empathy).
+GENERATED_REPLIES = 3_000
+#: Each generated customer turn counts this many times in the training rows: a few thousand turns of contact-centre
+#: wording beside 23,702 sentences mostly from reviews and editorials.
+GENERATED_WEIGHT = 3
 #: Each hand-written prototype counts this many times in the empathy training rows: 70 replies written to the
 #: definitions weigh as much as about 5,000 rule-labelled sentences.
 PROTOTYPE_WEIGHT = 20
@@ -52,11 +57,10 @@ def starter_empathy(texts: pd.Series) -> pd.DataFrame:
     return frame.astype({m: "Int64" for m in MECHANISMS})
 
 
-def with_prototypes(splits: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """The empathy splits with the prototypes added to the training rows only (the held-out splits stay rule-labelled
-    sentences, which the prototypes never join)."""
-    repeated = pd.concat([prototype_table()] * PROTOTYPE_WEIGHT, ignore_index=True)
-    return {**splits, "train": pd.concat([splits["train"], repeated], ignore_index=True)}
+def with_repeated(splits: dict[str, pd.DataFrame], extra: pd.DataFrame, times: int) -> dict[str, pd.DataFrame]:
+    """The splits with `extra` rows added `times` over to the training rows only (the held-out splits never see
+    them)."""
+    return {**splits, "train": pd.concat([splits["train"], *[extra] * times], ignore_index=True)}
 
 
 def generated_turns() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -84,15 +88,20 @@ def starter_data(sources: Optional[PathLike], options: Options, rows: Optional[i
     generated_sentiment, generated_empathy = generated_turns()
     soft = np.eye(len(SENTIMENTS))[generated_sentiment["label"].map(SENTIMENTS.index).to_numpy()]
     sentiment = readable(pd.concat([starter_sentiment(rated), generated_sentiment.assign(
-        **dict(zip(SOFT_COLUMNS, soft.T)))], ignore_index=True), "text")
+        **dict(zip(SOFT_COLUMNS, soft.T)), generated=True)], ignore_index=True), "text")
+    sentiment["generated"] = sentiment["generated"].fillna(False).astype(bool)
     sampled = rated["text"].sample(min(round(EMPATHY_SENTENCES * share), len(rated)), random_state=options.seed)
-    generated_empathy = generated_empathy.sample(frac=share, random_state=options.seed)
+    generated_empathy = generated_empathy.sample(min(round(GENERATED_REPLIES * share), len(generated_empathy)),
+                                                 random_state=options.seed)
     empathy = readable(pd.concat([starter_empathy(sampled), generated_empathy], ignore_index=True), "response")
     empathy = empathy.astype({m: "Int64" for m in MECHANISMS})
-    data = Data(three_way_split(sentiment, sentiment["label"], options),
-                with_prototypes(three_way_split(empathy, empathy_strata(empathy), options)), STARTER_TEXT, True)
+    sentiment_splits = three_way_split(sentiment, sentiment["label"], options)
+    train = sentiment_splits["train"]
+    data = Data(with_repeated(sentiment_splits, train[train["generated"]], GENERATED_WEIGHT - 1),
+                with_repeated(three_way_split(empathy, empathy_strata(empathy), options), prototype_table(),
+                              PROTOTYPE_WEIGHT), STARTER_TEXT, True)
     own = {**OWN_SOURCE, "prototypes": len(PROTOTYPES), "rules": {m: len(RULES[m]) for m in MECHANISMS},
-           "generator": {"customers": GENERATED_CUSTOMERS, "seed": GENERATOR_SEED,
+           "generator": {"customers": GENERATED_CUSTOMERS, "seed": GENERATOR_SEED, "weight": GENERATED_WEIGHT,
                          "turns": {"sentiment": len(generated_sentiment), "empathy": len(generated_empathy)}}}
     return data, [{**VADER.record(archive), "sentences": len(rated)}, own]
 

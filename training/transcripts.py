@@ -829,7 +829,8 @@ def trained_on(data: Data, options: Options, encoder: Optional[PathLike] = None,
         metrics["test_plain_argmax"] = all_head_metrics(truth, probabilities)
     floor = all_head_metrics(truth, floors["test"])
     # The ablation of pooling: the transformer alone against it pooled with the floor, on the same test rows.
-    pooled = {head: pooled_with_floor(alone[head], floors["test"][head], share) for head, share in shares.items()}
+    pooled = {head: pooled_with_floor(alone[head], floors["test"][head], share) for head, share in shares.items()
+              if head in alone}
     metrics["test_model_alone"] = all_head_metrics(truth, alone, model.decision_weights)
     metrics["test_stacked"] = all_head_metrics(truth, pooled, model.decision_weights)
     metrics["stacked_minus_model"] = {

@@ -2,8 +2,9 @@
 pairs after `--from` training on N labels drawn only from the training part, picked by `carelens label suggest`'s rule
 (least certain, spread by k-means) or at random.
 
-$CARELENS_BENCH_REGISTRY: the registry holding the starter (default ./registry); $CARELENS_BENCH_MODE: heads
-(default; the starter's encoder kept, its heads refitted) or finetune."""
+$CARELENS_BENCH_REGISTRY: the registry holding the starter (default ./registry); $CARELENS_BENCH_MODE: finetune
+(default: encoder and heads, $CARELENS_BENCH_EPOCHS 8 epochs at $CARELENS_BENCH_LR 5e-5, as the README advises) or
+heads (the encoder kept, each head refitted from the one it had)."""
 from __future__ import annotations
 
 import os
@@ -23,8 +24,9 @@ from conftest import SHARED, requires_shared
 from harness import record
 
 REGISTRY = os.environ.get("CARELENS_BENCH_REGISTRY", "registry")
-MODE = os.environ.get("CARELENS_BENCH_MODE", "heads")
+MODE = os.environ.get("CARELENS_BENCH_MODE", "finetune")
 SEED, HELD_OUT = 13, 0.2
+EPOCHS, LR = int(os.environ.get("CARELENS_BENCH_EPOCHS", 8)), float(os.environ.get("CARELENS_BENCH_LR", 5e-5))
 SENTIMENT_SIZES, EMPATHY_SIZES = (100, 300, 1000, None), (100, 300, None)
 
 
@@ -54,7 +56,7 @@ def adapted_figures(task: str, labelled: pd.DataFrame, test: pd.DataFrame) -> di
     """The starter adapted `--from` on the labelled rows (split train/validation as training does), scored on test."""
     model, _ = load_transcript_model(REGISTRY)
     options = Options(mode=MODE, max_length=model.max_length, seed=SEED, show_progress_bar=False,
-                      strip_handles=bool(model.extra.get("strip_handles")), epochs=3, lr=3e-5)
+                      strip_handles=bool(model.extra.get("strip_handles")), epochs=EPOCHS, lr=LR)
     empty = {"sentiment": pd.DataFrame(columns=["text", "label"]),
              "empathy": pd.DataFrame(columns=["context", "response", *MECHANISMS])}
     parts = split_data(labelled if task == "sentiment" else empty["sentiment"],
