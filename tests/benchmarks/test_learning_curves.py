@@ -27,6 +27,7 @@ REGISTRY = os.environ.get("CARELENS_BENCH_REGISTRY", "registry")
 MODE = os.environ.get("CARELENS_BENCH_MODE", "finetune")
 SEED, HELD_OUT = 13, 0.2
 EPOCHS, LR = int(os.environ.get("CARELENS_BENCH_EPOCHS", 8)), float(os.environ.get("CARELENS_BENCH_LR", 5e-5))
+ALL_EPOCHS = 2
 SENTIMENT_SIZES, EMPATHY_SIZES = (100, 300, 1000, None), (100, 300, None)
 
 
@@ -52,11 +53,11 @@ def picked(pipeline: TranscriptPipeline, pool: pd.DataFrame, task: str, n: int, 
     return pool.iloc[diverse_uncertain(pooled, uncertainty, n, SEED)]
 
 
-def adapted_figures(task: str, labelled: pd.DataFrame, test: pd.DataFrame) -> dict:
+def adapted_figures(task: str, labelled: pd.DataFrame, test: pd.DataFrame, epochs: int) -> dict:
     """The starter adapted `--from` on the labelled rows (split train/validation as training does), scored on test."""
     model, _ = load_transcript_model(REGISTRY)
     options = Options(mode=MODE, max_length=model.max_length, seed=SEED, show_progress_bar=False,
-                      strip_handles=bool(model.extra.get("strip_handles")), epochs=EPOCHS, lr=LR)
+                      strip_handles=bool(model.extra.get("strip_handles")), epochs=epochs, lr=LR)
     empty = {"sentiment": pd.DataFrame(columns=["text", "label"]),
              "empathy": pd.DataFrame(columns=["context", "response", *MECHANISMS])}
     parts = split_data(labelled if task == "sentiment" else empty["sentiment"],
@@ -81,13 +82,14 @@ def scored(pipeline: TranscriptPipeline, task: str, test: pd.DataFrame) -> dict:
 
 def curve(task: str, pool: pd.DataFrame, test: pd.DataFrame, sizes) -> list[dict]:
     starter, _ = load_transcript_model(REGISTRY)
-    pipeline = TranscriptPipeline(starter)
+    pipeline = TranscriptPipeline(starter, cache_entries=50_000)  # the pool is encoded once for every size
     rows = [{"task": task, "labels": 0, "picked by": "—", **scored(pipeline, task, test)}]
     for n in sizes:
         for how in ("suggested", "random") if n is not None else ("all",):
             labelled = pool if n is None else picked(pipeline, pool, task, n, how)
+            # All the labels: ALL_EPOCHS passes, as a full training run takes; a few hundred need more passes.
             rows.append({"task": task, "labels": len(labelled), "picked by": how,
-                         **adapted_figures(task, labelled, test)})
+                         **adapted_figures(task, labelled, test, EPOCHS if n is not None else ALL_EPOCHS)})
     return rows
 
 
