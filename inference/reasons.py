@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from carelens.models.conversation_features import FEATURE_COLUMNS
+from carelens.models.conversation_features import FEATURE_COLUMNS, MECHANISM_FEATURES
 
 #: Risk must rise by at least this much (absolute probability) for a feature to count as a reason.
 MIN_PUSH = 0.005
@@ -66,6 +66,22 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+#: What each EPITOME mechanism shows in an agent's replies, in a supervisor's words: (what it is, what a reply did).
+MECHANISM_WORDS = {"emotional_reactions": ("warmth", "showed warmth"),
+                   "interpretations": ("understanding of the customer's feelings",
+                                       "acknowledged the customer's feelings"),
+                   "explorations": ("questions about the customer's situation", "asked about the customer's situation")}
+
+
+def mechanism_phrases(mechanism: str) -> dict[str, Callable[[object, Optional[float]], str]]:
+    """The phrases of one mechanism's features: its mean level (ranked among training rows when known) and share."""
+    what, did = MECHANISM_WORDS[mechanism]
+    mean, share = MECHANISM_FEATURES[mechanism]
+    return {mean: lambda v, p: f"agent's {what} in {ranked_share(p)}" if p is not None else
+                  f"agent's {what} at {v:.1f} of 2",
+            share: lambda v, p: f"{v:.0%} of agent replies {did}"}
+
+
 #: Supervisor wording per feature: value (and its percentile among training rows) → phrase.
 PHRASES: dict[str, Callable[[object, Optional[float]], str]] = {
     "answer_time_s": lambda v, p: f"waited {_duration(v)} to be answered",
@@ -89,11 +105,16 @@ PHRASES: dict[str, Callable[[object, Optional[float]], str]] = {
     "customer_sentiment_shift": lambda v, p: ("customer's mood fell during the contact" if v < 0 else
                                               "customer's mood did not lift" if v == 0 else
                                               "customer's mood lifted during the contact"),
+    "customer_sentiment_slope": lambda v, p: ("customer's mood sank turn by turn" if v < 0 else
+                                              "customer's mood held steady" if v == 0 else
+                                              "customer's mood rose turn by turn"),
+    "customer_sentiment_worst": lambda v, p: f"customer's worst turn was {_mood(v)}",
     "agent_empathy_mean": lambda v, p: f"agent empathy in {ranked_share(p)}" if p is not None else
                                        f"agent empathy {v:.2f}",
     "agent_empathy_min": lambda v, p: f"agent's least empathic reply in {ranked_share(p)}" if p is not None else
                                       f"agent's least empathic reply {v:.2f}",
     "agent_empathic_share": lambda v, p: f"{v:.0%} of agent replies empathic",
+    **{feature: phrase for mechanism in MECHANISM_WORDS for feature, phrase in mechanism_phrases(mechanism).items()},
     "non_talk_s": lambda v, p: f"{v:.0f} s of silence",
     "non_talk_share": lambda v, p: f"silent {v:.0%} of the contact",
     "interruptions": lambda v, p: _count(v, "interruption", "interruptions"),

@@ -1,4 +1,4 @@
-"""Turn-level transcript scores rolled up into the per-conversation features the churn and retaliation models take."""
+"""Turn-level transcript scores rolled up, by group, into the per-conversation features the risk models take."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,35 +9,72 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from carelens.data.contracts import MECHANISMS
+
 KEYS = ["conversation_id", "customer_id", "contact_id"]
 #: Each conversation's place in the batch it was scored in: turns roll up by it, not by conversation_id, so two
 #: conversations that share an id (a client's bug) keep their own features whatever the batch boundaries.
 POSITION = "position"
+#: Turn-score columns per EPITOME mechanism: its expected level (0 none … 2 strong) and whether its decided level is
+#: above none (the same decision that makes a turn `empathic`).
+EMPATHY_LEVEL_COLUMNS = [f"{m}_level" for m in MECHANISMS]
+EMPATHY_PRESENT_COLUMNS = [f"{m}_present" for m in MECHANISMS]
 SENTIMENT_FEATURES = ["customer_sentiment_start", "customer_sentiment_end", "customer_sentiment_shift",
-                      "customer_sentiment_mean"]
+                      "customer_sentiment_mean", "customer_sentiment_slope", "customer_sentiment_worst"]
 EMPATHY_FEATURES = ["agent_empathy_mean", "agent_empathy_min", "agent_empathic_share"]
+#: Per mechanism: the agent's mean expected level and the share of agent turns where it is present.
+MECHANISM_FEATURES = {m: [f"agent_{m}_mean", f"agent_{m}_share"] for m in MECHANISMS}
+#: The turn-score column each mechanism feature averages over the agent's turns.
+MECHANISM_AVERAGED = {f"{m}_{column}": f"agent_{m}_{feature}" for m in MECHANISMS
+                      for column, feature in (("level", "mean"), ("present", "share"))}
 TIMING_FEATURES = ["non_talk_s", "non_talk_share", "interruptions", "agent_interruptions"]
 COUNT_FEATURES = ["customer_turns", "agent_turns"]
-FEATURE_COLUMNS = [*SENTIMENT_FEATURES, *EMPATHY_FEATURES, *TIMING_FEATURES, *COUNT_FEATURES]
+#: The conversation features by what they measure, each feature in one group: training reports what each group adds
+#: to held-out ROC-AUC, so that a centre sees whether, say, the agent's interpretations matter in its own data.
+FEATURE_GROUPS = {
+    "customer sentiment": SENTIMENT_FEATURES,
+    "agent empathy (combined)": EMPATHY_FEATURES,
+    **{f"agent {m.replace('_', ' ')}": features for m, features in MECHANISM_FEATURES.items()},
+    "timing": TIMING_FEATURES,
+    "turn counts": COUNT_FEATURES,
+}
+FEATURE_COLUMNS = [feature for features in FEATURE_GROUPS.values() for feature in features]
+
+
+def least_squares_slopes(x: pd.Series, y: pd.Series, groups: pd.Series) -> pd.Series:
+    """Per group, the least-squares slope of y on x; 0 where x does not vary (a single point shows no change)."""
+    dx = x - x.groupby(groups).transform("mean")
+    dy = y - y.groupby(groups).transform("mean")
+    sums = pd.DataFrame({"xy": dx * dy, "xx": dx * dx}).groupby(groups, sort=False).sum()
+    return (sums["xy"] / sums["xx"].where(sums["xx"] > 0)).fillna(0.0)
 
 
 def sentiment_features(turns: pd.DataFrame) -> pd.DataFrame:
-    """Per conversation: the first and last scored customer turn's sentiment, the shift between them, and the mean."""
+    """Per conversation, over its scored customer turns: the first and last turn's sentiment, the shift between them,
+    the mean, the worst (lowest) turn, and the slope per customer turn (least squares over the customer turns' order,
+    0 for a single turn, whose shift is 0 too)."""
     scored = turns[(turns["speaker"] == "customer") & turns["sentiment"].notna()].sort_values("turn_index")
     grouped = scored.groupby(POSITION, sort=False)["sentiment"]
+    order = grouped.cumcount().astype(float)
     out = pd.DataFrame({"customer_sentiment_start": grouped.first(), "customer_sentiment_end": grouped.last(),
-                        "customer_sentiment_mean": grouped.mean(), "customer_turns": grouped.size()})
+                        "customer_sentiment_mean": grouped.mean(), "customer_sentiment_worst": grouped.min(),
+                        "customer_sentiment_slope": least_squares_slopes(order, scored["sentiment"], scored[POSITION]),
+                        "customer_turns": grouped.size()})
     out["customer_sentiment_shift"] = out["customer_sentiment_end"] - out["customer_sentiment_start"]
     return out
 
 
 def empathy_features(turns: pd.DataFrame) -> pd.DataFrame:
-    """Per conversation: the agent's mean and lowest empathy score, and the share of agent turns judged empathic."""
+    """Per conversation: the agent's mean and lowest empathy score, the share of agent turns judged empathic, and per
+    mechanism the mean expected level and the share of agent turns where it is present."""
     scored = turns[(turns["speaker"] == "agent") & turns["empathy"].notna()]
     grouped = scored.groupby(POSITION, sort=False)
-    return pd.DataFrame({"agent_empathy_mean": grouped["empathy"].mean(), "agent_empathy_min": grouped["empathy"].min(),
-                         "agent_empathic_share": grouped["empathic"].mean().astype(float),
-                         "agent_turns": grouped.size()})
+    mechanisms = grouped[list(MECHANISM_AVERAGED)].mean().astype(float).rename(columns=MECHANISM_AVERAGED)
+    combined = pd.DataFrame({"agent_empathy_mean": grouped["empathy"].mean(),
+                             "agent_empathy_min": grouped["empathy"].min(),
+                             "agent_empathic_share": grouped["empathic"].mean().astype(float),
+                             "agent_turns": grouped.size()})
+    return combined.join(mechanisms)
 
 
 def covered_seconds(starts: np.ndarray, ends: np.ndarray) -> float:
@@ -86,7 +123,8 @@ def conversation_features(turns: pd.DataFrame, conversations: pd.DataFrame) -> p
     scores, matched on POSITION.
 
     A feature is NaN where its turns are absent (no scored customer turn: no sentiment; no scored agent turn: no
-    empathy; no timestamps: no timing); turn counts are 0 then, so a model can tell missing from neutral.
+    empathy; no timestamps: no timing); turn counts are 0 then, so a model can tell missing from neutral. Agent turns
+    carry `empathy`, `empathic` and, per mechanism, EMPATHY_LEVEL_COLUMNS and EMPATHY_PRESENT_COLUMNS.
     """
     parts = [sentiment_features(turns), empathy_features(turns), timing_features(turns)]
     joined = conversations[[*KEYS, POSITION]].join(pd.concat(parts, axis=1), on=POSITION)

@@ -14,9 +14,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from carelens.data.adapters import answered_customer_texts
-from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, Conversation
+from carelens.data.contracts import LEVEL_NAMES, Conversation
 from carelens.data.readers import conversation_from_record
-from carelens.models.conversation_features import KEYS, POSITION, conversation_features
+from carelens.models.conversation_features import (
+    EMPATHY_LEVEL_COLUMNS, EMPATHY_PRESENT_COLUMNS, KEYS, POSITION, conversation_features,
+)
 from carelens.models.registry import Registry, RegistryError
 from carelens.data.errors import UsageError
 from carelens.models.runtimes import (
@@ -28,7 +30,6 @@ from carelens.models.transcript import (
 )
 
 PathLike = Union[str, Path]
-EMPATHY_LEVEL_COLUMNS = [f"{m}_level" for m in MECHANISMS]
 #: Recent encodings a scoring process remembers: 10,000 MiniLM vectors and their 16-byte keys take about 17 MB. A
 #: synthetic day of 10,000 conversations held 18,815 distinct inputs: the cache is full within the first few thousand
 #: conversations, so the nightly job's memory does not grow with the day.
@@ -240,8 +241,9 @@ def conversation_index(conversations: Sequence[Conversation]) -> pd.DataFrame:
 def score_turns(pipeline: TranscriptPipeline, conversations: Sequence[Union[Conversation, dict]],
                 show_progress_bar: bool = False) -> pd.DataFrame:
     """Turn-level scores. Customer turns get p_negative/p_neutral/p_positive and `sentiment` = P(pos) − P(neg);
-    agent turns get each mechanism's expected level (0–2), `empathy` in [0, 1] and `empathic` (some mechanism most
-    likely weak or strong). Blank turns are kept but not scored (NaN); `windows` counts encoder windows per turn."""
+    agent turns get each mechanism's expected level (0–2) and whether it is present (its decided level weak or
+    strong), `empathy` in [0, 1] and `empathic` (some mechanism present). Blank turns are kept but not scored (NaN);
+    `windows` counts encoder windows per turn."""
     model = pipeline.model
     turns = turn_table(as_conversations(conversations))
     blank = turns["text"].str.strip() == ""
@@ -249,7 +251,8 @@ def score_turns(pipeline: TranscriptPipeline, conversations: Sequence[Union[Conv
     agent = (turns["speaker"] == "agent") & ~blank
     scores = pd.DataFrame(np.nan, index=turns.index,
                           columns=[*PROBABILITY_COLUMNS, "sentiment", *EMPATHY_LEVEL_COLUMNS, "empathy"])
-    scores["empathic"] = pd.Series(pd.NA, index=turns.index, dtype="boolean")
+    flags = pd.DataFrame(pd.NA, index=turns.index, columns=[*EMPATHY_PRESENT_COLUMNS, "empathic"], dtype="boolean")
+    scores = scores.join(flags)
     scores["windows"] = 0
     texts = turns.loc[customer, "text"].tolist()
     pooled, scores.loc[customer, "windows"] = pipeline.encode_with_windows(texts, show_progress_bar=show_progress_bar,
@@ -263,7 +266,9 @@ def score_turns(pipeline: TranscriptPipeline, conversations: Sequence[Union[Conv
     empathy = model.postprocess_empathy(model.head_logits(pooled)[1], responses)
     scores.loc[agent, EMPATHY_LEVEL_COLUMNS] = empathy_levels(empathy)
     scores.loc[agent, "empathy"] = empathy_score(empathy)
-    scores.loc[agent, "empathic"] = (model.decided_levels(empathy) > 0).any(axis=1)
+    present = model.decided_levels(empathy) > 0
+    scores.loc[agent, EMPATHY_PRESENT_COLUMNS] = present
+    scores.loc[agent, "empathic"] = present.any(axis=1)
     return pd.concat([turns.drop(columns=["text", "context"]), scores], axis=1)
 
 

@@ -155,10 +155,12 @@ CANDIDATES = (
 
 
 def candidates(learner: str) -> list[Candidate]:
-    """The candidates of one learner, or of every learner for 'auto'; UsageError naming the learners otherwise."""
-    if learner != "auto" and learner not in LEARNERS:
+    """The candidates of one learner, of every learner for 'auto', or the one candidate named (a fitted model's
+    `learner_`: refitting it selects nothing); UsageError naming the learners otherwise."""
+    offered = [c for c in CANDIDATES if learner in ("auto", c.learner, c.name)]
+    if not offered:
         raise UsageError(f"learner {learner!r} is not offered; expected auto or one of {', '.join(LEARNERS)}")
-    return [c for c in CANDIDATES if learner in ("auto", c.learner)]
+    return offered
 
 
 def one_standard_error_choice(selection: Sequence[dict]) -> int:

@@ -1,22 +1,31 @@
-"""Conversation features from turn scores: sentiment start/end/shift, agent empathy, non-talk time and interruptions."""
+"""Conversation features from turn scores: the customer's sentiment trajectory, agent empathy overall and per mechanism,
+non-talk time and interruptions, and the groups they are reported by."""
 import numpy as np
 import pandas as pd
 import pytest
 
+from carelens.data.contracts import MECHANISMS
 from carelens.models.conversation_features import (
-    FEATURE_COLUMNS, conversation_features, covered_seconds, interrupting_turns,
+    EMPATHY_LEVEL_COLUMNS, EMPATHY_PRESENT_COLUMNS, FEATURE_COLUMNS, FEATURE_GROUPS, conversation_features,
+    covered_seconds, interrupting_turns,
 )
 
 NAN = np.nan
+COLUMNS = ["conversation_id", "turn_index", "speaker", "sentiment", "empathy", "empathic", "start_s", "end_s"]
 
 
-def _turns(rows, ids=None):
-    """Turn scores; each conversation's position is its place in `ids` (default: order of first appearance)."""
-    columns = ["conversation_id", "turn_index", "speaker", "sentiment", "empathy", "empathic", "start_s", "end_s"]
-    frame = pd.DataFrame(rows, columns=columns)
+def _turns(rows, ids=None, levels=None):
+    """Turn scores; each conversation's position is its place in `ids` (default: order of first appearance).
+    `levels` gives each turn's expected level per mechanism (default: 2 × empathy for every mechanism of an agent
+    turn); a mechanism is present where its level is at least 0.5."""
+    frame = pd.DataFrame(rows, columns=COLUMNS)
     order = list(ids) if ids else list(dict.fromkeys(frame["conversation_id"]))
     frame["position"] = frame["conversation_id"].map(order.index)
     frame["empathic"] = frame["empathic"].astype("boolean")
+    levels = np.repeat(2 * frame[["empathy"]].to_numpy(float), len(MECHANISMS), axis=1) if levels is None else \
+        np.asarray(levels, float)
+    frame[EMPATHY_LEVEL_COLUMNS] = levels
+    frame[EMPATHY_PRESENT_COLUMNS] = pd.DataFrame(np.where(np.isnan(levels), pd.NA, levels >= 0.5), dtype="boolean")
     return frame
 
 
@@ -88,3 +97,60 @@ def test_two_conversations_sharing_an_id_keep_their_own_features():
     out = conversation_features(turns, _index("dup", "dup"))
     assert out["customer_sentiment_start"].tolist() == pytest.approx([-0.9, 0.6])
     assert out["customer_turns"].tolist() == [1, 1]
+
+
+def test_sentiment_trajectory_slope_and_worst_turn():
+    # Customer sentiments -0.2, -0.8, 0.4 at customer turns 0, 1, 2: slope = sum(dx * dy) / sum(dx²) over x = 0, 1, 2
+    # with mean y -0.2: ((-1)(0) + 0(-0.6) + 1(0.6)) / 2 = 0.3. The agent turn between them does not count as a step.
+    turns = _turns([
+        ("a", 0, "customer", -0.2, NAN, pd.NA, NAN, NAN),
+        ("a", 1, "agent", NAN, 0.5, True, NAN, NAN),
+        ("a", 2, "customer", -0.8, NAN, pd.NA, NAN, NAN),
+        ("a", 4, "customer", 0.4, NAN, pd.NA, NAN, NAN),
+        ("b", 0, "customer", 0.6, NAN, pd.NA, NAN, NAN),
+        ("c", 0, "customer", 0.9, NAN, pd.NA, NAN, NAN),
+        ("c", 1, "customer", NAN, NAN, pd.NA, NAN, NAN),   # blank: not scored, not a step
+        ("c", 2, "customer", 0.1, NAN, pd.NA, NAN, NAN),
+    ])
+    out = conversation_features(turns, _index("a", "b", "c", "d")).set_index("conversation_id")
+    assert out["customer_sentiment_slope"].tolist()[:3] == pytest.approx([0.3, 0.0, -0.8])
+    assert out["customer_sentiment_worst"].tolist()[:3] == pytest.approx([-0.8, 0.6, 0.1])
+    assert np.isnan(out.loc["d", "customer_sentiment_slope"]) and np.isnan(out.loc["d", "customer_sentiment_worst"])
+
+
+def test_slope_follows_turn_order_not_row_order():
+    rows = [("a", 2, "customer", 1.0, NAN, pd.NA, NAN, NAN), ("a", 0, "customer", 0.0, NAN, pd.NA, NAN, NAN)]
+    assert conversation_features(_turns(rows), _index("a")).loc[0, "customer_sentiment_slope"] == pytest.approx(1.0)
+
+
+def test_each_mechanism_gets_its_mean_level_and_share_of_turns_present():
+    # Levels per turn (emotional reactions, interpretations, explorations); present means decided above none.
+    levels = [[NAN] * 3, [1.5, 0.1, 0.0], [NAN] * 3, [0.5, 1.0, 0.1], [0.1, 1.9, 0.3]]
+    turns = _turns([
+        ("a", 0, "customer", -0.5, NAN, pd.NA, NAN, NAN),
+        ("a", 1, "agent", NAN, 0.3, True, NAN, NAN),
+        ("a", 2, "customer", 0.0, NAN, pd.NA, NAN, NAN),
+        ("a", 3, "agent", NAN, 0.3, True, NAN, NAN),
+        ("a", 4, "agent", NAN, 0.4, True, NAN, NAN),
+    ], levels=levels)
+    row = conversation_features(turns, _index("a")).iloc[0]
+    assert row["agent_emotional_reactions_mean"] == pytest.approx(0.7)
+    assert row["agent_interpretations_mean"] == pytest.approx(1.0)
+    assert row["agent_explorations_mean"] == pytest.approx(0.4 / 3)
+    assert row["agent_emotional_reactions_share"] == pytest.approx(2 / 3)
+    assert row["agent_interpretations_share"] == pytest.approx(2 / 3)
+    assert row["agent_explorations_share"] == pytest.approx(0.0)
+
+
+def test_mechanism_features_are_missing_without_agent_turns():
+    turns = _turns([("a", 0, "customer", 0.2, NAN, pd.NA, NAN, NAN)])
+    row = conversation_features(turns, _index("a")).iloc[0]
+    assert row[[f for f in FEATURE_COLUMNS if f.startswith("agent_") and f != "agent_turns"]].isna().all()
+
+
+def test_every_feature_is_in_exactly_one_group():
+    grouped = [feature for features in FEATURE_GROUPS.values() for feature in features]
+    assert sorted(grouped) == sorted(FEATURE_COLUMNS) and len(set(grouped)) == len(grouped)
+    assert {"customer sentiment", "agent emotional reactions", "agent interpretations", "agent explorations",
+            "agent empathy (combined)", "timing", "turn counts"} == set(FEATURE_GROUPS)
+    assert {"customer_sentiment_slope", "customer_sentiment_worst"} <= set(FEATURE_GROUPS["customer sentiment"])

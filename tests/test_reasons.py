@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from carelens.inference.reasons import described, top_reasons
+from carelens.inference.reasons import PHRASES, described, top_reasons
+from carelens.models.conversation_features import FEATURE_COLUMNS
 
 
 def _abandoned_row(**values) -> pd.DataFrame:
@@ -53,3 +54,22 @@ def test_an_answered_contact_keeps_its_handling_reasons():
 ])
 def test_phrases_never_state_a_zero_as_a_quantity(feature, value, phrase):
     assert described(feature, value) == phrase
+
+
+def test_every_conversation_feature_has_a_supervisor_phrase():
+    assert set(FEATURE_COLUMNS) <= set(PHRASES)
+
+
+@pytest.mark.parametrize("feature, value, percentiles, phrase", [
+    ("customer_sentiment_slope", -0.3, None, "customer's mood sank turn by turn"),
+    ("customer_sentiment_slope", 0.0, None, "customer's mood held steady"),
+    ("customer_sentiment_slope", 0.2, None, "customer's mood rose turn by turn"),
+    ("customer_sentiment_worst", -0.8, None, "customer's worst turn was negative"),
+    ("agent_interpretations_mean", 0.05, np.linspace(0, 2, 101).tolist(),
+     "agent's understanding of the customer's feelings in the bottom 5%"),
+    ("agent_emotional_reactions_mean", 0.4, None, "agent's warmth at 0.4 of 2"),
+    ("agent_explorations_share", 0.0, None, "0% of agent replies asked about the customer's situation"),
+    ("agent_emotional_reactions_share", 0.25, None, "25% of agent replies showed warmth"),
+])
+def test_trajectory_and_mechanism_features_read_as_a_supervisor_would_say_them(feature, value, percentiles, phrase):
+    assert described(feature, value, percentiles) == phrase

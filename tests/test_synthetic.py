@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from carelens.data import synthetic_phrases as phrases
 from carelens.data.cli import generate_command
-from carelens.data.contracts import INTERACTIONS, LABELS, Conversation, validated
+from carelens.data.contracts import INTERACTIONS, LABELS, MECHANISMS, Conversation, validated
 from carelens.data.readers import read_interactions, read_labels, read_table, read_transcripts
 from carelens.data.synthetic import (
     SEED_GROUPS, exact_categories, exact_share, generate, marginals, sample_dir, write_synthetic,
@@ -207,6 +207,7 @@ def test_no_customers_is_refused():
 
 def labelled_turn_scores(conversations: list) -> pd.DataFrame:
     """Turn scores as a perfect transcript model would give them: the generator's own turn labels."""
+    from carelens.models.conversation_features import EMPATHY_LEVEL_COLUMNS, EMPATHY_PRESENT_COLUMNS
     from carelens.models.scoring import as_conversations, turn_table
     conversations = as_conversations(conversations)
     turns = turn_table(conversations)
@@ -215,6 +216,10 @@ def labelled_turn_scores(conversations: list) -> pd.DataFrame:
     turns["sentiment"] = [moods[t.sentiment] if t.speaker == "customer" else np.nan for t in labels]
     turns["empathy"] = [np.mean(list(t.empathy.values())) / 2 if t.speaker == "agent" else np.nan for t in labels]
     turns["empathic"] = [max(t.empathy.values()) > 0 if t.speaker == "agent" else pd.NA for t in labels]
+    for mechanism, level, present in zip(MECHANISMS, EMPATHY_LEVEL_COLUMNS, EMPATHY_PRESENT_COLUMNS):
+        turns[level] = [float(t.empathy[mechanism]) if t.speaker == "agent" else np.nan for t in labels]
+        turns[present] = pd.array([t.empathy[mechanism] > 0 if t.speaker == "agent" else pd.NA for t in labels],
+                                  dtype="boolean")
     return turns
 
 

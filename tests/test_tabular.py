@@ -20,12 +20,17 @@ from carelens.models.tabular import (
 from carelens.training.cli import evaluate_app, export_command, train_app
 from carelens.training.metrics import expected_calibration_error, group_rates, risk_metrics
 from carelens.data.html import figure_html, html_report, table_html
-from carelens.training.report import comparison_rows
+from carelens.models.conversation_features import FEATURE_COLUMNS, FEATURE_GROUPS, TIMING_FEATURES
+from carelens.training.bootstrap import roc_auc_differences
+from carelens.training.report import comparison_rows, feature_group_rows, tabular_report
 from carelens.training.evaluate import evaluate_tabular
-from carelens.training.tabular import FITTED_CONTACTS, TASKS, gap_recovered, load_labelled, publish_tabular, train_tabular
+from carelens.training.tabular import (
+    ADDED_GROUP, FITTED_CONTACTS, TASKS, gap_recovered, load_labelled, publish_tabular, refitted_without, train_tabular,
+)
 from conftest import requires_shared
 
 FAST = {"rounds": 15, "trees": 30, "spread_seeds": 1, "cv": 3}
+UNTIMED = [f for f in FEATURE_COLUMNS if f not in TIMING_FEATURES]
 GROUPS = ("no_problem", "problem_ineffective", "problem_effective")
 
 
@@ -343,6 +348,92 @@ def test_added_features_are_compared_with_the_same_model_without_them(generated,
         trained.metadata["metrics"]["roc_auc"] - without["metrics"]["roc_auc"])
     assert rows["seed gap recovered"]["without"] == without["seed_groups"]["gap_recovered"]
     assert rows["features added"]["with"] == "signal"
+
+
+@pytest.fixture(scope="module")
+def conversation_features_file(generated, tmp_path_factory):
+    """The conversation features of transcripts without timestamps for the generated contacts: noise but for the
+    agent's interpretations, which carry the outcome."""
+    labels = pd.read_parquet(generated / "labels.parquet")
+    rng = np.random.default_rng(5)
+    features = pd.DataFrame(rng.random((len(labels), len(UNTIMED))), columns=UNTIMED)
+    features["agent_interpretations_mean"] = 1.0 - labels["churned"] + rng.normal(0, 0.5, len(labels))
+    features.insert(0, "contact_id", labels["contact_id"])
+    path = tmp_path_factory.mktemp("conversations") / "conversation_features.parquet"
+    features.to_parquet(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def conversation_trained(generated, conversation_features_file):
+    data = load_labelled(generated, TASKS["churn"], features_from=[conversation_features_file])
+    return train_tabular(data, TASKS["churn"], **FAST)
+
+
+def test_each_recorded_feature_group_s_effect_on_held_out_roc_auc_has_an_interval(conversation_trained):
+    metadata = conversation_trained.metadata
+    effects = metadata["feature_groups"]
+    rows = {r["group"]: r for r in effects["rows"]}
+    assert list(rows) == [*(g for g in FEATURE_GROUPS if g != "timing"), ADDED_GROUP]
+    assert rows[ADDED_GROUP]["features"] == UNTIMED and rows["turn counts"]["features"] == FEATURE_GROUPS[
+        "turn counts"]
+    assert (effects["learner"], effects["test_rows"]) == (metadata["learner"], metadata["split"]["test"])
+    assert effects["roc_auc"] == pytest.approx(metadata["metrics"]["roc_auc"])
+    for row in rows.values():
+        assert row["lower"] <= row["difference"] <= row["upper"]
+        assert row["roc_auc_without"] + row["difference"] == pytest.approx(effects["roc_auc"])
+    assert rows["agent interpretations"]["difference"] > 0.05 and rows["agent interpretations"]["differs"]
+    # The with vs without comparison is the same refit as the added-features row.
+    assert metadata["without_added_features"]["metrics"]["roc_auc"] == pytest.approx(rows[ADDED_GROUP]["roc_auc_without"])
+
+
+def test_the_feature_group_table_is_in_the_report(conversation_trained):
+    report = tabular_report(conversation_trained.model, conversation_trained.test_frame, conversation_trained.test_y,
+                            conversation_trained.metadata)
+    assert "Effect of each feature group on held-out ROC-AUC" in report and "agent interpretations" in report
+    shown = feature_group_rows(conversation_trained.metadata)
+    assert [r["group"] for r in shown] == [r["group"] for r in conversation_trained.metadata["feature_groups"]["rows"]]
+    assert all(r["95% interval"].startswith("[") for r in shown)
+
+
+def test_a_group_is_refitted_with_the_chosen_learner_alone(conversation_trained):
+    model = conversation_trained.model
+    refit = refitted_without(model, FEATURE_GROUPS["customer sentiment"], conversation_trained.test_frame,
+                             conversation_trained.test_y)
+    assert [c["candidate"] for c in refit.selection_] == [model.learner_] and refit.learner_ == model.learner_
+    assert "customer_sentiment_slope" not in refit.feature_names_in_ and refit.random_state == model.random_state
+
+
+def test_training_without_conversation_or_added_features_measures_no_group(churn_trained):
+    assert "feature_groups" not in churn_trained.metadata and "without_added_features" not in churn_trained.metadata
+
+
+def test_cli_prints_the_feature_group_table(generated, conversation_features_file, tmp_path):
+    result = runner.invoke(train_app, ["churn", "--data", str(generated), "--features-from",
+                                       str(conversation_features_file), "--learner", "logistic", "--spread-seeds", "1",
+                                       "--out", str(tmp_path / "registry"), "--runs", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "Effect of each feature group on held-out ROC-AUC" in result.output
+    _, metadata = load_tabular(Registry(tmp_path / "registry"), "churn")
+    assert [r["group"] for r in metadata["feature_groups"]["rows"]][-1] == ADDED_GROUP
+    assert "Effect of each feature group" in (tmp_path / "registry" / "churn" / "v1" / "report.html").read_text()
+
+
+def test_roc_auc_differences_match_scikit_learn_and_pair_the_resamples():
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(0)
+    positive = rng.random(400) < 0.3
+    risk = np.round(positive + rng.normal(0, 1, 400), 1)  # rounded: ties count half
+    weaker = np.round(positive + rng.normal(0, 2, 400), 1)
+    same, worse = roc_auc_differences(positive, risk, [risk, weaker], resamples=200, seed=1)
+    assert same == {"roc_auc": pytest.approx(roc_auc_score(positive, risk)), "difference": 0.0,
+                    "interval": [0.0, 0.0], "differs": False}
+    assert worse["roc_auc"] == pytest.approx(roc_auc_score(positive, weaker))
+    assert worse["difference"] == pytest.approx(roc_auc_score(positive, risk) - roc_auc_score(positive, weaker))
+    assert worse["interval"][0] <= worse["difference"] <= worse["interval"][1]
+    assert roc_auc_differences(positive, risk, [weaker], resamples=200, seed=1)[0] == worse
+    with pytest.raises(ValueError, match="needs positive and negative rows"):
+        roc_auc_differences(np.ones(5, bool), risk[:5], [weaker[:5]])
 
 
 def test_gap_recovered_is_the_predicted_share_of_the_observed_gap():

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from carelens.data.contracts import ContractError
-from carelens.models.conversation_features import FEATURE_COLUMNS
+from carelens.models.conversation_features import EMPATHY_PRESENT_COLUMNS, FEATURE_COLUMNS
 from carelens.models.registry import RegistryError
 from carelens.models.scoring import TranscriptPipeline, cache_key, score_turns, transcript_features
 from carelens.models.transcript import (
@@ -115,6 +115,10 @@ def test_turn_scores_and_features_for_the_edge_cases(pipeline):
     assert (long_rows["windows"] > 100).all() and long_rows[["sentiment"]].iloc[0].notna().all()
     assert turns.loc[turns["conversation_id"] == "blank", ["sentiment", "empathy"]].isna().all().all()
     assert (turns.loc[turns["conversation_id"] == "blank", "windows"] == 0).all()
+    agent = turns[(turns["speaker"] == "agent") & turns["empathy"].notna()]
+    # A turn is empathic when some mechanism is present; customer and blank turns decide nothing.
+    assert (agent[EMPATHY_PRESENT_COLUMNS].any(axis=1) == agent["empathic"]).all()
+    assert turns.drop(agent.index)[EMPATHY_PRESENT_COLUMNS].isna().all().all()
     features = transcript_features(pipeline, conversations).set_index("conversation_id")
     assert list(features.index) == ["normal", "empty", "no-agent", "no-customer", "blank", "long"]
     assert features.loc["empty", FEATURE_COLUMNS].drop(["customer_turns", "agent_turns"]).isna().all()

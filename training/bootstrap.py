@@ -1,6 +1,7 @@
 """Honest uncertainty for classifiers: per-class precision, recall and F1, and percentile bootstrap intervals."""
 from __future__ import annotations
 
+import itertools
 from typing import Optional, Sequence
 
 import numpy as np
@@ -81,3 +82,58 @@ def macro_f1_difference(truth: np.ndarray, predicted_a: np.ndarray, predicted_b:
 
 def _macro_f1(counts: np.ndarray) -> np.ndarray:
     return class_figures(counts)["f1"].mean(axis=-1)
+
+
+#: Cells of the [resamples, rows] draw-count matrix held at once when resampling ROC-AUC: about 32 MB of float64.
+AUC_CHUNK_CELLS = 4_000_000
+
+
+def stratified_draw_counts(positive: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """[resamples, rows] how often each row is drawn when positives and negatives are each resampled with replacement
+    from their own rows: every resample keeps both classes at their counts, so its ROC-AUC is always defined."""
+    cells = np.arange(resamples)[:, None] * positive.size
+    drawn = [rows[rng.integers(0, rows.size, (resamples, rows.size))] + cells
+             for rows in (np.flatnonzero(positive), np.flatnonzero(~positive))]
+    flat = np.concatenate([d.ravel() for d in drawn])
+    return np.bincount(flat, minlength=resamples * positive.size).reshape(resamples, positive.size)
+
+
+def weighted_roc_auc(positive: np.ndarray, risk: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """ROC-AUC of `risk` for each row of `counts` [k, rows] (how often each row is drawn), ties counting half: the
+    drawn-weighted share of (positive, negative) pairs the risk orders correctly."""
+    order = np.argsort(risk, kind="stable")
+    ranked = risk[order]
+    first_of_value = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    drawn = counts[:, order]
+    positives = np.add.reduceat(drawn * positive[order], first_of_value, axis=1)
+    negatives = np.add.reduceat(drawn, first_of_value, axis=1) - positives
+    below = np.cumsum(negatives, axis=1) - negatives / 2
+    return (positives * below).sum(axis=1) / (positives.sum(axis=1) * negatives.sum(axis=1))
+
+
+def roc_auc_differences(positive: np.ndarray, risk: np.ndarray, alternatives: Sequence[np.ndarray],
+                        resamples: int = RESAMPLES, seed: int = SEED) -> list[dict]:
+    """For each alternative risk of the same rows: ROC-AUC of `risk` minus the alternative's, with its paired percentile
+    bootstrap interval (both scored on the same stratified resamples of the rows, so the spread is that of the
+    difference itself) and `differs` when the interval excludes 0. ValueError without both outcomes."""
+    positive = np.asarray(positive, bool)
+    if positive.all() or not positive.any():
+        raise ValueError(f"a ROC-AUC needs positive and negative rows, got {int(positive.sum())} positive of "
+                         f"{positive.size}")
+    risks = [np.asarray(risk, float), *(np.asarray(a, float) for a in alternatives)]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, AUC_CHUNK_CELLS // positive.size)
+    draws = itertools.chain([np.ones((1, positive.size))],  # the rows as they are, then the resamples
+                            (stratified_draw_counts(positive, min(chunk, resamples - done), rng)
+                             for done in range(0, resamples, chunk)))
+    aucs = np.concatenate([np.column_stack([weighted_roc_auc(positive, r, counts) for r in risks])
+                           for counts in draws])
+    differences = aucs[:, :1] - aucs[:, 1:]
+    return [_difference(aucs[0, j + 1], differences[:, j]) for j in range(len(alternatives))]
+
+
+def _difference(alternative_auc: float, differences: np.ndarray) -> dict:
+    """The alternative's ROC-AUC, the difference on the rows as they are (first), and its interval over the rest."""
+    low, high = percentile_interval(differences[1:])
+    return {"roc_auc": float(alternative_auc), "difference": float(differences[0]), "interval": [low, high],
+            "differs": bool(low > 0 or high < 0)}

@@ -39,9 +39,11 @@ def _registry(path: Optional[Path]):
 
 
 def figures_tables(figures: dict) -> list[Table]:
-    """Rich tables of held-out metrics and, when present, the learner selection, the spread over split seeds and the
-    per-seed-group rates."""
-    from carelens.training.report import comparison_rows, metric_rows, selection_rows, spread_rows
+    """Rich tables of held-out metrics and, when present, the learner selection, the spread over split seeds, the
+    per-seed-group rates and each feature group's effect on ROC-AUC."""
+    from carelens.training.report import (
+        comparison_rows, feature_group_rows, feature_group_title, metric_rows, selection_rows, spread_rows,
+    )
     tables = [rows_table(metric_rows(figures["metrics"]), "held-out metrics")]
     if figures.get("selection"):
         tables.append(rows_table(selection_rows(figures), "learner selection (cross-validated on the training rows)"))
@@ -55,6 +57,8 @@ def figures_tables(figures: dict) -> list[Table]:
         tables.append(rows_table([{"seed group": r["group"], "rows": r["rows"],
                                    f"observed {groups['outcome']}": r["observed"],
                                    f"predicted {groups['outcome']}": r["predicted"]} for r in groups["rows"]], title))
+    if "feature_groups" in figures:
+        tables.append(rows_table(feature_group_rows(figures), feature_group_title(figures)))
     if "without_added_features" in figures:
         tables.append(rows_table(comparison_rows(figures), "with vs without the added features"))
     return tables

@@ -8,16 +8,19 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from carelens.data.contracts import (
     CATEGORICAL_FEATURES, INTERACTION_FEATURES, INTERACTIONS, Column, ContractError, TableContract, validated,
 )
 from carelens.data.readers import header_lines, read_interactions, read_labels, read_table
-from carelens.models.conversation_features import FEATURE_COLUMNS, features_lineage
+from carelens.models.conversation_features import FEATURE_COLUMNS, FEATURE_GROUPS, features_lineage
 from carelens.models.drift import numeric_distribution
 from carelens.models.registry import Artifact, Registry, frame_fingerprint
 from carelens.models.tabular import RiskModel, save_model
+from carelens.training.bootstrap import LEVEL, RESAMPLES, roc_auc_differences
 from carelens.training.metrics import group_rates, model_metrics
 from carelens.training.report import tabular_report
 
@@ -34,6 +37,8 @@ SPREAD_METRICS = ("roc_auc", "pr_auc", "brier", "ece", "accuracy", "f1", "macro_
 #: Beside a published model: the hashed contact_ids of the rows it was fitted and calibrated on, as Parquet (reading
 #: it runs no code), so that an evaluation on those contacts is told apart from a held-out one.
 FITTED_CONTACTS = "fitted_contacts.parquet"
+#: The group of every feature joined from other tables (`--features-from`), whose effect is measured too.
+ADDED_GROUP = "all added features"
 
 
 @dataclass(frozen=True)
@@ -268,30 +273,66 @@ def seed_spread(runs: Sequence[dict]) -> dict:
             "std": {m: float(np.std([r[m] for r in rows], ddof=1)) if len(rows) > 1 else 0.0 for m in present}}
 
 
+def measured_groups(data: LabelledData) -> dict[str, list[str]]:
+    """The feature groups whose effect on held-out ROC-AUC training measures: each conversation feature group (see
+    FEATURE_GROUPS) of which the data records some value, then all features joined from other tables; a group whose
+    removal would leave no feature is left out."""
+    present = {name: [f for f in features if f in data.features] for name, features in FEATURE_GROUPS.items()}
+    groups = {name: features for name, features in present.items()
+              if any(data.frame[f].notna().any() for f in features)}
+    if data.added:
+        groups[ADDED_GROUP] = list(data.added)
+    return {name: features for name, features in groups.items() if set(data.features) - set(features)}
+
+
+def refitted_without(model: RiskModel, dropped: Sequence[str], frame: pd.DataFrame, y: np.ndarray) -> RiskModel:
+    """The model refitted on the same rows without the `dropped` features: the same parameters and seed, and its
+    chosen learner as the only candidate, so that nothing is selected again and the refit costs one fit."""
+    kept = [f for f in model.feature_names_in_ if f not in set(dropped)]
+    return clone(model).set_params(features=kept, learner=model.learner_).fit(frame, y)
+
+
+def feature_group_effects(model: RiskModel, groups: dict[str, list[str]], train: tuple[pd.DataFrame, np.ndarray],
+                          test: tuple[pd.DataFrame, np.ndarray], seed: int) -> tuple[dict, dict[str, RiskModel]]:
+    """(each group's effect on held-out ROC-AUC: the model's minus that of the model refitted on the same training
+    rows without the group, with a paired bootstrap interval over the held-out rows; the refitted model of each
+    group). A group whose information other groups also carry shows little effect: the refit leans on those."""
+    started = time.perf_counter()
+    refits = {name: refitted_without(model, features, *train) for name, features in groups.items()}
+    frame, y = test
+    positive, risk = y != model.negative_class_, model.risk(frame)
+    differences = roc_auc_differences(positive, risk, [m.risk(frame) for m in refits.values()], seed=seed)
+    rows = [{"group": name, "features": features, "roc_auc_without": d["roc_auc"], "difference": d["difference"],
+             "lower": d["interval"][0], "upper": d["interval"][1], "differs": d["differs"]}
+            for (name, features), d in zip(groups.items(), differences)]
+    effects = {"metric": "roc_auc", "roc_auc": float(roc_auc_score(positive, risk)), "learner": model.learner_,
+               "test_rows": int(len(y)), "resamples": RESAMPLES, "seed": seed, "level": LEVEL,
+               "seconds": round(time.perf_counter() - started, 1), "rows": rows}
+    return effects, refits
+
+
 def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 0, learner: str = "auto",
                   spread_seeds: int = SPREAD_SEEDS, **params) -> Trained:
     """Hold out 20% of the rows; on the other 80% pick the learner by cross-validation and fit it with cross-fitted
     calibration and threshold (`RiskModel`); measure on the held-out rows. The same is repeated for the next
-    `spread_seeds` − 1 split seeds, whose figures give the spread the report shows beside the published model's."""
+    `spread_seeds` − 1 split seeds, whose figures give the spread the report shows beside the published model's.
+    With conversation features or features joined from other tables, each group of them is dropped in turn and the
+    published model refitted without it on the same split (`feature_group_effects`)."""
     y = target_values(data, task)
     rows = data.frame.reset_index(drop=True)
 
-    def fitted(features: list[str], train: np.ndarray, split_seed: int) -> RiskModel:
-        model = RiskModel(features=features, categorical=data.categorical, negative_class=task.negative_class,
-                          goal=goal, contacts_per_day=data.contacts_per_day, learner=learner,
-                          random_state=split_seed, **params)
-        return model.fit(rows.iloc[train], y[train])
-
-    def held_out(features: list[str], split_seed: int) -> tuple[RiskModel, np.ndarray, np.ndarray, dict]:
+    def held_out(split_seed: int) -> tuple[RiskModel, np.ndarray, np.ndarray, dict]:
         train, test = split_indices(y, split_seed)
         groups = None if data.groups is None else data.groups.iloc[test]
-        model = fitted(features, train, split_seed)
+        model = RiskModel(features=data.features, categorical=data.categorical, negative_class=task.negative_class,
+                          goal=goal, contacts_per_day=data.contacts_per_day, learner=learner,
+                          random_state=split_seed, **params).fit(rows.iloc[train], y[train])
         return model, train, test, held_out_figures(model, task, rows.iloc[test], y[test], groups)
 
     started = time.perf_counter()
-    model, train, test, figures = held_out(data.features, seed)
+    model, train, test, figures = held_out(seed)
     seconds = time.perf_counter() - started
-    others = [held_out(data.features, s) for s in range(seed + 1, seed + spread_seeds)]
+    others = [held_out(s) for s in range(seed + 1, seed + spread_seeds)]
     runs = [{"seed": s, "learner": m.learner_, "metrics": f["metrics"]}
             for s, (m, _, _, f) in zip(range(seed, seed + spread_seeds), [(model, train, test, figures), *others])]
     metadata = {
@@ -308,12 +349,15 @@ def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 
         "transcript_model": data.transcript_model if set(FEATURE_COLUMNS) & set(data.features) else None,
         **figures, "spread": seed_spread(runs),
     }
-    if data.added:
-        # The same split and seed without the joined features: the report shows what they are worth.
-        baseline = fitted([f for f in data.features if f not in data.added], train, seed)
-        test_groups = None if data.groups is None else data.groups.iloc[test]
-        metadata["without_added_features"] = {
-            "added": list(data.added), **held_out_figures(baseline, task, rows.iloc[test], y[test], test_groups)}
+    groups = measured_groups(data)
+    if groups:
+        metadata["feature_groups"], refits = feature_group_effects(
+            model, groups, (rows.iloc[train], y[train]), (rows.iloc[test], y[test]), seed)
+        if ADDED_GROUP in refits:
+            # The model refitted without the joined features, measured in full: the report shows what they are worth.
+            test_groups = None if data.groups is None else data.groups.iloc[test]
+            metadata["without_added_features"] = {"added": list(data.added), **held_out_figures(
+                refits[ADDED_GROUP], task, rows.iloc[test], y[test], test_groups)}
     fitted_contacts = contact_hashes(rows["contact_id"].iloc[train]) if "contact_id" in rows.columns else None
     return Trained(model, metadata, rows.iloc[test], y[test], fitted_contacts)
 
