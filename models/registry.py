@@ -339,6 +339,12 @@ class Registry:
         loading (`open` verifies)."""
         return self._version_directory(name, self.resolve(name, version))
 
+    def content_sha256(self, name: str, version: str = "latest") -> str:
+        """A digest of a version's content (its SHA256SUMS, which covers every file): two versions with the same digest
+        hold the same files, whatever they are called and wherever they are published."""
+        listed = read_checksums(self.directory(name, version))
+        return hashlib.sha256(json.dumps(sorted(listed.items())).encode()).hexdigest()
+
     def _version_directory(self, name: str, version: str) -> Path:
         """The directory of a resolved version: a real directory below the registry root, not a link out of it."""
         model_dir = self.root / name
