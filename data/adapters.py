@@ -11,6 +11,7 @@ import pandas as pd
 from carelens.data.contracts import (
     LEVELS, MECHANISMS, SENTIMENTS, SYNTHETIC_TEXT, ContractError, Conversation, Turn, plain_column,
 )
+from carelens.data.paths import plain_file
 from carelens.data.readers import (
     conversation_from_record, parsed_json, read_table, read_transcripts, shown,
 )
@@ -197,9 +198,7 @@ def abcd_conversation(record: dict, source: str = "abcd", line_no: Optional[int]
 
 def read_abcd(path: PathLike) -> list[Conversation]:
     """An ABCD JSON file (a list of records) as Conversations."""
-    path = Path(path)
-    if not path.is_file():
-        raise ContractError(str(path), "no such file")
+    path = plain_file(path)
     try:
         records = parsed_json(path.read_text(encoding="utf-8"), str(path), None)
     except UnicodeDecodeError as exc:

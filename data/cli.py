@@ -23,8 +23,12 @@ def generate_command(
 ) -> None:
     """Write interactions, labels, hidden truth and transcripts, then print the files and the observed marginals."""
     # Imported here so that `carelens --help` does not pay for scipy and pyarrow.
+    from carelens.data.paths import output_folder
     from carelens.data.synthetic import generate, marginals, write_synthetic
+    from carelens.data.terminal import user_errors
 
+    with user_errors():
+        output_folder(out)
     data = generate(customers, seed=seed, start=start, transcripts=transcripts)
     written = write_synthetic(data, out)
     console = Console()

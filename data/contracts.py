@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -244,11 +244,14 @@ def check_unique_names(names: Sequence, source: str) -> None:
 
 
 def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
-                extra_numeric: Sequence[str] = (), extra_categorical: Sequence[str] = ()) -> Checked:
+                extra_numeric: Sequence[str] = (), extra_categorical: Sequence[str] = (),
+                earlier: Optional[Mapping[str, str]] = None) -> Checked:
     """Type every contract column and collect per-row problems; raises only for table-level faults.
 
     Table-level faults (no rows, a missing column) raise ContractError at once: no row could be good.
-    Row-level faults are returned so that a batch can send just those rows to a dead-letter file.
+    Row-level faults are returned so that a batch can send just those rows to a dead-letter file. `earlier` maps the
+    unique values that earlier chunks or files of the same batch already hold to where they were: a row repeating one
+    is a duplicate too.
     """
     if raw.shape[0] == 0:
         raise ContractError(source, f"the file has no rows; expected a {contract.name} table "
@@ -272,10 +275,15 @@ def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
         fresh = (problems == "") & (found != "")
         problems[fresh] = [f"column '{column.name}': {p}" for p in found[fresh]]
     if contract.unique:
-        repeated = frame[contract.unique].duplicated(keep="first") & frame[contract.unique].notna()
+        values = frame[contract.unique]
+        # Looked up one by one: `earlier` can hold a whole night's contacts, too many to hash again for every chunk.
+        first_in = pd.Series([earlier.get(v) if earlier and isinstance(v, str) else None for v in values],
+                             index=values.index, dtype=object)
+        repeated = (values.duplicated(keep="first") | first_in.notna()) & values.notna()
         fresh = (problems == "") & repeated
-        problems[fresh] = [f"column '{contract.unique}': duplicate value {v!r}, expected each "
-                           f"{contract.unique} once" for v in frame.loc[fresh, contract.unique]]
+        problems[fresh] = [f"column '{contract.unique}': duplicate value {v!r}, expected each {contract.unique} once"
+                           + (f" (it came first in {where})" if where else "")
+                           for v, where in zip(frame.loc[fresh, contract.unique], first_in[fresh])]
     return Checked(frame.reset_index(drop=True), problems.reset_index(drop=True))
 
 

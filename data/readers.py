@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from carelens.data.contracts import (
     INTERACTIONS, LABELS, ContractError, Conversation, TableContract, check_unique_names, validated,
 )
+from carelens.data.paths import plain_file
 
 PathLike = Union[str, Path]
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -42,9 +43,7 @@ def csv_header(path: Path) -> list[str]:
 
 def read_table(path: PathLike) -> pd.DataFrame:
     """A CSV or Parquet file as an untyped DataFrame, or ContractError when it is missing, empty or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise ContractError(str(path), "no such file")
+    path = plain_file(path)
     if path.stat().st_size == 0:
         raise ContractError(str(path), "the file is empty")
     suffix = path.suffix.lower()
@@ -240,9 +239,7 @@ def _conversations_from_long_parquet(path: PathLike) -> list[Conversation]:
 
 def read_transcripts(path: PathLike) -> list[Conversation]:
     """All conversations of a JSON Lines (or long-form Parquet) file; the first bad record raises ContractError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ContractError(str(path), "no such file")
+    path = plain_file(path)
     if path.stat().st_size == 0:
         raise ContractError(str(path), "the file is empty")
     if path.suffix.lower() in (".parquet", ".pq"):

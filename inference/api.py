@@ -74,8 +74,16 @@ def parse_versions(text: str) -> Versions:
     """`latest`, `v3` (every model) or `churn=v2,retaliation=v2,transcripts=v1` (pinned per model)."""
     if "=" not in text:
         return text.strip()
-    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
-    chosen = {name.strip(): version.strip() for name, version in pairs}
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    malformed = [part for part in parts if not part.partition("=")[0].strip() or "=" not in part]
+    if malformed:
+        raise UsageError(f"--version {text!r}: {malformed[0]!r} is not model=version; expected latest, one version "
+                         f"for every model (v2), or model=version pairs (churn=v2,retaliation=v2,transcripts=v1)")
+    pairs = [[side.strip() for side in part.split("=", 1)] for part in parts]
+    twice = sorted({name for name, _ in pairs if [n for n, _ in pairs].count(name) > 1})
+    if twice:
+        raise UsageError(f"--version {text!r}: {', '.join(twice)} is pinned twice; expected each model once")
+    chosen = dict(pairs)
     unknown = sorted(set(chosen) - {*TABULAR, MODEL_NAME})
     if unknown:
         raise UsageError(f"--version {text!r}: unknown model(s) {', '.join(unknown)}; expected names among "

@@ -15,9 +15,10 @@ import glob
 import hashlib
 import json
 import os
-import shutil
+import re
+import stat
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from importlib.metadata import version as package_version
@@ -35,6 +36,7 @@ from carelens.data.contracts import (
     INTERACTIONS, SURROGATE, ContractError, Conversation, check_table, check_unique_names,
 )
 from carelens.data.errors import CareLensError, OutOfSpace, UsageError
+from carelens.data.paths import output_folder, plain_file
 from carelens.data.readers import (
     TABLE_SUFFIXES, arrow_frame, check_long_form_columns, conversation_from_json,
     conversation_runs, csv_header, header_lines, long_form_conversation, long_form_runs, parsed_json, reappearing_runs,
@@ -54,10 +56,20 @@ ABCD_SUFFIXES = (".json",)
 FORMATS = ("auto", "jsonl", "parquet", "abcd")
 FEATURES, PREDICTIONS, DEAD = "features", "predictions", "dead"
 PLAN, MANIFEST, DEAD_LETTER = "_plan.json", "_manifest.json", "dead_letter.jsonl"
+#: What the nightly job writes after the scoring stages.
+FLAGGED_PARQUET, FLAGGED_CSV, SUMMARY = "flagged.parquet", "flagged.csv", "summary.html"
 #: Markers of the stages after scoring (flags, summary): a stage whose marker exists is done.
 STAGES = "_stages"
 ENGINES = ("local", "ray")
 TEMPORARY_MARK = ".tmp-"
+#: Every name a run writes, by folder below --out: a restart removes these and nothing else, and a temporary name is
+#: one of these behind a dot with TEMPORARY_MARK and a process id after it. Files of the user's own are left alone.
+RUN_FILES = {".": re.compile("|".join(map(re.escape, (PLAN, MANIFEST, DEAD_LETTER, FLAGGED_PARQUET, FLAGGED_CSV,
+                                                       SUMMARY)))),
+             FEATURES: re.compile(r"t[0-9]{4}-c[0-9]{6}\.parquet"),
+             PREDICTIONS: re.compile(r"i[0-9]{4}-c[0-9]{6}\.parquet"),
+             DEAD: re.compile(r"[ti][0-9]{4}-c[0-9]{6}\.jsonl"), STAGES: re.compile(r"[a-z]+\.json")}
+TEMPORARY_NAME = re.compile(rf"\.(?P<target>.+){re.escape(TEMPORARY_MARK)}[0-9]+")
 #: Where each scored conversation came from, beside its ids and features.
 FEATURE_FIELDS = [pa.field("source", pa.string()), pa.field("line", pa.int64()),
                   *(pa.field(k, pa.string()) for k in KEYS), *(pa.field(f, pa.float64()) for f in FEATURE_COLUMNS)]
@@ -115,19 +127,21 @@ class InputFile:
 
 
 def expanded_inputs(patterns: Sequence[PathLike], suffixes: Sequence[str]) -> list[Path]:
-    """Files named by paths, globs and directories (a directory gives its files with one of `suffixes`), sorted and
-    without repeats; ContractError naming the pattern that matched nothing."""
+    """Files named by paths, globs and directories (a directory gives what it holds with one of `suffixes`, folders
+    aside), sorted and without repeats; ContractError naming the pattern that matched nothing, or the first path that
+    is not a regular file with a UTF-8 name (a FIFO, a device, a directory a glob matched), before any is read."""
     files = []
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and not p.is_dir())
         else:
-            found = [Path(p) for p in sorted(glob.glob(str(pattern), recursive=True))] or ([path] if path.is_file() else [])
+            found = [Path(p) for p in sorted(glob.glob(str(pattern), recursive=True))] or \
+                ([path] if os.path.lexists(path) else [])
         if not found:
             raise ContractError(str(pattern), f"no input file matches (expected a file, a glob or a directory of "
                                               f"{', '.join(suffixes)} files)")
-        files.extend(found)
+        files.extend(map(plain_file, found))
     return list(dict.fromkeys(p.resolve() for p in files))
 
 
@@ -248,11 +262,10 @@ def parquet_units(path: Path, index: int, chunk_size: int) -> tuple[int, list[Un
     return len(starts), units
 
 
-def planned_inputs(patterns: Sequence[PathLike], chunk_size: int, format: str = "auto") -> list[InputFile]:
+def transcript_files(patterns: Sequence[PathLike], format: str = "auto") -> list[Path]:
     if format not in FORMATS:
         raise UsageError(f"format {format!r} is not offered; expected one of {', '.join(FORMATS)}")
-    files = expanded_inputs(patterns, (*JSONL_SUFFIXES, *PARQUET_SUFFIXES, *ABCD_SUFFIXES))
-    return [planned_file(path, index, chunk_size, format) for index, path in enumerate(files)]
+    return expanded_inputs(patterns, (*JSONL_SUFFIXES, *PARQUET_SUFFIXES, *ABCD_SUFFIXES))
 
 
 # -- reading and scoring a unit ---------------------------------------------------------------------------------------
@@ -428,12 +441,40 @@ def done_keys(out: Path, folder: str) -> set[str]:
     return {p.stem for p in (out / folder).glob("*.parquet")}
 
 
+def run_files(out: Path) -> list[Path]:
+    """Every file below `out` a run wrote (RUN_FILES), finished or temporary; nothing else, however it is named."""
+    found = []
+    for folder, names in RUN_FILES.items():
+        place = out / folder
+        entries = sorted(place.iterdir()) if place.is_dir() else []
+        found += [p for p in entries if stat.S_ISREG(p.lstat().st_mode) and written_as(p.name, names)]
+    return found
+
+
+def written_as(name: str, names: re.Pattern) -> bool:
+    """Whether a file name is one of `names`, or the temporary name one of them is written under."""
+    temporary = TEMPORARY_NAME.fullmatch(name)
+    return bool(names.fullmatch(temporary["target"] if temporary else name))
+
+
 def removed_leftovers(out: Path) -> int:
-    """Temporary files a killed run left behind, deleted; how many there were."""
-    leftovers = [p for p in out.rglob(f"*{TEMPORARY_MARK}*") if p.is_file()]
+    """Temporary files a killed run left behind (the run's own temporary names, matched exactly), deleted; how many
+    there were."""
+    leftovers = [p for p in run_files(out) if TEMPORARY_NAME.fullmatch(p.name)]
     for path in leftovers:
         path.unlink()
     return len(leftovers)
+
+
+def discarded_run(out: Path) -> None:
+    """An earlier run in `out` removed, its manifest first (outputs without their manifest are not a finished run's),
+    then every other file it wrote and its folders once empty; the user's own files stay where they are."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    for path in run_files(out):
+        path.unlink()
+    for folder in (FEATURES, PREDICTIONS, DEAD, STAGES):
+        with suppress(OSError):  # absent, or holding files of the user's own
+            (out / folder).rmdir()
 
 
 # -- engines ----------------------------------------------------------------------------------------------------------
@@ -485,17 +526,23 @@ def predict_contacts(scorer, run: "Run", chunk_size: int) -> dict:
     file is not the one the plan hashed."""
     features = saved_features(run.out) if scorer.uses_transcripts else None
     numeric, categorical = scorer.extra_columns()
-    done, seen = done_keys(run.out, PREDICTIONS), {}
+    # contact_id → the file it came first in, over every file and chunk: a contact is predicted once per run.
+    done, seen, earlier = done_keys(run.out, PREDICTIONS), {}, {}
     for index, (path, stamp) in enumerate(zip(run.tables, run.table_stamps)):
         check_unchanged(path, stamp)
         rows = 0
         try:
             for chunk_no, chunk in enumerate(table_chunks(path, chunk_size)):
                 key = f"i{index:04d}-c{chunk_no:06d}"
-                if key not in done:
+                if key in done:
+                    predicted = pq.read_table(run.out / PREDICTIONS / f"{key}.parquet", columns=["contact_id"])
+                    contacts = predicted.column("contact_id").to_pylist()
+                else:
                     scored, dead = predicted_chunk(scorer, chunk, str(path), rows + header_lines(path) + 1, features,
-                                                   numeric, categorical, run.redact)
+                                                   numeric, categorical, run.redact, earlier)
                     commit_unit(run.out, PREDICTIONS, key, scored, dead)
+                    contacts = scored["contact_id"].tolist()
+                earlier.update(dict.fromkeys(contacts, str(path)))
                 rows += len(chunk)
             seen[str(path)] = {"records": rows}
         except OutOfSpace:
@@ -507,11 +554,11 @@ def predict_contacts(scorer, run: "Run", chunk_size: int) -> dict:
 
 
 def predicted_chunk(scorer, chunk: pd.DataFrame, source: str, first_row: int, features: Optional[pd.DataFrame],
-                    numeric: Sequence[str], categorical: Sequence[str], redact: bool = False
-                    ) -> tuple[pd.DataFrame, list[dict]]:
+                    numeric: Sequence[str], categorical: Sequence[str], redact: bool = False,
+                    earlier: Optional[dict] = None) -> tuple[pd.DataFrame, list[dict]]:
     """(the predictions of a chunk's good rows with the features they were made from, a dead letter for each bad
-    row, numbered as in the file)."""
-    checked = check_table(chunk, INTERACTIONS, source, numeric, categorical)
+    row, numbered as in the file); a contact that `earlier` chunks or files held (contact_id → file) is a bad row."""
+    checked = check_table(chunk, INTERACTIONS, source, numeric, categorical, earlier)
     dead = [dead_letter(source, "table", first_row + int(i), reason, chunk.iloc[int(i)].to_dict(), redact)
             for i, reason in checked.problems[checked.problems != ""].items()]
     scored = scorer.contact_predictions(scorer.joined(checked.good, features))
@@ -524,18 +571,12 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def checked_plan(out: Path, plan: dict, restart: bool) -> int:
-    """Start or resume the run recorded in `out`: RunConflict when `out` holds a run of another plan (unless
-    `restart`, which discards it). Returns how many units were already done."""
+def checked_plan(out: Path, plan: dict) -> int:
+    """Start or resume the run recorded in `out`: RunConflict when `out` holds a run of another plan. Returns how many
+    units were already done."""
     recorded = out / PLAN
-    if restart:
-        for name in (FEATURES, PREDICTIONS, DEAD, STAGES):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in (PLAN, MANIFEST, DEAD_LETTER):
-            (out / name).unlink(missing_ok=True)
-    elif recorded.is_file():
-        before = json.loads(recorded.read_text())
-        differing = [k for k in plan if before.get(k) != plan[k]]
+    if recorded.is_file():
+        differing = plan_differences(json.loads(recorded.read_text()), plan)
         if differing:
             raise RunConflict(f"{out}: holds a run with other {', '.join(differing)}; resuming it would mix two runs. "
                               f"Choose another --out, or pass --restart to discard it")
@@ -543,6 +584,18 @@ def checked_plan(out: Path, plan: dict, restart: bool) -> int:
     removed_leftovers(out)
     write_text(json.dumps(plan, indent=2), recorded)
     return len(done_keys(out, FEATURES)) + len(done_keys(out, PREDICTIONS))
+
+
+def plan_differences(before: dict, plan: dict) -> list[str]:
+    """What a recorded plan has other than this one, in words: a model is compared by its content, so another model
+    published under the same version name (another registry's churn v1) is another model."""
+    differing = [k for k in plan if k != "model_sha256" and before.get(k) != plan[k]]
+    recorded = before.get("model_sha256") or {}
+    changed = [f"{name} {plan['models'][name]}" for name, digest in plan["model_sha256"].items()
+               if recorded.get(name) != digest]
+    if changed and "models" not in differing:
+        differing.append(f"models ({', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} in content)")
+    return differing
 
 
 def parquet_rows_in(folder: Path, prefix: str = "") -> int:
@@ -595,24 +648,30 @@ def planned_run(transcripts: Sequence[PathLike], out: PathLike, registry: Option
                 version: Union[str, dict] = "latest", interactions: Sequence[PathLike] = (), chunk_size: int = 1_000,
                 restart: bool = False, format: str = "auto", redact: bool = False,
                 scoring: ScoringOptions = ScoringOptions()) -> Run:
-    """The first stage: inputs expanded, hashed and cut into units, model versions resolved, and the plan recorded in
-    `out` (RunConflict when `out` holds a run of another plan, unless `restart`); `redact` is part of the plan, so a
-    run is never resumed half masked, and so is the runtime and precision the transcript model scores with (a run is
-    never resumed with features scored two ways)."""
+    """The first stage: inputs expanded (each a regular file, refused by path before any is read), hashed and cut into
+    units, model versions resolved, and the plan recorded in `out` (RunConflict when `out` holds a run of another plan;
+    `restart` discards an earlier run before anything is hashed). Models are part of the plan by their content, so
+    another model under the same version name is another plan; so is `redact`, so a run is never resumed half masked,
+    and the runtime and precision the transcript model scores with (a run is never resumed with features scored two
+    ways)."""
     if chunk_size < 1:
         raise UsageError(f"chunk_size must be at least 1, got {chunk_size}")
-    out, store = Path(out), Registry(registry)
-    wanted = version if isinstance(version, dict) else {}
+    out, store = output_folder(out), Registry(registry)
+    files = transcript_files(transcripts, format)
     tables = expanded_inputs(interactions, TABLE_SUFFIXES) if interactions else []
+    if restart:
+        discarded_run(out)
+    wanted = version if isinstance(version, dict) else {}
     table_stamps = [file_stamp(p) for p in tables]
     names = (MODEL_NAME, "churn", "retaliation") if tables else (MODEL_NAME,)
     models = {name: store.resolve(name, wanted.get(name, "latest") if wanted else version) for name in names}
-    inputs = planned_inputs(transcripts, chunk_size, format)
+    inputs = [planned_file(path, index, chunk_size, format) for index, path in enumerate(files)]
     runtime, precision, warning = scoring.resolved(store.directory(MODEL_NAME, models[MODEL_NAME]))
     plan = {"inputs": [f.summary() for f in inputs], "interactions": [str(p) for p in tables],
-            "interaction_hashes": [file_sha256(p) for p in tables], "models": models, "chunk_size": chunk_size,
-            "redact": redact, "runtime": f"{runtime} {precision}"}
-    return Run(out, store, inputs, tables, models, bool(wanted), plan, checked_plan(out, plan, restart), table_stamps,
+            "interaction_hashes": [file_sha256(p) for p in tables], "models": models,
+            "model_sha256": {name: store.content_sha256(name, v) for name, v in models.items()},
+            "chunk_size": chunk_size, "redact": redact, "runtime": f"{runtime} {precision}"}
+    return Run(out, store, inputs, tables, models, bool(wanted), plan, checked_plan(out, plan), table_stamps,
                warnings=[warning] if warning else [])
 
 

@@ -34,11 +34,13 @@ def featurize_command(
 ) -> None:
     """Score every turn with the transcript model and write the conversation features the churn and retaliation
     models take (`carelens train churn --features-from FILE`)."""
+    from carelens.data.paths import output_file
     from carelens.data.terminal import console, user_errors, warn
     from carelens.models.conversation_features import write_features
     from carelens.models.scoring import ScoringOptions, load_scoring_pipeline, transcript_features
     from carelens.models.transcript import training_text_warning
     with user_errors():
+        output_file(out)
         options = ScoringOptions(**scoring_option_values(runtime, precision, device, threads, token_budget,
                                                          cache_entries))
         pipeline, metadata = load_scoring_pipeline(registry, version, options)

@@ -22,14 +22,15 @@ from carelens.inference.api import (
     PREDICTION_COLUMNS, MissingConversations, Scorer, checked_selection, ranked_customers, selection_rule,
 )
 from carelens.inference.batch import (
-    MANIFEST, PREDICTIONS, STAGES, Run, atomic_path, finish, now, planned_run, predict_contacts, read_parts,
-    scored_units, tabular_scorer, write_parquet, write_text,
+    DEAD_LETTER, FLAGGED_CSV, FLAGGED_PARQUET, MANIFEST, PREDICTION_DTYPES, PREDICTIONS, STAGES, SUMMARY, Run,
+    atomic_path, done_keys, finish, now, planned_run, predict_contacts, read_parts, scored_units, tabular_scorer,
+    write_parquet, write_text,
 )
 from carelens.models.drift import PSI_WARNING, drift_row, feature_drift
+from carelens.models.registry import file_sha256
 from carelens.models.scoring import ScoringOptions
 
 PathLike = Union[str, Path]
-FLAGGED_PARQUET, FLAGGED_CSV, SUMMARY = "flagged.parquet", "flagged.csv", "summary.html"
 TABULAR = ("churn", "retaliation")
 #: Tonight's flagged share of contacts may range from half to twice the training share before it is a warning.
 FLAG_SHARE_BAND = (0.5, 2.0)
@@ -107,8 +108,10 @@ def flag_stage(out: Path, scorer: Scorer, capacity: Optional[int], threshold: Op
     flagged = scorer.flagged_customers(customers, capacity, threshold)
     write_parquet(flagged, out / FLAGGED_PARQUET)
     with atomic_path(out / FLAGGED_CSV) as temporary:
-        flagged.assign(reasons=flagged["reasons"].str.join("; ")).to_csv(temporary, index=False)
-    drift = [*feature_drift(scorer.profile["distributions"], predictions), *score_drift(scorer, predictions)]
+        flagged.assign(reasons=["; ".join(reasons) for reasons in flagged["reasons"]]).to_csv(temporary, index=False)
+    # A night with no prediction has no distribution to compare: drift is left out, not computed over nothing.
+    drift = [*feature_drift(scorer.profile["distributions"], predictions), *score_drift(scorer, predictions)] \
+        if len(predictions) else []
     return {"counts": {"in": len(predictions), "out": len(predictions), "dead": 0, "customers": len(customers),
                        "flagged": len(flagged)},
             "rule": selection_rule(capacity, threshold),
@@ -117,12 +120,13 @@ def flag_stage(out: Path, scorer: Scorer, capacity: Optional[int], threshold: Op
             "drift": drift, "warnings": [*drift_warnings(drift), *([gap] if gap else [])]}, flagged
 
 
-def summary_stage(out: Path, scorer: Scorer, flags: dict, flagged: pd.DataFrame, predictions: pd.DataFrame,
+def summary_stage(run: Run, scorer: Scorer, flags: dict, flagged: pd.DataFrame, predictions: pd.DataFrame,
                   customers: pd.DataFrame) -> dict:
-    """summary.html: tonight's facts and rule, the top flagged customers and why, risk distributions, actions,
-    empathy vs risk, and whether tonight's data looks like the training data."""
+    """summary.html: tonight's facts (the run's start among them) and rule, the top flagged customers and why, risk
+    distributions, actions, empathy vs risk, and whether tonight's data looks like the training data."""
     from carelens.inference.summary import nightly_summary
-    facts = [{"item": "models", "value": ", ".join(f"{n} {v}" for n, v in scorer.versions.items())},
+    facts = [{"item": "run started", "value": run.started},
+             {"item": "models", "value": ", ".join(f"{n} {v}" for n, v in scorer.versions.items())},
              {"item": "contacts scored", "value": f"{len(predictions):,} ({flags['counts']['customers']:,} customers)"},
              {"item": "rule", "value": flags["rule"]},
              {"item": "flagged", "value": f"{len(flagged):,} customers"},
@@ -130,16 +134,25 @@ def summary_stage(out: Path, scorer: Scorer, flags: dict, flagged: pd.DataFrame,
                for name, count in flags["alone"].items())]
     page = nightly_summary(customers, flagged, predictions, facts, flags["drift"],
                            [*scorer.warnings, *flags["warnings"]])
-    write_text(page, out / SUMMARY)
-    return {"path": str(out / SUMMARY)}
+    write_text(page, run.out / SUMMARY)
+    return {"path": str(run.out / SUMMARY)}
 
 
 def committed_predictions(out: Path, scorer: Scorer) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(every committed per-contact prediction with the features it was made from, in input order; each customer's
-    riskiest contact, riskiest first)."""
-    predictions = read_parts(out, PREDICTIONS, [*PREDICTION_COLUMNS, *[f for f in scorer.features
-                                                                        if f not in PREDICTION_COLUMNS]])
+    riskiest contact, riskiest first); empty when no contact could be predicted (every row dead-lettered, every file
+    rejected), which is a night to report, not a missing stage."""
+    columns = [*PREDICTION_COLUMNS, *[f for f in scorer.features if f not in PREDICTION_COLUMNS]]
+    predictions = read_parts(out, PREDICTIONS, columns) if done_keys(out, PREDICTIONS) else \
+        pd.DataFrame(columns=columns).astype({**dict.fromkeys(columns, float), **PREDICTION_DTYPES})
     return predictions, ranked_customers(predictions)
+
+
+def discarded_list(out: Path) -> None:
+    """The manifest and the list and summary it dated, removed before a run makes them anew under another rule: a
+    list that outlived its manifest would look current."""
+    for name in (MANIFEST, SUMMARY, FLAGGED_CSV, FLAGGED_PARQUET):
+        (out / name).unlink(missing_ok=True)
 
 
 # -- the job ------------------------------------------------------------------------------------------------------
@@ -180,6 +193,7 @@ def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike
     with timed(timings, "flags"):
         flags, flagged = finished_stage(run.out, "flags", key), None
         if flags is None:
+            discarded_list(run.out)
             day = committed_predictions(run.out, scorer)
             recorded, flagged = flag_stage(run.out, scorer, capacity, threshold, strict, *day)
             flags = commit_stage(run.out, "flags", key, recorded)
@@ -188,7 +202,7 @@ def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike
             # A resumed run reads back what the earlier stages committed; an uninterrupted one hands it on in memory.
             day = committed_predictions(run.out, scorer) if day is None else day
             flagged = pd.read_parquet(run.out / FLAGGED_PARQUET) if flagged is None else flagged
-            commit_stage(run.out, "summary", key, summary_stage(run.out, scorer, flags, flagged, *day))
+            commit_stage(run.out, "summary", key, summary_stage(run, scorer, flags, flagged, *day))
     return nightly_manifest(run, scored_manifest, flags, scorer, timings)
 
 
@@ -208,7 +222,10 @@ def nightly_manifest(run: Run, scored_manifest: dict, flags: dict, scorer: Score
                 # The runtime's fallback reaches both the plan and the Scorer: said once.
                 "warnings": list(dict.fromkeys([*scored_manifest["warnings"], *scorer.warnings, *flags["warnings"]])),
                 "timings_s": timings,
-                "outputs": {**scored_manifest["outputs"], "flagged": [FLAGGED_PARQUET, FLAGGED_CSV], "summary": SUMMARY}}
+                "outputs": {**scored_manifest["outputs"], "flagged": [FLAGGED_PARQUET, FLAGGED_CSV], "summary": SUMMARY},
+                # What this manifest dates: a file whose digest differs is not this run's.
+                "output_sha256": {name: file_sha256(run.out / name) for name in (FLAGGED_PARQUET, FLAGGED_CSV,
+                                                                                  SUMMARY, DEAD_LETTER)}}
     write_text(json.dumps(manifest, indent=2, default=str), run.out / MANIFEST)
     return manifest
 

@@ -81,8 +81,9 @@ def predict_table(registry: Union[Registry, PathLike, None], name: str, data: Pa
 
 
 def checked_out(out: Path) -> Path:
-    """The output path, or UsageError before any work when its suffix names no table format."""
-    if out.suffix.lower() not in OUT_SUFFIXES:
+    """The output path, or UsageError before any work when it is a folder or its suffix names no table format."""
+    from carelens.data.paths import output_file
+    if output_file(out).suffix.lower() not in OUT_SUFFIXES:
         raise UsageError(f"--out {out}: unknown file type '{out.suffix}', expected one of {', '.join(OUT_SUFFIXES)}")
     return out
 

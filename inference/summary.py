@@ -14,6 +14,8 @@ from carelens.models.drift import PSI_WARNING
 TOP_LISTED = 25
 #: Shifted features whose two distributions are drawn (every feature's PSI is in the table).
 DRAWN_SHIFTS = 6
+#: A quiet night is a normal night: the summary says so instead of showing an empty table.
+NOBODY_FLAGGED = "Nobody was flagged tonight: no customer met the rule above, so flagged.csv holds no rows."
 
 
 def risk_figure(predicted: pd.DataFrame) -> Figure:
@@ -87,10 +89,14 @@ def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd
     if warnings:
         sections.append(("Warnings", "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>"))
     sections += [(f"Top {min(TOP_LISTED, len(flagged))} of {len(flagged)} flagged customers",
-                  table_html(flagged_rows(flagged))),
-                 ("Risk distribution", figure_html(risk_figure(customers))),
-                 ("Actions", figure_html(types_figure(flagged)) if len(flagged) else "<p>No customer flagged.</p>")]
+                  table_html(flagged_rows(flagged))) if len(flagged) else
+                 ("Flagged customers", f"<p>{NOBODY_FLAGGED}</p>"),
+                 ("Risk distribution", figure_html(risk_figure(customers)))]
+    if len(flagged):
+        sections.append(("Actions", figure_html(types_figure(flagged))))
     if "agent_empathy_mean" in contacts.columns and contacts["agent_empathy_mean"].notna().any():
         sections.append(("Agent empathy vs churn risk", figure_html(empathy_figure(contacts))))
-    sections.append(("Is tonight's data like the training data?", drift_section(drift)))
+    sections.append(("Is tonight's data like the training data?",
+                     drift_section(drift) if len(contacts) else "<p>No contact was predicted tonight: there is "
+                                                                "nothing to compare with the training data.</p>"))
     return html_report("CareLens: customers at risk", sections)

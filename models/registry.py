@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -10,10 +11,11 @@ import re
 import secrets
 import shutil
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable, Iterator, Union
 
 import pandas as pd
 
@@ -23,6 +25,8 @@ FORMAT_VERSION = 1
 CHECKSUMS = "SHA256SUMS"
 METADATA = "metadata.json"
 LATEST = "latest"
+#: The file whose lock serialises the writers of one model (publish, promote); readers never take it.
+LOCK = ".lock"
 TRACKED_LIBRARIES = ("carelens", "scikit-learn", "skops", "numpy", "pandas", "torch", "transformers", "safetensors",
                      "onnx", "onnxruntime")
 #: A model name is one path component: letters, digits, '.', '_' or '-', starting with a letter or digit.
@@ -201,6 +205,17 @@ def staging_directory(parent: Path) -> Path:
             continue
 
 
+@contextmanager
+def model_lock(model_dir: Path) -> Iterator[None]:
+    """Hold the model's writer lock: two publishes must not pick the same version, nor two promotes interleave."""
+    with open(model_dir / LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A verified model version: its directory and metadata."""
@@ -246,31 +261,43 @@ class Registry:
         staging = staging_directory(model_dir)
         try:
             write(staging)
-            version = self._next_version(name)
-            # Name, version and format are the registry's to record: metadata passed in cannot override them.
-            full = {"name": name, "version": version, "carelens_format": FORMAT_VERSION,
-                    "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "libraries": library_versions(), **metadata}
-            full.update(name=name, version=version, carelens_format=FORMAT_VERSION)
-            (staging / METADATA).write_text(json.dumps(full, indent=2, default=str))
-            write_checksums(staging)
-            staging.rename(model_dir / version)
+            # Choosing the version, naming it in the metadata and renaming into place is one step for the writers of
+            # this model: two publishes at once would otherwise pick the same version and one would be lost.
+            with model_lock(model_dir):
+                version = self._next_version(name)
+                # Name, version and format are the registry's to record: metadata passed in cannot override them.
+                full = {"name": name, "version": version, "carelens_format": FORMAT_VERSION,
+                        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                        "libraries": library_versions(), **metadata}
+                full.update(name=name, version=version, carelens_format=FORMAT_VERSION)
+                (staging / METADATA).write_text(json.dumps(full, indent=2, default=str))
+                write_checksums(staging)
+                staging.rename(model_dir / version)
+                if promote:
+                    self._point_latest(model_dir, version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        if promote:
-            self.promote(name, version)
         return Artifact(name, version, model_dir / version, full)
 
     def promote(self, name: str, version: str) -> None:
-        """Point `latest` at a version (atomically)."""
+        """Point `latest` at a version (atomically: a reader sees the old version or the new one, never neither)."""
         check_version_name(version, latest=False)
         if version not in self.versions(name):
             raise RegistryError(f"{self.root / name}: no version '{version}' to promote (have {', '.join(self.versions(name)) or 'none'})")
-        pointer = self.root / name / LATEST
-        temporary = pointer.with_name(f".{LATEST}.tmp")
-        temporary.write_text(version + "\n")
-        temporary.replace(pointer)
+        model_dir = self.root / name
+        with model_lock(model_dir):
+            self._point_latest(model_dir, version)
+
+    @staticmethod
+    def _point_latest(model_dir: Path, version: str) -> None:
+        """Write `latest` under a name no other writer uses, then rename it over the pointer."""
+        temporary = model_dir / f".{LATEST}.tmp-{secrets.token_hex(8)}"
+        try:
+            temporary.write_text(version + "\n")
+            temporary.replace(model_dir / LATEST)
+        finally:
+            temporary.unlink(missing_ok=True)
 
     def resolve(self, name: str, version: str = "latest") -> str:
         """The concrete version name that `version` (a name or 'latest') refers to. Names are checked before any file
@@ -285,26 +312,38 @@ class Registry:
         if not pointer.is_file() and not pointer.is_symlink():
             raise RegistryError(f"{self.root}: no promoted version of model '{name}'; train one with "
                                 f"`carelens train {name} --out {self.root}`")
-        have = self.versions(name)
-        expected = (f"expected a version name like v3 that exists under {self.root / name} "
-                    f"(have {', '.join(have) or 'none'}); promote one with Registry.promote")
         if pointer.is_symlink() or not pointer.is_file():
-            raise RegistryError(f"{pointer}: is a symbolic link or not a plain file; {expected}")
+            raise RegistryError(f"{pointer}: is a symbolic link or not a plain file; {self._pointer_expected(name)}")
         try:
             with open(pointer, "rb") as handle:
                 raw = handle.read(POINTER_BYTES + 1)
             text = raw.decode("ascii").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise RegistryError(f"{pointer}: cannot be read as a version name ({exc}); {expected}") from exc
-        if len(raw) > POINTER_BYTES or not VERSION_PATTERN.fullmatch(text) or text not in have:
+            raise RegistryError(f"{pointer}: cannot be read as a version name ({exc}); "
+                                f"{self._pointer_expected(name)}") from exc
+        # Listed after the pointer is read: a version published and promoted meanwhile is then listed too.
+        if len(raw) > POINTER_BYTES or not VERSION_PATTERN.fullmatch(text) or text not in self.versions(name):
             shown = raw[:POINTER_BYTES].decode("ascii", "backslashreplace").strip()
-            raise RegistryError(f"{pointer}: holds {shown!r}{'…' if len(raw) > POINTER_BYTES else ''}; {expected}")
+            raise RegistryError(f"{pointer}: holds {shown!r}{'…' if len(raw) > POINTER_BYTES else ''}; "
+                                f"{self._pointer_expected(name)}")
         return text
+
+    def _pointer_expected(self, name: str) -> str:
+        """What a `latest` pointer should hold, with the versions there are."""
+        have = self.versions(name)
+        return (f"expected a version name like v3 that exists under {self.root / name} "
+                f"(have {', '.join(have) or 'none'}); promote one with Registry.promote")
 
     def directory(self, name: str, version: str = "latest") -> Path:
         """Where a version lives (resolved, inside the registry), without verifying its files: for looking, not
         loading (`open` verifies)."""
         return self._version_directory(name, self.resolve(name, version))
+
+    def content_sha256(self, name: str, version: str = "latest") -> str:
+        """A digest of a version's content (its SHA256SUMS, which covers every file): two versions with the same digest
+        hold the same files, whatever they are called and wherever they are published."""
+        listed = read_checksums(self.directory(name, version))
+        return hashlib.sha256(json.dumps(sorted(listed.items())).encode()).hexdigest()
 
     def _version_directory(self, name: str, version: str) -> Path:
         """The directory of a resolved version: a real directory below the registry root, not a link out of it."""

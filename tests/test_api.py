@@ -138,3 +138,25 @@ def test_missing_values_are_not_given_as_reasons():
     frame = pd.DataFrame({"agent_empathy_mean": [np.nan], "tenure_months": [1.2], "abandoned": [True]})
     contributions = pd.DataFrame({"agent_empathy_mean": [0.4], "tenure_months": [0.1], "abandoned": [0.2]})
     assert top_reasons(frame, contributions, {}) == [["abandoned the call", "customer for 1 month"]]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("latest", "latest"), (" v2 ", "v2"),
+    ("churn=v1, retaliation=v2", {"churn": "v1", "retaliation": "v2"}),
+])
+def test_versions_are_one_for_all_or_pinned_per_model(text, expected):
+    from carelens.inference.api import parse_versions
+    assert parse_versions(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("churn=v1,retaliation", r"'retaliation' is not model=version"),
+    ("churn=v1,=v2", r"'=v2' is not model=version"),
+    ("churn=v1,churn=v2", r"churn is pinned twice"),
+    ("churn=v1,ranking=v2", r"unknown model\(s\) ranking"),
+])
+def test_a_malformed_version_pin_is_a_usage_error_naming_the_part(text, message):
+    from carelens.data.errors import UsageError
+    from carelens.inference.api import parse_versions
+    with pytest.raises(UsageError, match=message):
+        parse_versions(text)

@@ -242,3 +242,91 @@ def test_a_conversation_that_fails_to_score_is_dead_lettered_and_its_unit_still_
     write_transcripts([poisoned[3]], source)
     with pytest.raises(RuntimeError, match="every conversation of the batch failed to score"):
         score([source], tmp_path / "again", registry_with_models.root)
+
+
+@pytest.fixture
+def time_limit():
+    """Fail (instead of hanging the suite) when the block runs past `seconds`."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def limited(seconds: int):
+        def expired(*_):
+            raise TimeoutError(f"still running after {seconds} s")
+        previous = signal.signal(signal.SIGALRM, expired)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+    return limited
+
+
+def special_inputs(tmp_path: Path, source: Path) -> dict:
+    """Inputs that are not plain files, as the option would name them → the path the refusal must name; files in
+    folders carry the suffix of `source`."""
+    import os
+    suffix = source.suffix
+    fifo = tmp_path / f"pipe{suffix}"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder"
+    (folder / f"nested{suffix}").mkdir(parents=True)
+    os.mkfifo(folder / f"queue{suffix}")
+    latin = tmp_path / "latin"
+    latin.mkdir()
+    (latin / f"good{suffix}").write_bytes(source.read_bytes())
+    Path(os.fsdecode(bytes(latin) + b"/caf\xe9" + suffix.encode())).write_bytes(source.read_bytes())
+    return {str(fifo): str(fifo), "/dev/zero": "/dev/zero", str(tmp_path / "fol*"): str(folder),
+            str(folder): str(folder / f"queue{suffix}"), str(latin): f"{latin}/caf\\xe9{suffix}"}
+
+
+@pytest.mark.parametrize("option", ["--transcripts", "--interactions"])
+def test_inputs_that_are_not_plain_files_are_refused_by_path_before_anything_is_read(registry_with_models, tmp_path,
+                                                                                     option, time_limit):
+    from typer.testing import CliRunner
+
+    from carelens.inference.cli import app
+    day = registry_with_models.day_dir
+    source = {"--transcripts": day / "transcripts.jsonl", "--interactions": tmp_path / "day.csv"}[option]
+    pd.read_parquet(day / "interactions.parquet").to_csv(tmp_path / "day.csv", index=False)
+    for number, (given, named) in enumerate(special_inputs(tmp_path, source).items()):
+        other = {"--transcripts": ["--interactions", str(day / "interactions.parquet")],
+                 "--interactions": ["--transcripts", str(day / "transcripts.jsonl")]}[option]
+        with time_limit(60):
+            result = CliRunner().invoke(app, ["score", option, given, *other, "--out", str(tmp_path / f"out{number}"),
+                                              "--registry", str(registry_with_models.root), "--no-progress"])
+        assert result.exit_code == 2, (given, result.output)
+        assert f"{named}:" in " ".join(result.output.split()) and "expected a regular file" in result.output, \
+            (given, result.output)
+        assert not (tmp_path / f"out{number}").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_and_left_alone(registry_with_models, tmp_path):
+    from typer.testing import CliRunner
+
+    from carelens.inference.cli import app
+    out, day = tmp_path / "notes.txt", registry_with_models.day_dir
+    out.write_text("mine")
+    for command in (["score"], ["nightly", "--interactions", str(day / "interactions.parquet")]):
+        result = CliRunner().invoke(app, [*command, "--transcripts", str(day / "transcripts.jsonl"), "--out", str(out),
+                                          "--registry", str(registry_with_models.root), "--no-progress"])
+        assert result.exit_code == 2, result.output
+        assert f"--out {out}: is a file; expected a folder" in " ".join(result.output.split())
+    assert out.read_text() == "mine"
+
+
+def test_a_rerun_deletes_only_its_own_temporary_files(registry_with_models, tmp_path):
+    source, out = registry_with_models.day_dir / "transcripts.jsonl", tmp_path / "out"
+    mine = [out / "backup.tmp-2024.csv", out / "notes" / "draft.tmp-1", out / ".flagged.csv.tmp-x",
+            out / "features" / "t0000-c000000.parquet.tmp-9", out / ".report.html.tmp-12"]
+    for path in mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("the user's own")
+    leftover = out / "features" / ".t0000-c000001.parquet.tmp-4242"
+    leftover.write_bytes(b"half a part")
+    score([source], out, registry_with_models.root, chunk_size=10)
+    assert not leftover.exists()
+    assert all(path.read_text() == "the user's own" for path in mine)
+    score([source], out, registry_with_models.root, chunk_size=10, restart=True)
+    assert all(path.read_text() == "the user's own" for path in mine)

@@ -214,3 +214,125 @@ def test_only_the_toolkits_own_errors_become_exit_code_2(tmp_path):
     assert ended.value.exit_code == 2
     with pytest.raises(KeyError), user_errors():  # an internal bug keeps its traceback
         raise KeyError("bug")
+
+
+# -- quiet nights, rejected inputs, stale outputs ---------------------------------------------------------------------
+
+def nightly_command(day_dir: Path, registry: Path, out: Path, interactions: list[Path], *options: str):
+    """`carelens nightly` over the day's transcripts and the given interactions files."""
+    return CliRunner().invoke(app, ["nightly", "--transcripts", str(day_dir / "transcripts.jsonl"),
+                                    *[a for path in interactions for a in ("--interactions", str(path))],
+                                    "--registry", str(registry), "--out", str(out), "--no-progress", *options])
+
+
+def assert_empty_list_summary_and_manifest(out: Path, manifest: dict) -> None:
+    assert len(pd.read_parquet(out / FLAGGED_PARQUET)) == 0
+    assert list(pd.read_parquet(out / FLAGGED_PARQUET).columns) == FLAG_COLUMNS
+    assert list(pd.read_csv(out / FLAGGED_CSV).columns) == FLAG_COLUMNS and len(pd.read_csv(out / FLAGGED_CSV)) == 0
+    assert "Nobody was flagged tonight" in (out / SUMMARY).read_text()
+    assert manifest["flagged"] == 0 and manifest["balanced"]
+
+
+@pytest.mark.parametrize("rule", [["--capacity", "0"], ["--threshold", "1"]])
+def test_a_quiet_night_writes_an_empty_list_a_summary_that_says_so_and_exits_0(registry_with_models, tmp_path, rule):
+    result = nightly_command(registry_with_models.day_dir, registry_with_models.root, tmp_path / "run",
+                             [registry_with_models.day_dir / "interactions.parquet"], *rule)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "run" / MANIFEST).read_text())
+    assert_empty_list_summary_and_manifest(tmp_path / "run", manifest)
+    assert manifest["failures"] == [] and "flagged 0 customers" in result.output
+
+
+@pytest.mark.parametrize("broken, reason", [
+    (lambda frame: frame.drop(columns="channel"), "missing column(s) channel"),
+    (lambda frame: frame.assign(answer_time_s="-3"), "none of its 60 rows could be predicted"),
+])
+def test_a_night_whose_only_interactions_give_nothing_fails_with_the_reason_and_still_writes_its_outputs(
+        registry_with_models, tmp_path, broken, reason):
+    bad = tmp_path / "bad.csv"
+    broken(pd.read_parquet(registry_with_models.day_dir / "interactions.parquet")).to_csv(bad, index=False)
+    result = nightly_command(registry_with_models.day_dir, registry_with_models.root, tmp_path / "run", [bad])
+    assert result.exit_code == 1, result.output
+    assert "carelens score` first" not in result.output
+    manifest = json.loads((tmp_path / "run" / MANIFEST).read_text())
+    assert [(f["stage"], Path(f["source"]).name) for f in manifest["failures"]] == [("predictions", "bad.csv")]
+    assert reason in manifest["failures"][0]["reason"]
+    assert_empty_list_summary_and_manifest(tmp_path / "run", manifest)
+
+
+def test_a_contact_in_two_interactions_files_or_two_chunks_is_predicted_once(registry_with_models, tmp_path):
+    from carelens.inference.batch import DEAD_LETTER
+    interactions = pd.read_parquet(registry_with_models.day_dir / "interactions.parquet")
+    first, second = tmp_path / "a.parquet", tmp_path / "b.csv"
+    # Row 20 of a.parquet repeats row 1's contact (another chunk of the same file); b.csv repeats three contacts of
+    # a.parquet under other customers.
+    pd.concat([interactions, interactions.head(1)], ignore_index=True).to_parquet(first)
+    interactions.head(3).assign(customer_id=["x1", "x2", "x3"]).to_csv(second, index=False)
+    manifest = run_nightly([registry_with_models.day_dir / "transcripts.jsonl"], [first, second], tmp_path / "run",
+                           registry_with_models.root, chunk_size=7, show_progress_bar=False)
+    contacts = len(interactions)
+    assert manifest["stages"]["predictions"] == {"in": contacts + 4, "out": contacts, "dead": 4}
+    predicted = read_parts(tmp_path / "run", PREDICTIONS)
+    assert predicted["contact_id"].is_unique and not predicted["customer_id"].isin(["x1", "x2", "x3"]).any()
+    dead = [json.loads(line) for line in (tmp_path / "run" / DEAD_LETTER).read_text().splitlines()]
+    assert sorted((Path(d["source"]).name, d["row"]) for d in dead) == \
+        [("a.parquet", contacts + 1), ("b.csv", 2), ("b.csv", 3), ("b.csv", 4)]
+    assert all("column 'contact_id': duplicate value" in d["reason"] for d in dead)
+    assert all(str(first.resolve()) in d["reason"] for d in dead if d["source"].endswith("b.csv"))
+
+
+def test_a_restart_removes_the_previous_runs_outputs_before_it_plans(registry_with_models, tmp_path, monkeypatch):
+    import carelens.inference.nightly as nightly_module
+    out = tmp_path / "run"
+    nightly(registry_with_models.day_dir, out, registry_with_models.root)
+    (out / "my notes.txt").write_text("the user's own")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(nightly_module, "tabular_scorer", killed)
+    with pytest.raises(KeyboardInterrupt):
+        nightly(registry_with_models.day_dir, out, registry_with_models.root, restart=True)
+    assert not [p.name for p in out.iterdir() if p.name in (FLAGGED_CSV, FLAGGED_PARQUET, SUMMARY, MANIFEST)]
+    assert not list((out / PREDICTIONS).glob("*.parquet")) and (out / "my notes.txt").read_text() == "the user's own"
+
+
+def test_outputs_are_dated_by_their_manifest_and_a_rerun_with_another_rule_drops_them_first(
+        registry_with_models, tmp_path, monkeypatch):
+    import hashlib
+
+    import carelens.inference.nightly as nightly_module
+    from carelens.inference.batch import DEAD_LETTER
+    out = tmp_path / "run"
+    manifest = nightly(registry_with_models.day_dir, out, registry_with_models.root, capacity=5)
+    assert {name: hashlib.sha256((out / name).read_bytes()).hexdigest()
+            for name in (FLAGGED_PARQUET, FLAGGED_CSV, SUMMARY, DEAD_LETTER)} == manifest["output_sha256"]
+    assert manifest["started_at"] in (out / SUMMARY).read_text()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(nightly_module, "summary_stage", killed)
+    with pytest.raises(KeyboardInterrupt):
+        nightly(registry_with_models.day_dir, out, registry_with_models.root, capacity=8)
+    assert not (out / MANIFEST).exists() and not (out / SUMMARY).exists()
+    monkeypatch.undo()
+    again = nightly(registry_with_models.day_dir, out, registry_with_models.root, capacity=8)
+    assert again["flagged"] == 8 and "the 8 riskiest" in (out / SUMMARY).read_text()
+
+
+def test_the_same_out_with_another_model_under_the_same_version_name_is_refused(registry_with_models, tmp_path):
+    import shutil
+
+    from carelens.inference.batch import RunConflict
+    from carelens.models.registry import METADATA, write_checksums
+    out, other = tmp_path / "run", tmp_path / "registry"
+    nightly(registry_with_models.day_dir, out, registry_with_models.root)
+    shutil.copytree(registry_with_models.root, other)
+    churn = other / "churn" / "v1"
+    (churn / METADATA).write_text(json.dumps({**json.loads((churn / METADATA).read_text()), "note": "retrained"}))
+    (churn / "SHA256SUMS").unlink()
+    write_checksums(churn)
+    with pytest.raises(RunConflict, match=r"holds a run with other models.*churn v1 differs in content"):
+        nightly(registry_with_models.day_dir, out, other)
+    result = nightly_command(registry_with_models.day_dir, other, out,
+                             [registry_with_models.day_dir / "interactions.parquet"])
+    assert result.exit_code == 2 and "churn v1 differs in content" in " ".join(result.output.split())

@@ -1,4 +1,6 @@
 """`carelens predict`: any table a churn or retaliation model was trained on, scored row for row."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -120,3 +122,25 @@ def test_a_contract_table_is_validated_by_the_contract(registry, tmp_path):
     table.to_csv(tmp_path / "day.csv", index=False)
     with pytest.raises(ContractError, match=r"day\.csv: row 4, column 'channel'"):
         predict_table(registry, "retaliation", tmp_path / "day.csv")
+
+
+def test_an_out_that_is_a_folder_is_refused_before_any_work(registry, tmp_path):
+    own_table(30, seed=15).to_csv(tmp_path / "next.csv", index=False)
+    folder = tmp_path / "scores.csv"
+    folder.mkdir()
+    for command in (["predict", "churn", "--data", str(tmp_path / "next.csv")], ["export", "churn"],
+                    ["featurize", "--transcripts", str(sample_dir() / "transcripts.jsonl")]):
+        result = runner.invoke(app, [*command, "--registry", str(registry.root), "--out", str(folder)])
+        assert result.exit_code == 2, (command, result.output)
+        assert f"--out {folder}: is a folder; expected a file to write" in " ".join(result.output.split()), command
+    assert list(folder.iterdir()) == []
+
+
+def test_a_fifo_or_a_device_as_data_is_refused_by_name_without_reading_it(registry, tmp_path):
+    import os
+    os.mkfifo(tmp_path / "pipe.csv")
+    for data, kind in ((tmp_path / "pipe.csv", "a FIFO"), (Path("/dev/zero"), "a character device"),
+                       (tmp_path, "a directory")):
+        result = predict(registry, "churn", data, tmp_path / "scores.csv")
+        assert result.exit_code == 2, result.output
+        assert f"{data}: is {kind}, expected a regular file" in " ".join(result.output.split())

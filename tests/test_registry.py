@@ -139,3 +139,60 @@ def test_fingerprint_changes_with_the_data_and_not_otherwise():
     frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
     assert frame_fingerprint(frame) == frame_fingerprint(frame.copy())
     assert frame_fingerprint(frame) != frame_fingerprint(frame.assign(a=[1, 3]))
+
+
+def test_concurrent_publishes_all_land_promotes_never_collide_and_readers_always_see_a_version(tmp_path):
+    import threading
+
+    registry = Registry(tmp_path)
+    registry.publish("churn", _write_note("first"), {})
+    writers, rounds = 4, 5
+    together = threading.Barrier(writers)
+    published, errors, seen = [], [], set()
+    stop = threading.Event()
+
+    def write_together(directory):
+        (directory / "note.txt").write_text("x")
+        together.wait(timeout=30)  # every writer picks its version at the same moment
+
+    def publisher():
+        try:
+            published.append(registry.publish("churn", write_together, {}).version)
+        except Exception as exc:  # noqa: BLE001 - collected, then asserted empty
+            errors.append(exc)
+
+    def promoter():
+        try:
+            for _ in range(200):
+                registry.promote("churn", "v1")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def reader():
+        while not stop.is_set():
+            try:
+                seen.add(registry.resolve("churn"))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+                return
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for thread in readers:
+        thread.start()
+    for _ in range(rounds):
+        threads = [threading.Thread(target=publisher) for _ in range(writers)] + \
+                  [threading.Thread(target=promoter) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    stop.set()
+    for thread in readers:
+        thread.join()
+    assert errors == [], errors
+    total = 1 + writers * rounds
+    assert sorted(published, key=lambda v: int(v[1:])) == [f"v{k}" for k in range(2, total + 1)]
+    assert registry.versions("churn") == [f"v{k}" for k in range(1, total + 1)]
+    assert all(registry.open("churn", v).metadata["version"] == v for v in registry.versions("churn"))
+    assert seen and seen <= set(registry.versions("churn"))
+    assert not [p for p in (tmp_path / "churn").iterdir() if p.name.startswith((".staging", ".latest"))]

@@ -200,6 +200,16 @@ def test_generate_command_writes_the_files_and_prints_the_marginals(tmp_path):
     assert (tmp_path / "labels.parquet").is_file() and not (tmp_path / "transcripts.jsonl").exists()
 
 
+def test_generate_into_a_file_is_refused_before_generating(tmp_path):
+    app = typer.Typer()
+    app.command()(generate_command)
+    (tmp_path / "data").write_text("mine")
+    result = CliRunner().invoke(app, ["--customers", "20", "--out", str(tmp_path / "data")])
+    assert result.exit_code == 2, result.output
+    assert f"--out {tmp_path / 'data'}: is a file; expected a folder" in " ".join(result.output.split())
+    assert (tmp_path / "data").read_text() == "mine"
+
+
 def test_no_customers_is_refused():
     with pytest.raises(ValueError, match="at least 1"):
         generate(0)

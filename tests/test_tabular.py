@@ -550,6 +550,16 @@ def test_cli_reports_bad_input_without_a_traceback(own_csv, tmp_path):
     assert "no target column 'Nope'" in result.output and "Traceback" not in result.output
 
 
+def test_a_registry_out_that_is_a_file_is_refused_before_training(own_csv, tmp_path, monkeypatch):
+    import carelens.training.tabular as tabular
+    (tmp_path / "registry").write_text("not a folder")
+    monkeypatch.setattr(tabular, "train_tabular", lambda *a, **k: pytest.fail("trained for a registry it cannot write"))
+    result = runner.invoke(train_app, ["churn", "--data", str(own_csv), "--target", "Left", "--out",
+                                       str(tmp_path / "registry")])
+    assert result.exit_code == 2, result.output
+    assert f"--out {tmp_path / 'registry'}: is a file; expected a folder" in " ".join(result.output.split())
+
+
 def test_report_pieces_are_self_contained():
     from matplotlib.figure import Figure
     fig = Figure()

@@ -84,10 +84,13 @@ def train_command(name: str):
         out: RegistryOption = None,
         runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
     ) -> None:
+        from carelens.data.paths import output_folder
         from carelens.training.report import copied_report
         from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
         task = TASKS[name]
         with user_errors():
+            registry = _registry(out)
+            output_folder(registry.root)  # checked before training: a model trained for nowhere would be lost
             with console.status(f"Reading {data}"):
                 labelled = load_labelled(data, task, labels, target, features, categorical, features_from or ())
             console.print(f"{len(labelled.frame):,} labelled rows, {len(labelled.features)} features, "
@@ -96,7 +99,7 @@ def train_command(name: str):
                 trained = train_tabular(labelled, task, goal=goal, seed=seed, learner=learner,
                                         spread_seeds=spread_seeds)
             with console.status("Writing the report and publishing"):
-                artifact = publish_tabular(trained, _registry(out))
+                artifact = publish_tabular(trained, registry)
         copy = copied_report(artifact.path, runs / name / artifact.version / "report.html")
         for table in figures_tables(trained.metadata):
             console.print(table)
@@ -151,11 +154,13 @@ def export_command(
     """Write a verified registry model as a joblib file for serving stacks that load scikit-learn models."""
     import joblib
 
+    from carelens.data.paths import output_file
     from carelens.models.tabular import load_tabular
     if format != "joblib":
         error_console.print(f"[bold red]error:[/] format {format!r} is not offered; expected joblib")
         raise typer.Exit(2)
     with user_errors():
+        output_file(out)
         loaded, metadata = load_tabular(_registry(registry), model, version)
     out.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(loaded, out)

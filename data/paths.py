@@ -1,0 +1,65 @@
+"""Paths the commands read and write, checked before anything is read or written: plain input files, output files and
+output folders."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Union
+
+from carelens.data.contracts import ContractError
+from carelens.data.errors import UsageError
+
+PathLike = Union[str, Path]
+#: What a path that is not a regular file holds, in words.
+KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def shown_path(path: PathLike) -> str:
+    """A path as text that a terminal, JSON and Parquet can all hold: bytes of a name that are not UTF-8 as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def kind_of(mode: int) -> str:
+    return next((kind for test, kind in KINDS if test(mode)), "not a regular file")
+
+
+def plain_file(path: PathLike) -> Path:
+    """`path` when it names a regular file (links followed) whose name is UTF-8; ContractError naming it otherwise,
+    before a byte of it is read: a FIFO never ends or never starts, a device like /dev/zero never ends, a directory
+    holds no records, and a name that is not UTF-8 cannot be written into the outputs that cite their input."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ContractError(shown_path(path), "no such file") from None
+    except OSError as exc:
+        raise ContractError(shown_path(path), f"cannot be read ({exc.strerror}), expected a regular file") from exc
+    if not stat.S_ISREG(mode):
+        raise ContractError(shown_path(path), f"is {kind_of(mode)}, expected a regular file")
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ContractError(shown_path(path), "the file name is not valid UTF-8, expected a regular file with a UTF-8 "
+                                              "name (the outputs cite each input by its path); rename it") from None
+    return Path(path)
+
+
+def output_file(path: PathLike) -> Path:
+    """`path` unless it is an existing folder (a command writes one file there); UsageError before any work."""
+    if Path(path).is_dir():
+        raise UsageError(f"--out {path}: is a folder; expected a file to write")
+    return Path(path)
+
+
+def output_folder(path: PathLike) -> Path:
+    """`path` unless something other than a folder is there (a run, a registry or a data set is many files);
+    UsageError before any work."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return Path(path)
+    if not stat.S_ISDIR(mode):
+        raise UsageError(f"--out {path}: is {'a file' if stat.S_ISREG(mode) else kind_of(mode)}; expected a folder to "
+                         f"write into (a new one, or one this command wrote before)")
+    return Path(path)
