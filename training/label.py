@@ -5,13 +5,11 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import KMeans
+from sklearn.cluster import MiniBatchKMeans
 
 from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS
 from carelens.models.scoring import TranscriptPipeline, turn_table
 
-#: The pool that diversity is drawn from: this many times the turns asked for, the least certain first.
-POOL_FACTOR = 5
 #: The columns a person fills in: a sentiment for customer turns, a level per mechanism for agent turns.
 LABEL_COLUMNS = ["sentiment", *MECHANISMS]
 
@@ -23,17 +21,22 @@ def normalised_entropy(probabilities: np.ndarray) -> np.ndarray:
 
 
 def diverse_uncertain(embeddings: np.ndarray, uncertainty: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Row indices of `n` turns: the POOL_FACTOR·n least certain, clustered on their embeddings into n groups (k-means),
-    and the least certain turn of each group, so that the picks are unsure and unlike one another."""
+    """Row indices of `n` turns: all turns clustered on their embeddings into n groups (k-means), and the least certain
+    turn of each group. The groups follow where the turns are, so the picks keep the mix of kinds of turns (the
+    least certain turns alone are mostly the ambiguous few, and a model adapted on them learns a skewed mix), while
+    within each kind the model learns where it is unsure."""
     if n <= 0 or len(uncertainty) == 0:
         return np.zeros(0, dtype=int)
-    pool = np.argsort(-uncertainty, kind="stable")[:POOL_FACTOR * n]
-    if len(pool) <= n:
-        return pool
-    unit = embeddings[pool] / np.maximum(np.linalg.norm(embeddings[pool], axis=1, keepdims=True), 1e-12)
-    groups = KMeans(n_clusters=n, n_init=1, random_state=seed).fit_predict(unit)
-    frame = pd.DataFrame({"row": pool, "group": groups, "uncertainty": uncertainty[pool]})
-    return frame.sort_values("uncertainty", ascending=False, kind="stable").groupby("group").head(1)["row"].to_numpy()
+    if len(uncertainty) <= n:
+        return np.argsort(-uncertainty, kind="stable")
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    groups = MiniBatchKMeans(n_clusters=n, n_init=1, random_state=seed, batch_size=max(1024, 3 * n)).fit_predict(unit)
+    ranked = pd.DataFrame({"row": np.arange(len(uncertainty)), "group": groups, "uncertainty": uncertainty}).sort_values(
+        "uncertainty", ascending=False, kind="stable")
+    first = ranked.groupby("group").head(1)["row"].to_numpy()
+    # A group k-means left empty gives no pick: the least certain turns not yet picked make up the number.
+    rest = ranked["row"][~ranked["row"].isin(first)].to_numpy()[:n - len(first)]
+    return np.concatenate([first, rest])
 
 
 def shares(counts: Sequence[int], n: int) -> list[int]:
