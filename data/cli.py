@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -25,13 +24,12 @@ def generate_command(
     # Imported here so that `carelens --help` does not pay for scipy and pyarrow.
     from carelens.data.paths import output_folder
     from carelens.data.synthetic import generate, marginals, write_synthetic
-    from carelens.data.terminal import user_errors
+    from carelens.data.terminal import console, user_errors
 
     with user_errors():
         output_folder(out)
     data = generate(customers, seed=seed, start=start, transcripts=transcripts)
     written = write_synthetic(data, out)
-    console = Console()
     console.print(files_table(written, f"Wrote {customers:,} customers (seed {seed})"))
     console.print(marginals_table(marginals(data)))
 

@@ -6,8 +6,10 @@ import html
 import io
 from typing import Iterable, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:980px;color:#222}
 h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
@@ -16,10 +18,22 @@ th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}im
 
 
 def figure_html(fig: Figure) -> str:
-    """A matplotlib figure as an <img> tag holding the PNG inline (base64), so the page needs no other file."""
+    """A matplotlib figure as an <img> tag holding the PNG inline (base64), so the page needs no other file. Every
+    label is drawn as written: titles, axis labels, legends and ticks name columns, classes and categories from the
+    data, where a `$` would otherwise start mathtext (`spend_$10_$20` fails to parse and takes the report with it)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    # Labels made so far keep the setting they were made with; tick labels are made while the figure is drawn.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        for text in fig.findobj(Text):
+            text.set_parse_math(False)
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def plot_label(value: object) -> str:
+    """A value from the data as a figure draws it: lone surrogates as their escapes (the font renderer takes only
+    Unicode text). `figure_html` keeps every label literal."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _cell(value) -> str:

@@ -1,8 +1,9 @@
 """Terminal output every command shares: the consoles, tables of rows, and how the toolkit's errors end a command."""
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import typer
 from rich.console import Console
@@ -11,8 +12,36 @@ from rich.text import Text
 
 from carelens.data.errors import CareLensError
 
-console = Console()
-error_console = Console(stderr=True)
+#: Control characters other than newline and tab (terminal escape sequences start with one) and lone surrogates.
+_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def visible(text: str) -> str:
+    """Text as the terminal should show it: control characters and lone surrogates as their escapes (\\x1b, \\ud800),
+    so that an id or a file name cannot move the cursor, recolour the terminal or fail to encode."""
+    return _UNSHOWABLE.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class LiteralConsole(Console):
+    """A console that shows every string as written: no rich markup and no emoji codes are read (an id `[vip]` shows,
+    `[/]` does not end a style that was never opened), and control characters are escaped. What the toolkit prints
+    comes from data (ids, column names, file names, the values an error quotes) as often as from the toolkit; its own
+    styles are applied with `labelled`."""
+
+    def __init__(self, **options: Any):
+        super().__init__(markup=False, emoji=False, **options)
+
+    def render_str(self, text: str, **options: Any) -> Text:
+        return super().render_str(visible(text), **options)
+
+
+console = LiteralConsole()
+error_console = LiteralConsole(stderr=True)
+
+
+def labelled(label: str, style: str, message: object) -> Text:
+    """`label` in `style`, then the message as written."""
+    return Text.assemble((label, style), " ", visible(str(message)))
 
 
 @contextmanager
@@ -22,13 +51,13 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except CareLensError as exc:
-        error_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        error_console.print(labelled("error:", "bold red", exc), highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from exc
 
 
 def warn(message: str) -> None:
     """A warning on standard error, in the one style every command uses."""
-    error_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    error_console.print(labelled("warning:", "bold yellow", message), highlight=False, soft_wrap=True)
 
 
 def rows_table(rows: list[dict], title: str) -> Table:
@@ -38,5 +67,6 @@ def rows_table(rows: list[dict], title: str) -> Table:
     table = Table(*columns, title=title)
     for row in rows:
         values = (row.get(c) for c in columns)
-        table.add_row(*(Text("—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)) for v in values))
+        table.add_row(*(Text(visible("—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)))
+                        for v in values))
     return table

@@ -18,6 +18,17 @@ def read_conversations(path: Path) -> list:
     return read_abcd(path) if path.suffix.lower() == ".json" else read_transcripts(path)
 
 
+def written_features(features, out: Path, version: str) -> Path:
+    """`out`, holding the conversation features as CSV or as Parquet (which records the transcript model version that
+    scored them), by its suffix."""
+    from carelens.data.spreadsheet import write_csv
+    from carelens.models.conversation_features import write_features
+    if out.suffix.lower() != ".csv":
+        return write_features(features, out, version)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_csv(features, out)
+
+
 def featurize_command(
     transcripts: Annotated[Path, typer.Option(help="Transcripts: contract JSONL, long-form Parquet or ABCD JSON.")],
     out: Annotated[Path, typer.Option(help="Features file to write (.parquet or .csv), keyed by contact_id.")],
@@ -36,7 +47,6 @@ def featurize_command(
     models take (`carelens train churn --features-from FILE`)."""
     from carelens.data.paths import output_file
     from carelens.data.terminal import console, user_errors, warn
-    from carelens.models.conversation_features import write_features
     from carelens.models.scoring import ScoringOptions, load_scoring_pipeline, transcript_features
     from carelens.models.transcript import training_text_warning
     with user_errors():
@@ -48,11 +58,8 @@ def featurize_command(
             if warning:
                 warn(warning)
         features = transcript_features(pipeline, read_conversations(transcripts), show_progress_bar=progress)
+    written_features(features, out, metadata["version"])
     if out.suffix.lower() == ".csv":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        features.to_csv(out, index=False)
         warn(f"{out}: a CSV cannot record which transcript model scored it; models trained on it cannot be checked "
              f"against the transcript model they are served with (write .parquet to keep that lineage)")
-    else:
-        write_features(features, out, metadata["version"])
     console.print(f"wrote features of {len(features):,} conversations (transcripts {metadata['version']}) to {out}")

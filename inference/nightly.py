@@ -18,6 +18,7 @@ from typing import Iterator, Optional, Sequence, Union
 import pandas as pd
 
 from carelens.data.errors import UsageError
+from carelens.data.spreadsheet import write_csv
 from carelens.inference.api import (
     PREDICTION_COLUMNS, MissingConversations, Scorer, checked_selection, ranked_customers, selection_rule,
 )
@@ -97,6 +98,13 @@ def drift_warnings(drift: Sequence[dict]) -> list[str]:
 
 # -- the stages after scoring -------------------------------------------------------------------------------------
 
+def write_flagged_csv(flagged: pd.DataFrame, target: Path) -> None:
+    """The flagged customers as the CSV a supervisor opens in a spreadsheet: reasons joined into one cell, every text
+    cell inert (see `write_csv`)."""
+    with atomic_path(target) as temporary:
+        write_csv(flagged.assign(reasons=["; ".join(reasons) for reasons in flagged["reasons"]]), temporary)
+
+
 def flag_stage(out: Path, scorer: Scorer, capacity: Optional[int], threshold: Optional[float], strict: bool,
                predictions: pd.DataFrame, customers: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     """(what the stage records: the rule used, how many customers each model alone would flag, drift and warnings;
@@ -107,8 +115,7 @@ def flag_stage(out: Path, scorer: Scorer, capacity: Optional[int], threshold: Op
         raise MissingConversations(gap)
     flagged = scorer.flagged_customers(customers, capacity, threshold)
     write_parquet(flagged, out / FLAGGED_PARQUET)
-    with atomic_path(out / FLAGGED_CSV) as temporary:
-        flagged.assign(reasons=["; ".join(reasons) for reasons in flagged["reasons"]]).to_csv(temporary, index=False)
+    write_flagged_csv(flagged, out / FLAGGED_CSV)
     # A night with no prediction has no distribution to compare: drift is left out, not computed over nothing.
     drift = [*feature_drift(scorer.profile["distributions"], predictions), *score_drift(scorer, predictions)] \
         if len(predictions) else []

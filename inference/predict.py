@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional, Union
 import typer
 
 from carelens.data.errors import UsageError
+from carelens.data.spreadsheet import write_csv
 from carelens.data.terminal import console, user_errors
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def written(table: pd.DataFrame, out: Path) -> Path:
     """`out`, holding the table as CSV or Parquet by its suffix."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".csv":
-        table.to_csv(out, index=False)
+        write_csv(table, out)
     else:
         table.to_parquet(out, index=False)
     return out

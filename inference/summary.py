@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from carelens.data.html import figure_html, html_report, table_html
+from carelens.data.html import figure_html, html_report, plot_label, table_html
 from carelens.models.drift import PSI_WARNING
 
 #: Flagged customers listed in the summary (all of them are in flagged.csv).
@@ -61,8 +61,8 @@ def drift_figure(row: dict) -> Figure:
     axes = fig.subplots()
     axes.bar(positions - 0.2, [row["training"].get(b, 0.0) for b in bins], width=0.4, label="training")
     axes.bar(positions + 0.2, [row["tonight"].get(b, 0.0) for b in bins], width=0.4, label="tonight")
-    axes.set_xticks(positions, bins, rotation=30, ha="right", fontsize=8)
-    axes.set(ylabel="share of contacts", title=f"{row['feature']}: PSI {row['psi']:.2f}")
+    axes.set_xticks(positions, [plot_label(b) for b in bins], rotation=30, ha="right", fontsize=8)
+    axes.set(ylabel="share of contacts", title=f"{plot_label(row['feature'])}: PSI {row['psi']:.2f}")
     axes.legend()
     return fig
 

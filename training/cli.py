@@ -12,7 +12,7 @@ from carelens.data.errors import UsageError
 from carelens.data.options import (
     DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
 )
-from carelens.data.terminal import console, error_console, rows_table, user_errors, warn
+from carelens.data.terminal import console, error_console, labelled, rows_table, user_errors, warn
 
 train_app = typer.Typer(help="Train a model and publish it to the registry.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Score labelled data a model never saw and print its metrics.", no_args_is_help=True)
@@ -157,15 +157,15 @@ def export_command(
     from carelens.data.paths import output_file
     from carelens.models.tabular import load_tabular
     if format != "joblib":
-        error_console.print(f"[bold red]error:[/] format {format!r} is not offered; expected joblib")
+        error_console.print(labelled("error:", "bold red", f"format {format!r} is not offered; expected joblib"))
         raise typer.Exit(2)
     with user_errors():
         output_file(out)
         loaded, metadata = load_tabular(_registry(registry), model, version)
     out.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(loaded, out)
-    error_console.print("[bold yellow]warning:[/] a joblib file runs code when it is loaded: load it only from a "
-                        "source you trust, and keep its checksum beside it.", highlight=False)
+    warn("a joblib file runs code when it is loaded: load it only from a source you trust, and keep its checksum "
+         "beside it.")
     console.print(f"wrote {model} {metadata['version']} to {out}")
 
 

@@ -13,7 +13,7 @@ from sklearn.inspection import permutation_importance
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 from threadpoolctl import threadpool_limits
 
-from carelens.data.html import figure_html, html_report, table_html
+from carelens.data.html import figure_html, html_report, plot_label, table_html
 from carelens.training.metrics import ECE_BINS
 
 #: Rows scored for permutation importance: enough for a stable ranking, few enough for seconds.
@@ -52,8 +52,8 @@ def histogram_figure(labels: np.ndarray, risk: np.ndarray, threshold: float) -> 
     """The risk score's distribution for each true class, with the decision threshold marked."""
     fig = Figure(figsize=(7, 4))
     axes = fig.subplots()
-    for label in sorted(set(labels.tolist()), key=str):
-        axes.hist(risk[labels == label], bins=40, range=(0, 1), alpha=0.5, density=True, label=str(label))
+    for value in sorted(set(labels.tolist()), key=str):
+        axes.hist(risk[labels == value], bins=40, range=(0, 1), alpha=0.5, density=True, label=plot_label(value))
     axes.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.3f}")
     axes.set(xlabel="risk score", ylabel="density", title="Scores by true class")
     axes.legend(title="true class")
@@ -79,7 +79,7 @@ def importance_figure(rows: Sequence[dict]) -> Figure:
     """Horizontal bars of permutation importance, the most important on top."""
     fig = Figure(figsize=(7, 0.3 * len(rows) + 1.2))
     axes = fig.subplots()
-    axes.barh([r["feature"] for r in rows][::-1], [r["ROC-AUC drop"] for r in rows][::-1],
+    axes.barh([plot_label(r["feature"]) for r in rows][::-1], [r["ROC-AUC drop"] for r in rows][::-1],
               xerr=[r["std"] for r in rows][::-1])
     axes.set(xlabel="drop in ROC-AUC when shuffled", title="Permutation importance")
     return fig
