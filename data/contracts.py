@@ -8,7 +8,7 @@ from typing import Any, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from carelens.data.errors import CareLensError
 
@@ -42,6 +42,8 @@ EARLIEST, LATEST = pd.Timestamp("1900-01-01", tz="UTC"), pd.Timestamp("2100-12-3
 LARGEST_WHOLE = 2 ** 53
 #: Characters no valid Unicode text holds: undecodable bytes smuggled into a Python str, or a lone JSON escape.
 SURROGATE = re.compile("[\ud800-\udfff]")
+#: Control characters: no identifier holds one (a NUL ends the id in C tools; a newline or escape forges output).
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Column:
             bounds = f" between {self.minimum:g} and {self.maximum:g}"
         elif self.minimum is not None:
             bounds = f" >= {self.minimum:g}"
-        return {"id": "a non-empty identifier", "int": "a whole number", "float": "a finite number",
+        return {"id": "a non-empty identifier without control characters", "int": "a whole number", "float": "a finite number",
                 "datetime": f"a date-time such as 2026-11-22T09:30:00, in the years {EARLIEST.year}-{LATEST.year}",
                 }.get(self.kind, self.kind) + bounds
 
@@ -158,7 +160,10 @@ def plain_value(value: Any) -> tuple[Any, str]:
 
 def plain_column(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
     """(the column with every cell a plain value or NA, per row why a cell was not plain): only columns of Python
-    objects can hold nested values, raw bytes or broken text, so typed columns pass as they are."""
+    objects can hold nested values, raw bytes or broken text, so typed columns pass as they are, date-times with a
+    time zone in UTC (the same instants: shown in a local zone, one near the end of the calendar overflows)."""
+    if isinstance(raw.dtype, pd.DatetimeTZDtype):
+        return raw.dt.tz_convert("UTC"), pd.Series("", index=raw.index, dtype=object)
     if raw.dtype != object:
         return raw, pd.Series("", index=raw.index, dtype=object)
     values, problems = zip(*map(plain_value, raw.to_numpy())) if len(raw) else ((), ())
@@ -191,7 +196,7 @@ def _column_problems(raw: pd.Series, value: pd.Series, column: Column) -> pd.Ser
     missing_raw = raw.isna() | (raw.astype("string").str.strip() == "")
     bad_type = value.isna() & ~missing_raw
     if column.kind == "id":
-        bad_type = pd.Series(False, index=raw.index)
+        bad_type = value.fillna("").str.contains(CONTROL).astype(bool)
     if not column.nullable:
         problems[missing_raw.to_numpy()] = f"missing value, expected {column.expectation()}"
     problems[bad_type.to_numpy()] = [f"got {v!r}, expected {column.expectation()}" for v in raw[bad_type]]
@@ -243,6 +248,15 @@ def check_unique_names(names: Sequence, source: str) -> None:
                                     f"once", column=repeated[0])
 
 
+def check_text_names(names: Sequence, source: str, row: Optional[int] = None) -> None:
+    """ContractError naming a column name that is not valid text (it holds a lone surrogate), which pandas cannot
+    hold as a column label."""
+    broken = next((name for name in names if isinstance(name, str) and SURROGATE.search(name)), None)
+    if broken is not None:
+        raise ContractError(source, f"column name {broken!r} is not valid UTF-8 (it holds a lone surrogate); expected "
+                                    f"text", row=row)
+
+
 def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
                 extra_numeric: Sequence[str] = (), extra_categorical: Sequence[str] = (),
                 earlier: Optional[Mapping[str, str]] = None) -> Checked:
@@ -257,6 +271,7 @@ def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
         raise ContractError(source, f"the file has no rows; expected a {contract.name} table "
                                     f"with columns {', '.join(contract.names)}")
     check_unique_names(list(raw.columns), source)
+    check_text_names(list(raw.columns), source)
     declared = [Column(n, "float", nullable=True) for n in extra_numeric] + \
                [Column(n, "category", nullable=True) for n in extra_categorical]
     columns = list(contract.columns) + declared
@@ -315,6 +330,13 @@ class Turn(BaseModel):
     def _lower_speaker(cls, value):
         return value.strip().lower() if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _ends_after_it_starts(self) -> "Turn":
+        if self.start_s is not None and self.end_s is not None and self.end_s < self.start_s:
+            raise ValueError(f"end_s {self.end_s:g} is before start_s {self.start_s:g}; expected a turn to end at or "
+                             f"after its start")
+        return self
+
 
 def identifier(value: Any) -> Any:
     """An id as the contract takes it: a whole number becomes text; text must be non-blank, valid Unicode."""
@@ -325,6 +347,8 @@ def identifier(value: Any) -> Any:
             raise ValueError("expected a non-empty identifier")
         if SURROGATE.search(value):
             raise ValueError("not valid UTF-8 (it holds a lone surrogate)")
+        if CONTROL.search(value):
+            raise ValueError("expected an identifier without control characters")
     return value
 
 

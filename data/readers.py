@@ -26,7 +26,12 @@ def arrow_frame(table: pa.Table) -> pd.DataFrame:
     """An Arrow table as a DataFrame by its own column types: the pandas metadata a file carries is ignored, because a
     hostile or mislabelled file can declare dtypes its values cannot take (a list column labelled text). Binary
     columns become text, bytes that are not UTF-8 kept as lone surrogates, which every contract check refuses by
-    name instead of failing deep inside pandas."""
+    name instead of failing deep inside pandas. Date-times with a time zone come in UTC, the same instants: shown in a
+    local zone (as a dead letter shows its record), one near the end of the calendar overflows."""
+    for position, kind in enumerate(table.schema.types):
+        if pa.types.is_timestamp(kind) and kind.tz is not None:
+            table = table.set_column(position, table.field(position).name,
+                                     table.column(position).cast(pa.timestamp(kind.unit, tz="UTC")))
     frame = table.to_pandas(ignore_metadata=True)
     for position, kind in enumerate(table.schema.types):
         if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):

@@ -13,12 +13,14 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from carelens.data.contracts import INTERACTION_FEATURES, INTERACTIONS, Conversation, validated
+from carelens.data.contracts import (
+    INTERACTION_FEATURES, INTERACTIONS, ContractError, Conversation, check_text_names, validated,
+)
 from carelens.data.errors import CareLensError, UsageError
 from carelens.data.readers import header_lines, read_table, read_transcripts
 from carelens.data.redaction import redacted_conversation
 from carelens.inference.reasons import pushes, top_reasons
-from carelens.models.conversation_features import FEATURE_COLUMNS
+from carelens.models.conversation_features import FEATURE_COLUMNS, TRANSCRIPT_FEATURES
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import RiskModel, load_tabular
 from carelens.models.scoring import (
@@ -44,22 +46,49 @@ class MissingConversations(CareLensError):
     """Models that read transcript features were asked to score answered contacts without their conversations."""
 
 
+def given_kind(value: object, name: str, expected: str, kinds: tuple) -> None:
+    """UsageError naming what `name` got and what was `expected`, unless `value` is one of `kinds`."""
+    if not isinstance(value, kinds):
+        raise UsageError(f"{name}: got {type(value).__name__}, expected {expected}")
+
+
+def records_frame(records: Sequence) -> pd.DataFrame:
+    """A list of dicts as a table of Python objects (pandas' inferred Arrow strings raise on text that is not valid
+    UTF-8); ContractError naming the first record that is not a dict, or whose column name is not valid text."""
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            raise ContractError("interactions", f"got {type(record).__name__}, expected a dict of column values",
+                                row=number)
+        check_text_names(list(record), "interactions", row=number)
+    return pd.DataFrame(list(records), dtype=object)
+
+
 def interactions_frame(interactions: Interactions, extra_numeric: Sequence[str] = (),
                        extra_categorical: Sequence[str] = ()) -> pd.DataFrame:
     """Interactions from a DataFrame, a list of dicts or a CSV/Parquet path, typed and checked by the contract."""
+    given_kind(interactions, "interactions", "a DataFrame, a list of dicts or a CSV/Parquet path",
+               (pd.DataFrame, list, tuple, str, Path))
     if isinstance(interactions, (str, Path)):
         path = Path(interactions)
         return validated(read_table(path), INTERACTIONS, str(path), header_rows=header_lines(path),
                          extra_numeric=extra_numeric, extra_categorical=extra_categorical)
-    # Python objects, not pandas' inferred Arrow strings, which raise on text that is not valid UTF-8.
-    frame = interactions if isinstance(interactions, pd.DataFrame) else pd.DataFrame(list(interactions), dtype=object)
+    frame = interactions if isinstance(interactions, pd.DataFrame) else records_frame(interactions)
     # Records number from 1 like file rows without a header, so "row 3" is the third dict or DataFrame row.
     return validated(frame.reset_index(drop=True), INTERACTIONS, "interactions", header_rows=0,
                      extra_numeric=extra_numeric, extra_categorical=extra_categorical)
 
 
+def features_frame(features: pd.DataFrame) -> pd.DataFrame:
+    """Transcript features scored earlier (a DataFrame as `score_transcripts` returns it), typed and checked:
+    ContractError naming the row and column of a value that is neither a finite number nor missing."""
+    given_kind(features, "transcript_features", "a DataFrame such as score_transcripts returns", (pd.DataFrame,))
+    return validated(features.reset_index(drop=True), TRANSCRIPT_FEATURES, "transcript_features", header_rows=0)
+
+
 def conversation_list(conversations: Conversations) -> list[Conversation]:
     """Conversations from Conversation objects, dicts, or a JSON Lines / long-form Parquet path, validated."""
+    given_kind(conversations, "conversations", "a list of conversations (dicts or Conversation) or a JSON Lines / "
+                                               "long-form Parquet path", (list, tuple, str, Path))
     if isinstance(conversations, (str, Path)):
         return read_transcripts(conversations)
     return as_conversations(list(conversations))
@@ -257,7 +286,9 @@ class Scorer:
         """The interactions, validated once, with every feature the models take (transcript features joined on
         contact_id; NaN where a contact has no conversation, which the models were trained to expect)."""
         table = interactions_frame(interactions, *self.extra_columns())
-        if transcript_features is None and transcripts is not None and self.transcripts is not None:
+        if transcript_features is not None:
+            transcript_features = features_frame(transcript_features)
+        elif transcripts is not None and self.transcripts is not None:
             transcript_features = self.score_transcripts(transcripts)
         return self.joined(table, transcript_features)
 

@@ -40,13 +40,45 @@ def logging_config() -> dict:
     return config
 
 
-def serve_until_stopped(app, host: str, port: int, shutdown_timeout: int) -> None:
+def head_deadline_protocol():
+    """uvicorn's HTTP/1.1 protocol with a deadline on every request head: a connection that sends no whole request
+    line and headers within the idle timeout (uvicorn's keep-alive timeout) is closed. uvicorn times out only a
+    connection idle between two requests, and any byte it receives stops that clock, so a client that connects and
+    sends nothing, or its headers a byte at a time, would otherwise hold its connection for ever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadlineProtocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.head_clock = self.loop.call_later(self.timeout_keep_alive, self.close_when_waiting)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self.head_clock.cancel()
+            self.head_clock = self.loop.call_later(self.timeout_keep_alive, self.close_when_waiting)
+
+        def connection_lost(self, exc) -> None:
+            self.head_clock.cancel()
+            super().connection_lost(exc)
+
+        def close_when_waiting(self) -> None:
+            """Close the connection unless a request is being answered (its head came in time)."""
+            answering = self.cycle is not None and not self.cycle.response_complete
+            if not answering and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeadDeadlineProtocol
+
+
+def serve_until_stopped(app, host: str, port: int, shutdown_timeout: int, idle_timeout: int) -> None:
     """Run uvicorn until SIGINT or SIGTERM, then let requests in flight finish (for at most `shutdown_timeout`
-    seconds) and return, so that a stop asked for ends with exit code 0."""
+    seconds) and return, so that a stop asked for ends with exit code 0. A connection that sends no whole request
+    head within `idle_timeout` seconds (after connecting or after its last answer) is closed."""
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False, log_config=logging_config(),
-                                           timeout_graceful_shutdown=shutdown_timeout))
+                                           timeout_graceful_shutdown=shutdown_timeout, timeout_keep_alive=idle_timeout,
+                                           http=head_deadline_protocol()))
 
     # uvicorn, once it has shut down gracefully, raises the signal it caught again under the handler it found; under
     # Python's defaults SIGTERM would then kill the process (exit -15) and SIGINT raise KeyboardInterrupt. This handler
@@ -77,6 +109,11 @@ def serve_command(
                                                        "request; more get 413.")] = 1_000,
     request_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a request may wait for and run scoring; "
                                                                    "longer ones get 503.")] = 30.0,
+    body_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a client may take to send a request body; "
+                                                                "slower ones get 408.")] = 10.0,
+    idle_timeout: Annotated[int, typer.Option(min=1, help="Seconds a connection may take to send a request's line and "
+                                                          "headers, after connecting or after its last answer; "
+                                                          "slower ones are closed.")] = 5,
     shutdown_timeout: Annotated[int, typer.Option(min=0, help="On SIGTERM or SIGINT, seconds given to requests in "
                                                               "flight to finish before they are cancelled.")] = 30,
     log_text: Annotated[bool, typer.Option("--log-text", help="Add each request's transcript texts to its access-log "
@@ -101,11 +138,12 @@ def serve_command(
     from carelens.models.scoring import ScoringOptions
     with user_errors():
         settings = ServiceSettings(api_key=api_key_from(api_key_env), max_body_bytes=max_body_bytes,
-                                   max_batch=max_batch, request_timeout_s=request_timeout, log_text=log_text)
+                                   max_batch=max_batch, request_timeout_s=request_timeout, body_timeout_s=body_timeout,
+                                   log_text=log_text)
         scoring = ScoringOptions(**scoring_option_values(runtime, precision, device, threads, token_budget,
                                                          cache_entries))
         scorer = Scorer.load(registry, version, redact=redact, scoring=scoring)
     models = ", ".join(f"{name} {v}" for name, v in scorer.versions.items())
     console.print(f"serving {models}; API key {'required' if settings.api_key else 'not required'}"
                   f"{'; personal data redacted' if redact else ''}")
-    serve_until_stopped(create_app(scorer, settings), host, port, shutdown_timeout)
+    serve_until_stopped(create_app(scorer, settings), host, port, shutdown_timeout, idle_timeout)

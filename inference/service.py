@@ -15,7 +15,7 @@ from datetime import datetime
 from email.message import Message
 from importlib.metadata import version as package_version
 from itertools import islice
-from typing import Annotated, Any, Callable, Iterator, Literal, Optional, Sequence, TypeVar
+from typing import Annotated, Any, Callable, Iterator, Literal, Optional, Sequence, TypeVar, Union
 
 import anyio
 import pandas as pd
@@ -33,6 +33,7 @@ from carelens.data.redaction import redacted
 from carelens.inference.api import FLAG_COLUMNS, MissingConversations, Scorer
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 from carelens.models.registry import RegistryError
+from carelens.models.scoring import abandonable
 
 API_KEY_HEADER = "X-API-Key"
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -40,6 +41,8 @@ TABULAR_HEADLINES = ("roc_auc", "pr_auc", "ece", "macro_f1")
 #: Deeper JSON than any contract needs (a turn's empathy labels sit 5 levels down); refused before it reaches pandas.
 MAX_DEPTH = 32
 TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels; no field takes that"
+#: Digits of the longest whole number a float can hold (1.8e308).
+LONGEST_FINITE = 309
 #: The lists of a request body counted on its access-log line, and those whose turns' texts `log_text` adds.
 COUNTED = ("conversations", "interactions", "transcripts", "transcript_features")
 WITH_TEXT = ("conversations", "transcripts")
@@ -59,6 +62,8 @@ class ServiceSettings(BaseModel):
     max_batch: int = Field(gt=0, description="Most conversations, interactions or transcripts in one request.")
     request_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False,
                                      description="Longest a request waits for and runs scoring before it gets 503.")
+    body_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False,
+                                  description="Longest a client may take to send a request body before it gets 408.")
     log_text: bool = Field(False, description="Add each request's transcript texts to its access-log line.")
 
 
@@ -204,18 +209,24 @@ _key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
                            description="The API key, when the service was started with --api-key-env.")
 
 
-def require_key(service: ServiceDep, given: Annotated[Optional[str], Depends(_key_header)]) -> None:
-    """Nothing when authentication is off or the key matches; 401 saying what was wrong otherwise."""
-    expected = service.settings.api_key
+def key_refusal(expected: Optional[str], given: Optional[str]) -> Optional[str]:
+    """Why a request's API key is refused (missing or wrong), or None when authentication is off or the key matches."""
     if expected is None:
-        return
+        return None
     if not given:
-        raise HTTPException(401, f"missing {API_KEY_HEADER} header: this service requires an API key",
-                            headers={"WWW-Authenticate": API_KEY_HEADER})
+        return f"missing {API_KEY_HEADER} header: this service requires an API key"
     # A constant-time comparison, so response timing does not reveal how much of a guess was right.
     if not secrets.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(401, f"wrong API key in the {API_KEY_HEADER} header",
-                            headers={"WWW-Authenticate": API_KEY_HEADER})
+        return f"wrong API key in the {API_KEY_HEADER} header"
+    return None
+
+
+def require_key(service: ServiceDep, given: Annotated[Optional[str], Depends(_key_header)]) -> None:
+    """Nothing when authentication is off or the key matches; 401 saying what was wrong otherwise. It declares the key
+    in the OpenAPI schema; `Authentication` has already checked it before the body was read."""
+    refusal = key_refusal(service.settings.api_key, given)
+    if refusal:
+        raise HTTPException(401, refusal, headers={"WWW-Authenticate": API_KEY_HEADER})
 
 
 def check_batch(items: Sequence, name: str, settings: ServiceSettings) -> None:
@@ -252,7 +263,10 @@ def locked(lock: threading.Lock, work: Callable[[], T], deadline: float, abandon
     if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
         return _GAVE_UP
     try:
-        return _GAVE_UP if abandoned.is_set() else work()
+        if abandoned.is_set():
+            return _GAVE_UP
+        with abandonable(abandoned):
+            return work()
     finally:
         lock.release()
 
@@ -261,9 +275,10 @@ async def scored(service: Service, work: Callable[[], T]) -> T:
     """work() in a worker thread, one call at a time; 503 when waiting for the lock and running take longer than
     the request timeout.
 
-    A thread cannot be stopped from outside: work that is already running when the time is up runs on to its end in
-    its thread, holding the lock (released when it finishes), and its result is dropped. Requests queued behind it
-    wait at most their own timeout, and one that times out while still queued never runs its work."""
+    A thread cannot be stopped from outside: work that is already running when the time is up stops at its next
+    encoder batch (`abandonable`), releasing the lock, and its result is dropped; what runs between two batches
+    (tokenizing, the tabular models) runs on to its end. Requests queued behind it wait at most their own timeout,
+    and one that times out while still queued never runs its work."""
     limit = service.settings.request_timeout_s
     abandoned = threading.Event()
     result: Any = _GAVE_UP
@@ -331,10 +346,17 @@ def body_faults(body: Any) -> Iterator[dict]:
                                                         f"{at}, which is not a Unicode character; expected text")
 
 
+def json_integer(digits: str) -> Union[int, float]:
+    """A JSON whole number as an int, or as a float (infinite) when it has more digits than any finite number: such a
+    number then meets body_faults' finiteness check, where Python would refuse it (over 4,300 digits) with an error
+    of its own, and pydantic and pandas would meet integers that no field can hold."""
+    return int(digits) if len(digits.lstrip("-")) <= LONGEST_FINITE else float(digits)
+
+
 def parsed_body(body: bytes) -> Any:
     """The JSON body, parsed; RequestValidationError saying where it is not JSON or holds what body_faults refuses."""
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_int=json_integer)
     except json.JSONDecodeError as exc:
         raise RequestValidationError([body_error((exc.pos,), "json_invalid", "JSON decode error", error=exc.msg)])
     except UnicodeDecodeError as exc:
@@ -609,12 +631,31 @@ class InternalErrors:
                     scope, receive, send)
 
 
-class BodyLimit:
-    """ASGI middleware answering 413 to a body over `max_bytes`: at once when Content-Length says so, and by counting
-    what arrives, because a chunked request has no Content-Length to trust."""
+class Authentication:
+    """ASGI middleware answering 401 to a request for a guarded path whose API key is missing or wrong, from its
+    headers alone: the body of a client that cannot authenticate is never parsed or held in memory (what it goes on
+    sending is discarded, and the server's idle timeout closes the connection)."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, api_key: Optional[str], guarded_paths: frozenset):
+        self.app, self.api_key, self.guarded_paths = app, api_key, guarded_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.api_key is not None and scope["path"] in self.guarded_paths:
+            given = dict(scope["headers"]).get(API_KEY_HEADER.lower().encode())
+            refusal = key_refusal(self.api_key, given.decode("latin-1") if given is not None else None)
+            if refusal:
+                return await JSONResponse({"detail": refusal}, status_code=401,
+                                          headers={"WWW-Authenticate": API_KEY_HEADER})(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware answering 413 to a body over `max_bytes` (at once when Content-Length says so, and by counting
+    what arrives, because a chunked request has no Content-Length to trust) and 408 to a body that has not arrived
+    whole within `timeout_s`: a stalled or slow client holds its buffer no longer than that."""
+
+    def __init__(self, app, max_bytes: int, timeout_s: float):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     def too_large(self, size: str) -> JSONResponse:
         return JSONResponse({"detail": f"request body of {size} is over the limit of {self.max_bytes:,} bytes"},
@@ -626,6 +667,18 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await self.too_large(f"{int(declared):,} bytes (Content-Length)")(scope, receive, send)
+        outcome: Any = _GAVE_UP
+        with anyio.move_on_after(self.timeout_s):
+            outcome = await self.body_or_refusal(receive)
+        if outcome is _GAVE_UP:
+            outcome = JSONResponse({"detail": f"request body not received whole within {self.timeout_s:g} s"},
+                                   status_code=408)
+        if isinstance(outcome, JSONResponse):
+            return await outcome(scope, receive, send)
+        return None if outcome is None else await self.app(scope, replayed(outcome, receive), send)
+
+    async def body_or_refusal(self, receive) -> Union[bytes, JSONResponse, None]:
+        """The whole body; the 413 answer once more than `max_bytes` have arrived; None when the client left."""
         chunks, received, more = [], 0, True
         while more:
             message = await receive()
@@ -634,10 +687,9 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             received += len(chunks[-1])
             if received > self.max_bytes:
-                return await self.too_large(f"at least {received:,} bytes (counted as it arrived)")(
-                    scope, receive, send)
+                return self.too_large(f"at least {received:,} bytes (counted as it arrived)")
             more = message.get("more_body", False)
-        return await self.app(scope, replayed(b"".join(chunks), receive), send)
+        return b"".join(chunks)
 
 
 def replayed(body: bytes, receive):
@@ -654,8 +706,11 @@ def create_app(scorer: Scorer, settings: ServiceSettings) -> FastAPI:
     app = FastAPI(title="CareLens", version=package_version("carelens"),
                   description="Which contact-centre customers are we about to lose or anger, and why.")
     app.state.service = Service(scorer, settings)
-    # The last added runs first: each request gets its id and log line, then the catch-all, then the body limit.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # The last added runs first: each request gets its id and log line, then the catch-all, then the key is checked
+    # from the headers, and only then is the body read, within its size and time limits.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(Authentication, api_key=settings.api_key,
+                       guarded_paths=frozenset(route.path for route in guarded.routes))
     app.add_middleware(InternalErrors)
     app.add_middleware(AccessLog)
     app.include_router(public)

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from carelens.data.contracts import MECHANISMS
+from carelens.data.contracts import MECHANISMS, Column, TableContract
 
 KEYS = ["conversation_id", "customer_id", "contact_id"]
 #: Each conversation's place in the batch it was scored in: turns roll up by it, not by conversation_id, so two
@@ -39,6 +39,13 @@ FEATURE_GROUPS = {
     "turn counts": COUNT_FEATURES,
 }
 FEATURE_COLUMNS = [feature for features in FEATURE_GROUPS.values() for feature in features]
+#: Features a caller scored earlier and hands back (`Scorer.flag_at_risk(transcript_features=...)`): each feature a
+#: finite number or missing (not measurable), joined to contacts on contact_id (a row without one joins nothing).
+TRANSCRIPT_FEATURES = TableContract(
+    name="transcript features",
+    columns=(Column("contact_id", "id", nullable=True), *(Column(name, "float", nullable=True)
+                                                         for name in FEATURE_COLUMNS)),
+)
 
 
 def least_squares_slopes(x: pd.Series, y: pd.Series, groups: pd.Series) -> pd.Series:

@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from carelens.inference.cli import app as cli
 from carelens.inference.service import API_KEY_HEADER, ServiceSettings, create_app, headline_metrics
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 from carelens.models.registry import RegistryError
-from carelens.models.scoring import as_conversations
+from carelens.models.scoring import ScoringAbandoned, abandonable, as_conversations
 from live_server import serving, stopped
 
 KEY = "s3cret-key"
@@ -460,3 +461,96 @@ def test_a_redacting_service_logs_and_scores_the_masked_text(scorer, day, caplog
     expected = scorer.score_transcripts([redacted_conversation(c) for c in as_conversations(conversations)])
     np.testing.assert_allclose(pd.DataFrame(answer.json()["conversations"])[FEATURE_COLUMNS].to_numpy(float),
                                expected[FEATURE_COLUMNS].to_numpy(float), atol=1e-6)
+
+
+# -- hostile clients: authentication first, stalled bodies and heads, work bounded by the timeout -----------------------
+
+@pytest.fixture(scope="module")
+def strict_server(registry_with_models, tmp_path_factory):
+    """A real `carelens serve` with an API key, a 1 s body timeout and a 1 s idle timeout."""
+    log = tmp_path_factory.mktemp("strict") / "serve.log"
+    with serving(registry_with_models.root, log, "--api-key-env", "CARELENS_TEST_KEY", "--body-timeout", "1",
+                 "--idle-timeout", "1", env={"CARELENS_TEST_KEY": KEY}) as (url, server):
+        yield url
+
+
+def raw_connection(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)), timeout=10)
+    return connection
+
+
+def answer_within(connection: socket.socket, seconds: float) -> tuple[bytes, float]:
+    """(everything the server sent until it closed the connection, how long that took)."""
+    started, received = time.monotonic(), b""
+    connection.settimeout(seconds)
+    try:
+        while chunk := connection.recv(65536):
+            received += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return received, time.monotonic() - started
+
+
+def test_a_request_without_the_key_is_refused_before_its_body_is_read(strict_server):
+    connection = raw_connection(strict_server)
+    started = time.monotonic()
+    connection.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 5000000\r\n\r\n{\"conversations\": [")
+    first = connection.recv(65536)
+    assert first.startswith(b"HTTP/1.1 401"), first
+    assert time.monotonic() - started < 0.9, "the 401 waited for the body (or its timeout), not the headers alone"
+    received, took = answer_within(connection, 5)
+    assert b"missing X-API-Key header" in first + received and took < 3, "the connection outlived the idle timeout"
+
+
+def test_a_body_that_stalls_gets_408_and_the_connection_closes(strict_server):
+    connection = raw_connection(strict_server)
+    connection.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: " +
+                       KEY.encode() + b"\r\nContent-Length: 5000\r\n\r\n{\"conversations\": [")
+    received, took = answer_within(connection, 8)
+    assert received.startswith(b"HTTP/1.1 408") and b"not received whole within 1 s" in received, received
+    assert took < 4, "the stalled body was waited for past the body timeout"
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /v1/score HTTP/1.1\r\nHost: x\r\n"])
+def test_a_connection_that_sends_no_whole_request_head_is_closed(strict_server, sent):
+    connection = raw_connection(strict_server)
+    connection.sendall(sent)
+    started = time.monotonic()
+    for _ in range(10):  # a header byte every 0.3 s: each byte would stop uvicorn's own idle clock
+        time.sleep(0.3)
+        try:
+            connection.sendall(b"X")
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    received, _ = answer_within(connection, 5)
+    assert time.monotonic() - started < 5 and not received.startswith(b"HTTP/1.1 2"), received
+
+
+def test_a_huge_whole_number_is_a_422_not_a_500(client, day):
+    body = json.dumps({"interactions": records(day.interactions)})[:-1] + ', "capacity": ' + "9" * 5000 + "}"
+    response = client.post("/v1/flag", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"].startswith("capacity: Input should be a finite")
+
+
+def test_a_request_that_timed_out_stops_using_the_scorer(scorer, day):
+    huge = json.loads(json.dumps(day.conversations[0]))
+    huge["turns"] = [{"speaker": "customer", "text": "my order never came and nobody answers " * 23_000}]  # 900 KB
+    app = create_app(scorer, ServiceSettings(request_timeout_s=0.5, **{**LIMITS, "max_body_bytes": 2_000_000}))
+    with TestClient(app) as client:
+        started = time.monotonic()
+        response = client.post("/v1/score", json={"conversations": [huge]})
+        assert response.status_code == 503
+        lock = app.state.service.lock
+        assert lock.acquire(timeout=3), "the timed-out request kept scoring"
+        lock.release()
+        assert time.monotonic() - started < 4
+        assert client.post("/v1/score", json={"conversations": day.conversations[:2]}).status_code == 200
+
+
+def test_scoring_given_up_stops_at_the_next_batch(scorer, day):
+    given_up = threading.Event()
+    given_up.set()
+    with abandonable(given_up), pytest.raises(ScoringAbandoned):
+        scorer.score_transcripts(day.conversations[:2])

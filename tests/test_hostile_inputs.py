@@ -1,0 +1,104 @@
+"""Hostile inputs, round 2: what the readers and the Scorer let through as a library's exception or accepted silently
+(far-future zoned dates, control characters in ids, turns that end before they start, lone surrogates in column names,
+None, and transcript features nobody checked) is refused with the toolkit's own error naming what was expected."""
+import datetime as dt
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from carelens.data.contracts import INTERACTIONS, ContractError, validated
+from carelens.data.errors import CareLensError, UsageError
+from carelens.data.readers import read_interactions, read_transcripts
+from carelens.data.synthetic import generate
+from carelens.inference.batch import predicted_chunk, table_chunks
+
+
+@pytest.fixture
+def zoned_far_future(tmp_path):
+    """A Parquet interactions file whose first started_at is 9999-12-31 in a time zone that is not UTC."""
+    interactions = generate(3, seed=1).interactions
+    table = pa.Table.from_pandas(interactions, preserve_index=False)
+    stamps = pa.array([dt.datetime(9999, 12, 31, 23)] + [dt.datetime(2026, 11, 2)] * (len(interactions) - 1),
+                      type=pa.timestamp("us", tz="Europe/Paris"))
+    path = tmp_path / "day.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("started_at"), "started_at", stamps), path)
+    return path
+
+
+def test_a_far_future_zoned_date_is_a_contract_error_naming_file_row_and_column(zoned_far_future):
+    with pytest.raises(ContractError, match=r"day.parquet: row 1, column 'started_at': got Timestamp\('9999-12-31"):
+        read_interactions(zoned_far_future)
+
+
+def test_a_far_future_zoned_date_is_dead_lettered_by_the_batch_path(scorer, zoned_far_future):
+    chunk, = table_chunks(zoned_far_future, 10)
+    predicted, dead = predicted_chunk(scorer, chunk, str(zoned_far_future), 1, None, [], [])
+    assert len(predicted) == 2 and len(dead) == 1
+    assert dead[0]["row"] == 1 and dead[0]["reason"].startswith("column 'started_at': got Timestamp('9999-12-31")
+    assert json.loads(dead[0]["record"])["started_at"].startswith("9999-12-31")
+
+
+@pytest.mark.parametrize("bad", ["C\x00001", "C1\n=cmd", "\x1b[2JC1"])
+def test_control_characters_in_ids_are_refused(bad):
+    interactions = generate(3, seed=1).interactions.astype(object)
+    interactions.loc[1, "customer_id"] = bad
+    with pytest.raises(ContractError, match="row 2, column 'customer_id': .*without control characters"):
+        validated(interactions, INTERACTIONS, "day", header_rows=0)
+
+
+def test_a_conversation_id_with_a_nul_is_refused(tmp_path):
+    conversation = generate(3, seed=1).conversations[0]
+    (tmp_path / "day.jsonl").write_text(json.dumps({**conversation, "customer_id": "C\x00001"}) + "\n")
+    with pytest.raises(ContractError, match="line 1, column 'customer_id': .*without control characters"):
+        read_transcripts(tmp_path / "day.jsonl")
+
+
+def test_a_turn_that_ends_before_it_starts_is_refused(tmp_path):
+    conversation = generate(3, seed=1).conversations[0]
+    conversation["turns"][1].update(start_s=9.0, end_s=2.0)
+    (tmp_path / "day.jsonl").write_text(json.dumps(conversation) + "\n")
+    with pytest.raises(ContractError, match=r"line 1, column 'turns.1': .*end_s 2 is before start_s 9"):
+        read_transcripts(tmp_path / "day.jsonl")
+
+
+def test_a_lone_surrogate_in_a_column_name_is_a_contract_error(scorer, day):
+    records = day.interactions.head(3).astype(object).to_dict("records")
+    records[1]["\udc01x"] = 1
+    with pytest.raises(ContractError, match=r"interactions: row 2: column name '\\udc01x' is not valid UTF-8"):
+        scorer.predict(records)
+    frame = day.interactions.head(3).astype(object)
+    frame.columns = frame.columns.astype(object)
+    frame.insert(0, "\ud800x", "v")
+    with pytest.raises(ContractError, match=r"column name '\\ud800x' is not valid UTF-8"):
+        scorer.predict(frame)
+
+
+@pytest.mark.parametrize("call, expected", [
+    (lambda s: s.predict(None), "interactions: got NoneType, expected a DataFrame, a list of dicts or a CSV/Parquet"),
+    (lambda s: s.flag_at_risk(None, capacity=1), "interactions: got NoneType, expected a DataFrame"),
+    (lambda s: s.score_transcripts(None), "conversations: got NoneType, expected a list of conversations"),
+    (lambda s: s.predict([1, 2]), "interactions: row 1: got int, expected a dict of column values"),
+])
+def test_what_is_not_a_table_or_a_list_is_refused_naming_what_was_expected(scorer, call, expected):
+    with pytest.raises(CareLensError, match=expected.replace("(", r"\(")):
+        call(scorer)
+
+
+def test_transcript_features_given_by_the_caller_are_checked_by_their_contract(scorer, day):
+    features = scorer.score_transcripts(day.conversations).astype(object)
+    flagged = scorer.flag_at_risk(day.interactions, transcript_features=features, threshold=0)
+    assert len(flagged) == day.interactions["customer_id"].nunique()
+    truth = features.copy()
+    truth.loc[2, "agent_empathy_mean"] = True
+    with pytest.raises(ContractError, match="transcript_features: row 3, column 'agent_empathy_mean': got True"):
+        scorer.flag_at_risk(day.interactions, transcript_features=truth, threshold=0)
+    broken = features.copy()
+    broken.loc[0, "contact_id"] = "K\ud800"
+    with pytest.raises(ContractError, match="row 1, column 'contact_id': .*lone surrogate"):
+        scorer.flag_at_risk(day.interactions, transcript_features=broken, threshold=0)
+    with pytest.raises(ContractError, match="missing column.*non_talk_s"):
+        scorer.flag_at_risk(day.interactions, transcript_features=features.drop(columns=["non_talk_s"]))
+    with pytest.raises(UsageError, match="transcript_features: got list, expected a DataFrame"):
+        scorer.flag_at_risk(day.interactions, transcript_features=[features])
