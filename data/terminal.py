@@ -26,7 +26,7 @@ class LiteralConsole(Console):
     """A console that shows every string as written: no rich markup and no emoji codes are read (an id `[vip]` shows,
     `[/]` does not end a style that was never opened), and control characters are escaped. What the toolkit prints
     comes from data (ids, column names, file names, the values an error quotes) as often as from the toolkit; its own
-    styles are applied with `labelled`."""
+    styles are applied with `tagged`."""
 
     def __init__(self, **options: Any):
         super().__init__(markup=False, emoji=False, **options)
@@ -39,9 +39,9 @@ console = LiteralConsole()
 error_console = LiteralConsole(stderr=True)
 
 
-def labelled(label: str, style: str, message: object) -> Text:
-    """`label` in `style`, then the message as written."""
-    return Text.assemble((label, style), " ", visible(str(message)))
+def tagged(tag: str, style: str, message: object) -> Text:
+    """`tag` in `style`, then the message as written."""
+    return Text.assemble((tag, style), " ", visible(str(message)))
 
 
 @contextmanager
@@ -51,13 +51,13 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except CareLensError as exc:
-        error_console.print(labelled("error:", "bold red", exc), highlight=False, soft_wrap=True)
+        error_console.print(tagged("error:", "bold red", exc), highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from exc
 
 
 def warn(message: str) -> None:
     """A warning on standard error, in the one style every command uses."""
-    error_console.print(labelled("warning:", "bold yellow", message), highlight=False, soft_wrap=True)
+    error_console.print(tagged("warning:", "bold yellow", message), highlight=False, soft_wrap=True)
 
 
 def rows_table(rows: list[dict], title: str) -> Table:

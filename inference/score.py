@@ -69,7 +69,7 @@ def run_options(registry, version, engine, chunk_size, restart, progress, ray_ad
 
 def reported(manifest: dict, out: Path) -> None:
     """Counts, warnings and failures on the terminal; exit code 1 when an input produced nothing."""
-    from carelens.data.terminal import console, error_console, labelled, warn
+    from carelens.data.terminal import console, error_console, tagged, warn
     for warning in manifest.get("warnings", []):
         warn(warning)
     counts = manifest["counts"]
@@ -77,7 +77,7 @@ def reported(manifest: dict, out: Path) -> None:
                   f"{counts['out']:,} + dead {counts['dead']:,} in {manifest['elapsed_s']:.1f} s; manifest: "
                   f"{out / '_manifest.json'}", highlight=False, soft_wrap=True)
     for failure in manifest["failures"]:
-        error_console.print(labelled("failed:", "bold red",
+        error_console.print(tagged("failed:", "bold red",
                                      f"{failure['stage']}: {failure['source']}: {failure['reason']}"),
                             highlight=False, soft_wrap=True)
     if manifest["failures"]:

@@ -12,7 +12,7 @@ from carelens.data.errors import UsageError
 from carelens.data.options import (
     DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
 )
-from carelens.data.terminal import console, error_console, labelled, rows_table, user_errors, warn
+from carelens.data.terminal import console, error_console, rows_table, tagged, user_errors, warn
 
 train_app = typer.Typer(help="Train a model and publish it to the registry.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Score labelled data a model never saw and print its metrics.", no_args_is_help=True)
@@ -157,7 +157,7 @@ def export_command(
     from carelens.data.paths import output_file
     from carelens.models.tabular import load_tabular
     if format != "joblib":
-        error_console.print(labelled("error:", "bold red", f"format {format!r} is not offered; expected joblib"))
+        error_console.print(tagged("error:", "bold red", f"format {format!r} is not offered; expected joblib"))
         raise typer.Exit(2)
     with user_errors():
         output_file(out)
