@@ -126,8 +126,9 @@ def stalled_request(kind: str) -> tuple[bytes, bytes]:
 
 
 async def stalled_connection(host: str, port: int, kind: str, until: float) -> str:
-    """One hostile connection until the server closes it (or `until`): its status line, or 'closed' when the
-    server closed it without an answer, or 'open' when it was still open at the end."""
+    """One hostile connection until the server closes it (or `until`): its status line, 'closed' when the server
+    closed it without an answer, 'reset' when the server reset it while the client was still sending, or 'open' when
+    it was still open at the end."""
     reader, writer = await asyncio.open_connection(host, port)
     first, dribbled = stalled_request(kind)
     step, pause = (1, 1.0) if kind == "slow_head" else (1024, 0.5)
@@ -141,8 +142,10 @@ async def stalled_connection(host: str, port: int, kind: str, until: float) -> s
             await asyncio.sleep(pause)
         answer = await asyncio.wait_for(received, max(0.1, until - time.monotonic()))
         return answer.split(b"\r\n", 1)[0].decode("latin-1") if answer else "closed"
-    except (asyncio.TimeoutError, ConnectionError):
+    except asyncio.TimeoutError:
         return "open"
+    except ConnectionError:
+        return "reset"
     finally:
         writer.close()
 
