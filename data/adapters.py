@@ -15,6 +15,7 @@ from carelens.data.paths import plain_file
 from carelens.data.readers import (
     conversation_from_record, parsed_json, read_table, read_transcripts, shown,
 )
+from carelens.data.spreadsheet import restored
 
 PathLike = Union[str, Path]
 EMPATHY_COLUMNS = ["context", "response", *MECHANISMS]
@@ -245,8 +246,10 @@ def read_suggested(path: PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
                        "0, 1 or 2 on an agent turn, or blank")
         levels[mechanism] = pd.to_numeric(text).astype("Int64")
     rated = sentiment.notna().to_numpy()
-    texts = frame["text"].astype("string").fillna("")
-    empathy = pd.DataFrame({"context": frame["context"].astype("string").fillna("").to_numpy(), "response": texts.to_numpy(),
+    # `label suggest` wrote the turns with formula-like cells guarded (a leading '): read them back as they were said.
+    texts = frame["text"].astype("string").fillna("").map(restored)
+    contexts = frame["context"].astype("string").fillna("").map(restored)
+    empathy = pd.DataFrame({"context": contexts.to_numpy(), "response": texts.to_numpy(),
                             **{m: levels[m].to_numpy() for m in MECHANISMS}})
     leveled = empathy[list(MECHANISMS)].notna().any(axis=1).to_numpy()
     return (pd.DataFrame({"text": texts[rated].astype(str).to_numpy(), "label": sentiment[rated].astype(str).to_numpy()}),

@@ -16,6 +16,13 @@ def inert(value: Any) -> Any:
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
+def restored(value: Any) -> Any:
+    """A cell as it was before `inert` guarded it (the toolkit reading back a CSV it wrote, such as a label file)."""
+    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(FORMULA_STARTS):
+        return value[1:]
+    return value
+
+
 def holds_text(column: pd.Series) -> bool:
     """Whether a column can hold text: numbers, booleans and dates cannot, so they are written as they are."""
     return not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)

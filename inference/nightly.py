@@ -102,7 +102,9 @@ def write_flagged_csv(flagged: pd.DataFrame, target: Path) -> None:
     """The flagged customers as the CSV a supervisor opens in a spreadsheet: reasons joined into one cell, every text
     cell inert (see `write_csv`)."""
     with atomic_path(target) as temporary:
-        write_csv(flagged.assign(reasons=["; ".join(reasons) for reasons in flagged["reasons"]]), temporary)
+        # As Python objects: pandas' Arrow strings cannot hold a lone surrogate that an id or a reason may carry.
+        reasons = pd.Series(["; ".join(reasons) for reasons in flagged["reasons"]], index=flagged.index, dtype=object)
+        write_csv(flagged.assign(reasons=reasons), temporary)
 
 
 def flag_stage(out: Path, scorer: Scorer, capacity: Optional[int], threshold: Optional[float], strict: bool,

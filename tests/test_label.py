@@ -93,3 +93,17 @@ def test_an_adapted_head_folds_its_prior_back_into_one_linear_layer():
     assert weight.shape == (3, 5) and bias.shape == (3,)
     adapted = np.argmax(features[200:] @ weight.T + bias, axis=1)
     assert (adapted == np.argmax(features[200:] @ prior[0].T + prior[1], axis=1)).mean() > 0.9
+
+
+def test_a_label_file_written_with_guarded_cells_reads_back_the_turns_as_said(tmp_path):
+    from carelens.data.adapters import read_suggested
+    from carelens.data.spreadsheet import write_csv
+    chosen = pd.DataFrame({"conversation_id": ["c1", "c1"], "turn_index": [0, 1], "speaker": ["customer", "agent"],
+                           "context": ["", "=SUM(A1) is wrong"], "text": ["=SUM(A1) is wrong", "-sorry, checking"],
+                           "model_guess": ["", ""], "uncertainty": [0.5, 0.4], "sentiment": ["negative", ""],
+                           "emotional_reactions": ["", "1"], "interpretations": ["", ""], "explorations": ["", ""]})
+    path = write_csv(chosen, tmp_path / "to_label.csv")
+    assert "'=SUM(A1)" in path.read_text()
+    sentiment, empathy = read_suggested(path)
+    assert sentiment["text"].tolist() == ["=SUM(A1) is wrong"]
+    assert (empathy["response"].tolist(), empathy["context"].tolist()) == (["-sorry, checking"], ["=SUM(A1) is wrong"])

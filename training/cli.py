@@ -343,13 +343,14 @@ def suggest_command(
     in: customer turns get a `sentiment` (negative / neutral / positive), agent turns a level 0 / 1 / 2 for each
     empathy mechanism. Then `carelens train transcripts --from VERSION --labels FILE` adapts the model to them."""
     from carelens.data.adapters import read_conversations
+    from carelens.data.spreadsheet import write_csv
     from carelens.models.scoring import load_scoring_pipeline
     from carelens.training.label import LABEL_COLUMNS, suggested_turns
     with user_errors():
         pipeline, metadata = load_scoring_pipeline(registry, version)
         conversations = [c for path in transcripts for c in read_conversations(path)]
         chosen = suggested_turns(pipeline, conversations, n, seed)
-        chosen.to_csv(out, index=False)
+        write_csv(chosen, out)
     console.print(f"wrote {len(chosen):,} turns to label ({(chosen['speaker'] == 'customer').sum():,} customer, "
                   f"{(chosen['speaker'] == 'agent').sum():,} agent) to {out}, picked by transcripts "
                   f"{metadata['version']}; fill in {', '.join(LABEL_COLUMNS)}, then `carelens train transcripts "
