@@ -404,6 +404,13 @@ def test_a_group_is_refitted_with_the_chosen_learner_alone(conversation_trained)
     assert "customer_sentiment_slope" not in refit.feature_names_in_ and refit.random_state == model.random_state
 
 
+def test_without_each_group_only_all_added_features_together_are_measured(generated, conversation_features_file):
+    from carelens.training.tabular import measured_groups
+    data = load_labelled(generated, TASKS["churn"], features_from=[conversation_features_file])
+    assert list(measured_groups(data, each_group=False)) == [ADDED_GROUP]
+    assert len(measured_groups(data)) > 1
+
+
 def test_training_without_conversation_or_added_features_measures_no_group(churn_trained):
     assert "feature_groups" not in churn_trained.metadata and "without_added_features" not in churn_trained.metadata
 

@@ -273,11 +273,12 @@ def seed_spread(runs: Sequence[dict]) -> dict:
             "std": {m: float(np.std([r[m] for r in rows], ddof=1)) if len(rows) > 1 else 0.0 for m in present}}
 
 
-def measured_groups(data: LabelledData) -> dict[str, list[str]]:
+def measured_groups(data: LabelledData, each_group: bool = True) -> dict[str, list[str]]:
     """The feature groups whose effect on held-out ROC-AUC training measures: each conversation feature group (see
-    FEATURE_GROUPS) of which the data records some value, then all features joined from other tables; a group whose
-    removal would leave no feature is left out."""
-    present = {name: [f for f in features if f in data.features] for name, features in FEATURE_GROUPS.items()}
+    FEATURE_GROUPS) of which the data records some value (unless `each_group` is off), then all features joined from
+    other tables; a group whose removal would leave no feature is left out."""
+    present = {name: [f for f in features if f in data.features] for name, features in FEATURE_GROUPS.items()
+               if each_group}
     groups = {name: features for name, features in present.items()
               if any(data.frame[f].notna().any() for f in features)}
     if data.added:
@@ -312,7 +313,7 @@ def feature_group_effects(model: RiskModel, groups: dict[str, list[str]], train:
 
 
 def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 0, learner: str = "auto",
-                  spread_seeds: int = SPREAD_SEEDS, **params) -> Trained:
+                  spread_seeds: int = SPREAD_SEEDS, each_group: bool = True, **params) -> Trained:
     """Hold out 20% of the rows; on the other 80% pick the learner by cross-validation and fit it with cross-fitted
     calibration and threshold (`RiskModel`); measure on the held-out rows. The same is repeated for the next
     `spread_seeds` − 1 split seeds, whose figures give the spread the report shows beside the published model's.
@@ -349,7 +350,7 @@ def train_tabular(data: LabelledData, task: Task, goal: str = "f1", seed: int = 
         "transcript_model": data.transcript_model if set(FEATURE_COLUMNS) & set(data.features) else None,
         **figures, "spread": seed_spread(runs),
     }
-    groups = measured_groups(data)
+    groups = measured_groups(data, each_group)
     if groups:
         metadata["feature_groups"], refits = feature_group_effects(
             model, groups, (rows.iloc[train], y[train]), (rows.iloc[test], y[test]), seed)
