@@ -2,6 +2,7 @@
 output folders."""
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -63,3 +64,12 @@ def output_folder(path: PathLike) -> Path:
         raise UsageError(f"--out {path}: is {'a file' if stat.S_ISREG(mode) else kind_of(mode)}; expected a folder to "
                          f"write into (a new one, or one this command wrote before)")
     return Path(path)
+
+
+def file_sha256(path: PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

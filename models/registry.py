@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Iterator, Union
 import pandas as pd
 
 from carelens.data.errors import CareLensError
+from carelens.data.paths import file_sha256
 
 FORMAT_VERSION = 1
 CHECKSUMS = "SHA256SUMS"
@@ -63,15 +64,6 @@ def frame_fingerprint(frame: pd.DataFrame) -> str:
     """SHA-256 over a table's column names and row hashes: the same data gives the same fingerprint."""
     digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
     digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 
