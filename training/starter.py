@@ -11,9 +11,9 @@ import pandas as pd
 from carelens.data.contracts import MECHANISMS, SENTIMENTS
 from carelens.data.adapters import labelled_turns
 from carelens.data.public_text import VADER, fetched, rated_sentences
-from carelens.data.readers import conversation_from_record
 from carelens.data.synthetic import generate
 from carelens.models.empathy_rules import RULES, rule_levels
+from carelens.models.scoring import as_conversations
 from carelens.models.transcript import without_handles
 from carelens.training.empathy_prototypes import PROTOTYPES, prototype_table
 from carelens.training.transcripts import (
@@ -65,8 +65,7 @@ def with_repeated(splits: dict[str, pd.DataFrame], extra: pd.DataFrame, times: i
 
 def generated_turns() -> tuple[pd.DataFrame, pd.DataFrame]:
     """(sentiment, empathy) tables of the seeded generator's labelled turns, each distinct text once."""
-    conversations = [conversation_from_record(record, "generator", i + 1) for i, record in
-                     enumerate(generate(GENERATED_CUSTOMERS, seed=GENERATOR_SEED).conversations)]
+    conversations = as_conversations(generate(GENERATED_CUSTOMERS, seed=GENERATOR_SEED).conversations, "generator")
     sentiment, empathy = labelled_turns(conversations, "generator")
     return sentiment.drop_duplicates("text"), empathy.drop_duplicates("response").assign(context="")
 
