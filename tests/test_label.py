@@ -31,12 +31,20 @@ def test_shares_split_n_in_proportion_never_past_a_group_or_the_total(counts, n)
     assert all(0 <= g <= c for g, c in zip(given_out, counts))
 
 
-def test_diverse_uncertain_takes_one_turn_per_cluster_the_least_certain():
-    # Two tight clusters of 5 points; the most uncertain point of each must be picked, not the two most uncertain.
-    rng = np.random.default_rng(0)
-    embeddings = np.vstack([rng.normal(0, 0.01, (5, 4)) + [10, 0, 0, 0], rng.normal(0, 0.01, (5, 4)) + [0, 10, 0, 0]])
-    uncertainty = np.array([0.9, 0.95, 0.1, 0.2, 0.3, 0.5, 0.1, 0.4, 0.2, 0.3])
-    assert sorted(diverse_uncertain(embeddings, uncertainty, 2, seed=0).tolist()) == [1, 5]
+def _group(axis: int) -> np.ndarray:
+    """Eight turns around one axis, symmetric so that its k-means centre is the axis itself: two on it, four near it,
+    two odd ones out far from it."""
+    centre, near, far = np.eye(6)[axis], np.eye(6)[4] * 0.05, np.eye(6)[5] * 0.3
+    return np.vstack([centre, centre, centre + near, centre - near, centre + 2 * near, centre - 2 * near,
+                      centre + far, centre - far])
+
+
+def test_diverse_uncertain_takes_from_each_cluster_the_least_certain_of_its_typical_turns():
+    # The odd ones out are the least certain of each group, yet only the two turns on the centre are its typical
+    # quarter: the less certain of those two is picked, one per group.
+    embeddings = np.vstack([_group(0), _group(1)])
+    uncertainty = np.array([0.3, 0.5, 0.6, 0.6, 0.7, 0.7, 0.99, 0.98] * 2) - np.repeat([0.0, 0.01], 8)
+    assert sorted(diverse_uncertain(embeddings, uncertainty, 2, seed=0).tolist()) == [1, 9]
     assert diverse_uncertain(embeddings, uncertainty, 0, seed=0).tolist() == []
 
 
