@@ -36,12 +36,13 @@ def held_out(frame: pd.DataFrame, strata: pd.Series) -> tuple[pd.DataFrame, pd.D
     return pool.reset_index(drop=True), test.reset_index(drop=True)
 
 
-def picked(pipeline: TranscriptPipeline, pool: pd.DataFrame, task: str, n: int, how: str) -> pd.DataFrame:
+def picked(pipeline: TranscriptPipeline, pool: pd.DataFrame, task: str, n: int, how: str, seed: int = SEED
+           ) -> pd.DataFrame:
     """`n` rows of the pool: the suggested ones (least certain, spread) or a seeded random draw."""
     if n >= len(pool):
         return pool
     if how == "random":
-        return pool.sample(n, random_state=SEED)
+        return pool.sample(n, random_state=seed)
     model = pipeline.model
     if task == "sentiment":
         pooled = pipeline.encode(pool["text"].tolist())
@@ -50,7 +51,7 @@ def picked(pipeline: TranscriptPipeline, pool: pd.DataFrame, task: str, n: int, 
         pooled = pipeline.encode(pool["response"].tolist(), pool["context"].tolist())
         probabilities = model.postprocess_empathy(model.head_logits(pooled)[1], pool["response"].tolist())
         uncertainty = normalised_entropy(probabilities).mean(axis=1)
-    return pool.iloc[diverse_uncertain(pooled, uncertainty, n, SEED)]
+    return pool.iloc[diverse_uncertain(pooled, uncertainty, n, seed)]
 
 
 def adapted_figures(task: str, labelled: pd.DataFrame, test: pd.DataFrame, epochs: int) -> dict:
@@ -116,3 +117,22 @@ def test_empathy_learning_curve_from_the_starter():
     record("learning_curve_empathy", {"registry": REGISTRY, "mode": MODE, "seed": SEED, "held_out": HELD_OUT,
                                       "text": "EPITOME pairs (labels drawn from the training part only)"}, rows)
     assert rows[0]["labels"] == 0
+
+
+@pytest.mark.slow
+@requires_shared
+def test_suggested_against_random_over_seeds():
+    """300 tweets picked by `label suggest`'s rule and at random, each with three seeds: how much the pick matters
+    beside the luck of the draw."""
+    tweets = read_airline_tweets(SHARED / "data" / "sentiment" / "airline_tweets_train.csv")
+    pool, test = held_out(tweets, tweets["label"])
+    pipeline = TranscriptPipeline(load_transcript_model(REGISTRY)[0], cache_entries=50_000)
+    rows = []
+    for seed in (SEED, 1, 2):
+        for how in ("suggested", "random"):
+            labelled = picked(pipeline, pool, "sentiment", 300, how, seed)
+            rows.append({"labels": 300, "picked by": how, "seed": seed,
+                         **adapted_figures("sentiment", labelled, test, EPOCHS)})
+    record("suggested_over_seeds", {"registry": REGISTRY, "mode": MODE, "held_out": HELD_OUT,
+                                    "text": "airline tweets (labels drawn from the training part only)"}, rows)
+    assert len(rows) == 6
