@@ -6,7 +6,7 @@ import hashlib
 import os
 import stat
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from carelens.data.contracts import ContractError
 from carelens.data.errors import UsageError
@@ -46,21 +46,29 @@ def plain_file(path: PathLike) -> Path:
     return Path(path)
 
 
+def existing_mode(path: PathLike) -> Optional[int]:
+    """The mode of what `path` names (links followed), or None when nothing is there."""
+    try:
+        return os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+
+
 def output_file(path: PathLike) -> Path:
-    """`path` unless it is an existing folder (a command writes one file there); UsageError before any work."""
-    if Path(path).is_dir():
-        raise UsageError(f"--out {path}: is a folder; expected a file to write")
+    """`path` unless something other than a regular file is there: a folder (a command writes one file there), a
+    FIFO (writing to it waits for ever for a reader) or a device; UsageError before any work."""
+    mode = existing_mode(path)
+    if mode is not None and not stat.S_ISREG(mode):
+        raise UsageError(f"--out {path}: is {'a folder' if stat.S_ISDIR(mode) else kind_of(mode)}; expected a file "
+                         f"to write")
     return Path(path)
 
 
 def output_folder(path: PathLike) -> Path:
     """`path` unless something other than a folder is there (a run, a registry or a data set is many files);
     UsageError before any work."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return Path(path)
-    if not stat.S_ISDIR(mode):
+    mode = existing_mode(path)
+    if mode is not None and not stat.S_ISDIR(mode):
         raise UsageError(f"--out {path}: is {'a file' if stat.S_ISREG(mode) else kind_of(mode)}; expected a folder to "
                          f"write into (a new one, or one this command wrote before)")
     return Path(path)

@@ -244,25 +244,6 @@ def test_a_conversation_that_fails_to_score_is_dead_lettered_and_its_unit_still_
         score([source], tmp_path / "again", registry_with_models.root)
 
 
-@pytest.fixture
-def time_limit():
-    """Fail (instead of hanging the suite) when the block runs past `seconds`."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def limited(seconds: int):
-        def expired(*_):
-            raise TimeoutError(f"still running after {seconds} s")
-        previous = signal.signal(signal.SIGALRM, expired)
-        signal.alarm(seconds)
-        try:
-            yield
-        finally:
-            signal.alarm(0)
-            signal.signal(signal.SIGALRM, previous)
-    return limited
-
-
 def special_inputs(tmp_path: Path, source: Path) -> dict:
     """Inputs that are not plain files, as the option would name them → the path the refusal must name; files in
     folders carry the suffix of `source`."""
