@@ -294,8 +294,11 @@ def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
         # Looked up one by one: `earlier` can hold a whole night's contacts, too many to hash again for every chunk.
         first_in = pd.Series([earlier.get(v) if earlier and isinstance(v, str) else None for v in values],
                              index=values.index, dtype=object)
-        repeated = (values.duplicated(keep="first") | first_in.notna()) & values.notna()
-        fresh = (problems == "") & repeated
+        # Repeats among the rows otherwise good: a bad row goes to the dead letters with its own fault, and the good
+        # row of the same contact after it is that contact's first, not a duplicate.
+        valid = (problems == "") & values.notna()
+        within = values[valid].duplicated(keep="first").reindex(values.index, fill_value=False)
+        fresh = valid & (within | first_in.notna())
         problems[fresh] = [f"column '{contract.unique}': duplicate value {v!r}, expected each {contract.unique} once"
                            + (f" (it came first in {where})" if where else "")
                            for v, where in zip(frame.loc[fresh, contract.unique], first_in[fresh])]

@@ -164,6 +164,21 @@ def test_interactions_get_the_scorers_predictions_and_bad_rows_are_dead_lettered
                                   atol=1e-6)
 
 
+def test_a_bad_row_does_not_make_a_later_good_row_of_its_contact_a_duplicate(registry_with_models, scorer, day,
+                                                                             tmp_path):
+    bad = day.interactions.iloc[[3]].astype({"answer_time_s": object}).assign(answer_time_s="soon")
+    # The bad row, then the same contact's good row, in one chunk: the good one is the contact's only valid row.
+    table = pd.concat([day.interactions.iloc[:3], bad, day.interactions.iloc[3:]], ignore_index=True)
+    table.to_csv(tmp_path / "contacts.csv", index=False)
+    manifest = score([registry_with_models.day_dir / "transcripts.jsonl"], tmp_path / "out",
+                     registry_with_models.root, interactions=[tmp_path / "contacts.csv"], chunk_size=25)
+    assert manifest["by_input"]["interactions"] == {"in": len(table), "out": len(day.interactions), "dead": 1}
+    [dead] = [json.loads(line) for line in (tmp_path / "out" / DEAD_LETTER).read_text().splitlines()]
+    assert dead["row"] == 5 and "column 'answer_time_s': got 'soon'" in dead["reason"], dead
+    predicted = read_parts(tmp_path / "out", "predictions", PREDICTION_COLUMNS)
+    assert predicted["contact_id"].tolist() == day.interactions["contact_id"].tolist()
+
+
 @settings(max_examples=60, deadline=None)
 @given(lines=st.lists(st.sampled_from(["{}", "", "  ", '{"a": 1}', "x" * 3, "é"]), max_size=40),
        chunk_size=st.integers(1, 9))
