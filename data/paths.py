@@ -2,16 +2,20 @@
 output folders."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Union
+from typing import IO, Iterator, Optional, Union
 
 from carelens.data.contracts import ContractError
 from carelens.data.errors import UsageError
 
 PathLike = Union[str, Path]
+#: The file whose lock a writer holds: one per model of a registry, one per output folder of a run.
+LOCK = ".lock"
 #: What a path that is not a regular file holds, in words.
 KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -81,3 +85,16 @@ def file_sha256(path: PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def held_lock(path: PathLike, wait: bool = True) -> Iterator[IO[str]]:
+    """The lock file `path` (made if absent), open for reading and writing and locked exclusively for the block; the
+    lock goes with the process (fcntl), so a killed holder never leaves it taken. Without `wait`, BlockingIOError at
+    once when another process holds it."""
+    with open(path, "a+", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        try:
+            yield handle
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -16,9 +16,11 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import stat
+import sys
 import time
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from importlib.metadata import version as package_version
@@ -36,7 +38,7 @@ from carelens.data.contracts import (
     INTERACTIONS, SURROGATE, ContractError, Conversation, check_table, check_unique_names,
 )
 from carelens.data.errors import CareLensError, OutOfSpace, UsageError
-from carelens.data.paths import output_folder, plain_file
+from carelens.data.paths import LOCK, held_lock, output_folder, plain_file
 from carelens.data.readers import (
     TABLE_SUFFIXES, arrow_frame, check_long_form_columns, conversation_from_json,
     conversation_runs, csv_header, header_lines, long_form_conversation, long_form_runs, parsed_json, reappearing_runs,
@@ -571,6 +573,39 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def this_run() -> dict:
+    """What names this process's run to another that finds its folder taken: process id, command and start."""
+    return {"pid": os.getpid(), "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]), "started_at": now()}
+
+
+def holder_of(lock: Path) -> str:
+    """The run that holds a folder's lock, in words, as it recorded itself (it may not have yet)."""
+    try:
+        holder = json.loads(lock.read_text(encoding="utf-8"))
+        return f"pid {holder['pid']}, `{holder['command']}`, started {holder['started_at']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a run that is just starting"
+
+
+def run_folder_lock(out: Path) -> ExitStack:
+    """`out` (made if absent) locked for this process's run until the returned stack closes; RunConflict naming the
+    folder and the run that holds it when another process is writing into it, since two runs in one folder would
+    interleave their plans, parts and manifests. Not waited for: a second run started by mistake should say so now,
+    not run after the first over what it wrote."""
+    out.mkdir(parents=True, exist_ok=True)
+    stack = ExitStack()
+    try:
+        handle = stack.enter_context(held_lock(out / LOCK, wait=False))
+    except BlockingIOError:
+        raise RunConflict(f"{out}: another run is writing into this folder ({holder_of(out / LOCK)}); wait for it to "
+                          f"finish, or choose another --out") from None
+    handle.truncate(0)
+    handle.write(json.dumps(this_run()))
+    handle.flush()
+    stack.callback(handle.truncate, 0)  # before the lock goes: a later holder never reads a finished run as its rival
+    return stack
+
+
 def checked_plan(out: Path, plan: dict) -> int:
     """Start or resume the run recorded in `out`: RunConflict when `out` holds a run of another plan. Returns how many
     units were already done."""
@@ -632,6 +667,14 @@ class Run:
     warnings: list = field(default_factory=list)
     started: str = field(default_factory=now)
     clock: float = field(default_factory=time.perf_counter)
+    #: Holds the lock on `out` (`run_folder_lock`) until the run ends: `with planned_run(...) as run:`.
+    lock: ExitStack = field(default_factory=ExitStack, repr=False)
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.lock.close()
 
     @property
     def redact(self) -> bool:
@@ -648,31 +691,34 @@ def planned_run(transcripts: Sequence[PathLike], out: PathLike, registry: Option
                 version: Union[str, dict] = "latest", interactions: Sequence[PathLike] = (), chunk_size: int = 1_000,
                 restart: bool = False, format: str = "auto", redact: bool = False,
                 scoring: ScoringOptions = ScoringOptions()) -> Run:
-    """The first stage: inputs expanded (each a regular file, refused by path before any is read), hashed and cut into
-    units, model versions resolved, and the plan recorded in `out` (RunConflict when `out` holds a run of another plan;
-    `restart` discards an earlier run before anything is hashed). Models are part of the plan by their content, so
-    another model under the same version name is another plan; so is `redact`, so a run is never resumed half masked,
-    and the runtime and precision the transcript model scores with (a run is never resumed with features scored two
-    ways)."""
+    """The first stage: inputs expanded (each a regular file, refused by path before any is read), `out` locked for
+    the run (it ends with the Run: `with planned_run(...) as run:`), inputs hashed and cut into units, model versions
+    resolved, and the plan recorded in `out` (RunConflict when another run is writing into `out`, or `out` holds a run
+    of another plan; `restart` discards an earlier run before anything is hashed). Models are part of the plan by
+    their content, so another model under the same version name is another plan; so is `redact`, so a run is never
+    resumed half masked, and the runtime and precision the transcript model scores with (a run is never resumed with
+    features scored two ways)."""
     if chunk_size < 1:
         raise UsageError(f"chunk_size must be at least 1, got {chunk_size}")
     out, store = output_folder(out), Registry(registry)
     files = transcript_files(transcripts, format)
     tables = expanded_inputs(interactions, TABLE_SUFFIXES) if interactions else []
-    if restart:
-        discarded_run(out)
-    wanted = version if isinstance(version, dict) else {}
-    table_stamps = [file_stamp(p) for p in tables]
-    names = (MODEL_NAME, "churn", "retaliation") if tables else (MODEL_NAME,)
-    models = {name: store.resolve(name, wanted.get(name, "latest") if wanted else version) for name in names}
-    inputs = [planned_file(path, index, chunk_size, format) for index, path in enumerate(files)]
-    runtime, precision, warning = scoring.resolved(store.directory(MODEL_NAME, models[MODEL_NAME]))
-    plan = {"inputs": [f.summary() for f in inputs], "interactions": [str(p) for p in tables],
-            "interaction_hashes": [file_sha256(p) for p in tables], "models": models,
-            "model_sha256": {name: store.content_sha256(name, v) for name, v in models.items()},
-            "chunk_size": chunk_size, "redact": redact, "runtime": f"{runtime} {precision}"}
-    return Run(out, store, inputs, tables, models, bool(wanted), plan, checked_plan(out, plan), table_stamps,
-               warnings=[warning] if warning else [])
+    with run_folder_lock(out) as lock:  # released here only when planning fails; the Run holds it from then on
+        if restart:
+            discarded_run(out)
+        wanted = version if isinstance(version, dict) else {}
+        table_stamps = [file_stamp(p) for p in tables]
+        names = (MODEL_NAME, "churn", "retaliation") if tables else (MODEL_NAME,)
+        models = {name: store.resolve(name, wanted.get(name, "latest") if wanted else version) for name in names}
+        inputs = [planned_file(path, index, chunk_size, format) for index, path in enumerate(files)]
+        runtime, precision, warning = scoring.resolved(store.directory(MODEL_NAME, models[MODEL_NAME]))
+        plan = {"inputs": [f.summary() for f in inputs], "interactions": [str(p) for p in tables],
+                "interaction_hashes": [file_sha256(p) for p in tables], "models": models,
+                "model_sha256": {name: store.content_sha256(name, v) for name, v in models.items()},
+                "chunk_size": chunk_size, "redact": redact, "runtime": f"{runtime} {precision}"}
+        already = checked_plan(out, plan)
+        return Run(out, store, inputs, tables, models, bool(wanted), plan, already, table_stamps,
+                   warnings=[warning] if warning else [], lock=lock.pop_all())
 
 
 def scored_units(run: Run, engine: str = "local", show_progress_bar: bool = True, ray_address: Optional[str] = None,
@@ -706,11 +752,12 @@ def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Option
     calls the same functions. Returns the manifest (its `failures` name every input that produced nothing or was
     rejected); raises when in != out + dead. With `redact`, e-mail addresses, phone numbers, card and order numbers
     are masked before scoring and in the dead letters."""
-    run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact, scoring)
-    scorer = tabular_scorer(run)
-    scored = scored_units(run, engine, show_progress_bar, ray_address, workers, scoring)
-    table_counts = predict_contacts(scorer, run, chunk_size) if scorer else {}
-    return finish(run, engine, table_counts, scored)
+    with planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact,
+                     scoring) as run:
+        scorer = tabular_scorer(run)
+        scored = scored_units(run, engine, show_progress_bar, ray_address, workers, scoring)
+        table_counts = predict_contacts(scorer, run, chunk_size) if scorer else {}
+        return finish(run, engine, table_counts, scored)
 
 
 def tabular_scorer(run: Run, load_encoder: bool = False, scoring: ScoringOptions = ScoringOptions()):
