@@ -754,10 +754,22 @@ def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Option
     are masked before scoring and in the dead letters."""
     with planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact,
                      scoring) as run:
+        check_no_nightly_outputs(run.out)
         scorer = tabular_scorer(run)
         scored = scored_units(run, engine, show_progress_bar, ray_address, workers, scoring)
         table_counts = predict_contacts(scorer, run, chunk_size) if scorer else {}
         return finish(run, engine, table_counts, scored)
+
+
+def check_no_nightly_outputs(out: Path) -> None:
+    """RunConflict when `out` holds what the nightly job writes after scoring: the scoring stages alone would write
+    their own manifest, which dates neither the list nor the summary left beside it, so a stale list would look as
+    if no run had made it, or a finished night would lose the manifest that vouches for its list."""
+    found = [name for name in (FLAGGED_CSV, FLAGGED_PARQUET, SUMMARY, STAGES) if (out / name).exists()]
+    if found:
+        raise RunConflict(f"{out}: holds a nightly run ({', '.join(found)}); scoring alone would rewrite its manifest "
+                          f"without them. Run `carelens nightly` with the same options to resume it, choose another "
+                          f"--out, or pass --restart to discard it")
 
 
 def tabular_scorer(run: Run, load_encoder: bool = False, scoring: ScoringOptions = ScoringOptions()):

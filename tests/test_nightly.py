@@ -367,3 +367,15 @@ def test_a_run_into_a_folder_another_run_is_writing_into_is_refused_naming_the_f
         other.wait(timeout=60)
     assert nightly_command(day, registry_with_models.root, out, [day / "interactions.parquet"]).exit_code == 0
 
+
+def test_score_into_a_folder_holding_a_nightly_run_is_refused_and_leaves_its_manifest(uninterrupted,
+                                                                                     registry_with_models):
+    out, _ = uninterrupted
+    day, before = registry_with_models.day_dir, (out / MANIFEST).read_bytes()
+    result = CliRunner().invoke(app, ["score", "--transcripts", str(day / "transcripts.jsonl"), "--interactions",
+                                      str(day / "interactions.parquet"), "--chunk-size", "7", "--out", str(out),
+                                      "--registry", str(registry_with_models.root), "--no-progress"])
+    shown = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert f"{out}: holds a nightly run ({FLAGGED_CSV}, {FLAGGED_PARQUET}, {SUMMARY}, _stages)" in shown, shown
+    assert (out / MANIFEST).read_bytes() == before
