@@ -30,10 +30,14 @@ def kind_of(mode: int) -> str:
     return next((kind for test, kind in KINDS if test(mode)), "not a regular file")
 
 
-def plain_file(path: PathLike) -> Path:
-    """`path` when it names a regular file (links followed) whose name is UTF-8; ContractError naming it otherwise,
-    before a byte of it is read: a FIFO never ends or never starts, a device like /dev/zero never ends, a directory
-    holds no records, and a name that is not UTF-8 cannot be written into the outputs that cite their input."""
+#: Why an input whose name is not UTF-8 is refused.
+UNDECODABLE_NAME = ("the file name is not valid UTF-8, expected a regular file with a UTF-8 name (the outputs cite "
+                    "each input by its path); rename it")
+
+
+def regular_file(path: PathLike) -> Path:
+    """`path` when it names a regular file (links followed); ContractError naming it otherwise, before a byte of it is
+    read: a FIFO never ends or never starts, a device like /dev/zero never ends, a directory holds no records."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -42,11 +46,23 @@ def plain_file(path: PathLike) -> Path:
         raise ContractError(shown_path(path), f"cannot be read ({exc.strerror}), expected a regular file") from exc
     if not stat.S_ISREG(mode):
         raise ContractError(shown_path(path), f"is {kind_of(mode)}, expected a regular file")
+    return Path(path)
+
+
+def utf8_name(path: PathLike) -> bool:
+    """Whether the path's bytes are UTF-8, so that outputs, which cite their inputs by path, can hold it."""
     try:
         os.fsencode(path).decode("utf-8")
     except UnicodeDecodeError:
-        raise ContractError(shown_path(path), "the file name is not valid UTF-8, expected a regular file with a UTF-8 "
-                                              "name (the outputs cite each input by its path); rename it") from None
+        return False
+    return True
+
+
+def plain_file(path: PathLike) -> Path:
+    """`path` when it names a regular file (`regular_file`) whose name is UTF-8 (`utf8_name`); ContractError naming
+    it otherwise, before a byte of it is read."""
+    if not utf8_name(regular_file(path)):
+        raise ContractError(shown_path(path), UNDECODABLE_NAME)
     return Path(path)
 
 

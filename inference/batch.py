@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,9 @@ from carelens.data.contracts import (
     INTERACTIONS, SURROGATE, ContractError, Conversation, check_table, check_unique_names,
 )
 from carelens.data.errors import CareLensError, OutOfSpace, UsageError
-from carelens.data.paths import LOCK, held_lock, output_folder, plain_file
+from carelens.data.paths import (
+    LOCK, UNDECODABLE_NAME, held_lock, output_folder, plain_file, regular_file, shown_path, utf8_name,
+)
 from carelens.data.readers import (
     TABLE_SUFFIXES, arrow_frame, check_long_form_columns, conversation_from_json,
     conversation_runs, csv_header, header_lines, long_form_conversation, long_form_runs, parsed_json, reappearing_runs,
@@ -119,7 +121,7 @@ class InputFile:
     path: str
     kind: str
     bytes: int
-    sha256: str
+    sha256: Optional[str]
     records: int = 0
     rejected: Optional[str] = None
     units: list[Unit] = field(default_factory=list, repr=False)
@@ -128,10 +130,12 @@ class InputFile:
         return {k: v for k, v in asdict(self).items() if k != "units" and (k != "rejected" or v)}
 
 
-def expanded_inputs(patterns: Sequence[PathLike], suffixes: Sequence[str]) -> list[Path]:
+def expanded_inputs(patterns: Sequence[PathLike], suffixes: Sequence[str],
+                    checked: Callable[[PathLike], Path] = plain_file) -> list[Path]:
     """Files named by paths, globs and directories (a directory gives what it holds with one of `suffixes`, folders
     aside), sorted and without repeats; ContractError naming the pattern that matched nothing, or the first path that
-    is not a regular file with a UTF-8 name (a FIFO, a device, a directory a glob matched), before any is read."""
+    `checked` refuses (by default, one that is not a regular file with a UTF-8 name: a FIFO, a device, a directory a
+    glob matched), before any is read."""
     files = []
     for pattern in patterns:
         path = Path(pattern)
@@ -143,7 +147,7 @@ def expanded_inputs(patterns: Sequence[PathLike], suffixes: Sequence[str]) -> li
         if not found:
             raise ContractError(str(pattern), f"no input file matches (expected a file, a glob or a directory of "
                                               f"{', '.join(suffixes)} files)")
-        files.extend(map(plain_file, found))
+        files.extend(map(checked, found))
     return list(dict.fromkeys(p.resolve() for p in files))
 
 
@@ -177,7 +181,11 @@ def check_unchanged(path: Union[str, Path], stamp: tuple[int, int]) -> None:
 def planned_file(path: Path, index: int, chunk_size: int, format: str = "auto") -> InputFile:
     """An input file described and cut into units, each stamped with the file's size and modification time as they
     were before planning read it (so a change while planning shows too); an empty or unreadable file is rejected
-    whole, with the reason."""
+    whole, with the reason, and so is one whose name is not UTF-8, unread and named as the outputs can hold it: one
+    such file dropped among a night's transcripts must not stop the others."""
+    if not utf8_name(path):
+        return InputFile(shown_path(path), file_kind(path, format), path.stat().st_size, None,
+                         rejected=UNDECODABLE_NAME)
     stamp = file_stamp(path)
     planned = described_file(path, index, chunk_size, format)
     planned.units = [replace(unit, stamp=stamp) for unit in planned.units]
@@ -267,7 +275,8 @@ def parquet_units(path: Path, index: int, chunk_size: int) -> tuple[int, list[Un
 def transcript_files(patterns: Sequence[PathLike], format: str = "auto") -> list[Path]:
     if format not in FORMATS:
         raise UsageError(f"format {format!r} is not offered; expected one of {', '.join(FORMATS)}")
-    return expanded_inputs(patterns, (*JSONL_SUFFIXES, *PARQUET_SUFFIXES, *ABCD_SUFFIXES))
+    # Only regular files here: a name that is not UTF-8 is rejected with its file by `planned_file`, not the run.
+    return expanded_inputs(patterns, (*JSONL_SUFFIXES, *PARQUET_SUFFIXES, *ABCD_SUFFIXES), regular_file)
 
 
 # -- reading and scoring a unit ---------------------------------------------------------------------------------------

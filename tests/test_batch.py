@@ -259,6 +259,16 @@ def test_a_conversation_that_fails_to_score_is_dead_lettered_and_its_unit_still_
         score([source], tmp_path / "again", registry_with_models.root)
 
 
+def latin_named_folder(tmp_path: Path, source: Path) -> Path:
+    """A folder holding a copy of `source` as good<suffix>, and another named café in Latin-1 (not UTF-8) bytes."""
+    import os
+    latin = tmp_path / "latin"
+    latin.mkdir()
+    (latin / f"good{source.suffix}").write_bytes(source.read_bytes())
+    Path(os.fsdecode(bytes(latin) + b"/caf\xe9" + source.suffix.encode())).write_bytes(source.read_bytes())
+    return latin
+
+
 def special_inputs(tmp_path: Path, source: Path) -> dict:
     """Inputs that are not plain files, as the option would name them → the path the refusal must name; files in
     folders carry the suffix of `source`."""
@@ -269,12 +279,8 @@ def special_inputs(tmp_path: Path, source: Path) -> dict:
     folder = tmp_path / "folder"
     (folder / f"nested{suffix}").mkdir(parents=True)
     os.mkfifo(folder / f"queue{suffix}")
-    latin = tmp_path / "latin"
-    latin.mkdir()
-    (latin / f"good{suffix}").write_bytes(source.read_bytes())
-    Path(os.fsdecode(bytes(latin) + b"/caf\xe9" + suffix.encode())).write_bytes(source.read_bytes())
     return {str(fifo): str(fifo), "/dev/zero": "/dev/zero", str(tmp_path / "fol*"): str(folder),
-            str(folder): str(folder / f"queue{suffix}"), str(latin): f"{latin}/caf\\xe9{suffix}"}
+            str(folder): str(folder / f"queue{suffix}")}
 
 
 @pytest.mark.parametrize("option", ["--transcripts", "--interactions"])
@@ -286,7 +292,11 @@ def test_inputs_that_are_not_plain_files_are_refused_by_path_before_anything_is_
     day = registry_with_models.day_dir
     source = {"--transcripts": day / "transcripts.jsonl", "--interactions": tmp_path / "day.csv"}[option]
     pd.read_parquet(day / "interactions.parquet").to_csv(tmp_path / "day.csv", index=False)
-    for number, (given, named) in enumerate(special_inputs(tmp_path, source).items()):
+    refused = special_inputs(tmp_path, source)
+    if option == "--interactions":  # a transcripts file under such a name is rejected alone (see the test below)
+        latin = latin_named_folder(tmp_path, source)
+        refused[str(latin)] = f"{latin}/caf\\xe9{source.suffix}"
+    for number, (given, named) in enumerate(refused.items()):
         other = {"--transcripts": ["--interactions", str(day / "interactions.parquet")],
                  "--interactions": ["--transcripts", str(day / "transcripts.jsonl")]}[option]
         with time_limit(60):
@@ -296,6 +306,24 @@ def test_inputs_that_are_not_plain_files_are_refused_by_path_before_anything_is_
         assert f"{named}:" in " ".join(result.output.split()) and "expected a regular file" in result.output, \
             (given, result.output)
         assert not (tmp_path / f"out{number}").exists()
+
+
+def test_a_transcripts_file_whose_name_is_not_utf8_is_rejected_alone_and_the_rest_is_scored(registry_with_models,
+                                                                                            tmp_path):
+    from typer.testing import CliRunner
+
+    from carelens.inference.cli import app
+    day, out = registry_with_models.day_dir, tmp_path / "out"
+    latin = latin_named_folder(tmp_path, day / "transcripts.jsonl")
+    result = CliRunner().invoke(app, ["score", "--transcripts", str(latin), "--out", str(out), "--registry",
+                                      str(registry_with_models.root), "--no-progress"])
+    assert result.exit_code == 1, result.output  # done, but incomplete
+    manifest = json.loads((out / MANIFEST).read_text())
+    [failure] = manifest["failures"]
+    assert failure["source"] == f"{latin}/caf\\xe9.jsonl" and "the file name is not valid UTF-8" in failure["reason"]
+    assert f"{latin}/caf\\xe9.jsonl: the file name is not valid UTF-8" in " ".join(result.output.split())
+    assert manifest["by_input"]["transcripts"]["out"] == len(registry_with_models.day.conversations)
+    assert set(read_parts(out)["source"]) == {str(latin / "good.jsonl")}
 
 
 def test_an_out_that_is_a_file_is_refused_and_left_alone(registry_with_models, tmp_path):
