@@ -528,6 +528,22 @@ def test_a_connection_that_sends_no_whole_request_head_is_closed(strict_server, 
     assert time.monotonic() - started < 5 and not received.startswith(b"HTTP/1.1 2"), received
 
 
+@pytest.mark.parametrize("field", ["answer_time_s", "transfers", "capacity", "threshold", "start_s"])
+def test_true_where_a_number_is_expected_is_a_422_not_read_as_1(client, day, field):
+    body = {"interactions": records(day.interactions.head(3)), "transcripts": day.conversations[:1]}
+    if field in ("capacity", "threshold"):
+        body[field], where = True, field
+    elif field == "start_s":
+        body["transcripts"] = [{**day.conversations[0], "turns": [{"speaker": "agent", "text": "hi", "start_s": True}]}]
+        where = "transcripts[0].turns[0].start_s"
+    else:
+        body["interactions"][1][field], where = True, f"interactions[1].{field}"
+    response = client.post("/v1/flag", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith(f"{where}: Value error, expected a number, not true or false"), \
+        response.json()["detail"]
+
+
 def test_a_huge_whole_number_is_a_422_not_a_500(client, day):
     body = json.dumps({"interactions": records(day.interactions)})[:-1] + ', "capacity": ' + "9" * 5000 + "}"
     response = client.post("/v1/flag", content=body, headers={"content-type": "application/json"})
