@@ -176,18 +176,25 @@ def _coerced(values: pd.Series, column: Column) -> pd.Series:
     if column.kind == "bool":
         return as_bool(values)
     if column.kind in ("int", "float"):
-        return pd.to_numeric(values.map(_number_or_na) if values.dtype == object else values, errors="coerce")
+        return pd.to_numeric(values.map(_na_if_bool) if values.dtype == object else values, errors="coerce")
     if column.kind == "datetime":
         stamps = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
         return stamps.where((stamps >= EARLIEST) & (stamps <= LATEST)).astype("datetime64[ns, UTC]")
     if column.kind == "category":
         return values.astype("string").str.strip().str.lower()
-    return values.astype("string").str.strip()
+    return (values.map(_na_if_bool) if values.dtype == object else values).astype("string").str.strip()
 
 
-def _number_or_na(value: Any) -> Any:
-    """A value pandas can read as a number, else NA (a bool is not a number here: True is not 1 transfer)."""
+def _na_if_bool(value: Any) -> Any:
+    """The value, or NA when it is a bool: True is neither 1 transfer nor an id named "True"."""
     return pd.NA if isinstance(value, (bool, np.bool_)) else value
+
+
+def not_a_bool(value: Any) -> Any:
+    """The value unless it is a bool (ValueError): pydantic would read True where a number is expected as 1."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError("expected a number, not true or false")
+    return value
 
 
 def _column_problems(raw: pd.Series, value: pd.Series, column: Column) -> pd.Series:
@@ -196,7 +203,7 @@ def _column_problems(raw: pd.Series, value: pd.Series, column: Column) -> pd.Ser
     missing_raw = raw.isna() | (raw.astype("string").str.strip() == "")
     bad_type = value.isna() & ~missing_raw
     if column.kind == "id":
-        bad_type = value.fillna("").str.contains(CONTROL).astype(bool)
+        bad_type = bad_type | value.fillna("").str.contains(CONTROL).astype(bool)
     if not column.nullable:
         problems[missing_raw.to_numpy()] = f"missing value, expected {column.expectation()}"
     problems[bad_type.to_numpy()] = [f"got {v!r}, expected {column.expectation()}" for v in raw[bad_type]]
@@ -294,8 +301,11 @@ def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
         # Looked up one by one: `earlier` can hold a whole night's contacts, too many to hash again for every chunk.
         first_in = pd.Series([earlier.get(v) if earlier and isinstance(v, str) else None for v in values],
                              index=values.index, dtype=object)
-        repeated = (values.duplicated(keep="first") | first_in.notna()) & values.notna()
-        fresh = (problems == "") & repeated
+        # Repeats among the rows otherwise good: a bad row goes to the dead letters with its own fault, and the good
+        # row of the same contact after it is that contact's first, not a duplicate.
+        valid = (problems == "") & values.notna()
+        within = values[valid].duplicated(keep="first").reindex(values.index, fill_value=False)
+        fresh = valid & (within | first_in.notna())
         problems[fresh] = [f"column '{contract.unique}': duplicate value {v!r}, expected each {contract.unique} once"
                            + (f" (it came first in {where})" if where else "")
                            for v, where in zip(frame.loc[fresh, contract.unique], first_in[fresh])]
@@ -329,6 +339,11 @@ class Turn(BaseModel):
     @classmethod
     def _lower_speaker(cls, value):
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("start_s", "end_s", mode="before")
+    @classmethod
+    def _seconds_not_true(cls, value):
+        return not_a_bool(value)
 
     @model_validator(mode="after")
     def _ends_after_it_starts(self) -> "Turn":

@@ -2,16 +2,20 @@
 output folders."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
+from typing import IO, Iterator, Optional, Union
 
 from carelens.data.contracts import ContractError
 from carelens.data.errors import UsageError
 
 PathLike = Union[str, Path]
+#: The file whose lock a writer holds: one per model of a registry, one per output folder of a run.
+LOCK = ".lock"
 #: What a path that is not a regular file holds, in words.
 KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -26,10 +30,14 @@ def kind_of(mode: int) -> str:
     return next((kind for test, kind in KINDS if test(mode)), "not a regular file")
 
 
-def plain_file(path: PathLike) -> Path:
-    """`path` when it names a regular file (links followed) whose name is UTF-8; ContractError naming it otherwise,
-    before a byte of it is read: a FIFO never ends or never starts, a device like /dev/zero never ends, a directory
-    holds no records, and a name that is not UTF-8 cannot be written into the outputs that cite their input."""
+#: Why an input whose name is not UTF-8 is refused.
+UNDECODABLE_NAME = ("the file name is not valid UTF-8, expected a regular file with a UTF-8 name (the outputs cite "
+                    "each input by its path); rename it")
+
+
+def regular_file(path: PathLike) -> Path:
+    """`path` when it names a regular file (links followed); ContractError naming it otherwise, before a byte of it is
+    read: a FIFO never ends or never starts, a device like /dev/zero never ends, a directory holds no records."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -38,29 +46,49 @@ def plain_file(path: PathLike) -> Path:
         raise ContractError(shown_path(path), f"cannot be read ({exc.strerror}), expected a regular file") from exc
     if not stat.S_ISREG(mode):
         raise ContractError(shown_path(path), f"is {kind_of(mode)}, expected a regular file")
-    try:
-        os.fsencode(path).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ContractError(shown_path(path), "the file name is not valid UTF-8, expected a regular file with a UTF-8 "
-                                              "name (the outputs cite each input by its path); rename it") from None
     return Path(path)
 
 
+def utf8_name(path: PathLike) -> bool:
+    """Whether the path's bytes are UTF-8, so that outputs, which cite their inputs by path, can hold it."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def plain_file(path: PathLike) -> Path:
+    """`path` when it names a regular file (`regular_file`) whose name is UTF-8 (`utf8_name`); ContractError naming
+    it otherwise, before a byte of it is read."""
+    if not utf8_name(regular_file(path)):
+        raise ContractError(shown_path(path), UNDECODABLE_NAME)
+    return Path(path)
+
+
+def existing_mode(path: PathLike) -> Optional[int]:
+    """The mode of what `path` names (links followed), or None when nothing is there."""
+    try:
+        return os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+
+
 def output_file(path: PathLike) -> Path:
-    """`path` unless it is an existing folder (a command writes one file there); UsageError before any work."""
-    if Path(path).is_dir():
-        raise UsageError(f"--out {path}: is a folder; expected a file to write")
+    """`path` unless something other than a regular file is there: a folder (a command writes one file there), a
+    FIFO (writing to it waits for ever for a reader) or a device; UsageError before any work."""
+    mode = existing_mode(path)
+    if mode is not None and not stat.S_ISREG(mode):
+        raise UsageError(f"--out {path}: is {'a folder' if stat.S_ISDIR(mode) else kind_of(mode)}; expected a file "
+                         f"to write")
     return Path(path)
 
 
 def output_folder(path: PathLike) -> Path:
     """`path` unless something other than a folder is there (a run, a registry or a data set is many files);
     UsageError before any work."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return Path(path)
-    if not stat.S_ISDIR(mode):
+    mode = existing_mode(path)
+    if mode is not None and not stat.S_ISDIR(mode):
         raise UsageError(f"--out {path}: is {'a file' if stat.S_ISREG(mode) else kind_of(mode)}; expected a folder to "
                          f"write into (a new one, or one this command wrote before)")
     return Path(path)
@@ -73,3 +101,16 @@ def file_sha256(path: PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def held_lock(path: PathLike, wait: bool = True) -> Iterator[IO[str]]:
+    """The lock file `path` (made if absent), open for reading and writing and locked exclusively for the block; the
+    lock goes with the process (fcntl), so a killed holder never leaves it taken. Without `wait`, BlockingIOError at
+    once when another process holds it."""
+    with open(path, "a+", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        try:
+            yield handle
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

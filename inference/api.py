@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -129,14 +129,20 @@ def selection_rule(capacity: Optional[int], threshold: Optional[float]) -> str:
     return "each model's own decision threshold"
 
 
+def is_number(value: Any, whole: bool = False) -> bool:
+    """Whether a value is a real number (an integer with `whole`) and not a bool: True is not one customer."""
+    kinds = (int, np.integer) if whole else (int, float, np.integer, np.floating)
+    return isinstance(value, kinds) and not isinstance(value, (bool, np.bool_))
+
+
 def checked_selection(capacity: Optional[int], threshold: Optional[float]) -> None:
-    """UsageError unless at most one of capacity and threshold is given, each in range."""
+    """UsageError unless at most one of capacity and threshold is given, each a number in range."""
     if capacity is not None and threshold is not None:
         raise UsageError("give a capacity or a threshold, not both (neither: each model's own decision threshold)")
-    if capacity is not None and capacity < 0:
-        raise UsageError(f"capacity must be 0 or more customers, got {capacity}")
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise UsageError(f"threshold must be a probability between 0 and 1, got {threshold}")
+    if capacity is not None and not (is_number(capacity, whole=True) and capacity >= 0):
+        raise UsageError(f"capacity must be a whole number of customers, 0 or more, got {capacity!r}")
+    if threshold is not None and not (is_number(threshold) and 0 <= threshold <= 1):
+        raise UsageError(f"threshold must be a probability between 0 and 1, got {threshold!r}")
 
 
 def per_customer(contacts: pd.DataFrame) -> pd.DataFrame:

@@ -16,14 +16,16 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import stat
+import sys
 import time
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -36,7 +38,9 @@ from carelens.data.contracts import (
     INTERACTIONS, SURROGATE, ContractError, Conversation, check_table, check_unique_names,
 )
 from carelens.data.errors import CareLensError, OutOfSpace, UsageError
-from carelens.data.paths import output_folder, plain_file
+from carelens.data.paths import (
+    LOCK, UNDECODABLE_NAME, held_lock, output_folder, plain_file, regular_file, shown_path, utf8_name,
+)
 from carelens.data.readers import (
     TABLE_SUFFIXES, arrow_frame, check_long_form_columns, conversation_from_json,
     conversation_runs, csv_header, header_lines, long_form_conversation, long_form_runs, parsed_json, reappearing_runs,
@@ -117,7 +121,7 @@ class InputFile:
     path: str
     kind: str
     bytes: int
-    sha256: str
+    sha256: Optional[str]
     records: int = 0
     rejected: Optional[str] = None
     units: list[Unit] = field(default_factory=list, repr=False)
@@ -126,10 +130,12 @@ class InputFile:
         return {k: v for k, v in asdict(self).items() if k != "units" and (k != "rejected" or v)}
 
 
-def expanded_inputs(patterns: Sequence[PathLike], suffixes: Sequence[str]) -> list[Path]:
+def expanded_inputs(patterns: Sequence[PathLike], suffixes: Sequence[str],
+                    checked: Callable[[PathLike], Path] = plain_file) -> list[Path]:
     """Files named by paths, globs and directories (a directory gives what it holds with one of `suffixes`, folders
     aside), sorted and without repeats; ContractError naming the pattern that matched nothing, or the first path that
-    is not a regular file with a UTF-8 name (a FIFO, a device, a directory a glob matched), before any is read."""
+    `checked` refuses (by default, one that is not a regular file with a UTF-8 name: a FIFO, a device, a directory a
+    glob matched), before any is read."""
     files = []
     for pattern in patterns:
         path = Path(pattern)
@@ -141,7 +147,7 @@ def expanded_inputs(patterns: Sequence[PathLike], suffixes: Sequence[str]) -> li
         if not found:
             raise ContractError(str(pattern), f"no input file matches (expected a file, a glob or a directory of "
                                               f"{', '.join(suffixes)} files)")
-        files.extend(map(plain_file, found))
+        files.extend(map(checked, found))
     return list(dict.fromkeys(p.resolve() for p in files))
 
 
@@ -175,7 +181,11 @@ def check_unchanged(path: Union[str, Path], stamp: tuple[int, int]) -> None:
 def planned_file(path: Path, index: int, chunk_size: int, format: str = "auto") -> InputFile:
     """An input file described and cut into units, each stamped with the file's size and modification time as they
     were before planning read it (so a change while planning shows too); an empty or unreadable file is rejected
-    whole, with the reason."""
+    whole, with the reason, and so is one whose name is not UTF-8, unread and named as the outputs can hold it: one
+    such file dropped among a night's transcripts must not stop the others."""
+    if not utf8_name(path):
+        return InputFile(shown_path(path), file_kind(path, format), path.stat().st_size, None,
+                         rejected=UNDECODABLE_NAME)
     stamp = file_stamp(path)
     planned = described_file(path, index, chunk_size, format)
     planned.units = [replace(unit, stamp=stamp) for unit in planned.units]
@@ -265,7 +275,8 @@ def parquet_units(path: Path, index: int, chunk_size: int) -> tuple[int, list[Un
 def transcript_files(patterns: Sequence[PathLike], format: str = "auto") -> list[Path]:
     if format not in FORMATS:
         raise UsageError(f"format {format!r} is not offered; expected one of {', '.join(FORMATS)}")
-    return expanded_inputs(patterns, (*JSONL_SUFFIXES, *PARQUET_SUFFIXES, *ABCD_SUFFIXES))
+    # Only regular files here: a name that is not UTF-8 is rejected with its file by `planned_file`, not the run.
+    return expanded_inputs(patterns, (*JSONL_SUFFIXES, *PARQUET_SUFFIXES, *ABCD_SUFFIXES), regular_file)
 
 
 # -- reading and scoring a unit ---------------------------------------------------------------------------------------
@@ -571,6 +582,39 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def this_run() -> dict:
+    """What names this process's run to another that finds its folder taken: process id, command and start."""
+    return {"pid": os.getpid(), "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]), "started_at": now()}
+
+
+def holder_of(lock: Path) -> str:
+    """The run that holds a folder's lock, in words, as it recorded itself (it may not have yet)."""
+    try:
+        holder = json.loads(lock.read_text(encoding="utf-8"))
+        return f"pid {holder['pid']}, `{holder['command']}`, started {holder['started_at']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a run that is just starting"
+
+
+def run_folder_lock(out: Path) -> ExitStack:
+    """`out` (made if absent) locked for this process's run until the returned stack closes; RunConflict naming the
+    folder and the run that holds it when another process is writing into it, since two runs in one folder would
+    interleave their plans, parts and manifests. Not waited for: a second run started by mistake should say so now,
+    not run after the first over what it wrote."""
+    out.mkdir(parents=True, exist_ok=True)
+    stack = ExitStack()
+    try:
+        handle = stack.enter_context(held_lock(out / LOCK, wait=False))
+    except BlockingIOError:
+        raise RunConflict(f"{out}: another run is writing into this folder ({holder_of(out / LOCK)}); wait for it to "
+                          f"finish, or choose another --out") from None
+    handle.truncate(0)
+    handle.write(json.dumps(this_run()))
+    handle.flush()
+    stack.callback(handle.truncate, 0)  # before the lock goes: a later holder never reads a finished run as its rival
+    return stack
+
+
 def checked_plan(out: Path, plan: dict) -> int:
     """Start or resume the run recorded in `out`: RunConflict when `out` holds a run of another plan. Returns how many
     units were already done."""
@@ -632,6 +676,14 @@ class Run:
     warnings: list = field(default_factory=list)
     started: str = field(default_factory=now)
     clock: float = field(default_factory=time.perf_counter)
+    #: Holds the lock on `out` (`run_folder_lock`) until the run ends: `with planned_run(...) as run:`.
+    lock: ExitStack = field(default_factory=ExitStack, repr=False)
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.lock.close()
 
     @property
     def redact(self) -> bool:
@@ -648,31 +700,34 @@ def planned_run(transcripts: Sequence[PathLike], out: PathLike, registry: Option
                 version: Union[str, dict] = "latest", interactions: Sequence[PathLike] = (), chunk_size: int = 1_000,
                 restart: bool = False, format: str = "auto", redact: bool = False,
                 scoring: ScoringOptions = ScoringOptions()) -> Run:
-    """The first stage: inputs expanded (each a regular file, refused by path before any is read), hashed and cut into
-    units, model versions resolved, and the plan recorded in `out` (RunConflict when `out` holds a run of another plan;
-    `restart` discards an earlier run before anything is hashed). Models are part of the plan by their content, so
-    another model under the same version name is another plan; so is `redact`, so a run is never resumed half masked,
-    and the runtime and precision the transcript model scores with (a run is never resumed with features scored two
-    ways)."""
+    """The first stage: inputs expanded (each a regular file, refused by path before any is read), `out` locked for
+    the run (it ends with the Run: `with planned_run(...) as run:`), inputs hashed and cut into units, model versions
+    resolved, and the plan recorded in `out` (RunConflict when another run is writing into `out`, or `out` holds a run
+    of another plan; `restart` discards an earlier run before anything is hashed). Models are part of the plan by
+    their content, so another model under the same version name is another plan; so is `redact`, so a run is never
+    resumed half masked, and the runtime and precision the transcript model scores with (a run is never resumed with
+    features scored two ways)."""
     if chunk_size < 1:
         raise UsageError(f"chunk_size must be at least 1, got {chunk_size}")
     out, store = output_folder(out), Registry(registry)
     files = transcript_files(transcripts, format)
     tables = expanded_inputs(interactions, TABLE_SUFFIXES) if interactions else []
-    if restart:
-        discarded_run(out)
-    wanted = version if isinstance(version, dict) else {}
-    table_stamps = [file_stamp(p) for p in tables]
-    names = (MODEL_NAME, "churn", "retaliation") if tables else (MODEL_NAME,)
-    models = {name: store.resolve(name, wanted.get(name, "latest") if wanted else version) for name in names}
-    inputs = [planned_file(path, index, chunk_size, format) for index, path in enumerate(files)]
-    runtime, precision, warning = scoring.resolved(store.directory(MODEL_NAME, models[MODEL_NAME]))
-    plan = {"inputs": [f.summary() for f in inputs], "interactions": [str(p) for p in tables],
-            "interaction_hashes": [file_sha256(p) for p in tables], "models": models,
-            "model_sha256": {name: store.content_sha256(name, v) for name, v in models.items()},
-            "chunk_size": chunk_size, "redact": redact, "runtime": f"{runtime} {precision}"}
-    return Run(out, store, inputs, tables, models, bool(wanted), plan, checked_plan(out, plan), table_stamps,
-               warnings=[warning] if warning else [])
+    with run_folder_lock(out) as lock:  # released here only when planning fails; the Run holds it from then on
+        if restart:
+            discarded_run(out)
+        wanted = version if isinstance(version, dict) else {}
+        table_stamps = [file_stamp(p) for p in tables]
+        names = (MODEL_NAME, "churn", "retaliation") if tables else (MODEL_NAME,)
+        models = {name: store.resolve(name, wanted.get(name, "latest") if wanted else version) for name in names}
+        inputs = [planned_file(path, index, chunk_size, format) for index, path in enumerate(files)]
+        runtime, precision, warning = scoring.resolved(store.directory(MODEL_NAME, models[MODEL_NAME]))
+        plan = {"inputs": [f.summary() for f in inputs], "interactions": [str(p) for p in tables],
+                "interaction_hashes": [file_sha256(p) for p in tables], "models": models,
+                "model_sha256": {name: store.content_sha256(name, v) for name, v in models.items()},
+                "chunk_size": chunk_size, "redact": redact, "runtime": f"{runtime} {precision}"}
+        already = checked_plan(out, plan)
+        return Run(out, store, inputs, tables, models, bool(wanted), plan, already, table_stamps,
+                   warnings=[warning] if warning else [], lock=lock.pop_all())
 
 
 def scored_units(run: Run, engine: str = "local", show_progress_bar: bool = True, ray_address: Optional[str] = None,
@@ -706,11 +761,24 @@ def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Option
     calls the same functions. Returns the manifest (its `failures` name every input that produced nothing or was
     rejected); raises when in != out + dead. With `redact`, e-mail addresses, phone numbers, card and order numbers
     are masked before scoring and in the dead letters."""
-    run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact, scoring)
-    scorer = tabular_scorer(run)
-    scored = scored_units(run, engine, show_progress_bar, ray_address, workers, scoring)
-    table_counts = predict_contacts(scorer, run, chunk_size) if scorer else {}
-    return finish(run, engine, table_counts, scored)
+    with planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact,
+                     scoring) as run:
+        check_no_nightly_outputs(run.out)
+        scorer = tabular_scorer(run)
+        scored = scored_units(run, engine, show_progress_bar, ray_address, workers, scoring)
+        table_counts = predict_contacts(scorer, run, chunk_size) if scorer else {}
+        return finish(run, engine, table_counts, scored)
+
+
+def check_no_nightly_outputs(out: Path) -> None:
+    """RunConflict when `out` holds what the nightly job writes after scoring: the scoring stages alone would write
+    their own manifest, which dates neither the list nor the summary left beside it, so a stale list would look as
+    if no run had made it, or a finished night would lose the manifest that vouches for its list."""
+    found = [name for name in (FLAGGED_CSV, FLAGGED_PARQUET, SUMMARY, STAGES) if (out / name).exists()]
+    if found:
+        raise RunConflict(f"{out}: holds a nightly run ({', '.join(found)}); scoring alone would rewrite its manifest "
+                          f"without them. Run `carelens nightly` with the same options to resume it, choose another "
+                          f"--out, or pass --restart to discard it")
 
 
 def tabular_scorer(run: Run, load_encoder: bool = False, scoring: ScoringOptions = ScoringOptions()):

@@ -50,9 +50,9 @@ def history_features(history: Path, registry, out: Path, version: str) -> Path:
     from carelens.inference.batch import finish, planned_run, read_parts, scored_units
     from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS, write_features
     from carelens.models.transcript import MODEL_NAME
-    run = planned_run([history / "transcripts.jsonl"], out / "history-scores", registry.root, {MODEL_NAME: version},
-                      restart=True)
-    manifest = finish(run, "local", {}, scored_units(run, show_progress_bar=False))
+    with planned_run([history / "transcripts.jsonl"], out / "history-scores", registry.root, {MODEL_NAME: version},
+                     restart=True) as run:
+        manifest = finish(run, "local", {}, scored_units(run, show_progress_bar=False))
     counts = manifest["counts"]
     console.print(f"batch-scored the history: in {counts['in']:,} = out {counts['out']:,} + dead {counts['dead']:,} "
                   f"in {manifest['elapsed_s']:.1f} s")

@@ -185,34 +185,36 @@ def run_nightly(transcripts: Sequence[PathLike], interactions: Sequence[PathLike
     with timed(timings, "plan"):
         run = planned_run(transcripts, out, registry, version, interactions, chunk_size, restart, format, redact,
                           scoring)
-    with timed(timings, "load"):
-        scorer = tabular_scorer(run, load_encoder=engine == "local" and bool(run.pending), scoring=scoring)
-    with timed(timings, "features"):
-        scored = scored_units(run, engine, show_progress_bar, ray_address, workers, scoring, scorer.transcripts)
-        # The encoder's night is over: its weights, runtime and cache go back before the day's predictions are read
-        # whole for flagging, so that the job's peak does not grow with the day.
-        scorer.transcripts = None
-        gc.collect()
-    with timed(timings, "predictions"):
-        table_counts = predict_contacts(scorer, run, chunk_size)
-    scored_manifest = finish(run, engine, table_counts, scored, write=False)
-    # The plan itself needs no place in the key: `planned_run` refuses an `out` that holds a run of another plan.
-    key = {"capacity": capacity, "threshold": threshold, "strict": strict}
-    day = None
-    with timed(timings, "flags"):
-        flags, flagged = finished_stage(run.out, "flags", key), None
-        if flags is None:
-            discarded_list(run.out)
-            day = committed_predictions(run.out, scorer)
-            recorded, flagged = flag_stage(run.out, scorer, capacity, threshold, strict, *day)
-            flags = commit_stage(run.out, "flags", key, recorded)
-    with timed(timings, "summary"):
-        if finished_stage(run.out, "summary", key) is None:
-            # A resumed run reads back what the earlier stages committed; an uninterrupted one hands it on in memory.
-            day = committed_predictions(run.out, scorer) if day is None else day
-            flagged = pd.read_parquet(run.out / FLAGGED_PARQUET) if flagged is None else flagged
-            commit_stage(run.out, "summary", key, summary_stage(run, scorer, flags, flagged, *day))
-    return nightly_manifest(run, scored_manifest, flags, scorer, timings)
+    with run:
+        with timed(timings, "load"):
+            scorer = tabular_scorer(run, load_encoder=engine == "local" and bool(run.pending), scoring=scoring)
+        with timed(timings, "features"):
+            scored = scored_units(run, engine, show_progress_bar, ray_address, workers, scoring, scorer.transcripts)
+            # The encoder's night is over: its weights, runtime and cache go back before the day's predictions are
+            # read whole for flagging, so that the job's peak does not grow with the day.
+            scorer.transcripts = None
+            gc.collect()
+        with timed(timings, "predictions"):
+            table_counts = predict_contacts(scorer, run, chunk_size)
+        scored_manifest = finish(run, engine, table_counts, scored, write=False)
+        # The plan needs no place in the key: `planned_run` refuses an `out` that holds a run of another plan.
+        key = {"capacity": capacity, "threshold": threshold, "strict": strict}
+        day = None
+        with timed(timings, "flags"):
+            flags, flagged = finished_stage(run.out, "flags", key), None
+            if flags is None:
+                discarded_list(run.out)
+                day = committed_predictions(run.out, scorer)
+                recorded, flagged = flag_stage(run.out, scorer, capacity, threshold, strict, *day)
+                flags = commit_stage(run.out, "flags", key, recorded)
+        with timed(timings, "summary"):
+            if finished_stage(run.out, "summary", key) is None:
+                # A resumed run reads back what the earlier stages committed; an uninterrupted one hands it on in
+                # memory.
+                day = committed_predictions(run.out, scorer) if day is None else day
+                flagged = pd.read_parquet(run.out / FLAGGED_PARQUET) if flagged is None else flagged
+                commit_stage(run.out, "summary", key, summary_stage(run, scorer, flags, flagged, *day))
+        return nightly_manifest(run, scored_manifest, flags, scorer, timings)
 
 
 def nightly_manifest(run: Run, scored_manifest: dict, flags: dict, scorer: Scorer, timings: dict) -> dict:

@@ -27,7 +27,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
-from carelens.data.contracts import INTERACTIONS, SURROGATE, Column, Conversation
+from carelens.data.contracts import INTERACTIONS, SURROGATE, Column, Conversation, not_a_bool
 from carelens.data.errors import CareLensError
 from carelens.data.redaction import redacted
 from carelens.inference.api import FLAG_COLUMNS, MissingConversations, Scorer
@@ -69,8 +69,11 @@ class ServiceSettings(BaseModel):
 
 # -- request and response bodies ------------------------------------------------------------------------------------
 
-#: A number JSON can carry back: NaN and infinity are refused (Python's JSON reader takes NaN, Infinity and 1e400).
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+#: A number JSON can carry back: NaN and infinity are refused (Python's JSON reader takes NaN, Infinity and 1e400), and
+#: so are true and false, which pydantic would read as 1 and 0.
+Finite = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(not_a_bool)]
+#: A whole number, true and false refused.
+Whole = Annotated[int, BeforeValidator(not_a_bool)]
 
 
 def _lowered(value: Any) -> Any:
@@ -85,7 +88,7 @@ def _text_id(value: Any) -> Any:
 
 def contract_field(column: Column) -> tuple[Any, Any]:
     """The pydantic type and field of one contract column: required unless nullable, bounded as the contract is."""
-    kinds = {"id": Annotated[str, BeforeValidator(_text_id)], "int": int, "float": Finite, "bool": bool,
+    kinds = {"id": Annotated[str, BeforeValidator(_text_id)], "int": Whole, "float": Finite, "bool": bool,
              "datetime": datetime, "category": Annotated[str, BeforeValidator(_lowered)]}
     kind = Annotated[Literal[column.allowed], BeforeValidator(_lowered)] if column.allowed else kinds[column.kind]
     if column.nullable:
@@ -126,7 +129,7 @@ class FlagRequest(BaseModel):
     transcript_features: list[TranscriptFeatures] = Field(
         default_factory=list, description="Features already scored (by /v1/score or `carelens score`), instead of "
                                           "transcripts: flagging then needs no encoder pass.")
-    capacity: Optional[int] = Field(None, ge=0, description="Return the `capacity` riskiest customers (the calls the "
+    capacity: Optional[Whole] = Field(None, ge=0, description="Return the `capacity` riskiest customers (the calls the "
                                                             "centre can make).")
     threshold: Optional[Finite] = Field(None, ge=0, le=1, description="Return customers whose risk >= threshold.")
     strict: bool = Field(False, description="Answer 422 instead of warning when answered contacts have no "

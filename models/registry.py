@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
@@ -20,14 +19,12 @@ from typing import Callable, Iterable, Iterator, Union
 import pandas as pd
 
 from carelens.data.errors import CareLensError
-from carelens.data.paths import file_sha256
+from carelens.data.paths import LOCK, file_sha256, held_lock
 
 FORMAT_VERSION = 1
 CHECKSUMS = "SHA256SUMS"
 METADATA = "metadata.json"
 LATEST = "latest"
-#: The file whose lock serialises the writers of one model (publish, promote); readers never take it.
-LOCK = ".lock"
 TRACKED_LIBRARIES = ("carelens", "scikit-learn", "skops", "numpy", "pandas", "torch", "transformers", "safetensors",
                      "onnx", "onnxruntime")
 #: A model name is one path component: letters, digits, '.', '_' or '-', starting with a letter or digit.
@@ -199,13 +196,10 @@ def staging_directory(parent: Path) -> Path:
 
 @contextmanager
 def model_lock(model_dir: Path) -> Iterator[None]:
-    """Hold the model's writer lock: two publishes must not pick the same version, nor two promotes interleave."""
-    with open(model_dir / LOCK, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """Hold the model's writer lock (readers never take it): two publishes must not pick the same version, nor two
+    promotes interleave."""
+    with held_lock(model_dir / LOCK):
+        yield
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,15 @@ FLOOR_TRUSTED_TYPES = ("builtins.type", "numpy.dtype", "numpy.float64", "numpy.i
                        "sklearn.feature_extraction.text.TfidfTransformer",
                        "sklearn.feature_extraction.text.TfidfVectorizer")
 MIN_MAX_LENGTH = 16
+#: The most encoder windows one turn is read in: all of them up to this many (about 3,600 tokens at 128-token
+#: windows, a long e-mail), else the first and the last half of them. A longer turn is a pasted document or an attack;
+#: its opening (the complaint) and its ending (what the customer asks for, what the agent answers) both say how it
+#: went, and without a cap a 900 KB turn held the scorer for minutes, past its request's timeout.
+MAX_TURN_WINDOWS = 32
+#: Characters per token that ordinary text stays under (English averages about 4): a turn longer than
+#: `TranscriptModel.turn_characters` is cut to its opening and its ending before anything reads it, still enough
+#: characters for the windows the cap keeps, so tokenizing a turn is bounded too.
+CHARS_PER_TOKEN = 16
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _HANDLES_AND_LINKS = re.compile(r"(?<![\w@])@\w+|https?://\S+|www\.\S+")
 _SPACES = re.compile(r"\s+")
@@ -144,9 +153,10 @@ class TranscriptModel(nn.Module):
         self.floor: dict = {}
 
     def prepared(self, texts: Sequence[str]) -> list[str]:
-        """Texts as every part of the model reads them: tokenizer-safe, and without @handles and links when the
-        model was trained so (`strip_handles`, as the starter is)."""
-        safe = [utf8_safe(t) for t in texts]
+        """Texts as every part of the model reads them: at most `turn_characters` (see `opening_and_ending`),
+        tokenizer-safe, and without @handles and links when the model was trained so (`strip_handles`, as the starter
+        is)."""
+        safe = [utf8_safe(opening_and_ending(t, self.turn_characters)) for t in texts]
         return [without_handles(t) for t in safe] if self.extra.get("strip_handles") else safe
 
     @property
@@ -174,6 +184,11 @@ class TranscriptModel(nn.Module):
         return self.max_length // 8
 
     @property
+    def turn_characters(self) -> int:
+        """The most characters of a turn the model reads: as many as MAX_TURN_WINDOWS full windows can use."""
+        return MAX_TURN_WINDOWS * self.max_length * CHARS_PER_TOKEN
+
+    @property
     def context_budget(self) -> int:
         """The most tokens of the answered customer turn kept in an empathy pair (its end, nearest the reply)."""
         return self.max_length // 2 - self.tokenizer.num_special_tokens_to_add(pair=True)
@@ -191,7 +206,8 @@ class TranscriptModel(nn.Module):
 
     def preprocess(self, texts: Sequence[str], contexts: Optional[Sequence[str]] = None,
                    with_offsets: bool = False) -> dict:
-        """Token windows covering every text in full (long ones split with overlap), and the text each came from;
+        """Token windows covering every text of up to MAX_TURN_WINDOWS windows in full (long ones split with
+        overlap), and of a longer one its first and last windows (see `kept_windows`), and the text each came from;
         `with_offsets` adds each token's character span in its text and a mask of the tokens that belong to the
         text rather than to the context or the special tokens (training reads rationale spans with them)."""
         safe = self.prepared(texts)
@@ -202,13 +218,15 @@ class TranscriptModel(nn.Module):
             encoded = self.tokenizer(safe, truncation=True, **options)
         else:
             encoded = self.tokenizer(self.trimmed_contexts(contexts), safe, truncation="only_second", **options)
-        windows = {"input_ids": encoded["input_ids"], "token_type_ids": encoded.get("token_type_ids"),
-                   "owner": np.asarray(encoded["overflow_to_sample_mapping"], dtype=int), "count": len(safe)}
+        owner = np.asarray(encoded["overflow_to_sample_mapping"], dtype=int)
+        kept, types = kept_windows(owner, MAX_TURN_WINDOWS), encoded.get("token_type_ids")
+        windows = {"input_ids": [encoded["input_ids"][i] for i in kept],
+                   "token_type_ids": None if types is None else [types[i] for i in kept],
+                   "owner": owner[kept], "count": len(safe)}
         if with_offsets:
             own = 1 if paired else 0
-            windows["offsets"] = encoded["offset_mapping"]
-            windows["in_text"] = [[sequence == own for sequence in encoded.sequence_ids(i)]
-                                  for i in range(len(encoded["input_ids"]))]
+            windows["offsets"] = [encoded["offset_mapping"][i] for i in kept]
+            windows["in_text"] = [[sequence == own for sequence in encoded.sequence_ids(i)] for i in kept]
         return windows
 
     def padded(self, input_ids: Sequence[list[int]],
@@ -437,6 +455,22 @@ class TranscriptModel(nn.Module):
             raise RegistryError(f"{path}: holds {type(floor).__name__}; expected a dict of fitted pipelines — "
                                 f"refusing to load it")
         return floor
+
+
+def opening_and_ending(text: str, most: int) -> str:
+    """The text when it has at most `most` characters; else its first and last `most // 2`, a space between."""
+    if len(text) <= most:
+        return text
+    return f"{text[:most // 2]} {text[-(most // 2):]}"
+
+
+def kept_windows(owner: np.ndarray, most: int) -> np.ndarray:
+    """Indices of the windows read, given the text each belongs to (ascending, as the tokenizer returns them): all
+    of a text with at most `most` windows, else its first `most // 2` and its last `most - most // 2`."""
+    position = np.arange(len(owner))
+    first, after = np.searchsorted(owner, owner, side="left"), np.searchsorted(owner, owner, side="right")
+    return np.flatnonzero((position - first < most // 2) | (after - position <= most - most // 2))
+
 
 def pooled_by_owner(pooled: np.ndarray, owner: np.ndarray, lengths: np.ndarray, count: int) -> np.ndarray:
     """Window encodings merged per text: the token-weighted mean, so a text's encoding is the mean over its tokens."""

@@ -1,5 +1,7 @@
-"""Shared test fixtures: where ../shared lies, a skip marker for tests that need it, and a registry of all models."""
+"""Shared test fixtures: where ../shared lies, a skip marker for tests that need it, a registry of all models and a
+time limit for code that could hang."""
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,22 @@ def scorer(registry_with_models):
 def day(registry_with_models):
     """The unseen synthetic day of `registry_with_models` (interactions and conversations)."""
     return registry_with_models.day
+
+
+@pytest.fixture
+def time_limit():
+    """Fail (instead of hanging the suite) when the block runs past `seconds`."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def limited(seconds: int):
+        def expired(*_):
+            raise TimeoutError(f"still running after {seconds} s")
+        previous = signal.signal(signal.SIGALRM, expired)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+    return limited

@@ -164,6 +164,21 @@ def test_interactions_get_the_scorers_predictions_and_bad_rows_are_dead_lettered
                                   atol=1e-6)
 
 
+def test_a_bad_row_does_not_make_a_later_good_row_of_its_contact_a_duplicate(registry_with_models, scorer, day,
+                                                                             tmp_path):
+    bad = day.interactions.iloc[[3]].astype({"answer_time_s": object}).assign(answer_time_s="soon")
+    # The bad row, then the same contact's good row, in one chunk: the good one is the contact's only valid row.
+    table = pd.concat([day.interactions.iloc[:3], bad, day.interactions.iloc[3:]], ignore_index=True)
+    table.to_csv(tmp_path / "contacts.csv", index=False)
+    manifest = score([registry_with_models.day_dir / "transcripts.jsonl"], tmp_path / "out",
+                     registry_with_models.root, interactions=[tmp_path / "contacts.csv"], chunk_size=25)
+    assert manifest["by_input"]["interactions"] == {"in": len(table), "out": len(day.interactions), "dead": 1}
+    [dead] = [json.loads(line) for line in (tmp_path / "out" / DEAD_LETTER).read_text().splitlines()]
+    assert dead["row"] == 5 and "column 'answer_time_s': got 'soon'" in dead["reason"], dead
+    predicted = read_parts(tmp_path / "out", "predictions", PREDICTION_COLUMNS)
+    assert predicted["contact_id"].tolist() == day.interactions["contact_id"].tolist()
+
+
 @settings(max_examples=60, deadline=None)
 @given(lines=st.lists(st.sampled_from(["{}", "", "  ", '{"a": 1}', "x" * 3, "é"]), max_size=40),
        chunk_size=st.integers(1, 9))
@@ -244,23 +259,14 @@ def test_a_conversation_that_fails_to_score_is_dead_lettered_and_its_unit_still_
         score([source], tmp_path / "again", registry_with_models.root)
 
 
-@pytest.fixture
-def time_limit():
-    """Fail (instead of hanging the suite) when the block runs past `seconds`."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def limited(seconds: int):
-        def expired(*_):
-            raise TimeoutError(f"still running after {seconds} s")
-        previous = signal.signal(signal.SIGALRM, expired)
-        signal.alarm(seconds)
-        try:
-            yield
-        finally:
-            signal.alarm(0)
-            signal.signal(signal.SIGALRM, previous)
-    return limited
+def latin_named_folder(tmp_path: Path, source: Path) -> Path:
+    """A folder holding a copy of `source` as good<suffix>, and another named café in Latin-1 (not UTF-8) bytes."""
+    import os
+    latin = tmp_path / "latin"
+    latin.mkdir()
+    (latin / f"good{source.suffix}").write_bytes(source.read_bytes())
+    Path(os.fsdecode(bytes(latin) + b"/caf\xe9" + source.suffix.encode())).write_bytes(source.read_bytes())
+    return latin
 
 
 def special_inputs(tmp_path: Path, source: Path) -> dict:
@@ -273,12 +279,8 @@ def special_inputs(tmp_path: Path, source: Path) -> dict:
     folder = tmp_path / "folder"
     (folder / f"nested{suffix}").mkdir(parents=True)
     os.mkfifo(folder / f"queue{suffix}")
-    latin = tmp_path / "latin"
-    latin.mkdir()
-    (latin / f"good{suffix}").write_bytes(source.read_bytes())
-    Path(os.fsdecode(bytes(latin) + b"/caf\xe9" + suffix.encode())).write_bytes(source.read_bytes())
     return {str(fifo): str(fifo), "/dev/zero": "/dev/zero", str(tmp_path / "fol*"): str(folder),
-            str(folder): str(folder / f"queue{suffix}"), str(latin): f"{latin}/caf\\xe9{suffix}"}
+            str(folder): str(folder / f"queue{suffix}")}
 
 
 @pytest.mark.parametrize("option", ["--transcripts", "--interactions"])
@@ -290,7 +292,11 @@ def test_inputs_that_are_not_plain_files_are_refused_by_path_before_anything_is_
     day = registry_with_models.day_dir
     source = {"--transcripts": day / "transcripts.jsonl", "--interactions": tmp_path / "day.csv"}[option]
     pd.read_parquet(day / "interactions.parquet").to_csv(tmp_path / "day.csv", index=False)
-    for number, (given, named) in enumerate(special_inputs(tmp_path, source).items()):
+    refused = special_inputs(tmp_path, source)
+    if option == "--interactions":  # a transcripts file under such a name is rejected alone (see the test below)
+        latin = latin_named_folder(tmp_path, source)
+        refused[str(latin)] = f"{latin}/caf\\xe9{source.suffix}"
+    for number, (given, named) in enumerate(refused.items()):
         other = {"--transcripts": ["--interactions", str(day / "interactions.parquet")],
                  "--interactions": ["--transcripts", str(day / "transcripts.jsonl")]}[option]
         with time_limit(60):
@@ -300,6 +306,24 @@ def test_inputs_that_are_not_plain_files_are_refused_by_path_before_anything_is_
         assert f"{named}:" in " ".join(result.output.split()) and "expected a regular file" in result.output, \
             (given, result.output)
         assert not (tmp_path / f"out{number}").exists()
+
+
+def test_a_transcripts_file_whose_name_is_not_utf8_is_rejected_alone_and_the_rest_is_scored(registry_with_models,
+                                                                                            tmp_path):
+    from typer.testing import CliRunner
+
+    from carelens.inference.cli import app
+    day, out = registry_with_models.day_dir, tmp_path / "out"
+    latin = latin_named_folder(tmp_path, day / "transcripts.jsonl")
+    result = CliRunner().invoke(app, ["score", "--transcripts", str(latin), "--out", str(out), "--registry",
+                                      str(registry_with_models.root), "--no-progress"])
+    assert result.exit_code == 1, result.output  # done, but incomplete
+    manifest = json.loads((out / MANIFEST).read_text())
+    [failure] = manifest["failures"]
+    assert failure["source"] == f"{latin}/caf\\xe9.jsonl" and "the file name is not valid UTF-8" in failure["reason"]
+    assert f"{latin}/caf\\xe9.jsonl: the file name is not valid UTF-8" in " ".join(result.output.split())
+    assert manifest["by_input"]["transcripts"]["out"] == len(registry_with_models.day.conversations)
+    assert set(read_parts(out)["source"]) == {str(latin / "good.jsonl")}
 
 
 def test_an_out_that_is_a_file_is_refused_and_left_alone(registry_with_models, tmp_path):

@@ -102,3 +102,28 @@ def test_transcript_features_given_by_the_caller_are_checked_by_their_contract(s
         scorer.flag_at_risk(day.interactions, transcript_features=features.drop(columns=["non_talk_s"]))
     with pytest.raises(UsageError, match="transcript_features: got list, expected a DataFrame"):
         scorer.flag_at_risk(day.interactions, transcript_features=[features])
+
+
+@pytest.mark.parametrize("selection, expected", [
+    ({"capacity": True}, "capacity must be a whole number of customers, 0 or more, got True"),
+    ({"capacity": 2.5}, "capacity must be a whole number of customers, 0 or more, got 2.5"),
+    ({"threshold": "0"}, "threshold must be a probability between 0 and 1, got '0'"),
+    ({"threshold": True}, "threshold must be a probability between 0 and 1, got True"),
+    ({"threshold": float("nan")}, "threshold must be a probability between 0 and 1, got nan"),
+])
+def test_a_capacity_or_threshold_that_is_not_a_number_is_a_usage_error(scorer, day, selection, expected):
+    with pytest.raises(UsageError, match=expected.replace("(", r"\(")):
+        scorer.flag_at_risk(day.interactions, day.conversations, **selection)
+
+
+def test_true_as_an_id_or_a_turn_time_is_refused_not_read_as_text_or_1(scorer, day, tmp_path):
+    for column in ("customer_id", "contact_id"):
+        frame = day.interactions.astype({column: object})
+        frame.loc[1, column] = True
+        with pytest.raises(ContractError, match=rf"interactions: row 2, column '{column}': got True, expected"):
+            scorer.flag_at_risk(frame, threshold=0)
+    conversation = json.loads(json.dumps(generate(3, seed=5).conversations[0]))
+    conversation["turns"][0]["start_s"] = True
+    (tmp_path / "day.jsonl").write_text(json.dumps(conversation) + "\n")
+    with pytest.raises(ContractError, match=r"line 1, column 'turns.0.start_s': .*expected a number, not true or false"):
+        read_transcripts(tmp_path / "day.jsonl")

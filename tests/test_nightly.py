@@ -336,3 +336,46 @@ def test_the_same_out_with_another_model_under_the_same_version_name_is_refused(
     result = nightly_command(registry_with_models.day_dir, other, out,
                              [registry_with_models.day_dir / "interactions.parquet"])
     assert result.exit_code == 2 and "churn v1 differs in content" in " ".join(result.output.split())
+
+
+#: Another run holding an output folder, in a process of its own, until its stdin closes.
+HOLDS_THE_FOLDER = """import sys
+from pathlib import Path
+from carelens.inference.batch import run_folder_lock
+with run_folder_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_run_into_a_folder_another_run_is_writing_into_is_refused_naming_the_folder_and_that_run(
+        registry_with_models, tmp_path):
+    day, out = registry_with_models.day_dir, tmp_path / "run"
+    other = subprocess.Popen([sys.executable, "-c", HOLDS_THE_FOLDER, str(out)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "held\n"
+        for command in (["score"], ["nightly", "--interactions", str(day / "interactions.parquet")]):
+            result = CliRunner().invoke(app, [*command, "--transcripts", str(day / "transcripts.jsonl"), "--out",
+                                              str(out), "--registry", str(registry_with_models.root), "--no-progress"])
+            shown = " ".join(result.output.split())
+            assert result.exit_code == 2, result.output
+            assert f"{out}: another run is writing into this folder (pid {other.pid}," in shown, shown
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        other.stdin.close()
+        other.wait(timeout=60)
+    assert nightly_command(day, registry_with_models.root, out, [day / "interactions.parquet"]).exit_code == 0
+
+
+def test_score_into_a_folder_holding_a_nightly_run_is_refused_and_leaves_its_manifest(uninterrupted,
+                                                                                     registry_with_models):
+    out, _ = uninterrupted
+    day, before = registry_with_models.day_dir, (out / MANIFEST).read_bytes()
+    result = CliRunner().invoke(app, ["score", "--transcripts", str(day / "transcripts.jsonl"), "--interactions",
+                                      str(day / "interactions.parquet"), "--chunk-size", "7", "--out", str(out),
+                                      "--registry", str(registry_with_models.root), "--no-progress"])
+    shown = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert f"{out}: holds a nightly run ({FLAGGED_CSV}, {FLAGGED_PARQUET}, {SUMMARY}, _stages)" in shown, shown
+    assert (out / MANIFEST).read_bytes() == before

@@ -144,3 +144,16 @@ def test_a_fifo_or_a_device_as_data_is_refused_by_name_without_reading_it(regist
         result = predict(registry, "churn", data, tmp_path / "scores.csv")
         assert result.exit_code == 2, result.output
         assert f"{data}: is {kind}, expected a regular file" in " ".join(result.output.split())
+
+
+def test_an_out_that_is_a_fifo_or_a_device_is_refused_by_name_before_any_work(registry, tmp_path, time_limit):
+    import os
+    own_table(30, seed=15).to_csv(tmp_path / "next.csv", index=False)
+    os.mkfifo(tmp_path / "scores.csv")  # writing to it would wait for ever for a reader
+    for out, kind in ((tmp_path / "scores.csv", "a FIFO"), (Path("/dev/null"), "a character device")):
+        for command in (["predict", "churn", "--data", str(tmp_path / "next.csv")], ["export", "churn"],
+                        ["featurize", "--transcripts", str(sample_dir() / "transcripts.jsonl")]):
+            with time_limit(60):
+                result = runner.invoke(app, [*command, "--registry", str(registry.root), "--out", str(out)])
+            assert result.exit_code == 2, (command, result.output)
+            assert f"--out {out}: is {kind}; expected a file to write" in " ".join(result.output.split()), command

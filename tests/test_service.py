@@ -528,6 +528,22 @@ def test_a_connection_that_sends_no_whole_request_head_is_closed(strict_server, 
     assert time.monotonic() - started < 5 and not received.startswith(b"HTTP/1.1 2"), received
 
 
+@pytest.mark.parametrize("field", ["answer_time_s", "transfers", "capacity", "threshold", "start_s"])
+def test_true_where_a_number_is_expected_is_a_422_not_read_as_1(client, day, field):
+    body = {"interactions": records(day.interactions.head(3)), "transcripts": day.conversations[:1]}
+    if field in ("capacity", "threshold"):
+        body[field], where = True, field
+    elif field == "start_s":
+        body["transcripts"] = [{**day.conversations[0], "turns": [{"speaker": "agent", "text": "hi", "start_s": True}]}]
+        where = "transcripts[0].turns[0].start_s"
+    else:
+        body["interactions"][1][field], where = True, f"interactions[1].{field}"
+    response = client.post("/v1/flag", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith(f"{where}: Value error, expected a number, not true or false"), \
+        response.json()["detail"]
+
+
 def test_a_huge_whole_number_is_a_422_not_a_500(client, day):
     body = json.dumps({"interactions": records(day.interactions)})[:-1] + ', "capacity": ' + "9" * 5000 + "}"
     response = client.post("/v1/flag", content=body, headers={"content-type": "application/json"})
@@ -535,32 +551,47 @@ def test_a_huge_whole_number_is_a_422_not_a_500(client, day):
 
 
 class CountedRuntime:
-    """A runtime that counts the encoder batches it runs."""
+    """A runtime that counts the encoder batches it runs, each taking at least `delay_s`."""
 
-    def __init__(self, runtime):
-        self.runtime, self.batches = runtime, 0
+    def __init__(self, runtime, delay_s: float = 0.0):
+        self.runtime, self.batches, self.delay_s = runtime, 0, delay_s
 
     def __getattr__(self, name):
         return getattr(self.runtime, name)
 
     def pooled(self, batch):
         self.batches += 1
+        time.sleep(self.delay_s)
         return self.runtime.pooled(batch)
 
 
-def test_a_request_that_timed_out_stops_using_the_scorer(scorer, day, monkeypatch):
-    long_turn = json.loads(json.dumps(day.conversations[0]))
-    long_turn["turns"] = [{"speaker": "customer", "text": f"{time.time()} my order never came " * 8_000}]  # 230 KB
+def test_a_900_kb_turn_is_read_in_a_bounded_number_of_windows(scorer, day, monkeypatch):
+    huge = json.loads(json.dumps(day.conversations[0]))
+    huge["turns"] = [{"speaker": "customer", "text": f"{time.time()} my order never came " * 31_000}]  # 900 KB
     counted = CountedRuntime(scorer.transcripts.runtime)
+    monkeypatch.setattr(scorer.transcripts, "runtime", counted)
+    app = create_app(scorer, ServiceSettings(request_timeout_s=60, **{**LIMITS, "max_body_bytes": 2_000_000}))
+    with TestClient(app) as client:
+        assert client.post("/v1/score", json={"conversations": [huge]}).status_code == 200
+    # MAX_TURN_WINDOWS windows of the tiny model's 32 tokens fill one batch of the default 2,048-token budget.
+    assert counted.batches == 1
+
+
+def test_a_request_that_timed_out_stops_using_the_scorer(scorer, day, monkeypatch):
+    long_turns = json.loads(json.dumps(day.conversations[0]))
+    long_turns["turns"] = [{"speaker": "customer", "text": f"{time.time()} {i} my order never came " * 2_000}
+                           for i in range(10)]  # 10 turns of 32 windows: 5 encoder batches
+    counted = CountedRuntime(scorer.transcripts.runtime, delay_s=0.5)
     monkeypatch.setattr(scorer.transcripts, "runtime", counted)
     app = create_app(scorer, ServiceSettings(request_timeout_s=0.2, **{**LIMITS, "max_body_bytes": 2_000_000}))
     with TestClient(app) as client:
-        assert client.post("/v1/score", json={"conversations": [long_turn]}).status_code == 503
+        assert client.post("/v1/score", json={"conversations": [long_turns]}).status_code == 503
         lock = app.state.service.lock
         assert lock.acquire(timeout=60), "the timed-out request kept the scorer"
         lock.release()
-        # Tokenizing the turn ran on past the timeout; not one of its hundreds of encoder batches did.
-        assert counted.batches == 0
+        # At most the batch that was running when the request timed out; none of the 4 after it.
+        assert counted.batches <= 1
+        counted.delay_s = 0.0
         assert client.post("/v1/score", json={"conversations": day.conversations[:2]}).status_code == 200
 
 

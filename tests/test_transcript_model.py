@@ -12,7 +12,8 @@ from carelens.models.conversation_features import EMPATHY_PRESENT_COLUMNS, FEATU
 from carelens.models.registry import RegistryError
 from carelens.models.scoring import TranscriptPipeline, cache_key, score_turns, transcript_features
 from carelens.models.transcript import (
-    TranscriptModel, default_encoder_dir, load_transcript_model, publish, training_text_warning, utf8_safe,
+    MAX_TURN_WINDOWS, TranscriptModel, default_encoder_dir, load_transcript_model, publish, training_text_warning,
+    utf8_safe,
 )
 from carelens.training.cli import evaluate_app, train_app
 from conftest import SHARED, requires_shared
@@ -112,7 +113,7 @@ def test_turn_scores_and_features_for_the_edge_cases(pipeline):
     ]
     turns = score_turns(pipeline, conversations)
     long_rows = turns[turns["conversation_id"] == "long"]
-    assert (long_rows["windows"] > 100).all() and long_rows[["sentiment"]].iloc[0].notna().all()
+    assert (long_rows["windows"] == MAX_TURN_WINDOWS).all() and long_rows[["sentiment"]].iloc[0].notna().all()
     assert turns.loc[turns["conversation_id"] == "blank", ["sentiment", "empathy"]].isna().all().all()
     assert (turns.loc[turns["conversation_id"] == "blank", "windows"] == 0).all()
     agent = turns[(turns["speaker"] == "agent") & turns["empathy"].notna()]
@@ -357,3 +358,42 @@ def test_decision_weights_survive_save_and_load_and_decide_the_empathic_flag(tmp
     assert loaded.decision_weights == model.decision_weights
     probabilities = np.array([[[0.6, 0.1, 0.3], [1, 0, 0], [0.5, 0.3, 0.2]]])
     assert loaded.decided_levels(probabilities).tolist() == [[0, 0, 2]]
+
+
+class RecordingTokenizer:
+    """The model's tokenizer, recording how many characters each call was given."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.characters = tokenizer, []
+
+    def __call__(self, *texts, **options):
+        self.characters += [len(t) for batch in texts for t in batch]
+        return self.tokenizer(*texts, **options)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_huge_turn_is_read_in_a_bounded_number_of_windows_from_its_opening_and_its_ending(model, monkeypatch):
+    opening, ending = "my flight was cancelled ", " please refund my order today"
+    huge = opening + "my bag was lost " * 56_000 + ending  # 900 KB in one turn
+    recording = RecordingTokenizer(model.tokenizer)
+    monkeypatch.setattr(model, "tokenizer", recording)
+    for contexts in (None, [huge]):
+        windows = model.preprocess([huge], contexts)
+        assert len(windows["input_ids"]) == MAX_TURN_WINDOWS and set(windows["owner"]) == {0}
+        assert max(recording.characters) <= model.turn_characters + 1
+        recording.characters.clear()
+    windows, ids = model.preprocess([huge]), model.tokenizer([opening, ending], add_special_tokens=False)["input_ids"]
+    assert windows["input_ids"][0][1:1 + len(ids[0])] == ids[0]
+    assert windows["input_ids"][-1][-1 - len(ids[1]):-1] == ids[1]
+
+
+def test_a_turn_within_the_window_cap_is_windowed_as_the_tokenizer_cuts_it(model, pipeline):
+    step = model.max_length - 2 - model.overlap  # new tokens per window after the first
+    text = " ".join(["thanks"] * (step * (MAX_TURN_WINDOWS - 1) + model.max_length - 2))
+    windows = model.preprocess([text])
+    cut = model.tokenizer([text], max_length=model.max_length, stride=model.overlap, truncation=True,
+                          return_overflowing_tokens=True)
+    assert len(windows["input_ids"]) == MAX_TURN_WINDOWS and windows["input_ids"] == cut["input_ids"]
+    assert pipeline.encode_with_windows([text])[1].tolist() == [MAX_TURN_WINDOWS]

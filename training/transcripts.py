@@ -569,8 +569,9 @@ def rationale_token_labels(frame: pd.DataFrame, windows: dict, first: np.ndarray
 
 
 def task_tokens(model: TranscriptModel, task: str, frame: pd.DataFrame, rationales: bool = False) -> TaskTokens:
-    """Training rows as their first window; training tolerates truncation (counted in metadata), scoring never does.
-    With `rationales` and rationale columns in the frame, empathy rows also get their token labels."""
+    """Training rows as their first window; training tolerates truncation (counted in metadata), scoring reads up to
+    MAX_TURN_WINDOWS windows of a turn. With `rationales` and rationale columns in the frame, empathy rows also get
+    their token labels."""
     rationales = rationales and task == "empathy" and set(RATIONALE_COLUMNS) <= set(frame.columns)
     if task == "sentiment":
         soft = soft_sentiment_targets(frame)
