@@ -30,7 +30,7 @@ FUZZ_EXAMPLES ?= 10000
 fuzz: $(VENV)/.installed
 	CARELENS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CARELENS_KILL_POINTS=5 $(BIN)/python -m pytest -q \
 		-k "property or killed" tests/test_properties.py tests/test_service_properties.py tests/test_redaction.py \
-		tests/test_output_encoding.py tests/test_faults.py
+		tests/test_output_encoding.py tests/test_paths.py tests/test_faults.py
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m slow -s tests/benchmarks tests
