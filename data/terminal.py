@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -18,8 +19,14 @@ _UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 def visible(text: str) -> str:
     """Text as the terminal should show it: control characters and lone surrogates as their escapes (\\x1b, \\ud800),
-    so that an id or a file name cannot move the cursor, recolour the terminal or fail to encode."""
-    return _UNSHOWABLE.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
+    so that an id or a file name cannot move the cursor, recolour the terminal or fail to encode; text of only
+    zero-width characters (a lone emoji modifier or combining mark) escaped in full, as it would vanish from a table."""
+    shown = _UNSHOWABLE.sub(lambda found: escaped(found.group()), text)
+    return escaped(shown) if shown and cell_len(shown) == 0 else shown
+
+
+def escaped(text: str) -> str:
+    return text.encode("unicode_escape").decode("ascii")
 
 
 class LiteralConsole(Console):
