@@ -218,6 +218,7 @@ def train_transcripts_command(
 ) -> None:
     """Train the transcript model (sentiment and empathy heads) and publish it beside its TF-IDF floor; `--from` a
     published version adapts that model (the starter, say) to your own labels (`carelens label suggest`)."""
+    from carelens.data.adapters import check_suggested
     from carelens.training.transcripts import Options, publish_trained, train_transcripts
     paths = [*(sentiment_data or ()), *(empathy_data or ()), *(transcripts or ()), *(labels or ())]
     options = Options(mode=mode, epochs=epochs, lr=lr, max_length=max_length, batch_size=batch_size, seed=seed,
@@ -228,6 +229,8 @@ def train_transcripts_command(
     with user_errors():
         if not paths:
             raise UsageError("no training data: pass --sentiment-data, --empathy-data, --transcripts or --labels")
+        for path in labels or ():
+            check_suggested(path)
         start = adapted_start(out, start_from, options) if start_from else None
         trained = train_transcripts(paths, options, encoder, log=console.print, start=start)
         artifact = publish_trained(trained, out)
