@@ -81,3 +81,28 @@ def test_a_labels_file_that_is_not_one_is_refused_as_a_label_file(tmp_path):
     assert result.exit_code == 2, result.output
     assert "label files from `carelens label suggest` need speaker" in result.output
     assert "airline" not in result.output
+
+
+@pytest.mark.parametrize("out", ["folder", "to_label.parquet"])
+def test_label_suggest_refuses_an_out_it_cannot_write_as_a_label_file_before_any_work(tmp_path, out):
+    from carelens.inference.cli import app
+    (tmp_path / "folder").mkdir()
+    result = CliRunner().invoke(app, ["label", "suggest", "--transcripts", str(tmp_path / "none.jsonl"),
+                                      "--registry", str(tmp_path / "no-registry"), "--out", str(tmp_path / out)])
+    assert result.exit_code == 2, result.output
+    assert f"--out {tmp_path / out}" in result.output
+
+
+def test_label_suggest_makes_the_folder_its_out_goes_in(tmp_path):
+    from carelens.data.synthetic import generate, write_synthetic
+    from carelens.inference.cli import app
+    from carelens.models.transcript import TranscriptModel, publish
+    from tiny_encoder import tiny_encoder
+    publish(TranscriptModel.from_encoder(tiny_encoder(tmp_path / "encoder"), max_length=32), tmp_path / "registry",
+            {"note": "untrained heads, for tests"})
+    write_synthetic(generate(10, seed=3), tmp_path / "day")
+    out = tmp_path / "new" / "to_label.csv"
+    result = CliRunner().invoke(app, ["label", "suggest", "--transcripts", str(tmp_path / "day" / "transcripts.jsonl"),
+                                      "--registry", str(tmp_path / "registry"), "--out", str(out), "--n", "4"])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(out)) == 4 and len(read_suggested(out)[0]) == 0

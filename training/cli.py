@@ -346,13 +346,19 @@ def suggest_command(
     in: customer turns get a `sentiment` (negative / neutral / positive), agent turns a level 0 / 1 / 2 for each
     empathy mechanism. Then `carelens train transcripts --from VERSION --labels FILE` adapts the model to them."""
     from carelens.data.adapters import read_conversations
+    from carelens.data.paths import output_file
     from carelens.data.spreadsheet import write_csv
     from carelens.models.scoring import load_scoring_pipeline
     from carelens.training.label import LABEL_COLUMNS, suggested_turns
     with user_errors():
+        # `--labels` reads the file back as CSV only: refused before the model scores a turn, not after.
+        if output_file(out).suffix.lower() != ".csv":
+            raise UsageError(f"--out {out}: unknown file type '{out.suffix}', expected .csv (a file to fill in, then "
+                             f"`--labels`)")
         pipeline, metadata = load_scoring_pipeline(registry, version)
         conversations = [c for path in transcripts for c in read_conversations(path)]
         chosen = suggested_turns(pipeline, conversations, n, seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
         write_csv(chosen, out)
     console.print(f"wrote {len(chosen):,} turns to label ({(chosen['speaker'] == 'customer').sum():,} customer, "
                   f"{(chosen['speaker'] == 'agent').sum():,} agent) to {out}, picked by transcripts "
