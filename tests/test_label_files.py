@@ -106,3 +106,23 @@ def test_label_suggest_makes_the_folder_its_out_goes_in(tmp_path):
                                       "--registry", str(tmp_path / "registry"), "--out", str(out), "--n", "4"])
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(out)) == 4 and len(read_suggested(out)[0]) == 0
+
+
+@pytest.mark.parametrize("command", [["train", "transcripts", "--labels", "LABELS"], ["train", "starter"],
+                                     ["train", "churn", "--data", "LABELS"]])
+@pytest.mark.parametrize("option", ["--out", "--runs"])
+def test_a_training_destination_that_is_a_file_is_refused_before_training(tmp_path, monkeypatch, command, option):
+    # Checked after training, the model would be lost (--out) or a published run would end in a traceback (--runs).
+    from carelens.inference.cli import app
+
+    def trained(*_, **__):
+        raise AssertionError("trained before the destinations were checked")
+    monkeypatch.setattr("carelens.training.starter.build_starter", trained)  # the starter fetches and trains for long
+    labels = _written(tmp_path / "to_label.csv", HEADER + BAG + SORRY)
+    taken = _written(tmp_path / "taken", "mine")
+    places = {"--out": str(tmp_path / "registry"), "--runs": str(tmp_path / "runs"), option: str(taken)}
+    argv = [str(labels) if a == "LABELS" else a for a in command]
+    result = CliRunner().invoke(app, [*argv, "--out", places["--out"], "--runs", places["--runs"]])
+    assert result.exit_code == 2, result.output
+    assert f"{option} {taken}: is a file; expected a folder" in result.output
+    assert taken.read_text() == "mine"

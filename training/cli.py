@@ -38,6 +38,17 @@ def _registry(path: Optional[Path]):
     return Registry(path)
 
 
+def checked_destinations(registry: Optional[Path], runs: Path):
+    """The registry to publish to, once it and the folder for the report's copy (`--runs`) are known to be folders
+    or absent: checked before training, since a model trained for nowhere would be lost, and a report copied nowhere
+    ends a run that did publish in a traceback."""
+    from carelens.data.paths import output_folder
+    store = _registry(registry)
+    output_folder(store.root)
+    output_folder(runs, "--runs")
+    return store
+
+
 def figures_tables(figures: dict) -> list[Table]:
     """Rich tables of held-out metrics and, when present, the learner selection, the spread over split seeds, the
     per-seed-group rates and each feature group's effect on ROC-AUC."""
@@ -84,13 +95,11 @@ def train_command(name: str):
         out: RegistryOption = None,
         runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
     ) -> None:
-        from carelens.data.paths import output_folder
         from carelens.training.report import copied_report
         from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
         task = TASKS[name]
         with user_errors():
-            registry = _registry(out)
-            output_folder(registry.root)  # checked before training: a model trained for nowhere would be lost
+            registry = checked_destinations(out, runs)
             with console.status(f"Reading {data}"):
                 labelled = load_labelled(data, task, labels, target, features, categorical, features_from or ())
             console.print(f"{len(labelled.frame):,} labelled rows, {len(labelled.features)} features, "
@@ -231,6 +240,7 @@ def train_transcripts_command(
             raise UsageError("no training data: pass --sentiment-data, --empathy-data, --transcripts or --labels")
         for path in labels or ():
             check_suggested(path)
+        checked_destinations(out, runs)
         start = adapted_start(out, start_from, options) if start_from else None
         trained = train_transcripts(paths, options, encoder, log=console.print, start=start)
         artifact = publish_trained(trained, out)
@@ -288,6 +298,7 @@ def train_starter_command(
     options = starter_options(mode=mode, epochs=epochs, lr=lr, seed=seed, threads=threads,
                               time_budget_minutes=time_budget, show_progress_bar=progress)
     with user_errors():
+        checked_destinations(out, runs)
         trained = build_starter(options, sources, log=console.print, rows=rows)
         artifact = publish_trained(trained, out)
     print_published(trained, artifact, runs)
