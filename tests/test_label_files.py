@@ -108,16 +108,20 @@ def test_label_suggest_makes_the_folder_its_out_goes_in(tmp_path):
     assert len(pd.read_csv(out)) == 4 and len(read_suggested(out)[0]) == 0
 
 
+@pytest.fixture
+def no_starter(monkeypatch):
+    """The starter fetches its sources and trains for minutes: a test that gets that far fails at once instead."""
+    def trained(*_, **__):
+        raise AssertionError("the starter was built before its options were checked")
+    monkeypatch.setattr("carelens.training.starter.build_starter", trained)
+
+
 @pytest.mark.parametrize("command", [["train", "transcripts", "--labels", "LABELS"], ["train", "starter"],
                                      ["train", "churn", "--data", "LABELS"]])
 @pytest.mark.parametrize("option", ["--out", "--runs"])
-def test_a_training_destination_that_is_a_file_is_refused_before_training(tmp_path, monkeypatch, command, option):
+def test_a_training_destination_that_is_a_file_is_refused_before_training(tmp_path, no_starter, command, option):
     # Checked after training, the model would be lost (--out) or a published run would end in a traceback (--runs).
     from carelens.inference.cli import app
-
-    def trained(*_, **__):
-        raise AssertionError("trained before the destinations were checked")
-    monkeypatch.setattr("carelens.training.starter.build_starter", trained)  # the starter fetches and trains for long
     labels = _written(tmp_path / "to_label.csv", HEADER + BAG + SORRY)
     taken = _written(tmp_path / "taken", "mine")
     places = {"--out": str(tmp_path / "registry"), "--runs": str(tmp_path / "runs"), option: str(taken)}
@@ -126,3 +130,22 @@ def test_a_training_destination_that_is_a_file_is_refused_before_training(tmp_pa
     assert result.exit_code == 2, result.output
     assert f"{option} {taken}: is a file; expected a folder" in result.output
     assert taken.read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", [["generate", "-n", "3"], ["train", "churn", "--data", "LABELS"],
+                                     ["train", "transcripts", "--labels", "LABELS"], ["train", "starter"],
+                                     ["label", "suggest", "--transcripts", "LABELS"]])
+@pytest.mark.parametrize("setting", [["--seed", "-1"], ["--seed", str(2 ** 32)], ["--threads", "0"],
+                                     ["--batch-size", "0"]])
+def test_a_seed_or_size_no_library_takes_is_a_usage_error_before_any_work(tmp_path, no_starter, command, setting):
+    # A seed past NumPy's 32-bit random states, or zero threads, failed in a traceback once the data was read.
+    from carelens.inference.cli import app
+    labels = _written(tmp_path / "to_label.csv", HEADER + BAG + SORRY)
+    argv = [str(labels) if a == "LABELS" else a for a in command]
+    takes = CliRunner().invoke(app, [*argv, "--help"]).output
+    if setting[0] not in takes:
+        pytest.skip(f"{' '.join(command)} has no {setting[0]}")
+    result = CliRunner().invoke(app, [*argv, *setting, "--out", str(tmp_path / "out.csv")])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for" in result.output and setting[0] in result.output
+    assert not (tmp_path / "out.csv").exists()

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from carelens.data.errors import UsageError
 from carelens.data.options import (
-    DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
+    SEED_RANGE, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
 )
 from carelens.data.terminal import console, error_console, rows_table, tagged, user_errors, warn
 
@@ -87,7 +87,8 @@ def train_command(name: str):
                                                                 "detected from types).")] = None,
         features_from: FeaturesFromOption = None,
         goal: Annotated[str, typer.Option(help="Threshold goal: f1, recall:0.8 or top-k:500 (contacts a day).")] = "f1",
-        seed: Annotated[int, typer.Option(help="Seed of the published model's split, folds and learner.")] = 0,
+        seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed of the published model's split, folds and "
+                                                             "learner.")] = 0,
         learner: Annotated[str, typer.Option(help="auto (chosen by cross-validation), or force one of "
                                                   "logistic, boosting, forest, extra-trees.")] = "auto",
         spread_seeds: Annotated[int, typer.Option(min=1, help="Split seeds (seed, seed+1, ...) whose held-out "
@@ -196,7 +197,7 @@ def train_transcripts_command(
     epochs: Annotated[int, typer.Option(help="finetune: passes over the sentiment data.")] = 3,
     lr: Annotated[float, typer.Option(help="finetune: peak AdamW learning rate.")] = 8e-5,
     max_length: Annotated[int, typer.Option(help="Encoder window in tokens; longer turns are windowed when scored.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Rows per training batch.")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per training batch.")] = 32,
     empathy_repeats: Annotated[int, typer.Option(help="finetune: passes over the empathy data per epoch (it is "
                                                       "a fifth the size of the sentiment data).")] = 4,
     class_weights: Annotated[bool, typer.Option(help="Balance classes in the loss (raises macro-F1).")] = True,
@@ -213,8 +214,8 @@ def train_transcripts_command(
                                                   "show each mechanism) as an auxiliary token-level task.")] = False,
     balanced_sampling: Annotated[bool, typer.Option(help="finetune: draw empathy rows class-balanced (rare levels "
                                                          "more often) instead of weighting the loss.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed for the splits, batches and initialisation.")] = 13,
-    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed for the splits, batches and initialisation.")] = 13,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 2,
     time_budget: Annotated[Optional[float], typer.Option(help="finetune: minutes after which training stops at the "
                                                               "next step and keeps its best validated state.")] = None,
     labels: Annotated[PathsOption, typer.Option(help="A filled-in `carelens label suggest` CSV; repeatable.")] = None,
@@ -283,8 +284,8 @@ def train_starter_command(
     lr: Annotated[float, typer.Option(help="finetune: peak AdamW learning rate.")] = 5e-5,
     rows: Annotated[Optional[int], typer.Option(min=100, help="Learn from this many of the rated sentences (drawn "
                                                               "with the seed; default all 23,702).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the splits, batches and initialisation.")] = 13,
-    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed for the splits, batches and initialisation.")] = 13,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 2,
     time_budget: Annotated[Optional[float], typer.Option(help="finetune: minutes after which training stops and "
                                                               "keeps its best validated state.")] = None,
     out: RegistryOption = None,
@@ -351,7 +352,7 @@ def suggest_command(
     registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
                                                           "./registry).")] = None,
     version: Annotated[str, typer.Option(help="Transcript model version whose doubts pick the turns.")] = "latest",
-    seed: Annotated[int, typer.Option(help="Seed of the clustering that spreads the picks.")] = 0,
+    seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed of the clustering that spreads the picks.")] = 0,
 ) -> None:
     """Write the turns the current transcript model is least sure of, spread over the kinds of turns, as a CSV to fill
     in: customer turns get a `sentiment` (negative / neutral / positive), agent turns a level 0 / 1 / 2 for each
