@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
+import numpy as np
 import pandas as pd
 
 from carelens.data.contracts import (
@@ -13,7 +14,7 @@ from carelens.data.contracts import (
 )
 from carelens.data.paths import plain_file
 from carelens.data.readers import (
-    conversation_from_record, parsed_json, read_table, read_transcripts, shown,
+    conversation_from_record, csv_columns, parsed_json, read_table, read_transcripts, shown,
 )
 from carelens.data.spreadsheet import restored
 
@@ -35,13 +36,15 @@ def _require_columns(frame: pd.DataFrame, needed: Sequence[str], source: str, wh
                                     f"(found {', '.join(map(str, frame.columns))})", column=missing[0])
 
 
-def _first_bad_row(bad: pd.Series, values: pd.Series, source: str, column: str, expected: str) -> None:
-    """Raise ContractError for the first flagged row, numbered as an editor shows a CSV (header = row 1)."""
+def _first_bad_row(bad: pd.Series, values: pd.Series, source: str, column: str, expected: str,
+                   rows: Optional[pd.Series] = None) -> None:
+    """Raise ContractError for the first flagged row, numbered as an editor shows a CSV (header = row 1) or, for a
+    table some of whose rows were skipped, as `rows` says."""
     if bad.any():
         position = int(bad.to_numpy().nonzero()[0][0])
         more = f" ({int(bad.sum()) - 1} more bad row(s))" if bad.sum() > 1 else ""
         raise ContractError(source, f"got {values.iloc[position]!r}, expected {expected}{more}",
-                            row=position + 2, column=column)
+                            row=position + 2 if rows is None else int(rows.iloc[position]), column=column)
 
 
 def _plain(frame: pd.DataFrame, columns: Sequence[str], source: str) -> pd.DataFrame:
@@ -215,50 +218,107 @@ def read_conversations(path: PathLike) -> list[Conversation]:
     return read_abcd(path) if Path(path).suffix.lower() == ".json" else read_transcripts(path)
 
 
-#: The columns `carelens label suggest` writes and a person fills in.
-SUGGESTED_COLUMNS = ["speaker", "context", "text", "sentiment", *MECHANISMS]
+#: The columns a person fills in: a sentiment for customer turns, a level per mechanism for agent turns.
+LABEL_COLUMNS = ["sentiment", *MECHANISMS]
+#: The columns `carelens label suggest` writes that training reads: the turn, and its labels.
+SUGGESTED_COLUMNS = ["speaker", "context", "text", *LABEL_COLUMNS]
 
 
 def _is_suggested(path: Path) -> bool:
     """Whether a CSV is a `carelens label suggest` file (it has speaker, text and the label columns)."""
-    return path.is_file() and path.stat().st_size > 0 and set(SUGGESTED_COLUMNS) <= set(pd.read_csv(path, nrows=0).columns)
+    return path.stat().st_size > 0 and set(SUGGESTED_COLUMNS) <= set(csv_columns(path))
 
 
-def read_suggested(path: PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(sentiment table, empathy table) from a filled-in `carelens label suggest` CSV: customer turns with a sentiment,
-    agent turns with at least one mechanism level (the others unannotated); rows left blank are skipped."""
+def check_suggested(path: PathLike) -> None:
+    """ContractError naming the file and the missing columns unless it has the columns of a label file, before
+    anything is trained (a `--labels` file read as another kind would be refused with that kind's columns)."""
+    if Path(path).suffix.lower() != ".csv":
+        raise ContractError(str(path), "expected a CSV file (.csv) written by `carelens label suggest` and filled in")
+    _require_columns(pd.DataFrame(columns=csv_columns(path)), SUGGESTED_COLUMNS, str(path),
+                     "label files from `carelens label suggest`")
+
+
+#: Where a label file's turn was read: the file and its row as an editor numbers it (header = row 1).
+_SOURCE, _ROW = "_source", "_row"
+
+
+def _blank(values: pd.Series) -> pd.Series:
+    return (values.isna() | (values.astype("string").str.strip() == "")).fillna(True).astype(bool)
+
+
+def suggested_rows(path: PathLike) -> pd.DataFrame:
+    """The labelled rows of a filled-in `carelens label suggest` CSV, checked: speaker, context and text (as said:
+    the guard `label suggest` put before formula-like cells taken off), the sentiment or NA, each mechanism's level
+    or NA, and where each row was read. Rows without a label are skipped, and so are wholly blank rows (a spreadsheet
+    writes the rows a person cleared as commas); a labelled row without text is refused."""
     source = str(path)
     frame = read_table(path)
     _require_columns(frame, SUGGESTED_COLUMNS, source, "label files from `carelens label suggest`")
-    frame = _plain(frame, SUGGESTED_COLUMNS, source)
+    frame = _plain(frame, SUGGESTED_COLUMNS, source).assign(**{_SOURCE: source, _ROW: np.arange(len(frame)) + 2})
+    frame = frame[~pd.concat([_blank(frame[c]) for c in SUGGESTED_COLUMNS], axis=1).all(axis=1)]
     speaker = frame["speaker"].astype("string").str.strip()
     _first_bad_row(~speaker.isin(["customer", "agent"]).fillna(False).astype(bool), frame["speaker"], source,
-                   "speaker", "customer or agent")
+                   "speaker", "customer or agent", frame[_ROW])
     sentiment = frame["sentiment"].astype("string").str.strip().str.lower().replace("", pd.NA)
     _first_bad_row((sentiment.notna() & ~sentiment.isin(SENTIMENTS)).fillna(False).astype(bool) |
                    (sentiment.notna() & (speaker == "agent")).fillna(False).astype(bool), frame["sentiment"], source,
-                   "sentiment", f"one of {', '.join(SENTIMENTS)} on a customer turn, or blank")
+                   "sentiment", f"one of {', '.join(SENTIMENTS)} on a customer turn, or blank", frame[_ROW])
     levels = {}
     for mechanism in MECHANISMS:
         text = frame[mechanism].astype("string").str.strip().replace("", pd.NA)
         bad = (text.notna() & (~text.isin([str(level) for level in LEVELS]) | (speaker == "customer")))
         _first_bad_row(bad.fillna(False).astype(bool), frame[mechanism], source, mechanism,
-                       "0, 1 or 2 on an agent turn, or blank")
+                       "0, 1 or 2 on an agent turn, or blank", frame[_ROW])
         levels[mechanism] = pd.to_numeric(text).astype("Int64")
-    rated = sentiment.notna().to_numpy()
+    labelled = (sentiment.notna() | pd.DataFrame(levels).notna().any(axis=1)).to_numpy()
+    _first_bad_row(_blank(frame["text"]) & labelled, frame["text"], source, "text", "non-empty text on a labelled turn",
+                   frame[_ROW])
     # `label suggest` wrote the turns with formula-like cells guarded (a leading '): read them back as they were said.
-    texts = frame["text"].astype("string").fillna("").map(restored)
-    contexts = frame["context"].astype("string").fillna("").map(restored)
-    empathy = pd.DataFrame({"context": contexts.to_numpy(), "response": texts.to_numpy(),
-                            **{m: levels[m].to_numpy() for m in MECHANISMS}})
-    leveled = empathy[list(MECHANISMS)].notna().any(axis=1).to_numpy()
-    return (pd.DataFrame({"text": texts[rated].astype(str).to_numpy(), "label": sentiment[rated].astype(str).to_numpy()}),
-            empathy[leveled].reset_index(drop=True).astype({m: "Int64" for m in MECHANISMS}))
+    return pd.DataFrame({"speaker": speaker, "context": frame["context"].astype("string").fillna("").map(restored),
+                         "text": frame["text"].astype("string").fillna("").map(restored), "sentiment": sentiment,
+                         **levels, _SOURCE: frame[_SOURCE], _ROW: frame[_ROW]})[labelled].reset_index(drop=True)
+
+
+def _once_each(rows: pd.DataFrame) -> pd.DataFrame:
+    """Label rows with each turn (speaker, context, text) once: a repeat with the same labels (a file given twice, a
+    row copied) is dropped, so that it neither weighs double nor lands in both the train and the test split; a repeat
+    with other labels is refused, naming both rows and the first label they differ in."""
+    turn = ["speaker", "context", "text"]
+    labels = rows[LABEL_COLUMNS].astype("string").fillna("")
+    first = rows.assign(**labels).groupby(turn, sort=False).transform("first")
+    for column in LABEL_COLUMNS:
+        differs = (labels[column] != first[column]).to_numpy()
+        if differs.any():
+            at = int(differs.nonzero()[0][0])
+            earlier = first.iloc[at]
+            raise ContractError(rows[_SOURCE].iloc[at],
+                                f"got {labels[column].iloc[at] or 'blank'!r}, but row {earlier[_ROW]} of "
+                                f"{earlier[_SOURCE]} labels the same turn {earlier[column] or 'blank'!r}; expected "
+                                f"one label per turn", row=int(rows[_ROW].iloc[at]), column=column)
+    return rows.drop_duplicates(turn).reset_index(drop=True)
+
+
+def suggested_tables(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(sentiment table, empathy table) of checked label rows: customer turns with a sentiment, agent turns with at
+    least one mechanism level (the others unannotated)."""
+    rated = rows["sentiment"].notna().to_numpy()
+    leveled = rows[list(MECHANISMS)].notna().any(axis=1).to_numpy()
+    return (pd.DataFrame({"text": rows["text"][rated].astype(str).to_numpy(),
+                          "label": rows["sentiment"][rated].astype(str).to_numpy()}),
+            pd.DataFrame({"context": rows["context"][leveled].astype(str).to_numpy(),
+                          "response": rows["text"][leveled].astype(str).to_numpy(),
+                          **{m: rows[m][leveled].to_numpy() for m in MECHANISMS}}).astype({m: "Int64" for m in MECHANISMS}))
+
+
+def read_suggested(path: PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(sentiment table, empathy table) from a filled-in `carelens label suggest` CSV (`suggested_rows`), each turn
+    once (`_once_each`)."""
+    return suggested_tables(_once_each(suggested_rows(path)))
 
 
 def _is_epitome(path: Path) -> bool:
     """Whether a CSV holds EPITOME pairs (it has a seeker_post column) rather than sentiment-labelled texts."""
-    return path.is_file() and path.stat().st_size > 0 and "seeker_post" in pd.read_csv(path, nrows=0).columns
+    return path.stat().st_size > 0 and "seeker_post" in csv_columns(path)
 
 
 @dataclass(frozen=True)
@@ -297,19 +357,22 @@ def read_labelled_text(paths: Iterable[PathLike]) -> LabelledText:
     it is all the public CSVs'."""
     files = sorted(f for p in map(Path, paths) for f in ([p] if not p.is_dir() else
                    [c for c in p.iterdir() if c.suffix.lower() in (".csv", ".jsonl", ".parquet")]))
-    sentiment, epitome, turns, sources = [], [], [], set()
+    sentiment, epitome, turns, suggested, sources = [], [], [], [], set()
     for path in files:
         if path.suffix.lower() == ".csv" and _is_epitome(path):
             epitome.append(read_epitome(path))
         elif path.suffix.lower() == ".csv" and _is_suggested(path):
-            turns.append(read_suggested(path))
-            sources.add(REAL_TEXT)
+            suggested.append(suggested_rows(path))
         elif path.suffix.lower() == ".csv":
             sentiment.append(read_airline_tweets(path))
         else:
             conversations = read_transcripts(path)
             turns.append(labelled_turns(conversations, str(path)))
             sources |= labelled_text_sources(conversations)
+    if suggested:
+        # Label files are checked together: one turn labelled in two of them must agree, and counts once.
+        turns.append(suggested_tables(_once_each(pd.concat(suggested, ignore_index=True))))
+        sources.add(REAL_TEXT)
     if any(len(f) for f in [*sentiment, *epitome]):
         # The public CSVs (airline tweets, EPITOME) hold text people wrote.
         sources.add(REAL_TEXT)

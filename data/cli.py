@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
+from carelens.data.options import SEED_RANGE
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -14,7 +16,8 @@ if TYPE_CHECKING:
 def generate_command(
     customers: int = typer.Option(10_000, "--customers", "-n", min=1,
                                   help="How many customers (one labelled contact each)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed always writes the same files."),
+    seed: int = typer.Option(0, "--seed", **SEED_RANGE,
+                             help="Random seed; the same seed always writes the same files."),
     out: Path = typer.Option(Path("synthetic"), "--out", help="Folder to write the tables and transcripts into."),
     start: str = typer.Option("2026-11-01", "--start", help="First day of the month the contacts fall in (UTC)."),
     transcripts: bool = typer.Option(True, "--transcripts/--no-transcripts",

@@ -1,7 +1,10 @@
 """The data contracts: interactions, labels and transcripts, declared once and enforced by every reader."""
 from __future__ import annotations
 
+import datetime as dt
+import math
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Optional, Sequence
@@ -40,6 +43,8 @@ class ContractError(CareLensError, ValueError):
 EARLIEST, LATEST = pd.Timestamp("1900-01-01", tz="UTC"), pd.Timestamp("2100-12-31 23:59:59", tz="UTC")
 #: Whole numbers beyond this lose their last digits as floats (2**53).
 LARGEST_WHOLE = 2 ** 53
+#: The largest float: an int beyond it cannot be read as a number at all.
+LARGEST_FLOAT = sys.float_info.max
 #: Characters no valid Unicode text holds: undecodable bytes smuggled into a Python str, or a lone JSON escape.
 SURROGATE = re.compile("[\ud800-\udfff]")
 #: Control characters: no identifier holds one (a NUL ends the id in C tools; a newline or escape forges output).
@@ -162,6 +167,10 @@ def plain_column(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
     """(the column with every cell a plain value or NA, per row why a cell was not plain): only columns of Python
     objects can hold nested values, raw bytes or broken text, so typed columns pass as they are, date-times with a
     time zone in UTC (the same instants: shown in a local zone, one near the end of the calendar overflows)."""
+    if isinstance(raw.dtype, pd.ArrowDtype):
+        # Arrow-backed columns (pandas' dtype_backend="pyarrow") lack operations the checks use (`%`): their values
+        # as Python objects are checked as any object column is.
+        raw = raw.astype(object).where(raw.notna(), None)
     if isinstance(raw.dtype, pd.DatetimeTZDtype):
         return raw.dt.tz_convert("UTC"), pd.Series("", index=raw.index, dtype=object)
     if raw.dtype != object:
@@ -176,7 +185,7 @@ def _coerced(values: pd.Series, column: Column) -> pd.Series:
     if column.kind == "bool":
         return as_bool(values)
     if column.kind in ("int", "float"):
-        return pd.to_numeric(values.map(_na_if_bool) if values.dtype == object else values, errors="coerce")
+        return real_numbers(values)
     if column.kind == "datetime":
         stamps = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
         return stamps.where((stamps >= EARLIEST) & (stamps <= LATEST)).astype("datetime64[ns, UTC]")
@@ -188,6 +197,27 @@ def _coerced(values: pd.Series, column: Column) -> pd.Series:
 def _na_if_bool(value: Any) -> Any:
     """The value, or NA when it is a bool: True is neither 1 transfer nor an id named "True"."""
     return pd.NA if isinstance(value, (bool, np.bool_)) else value
+
+
+def _real_or_na(value: Any) -> Any:
+    """A cell of a number column as a number pandas can read: NA for what is no real number (a bool, a complex
+    number, whose imaginary part would be dropped, or a duration, which would count nanoseconds), ±inf for an int
+    past any float (refused as not finite, where pandas raised OverflowError)."""
+    if isinstance(value, (bool, np.bool_, complex, np.complexfloating, dt.timedelta, np.timedelta64)):
+        return pd.NA
+    if isinstance(value, int) and abs(value) > LARGEST_FLOAT:
+        return math.inf if value > 0 else -math.inf
+    return value
+
+
+def real_numbers(values: pd.Series) -> pd.Series:
+    """A number column as floats or ints, what is no real number NA (`_real_or_na`): a column of complex numbers or
+    durations is wholly NA, not cast."""
+    if values.dtype == object:
+        return pd.to_numeric(values.map(_real_or_na), errors="coerce")
+    if pd.api.types.is_complex_dtype(values) or pd.api.types.is_timedelta64_dtype(values):
+        return pd.Series(np.nan, index=values.index)
+    return pd.to_numeric(values, errors="coerce")
 
 
 def not_a_bool(value: Any) -> Any:

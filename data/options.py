@@ -1,10 +1,14 @@
-"""Command-line options shared by every command that scores transcripts: runtime, precision, device, threads,
-token budget and encoding cache."""
+"""Command-line options shared by every command that scores transcripts (runtime, precision, device, threads, token
+budget and encoding cache), and the range of every command's seed."""
 from __future__ import annotations
 
 from typing import Annotated, Optional
 
 import typer
+
+#: What a `--seed` may be: NumPy's and scikit-learn's random states take 32-bit unsigned integers, and a seed outside
+#: them failed in a traceback deep in training (after the data was read), not as a usage error.
+SEED_RANGE = {"min": 0, "max": 2 ** 32 - 1}
 
 RuntimeOption = Annotated[Optional[str], typer.Option(
     help="Encoder runtime: onnx (ONNX Runtime on the export published with the model; the default on a CPU) or "

@@ -84,12 +84,12 @@ def output_file(path: PathLike) -> Path:
     return Path(path)
 
 
-def output_folder(path: PathLike) -> Path:
+def output_folder(path: PathLike, option: str = "--out") -> Path:
     """`path` unless something other than a folder is there (a run, a registry or a data set is many files);
-    UsageError before any work."""
+    UsageError, naming the option that gave it, before any work."""
     mode = existing_mode(path)
     if mode is not None and not stat.S_ISDIR(mode):
-        raise UsageError(f"--out {path}: is {'a file' if stat.S_ISREG(mode) else kind_of(mode)}; expected a folder to "
+        raise UsageError(f"{option} {path}: is {'a file' if stat.S_ISREG(mode) else kind_of(mode)}; expected a folder to "
                          f"write into (a new one, or one this command wrote before)")
     return Path(path)
 

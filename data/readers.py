@@ -41,9 +41,19 @@ def arrow_frame(table: pa.Table) -> pd.DataFrame:
 
 
 def csv_header(path: Path) -> list[str]:
-    """The column names of a CSV file as written (pandas renames a repeated name to `name.1`)."""
-    with open(path, newline="", encoding="utf-8") as handle:
+    """The column names of a CSV file as written (pandas renames a repeated name to `name.1`); a leading byte-order
+    mark, which spreadsheets write and pandas drops, is not part of the first name."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         return next(csv.reader(handle), [])
+
+
+def csv_columns(path: PathLike) -> list[str]:
+    """The column names of a plain CSV file, read before the rest of it to tell what kind of file it is; ContractError
+    naming the file when it is not a plain file or its header is not UTF-8 CSV."""
+    try:
+        return csv_header(plain_file(path))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ContractError(str(path), f"cannot be read as CSV: {exc}") from exc
 
 
 def read_table(path: PathLike) -> pd.DataFrame:

@@ -127,3 +127,28 @@ def test_true_as_an_id_or_a_turn_time_is_refused_not_read_as_text_or_1(scorer, d
     (tmp_path / "day.jsonl").write_text(json.dumps(conversation) + "\n")
     with pytest.raises(ContractError, match=r"line 1, column 'turns.0.start_s': .*expected a number, not true or false"):
         read_transcripts(tmp_path / "day.jsonl")
+
+
+@pytest.mark.parametrize("column, values", [
+    ("transfers", [10 ** 400, 1, 1]),  # a Python int past any float: OverflowError
+    ("transfers", [-(10 ** 400), 1, 1]),
+    ("monthly_value", [complex(5, 1), 1.0, 1.0]),  # cast to 5.0, its imaginary part dropped with a warning
+    ("monthly_value", [1j, 1j, 1j]),  # a complex column
+    ("answer_time_s", [dt.timedelta(seconds=3), dt.timedelta(seconds=1), dt.timedelta(seconds=1)]),  # read as 3e9
+    ("transfers", [True, False, False]),  # a bool column: neither 1 nor 0 transfers
+])
+def test_a_number_that_is_no_real_number_is_refused_naming_row_and_column(column, values):
+    import numpy as np
+    interactions = generate(3, seed=1).interactions
+    frame = interactions.assign(**{column: np.array(values, dtype=object) if column == "transfers" and
+                                   isinstance(values[0], int) else values})
+    with pytest.raises(ContractError, match=rf"frame: row 2, column '{column}': got .*, expected"):
+        validated(frame, INTERACTIONS, "frame")
+
+
+def test_a_frame_of_arrow_backed_columns_reads_as_the_same_frame_of_numpy_columns():
+    # pandas reads Parquet this way with dtype_backend="pyarrow": the whole-number check failed on Arrow's `%`.
+    interactions = generate(5, seed=1).interactions
+    arrow = validated(interactions.convert_dtypes(dtype_backend="pyarrow"), INTERACTIONS, "frame")
+    expected = validated(interactions, INTERACTIONS, "frame")
+    assert arrow.astype(object).where(arrow.notna(), None).equals(expected.astype(object).where(expected.notna(), None))

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from carelens.data.errors import UsageError
 from carelens.data.options import (
-    DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
+    SEED_RANGE, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
 )
 from carelens.data.terminal import console, error_console, rows_table, tagged, user_errors, warn
 
@@ -36,6 +36,17 @@ VersionOption = Annotated[str, typer.Option("--version", help="Model version, e.
 def _registry(path: Optional[Path]):
     from carelens.models.registry import Registry
     return Registry(path)
+
+
+def checked_destinations(registry: Optional[Path], runs: Path):
+    """The registry to publish to, once it and the folder for the report's copy (`--runs`) are known to be folders
+    or absent: checked before training, since a model trained for nowhere would be lost, and a report copied nowhere
+    ends a run that did publish in a traceback."""
+    from carelens.data.paths import output_folder
+    store = _registry(registry)
+    output_folder(store.root)
+    output_folder(runs, "--runs")
+    return store
 
 
 def figures_tables(figures: dict) -> list[Table]:
@@ -76,7 +87,8 @@ def train_command(name: str):
                                                                 "detected from types).")] = None,
         features_from: FeaturesFromOption = None,
         goal: Annotated[str, typer.Option(help="Threshold goal: f1, recall:0.8 or top-k:500 (contacts a day).")] = "f1",
-        seed: Annotated[int, typer.Option(help="Seed of the published model's split, folds and learner.")] = 0,
+        seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed of the published model's split, folds and "
+                                                             "learner.")] = 0,
         learner: Annotated[str, typer.Option(help="auto (chosen by cross-validation), or force one of "
                                                   "logistic, boosting, forest, extra-trees.")] = "auto",
         spread_seeds: Annotated[int, typer.Option(min=1, help="Split seeds (seed, seed+1, ...) whose held-out "
@@ -84,13 +96,11 @@ def train_command(name: str):
         out: RegistryOption = None,
         runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
     ) -> None:
-        from carelens.data.paths import output_folder
         from carelens.training.report import copied_report
         from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
         task = TASKS[name]
         with user_errors():
-            registry = _registry(out)
-            output_folder(registry.root)  # checked before training: a model trained for nowhere would be lost
+            registry = checked_destinations(out, runs)
             with console.status(f"Reading {data}"):
                 labelled = load_labelled(data, task, labels, target, features, categorical, features_from or ())
             console.print(f"{len(labelled.frame):,} labelled rows, {len(labelled.features)} features, "
@@ -187,7 +197,7 @@ def train_transcripts_command(
     epochs: Annotated[int, typer.Option(help="finetune: passes over the sentiment data.")] = 3,
     lr: Annotated[float, typer.Option(help="finetune: peak AdamW learning rate.")] = 8e-5,
     max_length: Annotated[int, typer.Option(help="Encoder window in tokens; longer turns are windowed when scored.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Rows per training batch.")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per training batch.")] = 32,
     empathy_repeats: Annotated[int, typer.Option(help="finetune: passes over the empathy data per epoch (it is "
                                                       "a fifth the size of the sentiment data).")] = 4,
     class_weights: Annotated[bool, typer.Option(help="Balance classes in the loss (raises macro-F1).")] = True,
@@ -204,8 +214,8 @@ def train_transcripts_command(
                                                   "show each mechanism) as an auxiliary token-level task.")] = False,
     balanced_sampling: Annotated[bool, typer.Option(help="finetune: draw empathy rows class-balanced (rare levels "
                                                          "more often) instead of weighting the loss.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed for the splits, batches and initialisation.")] = 13,
-    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed for the splits, batches and initialisation.")] = 13,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 2,
     time_budget: Annotated[Optional[float], typer.Option(help="finetune: minutes after which training stops at the "
                                                               "next step and keeps its best validated state.")] = None,
     labels: Annotated[PathsOption, typer.Option(help="A filled-in `carelens label suggest` CSV; repeatable.")] = None,
@@ -218,6 +228,7 @@ def train_transcripts_command(
 ) -> None:
     """Train the transcript model (sentiment and empathy heads) and publish it beside its TF-IDF floor; `--from` a
     published version adapts that model (the starter, say) to your own labels (`carelens label suggest`)."""
+    from carelens.data.adapters import check_suggested
     from carelens.training.transcripts import Options, publish_trained, train_transcripts
     paths = [*(sentiment_data or ()), *(empathy_data or ()), *(transcripts or ()), *(labels or ())]
     options = Options(mode=mode, epochs=epochs, lr=lr, max_length=max_length, batch_size=batch_size, seed=seed,
@@ -228,6 +239,9 @@ def train_transcripts_command(
     with user_errors():
         if not paths:
             raise UsageError("no training data: pass --sentiment-data, --empathy-data, --transcripts or --labels")
+        for path in labels or ():
+            check_suggested(path)
+        checked_destinations(out, runs)
         start = adapted_start(out, start_from, options) if start_from else None
         trained = train_transcripts(paths, options, encoder, log=console.print, start=start)
         artifact = publish_trained(trained, out)
@@ -270,8 +284,8 @@ def train_starter_command(
     lr: Annotated[float, typer.Option(help="finetune: peak AdamW learning rate.")] = 5e-5,
     rows: Annotated[Optional[int], typer.Option(min=100, help="Learn from this many of the rated sentences (drawn "
                                                               "with the seed; default all 23,702).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the splits, batches and initialisation.")] = 13,
-    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed for the splits, batches and initialisation.")] = 13,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 2,
     time_budget: Annotated[Optional[float], typer.Option(help="finetune: minutes after which training stops and "
                                                               "keeps its best validated state.")] = None,
     out: RegistryOption = None,
@@ -285,6 +299,7 @@ def train_starter_command(
     options = starter_options(mode=mode, epochs=epochs, lr=lr, seed=seed, threads=threads,
                               time_budget_minutes=time_budget, show_progress_bar=progress)
     with user_errors():
+        checked_destinations(out, runs)
         trained = build_starter(options, sources, log=console.print, rows=rows)
         artifact = publish_trained(trained, out)
     print_published(trained, artifact, runs)
@@ -337,19 +352,25 @@ def suggest_command(
     registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
                                                           "./registry).")] = None,
     version: Annotated[str, typer.Option(help="Transcript model version whose doubts pick the turns.")] = "latest",
-    seed: Annotated[int, typer.Option(help="Seed of the clustering that spreads the picks.")] = 0,
+    seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed of the clustering that spreads the picks.")] = 0,
 ) -> None:
     """Write the turns the current transcript model is least sure of, spread over the kinds of turns, as a CSV to fill
     in: customer turns get a `sentiment` (negative / neutral / positive), agent turns a level 0 / 1 / 2 for each
     empathy mechanism. Then `carelens train transcripts --from VERSION --labels FILE` adapts the model to them."""
     from carelens.data.adapters import read_conversations
+    from carelens.data.paths import output_file
     from carelens.data.spreadsheet import write_csv
     from carelens.models.scoring import load_scoring_pipeline
     from carelens.training.label import LABEL_COLUMNS, suggested_turns
     with user_errors():
+        # `--labels` reads the file back as CSV only: refused before the model scores a turn, not after.
+        if output_file(out).suffix.lower() != ".csv":
+            raise UsageError(f"--out {out}: unknown file type '{out.suffix}', expected .csv (a file to fill in, then "
+                             f"`--labels`)")
         pipeline, metadata = load_scoring_pipeline(registry, version)
         conversations = [c for path in transcripts for c in read_conversations(path)]
         chosen = suggested_turns(pipeline, conversations, n, seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
         write_csv(chosen, out)
     console.print(f"wrote {len(chosen):,} turns to label ({(chosen['speaker'] == 'customer').sum():,} customer, "
                   f"{(chosen['speaker'] == 'agent').sum():,} agent) to {out}, picked by transcripts "

@@ -7,11 +7,9 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import MiniBatchKMeans
 
+from carelens.data.adapters import LABEL_COLUMNS
 from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS
 from carelens.models.scoring import TranscriptPipeline, turn_table
-
-#: The columns a person fills in: a sentiment for customer turns, a level per mechanism for agent turns.
-LABEL_COLUMNS = ["sentiment", *MECHANISMS]
 
 
 def normalised_entropy(probabilities: np.ndarray) -> np.ndarray:
