@@ -2,6 +2,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -115,3 +116,33 @@ def test_a_label_file_written_with_guarded_cells_reads_back_the_turns_as_said(tm
     sentiment, empathy = read_suggested(path)
     assert sentiment["text"].tolist() == ["=SUM(A1) is wrong"]
     assert (empathy["response"].tolist(), empathy["context"].tolist()) == (["-sorry, checking"], ["=SUM(A1) is wrong"])
+
+
+def _declining_validation(states):
+    """A stand-in for `validation_record` whose selection score falls at every evaluation; it keeps a copy of the
+    model's state at each."""
+    def record(model, data, options, epoch, step, seconds):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"epoch": epoch, "step": step, "seconds": seconds, "selection_score": 1.0 - 0.1 * len(states)}
+    return record
+
+
+@pytest.mark.parametrize("rows, kept_last", [(60, True), (2_400, False)])
+def test_a_validation_split_too_small_to_choose_a_checkpoint_keeps_the_last_state(encoder_dir, monkeypatch, rows,
+                                                                                    kept_last):
+    import carelens.training.transcripts as transcripts
+    states = []
+    monkeypatch.setattr(transcripts, "validation_record", _declining_validation(states))
+    model = TranscriptModel.from_encoder(encoder_dir, max_length=16)
+    labelled = pd.DataFrame({"text": ["thank you", "bag lost", "gate 4"] * (rows // 3),
+                             "label": ["positive", "negative", "neutral"] * (rows // 3)})
+    options = Options(mode="finetune", max_length=16, epochs=3, batch_size=400, show_progress_bar=False)
+    empty = pd.DataFrame(columns=["context", "response", "emotional_reactions", "interpretations", "explorations"])
+    details = transcripts.train_finetune(model, split_data(labelled, empty, options), options, log=lambda _: None)
+    assert details["kept"].startswith("the last state" if kept_last else "the best validated state")
+    # Kept last: the whole schedule ran despite falling scores; kept best: early stop, back to the first checkpoint.
+    assert (details["stopped"] == "all epochs") == kept_last
+    assert len(states) == 3  # one evaluation per epoch of one batch; three before the early stop
+    kept = states[-1] if kept_last else states[0]
+    assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items())
+    assert not all(torch.equal(states[0][k], v) for k, v in states[-1].items())
