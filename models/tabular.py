@@ -317,6 +317,10 @@ class RiskModel(ClassifierMixin, BaseEstimator):
         self._check_classes(y)
         self._learn_schema(X)
         frame = self._model_frame(X)
+        empty = [f for f in self.feature_names_in_
+                 if f not in set(self.categorical_features_) and frame[f].isna().all()]
+        if empty:
+            warnings.warn(f"feature(s) {', '.join(empty)} have no value in any training row: not used")
         self.profile_ = feature_profile(frame, self.categorical_features_)
         self.classes_ = np.unique(y)
         self.negative_class_ = self.negative_class if self.negative_class is not None else self.classes_[0]
@@ -410,7 +414,9 @@ class RiskModel(ClassifierMixin, BaseEstimator):
     def _candidate_pipeline(self, candidate: Candidate, frame: pd.DataFrame, y: np.ndarray) -> Pipeline:
         """The candidate's unfitted pipeline for these rows: numeric columns as they are, narrow categories encoded
         for the learner, wide ones target-encoded."""
-        numeric = [f for f in self.feature_names_in_ if f not in set(self.categorical_features_)]
+        # A column with no value in these rows says nothing (and boosting's binning fails on it): left out.
+        numeric = [f for f in self.feature_names_in_
+                   if f not in set(self.categorical_features_) and frame[f].notna().any()]
         wide = [f for f in self.categorical_features_ if frame[f].nunique() > HIGH_CARDINALITY]
         narrow = [f for f in self.categorical_features_ if f not in set(wide)]
         return learner_pipeline(candidate, numeric, narrow, wide, rows=len(y),

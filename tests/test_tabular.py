@@ -289,6 +289,16 @@ def test_top_k_without_a_daily_volume_is_refused():
         RiskModel(goal="top-k:5").fit(frame, frame["x"] > 20)
 
 
+@pytest.mark.parametrize("learner", ["boosting", "forest", "logistic"])
+def test_a_feature_with_no_value_in_any_training_row_is_left_out_with_a_warning(learner):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=200), "answer_time_s": np.nan})
+    with pytest.warns(UserWarning, match="answer_time_s have no value in any training row"):
+        model = RiskModel(learner=learner, rounds=5, trees=10).fit(frame, frame["x"] + rng.normal(size=200) > 0)
+    scored = model.predict_proba(frame.assign(answer_time_s=rng.normal(size=200)))
+    np.testing.assert_allclose(scored, model.predict_proba(frame))
+
+
 # Loading labelled data.
 
 def test_own_csv_with_a_yes_no_target_trains(own_csv):
