@@ -136,3 +136,21 @@ def test_suggested_against_random_over_seeds():
     record("suggested_over_seeds", {"registry": REGISTRY, "mode": MODE, "held_out": HELD_OUT,
                                     "text": "airline tweets (labels drawn from the training part only)"}, rows)
     assert len(rows) == 6
+
+
+@pytest.mark.slow
+@requires_shared
+def test_suggested_choosing_checkpoints_on_a_small_validation_split(monkeypatch):
+    """The ablation of keeping the last state: the same 300 suggested tweets per seed, the checkpoint chosen on the
+    30 validation rows they leave."""
+    import carelens.training.transcripts as transcripts
+    monkeypatch.setattr(transcripts, "MIN_SELECTION_ROWS", 0)
+    tweets = read_airline_tweets(SHARED / "data" / "sentiment" / "airline_tweets_train.csv")
+    pool, test = held_out(tweets, tweets["label"])
+    pipeline = TranscriptPipeline(load_transcript_model(REGISTRY)[0], cache_entries=50_000)
+    rows = [{"labels": 300, "picked by": "suggested", "seed": seed, "checkpoint": "best on 30 validation rows",
+             **adapted_figures("sentiment", picked(pipeline, pool, "sentiment", 300, "suggested", seed), test, EPOCHS)}
+            for seed in (SEED, 1, 2)]
+    record("suggested_choosing_checkpoints", {"registry": REGISTRY, "mode": MODE, "held_out": HELD_OUT,
+                                              "text": "airline tweets (labels drawn from the training part only)"}, rows)
+    assert len(rows) == 3
