@@ -182,6 +182,8 @@ def plain_column(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 def _coerced(values: pd.Series, column: Column) -> pd.Series:
     """The column converted to its contract type; unconvertible values become NA."""
+    if values.dtype == object and column.kind not in ("int", "float"):
+        values = values.map(_na_if_textless)
     if column.kind == "bool":
         return as_bool(values)
     if column.kind in ("int", "float"):
@@ -194,9 +196,27 @@ def _coerced(values: pd.Series, column: Column) -> pd.Series:
     return (values.map(_na_if_bool) if values.dtype == object else values).astype("string").str.strip()
 
 
+def _na_if_textless(value: Any) -> Any:
+    """The value, or NA when it is a whole number too long for Python to write as text (no id, category or flag is)."""
+    return pd.NA if isinstance(value, int) and value.bit_length() > LONGEST_TEXT_INT_BITS else value
+
+
 def _na_if_bool(value: Any) -> Any:
     """The value, or NA when it is a bool: True is neither 1 transfer nor an id named "True"."""
     return pd.NA if isinstance(value, (bool, np.bool_)) else value
+
+
+#: Bits of the longest whole number Python writes as text (sys.get_int_max_str_digits() digits, 4,300 by default).
+LONGEST_TEXT_INT_BITS = int((sys.get_int_max_str_digits() or 4300) / math.log10(2)) - 1
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value's repr, cut to `limit` characters: an error message must not carry a whole transcript, nor a number of
+    thousands of digits (whose repr Python refuses past 4,300)."""
+    if isinstance(value, int) and value.bit_length() > 4 * limit:
+        return f"a whole number of about {int(value.bit_length() * math.log10(2)) + 1:,} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} characters)"
 
 
 def _real_or_na(value: Any) -> Any:
@@ -227,36 +247,45 @@ def not_a_bool(value: Any) -> Any:
     return value
 
 
+def blank(raw: pd.Series) -> pd.Series:
+    """Per row, whether a cell is missing or text of only spaces (cell by cell: casting a column to text fails on a
+    whole number of thousands of digits)."""
+    if raw.dtype != object and not pd.api.types.is_string_dtype(raw):
+        return raw.isna()
+    return raw.isna() | raw.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
+
+
 def _column_problems(raw: pd.Series, value: pd.Series, column: Column) -> pd.Series:
     """Per row, what is wrong with this column's value (empty string when nothing is)."""
     problems = pd.Series("", index=raw.index, dtype=object)
-    missing_raw = raw.isna() | (raw.astype("string").str.strip() == "")
+    missing_raw = blank(raw)
     bad_type = value.isna() & ~missing_raw
     if column.kind == "id":
         bad_type = bad_type | value.fillna("").str.contains(CONTROL).astype(bool)
     if not column.nullable:
         problems[missing_raw.to_numpy()] = f"missing value, expected {column.expectation()}"
-    problems[bad_type.to_numpy()] = [f"got {v!r}, expected {column.expectation()}" for v in raw[bad_type]]
+    problems[bad_type.to_numpy()] = [f"got {shown(v)}, expected {column.expectation()}" for v in raw[bad_type]]
     present = ~value.isna()
     if column.kind in ("int", "float"):
         magnitude = value.where(present, 0).astype(float).abs()
         limit = LARGEST_WHOLE if column.kind == "int" else np.inf
         unbounded = present & ~(magnitude < limit)
-        problems[unbounded.to_numpy()] = [f"got {v!r}, expected {column.expectation()}"
+        problems[unbounded.to_numpy()] = [f"got {shown(v)}, expected {column.expectation()}"
                                           f"{' below 2**53' if column.kind == 'int' else ''}" for v in raw[unbounded]]
         present = present & ~unbounded
     if column.kind == "int":
         fractional = present & (value.where(present, 0) % 1 != 0)
-        problems[fractional.to_numpy()] = [f"got {v!r}, expected a whole number" for v in raw[fractional]]
+        problems[fractional.to_numpy()] = [f"got {shown(v)}, expected a whole number" for v in raw[fractional]]
     if column.minimum is not None or column.maximum is not None:
         low = column.minimum if column.minimum is not None else -np.inf
         high = column.maximum if column.maximum is not None else np.inf
         numbers = value.where(present, low).astype(float)
         out_of_range = present & ((numbers < low) | (numbers > high))
-        problems[out_of_range.to_numpy()] = [f"got {v!r}, expected {column.expectation()}" for v in raw[out_of_range]]
+        problems[out_of_range.to_numpy()] = [f"got {shown(v)}, expected {column.expectation()}"
+                                             for v in raw[out_of_range]]
     if column.allowed:
         unknown = present & ~value.isin(column.allowed).fillna(False).astype(bool)
-        problems[unknown.to_numpy()] = [f"got {v!r}, expected {column.expectation()}" for v in raw[unknown]]
+        problems[unknown.to_numpy()] = [f"got {shown(v)}, expected {column.expectation()}" for v in raw[unknown]]
     return problems
 
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from carelens.data.contracts import (
-    INTERACTIONS, LABELS, ContractError, Conversation, TableContract, check_unique_names, validated,
+    INTERACTIONS, LABELS, ContractError, Conversation, TableContract, check_unique_names, shown, validated,
 )
 from carelens.data.paths import plain_file
 
@@ -126,12 +126,6 @@ def parsed_json(text: str, source: str, line_no: Optional[int]) -> Any:
 def conversation_from_json(line: str, source: str, line_no: int) -> Conversation:
     """One JSON Lines record as a Conversation, or ContractError naming the line and the field at fault."""
     return conversation_from_record(parsed_json(line, source, line_no), source, line_no)
-
-
-def shown(value: Any, limit: int = 80) -> str:
-    """A value's repr, cut to `limit` characters: an error message must not carry a whole transcript."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} characters)"
 
 
 def conversation_from_record(record: object, source: str, line_no: Optional[int], unit: str = "line") -> Conversation:

@@ -146,6 +146,17 @@ def test_a_number_that_is_no_real_number_is_refused_naming_row_and_column(column
         validated(frame, INTERACTIONS, "frame")
 
 
+@pytest.mark.parametrize("column", ["customer_id", "channel", "resolved", "answer_time_s", "transfers"])
+def test_a_whole_number_of_5000_digits_is_refused_by_row_and_column_in_a_short_message(column):
+    # Python refuses to write such a number as text: casting the column to text raised ValueError.
+    frame = generate(3, seed=1).interactions.astype(object)
+    frame.loc[frame.index[1], column] = 10 ** 5000
+    with pytest.raises(ContractError, match=rf"row 3, column '{column}': got a whole number of about 5,001 digits, "
+                                            r"expected") as refused:
+        validated(frame, INTERACTIONS, "frame")
+    assert len(str(refused.value)) < 300
+
+
 def test_a_frame_of_arrow_backed_columns_reads_as_the_same_frame_of_numpy_columns():
     # pandas reads Parquet this way with dtype_backend="pyarrow": the whole-number check failed on Arrow's `%`.
     interactions = generate(5, seed=1).interactions
