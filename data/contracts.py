@@ -189,11 +189,21 @@ def _coerced(values: pd.Series, column: Column) -> pd.Series:
     if column.kind in ("int", "float"):
         return real_numbers(values)
     if column.kind == "datetime":
-        stamps = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+        stamps = pd.to_datetime(undated_numbers(values), errors="coerce", utc=True, format="mixed")
         return stamps.where((stamps >= EARLIEST) & (stamps <= LATEST)).astype("datetime64[ns, UTC]")
     if column.kind == "category":
         return values.astype("string").str.strip().str.lower()
     return (values.map(_na_if_bool) if values.dtype == object else values).astype("string").str.strip()
+
+
+def undated_numbers(values: pd.Series) -> pd.Series:
+    """A date-time column with its bare numbers as NA: pandas reads 1700000000 as nanoseconds after 1970, while its
+    writer meant seconds (or milliseconds): a number is refused rather than guessed."""
+    if pd.api.types.is_numeric_dtype(values):
+        return pd.Series(pd.NA, index=values.index, dtype=object)
+    if values.dtype == object:
+        return values.map(lambda v: pd.NA if isinstance(v, (int, float, np.number)) else v)
+    return values
 
 
 def _na_if_textless(value: Any) -> Any:

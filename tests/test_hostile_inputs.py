@@ -157,6 +157,14 @@ def test_a_whole_number_of_5000_digits_is_refused_by_row_and_column_in_a_short_m
     assert len(str(refused.value)) < 300
 
 
+@pytest.mark.parametrize("stamps", [[1700000000] * 3, [1.7e9] * 3, ["2026-11-05T09:30:00", 1700000000, "2026-11-05"]])
+def test_a_bare_number_as_a_date_time_is_refused_not_read_as_nanoseconds_after_1970(stamps):
+    frame = generate(3, seed=1).interactions.astype(object).assign(started_at=stamps)
+    row = 2 if isinstance(stamps[0], (int, float)) else 3
+    with pytest.raises(ContractError, match=rf"row {row}, column 'started_at': got 1700000000(\.0)?, expected a date-time"):
+        validated(frame, INTERACTIONS, "frame")
+
+
 def test_a_frame_of_arrow_backed_columns_reads_as_the_same_frame_of_numpy_columns():
     # pandas reads Parquet this way with dtype_backend="pyarrow": the whole-number check failed on Arrow's `%`.
     interactions = generate(5, seed=1).interactions
