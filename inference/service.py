@@ -356,10 +356,29 @@ def json_integer(digits: str) -> Union[int, float]:
     return int(digits) if len(digits.lstrip("-")) <= LONGEST_FINITE else float(digits)
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that names one key twice."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object's pairs as a dict; DuplicateKey when a key comes twice. JSON leaves a repeated key's meaning open:
+    Python keeps the last value, a proxy or validator in front of the service may keep the first, and the two would
+    then disagree on what was asked."""
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
 def parsed_body(body: bytes) -> Any:
     """The JSON body, parsed; RequestValidationError saying where it is not JSON or holds what body_faults refuses."""
     try:
-        value = json.loads(body, parse_int=json_integer)
+        value = json.loads(body, parse_int=json_integer, object_pairs_hook=unique_keys)
+    except DuplicateKey as exc:
+        raise RequestValidationError([body_error((), "duplicate_key", f"key {printable(exc.args[0])!r} given more "
+                                                                      f"than once in one object")])
     except json.JSONDecodeError as exc:
         raise RequestValidationError([body_error((exc.pos,), "json_invalid", "JSON decode error", error=exc.msg)])
     except UnicodeDecodeError as exc:

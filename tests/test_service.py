@@ -601,3 +601,19 @@ def test_scoring_given_up_stops_at_the_next_batch(scorer, day):
     given_up.set()
     with abandonable(given_up), pytest.raises(ScoringAbandoned, match="the caller gave up"):
         scorer.score_transcripts(fresh)
+
+
+@pytest.mark.parametrize("body, where", [
+    ('{"interactions": [], "interactions": %s}', "body"),
+    ('{"interactions": [%s], "capacity": 1, "capacity": 2}', "body"),
+])
+def test_a_key_given_twice_in_one_object_is_a_422_not_the_last_one_silently(client, day, body, where):
+    # A proxy or a validator in front of the service may read the first value where Python reads the last: the two
+    # would disagree on what was asked, so a duplicate key is refused, naming it.
+    rows = records(day.interactions.head(3))
+    filled = body % (json.dumps(rows) if "[]" in body else json.dumps(rows[0]))
+    response = client.post("/v1/flag", content=filled, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    key = "interactions" if "[]" in body else "capacity"
+    assert response.json()["detail"] == f"{where}: key '{key}' given more than once in one object"
+
