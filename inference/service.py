@@ -455,13 +455,18 @@ public = APIRouter(prefix="/v1", route_class=CheckedJSONRoute)
 guarded = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], route_class=CheckedJSONRoute)
 
 
+# Each readable path answers HEAD as well as GET (load balancers and uptime checks probe with HEAD, and RFC 9110 asks
+# every GET resource to answer it; the server sends the GET answer's head without its body). Kept out of the schema,
+# where it would document the same operation twice.
 # `async` so that health answers from the event loop even while every worker thread waits to score.
+@public.head("/health", include_in_schema=False)
 @public.get("/health", response_model=Health)
 async def health(service: ServiceDep) -> dict:
     """Whether the service is up, which model versions it serves, and for how long."""
     return {"status": "ok", "models": service.scorer.versions, "uptime_s": time.monotonic() - service.started}
 
 
+@guarded.head("/models", include_in_schema=False)
 @guarded.get("/models", response_model=Models)
 async def models(service: ServiceDep) -> dict:
     """The loaded models: version, when each was made, and its headline test-split metrics."""

@@ -617,3 +617,9 @@ def test_a_key_given_twice_in_one_object_is_a_422_not_the_last_one_silently(clie
     key = "interactions" if "[]" in body else "capacity"
     assert response.json()["detail"] == f"{where}: key '{key}' given more than once in one object"
 
+
+@pytest.mark.parametrize("path", ["/v1/health", "/v1/models"])
+def test_head_on_a_readable_path_is_answered_like_get_without_a_body(client, path):
+    # Load balancers and uptime checks probe with HEAD; RFC 9110 asks that every GET resource answer it.
+    response = client.head(path)
+    assert response.status_code == 200 and response.content == b""
