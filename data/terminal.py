@@ -13,8 +13,13 @@ from rich.text import Text
 
 from carelens.data.errors import CareLensError
 
-#: Control characters other than newline and tab (terminal escape sequences start with one) and lone surrogates.
-_UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+#: The characters that change the direction text is drawn in (Unicode's bidirectional controls). From data they
+#: reorder what follows them ("Trojan Source"): an id `\u202eK12-0003` shows as `3000-21K`, another customer's.
+_DIRECTION_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+DIRECTION_CONTROLS = re.compile(f"[{_DIRECTION_CONTROLS}]")
+#: Control characters other than newline and tab (terminal escape sequences start with one), lone surrogates and the
+#: direction controls.
+_UNSHOWABLE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff{_DIRECTION_CONTROLS}]")
 
 
 def visible(text: str) -> str:
@@ -27,6 +32,12 @@ def visible(text: str) -> str:
 
 def escaped(text: str) -> str:
     return text.encode("unicode_escape").decode("ascii")
+
+
+def in_one_direction(text: str) -> str:
+    """The text with its direction controls as their escapes (\\u202e), so that it shows in the order it is written:
+    for pages (HTML), which show every other character as it is."""
+    return DIRECTION_CONTROLS.sub(lambda found: escaped(found.group()), text)
 
 
 class LiteralConsole(Console):

@@ -1,13 +1,11 @@
 """The nightly summary: the rule, the top flagged customers and why, risk distributions, actions, empathy vs churn risk, drift."""
 from __future__ import annotations
 
-import html
-
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from carelens.data.html import figure_html, html_report, plot_label, table_html
+from carelens.data.html import figure_html, html_report, plot_label, shown, table_html
 from carelens.models.drift import PSI_WARNING
 
 #: Flagged customers listed in the summary (all of them are in flagged.csv).
@@ -87,7 +85,7 @@ def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd
     """The HTML page a supervisor opens in the morning."""
     sections = [("Tonight's run", table_html(facts))]
     if warnings:
-        sections.append(("Warnings", "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>"))
+        sections.append(("Warnings", "<ul>" + "".join(f"<li>{shown(w)}</li>" for w in warnings) + "</ul>"))
     sections += [(f"Top {min(TOP_LISTED, len(flagged))} of {len(flagged)} flagged customers",
                   table_html(flagged_rows(flagged))) if len(flagged) else
                  ("Flagged customers", f"<p>{NOBODY_FLAGGED}</p>"),

@@ -306,3 +306,28 @@ def test_property_html_tables_escape_data(keys, values):
     assert "<" not in stripped and ">" not in stripped
     for text in [*row, *row.values()]:
         assert html.escape(text) in page
+
+
+# -- direction controls: data that would reorder what is shown -------------------------------------------------------
+
+#: An id with a right-to-left override: shown raw, `\u202eK12-0003` reads as `3000-21K` ("Trojan Source").
+REVERSED_ID = "\u202eK12-0003\u2066x\u2069\u200f"
+
+
+def test_terminal_tables_show_direction_controls_as_escapes():
+    shown = printed(rows_table([{"customer_id": REVERSED_ID}], "t"))
+    assert not re.search("[\u202a-\u202e\u2066-\u2069\u200e\u200f]", shown), repr(shown)
+    assert escaped(REVERSED_ID) in shown
+
+
+def test_html_pages_show_direction_controls_as_escapes():
+    from carelens.data.html import html_report
+    from carelens.inference.summary import nightly_summary
+    flagged = pd.DataFrame({"customer_id": [REVERSED_ID], "churn_risk": [0.9], "retaliation_risk": [0.1],
+                            "retaliation_type": [""], "action": ["call"], "reasons": [[REVERSED_ID]],
+                            "risk": [0.9], "contact_id": ["k"]})
+    pages = [table_html([{REVERSED_ID: REVERSED_ID}]), html_report(REVERSED_ID, [(REVERSED_ID, "")]),
+             nightly_summary(flagged, flagged, pd.DataFrame({"x": []}), [], [], [REVERSED_ID])]
+    for page in pages:
+        assert not re.search("[\u202a-\u202e\u2066-\u2069\u200e\u200f]", page)
+        assert html.escape(escaped(REVERSED_ID)) in page
