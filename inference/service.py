@@ -340,6 +340,10 @@ def body_faults(body: Any) -> Iterator[dict]:
             pending.extend(((*place, key), inner) for key, inner in reversed(value.items()))
         elif isinstance(value, list):
             pending.extend(((*place, index), inner) for index, inner in reversed(list(enumerate(value))))
+        elif isinstance(value, Overlong):
+            yield body_error(place, "finite_number", f"Input should be a finite number, got a whole number of "
+                                                     f"{value.digits:,} digits, which no number field takes (send an "
+                                                     f"id as text)")
         elif isinstance(value, float) and not math.isfinite(value):
             yield body_error(place, "finite_number", "Input should be a finite number, got " + (
                 "NaN" if math.isnan(value) else f"{'-' * (value < 0)}Infinity (numbers beyond 1.8e308 read as that)"))
@@ -349,11 +353,19 @@ def body_faults(body: Any) -> Iterator[dict]:
                                                         f"{at}, which is not a Unicode character; expected text")
 
 
-def json_integer(digits: str) -> Union[int, float]:
-    """A JSON whole number as an int, or as a float (infinite) when it has more digits than any finite number: such a
-    number then meets body_faults' finiteness check, where Python would refuse it (over 4,300 digits) with an error
-    of its own, and pydantic and pandas would meet integers that no field can hold."""
-    return int(digits) if len(digits.lstrip("-")) <= LONGEST_FINITE else float(digits)
+@dataclass(frozen=True)
+class Overlong:
+    """A JSON whole number with more digits than any finite number (`digits` of them): body_faults refuses it."""
+
+    digits: int
+
+
+def json_integer(digits: str) -> Union[int, Overlong]:
+    """A JSON whole number as an int, or as Overlong when it has more digits than any finite number: such a number
+    then meets body_faults' check, where Python would refuse it (over 4,300 digits) with an error of its own, and
+    pydantic and pandas would meet integers that no field can hold (or, in an id, text no client meant)."""
+    length = len(digits.lstrip("-"))
+    return int(digits) if length <= LONGEST_FINITE else Overlong(length)
 
 
 class DuplicateKey(ValueError):

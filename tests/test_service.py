@@ -623,3 +623,15 @@ def test_head_on_a_readable_path_is_answered_like_get_without_a_body(client, pat
     # Load balancers and uptime checks probe with HEAD; RFC 9110 asks that every GET resource answer it.
     response = client.head(path)
     assert response.status_code == 200 and response.content == b""
+
+
+@pytest.mark.parametrize("field", ["customer_id", "contact_id"])
+def test_a_huge_whole_number_as_an_id_is_a_422_saying_to_send_it_as_text(client, day, field):
+    # An id is text: "should be a finite number ... 1.8e308" alone would send the client the wrong way.
+    rows = records(day.interactions.head(2))
+    rows[1][field] = "@@"
+    body = json.dumps({"interactions": rows}).replace('"@@"', "9" * 5000)
+    response = client.post("/v1/flag", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == (f"interactions[1].{field}: Input should be a finite number, got a whole "
+                                         f"number of 5,000 digits, which no number field takes (send an id as text)")
