@@ -218,8 +218,10 @@ def key_refusal(expected: Optional[str], given: Optional[str]) -> Optional[str]:
         return None
     if not given:
         return f"missing {API_KEY_HEADER} header: this service requires an API key"
-    # A constant-time comparison, so response timing does not reveal how much of a guess was right.
-    if not secrets.compare_digest(given.encode(), expected.encode()):
+    # A constant-time comparison, so response timing does not reveal how much of a guess was right. Of bytes as they
+    # came (header values are read as Latin-1, which gives them back unchanged) against the key as clients send it,
+    # UTF-8: a key with letters beyond ASCII then matches.
+    if not secrets.compare_digest(given.encode("latin-1"), expected.encode("utf-8")):
         return f"wrong API key in the {API_KEY_HEADER} header"
     return None
 

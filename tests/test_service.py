@@ -635,3 +635,12 @@ def test_a_huge_whole_number_as_an_id_is_a_422_saying_to_send_it_as_text(client,
     assert response.status_code == 422, response.text
     assert response.json()["detail"] == (f"interactions[1].{field}: Input should be a finite number, got a whole "
                                          f"number of 5,000 digits, which no number field takes (send an id as text)")
+
+
+def test_a_key_with_letters_beyond_ascii_matches_when_sent_as_utf8(scorer):
+    # HTTP header values arrive as bytes, read as Latin-1; the key the operator set is text, sent by clients as UTF-8.
+    key = "clé-ключ"
+    with TestClient(create_app(scorer, ServiceSettings(api_key=key, **LIMITS))) as guarded:
+        assert guarded.get("/v1/models", headers=[(b"x-api-key", key.encode())]).status_code == 200
+        assert guarded.get("/v1/models", headers=[(b"x-api-key", key.encode("utf-8")[:-1])]).status_code == 401
+        assert guarded.get("/v1/models", headers=[(b"x-api-key", b"\xff\xfe")]).status_code == 401
