@@ -418,6 +418,13 @@ def takes_json(request: Request) -> bool:
     return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
+def encoded(request: Request) -> Optional[str]:
+    """The content coding the body was sent in (gzip, br, ...) when it is not the body itself: the service reads no
+    compressed body, and would otherwise answer that its bytes are not UTF-8 JSON."""
+    given = request.headers.get("content-encoding", "").strip()
+    return given if given and given.lower() != "identity" else None
+
+
 def body_facts(body: Any, log_text: bool, redact: bool = False) -> dict:
     """What the access log says of a parsed body: the length of each list in COUNTED and, with `log_text`, the
     texts of the turns of the conversations or transcripts (masked, as they are scored, when the service redacts)."""
@@ -452,6 +459,9 @@ class CheckedJSONRoute(APIRoute):
         async def checked(request: Request):
             request = CheckedJSONRequest(request.scope, request.receive)
             if request.method == "POST" and await request.body():
+                if encoded(request):
+                    raise HTTPException(415, f"body: sent with Content-Encoding: {encoded(request)}, which this "
+                                             f"service does not decode; send the JSON uncompressed")
                 if not takes_json(request):
                     given = request.headers.get("content-type")
                     raise HTTPException(415, f"body: expected JSON with Content-Type: application/json, got "

@@ -644,3 +644,14 @@ def test_a_key_with_letters_beyond_ascii_matches_when_sent_as_utf8(scorer):
         assert guarded.get("/v1/models", headers=[(b"x-api-key", key.encode())]).status_code == 200
         assert guarded.get("/v1/models", headers=[(b"x-api-key", key.encode("utf-8")[:-1])]).status_code == 401
         assert guarded.get("/v1/models", headers=[(b"x-api-key", b"\xff\xfe")]).status_code == 401
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br, gzip", "deflate"])
+def test_a_compressed_body_is_415_saying_to_send_it_plain_not_invalid_json(client, day, encoding):
+    import gzip
+    body = gzip.compress(json.dumps({"interactions": records(day.interactions.head(2))}).encode())
+    response = client.post("/v1/flag", content=body, headers={"content-type": "application/json",
+                                                              "content-encoding": encoding})
+    assert response.status_code == 415, response.text
+    assert response.json()["detail"] == (f"body: sent with Content-Encoding: {encoding}, which this service does not "
+                                         f"decode; send the JSON uncompressed")
