@@ -96,7 +96,7 @@ class Options:
 
 #: Fewer validation rows than this (both tasks together) cannot choose between checkpoints: an accuracy on 30 rows
 #: has a standard error near 9 points, wider than what separates them, so choosing added noise (adapted on 300
-#: tweets: 0.780-0.816 held-out accuracy over three label draws with the choice, 0.818-0.822 keeping the last
+#: tweets: 0.781-0.816 held-out accuracy over three label draws with the choice, 0.818-0.822 keeping the last
 #: state). Fine-tuning then runs its whole schedule and keeps its last state.
 MIN_SELECTION_ROWS = 200
 
