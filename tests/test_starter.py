@@ -10,6 +10,7 @@ import pytest
 from carelens.data.public_text import VADER, SourceError, checked_licence, fetched, rated_sentences
 from carelens.models.empathy_rules import RuleLevels, rule_levels
 from carelens.models.transcript import load_transcript_model, training_text_warning
+from carelens.training import sentiment_prototypes
 from carelens.training.weak_labels import keyword_levels
 from tiny_encoder import tiny_encoder
 
@@ -77,6 +78,24 @@ def test_the_starter_metadata_names_its_sources_hashes_and_licences(starter):
     assert own["licence"] == "the project's own" and "no EPITOME text or label" in own["what"]
     assert metadata["options"]["empathy_floor"] == "rules"
     assert vader["sentences"] == 400 and own["generator"]["seed"] == 29
+    assert own["customer_turns"] == len(sentiment_prototypes.PROTOTYPES) and "sentiment_prototypes.py" in own["what"]
+
+
+def test_the_written_customer_turns_train_the_starter_and_are_never_held_out(vader_archive):
+    from carelens.training.starter import SENTIMENT_PROTOTYPE_WEIGHT, starter_data, starter_options
+    data, _ = starter_data(vader_archive.parent, starter_options(), rows=400)
+    written = {text for text, _ in sentiment_prototypes.PROTOTYPES}
+    counts = data.sentiment["train"]["text"].value_counts()
+    assert {counts[text] for text in written} == {SENTIMENT_PROTOTYPE_WEIGHT}
+    assert not written & set(pd.concat([data.sentiment["validation"], data.sentiment["test"]])["text"])
+    row = data.sentiment["train"].set_index("text").loc["Thanks for nothing."].iloc[0]
+    assert (row["label"], row["p_negative"], row["p_positive"]) == ("negative", 1.0, 0.0)
+
+
+def test_every_written_customer_turn_is_distinct_and_names_a_sentiment():
+    table = sentiment_prototypes.prototype_table()
+    assert table["text"].is_unique and set(table["label"]) == {"negative", "neutral", "positive"}
+    np.testing.assert_allclose(table[["p_negative", "p_neutral", "p_positive"]].sum(axis=1), 1.0)
 
 
 def test_the_published_starter_pools_each_empathy_head_with_the_mechanism_rules(starter):

@@ -15,7 +15,7 @@ from carelens.data.synthetic import generate
 from carelens.models.empathy_rules import RULES, rule_levels
 from carelens.models.scoring import as_conversations
 from carelens.models.transcript import without_handles
-from carelens.training.empathy_prototypes import PROTOTYPES, prototype_table
+from carelens.training import empathy_prototypes, sentiment_prototypes
 from carelens.training.transcripts import (
     SOFT_COLUMNS, Data, Options, Trained, empathy_strata, three_way_split, trained_on,
 )
@@ -37,9 +37,13 @@ GENERATED_WEIGHT = 3
 #: Each hand-written prototype counts this many times in the empathy training rows: 70 replies written to the
 #: definitions weigh as much as about 5,000 rule-labelled sentences.
 PROTOTYPE_WEIGHT = 20
+#: Each hand-written customer turn counts this many times in the sentiment training rows: 120 turns weigh as much as
+#: about 1,200 rated sentences, a twentieth of them.
+SENTIMENT_PROTOTYPE_WEIGHT = 10
 OWN_SOURCE = {"package": "carelens", "licence": "the project's own", "what": "empathy prototypes "
               "(training/empathy_prototypes.py) and mechanism rules (models/empathy_rules.py) written from the "
-              "EPITOME definitions (Sharma et al., 2020), no EPITOME text or label; labelled turns of the seeded "
+              "EPITOME definitions (Sharma et al., 2020), no EPITOME text or label; customer turns written for CareLens "
+              "(training/sentiment_prototypes.py); labelled turns of the seeded "
               "synthetic generator (data/synthetic.py)"}
 
 
@@ -96,10 +100,14 @@ def starter_data(sources: Optional[PathLike], options: Options, rows: Optional[i
     empathy = empathy.astype({m: "Int64" for m in MECHANISMS})
     sentiment_splits = three_way_split(sentiment, sentiment["label"], options)
     train = sentiment_splits["train"]
-    data = Data(with_repeated(sentiment_splits, train[train["generated"]], GENERATED_WEIGHT - 1),
-                with_repeated(three_way_split(empathy, empathy_strata(empathy), options), prototype_table(),
-                              PROTOTYPE_WEIGHT), STARTER_TEXT, True)
-    own = {**OWN_SOURCE, "prototypes": len(PROTOTYPES), "rules": {m: len(RULES[m]) for m in MECHANISMS},
+    written = readable(sentiment_prototypes.prototype_table().assign(generated=False), "text")
+    sentiment_splits = with_repeated(sentiment_splits, pd.concat(
+        [train[train["generated"]]] * (GENERATED_WEIGHT - 1) + [written] * SENTIMENT_PROTOTYPE_WEIGHT), 1)
+    data = Data(sentiment_splits, with_repeated(three_way_split(empathy, empathy_strata(empathy), options),
+                                                empathy_prototypes.prototype_table(), PROTOTYPE_WEIGHT),
+                STARTER_TEXT, True)
+    own = {**OWN_SOURCE, "prototypes": len(empathy_prototypes.PROTOTYPES),
+           "customer_turns": len(sentiment_prototypes.PROTOTYPES), "rules": {m: len(RULES[m]) for m in MECHANISMS},
            "generator": {"customers": GENERATED_CUSTOMERS, "seed": GENERATOR_SEED, "weight": GENERATED_WEIGHT,
                          "turns": {"sentiment": len(generated_sentiment), "empathy": len(generated_empathy)}}}
     return data, [{**VADER.record(archive), "sentences": len(rated)}, own]
