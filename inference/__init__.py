@@ -3,9 +3,8 @@ from carelens.data.lazy import lazy_exports
 
 _EXPORTS = {
     "api": ("Scorer", "per_customer"),
-    "batch": ("score_batch", "read_parts", "RunConflict"),
+    "nightly": ("run_nightly", "score_batch", "read_parts", "RunConflict"),
     "predict": ("predict_table",),
-    "nightly": ("run_nightly",),
     "service": ("create_app", "ServiceSettings"),
 }
 __all__ = [name for names in _EXPORTS.values() for name in names]

@@ -6,6 +6,7 @@ selection, reasons for the flagged only), so every entry point gives the same li
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -275,6 +276,12 @@ class Scorer:
             for part in merged:
                 merged[part].update(model.profile_.get(part, {}))
         return merged
+
+    def release_encoder(self) -> None:
+        """Drop the transcript model (weights, runtime, cache) and collect it now: scoring transcripts is over, and a
+        long-lived batch job should not hold it while it reads the day's predictions."""
+        self.transcripts = None
+        gc.collect()
 
     # -- stages -------------------------------------------------------------------------------------------------
 

@@ -5,6 +5,9 @@ Heavy libraries (torch, transformers, ray) are imported inside the commands that
 """
 from __future__ import annotations
 
+from importlib.metadata import version as package_version
+from typing import Annotated
+
 import typer
 
 from carelens.data.cli import generate_command
@@ -17,6 +20,21 @@ from carelens.training.cli import evaluate_app, export_command, label_app, train
 
 app = typer.Typer(name="carelens", help="Which customers are we about to lose or anger, and why.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
+
+
+def print_version(asked: bool) -> None:
+    """`carelens --version`: the installed package's version, then exit (each command's `--version` is a model's)."""
+    if asked:
+        typer.echo(f"carelens {package_version('carelens')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True,
+                                               help="Print the installed CareLens version and exit.")] = False) -> None:
+    """Which customers are we about to lose or anger, and why."""
+
+
 app.command("generate", help="Write seed-calibrated synthetic customers, contacts, labels and transcripts.")(generate_command)
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")

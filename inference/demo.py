@@ -47,16 +47,17 @@ def history_features(history: Path, registry, out: Path, version: str) -> Path:
     """Conversation features of every history transcript, scored through the batch scorer by the model just
     published, loaded back with the default runtime (the one the nightly job scores with, so that the tabular models
     learn features on the scale they will be served), written with the version that scored them."""
-    from carelens.inference.batch import finish, planned_run, read_parts, scored_units
+    from carelens.inference.nightly.run import score_batch
+    from carelens.inference.nightly.storage import read_parts
     from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS, write_features
     from carelens.models.transcript import MODEL_NAME
-    with planned_run([history / "transcripts.jsonl"], out / "history-scores", registry.root, {MODEL_NAME: version},
-                     restart=True) as run:
-        manifest = finish(run, "local", {}, scored_units(run, show_progress_bar=False))
+    scores = out / "history-scores"
+    manifest = score_batch([history / "transcripts.jsonl"], scores, registry.root, version={MODEL_NAME: version},
+                           restart=True, show_progress_bar=False)
     counts = manifest["counts"]
     console.print(f"batch-scored the history: in {counts['in']:,} = out {counts['out']:,} + dead {counts['dead']:,} "
                   f"in {manifest['elapsed_s']:.1f} s")
-    return write_features(read_parts(run.out, columns=[*KEYS, *FEATURE_COLUMNS]),
+    return write_features(read_parts(scores, columns=[*KEYS, *FEATURE_COLUMNS]),
                           history / "transcript_features.parquet", version)
 
 
@@ -102,8 +103,9 @@ def demo(
 
     from carelens.data.synthetic import sample_dir
     from carelens.data.terminal import user_errors, warn
-    from carelens.inference.batch import PREDICTIONS, read_parts
-    from carelens.inference.nightly import FLAGGED_CSV, FLAGGED_PARQUET, SUMMARY, run_nightly
+    from carelens.inference.nightly.layout import FLAGGED_CSV, FLAGGED_PARQUET, PREDICTIONS, SUMMARY
+    from carelens.inference.nightly.run import run_nightly
+    from carelens.inference.nightly.storage import read_parts
     from carelens.inference.score import top_table
     from carelens.models.registry import Registry
     from carelens.models.transcript import MODEL_NAME

@@ -111,7 +111,7 @@ def score_command(
     chunks into features/ and predictions/ parts. Every input record ends up in a part or in dead_letter.jsonl with its
     reason; the manifest records in = out + dead. Exit code 1 when an input produced nothing, 2 on bad input."""
     from carelens.data.terminal import user_errors
-    from carelens.inference.batch import score_batch
+    from carelens.inference.nightly.run import score_batch
     with user_errors():
         manifest = score_batch(transcripts, out, interactions=interactions or (),
                                **run_options(registry, version, engine, chunk_size, restart, progress, ray_address,
@@ -157,7 +157,8 @@ def nightly_command(
     import pandas as pd
 
     from carelens.data.terminal import console, user_errors
-    from carelens.inference.nightly import FLAGGED_PARQUET, SUMMARY, run_nightly
+    from carelens.inference.nightly.layout import FLAGGED_PARQUET, SUMMARY
+    from carelens.inference.nightly.run import run_nightly
     with user_errors():
         manifest = run_nightly(transcripts, interactions, out, capacity=capacity, threshold=threshold, strict=strict,
                                **run_options(registry, version, engine, chunk_size, restart, progress, ray_address,

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from carelens.data.readers import write_transcripts
 from carelens.data.synthetic import generate
 from carelens.inference.api import PREDICTION_COLUMNS
-from carelens.inference.batch import (
-    DEAD_LETTER, MANIFEST, RunConflict, jsonl_plan, jsonl_records, read_parts, score_batch,
-)
+from carelens.inference.nightly.layout import DEAD_LETTER, MANIFEST, RunConflict
+from carelens.inference.nightly.run import score_batch
+from carelens.inference.nightly.storage import read_parts
+from carelens.inference.nightly.units import jsonl_plan, jsonl_records
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 
 BAD_LINES = [
@@ -238,15 +239,15 @@ def test_the_command_prints_the_counts_and_fails_on_a_file_that_gave_nothing(reg
 
 def test_a_conversation_that_fails_to_score_is_dead_lettered_and_its_unit_still_scores(registry_with_models, day,
                                                                                        tmp_path, monkeypatch):
-    import carelens.inference.batch as batch
-    real = batch.transcript_features
+    import carelens.inference.nightly.features as features
+    real = features.transcript_features
 
     def failing_on_poison(model, conversations, *args, **kwargs):
         if any(c.conversation_id == "poison" for c in conversations):
             raise RuntimeError("the encoder choked")
         return real(model, conversations, *args, **kwargs)
 
-    monkeypatch.setattr(batch, "transcript_features", failing_on_poison)
+    monkeypatch.setattr(features, "transcript_features", failing_on_poison)
     poisoned = [*day.conversations[:3], {**day.conversations[3], "conversation_id": "poison"}, *day.conversations[4:8]]
     source = write_transcripts(poisoned, tmp_path / "poisoned.jsonl")
     manifest = score([source], tmp_path / "out", registry_with_models.root, chunk_size=100)

@@ -35,7 +35,7 @@ def test_names_are_the_objects_their_modules_define():
     assert ContractError is importlib.import_module("carelens.data.contracts").ContractError
     assert generate is importlib.import_module("carelens.data.synthetic").generate
     assert Scorer is importlib.import_module("carelens.inference.api").Scorer
-    assert score_batch is importlib.import_module("carelens.inference.batch").score_batch
+    assert score_batch is importlib.import_module("carelens.inference.nightly.run").score_batch
     assert Registry is importlib.import_module("carelens.models.registry").Registry
     assert TASKS is importlib.import_module("carelens.training.tabular").TASKS
 
@@ -51,3 +51,14 @@ def test_importing_the_packages_and_the_cli_loads_no_heavy_library():
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_carelens_version_prints_the_installed_package_and_exits():
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from carelens.inference.cli import app
+    result = CliRunner().invoke(app, ["--version"])
+    assert (result.exit_code, result.output) == (0, f"carelens {version('carelens')}\n")
+    assert "--version" in CliRunner().invoke(app, ["--help"]).output

@@ -12,10 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
-from carelens.inference.batch import DEAD_LETTER, FEATURES, MANIFEST, PREDICTIONS, RunConflict
-from carelens.inference.nightly import FLAGGED_PARQUET
 from test_nightly import assert_same_flags, nightly
+
+from carelens.inference.nightly.layout import DEAD_LETTER, FEATURES, FLAGGED_PARQUET, MANIFEST, PREDICTIONS, RunConflict
 
 REPO = Path(__file__).resolve().parents[1]
 KILL_POINTS = int(os.environ.get("CARELENS_KILL_POINTS", 1))
@@ -28,7 +27,8 @@ NIGHTLY_STAGES = ("plan", "load", "features", "predictions", "flags", "summary",
 HOOKED_RUN = r"""
 import contextlib, json, os, resource, signal, sys
 from pathlib import Path
-import carelens.inference.batch as batch, carelens.inference.nightly as nightly
+import carelens.inference.nightly.flags as flags, carelens.inference.nightly.run as nightly
+import carelens.inference.nightly.storage as storage
 from carelens.inference.cli import app
 job = json.loads(sys.argv[1])
 count, stage = [0], ["plan"]
@@ -44,7 +44,7 @@ def event(kind, target=None, temporary=None):
         if kind == "torn":
             os.truncate(temporary, os.path.getsize(temporary) // 2)
         os.kill(os.getpid(), signal.SIGKILL)
-original_commit, original_timed, original_manifest = batch.atomic_path, nightly.timed, nightly.nightly_manifest
+original_commit, original_timed, original_manifest = storage.atomic_path, nightly.timed, nightly.nightly_manifest
 @contextlib.contextmanager
 def atomic_path(target):
     event("enter", target)
@@ -63,7 +63,7 @@ def manifest(*args, **kwargs):
     stage[0] = "manifest"
     event("start")
     return original_manifest(*args, **kwargs)
-batch.atomic_path = nightly.atomic_path = atomic_path
+storage.atomic_path = flags.atomic_path = atomic_path
 nightly.timed, nightly.nightly_manifest = timed, manifest
 if job.get("file_limit"):
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit, a write fails with EFBIG as on a full disk
@@ -203,7 +203,7 @@ def test_truncated_parquet_inputs_are_named_as_failures_and_the_rest_is_scored(r
     long_form.write_bytes(long_form.read_bytes()[: long_form.stat().st_size // 2])
     truncated = day / "more_interactions.parquet"
     truncated.write_bytes((day / "interactions.parquet").read_bytes()[:3000])
-    from carelens.inference.nightly import run_nightly
+    from carelens.inference.nightly.run import run_nightly
     manifest = run_nightly([day / "transcripts.jsonl", long_form], [day / "interactions.parquet", truncated],
                            tmp_path / "run", registry_with_models.root, chunk_size=CHUNK, show_progress_bar=False)
     failed = {f["source"]: f["reason"] for f in manifest["failures"]}

@@ -12,7 +12,8 @@ from carelens.data.contracts import INTERACTIONS, ContractError, validated
 from carelens.data.errors import CareLensError, UsageError
 from carelens.data.readers import read_interactions, read_transcripts
 from carelens.data.synthetic import generate
-from carelens.inference.batch import predicted_chunk, table_chunks
+from carelens.inference.nightly.predictions import predicted_chunk
+from carelens.inference.nightly.units import table_chunks
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
-"""Dependencies point one way: data ← models ← training/inference, and inference reaches training only where it gathers."""
+"""Dependencies point one way: data ← models ← training/inference, inference reaches training only where it gathers, and no
+module of a layer imports back, through the layer's other modules, a module that imports it."""
 import ast
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 LAYERS = ("data", "models", "training", "inference")
@@ -39,6 +39,54 @@ def imported_layers(source: str, package: list[str]) -> list[tuple[int, str]]:
     return found
 
 
+def module_name(relative: str) -> str:
+    """carelens.layer.module for a file path (a package's `__init__.py` is the package)."""
+    parts = list(Path(relative).with_suffix("").parts)
+    return ".".join(["carelens", *(parts[:-1] if parts[-1] == "__init__" else parts)])
+
+
+def imported_modules(relative: str, source: str, known: set[str]) -> set[str]:
+    """The known carelens modules the source imports, at module level or inside functions alike; `from p import m`
+    names the module p.m where that is one, else p."""
+    package = module_name(relative).split(".")
+    package = package if relative.endswith("__init__.py") else package[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            module = ".".join(absolute_module(node, package))
+            found |= {f"{module}.{alias.name}" if f"{module}.{alias.name}" in known else module for alias in node.names}
+    return found & known
+
+
+def cycles_inside_layers(sources: dict[str, str]) -> list[str]:
+    """'a -> b -> a' for each import cycle among the modules of one layer (`sources`: relative path → text)."""
+    known = {module_name(relative): relative for relative in sources}
+    graph = {}
+    for module, relative in known.items():
+        layer = module.split(".")[1]
+        graph[module] = sorted(m for m in imported_modules(relative, sources[relative], set(known))
+                               if m != module and m.split(".")[1] == layer)
+    cycles, state, stack = [], {}, []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        stack.append(module)
+        for target in graph[module]:
+            if state.get(target) == "open":
+                cycles.append(" -> ".join([*stack[stack.index(target):], target]))
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    return cycles
+
+
 def forbidden_edges(relative: str, source: str) -> list[str]:
     """'file:line: layer → layer' for each import of `source` (at `relative`, e.g. data/readers.py) the layout forbids."""
     layer, *folders = Path(relative).parent.parts
@@ -60,6 +108,35 @@ def test_every_layer_has_modules_to_check():
 def test_no_module_imports_a_layer_the_layout_forbids():
     violations = [v for f in layer_files() for v in forbidden_edges(f, (REPO / f).read_text(encoding="utf-8"))]
     assert not violations, "forbidden imports:\n" + "\n".join(violations)
+
+
+def test_no_import_cycle_inside_a_layer():
+    cycles = cycles_inside_layers({f: (REPO / f).read_text(encoding="utf-8") for f in layer_files()})
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+@pytest.mark.parametrize("sources, cycles", [
+    ({"inference/batch.py": "from carelens.inference.engines import local\n",
+      "inference/engines/__init__.py": "", "inference/engines/local.py": "def run():\n    from ..batch import plan\n"},
+     ["carelens.inference.batch -> carelens.inference.engines.local -> carelens.inference.batch"]),
+    ({"inference/api.py": "from . import reasons\n", "inference/reasons.py": "import carelens.inference.api\n"},
+     ["carelens.inference.api -> carelens.inference.reasons -> carelens.inference.api"]),
+    ({"models/a.py": "from carelens.models import b\n", "models/b.py": "from carelens.models.c import x\n",
+      "models/c.py": "def f():\n    from .a import y\n"},
+     ["carelens.models.a -> carelens.models.b -> carelens.models.c -> carelens.models.a"]),
+])
+def test_the_checker_names_a_planted_cycle_inside_a_layer(sources, cycles):
+    assert cycles_inside_layers(sources) == cycles
+
+
+@pytest.mark.parametrize("sources", [
+    {"inference/api.py": "from . import reasons\n", "inference/reasons.py": "from carelens.models import tabular\n",
+     "models/tabular.py": "from carelens.data import contracts\n", "data/contracts.py": ""},
+    {"models/a.py": "from carelens.models.b import x\n", "models/b.py": "from carelens.data.a import y\n",
+     "data/a.py": ""},
+])
+def test_the_checker_finds_no_cycle_where_imports_point_one_way(sources):
+    assert cycles_inside_layers(sources) == []
 
 
 @pytest.mark.parametrize("relative, source, edge", [

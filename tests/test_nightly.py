@@ -1,8 +1,6 @@
 """The nightly job: the same list as the API and the service, every stage once, resumable after SIGKILL anywhere,
 capacity, drift against the training profile, and failures a scheduler sees."""
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +13,10 @@ from typer.testing import CliRunner
 
 from carelens.data.synthetic import GeneratorParams, generate, sample_dir, write_synthetic
 from carelens.inference.api import FLAG_COLUMNS, Scorer
-from carelens.inference.batch import FEATURES, MANIFEST, PREDICTIONS, read_parts
 from carelens.inference.cli import app
-from carelens.inference.nightly import FLAGGED_CSV, FLAGGED_PARQUET, SUMMARY, run_nightly
+from carelens.inference.nightly.layout import FLAGGED_CSV, FLAGGED_PARQUET, MANIFEST, PREDICTIONS, SUMMARY
+from carelens.inference.nightly.run import run_nightly
+from carelens.inference.nightly.storage import read_parts
 from carelens.inference.service import ServiceSettings, create_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,13 +91,13 @@ def test_capacity_flags_the_k_riskiest_and_the_summary_says_so(registry_with_mod
 
 def test_each_stage_runs_once_one_encoder_load_one_validation_one_prediction_per_contact(
         registry_with_models, tmp_path, monkeypatch):
-    import carelens.inference.batch as batch
+    import carelens.inference.nightly.predictions as predictions
     import carelens.models.transcript as transcript
     from carelens.models.tabular import RiskModel
     loads, validations, rows = [], [], {"churn": 0}
-    pretrained, check_table, predict_proba = transcript._pretrained, batch.check_table, RiskModel.predict_proba
+    pretrained, check_table, predict_proba = transcript._pretrained, predictions.check_table, RiskModel.predict_proba
     monkeypatch.setattr(transcript, "_pretrained", lambda *a, **k: loads.append(a) or pretrained(*a, **k))
-    monkeypatch.setattr(batch, "check_table", lambda raw, *a, **k: validations.append(a[1]) or check_table(raw, *a, **k))
+    monkeypatch.setattr(predictions, "check_table", lambda raw, *a, **k: validations.append(a[1]) or check_table(raw, *a, **k))
 
     def counted(self, X):
         if self.negative_class_ is False or self.negative_class_ == np.False_:
@@ -154,9 +153,10 @@ def test_a_newer_transcript_model_is_not_silently_paired_with_models_trained_on_
                                                                                          tmp_path):
     import shutil
 
+    from tiny_encoder import tiny_encoder
+
     from carelens.models.registry import RegistryError
     from carelens.models.transcript import TranscriptModel, publish
-    from tiny_encoder import tiny_encoder
     root = tmp_path / "registry"
     shutil.copytree(registry_with_models.root, root)
     publish(TranscriptModel.from_encoder(tiny_encoder(tmp_path / "other", seed=5), max_length=32), root, {})
@@ -190,7 +190,8 @@ def test_flagging_without_conversations_says_so_and_strict_refuses(scorer, day):
 
 
 def test_abcd_chats_are_scored_not_dead_lettered_whole(registry_with_models, tmp_path):
-    from carelens.inference.batch import DEAD_LETTER, score_batch
+    from carelens.inference.nightly.layout import DEAD_LETTER
+    from carelens.inference.nightly.run import score_batch
     chats = [{"convo_id": 7, "original": [["customer", "my order is late"], ["action", "pull-up order"],
                                           ["agent", "sorry to hear that, let me help"]]},
              {"convo_id": 8, "original": "not a list"},
@@ -261,7 +262,7 @@ def test_a_night_whose_only_interactions_give_nothing_fails_with_the_reason_and_
 
 
 def test_a_contact_in_two_interactions_files_or_two_chunks_is_predicted_once(registry_with_models, tmp_path):
-    from carelens.inference.batch import DEAD_LETTER
+    from carelens.inference.nightly.layout import DEAD_LETTER
     interactions = pd.read_parquet(registry_with_models.day_dir / "interactions.parquet")
     first, second = tmp_path / "a.parquet", tmp_path / "b.csv"
     # Row 20 of a.parquet repeats row 1's contact (another chunk of the same file); b.csv repeats three contacts of
@@ -282,7 +283,7 @@ def test_a_contact_in_two_interactions_files_or_two_chunks_is_predicted_once(reg
 
 
 def test_a_restart_removes_the_previous_runs_outputs_before_it_plans(registry_with_models, tmp_path, monkeypatch):
-    import carelens.inference.nightly as nightly_module
+    import carelens.inference.nightly.run as nightly_module
     out = tmp_path / "run"
     nightly(registry_with_models.day_dir, out, registry_with_models.root)
     (out / "my notes.txt").write_text("the user's own")
@@ -300,8 +301,8 @@ def test_outputs_are_dated_by_their_manifest_and_a_rerun_with_another_rule_drops
         registry_with_models, tmp_path, monkeypatch):
     import hashlib
 
-    import carelens.inference.nightly as nightly_module
-    from carelens.inference.batch import DEAD_LETTER
+    import carelens.inference.nightly.run as nightly_module
+    from carelens.inference.nightly.layout import DEAD_LETTER
     out = tmp_path / "run"
     manifest = nightly(registry_with_models.day_dir, out, registry_with_models.root, capacity=5)
     assert {name: hashlib.sha256((out / name).read_bytes()).hexdigest()
@@ -322,7 +323,7 @@ def test_outputs_are_dated_by_their_manifest_and_a_rerun_with_another_rule_drops
 def test_the_same_out_with_another_model_under_the_same_version_name_is_refused(registry_with_models, tmp_path):
     import shutil
 
-    from carelens.inference.batch import RunConflict
+    from carelens.inference.nightly.layout import RunConflict
     from carelens.models.registry import METADATA, write_checksums
     out, other = tmp_path / "run", tmp_path / "registry"
     nightly(registry_with_models.day_dir, out, registry_with_models.root)
@@ -341,7 +342,7 @@ def test_the_same_out_with_another_model_under_the_same_version_name_is_refused(
 #: Another run holding an output folder, in a process of its own, until its stdin closes.
 HOLDS_THE_FOLDER = """import sys
 from pathlib import Path
-from carelens.inference.batch import run_folder_lock
+from carelens.inference.nightly.storage import run_folder_lock
 with run_folder_lock(Path(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.read()

@@ -26,10 +26,11 @@ from carelens.data.terminal import LiteralConsole, console, error_console, escap
 from carelens.inference.api import FLAG_COLUMNS
 from carelens.inference.cli import app
 from carelens.inference.featurize import written_features
-from carelens.inference.nightly import FLAGGED_CSV, write_flagged_csv
+from carelens.inference.nightly.flags import write_flagged_csv
+from carelens.inference.nightly.layout import FLAGGED_CSV
+from carelens.inference.nightly.summary import drift_figure
 from carelens.inference.predict import written
 from carelens.inference.score import top_table
-from carelens.inference.summary import drift_figure
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 from carelens.models.registry import Registry
 from carelens.training.report import histogram_figure, importance_figure
@@ -322,7 +323,7 @@ def test_terminal_tables_show_direction_controls_as_escapes():
 
 def test_html_pages_show_direction_controls_as_escapes():
     from carelens.data.html import html_report
-    from carelens.inference.summary import nightly_summary
+    from carelens.inference.nightly.summary import nightly_summary
     flagged = pd.DataFrame({"customer_id": [REVERSED_ID], "churn_risk": [0.9], "retaliation_risk": [0.1],
                             "retaliation_type": [""], "action": ["call"], "reasons": [[REVERSED_ID]],
                             "risk": [0.9], "contact_id": ["k"]})

@@ -10,18 +10,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from carelens.data.adapters import read_abcd, read_airline_tweets, read_epitome
-from carelens.data.contracts import INTERACTIONS, LABELS, RETALIATION_TYPES, SPEAKERS, ContractError, TableContract
+from carelens.data.contracts import INTERACTIONS, LABELS, RETALIATION_TYPES, SPEAKERS, TableContract
 from carelens.data.errors import CareLensError
 from carelens.data.readers import read_interactions, read_labels, read_transcripts
 from carelens.data.synthetic import generate
-from carelens.inference.batch import (
-    DEAD_LETTER, planned_file, predicted_chunk, score_batch, score_unit, table_chunks,
-)
+from carelens.inference.nightly.features import score_unit
+from carelens.inference.nightly.layout import DEAD_LETTER
+from carelens.inference.nightly.predictions import predicted_chunk
+from carelens.inference.nightly.run import score_batch
+from carelens.inference.nightly.units import planned_file, table_chunks
 
 EXAMPLES = int(os.environ.get("CARELENS_FUZZ_EXAMPLES", 20))
 fuzz = settings(max_examples=EXAMPLES, deadline=None, print_blob=True,

@@ -11,9 +11,7 @@ from typer.testing import CliRunner
 from carelens.data.errors import UsageError
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.runtimes import onnx_file
-from carelens.models.scoring import (
-    ScoringOptions, TranscriptPipeline, load_scoring_pipeline, token_budget_batches,
-)
+from carelens.models.scoring import ScoringOptions, TranscriptPipeline, load_scoring_pipeline, token_budget_batches
 from carelens.models.transcript import MODEL_NAME, TranscriptModel, publish
 from tiny_encoder import tiny_encoder
 
@@ -81,7 +79,7 @@ def test_a_precision_only_torch_runs_chooses_torch_without_being_told():
 
 
 def test_a_batch_run_records_its_runtime_and_says_when_it_fell_back(model, tmp_path):
-    from carelens.inference.batch import score_batch
+    from carelens.inference.nightly.run import score_batch
     Registry(tmp_path / "registry").publish(MODEL_NAME, model.save_pretrained, {})
     (tmp_path / "t.jsonl").write_text('{"conversation_id": "a", "customer_id": "c", "turns": '
                                       '[{"speaker": "customer", "text": "my bag was lost"}]}\n')

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import record
 
 from carelens.data.synthetic import generate, write_synthetic
-from carelens.inference.batch import read_parts
+from carelens.inference.nightly.storage import read_parts
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.scoring import SCORING_CACHE_ENTRIES
 from carelens.models.transcript import TranscriptModel
-from harness import record
 
 #: About 97% of contacts are answered and have a conversation: just over 10,000 and 100,000 conversations.
 DAYS = {"10k": 10_350, "100k": 103_500}

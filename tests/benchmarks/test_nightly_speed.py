@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import requires_shared
 
 from carelens.data.readers import write_transcripts
 from carelens.data.synthetic import generate, write_synthetic
 from carelens.models.transcript import TranscriptModel
-from conftest import requires_shared
 
 CUSTOMERS = 20_700  # about 97% of contacts are answered and have a conversation: just over 20,000
 SEED = 43  # not a training seed
@@ -26,7 +26,7 @@ RESULTS = Path(__file__).parent / "results" / "nightly.jsonl"
 FLAG_AFTER_SCORE = """
 import sys, pandas as pd
 from carelens.inference.api import Scorer
-from carelens.inference.batch import read_parts
+from carelens.inference.nightly.storage import read_parts
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 scorer = Scorer.load(sys.argv[1])
 flagged = scorer.flag_at_risk(sys.argv[2], transcript_features=read_parts(sys.argv[3], columns=[*KEYS, *FEATURE_COLUMNS]))

@@ -1,18 +1,17 @@
 """The Ray engine against the local one on the same real-text day: `carelens score` with --engine local (one process,
 intra-op threads on every core), and --engine ray with 1 and 2 actors (one CPU and one thread each), alternated in
 one run; conversations/s, wall time and the same features from every engine."""
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-from carelens.inference.batch import read_parts
-from carelens.models.conversation_features import FEATURE_COLUMNS
-from carelens.models.transcript import TranscriptModel
 from conftest import requires_shared
 from harness import record
 from test_batch_scale import measured
 from test_nightly_speed import real_text_day
+
+from carelens.inference.nightly.storage import read_parts
+from carelens.models.conversation_features import FEATURE_COLUMNS
+from carelens.models.transcript import TranscriptModel
 
 CUSTOMERS = 2_000
 ENGINES = {"local": ["--engine", "local"], "ray, 1 actor": ["--engine", "ray", "--workers", "1"],

@@ -1,22 +1,33 @@
-"""The nightly summary: the rule, the top flagged customers and why, risk distributions, actions, empathy vs churn risk, drift."""
+"""The summary stage: summary.html, tonight's facts, flagged customers, risk and drift for a supervisor."""
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from carelens.data.html import figure_html, html_report, plot_label, shown, table_html
+from carelens.inference.api import Scorer
+from carelens.inference.nightly.flags import Tonight, committed_predictions
+from carelens.inference.nightly.layout import FLAGGED_PARQUET, SUMMARY
+from carelens.inference.nightly.plan import Run
+from carelens.inference.nightly.storage import commit_stage, finished_stage, write_text
 from carelens.models.drift import PSI_WARNING
 
 #: Flagged customers listed in the summary (all of them are in flagged.csv).
 TOP_LISTED = 25
+
+
 #: Shifted features whose two distributions are drawn (every feature's PSI is in the table).
 DRAWN_SHIFTS = 6
+
+
 #: A quiet night is a normal night: the summary says so instead of showing an empty table.
 NOBODY_FLAGGED = "Nobody was flagged tonight: no customer met the rule above, so flagged.csv holds no rows."
 
 
-def risk_figure(predicted: pd.DataFrame) -> Figure:
+def _risk_figure(predicted: pd.DataFrame) -> Figure:
     """Histograms of churn and retaliation risk over every customer scored."""
     fig = Figure(figsize=(10, 3.5))
     for axes, column in zip(fig.subplots(1, 2), ("churn_risk", "retaliation_risk")):
@@ -25,7 +36,7 @@ def risk_figure(predicted: pd.DataFrame) -> Figure:
     return fig
 
 
-def empathy_figure(table: pd.DataFrame) -> Figure:
+def _empathy_figure(table: pd.DataFrame) -> Figure:
     """Agent empathy of each answered contact against its churn risk."""
     fig = Figure(figsize=(6, 4))
     axes = fig.subplots()
@@ -34,7 +45,7 @@ def empathy_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def types_figure(flagged: pd.DataFrame) -> Figure:
+def _types_figure(flagged: pd.DataFrame) -> Figure:
     """How many flagged customers get each action (from the likeliest retaliation type)."""
     counts = flagged["action"].value_counts()
     fig = Figure(figsize=(6, 3))
@@ -44,7 +55,7 @@ def types_figure(flagged: pd.DataFrame) -> Figure:
     return fig
 
 
-def flagged_rows(flagged: pd.DataFrame, limit: int = TOP_LISTED) -> list[dict]:
+def _flagged_rows(flagged: pd.DataFrame, limit: int = TOP_LISTED) -> list[dict]:
     """The riskiest flagged customers as table rows, reasons joined into one cell."""
     return [{"customer": r.customer_id, "churn risk": round(r.churn_risk, 3),
              "retaliation risk": round(r.retaliation_risk, 3), "retaliation type": r.retaliation_type,
@@ -65,7 +76,7 @@ def drift_figure(row: dict) -> Figure:
     return fig
 
 
-def drift_section(drift: list[dict]) -> str:
+def _drift_section(drift: list[dict]) -> str:
     """Every feature's and score's PSI against the training profile, and the distributions of those that shifted."""
     if not drift:
         return "<p>The models carry no training profile to compare with; retrain them to get this section.</p>"
@@ -87,14 +98,41 @@ def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd
     if warnings:
         sections.append(("Warnings", "<ul>" + "".join(f"<li>{shown(w)}</li>" for w in warnings) + "</ul>"))
     sections += [(f"Top {min(TOP_LISTED, len(flagged))} of {len(flagged)} flagged customers",
-                  table_html(flagged_rows(flagged))) if len(flagged) else
+                  table_html(_flagged_rows(flagged))) if len(flagged) else
                  ("Flagged customers", f"<p>{NOBODY_FLAGGED}</p>"),
-                 ("Risk distribution", figure_html(risk_figure(customers)))]
+                 ("Risk distribution", figure_html(_risk_figure(customers)))]
     if len(flagged):
-        sections.append(("Actions", figure_html(types_figure(flagged))))
+        sections.append(("Actions", figure_html(_types_figure(flagged))))
     if "agent_empathy_mean" in contacts.columns and contacts["agent_empathy_mean"].notna().any():
-        sections.append(("Agent empathy vs churn risk", figure_html(empathy_figure(contacts))))
+        sections.append(("Agent empathy vs churn risk", figure_html(_empathy_figure(contacts))))
     sections.append(("Is tonight's data like the training data?",
-                     drift_section(drift) if len(contacts) else "<p>No contact was predicted tonight: there is "
+                     _drift_section(drift) if len(contacts) else "<p>No contact was predicted tonight: there is "
                                                                 "nothing to compare with the training data.</p>"))
     return html_report("CareLens: customers at risk", sections)
+
+
+def _write_summary(run: Run, scorer: Scorer, flags: dict, tonight: Tonight) -> dict:
+    """summary.html: tonight's facts (the run's start among them) and rule, the top flagged customers and why, risk
+    distributions, actions, empathy vs risk, and whether tonight's data looks like the training data."""
+    predictions, customers, flagged = tonight
+    facts = [{"item": "run started", "value": run.started},
+             {"item": "models", "value": ", ".join(f"{n} {v}" for n, v in scorer.versions.items())},
+             {"item": "contacts scored", "value": f"{len(predictions):,} ({flags['counts']['customers']:,} customers)"},
+             {"item": "rule", "value": flags["rule"]},
+             {"item": "flagged", "value": f"{len(flagged):,} customers"},
+             *({"item": f"{name} model alone would flag", "value": f"{count:,} customers"}
+               for name, count in flags["alone"].items())]
+    page = nightly_summary(customers, flagged, predictions, facts, flags["drift"],
+                           [*scorer.warnings, *flags["warnings"]])
+    write_text(page, run.out / SUMMARY)
+    return {"path": str(run.out / SUMMARY)}
+
+
+def summary_stage(run: Run, scorer: Scorer, flags: dict, tonight: Optional[Tonight]) -> None:
+    """Write summary.html and its marker, unless the marker says it is done under the same rule. An uninterrupted
+    run hands tonight's tables on in memory; a resumed one reads back what the earlier stages committed."""
+    if finished_stage(run.out, "summary", run.spec.flag_key) is not None:
+        return
+    if tonight is None:
+        tonight = Tonight(*committed_predictions(run.out, scorer), pd.read_parquet(run.out / FLAGGED_PARQUET))
+    commit_stage(run.out, "summary", run.spec.flag_key, _write_summary(run, scorer, flags, tonight))

@@ -1,10 +1,4 @@
-"""The Ray engine of the batch scorer: the same `score_unit`, run by Ray Data actors that each load the model once.
-
-Units go in as a dataset (one block each) → `map_batches(UnitScorer)` (an actor per worker) → `write_parquet`
-into a staging folder partitioned by unit → each unit committed exactly as the local engine commits it. Ray reads
-line ranges rather than `read_json` so that a corrupt line is dead-lettered with its number instead of failing its
-whole block. On a cluster, the inputs, the registry and the output folder must be at the same path on every node.
-"""
+"""The Ray engine: units scored by Ray Data actors that each load the transcript model once, committed as the local engine commits them."""
 from __future__ import annotations
 
 import json
@@ -19,17 +13,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from carelens.data.errors import UsageError
-from carelens.inference.batch import FEATURES, FEATURES_SCHEMA, Unit, commit_unit, score_unit
-from carelens.models.scoring import ScoringOptions
+from carelens.inference.nightly.features import score_unit
+from carelens.inference.nightly.layout import FEATURES, FEATURES_SCHEMA
+from carelens.inference.nightly.storage import commit_unit
+from carelens.inference.nightly.units import Unit
+from carelens.models.scoring import ScoringOptions, load_scoring_pipeline
 
 STAGING = ".ray-staging"
+
+
 UNIT_COLUMN = "unit"
+
+
 DEAD_COLUMN = "dead_letter"
+
+
 #: Typed explicitly: Ray would otherwise pickle text columns that hold nulls.
 STAGED_SCHEMA = FEATURES_SCHEMA.append(pa.field(DEAD_COLUMN, pa.string())).append(pa.field(UNIT_COLUMN, pa.string()))
 
 
-def staged_rows(key: str, features: pd.DataFrame, dead: Sequence[dict]) -> pa.Table:
+def _staged_rows(key: str, features: pd.DataFrame, dead: Sequence[dict]) -> pa.Table:
     """One unit's scores as rows of one table: feature rows, then one row per dead letter (its JSON in DEAD_COLUMN)."""
     dead_rows = pd.DataFrame({DEAD_COLUMN: [json.dumps(entry, ensure_ascii=False) for entry in dead]},
                              columns=[*FEATURES_SCHEMA.names, DEAD_COLUMN])
@@ -37,20 +40,20 @@ def staged_rows(key: str, features: pd.DataFrame, dead: Sequence[dict]) -> pa.Ta
     return pa.Table.from_pandas(rows.assign(**{UNIT_COLUMN: key}), schema=STAGED_SCHEMA, preserve_index=False)
 
 
-class UnitScorer:
+class _UnitScorer:
     """A Ray Data actor: loads the published transcript model once, then scores each batch of units it is given."""
 
     def __init__(self, registry: str, version: str, scoring: dict, redact: bool):
-        from carelens.models.scoring import ScoringOptions, load_scoring_pipeline
+        from carelens.models.scoring import ScoringOptions
         self.pipeline, _ = load_scoring_pipeline(registry, version, ScoringOptions(**scoring))
         self.redact = redact
 
     def __call__(self, units: pd.DataFrame) -> pa.Table:
-        return pa.concat_tables([staged_rows(unit["key"], *score_unit(self.pipeline, Unit(**unit), self.redact))
+        return pa.concat_tables([_staged_rows(unit["key"], *score_unit(self.pipeline, Unit(**unit), self.redact))
                                  for unit in units.to_dict("records")])
 
 
-def committed_staging(staging: Path, out: Path) -> int:
+def _committed_staging(staging: Path, out: Path) -> int:
     """Each staged unit committed as a features part with its dead letters; how many units."""
     units = sorted(staging.glob(f"{UNIT_COLUMN}=*"))
     for folder in units:
@@ -88,12 +91,12 @@ def run_ray(units: Sequence[Unit], registry: Path, version: str, out: Path, scor
         staging = out / STAGING
         shutil.rmtree(staging, ignore_errors=True)
         dataset = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
-        scored = dataset.map_batches(UnitScorer, batch_size=1, batch_format="pandas", compute=pool, num_cpus=per_actor,
+        scored = dataset.map_batches(_UnitScorer, batch_size=1, batch_format="pandas", compute=pool, num_cpus=per_actor,
                                      fn_constructor_kwargs={"registry": str(registry.resolve()), "version": version,
                                                             "scoring": {**asdict(scoring), "threads": per_actor},
                                                             "redact": redact})
         scored.write_parquet(str(staging.resolve()), partition_cols=[UNIT_COLUMN])
-        committed = committed_staging(staging, out)
+        committed = _committed_staging(staging, out)
         if committed != len(units):
             raise RuntimeError(f"Ray returned {committed} of {len(units)} units; re-run to resume the rest")
         shutil.rmtree(staging)

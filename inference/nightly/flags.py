@@ -1,0 +1,111 @@
+"""The flags stage: tonight's customers selected by the rule, drift against the training profiles, the flagged list written."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple, Optional, Sequence
+
+import pandas as pd
+
+from carelens.data.spreadsheet import write_csv
+from carelens.inference.api import PREDICTION_COLUMNS, MissingConversations, Scorer, ranked_customers, selection_rule
+from carelens.inference.nightly.layout import FLAGGED_CSV, FLAGGED_PARQUET, PREDICTION_DTYPES, PREDICTIONS
+from carelens.inference.nightly.plan import Run
+from carelens.inference.nightly.storage import (
+    atomic_path, commit_stage, discarded_list, done_keys, finished_stage, read_parts, write_parquet,
+)
+from carelens.models.drift import PSI_WARNING, drift_row, feature_drift
+
+TABULAR = ("churn", "retaliation")
+
+
+#: Tonight's flagged share of contacts may range from half to twice the training share before it is a warning.
+FLAG_SHARE_BAND = (0.5, 2.0)
+
+
+def _score_drift(scorer: Scorer, predictions: pd.DataFrame) -> list[dict]:
+    """Per model: PSI of tonight's risks against the held-out risks at training, and the flagged share of contacts
+    tonight against the training share (outside half to twice it is a shift)."""
+    rows = []
+    for name in TABULAR:
+        profile = scorer.metadata[name].get("risk_profile")
+        if not profile:
+            continue
+        share, trained = float(predictions[f"{name}_flagged"].mean()), profile["flagged_share"]
+        low, high = FLAG_SHARE_BAND
+        rows.append({**drift_row(f"{name}_risk", profile["distribution"], predictions[f"{name}_risk"]),
+                     "flagged_share": share, "training_flagged_share": trained,
+                     "share_shifted": not (low * trained <= share <= high * trained)})
+    return rows
+
+
+def _drift_warnings(drift: Sequence[dict]) -> list[str]:
+    """Each shift in words, naming the feature (or score) and how far it moved."""
+    warnings = [f"{row['feature']}: PSI {row['psi']:.2f} against the training profile (above {PSI_WARNING}): "
+                f"tonight's distribution differs from the training data; consider retraining"
+                for row in drift if row["shifted"]]
+    warnings += [f"{row['feature'].removesuffix('_risk')} model flagged {row['flagged_share']:.1%} of tonight's contacts, "
+                 f"against {row['training_flagged_share']:.1%} of the held-out contacts at training (outside half to "
+                 f"twice that share)" for row in drift if row.get("share_shifted")]
+    return warnings
+
+
+def write_flagged_csv(flagged: pd.DataFrame, target: Path) -> None:
+    """The flagged customers as the CSV a supervisor opens in a spreadsheet: reasons joined into one cell, every text
+    cell inert (see `write_csv`)."""
+    with atomic_path(target) as temporary:
+        # As Python objects: pandas' Arrow strings cannot hold a lone surrogate that an id or a reason may carry.
+        reasons = pd.Series(["; ".join(reasons) for reasons in flagged["reasons"]], index=flagged.index, dtype=object)
+        write_csv(flagged.assign(reasons=reasons), temporary)
+
+
+def _write_flags(run: Run, scorer: Scorer, predictions: pd.DataFrame, customers: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """(what the stage records: the rule used, how many customers each model alone would flag, drift and warnings;
+    the flagged customers), after writing these to flagged.parquet and flagged.csv, riskiest first. With the run's
+    `strict`, answered contacts without conversation features raise MissingConversations instead of a warning."""
+    spec = run.spec
+    gap = scorer.missing_conversations(predictions)
+    if gap and spec.strict:
+        raise MissingConversations(gap)
+    flagged = scorer.flagged_customers(customers, spec.capacity, spec.threshold)
+    write_parquet(flagged, run.out / FLAGGED_PARQUET)
+    write_flagged_csv(flagged, run.out / FLAGGED_CSV)
+    # A night with no prediction has no distribution to compare: drift is left out, not computed over nothing.
+    drift = [*feature_drift(scorer.profile["distributions"], predictions), *_score_drift(scorer, predictions)] \
+        if len(predictions) else []
+    return {"counts": {"in": len(predictions), "out": len(predictions), "dead": 0, "customers": len(customers),
+                       "flagged": len(flagged)},
+            "rule": selection_rule(spec.capacity, spec.threshold),
+            "alone": {"churn": int(customers["churn_flagged"].sum()),
+                      "retaliation": int(customers["retaliation_flagged"].sum())},
+            "drift": drift, "warnings": [*_drift_warnings(drift), *([gap] if gap else [])]}, flagged
+
+
+def committed_predictions(out: Path, scorer: Scorer) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(every committed per-contact prediction with the features it was made from, in input order; each customer's
+    riskiest contact, riskiest first); empty when no contact could be predicted (every row dead-lettered, every file
+    rejected), which is a night to report, not a missing stage."""
+    columns = [*PREDICTION_COLUMNS, *[f for f in scorer.features if f not in PREDICTION_COLUMNS]]
+    predictions = read_parts(out, PREDICTIONS, columns) if done_keys(out, PREDICTIONS) else \
+        pd.DataFrame(columns=columns).astype({**dict.fromkeys(columns, float), **PREDICTION_DTYPES})
+    return predictions, ranked_customers(predictions)
+
+
+class Tonight(NamedTuple):
+    """What the flags stage hands the summary in memory: every prediction, each customer's riskiest contact, the
+    flagged list."""
+
+    predictions: pd.DataFrame
+    customers: pd.DataFrame
+    flagged: pd.DataFrame
+
+
+def flags_stage(run: Run, scorer: Scorer) -> tuple[dict, Optional[Tonight]]:
+    """(what the flags stage recorded, tonight's tables when it ran now); a stage its marker says is done under the
+    same rule is not run again (None). The list and summary of an earlier rule are removed first."""
+    flags = finished_stage(run.out, "flags", run.spec.flag_key)
+    if flags is not None:
+        return flags, None
+    discarded_list(run.out)
+    predictions, customers = committed_predictions(run.out, scorer)
+    recorded, flagged = _write_flags(run, scorer, predictions, customers)
+    return commit_stage(run.out, "flags", run.spec.flag_key, recorded), Tonight(predictions, customers, flagged)
