@@ -20,7 +20,9 @@ from typer.testing import CliRunner
 from carelens.data.redaction import redacted_conversation
 from carelens.data.synthetic import generate
 from carelens.inference.cli import app as cli
-from carelens.inference.service import API_KEY_HEADER, ServiceSettings, create_app, headline_metrics
+from carelens.inference.service import ServiceSettings, create_app
+from carelens.inference.service.dependencies import API_KEY_HEADER
+from carelens.inference.service.routes import headline_metrics
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 from carelens.models.registry import RegistryError
 from carelens.models.scoring import ScoringAbandoned, abandonable, as_conversations

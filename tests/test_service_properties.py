@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from carelens.data.synthetic import generate
-from carelens.inference.service import FlagResponse, ScoreResponse, ServiceSettings, create_app
+from carelens.inference.service import ServiceSettings, create_app
+from carelens.inference.service.schemas import FlagResponse, ScoreResponse
 
 EXAMPLES = int(os.environ.get("CARELENS_FUZZ_EXAMPLES", "25"))
 LIMITS = ServiceSettings(max_body_bytes=2_000_000, max_batch=40)

@@ -28,7 +28,7 @@ import pytest
 
 from carelens.data.synthetic import generate
 from carelens.inference.api import Scorer
-from carelens.inference.service import API_KEY_HEADER
+from carelens.inference.service.dependencies import API_KEY_HEADER
 from carelens.models.transcript import TranscriptModel
 from live_server import serving
 

@@ -1,0 +1,105 @@
+"""What the routes depend on: the shared state, the API key check, and scoring under the lock within the timeout."""
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable, Optional, TypeVar
+
+import anyio
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyHeader
+
+from carelens.inference.api import Scorer
+from carelens.inference.service.settings import ServiceSettings
+from carelens.models.scoring import abandonable
+
+API_KEY_HEADER = "X-API-Key"
+T = TypeVar("T")
+
+
+# -- the shared state and its guards --------------------------------------------------------------------------------
+
+@dataclass
+class Service:
+    """What every request shares: the loaded models, the settings, the scoring lock and the start time."""
+
+    scorer: Scorer
+    settings: ServiceSettings
+    # One scoring call at a time: the fast tokenizer keeps its truncation settings as shared state, so two threads
+    # tokenizing at once break each other's calls (seen as 500s); and each call already spreads over every core.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    started: float = field(default_factory=time.monotonic)
+
+
+def service_of(request: Request) -> Service:
+    """The state create_app attached to the application serving this request."""
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(service_of)]
+_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
+                           description="The API key, when the service was started with --api-key-env.")
+
+
+def key_refusal(expected: Optional[str], given: Optional[str]) -> Optional[str]:
+    """Why a request's API key is refused (missing or wrong), or None when authentication is off or the key matches."""
+    if expected is None:
+        return None
+    if not given:
+        return f"missing {API_KEY_HEADER} header: this service requires an API key"
+    # A constant-time comparison, so response timing does not reveal how much of a guess was right. Of bytes as they
+    # came (header values are read as Latin-1, which gives them back unchanged) against the key as clients send it,
+    # UTF-8: a key with letters beyond ASCII then matches.
+    if not secrets.compare_digest(given.encode("latin-1"), expected.encode("utf-8")):
+        return f"wrong API key in the {API_KEY_HEADER} header"
+    return None
+
+
+def require_key(service: ServiceDep, given: Annotated[Optional[str], Depends(_key_header)]) -> None:
+    """Nothing when authentication is off or the key matches; 401 saying what was wrong otherwise. It declares the key
+    in the OpenAPI schema; `Authentication` has already checked it before the body was read."""
+    refusal = key_refusal(service.settings.api_key, given)
+    if refusal:
+        raise HTTPException(401, refusal, headers={"WWW-Authenticate": API_KEY_HEADER})
+
+
+# -- scoring under the lock, within the request timeout -------------------------------------------------------------
+
+_GAVE_UP = object()
+
+
+def _locked(lock: threading.Lock, work: Callable[[], T], deadline: float, abandoned: threading.Event) -> Any:
+    """work() under the lock; _GAVE_UP instead when the lock did not come before the deadline or the request was
+    abandoned while this thread waited for it, so that a request nobody waits for any more never holds up the next."""
+    if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        return _GAVE_UP
+    try:
+        if abandoned.is_set():
+            return _GAVE_UP
+        with abandonable(abandoned):
+            return work()
+    finally:
+        lock.release()
+
+
+async def scored(service: Service, work: Callable[[], T]) -> T:
+    """work() in a worker thread, one call at a time; 503 when waiting for the lock and running take longer than
+    the request timeout.
+
+    A thread cannot be stopped from outside: work that is already running when the time is up stops at its next
+    encoder batch (`abandonable`), releasing the lock, and its result is dropped; what runs between two batches
+    (tokenizing, the tabular models) runs on to its end. Requests queued behind it wait at most their own timeout,
+    and one that times out while still queued never runs its work."""
+    limit = service.settings.request_timeout_s
+    abandoned = threading.Event()
+    result: Any = _GAVE_UP
+    with anyio.move_on_after(limit):
+        result = await anyio.to_thread.run_sync(_locked, service.lock, work, time.monotonic() + limit, abandoned,
+                                                abandon_on_cancel=True)
+    if result is _GAVE_UP:
+        abandoned.set()
+        raise HTTPException(503, f"scoring timed out after {limit:g} s (the service is busy or the batch is large); "
+                                 f"retry later or split the batch", headers={"Retry-After": "1"})
+    return result

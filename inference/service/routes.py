@@ -1,0 +1,102 @@
+"""The endpoints: /v1/health, and behind the API key /v1/models, /v1/score and /v1/flag."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Optional, Sequence
+
+import pandas as pd
+from fastapi import APIRouter, Depends, HTTPException
+
+from carelens.inference.api import FLAG_COLUMNS, Scorer
+from carelens.inference.service.dependencies import ServiceDep, require_key, scored
+from carelens.inference.service.json_body import CheckedJSONRoute
+from carelens.inference.service.schemas import FlagRequest, FlagResponse, Health, Models, ScoreRequest, ScoreResponse
+from carelens.inference.service.settings import ServiceSettings
+from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
+
+TABULAR_HEADLINES = ("roc_auc", "pr_auc", "ece", "macro_f1")
+
+
+def _check_batch(items: Sequence, name: str, settings: ServiceSettings) -> None:
+    """413 when a request carries more items than the service takes at once."""
+    if len(items) > settings.max_batch:
+        raise HTTPException(413, f"{name}: got {len(items):,} items, at most {settings.max_batch:,} are taken per "
+                                 f"request; split the batch")
+
+
+def _json_records(frame: pd.DataFrame) -> list[dict]:
+    """The rows as dicts of plain Python values, missing (and infinite) numbers as None (JSON null)."""
+    return [{key: None if isinstance(value, float) and not math.isfinite(value) else value
+             for key, value in row.items()} for row in frame.to_dict("records")]
+
+
+def headline_metrics(metadata: dict) -> dict[str, Optional[float]]:
+    """Test-split figures: ROC-AUC, PR-AUC, ECE (and macro-F1 when multi-class) of a tabular model; each transcript
+    head's macro-F1."""
+    metrics = metadata.get("metrics", {})
+    if metadata.get("kind") == "transcript":
+        return {f"{head}_macro_f1": scores["macro_f1"] for head, scores in metrics.get("test", {}).items()
+                if scores.get("n")}
+    return {name: metrics[name] for name in TABULAR_HEADLINES if name in metrics}
+
+
+def _features_answer(scorer: Scorer, request: ScoreRequest) -> dict:
+    """The /v1/score answer: each conversation's ids and transcript features."""
+    features = scorer.score_transcripts(request.conversations)
+    return {"conversations": _json_records(features[[*KEYS, *FEATURE_COLUMNS]])}
+
+
+def _flag_answer(scorer: Scorer, request: FlagRequest) -> dict:
+    """The /v1/flag answer: the flagged customers and the warnings."""
+    records = [record.model_dump(mode="json") for record in request.interactions]
+    scored_features = (pd.DataFrame([row.model_dump() for row in request.transcript_features],
+                                    columns=[*KEYS, *FEATURE_COLUMNS]) if request.transcript_features else None)
+    flagged = scorer.flag_at_risk(records, request.transcripts or None, request.capacity, request.threshold,
+                                  transcript_features=scored_features, strict=request.strict)
+    return {"customers": _json_records(flagged[FLAG_COLUMNS]), "warnings": flagged.attrs["warnings"]}
+
+
+# -- endpoints ------------------------------------------------------------------------------------------------------
+
+public = APIRouter(prefix="/v1", route_class=CheckedJSONRoute)
+guarded = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], route_class=CheckedJSONRoute)
+
+
+# Each readable path answers HEAD as well as GET (load balancers and uptime checks probe with HEAD, and RFC 9110 asks
+# every GET resource to answer it; the server sends the GET answer's head without its body). Kept out of the schema,
+# where it would document the same operation twice.
+# `async` so that health answers from the event loop even while every worker thread waits to score.
+@public.head("/health", include_in_schema=False)
+@public.get("/health", response_model=Health)
+async def health(service: ServiceDep) -> dict:
+    """Whether the service is up, which model versions it serves, and for how long."""
+    return {"status": "ok", "models": service.scorer.versions, "uptime_s": time.monotonic() - service.started}
+
+
+@guarded.head("/models", include_in_schema=False)
+@guarded.get("/models", response_model=Models)
+async def models(service: ServiceDep) -> dict:
+    """The loaded models: version, when each was made, and its headline test-split metrics."""
+    metadata = service.scorer.metadata
+    return {"models": [{"name": name, "version": version, "created_at": metadata[name].get("created_at"),
+                        "metrics": headline_metrics(metadata[name])}
+                       for name, version in service.scorer.versions.items()]}
+
+
+# CPU-bound work runs in a worker thread (`scored`), off the event loop, within the request timeout.
+@guarded.post("/score", response_model=ScoreResponse)
+async def score(request: ScoreRequest, service: ServiceDep) -> dict:
+    """The transcript features of each conversation, in request order."""
+    _check_batch(request.conversations, "conversations", service.settings)
+    return await scored(service, lambda: _features_answer(service.scorer, request))
+
+
+@guarded.post("/flag", response_model=FlagResponse)
+async def flag(request: FlagRequest, service: ServiceDep) -> dict:
+    """Customers at risk, riskiest first: the `capacity` riskiest, those with risk >= threshold, or (neither given)
+    those either model's own threshold flags; each with reasons and an action, as `carelens nightly` flags them."""
+    _check_batch(request.interactions, "interactions", service.settings)
+    _check_batch(request.transcripts, "transcripts", service.settings)
+    _check_batch(request.transcript_features, "transcript_features", service.settings)
+    return await scored(service, lambda: _flag_answer(service.scorer, request))

@@ -1,0 +1,128 @@
+"""The request and response bodies, their fields built from the data contracts so the OpenAPI schema documents them."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
+
+from carelens.data.contracts import INTERACTIONS, Column, Conversation, not_a_bool
+from carelens.models.conversation_features import FEATURE_COLUMNS
+
+#: A number JSON can carry back: NaN and infinity are refused (Python's JSON reader takes NaN, Infinity and 1e400), and
+#: so are true and false, which pydantic would read as 1 and 0.
+Finite = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(not_a_bool)]
+#: A whole number, true and false refused.
+Whole = Annotated[int, BeforeValidator(not_a_bool)]
+
+
+def _lowered(value: Any) -> Any:
+    """Text trimmed and lower-cased, as the contract reads categories; anything else as given."""
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _text_id(value: Any) -> Any:
+    """A whole-number identifier as text, as the contract accepts it; anything else as given."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _contract_field(column: Column) -> tuple[Any, Any]:
+    """The pydantic type and field of one contract column: required unless nullable, bounded as the contract is."""
+    kinds = {"id": Annotated[str, BeforeValidator(_text_id)], "int": Whole, "float": Finite, "bool": bool,
+             "datetime": datetime, "category": Annotated[str, BeforeValidator(_lowered)]}
+    kind = Annotated[Literal[column.allowed], BeforeValidator(_lowered)] if column.allowed else kinds[column.kind]
+    if column.nullable:
+        kind = Optional[kind]
+    return kind, Field(None if column.nullable else ..., ge=column.minimum, le=column.maximum,
+                       description=column.expectation())
+
+
+# Built from the contract so the OpenAPI schema documents every column; the Scorer still checks the whole table
+# (unique contact_id, declared extra features), and extra keys pass through as the contract allows.
+InteractionRecord = create_model("InteractionRecord", __config__=ConfigDict(extra="allow"),
+                                 __doc__="One contact, in the interactions contract.",
+                                 **{column.name: _contract_field(column) for column in INTERACTIONS.columns})
+
+TranscriptFeatures = create_model("TranscriptFeatures",
+                                  __doc__="One conversation's ids and transcript features (null: not measurable).",
+                                  conversation_id=(str, ...), customer_id=(str, ...), contact_id=(Optional[str], None),
+                                  **{name: (Optional[Finite], None) for name in FEATURE_COLUMNS})
+
+
+class ScoreRequest(BaseModel):
+    """Conversations to score, in the transcripts contract."""
+
+    conversations: list[Conversation] = Field(min_length=1)
+
+
+class ScoreResponse(BaseModel):
+    """The transcript features of each conversation, in request order."""
+
+    conversations: list[TranscriptFeatures]
+
+
+class FlagRequest(BaseModel):
+    """A batch of contacts, optionally their transcripts, and which customers to return."""
+
+    interactions: list[InteractionRecord] = Field(min_length=1)
+    transcripts: list[Conversation] = Field(default_factory=list, description="Joined to contacts on contact_id.")
+    transcript_features: list[TranscriptFeatures] = Field(
+        default_factory=list, description="Features already scored (by /v1/score or `carelens score`), instead of "
+                                          "transcripts: flagging then needs no encoder pass.")
+    capacity: Optional[Whole] = Field(None, ge=0, description="Return the `capacity` riskiest customers (the calls the "
+                                                            "centre can make).")
+    threshold: Optional[Finite] = Field(None, ge=0, le=1, description="Return customers whose risk >= threshold.")
+    strict: bool = Field(False, description="Answer 422 instead of warning when answered contacts have no "
+                                            "conversation features.")
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> "FlagRequest":
+        if self.capacity is not None and self.threshold is not None:
+            raise ValueError("give capacity or threshold, not both (neither: each model's own decision threshold)")
+        if self.transcripts and self.transcript_features:
+            raise ValueError("give transcripts or transcript_features, not both")
+        return self
+
+
+class FlaggedCustomer(BaseModel):
+    """A customer at risk, with their riskiest contact, why, and what the centre should do."""
+
+    customer_id: str
+    churn_risk: float = Field(description="Calibrated probability of churn.")
+    retaliation_risk: float = Field(description="Probability of retaliating: 1 - P(none).")
+    retaliation_type: str = Field(description="The likeliest retaliation (escalate, switch or vent) when retaliation is "
+                                              "flagged; empty otherwise.")
+    reasons: list[str] = Field(description="The features that raised the risk most, in words.")
+    action: str
+    risk: float = Field(description="The larger of churn_risk and retaliation_risk; customers are sorted by it.")
+    contact_id: str
+
+
+class FlagResponse(BaseModel):
+    """Customers at risk, riskiest first, and what the caller should know about how they were scored."""
+
+    customers: list[FlaggedCustomer]
+    warnings: list[str] = Field(description="E.g. how many answered contacts had no conversation features.")
+
+
+class Health(BaseModel):
+    """The service is up; which model versions it serves, and for how long."""
+
+    status: Literal["ok"]
+    models: dict[str, str] = Field(description="Each loaded model's version.")
+    uptime_s: float
+
+
+class ModelSummary(BaseModel):
+    """One loaded model: its version, when it was made, and its headline test-split metrics."""
+
+    name: str
+    version: str
+    created_at: Optional[str] = None
+    metrics: dict[str, Optional[float]] = Field(description="Headline figures on the held-out test split.")
+
+
+class Models(BaseModel):
+    """Every loaded model."""
+
+    models: list[ModelSummary]
