@@ -10,7 +10,10 @@ from carelens.data.synthetic import generate
 from carelens.models.scoring import TranscriptPipeline, as_conversations
 from carelens.models.transcript import TranscriptModel, without_handles
 from carelens.training.label import LABEL_COLUMNS, diverse_uncertain, normalised_entropy, shares, suggested_turns
-from carelens.training.transcripts import Options, soft_rows, split_data, trained_on
+from carelens.training.heads import soft_rows
+from carelens.training.splits import split_data
+from carelens.training.transcript_options import Options
+from carelens.training.transcripts import trained_on
 from tiny_encoder import tiny_encoder
 
 
@@ -92,7 +95,7 @@ def test_adapting_on_sentiment_labels_keeps_the_empathy_heads_and_temperatures(e
 
 
 def test_an_adapted_head_folds_its_prior_back_into_one_linear_layer():
-    from carelens.training.transcripts import linear_head
+    from carelens.training.heads import linear_head
     rng = np.random.default_rng(1)
     features = rng.normal(size=(300, 5))
     prior = (np.array([[2.0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [-2.0, 0, 0, 0, 0]]), np.zeros(3))
@@ -130,15 +133,15 @@ def _declining_validation(states):
 @pytest.mark.parametrize("rows, kept_last", [(60, True), (2_400, False)])
 def test_a_validation_split_too_small_to_choose_a_checkpoint_keeps_the_last_state(encoder_dir, monkeypatch, rows,
                                                                                     kept_last):
-    import carelens.training.transcripts as transcripts
+    import carelens.training.finetune as finetune
     states = []
-    monkeypatch.setattr(transcripts, "validation_record", _declining_validation(states))
+    monkeypatch.setattr(finetune, "validation_record", _declining_validation(states))
     model = TranscriptModel.from_encoder(encoder_dir, max_length=16)
     labelled = pd.DataFrame({"text": ["thank you", "bag lost", "gate 4"] * (rows // 3),
                              "label": ["positive", "negative", "neutral"] * (rows // 3)})
     options = Options(mode="finetune", max_length=16, epochs=3, batch_size=400, show_progress_bar=False)
     empty = pd.DataFrame(columns=["context", "response", "emotional_reactions", "interpretations", "explorations"])
-    details = transcripts.train_finetune(model, split_data(labelled, empty, options), options, log=lambda _: None)
+    details = finetune.train_finetune(model, split_data(labelled, empty, options), options, log=lambda _: None)
     assert details["kept"].startswith("the last state" if kept_last else "the best validated state")
     # Kept last: the whole schedule ran despite falling scores; kept best: early stop, back to the first checkpoint.
     assert (details["stopped"] == "all epochs") == kept_last

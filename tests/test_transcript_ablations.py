@@ -16,9 +16,8 @@ from carelens.models.transcript import (
     FLOOR_FILE, TranscriptModel, load_transcript_model, pooled_with_floor, softmax,
 )
 from carelens.training.cli import train_app
-from carelens.training.transcripts import (
-    STACK_GRID, balanced_row_weights, rationale_spans, stacking_shares, task_tokens,
-)
+from carelens.training.finetune import balanced_row_weights, rationale_spans, task_tokens
+from carelens.training.floor import STACK_GRID, stacking_shares
 from tiny_encoder import tiny_encoder
 
 

@@ -15,7 +15,7 @@ from carelens.models.transcript import TranscriptModel, publish
 from carelens.training.bootstrap import bootstrap_intervals, confusion, macro_f1_difference
 from carelens.training.cli import evaluate_app
 from carelens.training.transcript_report import HIDDEN_TEXT, transcript_report
-from carelens.training.transcripts import confidently_wrong, head_metrics
+from carelens.training.transcript_metrics import confidently_wrong, head_metrics
 from tiny_encoder import tiny_encoder
 
 LABELS = ["negative", "neutral", "positive"]

@@ -222,7 +222,8 @@ def synthetic_trained(encoder_dir, tmp_path_factory):
     """A transcript model trained on the generator's labelled conversations only, published, and their file."""
     from carelens.data.readers import write_transcripts
     from carelens.data.synthetic import generate
-    from carelens.training.transcripts import Options, publish_trained, train_transcripts
+    from carelens.training.transcript_options import Options
+    from carelens.training.transcripts import publish_trained, train_transcripts
     root = tmp_path_factory.mktemp("synthetic_text")
     conversations = write_transcripts(generate(300, seed=3).conversations, root / "transcripts.jsonl")
     trained = train_transcripts([conversations], Options(mode="heads", max_length=32, show_progress_bar=False,
@@ -268,7 +269,8 @@ def test_featurize_warns_about_a_model_trained_on_synthetic_text(synthetic_train
 
 
 def test_labelled_generated_and_real_text_together_are_mixed(encoder_dir, synthetic_trained, tmp_path):
-    from carelens.training.transcripts import Options, load_data
+    from carelens.training.splits import load_data
+    from carelens.training.transcript_options import Options
     _, conversations = synthetic_trained
     tweets, epitome = _labelled_files(tmp_path)
     options = Options(mode="heads", max_length=32, show_progress_bar=False)
@@ -333,7 +335,8 @@ def test_the_encoding_cache_encodes_each_input_once_and_changes_no_score(tmp_pat
 
 
 def test_decision_weights_name_a_rare_level_when_that_raises_validation_macro_f1():
-    from carelens.training.transcripts import fitted_decision_weights, head_metrics
+    from carelens.training.calibration import fitted_decision_weights
+    from carelens.training.transcript_metrics import head_metrics
     # The weak level (1) is never the argmax, though it is likelier on the rows that are weak.
     probabilities = np.array([[0.7, 0.2, 0.1]] * 6 + [[0.6, 0.35, 0.05]] * 3 + [[0.2, 0.1, 0.7]] * 3)
     truth = np.array([0] * 6 + [1] * 3 + [2] * 3)
@@ -345,7 +348,7 @@ def test_decision_weights_name_a_rare_level_when_that_raises_validation_macro_f1
 
 
 def test_decision_weights_stay_at_one_when_the_argmax_is_already_best():
-    from carelens.training.transcripts import fitted_decision_weights
+    from carelens.training.calibration import fitted_decision_weights
     probabilities = np.eye(3)[[0, 1, 2, 0, 1, 2]] * 0.8 + 0.2 / 3
     assert fitted_decision_weights(probabilities, np.array([0, 1, 2, 0, 1, 2])) == [1.0, 1.0, 1.0]
     assert fitted_decision_weights(probabilities, np.full(6, -100)) == [1.0, 1.0, 1.0]

@@ -229,7 +229,7 @@ def train_transcripts_command(
     """Train the transcript model (sentiment and empathy heads) and publish it beside its TF-IDF floor; `--from` a
     published version adapts that model (the starter, say) to your own labels (`carelens label suggest`)."""
     from carelens.data.adapters import check_suggested
-    from carelens.training.transcripts import Options, publish_trained, train_transcripts
+    from carelens.training import Options, publish_trained, train_transcripts
     paths = [*(sentiment_data or ()), *(empathy_data or ()), *(transcripts or ()), *(labels or ())]
     options = Options(mode=mode, epochs=epochs, lr=lr, max_length=max_length, batch_size=batch_size, seed=seed,
                       class_weights=class_weights, pair_encoding=pair, decision_weights=decision_weights,
@@ -326,7 +326,7 @@ def evaluate_transcripts_command(
     from carelens.models.scoring import ScoringOptions, load_scoring_pipeline
     from carelens.models.transcript import training_text_warning
     from carelens.training.transcript_report import INTERVALS_NOTE, evaluation_tables
-    from carelens.training.transcripts import evaluate_files
+    from carelens.training.transcript_evaluation import evaluate_files
     with user_errors():
         options = ScoringOptions(**scoring_option_values(runtime, precision, device, threads, token_budget, 0))
         pipeline, metadata = load_scoring_pipeline(registry, version, options)

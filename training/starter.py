@@ -16,9 +16,9 @@ from carelens.models.empathy_rules import RULES, rule_levels
 from carelens.models.scoring import as_conversations
 from carelens.models.transcript import without_handles
 from carelens.training import empathy_prototypes, sentiment_prototypes
-from carelens.training.transcripts import (
-    SOFT_COLUMNS, Data, Options, Trained, empathy_strata, three_way_split, trained_on,
-)
+from carelens.training.splits import SOFT_COLUMNS, Data, empathy_strata, three_way_split
+from carelens.training.transcript_options import Options
+from carelens.training.transcripts import Trained, trained_on
 
 PathLike = Union[str, Path]
 #: What a starter's `training_text` says: text people wrote, under licences that allow commercial use.

@@ -19,7 +19,10 @@ from carelens.data.contracts import MECHANISMS, SENTIMENTS
 from carelens.models.scoring import TranscriptPipeline
 from carelens.models.transcript import load_transcript_model
 from carelens.training.label import diverse_uncertain, normalised_entropy
-from carelens.training.transcripts import Options, empathy_strata, head_metrics, split_data, trained_on
+from carelens.training.splits import empathy_strata, split_data
+from carelens.training.transcript_metrics import head_metrics
+from carelens.training.transcript_options import Options
+from carelens.training.transcripts import trained_on
 from conftest import SHARED, requires_shared
 from harness import record
 
@@ -143,8 +146,8 @@ def test_suggested_against_random_over_seeds():
 def test_suggested_choosing_checkpoints_on_a_small_validation_split(monkeypatch):
     """The ablation of keeping the last state: the same 300 suggested tweets per seed, the checkpoint chosen on the
     30 validation rows they leave."""
-    import carelens.training.transcripts as transcripts
-    monkeypatch.setattr(transcripts, "MIN_SELECTION_ROWS", 0)
+    import carelens.training.finetune as finetune
+    monkeypatch.setattr(finetune, "MIN_SELECTION_ROWS", 0)
     tweets = read_airline_tweets(SHARED / "data" / "sentiment" / "airline_tweets_train.csv")
     pool, test = held_out(tweets, tweets["label"])
     pipeline = TranscriptPipeline(load_transcript_model(REGISTRY)[0], cache_entries=50_000)

@@ -17,7 +17,9 @@ import pytest
 from carelens.data.contracts import MECHANISMS
 from carelens.models.scoring import ScoringOptions, load_scoring_pipeline
 from carelens.models.transcript import TranscriptModel, publish
-from carelens.training.transcripts import Options, load_data, split_metrics
+from carelens.training.calibration import split_metrics
+from carelens.training.splits import load_data
+from carelens.training.transcript_options import Options
 from conftest import SHARED, requires_shared
 from harness import record
 

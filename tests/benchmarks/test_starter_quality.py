@@ -15,7 +15,7 @@ from sklearn.model_selection import train_test_split
 from carelens.data.adapters import read_airline_tweets
 from carelens.data.contracts import MECHANISMS, SENTIMENTS
 from carelens.models.scoring import ScoringOptions, load_scoring_pipeline
-from carelens.training.transcripts import head_metrics
+from carelens.training.transcript_metrics import head_metrics
 from carelens.training.weak_labels import keyword_levels
 from conftest import SHARED, requires_shared
 from harness import record
