@@ -2,7 +2,8 @@
 from carelens.data.lazy import lazy_exports
 
 _EXPORTS = {
-    "api": ("Scorer", "per_customer"),
+    "api": ("Scorer",),
+    "selection": ("per_customer",),
     "nightly": ("run_nightly", "score_batch", "read_parts", "RunConflict"),
     "predict": ("predict_table",),
     "service": ("create_app", "ServiceSettings"),

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from carelens.data.terminal import console
+from carelens.models.names import TABULAR_MODELS
 
 HISTORY_CUSTOMERS = 8_000
 HISTORY_SEED = 1
@@ -84,7 +85,7 @@ def train_all(store, out: Path) -> dict[str, Path]:
     version, report = trained_transcripts(store, out)
     features = history_features(history, store, out, version)
     reports = {"transcripts": report}
-    for name in ("churn", "retaliation"):
+    for name in TABULAR_MODELS:
         reports[name] = trained_tabular(name, history, features, store, out)
     return reports
 
@@ -114,8 +115,8 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     store = Registry(registry)
     with user_errors():
-        reports = train_all(store, out) if retrain or not all(store.versions(n) for n in ("churn", "retaliation",
-                                                                                         MODEL_NAME)) else {}
+        models = (*TABULAR_MODELS, MODEL_NAME)
+        reports = train_all(store, out) if retrain or not all(store.versions(n) for n in models) else {}
         day, tonight = sample_dir(), out / "tonight"
         manifest = run_nightly([day / "transcripts.jsonl"], [day / "interactions.parquet"], tonight, store.root,
                                capacity=capacity, restart=True, show_progress_bar=False)

@@ -9,6 +9,7 @@ import typer
 from carelens.data.errors import UsageError
 from carelens.data.spreadsheet import write_csv
 from carelens.data.terminal import console, user_errors
+from carelens.models.names import TABULAR_MODELS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
     from carelens.models.tabular import RiskModel
 
 PathLike = Union[str, Path]
-TABULAR_MODELS = ("churn", "retaliation")
 KEYS = ("customer_id", "contact_id")
 OUT_SUFFIXES = (".csv", ".parquet", ".pq")
 

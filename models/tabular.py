@@ -553,10 +553,13 @@ class RiskModel(ClassifierMixin, BaseEstimator):
 
     def predict_from_proba(self, proba: np.ndarray) -> np.ndarray:
         """Flagged rows get their most likely non-negative class, the others the negative class."""
-        negative = self.classes_.tolist().index(self.negative_class_)
-        likeliest_other = np.where(np.arange(len(self.classes_)) == negative, -np.inf, proba).argmax(axis=1)
         flagged = self.risk_from_proba(proba) >= self.threshold_
-        return np.where(flagged, self.classes_[likeliest_other], self.negative_class_)
+        return np.where(flagged, self.likeliest_other_class(proba), self.negative_class_)
+
+    def likeliest_other_class(self, proba: np.ndarray) -> np.ndarray:
+        """Per row, the most likely class other than the negative one (for retaliation: escalate, switch or vent)."""
+        negative = self.classes_.tolist().index(self.negative_class_)
+        return self.classes_[np.where(np.arange(len(self.classes_)) == negative, -np.inf, proba).argmax(axis=1)]
 
     def feature_schema(self) -> list[dict]:
         """The features in order, each with its kind (numeric or categorical), as recorded in metadata."""

@@ -6,8 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from carelens.data.contracts import ContractError
-from carelens.inference.api import ACTIONS, CHURN_ONLY_ACTION, FLAG_COLUMNS, Scorer
+from carelens.inference.api import Scorer
 from carelens.inference.reasons import described, percentile_of, pushes, ranked_share, top_reasons
+from carelens.inference.selection import ACTIONS, CHURN_ONLY_ACTION, FLAG_COLUMNS
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import load_tabular

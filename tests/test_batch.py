@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from carelens.data.readers import write_transcripts
 from carelens.data.synthetic import generate
-from carelens.inference.api import PREDICTION_COLUMNS
+from carelens.inference.contacts import PREDICTION_COLUMNS
 from carelens.inference.nightly.layout import DEAD_LETTER, MANIFEST, RunConflict
 from carelens.inference.nightly.run import score_batch
 from carelens.inference.nightly.storage import read_parts

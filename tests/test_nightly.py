@@ -12,11 +12,12 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from carelens.data.synthetic import GeneratorParams, generate, sample_dir, write_synthetic
-from carelens.inference.api import FLAG_COLUMNS, Scorer
+from carelens.inference.api import Scorer
 from carelens.inference.cli import app
 from carelens.inference.nightly.layout import FLAGGED_CSV, FLAGGED_PARQUET, MANIFEST, PREDICTIONS, SUMMARY
 from carelens.inference.nightly.run import run_nightly
 from carelens.inference.nightly.storage import read_parts
+from carelens.inference.selection import FLAG_COLUMNS
 from carelens.inference.service import ServiceSettings, create_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,7 +175,7 @@ def test_a_newer_transcript_model_is_not_silently_paired_with_models_trained_on_
 
 
 def test_flagging_without_conversations_says_so_and_strict_refuses(scorer, day):
-    from carelens.inference.api import MissingConversations
+    from carelens.inference.contacts import MissingConversations
     answered = int((~day.interactions["abandoned"].astype(bool)).sum())
     without = scorer.flag_at_risk(day.interactions)
     assert f"{answered:,} of {answered:,} answered contacts have no conversation features" in without.attrs["warnings"][-1]

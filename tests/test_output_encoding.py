@@ -23,7 +23,6 @@ from carelens.data.html import figure_html, table_html
 from carelens.data.spreadsheet import FORMULA_STARTS, inert
 from carelens.data.synthetic import generate, write_synthetic
 from carelens.data.terminal import LiteralConsole, console, error_console, escaped, rows_table, user_errors, warn
-from carelens.inference.api import FLAG_COLUMNS
 from carelens.inference.cli import app
 from carelens.inference.featurize import written_features
 from carelens.inference.nightly.flags import write_flagged_csv
@@ -31,6 +30,7 @@ from carelens.inference.nightly.layout import FLAGGED_CSV
 from carelens.inference.nightly.summary import drift_figure
 from carelens.inference.predict import written
 from carelens.inference.score import top_table
+from carelens.inference.selection import FLAG_COLUMNS
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 from carelens.models.registry import Registry
 from carelens.training.report import histogram_figure, importance_figure

@@ -1,7 +1,7 @@
 """The README's Python example runs as written and does what its comments say."""
 import re
 
-from carelens.inference.api import ACTIONS, CHURN_ONLY_ACTION
+from carelens.inference.selection import ACTIONS, CHURN_ONLY_ACTION
 from conftest import REPO
 
 

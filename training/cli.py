@@ -13,13 +13,12 @@ from carelens.data.options import (
     SEED_RANGE, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
 )
 from carelens.data.terminal import console, error_console, rows_table, tagged, user_errors, warn
+from carelens.models.names import TABULAR_MODELS
 
 train_app = typer.Typer(help="Train a model and publish it to the registry.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Score labelled data a model never saw and print its metrics.", no_args_is_help=True)
 label_app = typer.Typer(help="Pick turns for a person to label, to adapt the transcript model to your own text.",
                         no_args_is_help=True)
-
-TABULAR_MODELS = ("churn", "retaliation")
 
 DataOption = Annotated[Path, typer.Option("--data", help="A generator output directory, an interactions file "
                                           "(with --labels), or any CSV/Parquet holding the --target column.")]

@@ -7,15 +7,16 @@ from typing import NamedTuple, Optional, Sequence
 import pandas as pd
 
 from carelens.data.spreadsheet import write_csv
-from carelens.inference.api import PREDICTION_COLUMNS, MissingConversations, Scorer, ranked_customers, selection_rule
+from carelens.inference.api import Scorer
+from carelens.inference.contacts import PREDICTION_COLUMNS, MissingConversations
 from carelens.inference.nightly.layout import FLAGGED_CSV, FLAGGED_PARQUET, PREDICTION_DTYPES, PREDICTIONS
 from carelens.inference.nightly.plan import Run
 from carelens.inference.nightly.storage import (
     atomic_path, commit_stage, discarded_list, done_keys, finished_stage, read_parts, write_parquet,
 )
+from carelens.inference.selection import ranked_customers, selection_rule
 from carelens.models.drift import PSI_WARNING, drift_row, feature_drift
-
-TABULAR = ("churn", "retaliation")
+from carelens.models.names import TABULAR_MODELS
 
 
 #: Tonight's flagged share of contacts may range from half to twice the training share before it is a warning.
@@ -26,7 +27,7 @@ def _score_drift(scorer: Scorer, predictions: pd.DataFrame) -> list[dict]:
     """Per model: PSI of tonight's risks against the held-out risks at training, and the flagged share of contacts
     tonight against the training share (outside half to twice it is a shift)."""
     rows = []
-    for name in TABULAR:
+    for name in TABULAR_MODELS:
         profile = scorer.metadata[name].get("risk_profile")
         if not profile:
             continue
@@ -75,8 +76,7 @@ def _write_flags(run: Run, scorer: Scorer, predictions: pd.DataFrame, customers:
     return {"counts": {"in": len(predictions), "out": len(predictions), "dead": 0, "customers": len(customers),
                        "flagged": len(flagged)},
             "rule": selection_rule(spec.capacity, spec.threshold),
-            "alone": {"churn": int(customers["churn_flagged"].sum()),
-                      "retaliation": int(customers["retaliation_flagged"].sum())},
+            "alone": {name: int(customers[f"{name}_flagged"].sum()) for name in TABULAR_MODELS},
             "drift": drift, "warnings": [*_drift_warnings(drift), *([gap] if gap else [])]}, flagged
 
 

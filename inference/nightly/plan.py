@@ -20,6 +20,7 @@ from carelens.inference.nightly.storage import (
 from carelens.inference.nightly.units import (
     InputFile, Unit, expanded_inputs, file_stamp, planned_file, transcript_files,
 )
+from carelens.models.names import TABULAR_MODELS
 from carelens.models.registry import Registry, file_sha256
 from carelens.models.scoring import ScoringOptions
 from carelens.models.transcript import MODEL_NAME
@@ -109,7 +110,7 @@ def planned_run(spec: RunSpec) -> Run:
             discarded_run(out)
         wanted = dict(spec.version) if isinstance(spec.version, Mapping) else {}
         table_stamps = [file_stamp(p) for p in tables]
-        names = (MODEL_NAME, "churn", "retaliation") if tables else (MODEL_NAME,)
+        names = (MODEL_NAME, *TABULAR_MODELS) if tables else (MODEL_NAME,)
         models = {name: store.resolve(name, wanted.get(name, "latest") if wanted else spec.version) for name in names}
         inputs = [planned_file(path, index, spec.chunk_size, spec.format) for index, path in enumerate(files)]
         runtime, precision, warning = spec.scoring.resolved(store.directory(MODEL_NAME, models[MODEL_NAME]))

@@ -11,6 +11,7 @@ from carelens.data.contracts import INTERACTIONS, ContractError, check_table
 from carelens.data.errors import OutOfSpace
 from carelens.data.readers import header_lines
 from carelens.inference.api import Scorer
+from carelens.inference.contacts import last_per_contact
 from carelens.inference.nightly.features import dead_letter
 from carelens.inference.nightly.layout import FEATURES, PREDICTION_DTYPES, PREDICTIONS
 from carelens.inference.nightly.plan import Run
@@ -22,8 +23,8 @@ from carelens.models.conversation_features import FEATURE_COLUMNS
 def _saved_features(out: Path) -> pd.DataFrame:
     """Every committed conversation's contact_id and features (the last conversation of a contact wins)."""
     columns = ["contact_id", *FEATURE_COLUMNS]
-    frame = read_parts(out, FEATURES, columns) if done_keys(out, FEATURES) else pd.DataFrame(columns=columns)
-    return frame.dropna(subset=["contact_id"]).drop_duplicates("contact_id", keep="last")
+    return last_per_contact(read_parts(out, FEATURES, columns) if done_keys(out, FEATURES)
+                            else pd.DataFrame(columns=columns))
 
 
 def predict_contacts(scorer: Scorer, run: Run) -> dict:

@@ -6,7 +6,6 @@ from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
 from carelens.data.errors import UsageError
-from carelens.inference.api import checked_selection
 from carelens.inference.nightly.engines import scored_units
 from carelens.inference.nightly.flags import flags_stage
 from carelens.inference.nightly.layout import PathLike
@@ -15,6 +14,7 @@ from carelens.inference.nightly.plan import check_no_nightly_outputs, planned_ru
 from carelens.inference.nightly.predictions import predict_contacts, tabular_scorer
 from carelens.inference.nightly.spec import RunSpec
 from carelens.inference.nightly.summary import summary_stage
+from carelens.inference.selection import checked_selection
 
 
 def score_batch(transcripts: Sequence[PathLike], out: PathLike, registry: Optional[PathLike] = None,

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from carelens.data.errors import CareLensError
-from carelens.inference.api import MissingConversations
+from carelens.inference.contacts import MissingConversations
 from carelens.models.registry import RegistryError
 
 

@@ -8,7 +8,8 @@ from typing import Optional, Sequence
 import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException
 
-from carelens.inference.api import FLAG_COLUMNS, Scorer
+from carelens.inference.api import Scorer
+from carelens.inference.selection import FLAG_COLUMNS
 from carelens.inference.service.dependencies import ServiceDep, require_key, scored
 from carelens.inference.service.json_body import CheckedJSONRoute
 from carelens.inference.service.schemas import FlagRequest, FlagResponse, Health, Models, ScoreRequest, ScoreResponse

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
 from carelens.data.contracts import INTERACTIONS, Column, Conversation, not_a_bool
+from carelens.inference.selection import checked_selection
 from carelens.models.conversation_features import FEATURE_COLUMNS
 
 #: A number JSON can carry back: NaN and infinity are refused (Python's JSON reader takes NaN, Infinity and 1e400), and
@@ -77,8 +78,7 @@ class FlagRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_selection(self) -> "FlagRequest":
-        if self.capacity is not None and self.threshold is not None:
-            raise ValueError("give capacity or threshold, not both (neither: each model's own decision threshold)")
+        checked_selection(self.capacity, self.threshold)
         if self.transcripts and self.transcript_features:
             raise ValueError("give transcripts or transcript_features, not both")
         return self

@@ -1,0 +1,136 @@
+"""The contact table: interactions validated, conversation features joined, each contact predicted once."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from carelens.data.contracts import (
+    INTERACTION_FEATURES, INTERACTIONS, ContractError, Conversation, check_text_names, validated,
+)
+from carelens.data.errors import CareLensError, UsageError
+from carelens.data.readers import header_lines, read_table, read_transcripts
+from carelens.models.conversation_features import FEATURE_COLUMNS, TRANSCRIPT_FEATURES
+from carelens.models.scoring import as_conversations
+from carelens.models.tabular import RiskModel
+
+PathLike = Union[str, Path]
+Interactions = Union[pd.DataFrame, Sequence[dict], PathLike]
+Conversations = Union[Sequence[Union[Conversation, dict]], PathLike]
+PREDICTION_COLUMNS = ["customer_id", "contact_id", "churn_risk", "retaliation_risk", "retaliation_type",
+                      "churn_flagged", "retaliation_flagged"]
+
+
+class MissingConversations(CareLensError):
+    """Models that read transcript features were asked to score answered contacts without their conversations."""
+
+
+def _given_kind(value: object, name: str, expected: str, kinds: tuple) -> None:
+    """UsageError naming what `name` got and what was `expected`, unless `value` is one of `kinds`."""
+    if not isinstance(value, kinds):
+        raise UsageError(f"{name}: got {type(value).__name__}, expected {expected}")
+
+
+def _records_frame(records: Sequence) -> pd.DataFrame:
+    """A list of dicts as a table of Python objects (pandas' inferred Arrow strings raise on text that is not valid
+    UTF-8); ContractError naming the first record that is not a dict, or whose column name is not valid text."""
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            raise ContractError("interactions", f"got {type(record).__name__}, expected a dict of column values",
+                                row=number)
+        check_text_names(list(record), "interactions", row=number)
+    return pd.DataFrame(list(records), dtype=object)
+
+
+def interactions_frame(interactions: Interactions, extra_numeric: Sequence[str] = (),
+                       extra_categorical: Sequence[str] = ()) -> pd.DataFrame:
+    """Interactions from a DataFrame, a list of dicts or a CSV/Parquet path, typed and checked by the contract."""
+    _given_kind(interactions, "interactions", "a DataFrame, a list of dicts or a CSV/Parquet path",
+                (pd.DataFrame, list, tuple, str, Path))
+    if isinstance(interactions, (str, Path)):
+        path = Path(interactions)
+        return validated(read_table(path), INTERACTIONS, str(path), header_rows=header_lines(path),
+                         extra_numeric=extra_numeric, extra_categorical=extra_categorical)
+    frame = interactions if isinstance(interactions, pd.DataFrame) else _records_frame(interactions)
+    # Records number from 1 like file rows without a header, so "row 3" is the third dict or DataFrame row.
+    return validated(frame.reset_index(drop=True), INTERACTIONS, "interactions", header_rows=0,
+                     extra_numeric=extra_numeric, extra_categorical=extra_categorical)
+
+
+def features_frame(features: pd.DataFrame) -> pd.DataFrame:
+    """Transcript features scored earlier (a DataFrame as `score_transcripts` returns it), typed and checked:
+    ContractError naming the row and column of a value that is neither a finite number nor missing."""
+    _given_kind(features, "transcript_features", "a DataFrame such as score_transcripts returns", (pd.DataFrame,))
+    return validated(features.reset_index(drop=True), TRANSCRIPT_FEATURES, "transcript_features", header_rows=0)
+
+
+def conversation_list(conversations: Conversations) -> list[Conversation]:
+    """Conversations from Conversation objects, dicts, or a JSON Lines / long-form Parquet path, validated."""
+    _given_kind(conversations, "conversations", "a list of conversations (dicts or Conversation) or a JSON Lines / "
+                                                "long-form Parquet path", (list, tuple, str, Path))
+    if isinstance(conversations, (str, Path)):
+        return read_transcripts(conversations)
+    return as_conversations(list(conversations))
+
+
+def features_needed(models: Iterable[RiskModel]) -> list[str]:
+    """Every feature any of the models takes, in first-seen order."""
+    return list(dict.fromkeys(f for model in models for f in model.feature_names_in_))
+
+
+def extra_columns(models: Sequence[RiskModel]) -> tuple[list[str], list[str]]:
+    """Features of the models beyond the interactions contract and the transcript features: (numeric, categorical)."""
+    extra = [f for f in features_needed(models) if f not in INTERACTION_FEATURES and f not in FEATURE_COLUMNS]
+    categorical = {f for model in models for f in model.categorical_features_}
+    return [f for f in extra if f not in categorical], [f for f in extra if f in categorical]
+
+
+def last_per_contact(features: pd.DataFrame) -> pd.DataFrame:
+    """Conversation features once per contact: the last conversation of a contact wins, those without one go."""
+    return features.dropna(subset=["contact_id"]).drop_duplicates("contact_id", keep="last")
+
+
+def with_conversation_features(table: pd.DataFrame, features: Optional[pd.DataFrame]) -> pd.DataFrame:
+    """Validated interactions with the conversation features joined on contact_id (NaN where a contact has no
+    conversation, which the models were trained to expect; every contact's when `features` is None)."""
+    per_contact = last_per_contact(features if features is not None
+                                   else pd.DataFrame(columns=["contact_id", *FEATURE_COLUMNS]))
+    return table.merge(per_contact[["contact_id", *FEATURE_COLUMNS]].astype({"contact_id": str}),
+                       on="contact_id", how="left")
+
+
+def contact_predictions(churn: RiskModel, retaliation: RiskModel, table: pd.DataFrame) -> pd.DataFrame:
+    """Per contact, predicted once: churn and retaliation risk, each model's flag, the likeliest retaliation type
+    (empty unless retaliation is flagged), and the features the models read (for reasons and drift)."""
+    # A batch chunk whose every row broke the contract leaves nothing to predict; scikit-learn refuses 0 rows.
+    proba = retaliation.predict_proba(table) if len(table) else np.zeros((0, len(retaliation.classes_)))
+    churn_risk = churn.risk(table) if len(table) else np.zeros(0)
+    retaliation_risk = retaliation.risk_from_proba(proba)
+    retaliation_flagged = retaliation_risk >= retaliation.threshold_
+    scores = pd.DataFrame({
+        "customer_id": table["customer_id"].astype(str).to_numpy(),
+        "contact_id": table["contact_id"].astype(str).to_numpy(),
+        "churn_risk": churn_risk, "retaliation_risk": retaliation_risk,
+        "retaliation_type": np.where(retaliation_flagged, retaliation.likeliest_other_class(proba).astype(str), ""),
+        "churn_flagged": churn_risk >= churn.threshold_,
+        "retaliation_flagged": retaliation_flagged,
+    }, index=table.index)
+    inputs = [f for f in features_needed((churn, retaliation)) if f not in scores.columns]
+    return pd.concat([scores, table[inputs]], axis=1)
+
+
+def missing_conversations_warning(contacts: pd.DataFrame) -> Optional[str]:
+    """A warning when answered contacts have no conversation features (no conversation with their contact_id was
+    given); None otherwise. Abandoned contacts have no conversation by nature."""
+    if contacts.empty:
+        return None
+    answered = ~contacts["abandoned"].astype(bool) if "abandoned" in contacts.columns else \
+        pd.Series(True, index=contacts.index)
+    lacking = int((answered & contacts[FEATURE_COLUMNS].isna().all(axis=1)).sum())
+    if not lacking:
+        return None
+    return (f"{lacking:,} of {int(answered.sum()):,} answered contacts have no conversation features (no transcript "
+            f"with their contact_id was given): the models read them as contacts without a conversation, which "
+            f"can move a risk a long way; pass their transcripts or transcript features")

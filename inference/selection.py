@@ -1,0 +1,83 @@
+"""Which customers are flagged: riskiest contact first, by a capacity, a threshold or the models' own thresholds."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from carelens.data.errors import UsageError
+from carelens.inference.reasons import pushes, top_reasons
+
+#: The play a contact centre runs for each kind of retaliation; a churn risk alone gets proactive outreach.
+ACTIONS = {"escalate": "supervisor callback", "switch": "retention offer", "vent": "social-care follow-up"}
+CHURN_ONLY_ACTION = "proactive outreach"
+FLAG_COLUMNS = ["customer_id", "churn_risk", "retaliation_risk", "retaliation_type", "reasons", "action", "risk",
+                "contact_id"]
+
+
+def selection_rule(capacity: Optional[int], threshold: Optional[float]) -> str:
+    """Which customers get flagged, in words."""
+    if capacity is not None:
+        return f"capacity: the {capacity:,} riskiest customers"
+    if threshold is not None:
+        return f"threshold: customers whose risk is at least {threshold:g}"
+    return "each model's own decision threshold"
+
+
+def _is_number(value: Any, whole: bool = False) -> bool:
+    """Whether a value is a real number (an integer with `whole`) and not a bool: True is not one customer."""
+    kinds = (int, np.integer) if whole else (int, float, np.integer, np.floating)
+    return isinstance(value, kinds) and not isinstance(value, (bool, np.bool_))
+
+
+def checked_selection(capacity: Optional[int], threshold: Optional[float]) -> None:
+    """UsageError unless at most one of capacity and threshold is given, each a number in range."""
+    if capacity is not None and threshold is not None:
+        raise UsageError("give capacity or threshold, not both (neither: each model's own decision threshold)")
+    if capacity is not None and not (_is_number(capacity, whole=True) and capacity >= 0):
+        raise UsageError(f"capacity must be a whole number of customers, 0 or more, got {capacity!r}")
+    if threshold is not None and not (_is_number(threshold) and 0 <= threshold <= 1):
+        raise UsageError(f"threshold must be a probability between 0 and 1, got {threshold!r}")
+
+
+def _larger_risk(contacts: pd.DataFrame) -> pd.Series:
+    """Per contact, the risk customers are ranked by: the larger of the churn and the retaliation risk."""
+    return np.maximum(contacts["churn_risk"], contacts["retaliation_risk"])
+
+
+def per_customer(contacts: pd.DataFrame) -> pd.DataFrame:
+    """Each customer's riskiest contact (by the larger of the two risks), keeping the contact table's index."""
+    riskiest = _larger_risk(contacts).groupby(contacts["customer_id"], sort=False).idxmax()
+    return contacts.loc[riskiest.to_numpy()]
+
+
+def ranked_customers(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Each customer's riskiest contact with its `risk` (the larger of the two), riskiest first, ties by customer."""
+    customers = per_customer(predictions)
+    customers = customers.assign(risk=_larger_risk(customers))
+    return customers.sort_values(["risk", "customer_id"], ascending=[False, True], kind="stable")
+
+
+def selected(customers: pd.DataFrame, capacity: Optional[int], threshold: Optional[float]) -> pd.DataFrame:
+    """The ranked customers a capacity, a threshold or (neither) the models' own thresholds flag."""
+    if capacity is not None:
+        return customers.head(capacity)
+    if threshold is not None:
+        return customers[customers["risk"] >= threshold]
+    return customers[customers["churn_flagged"] | customers["retaliation_flagged"]]
+
+
+def _action_of(retaliation_type: str, retaliation_flagged: bool) -> str:
+    """The play for a flagged customer: by the retaliation type when retaliation is flagged, else outreach."""
+    return ACTIONS.get(retaliation_type, CHURN_ONLY_ACTION) if retaliation_flagged else CHURN_ONLY_ACTION
+
+
+def explained(chosen: pd.DataFrame, risk: Callable[[pd.DataFrame], np.ndarray], profile: dict) -> pd.DataFrame:
+    """The selected customers as the flagged list (FLAG_COLUMNS): the features that raised each one's `risk` most
+    from its riskiest contact, in words against the training `profile`, and the action the centre should take."""
+    chosen = chosen.copy()
+    chosen["reasons"] = top_reasons(chosen, pushes(risk, chosen, profile["typical"], base=chosen["risk"]), profile)
+    chosen["action"] = [_action_of(kind, flagged) for kind, flagged in
+                        zip(chosen["retaliation_type"], chosen["retaliation_flagged"])]
+    return chosen[FLAG_COLUMNS].reset_index(drop=True)
