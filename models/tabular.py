@@ -1,11 +1,9 @@
 """The churn and retaliation models: a learner chosen by cross-validation, cross-fitted calibration, a goal-chosen threshold."""
 from __future__ import annotations
 
-import math
 import re
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -14,24 +12,25 @@ import pandas as pd
 import skops.io as sio
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.frozen import FrozenEstimator
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss, precision_recall_curve, roc_auc_score
+from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler, TargetEncoder
+from sklearn.pipeline import Pipeline
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_consistent_length, check_is_fitted, column_or_1d
 from threadpoolctl import threadpool_limits
 
 from carelens.data.errors import CareLensError, UsageError
 from carelens.models.drift import distribution
+from carelens.models.learners import (
+    HIGH_CARDINALITY, Candidate, Goal, candidates, categorical_columns, generated_names, learner_pipeline,
+    one_standard_error_choice, parse_goal, threshold_for_f1, threshold_for_rate, threshold_for_recall,
+)
 from carelens.models.registry import Registry, RegistryError
 
 ARTIFACT = "model.skops"
+
+
 #: Types a stored tabular model may contain beyond those skops trusts by default; anything else is refused on load.
 TRUSTED_TYPES = frozenset({
     "carelens.models.tabular.RiskModel",
@@ -49,175 +48,45 @@ TRUSTED_TYPES = frozenset({
     "numpy.dtype",
     "sklearn.utils.validation.check_array",
 })
+
+
 #: Rows scored at a time: large enough that the per-tree parallel regions stay few (250,000 scored a million contacts
 #: at 219,000 rows/s for retaliation against 182,000 at 100,000), small enough to bound the memory of one block.
 SCORING_ROWS = 250_000
+
+
 #: Fewer rows than this are scored on one thread: a booster opens an OpenMP parallel region per tree, and for a
 #: request of 40 customers waking the threads hundreds of times cost more than the trees (0.18 s against 0.42 s per
 #: flag call, and 4 s while another process held the cores).
 PARALLEL_SCORING_ROWS = 10_000
+
+
 CALIBRATIONS = ("auto", "isotonic", "sigmoid")
+
+
 #: Percentiles kept per numeric feature (0, 1, ..., 100) to say where a value lies among the training rows.
 PROFILE_POINTS = 101
+
+
 #: Calibration folds smaller than this use Platt scaling: isotonic regression overfits small sets.
 ISOTONIC_MIN_ROWS = 5000
+
+
 #: Classes with fewer rows than this are kept whole when candidates are compared on a sample of the rows.
 RARE_CLASS_ROWS = 50
+
+
 #: From this many rows on, the chosen learner is fitted once on all but a stratified HELD_OUT_SHARE of them and
 #: calibrated (and thresholded) on that share: at least 10,000 held-out rows, so cross-fitting would add nothing but
 #: `cv` fold models to run at every scoring (5x the scoring time) and `cv` − 1 extra fits.
 HELD_OUT_FROM = 100_000
+
+
 HELD_OUT_SHARE = 0.1
-LEARNERS = ("logistic", "boosting", "forest", "extra-trees")
-#: Categorical features with more distinct values than this are target-encoded (cross-fitted by TargetEncoder):
-#: one-hot or native categories of, say, 51 US states let trees chase noise in a few hundred rows.
-HIGH_CARDINALITY = 10
-#: Rows each forest tree draws at most: beyond it more rows cost time and add little to hundreds of trees.
-FOREST_ROWS = 100_000
 
 
 class SchemaError(CareLensError, ValueError):
     """A frame whose columns do not match the features a model was trained on."""
-
-
-@dataclass(frozen=True)
-class Goal:
-    """What the decision threshold is chosen for: best F1, a recall target, or a daily capacity of K contacts."""
-
-    kind: str
-    value: Optional[float] = None
-
-    def __str__(self) -> str:
-        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
-
-
-def parse_goal(text: str) -> Goal:
-    """`f1`, `recall:0.8` or `top-k:500` as a Goal; ValueError saying what was expected otherwise."""
-    kind, _, value = text.strip().lower().partition(":")
-    expected = "expected 'f1', 'recall:R' with 0 < R <= 1, or 'top-k:K' with K > 0 contacts a day"
-    if kind == "f1" and not value:
-        return Goal("f1")
-    try:
-        number = float(value)
-    except ValueError:
-        raise UsageError(f"goal {text!r} is not understood; {expected}") from None
-    if (kind == "recall" and 0 < number <= 1) or (kind == "top-k" and number > 0):
-        return Goal(kind, number)
-    raise UsageError(f"goal {text!r} is not understood; {expected}")
-
-
-def threshold_for_recall(positive: np.ndarray, scores: np.ndarray, recall: float) -> float:
-    """The highest threshold whose flags (score >= threshold) catch at least `recall` of the positives."""
-    ranked = np.sort(scores[np.asarray(positive, bool)])[::-1]
-    if ranked.size == 0:
-        raise UsageError("cannot choose a threshold for a recall goal: the validation data has no positive rows")
-    # The tolerance keeps 0.7 * 10 == 7.000000000000001 from demanding an eighth positive.
-    needed = max(1, math.ceil(recall * ranked.size - 1e-9))
-    return float(ranked[needed - 1])
-
-
-def threshold_for_rate(scores: np.ndarray, rate: float) -> float:
-    """The threshold that flags the riskiest `rate` share of rows (at least one)."""
-    ranked = np.sort(scores)[::-1]
-    flagged = min(ranked.size, max(1, math.ceil(rate * ranked.size - 1e-9)))
-    return float(ranked[flagged - 1])
-
-
-def threshold_for_f1(positive: np.ndarray, scores: np.ndarray) -> float:
-    """The threshold with the best F1 for flagging positives."""
-    precision, recall, thresholds = precision_recall_curve(np.asarray(positive, bool), scores)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0)
-    return float(thresholds[np.argmax(f1[:-1])])
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One learner with one setting of its main hyper-parameters, as compared by cross-validation."""
-
-    learner: str
-    params: tuple
-
-    @property
-    def name(self) -> str:
-        return f"{self.learner}({', '.join(f'{k}={v:g}' for k, v in self.params)})"
-
-
-#: The candidates, simplest first: the one-standard-error rule picks the first whose cross-validated ROC-AUC is
-#: within one standard error of the best, since smaller differences are fold-to-fold noise.
-CANDIDATES = (
-    Candidate("logistic", (("C", 0.1),)),
-    Candidate("logistic", (("C", 1.0),)),
-    Candidate("boosting", (("learning_rate", 0.05), ("max_leaf_nodes", 7))),
-    Candidate("forest", (("min_samples_leaf", 1),)),
-    Candidate("extra-trees", (("min_samples_leaf", 3),)),
-    Candidate("boosting", (("learning_rate", 0.1), ("max_leaf_nodes", 15))),
-)
-
-
-def candidates(learner: str) -> list[Candidate]:
-    """The candidates of one learner, of every learner for 'auto', or the one candidate named (a fitted model's
-    `learner_`: refitting it selects nothing); UsageError naming the learners otherwise."""
-    offered = [c for c in CANDIDATES if learner in ("auto", c.learner, c.name)]
-    if not offered:
-        raise UsageError(f"learner {learner!r} is not offered; expected auto or one of {', '.join(LEARNERS)}")
-    return offered
-
-
-def one_standard_error_choice(selection: Sequence[dict]) -> int:
-    """The first candidate whose mean fold ROC-AUC is within one standard error of the best mean."""
-    means = [c["roc_auc_folds"]["mean"] for c in selection]
-    best = int(np.argmax(means))
-    spread = selection[best]["roc_auc_folds"]["std"] / math.sqrt(selection[best]["folds"])
-    return next(i for i, mean in enumerate(means) if mean >= means[best] - spread)
-
-
-def _columns(learner: str, numeric: Sequence[str], narrow: Sequence[str], wide: Sequence[str],
-             random_state: int) -> ColumnTransformer:
-    """Features encoded for the learner, in the order narrow categories, wide categories, numbers: boosting reads
-    narrow categories natively (ordinal codes), the others one-hot; wide ones are target-encoded for all; the
-    logistic regression gets missing values imputed (with indicators) and every column standardised."""
-    if learner == "boosting":
-        categories = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan,
-                                    encoded_missing_value=np.nan, max_categories=255)
-    else:
-        # Dense: a sparse block would hide the numeric columns' NaN from the trees, which then refuse it.
-        categories = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
-    wide_encoder = TargetEncoder(cv=StratifiedKFold(5, shuffle=True, random_state=random_state))
-    numbers = "passthrough"
-    if learner == "logistic":
-        wide_encoder = make_pipeline(wide_encoder, StandardScaler())
-        numbers = make_pipeline(SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
-                                StandardScaler())
-    return ColumnTransformer([("categorical", categories, list(narrow)), ("wide", wide_encoder, list(wide)),
-                              ("numeric", numbers, list(numeric))], verbose_feature_names_out=False)
-
-
-def learner_pipeline(candidate: Candidate, numeric: Sequence[str], narrow: Sequence[str], wide: Sequence[str], *,
-                     rows: int, early_stopping: bool, rounds: int, trees: int, random_state: int) -> Pipeline:
-    """ColumnTransformer (`_columns`) → the candidate's classifier, ready to fit on `rows` rows. Boosting runs
-    `rounds` rounds at learning rate 0.1 and proportionally more at lower rates; from 10,000 rows on it stops once
-    ten rounds gain less than 1e-3 in the loss on its own held-out tenth (below that the tenth is too noisy)."""
-    params = dict(candidate.params)
-    if candidate.learner == "boosting":
-        # Narrow categories come first out of the ColumnTransformer: their positions are 0 .. len(narrow) - 1.
-        model = HistGradientBoostingClassifier(
-            max_iter=round(rounds * 0.1 / params["learning_rate"]), l2_regularization=1.0,
-            categorical_features=list(range(len(narrow))) or None, early_stopping=early_stopping and rows >= 10_000,
-            tol=1e-3, random_state=random_state, **params)
-    elif candidate.learner in ("forest", "extra-trees"):
-        kind = RandomForestClassifier if candidate.learner == "forest" else ExtraTreesClassifier
-        model = kind(n_estimators=trees, bootstrap=candidate.learner == "forest" or rows > FOREST_ROWS,
-                     max_samples=min(rows, FOREST_ROWS) if rows > FOREST_ROWS else None, n_jobs=-1,
-                     random_state=random_state, **params)
-    else:
-        model = LogisticRegression(max_iter=2000, **params)
-    return Pipeline([("columns", _columns(candidate.learner, numeric, narrow, wide, random_state)),
-                     ("model", model)])
-
-
-def categorical_columns(frame: pd.DataFrame, features: Sequence[str]) -> list[str]:
-    """The features whose dtype holds categories (text, category) rather than numbers or booleans."""
-    return [f for f in features if not (pd.api.types.is_numeric_dtype(frame[f]) or pd.api.types.is_bool_dtype(frame[f]))]
 
 
 def _as_numbers(values: pd.Series) -> np.ndarray:
@@ -254,11 +123,6 @@ def feature_profile(frame: pd.DataFrame, categorical: Sequence[str]) -> dict:
         else:
             typical[name] = None
     return {"typical": typical, "percentiles": percentiles, "distributions": distributions}
-
-
-def generated_names(count: int) -> list[str]:
-    """The names given to the columns of an array without names: x0, x1, ..., as scikit-learn names them."""
-    return [f"x{i}" for i in range(count)]
 
 
 class RiskModel(ClassifierMixin, BaseEstimator):

@@ -11,19 +11,21 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from carelens.data.contracts import ContractError
-from carelens.data.synthetic import generate, write_synthetic
-from carelens.models.registry import Registry
 from carelens.data.errors import UsageError
-from carelens.models.tabular import (
-    CANDIDATES, LEARNERS, Goal, RiskModel, one_standard_error_choice, SchemaError, load_tabular, parse_goal, threshold_for_f1, threshold_for_rate, threshold_for_recall,
-)
-from carelens.training.cli import evaluate_app, export_command, train_app
-from carelens.training.metrics import expected_calibration_error, group_rates, risk_metrics
 from carelens.data.html import figure_html, html_report, table_html
+from carelens.data.synthetic import generate, write_synthetic
 from carelens.models.conversation_features import FEATURE_COLUMNS, FEATURE_GROUPS, TIMING_FEATURES
+from carelens.models.learners import (
+    CANDIDATES, LEARNERS, Goal, one_standard_error_choice, parse_goal, threshold_for_f1, threshold_for_rate,
+    threshold_for_recall,
+)
+from carelens.models.registry import Registry
+from carelens.models.tabular import RiskModel, SchemaError, load_tabular
 from carelens.training.bootstrap import roc_auc_differences
-from carelens.training.report import comparison_rows, feature_group_rows, tabular_report
+from carelens.training.cli import evaluate_app, export_command, train_app
 from carelens.training.evaluate import evaluate_tabular
+from carelens.training.metrics import expected_calibration_error, group_rates, risk_metrics
+from carelens.training.report import comparison_rows, feature_group_rows, tabular_report
 from carelens.training.tabular import (
     ADDED_GROUP, FITTED_CONTACTS, TASKS, gap_recovered, load_labelled, publish_tabular, refitted_without, train_tabular,
 )
