@@ -1,8 +1,7 @@
-"""Command-line options shared by every command that scores transcripts (runtime, precision, device, threads, token
-budget and encoding cache), and the range of every command's seed."""
+"""Command-line options shared across layers: the transcript scoring options with their choices, and the seed's range."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -10,10 +9,17 @@ import typer
 #: them failed in a traceback deep in training (after the data was read), not as a usage error.
 SEED_RANGE = {"min": 0, "max": 2 ** 32 - 1}
 
-RuntimeOption = Annotated[Optional[str], typer.Option(
+#: The encoder runtimes and the precisions each runs: what `--runtime` and `--precision` offer, and what
+#: `carelens.models.runtimes` checks a runtime, precision and device against.
+RUNTIMES = ("torch", "onnx")
+PRECISIONS = {"torch": ("fp32", "int8", "fp16", "bf16"), "onnx": ("fp32", "int8")}
+#: Every precision some runtime runs, in the order listed.
+ANY_PRECISION = tuple(dict.fromkeys(p for runtime in RUNTIMES for p in PRECISIONS[runtime]))
+
+RuntimeOption = Annotated[Optional[Literal[RUNTIMES]], typer.Option(
     help="Encoder runtime: onnx (ONNX Runtime on the export published with the model; the default on a CPU) or "
          "torch.")]
-PrecisionOption = Annotated[Optional[str], typer.Option(
+PrecisionOption = Annotated[Optional[Literal[ANY_PRECISION]], typer.Option(
     help="fp32 (default on a CPU), int8 (faster; a turn's score then depends on the turns batched with it), bf16 "
          "(torch), fp16 (torch on --device cuda, the default there).")]
 DeviceOption = Annotated[str, typer.Option(help="cpu, or cuda[:N] (torch runtime).")]

@@ -1,0 +1,28 @@
+"""The command line's shared options: choices listed in help and enforced by the parser, flags shown as flags."""
+import pytest
+from typer.testing import CliRunner
+
+from carelens.inference.cli import app
+
+SCORING_COMMANDS = (["score"], ["nightly"], ["serve"], ["featurize"], ["evaluate", "transcripts"])
+
+
+def help_text(command: list[str]) -> str:
+    """The command's help, on a console wide enough that no row wraps."""
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("command", SCORING_COMMANDS)
+def test_help_lists_the_runtimes_and_precisions(command):
+    text = help_text(command)
+    assert "<torch|onnx>" in text and "<fp32|int8|fp16|bf16>" in text
+
+
+@pytest.mark.parametrize("option, value, choices", [("--runtime", "tensorrt", "'torch', 'onnx'"),
+                                                    ("--precision", "fp64", "'fp32', 'int8', 'fp16', 'bf16'")])
+def test_the_parser_refuses_a_value_outside_the_choices_and_names_them(option, value, choices):
+    result = CliRunner().invoke(app, ["serve", option, value], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.output and choices in " ".join(result.output.split())
