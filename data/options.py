@@ -33,6 +33,11 @@ CacheOption = Annotated[Optional[int], typer.Option(
                 "once (about 1.7 kB each for MiniLM; default 10,000); 0 turns it off.")]
 
 
+def flag(*names: str, **settings):
+    """A boolean option that help shows as a flag: its names alone, without a `<bool>` value to give."""
+    return typer.Option(*names, metavar="", **settings)
+
+
 def scoring_option_values(runtime: Optional[str], precision: Optional[str], device: str, threads: Optional[int],
                           token_budget: Optional[int], cache_entries: Optional[int]) -> dict:
     """The options as keyword arguments of `carelens.models.scoring.ScoringOptions` (unset sizes: its defaults)."""

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from carelens.data.options import (
-    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
+    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, flag,
+    scoring_option_values,
 )
 
 
@@ -41,7 +42,7 @@ def featurize_command(
     threads: ThreadsOption = None,
     token_budget: TokenBudgetOption = None,
     cache_entries: CacheOption = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Annotated[bool, flag(help="Show progress bars.")] = True,
 ) -> None:
     """Score every turn with the transcript model and write the conversation features the churn and retaliation
     models take (`carelens train churn --features-from FILE`)."""

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from carelens.data.options import (
-    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
+    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, flag,
+    scoring_option_values,
 )
 
 #: Exit code when the run finished but some input produced nothing (bad input itself exits 2).
@@ -50,11 +51,11 @@ AddressOption = Annotated[Optional[str], typer.Option(help="An existing Ray clus
                                                            "start a local Ray instance.")]
 WorkersOption = Annotated[Optional[int], typer.Option(min=1, help="Ray actors, each loading the model once (default: "
                                                                   "one per CPU, or per --threads CPUs).")]
-RestartOption = Annotated[bool, typer.Option(help="Discard what --out holds from an earlier run instead of resuming.")]
-ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar (conversations/s and ETA).")]
-RedactOption = Annotated[bool, typer.Option(help="Mask e-mail addresses, phone numbers, card and order/account numbers "
-                                                 "in transcript text ([EMAIL], [PHONE], [CARD], [ORDER]) before "
-                                                 "scoring and in every output, dead letters included.")]
+RestartOption = Annotated[bool, flag(help="Discard what --out holds from an earlier run instead of resuming.")]
+ProgressOption = Annotated[bool, flag(help="Show a progress bar (conversations/s and ETA).")]
+RedactOption = Annotated[bool, flag(help="Mask e-mail addresses, phone numbers, card and order/account numbers "
+                                         "in transcript text ([EMAIL], [PHONE], [CARD], [ORDER]) before "
+                                         "scoring and in every output, dead letters included.")]
 
 
 def run_options(registry, version, engine, chunk_size, restart, progress, ray_address, workers, format, redact,
@@ -134,8 +135,8 @@ def nightly_command(
                                                                           "P.")] = None,
     engine: EngineOption = Engine.local,
     format: FormatOption = Format.auto,
-    strict: Annotated[bool, typer.Option(help="Fail instead of warning when answered contacts have no "
-                                              "conversation features.")] = False,
+    strict: Annotated[bool, flag(help="Fail instead of warning when answered contacts have no "
+                                      "conversation features.")] = False,
     chunk_size: ChunkOption = 1_000,
     runtime: RuntimeOption = None,
     precision: PrecisionOption = None,

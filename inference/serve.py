@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from carelens.data.options import (
-    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
+    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, flag,
+    scoring_option_values,
 )
 
 from carelens.data.errors import UsageError
@@ -116,12 +117,12 @@ def serve_command(
                                                           "slower ones are closed.")] = 5,
     shutdown_timeout: Annotated[int, typer.Option(min=0, help="On SIGTERM or SIGINT, seconds given to requests in "
                                                               "flight to finish before they are cancelled.")] = 30,
-    log_text: Annotated[bool, typer.Option("--log-text", help="Add each request's transcript texts to its access-log "
-                                                              "line (off by default: they are customers' words).")]
+    log_text: Annotated[bool, flag("--log-text", help="Add each request's transcript texts to its access-log "
+                                                      "line (off by default: they are customers' words).")]
         = False,
-    redact: Annotated[bool, typer.Option(help="Mask e-mail addresses, phone numbers, card and order/account numbers "
-                                              "in transcript text before scoring and in the access log ([EMAIL], "
-                                              "[PHONE], [CARD], [ORDER]).")] = False,
+    redact: Annotated[bool, flag(help="Mask e-mail addresses, phone numbers, card and order/account numbers "
+                                      "in transcript text before scoring and in the access log ([EMAIL], "
+                                      "[PHONE], [CARD], [ORDER]).")] = False,
     runtime: RuntimeOption = None,
     precision: PrecisionOption = None,
     device: DeviceOption = "cpu",

@@ -26,3 +26,18 @@ def test_the_parser_refuses_a_value_outside_the_choices_and_names_them(option, v
     result = CliRunner().invoke(app, ["serve", option, value], env={"COLUMNS": "200"})
     assert result.exit_code == 2
     assert f"Invalid value for '{option}'" in result.output and choices in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("command", [["nightly"], ["serve"], ["train", "transcripts"], ["evaluate", "churn"],
+                                     ["generate"]])
+def test_help_shows_boolean_options_as_flags_without_a_value(command):
+    # Typer's own --help is the one option whose row still reads <bool>.
+    with_a_value = [line for line in help_text(command).splitlines() if "<bool>" in line]
+    assert [line for line in with_a_value if "--help" not in line] == []
+
+
+def test_nightly_help_shows_its_flags_and_their_negations():
+    rows = {line.split()[1]: line.split()[2:4] for line in help_text(["nightly"]).splitlines()
+            if line.startswith("│") and len(line.split()) > 3 and line.split()[1].startswith("--")}
+    for name in ("strict", "restart", "progress", "redact"):
+        assert rows[f"--{name}"][0] == f"--no-{name}" and rows[f"--{name}"][1] != "<bool>"

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from carelens.data.errors import UsageError
 from carelens.data.options import (
-    SEED_RANGE, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
+    SEED_RANGE, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, flag,
+    scoring_option_values,
 )
 from carelens.data.terminal import console, error_console, rows_table, tagged, user_errors, warn
 
@@ -130,7 +131,7 @@ def evaluate_command(name: str):
         features_from: FeaturesFromOption = None,
         registry: RegistryOption = None,
         version: VersionOption = "latest",
-        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+        as_json: Annotated[bool, flag("--json", help="Print one JSON object instead of tables.")] = False,
     ) -> None:
         from carelens.training.evaluate import evaluate_tabular
         with user_errors():
@@ -200,20 +201,20 @@ def train_transcripts_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per training batch.")] = 32,
     empathy_repeats: Annotated[int, typer.Option(help="finetune: passes over the empathy data per epoch (it is "
                                                       "a fifth the size of the sentiment data).")] = 4,
-    class_weights: Annotated[bool, typer.Option(help="Balance classes in the loss (raises macro-F1).")] = True,
-    decision_weights: Annotated[bool, typer.Option(
+    class_weights: Annotated[bool, flag(help="Balance classes in the loss (raises macro-F1).")] = True,
+    decision_weights: Annotated[bool, flag(
         help="Name empathy levels by the calibrated probabilities times per-level weights chosen on validation "
              "macro-F1 (and report the plain argmax beside it). Off by default: it needs a larger validation split "
              "than EPITOME's to carry over.")] = False,
-    pair: Annotated[bool, typer.Option(help="Read empathy from (customer turn, agent turn) pairs; the default reads "
-                                            "the agent turn alone, which did better on EPITOME's validation and "
-                                            "test splits.")] = False,
-    stack_floor: Annotated[bool, typer.Option(help="Pool each head with a TF-IDF + logistic regression floor at the "
-                                                   "share chosen on validation log-loss (saved with the model).")] = True,
-    rationales: Annotated[bool, typer.Option(help="finetune: learn EPITOME's rationale spans (which reply tokens "
-                                                  "show each mechanism) as an auxiliary token-level task.")] = False,
-    balanced_sampling: Annotated[bool, typer.Option(help="finetune: draw empathy rows class-balanced (rare levels "
-                                                         "more often) instead of weighting the loss.")] = False,
+    pair: Annotated[bool, flag(help="Read empathy from (customer turn, agent turn) pairs; the default reads "
+                                    "the agent turn alone, which did better on EPITOME's validation and "
+                                    "test splits.")] = False,
+    stack_floor: Annotated[bool, flag(help="Pool each head with a TF-IDF + logistic regression floor at the "
+                                           "share chosen on validation log-loss (saved with the model).")] = True,
+    rationales: Annotated[bool, flag(help="finetune: learn EPITOME's rationale spans (which reply tokens "
+                                          "show each mechanism) as an auxiliary token-level task.")] = False,
+    balanced_sampling: Annotated[bool, flag(help="finetune: draw empathy rows class-balanced (rare levels "
+                                                 "more often) instead of weighting the loss.")] = False,
     seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed for the splits, batches and initialisation.")] = 13,
     threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 2,
     time_budget: Annotated[Optional[float], typer.Option(help="finetune: minutes after which training stops at the "
@@ -224,7 +225,7 @@ def train_transcripts_command(
                                                                       "fresh heads.")] = None,
     out: RegistryOption = None,
     runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Annotated[bool, flag(help="Show progress bars.")] = True,
 ) -> None:
     """Train the transcript model (sentiment and empathy heads) and publish it beside its TF-IDF floor; `--from` a
     published version adapts that model (the starter, say) to your own labels (`carelens label suggest`)."""
@@ -290,7 +291,7 @@ def train_starter_command(
                                                               "keeps its best validated state.")] = None,
     out: RegistryOption = None,
     runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Annotated[bool, flag(help="Show progress bars.")] = True,
 ) -> None:
     """Build the starter transcript model from permissively licensed text only (VADER's MIT-licensed rated sentences,
     CareLens' own empathy rules and prototypes) and publish it: real conversations read sensibly from day one."""
@@ -318,7 +319,7 @@ def evaluate_transcripts_command(
     device: DeviceOption = "cpu",
     threads: ThreadsOption = None,
     token_budget: TokenBudgetOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    as_json: Annotated[bool, flag("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Score labelled files with a published transcript model: per head, accuracy and macro-F1 with 95% bootstrap
     intervals, per-class precision/recall/F1, the confusion matrix and the most confidently wrong rows (their text
