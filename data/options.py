@@ -28,6 +28,9 @@ ThreadsOption = Annotated[Optional[int], typer.Option(
                 "each is given).")]
 TokenBudgetOption = Annotated[Optional[int], typer.Option(
     min=16, help="Padded tokens per encoder batch: length-sorted turns are packed up to it (default 2,048).")]
+VersionsOption = Annotated[str, typer.Option(
+    help="Model versions, resolved once at the start: latest, one version for every model (v2), or pinned per model "
+         "(churn=v2,retaliation=v2,transcripts=v1).")]
 CacheOption = Annotated[Optional[int], typer.Option(
     min=0, help="Recent encodings each scoring process remembers, so repeated greetings and stock replies are encoded "
                 "once (about 1.7 kB each for MiniLM; default 10,000); 0 turns it off.")]

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from carelens.data.options import (
-    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, flag,
-    scoring_option_values,
+    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, VersionsOption,
+    flag, scoring_option_values,
 )
 
 #: Exit code when the run finished but some input produced nothing (bad input itself exits 2).
@@ -39,9 +39,6 @@ TranscriptsOption = Annotated[list[str], typer.Option(
 OutOption = Annotated[Path, typer.Option(help="Output folder. Re-running the same command resumes.")]
 RegistryOption = Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
                                                              "./registry).")]
-VersionOption = Annotated[str, typer.Option(
-    help="Model versions, resolved once at the start: latest, one version for every model (v2), or pinned per model "
-         "(churn=v2,retaliation=v2,transcripts=v1).")]
 EngineOption = Annotated[Engine, typer.Option(help="local (this process) or ray (Ray Data actors).")]
 FormatOption = Annotated[Format, typer.Option("--format", help="Transcript format: auto (by suffix), jsonl, parquet "
                                                                "or abcd.")]
@@ -92,7 +89,7 @@ def score_command(
         help="Interactions (CSV or Parquet, globs or directories): also write per-contact churn and retaliation "
              "predictions with the transcript features joined on contact_id.")] = None,
     registry: RegistryOption = None,
-    version: VersionOption = "latest",
+    version: VersionsOption = "latest",
     engine: EngineOption = Engine.local,
     format: FormatOption = Format.auto,
     chunk_size: ChunkOption = 1_000,
@@ -128,7 +125,7 @@ def nightly_command(
                                                          "directories); repeat the option for more.")],
     out: OutOption,
     registry: RegistryOption = None,
-    version: VersionOption = "latest",
+    version: VersionsOption = "latest",
     capacity: Annotated[Optional[int], typer.Option(min=0, help="Flag the K riskiest customers (the calls the centre "
                                                                 "can make tomorrow).")] = None,
     threshold: Annotated[Optional[float], typer.Option(min=0, max=1, help="Flag customers whose risk is at least "

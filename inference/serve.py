@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from carelens.data.options import (
-    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, flag,
-    scoring_option_values,
+    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, VersionsOption,
+    flag, scoring_option_values,
 )
 
 from carelens.data.errors import UsageError
@@ -98,7 +98,7 @@ def serve_until_stopped(app, host: str, port: int, shutdown_timeout: int, idle_t
 def serve_command(
     registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
                                                           "./registry).")] = None,
-    version: Annotated[str, typer.Option(help="Model version for all three models, e.g. v2, or latest.")] = "latest",
+    version: VersionsOption = "latest",
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 listens on every interface.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8000,
     api_key_env: Annotated[Optional[str], typer.Option(
@@ -133,7 +133,7 @@ def serve_command(
     """Serve POST /v1/score (transcript features), POST /v1/flag (customers at risk, with reasons and actions),
     GET /v1/models and GET /v1/health; the OpenAPI documentation is at /docs. Each request is logged as one JSON line
     on stdout."""
-    from carelens.inference.api import Scorer
+    from carelens.inference.api import Scorer, parse_versions
     from carelens.inference.service import ServiceSettings, create_app
     from carelens.data.terminal import console, user_errors
     from carelens.models.scoring import ScoringOptions
@@ -143,7 +143,7 @@ def serve_command(
                                    log_text=log_text)
         scoring = ScoringOptions(**scoring_option_values(runtime, precision, device, threads, token_budget,
                                                          cache_entries))
-        scorer = Scorer.load(registry, version, redact=redact, scoring=scoring)
+        scorer = Scorer.load(registry, parse_versions(version), redact=redact, scoring=scoring)
     models = ", ".join(f"{name} {v}" for name, v in scorer.versions.items())
     console.print(f"serving {models}; API key {'required' if settings.api_key else 'not required'}"
                   f"{'; personal data redacted' if redact else ''}")
