@@ -1,6 +1,7 @@
 """Command-line options shared across layers: the transcript scoring options with their choices, and the seed's range."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
@@ -28,6 +29,8 @@ ThreadsOption = Annotated[Optional[int], typer.Option(
                 "each is given).")]
 TokenBudgetOption = Annotated[Optional[int], typer.Option(
     min=16, help="Padded tokens per encoder batch: length-sorted turns are packed up to it (default 2,048).")]
+RegistryOption = Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
+                                                             "./registry).")]
 VersionsOption = Annotated[str, typer.Option(
     help="Model versions, resolved once at the start: latest, one version for every model (v2), or pinned per model "
          "(churn=v2,retaliation=v2,transcripts=v1).")]

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from carelens.data.options import flag
+from carelens.data.options import RegistryOption, flag
 from carelens.data.terminal import console
 
 HISTORY_CUSTOMERS = 8_000
@@ -92,8 +92,7 @@ def train_all(store, out: Path) -> dict[str, Path]:
 
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the history, reports and tonight's run.")] = Path("runs/demo"),
-    registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
-                                                          "./registry).")] = None,
+    registry: RegistryOption = None,
     retrain: Annotated[bool, flag(help="Train new versions even when the registry already has models.")] = False,
     capacity: Annotated[Optional[int], typer.Option(min=0, help="Flag this many customers (default: whom the models' "
                                                                 "own thresholds flag).")] = None,

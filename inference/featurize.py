@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from carelens.data.options import (
-    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, flag,
-    scoring_option_values,
+    CacheOption, DeviceOption, PrecisionOption, RegistryOption, RuntimeOption, ThreadsOption,
+    TokenBudgetOption, flag, scoring_option_values,
 )
 
 
@@ -33,8 +33,7 @@ def written_features(features, out: Path, version: str) -> Path:
 def featurize_command(
     transcripts: Annotated[Path, typer.Option(help="Transcripts: contract JSONL, long-form Parquet or ABCD JSON.")],
     out: Annotated[Path, typer.Option(help="Features file to write (.parquet or .csv), keyed by contact_id.")],
-    registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
-                                                          "./registry).")] = None,
+    registry: RegistryOption = None,
     version: Annotated[str, typer.Option(help="Transcript model version, e.g. v2, or latest.")] = "latest",
     runtime: RuntimeOption = None,
     precision: PrecisionOption = None,

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from carelens.data.options import (
-    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, VersionsOption,
-    flag, scoring_option_values,
+    CacheOption, DeviceOption, PrecisionOption, RegistryOption, RuntimeOption, ThreadsOption, TokenBudgetOption,
+    VersionsOption, flag, scoring_option_values,
 )
 
 #: Exit code when the run finished but some input produced nothing (bad input itself exits 2).
@@ -37,8 +37,6 @@ TranscriptsOption = Annotated[list[str], typer.Option(
     help="Transcripts: JSON Lines, long-form Parquet or ABCD JSON files, globs (quoted) or directories; repeat the "
          "option for more.")]
 OutOption = Annotated[Path, typer.Option(help="Output folder. Re-running the same command resumes.")]
-RegistryOption = Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
-                                                             "./registry).")]
 EngineOption = Annotated[Engine, typer.Option(help="local (this process) or ray (Ray Data actors).")]
 FormatOption = Annotated[Format, typer.Option("--format", help="Transcript format: auto (by suffix), jsonl, parquet "
                                                                "or abcd.")]

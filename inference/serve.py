@@ -4,14 +4,13 @@ from __future__ import annotations
 import copy
 import os
 import signal
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from carelens.data.options import (
-    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, VersionsOption,
-    flag, scoring_option_values,
+    CacheOption, DeviceOption, PrecisionOption, RegistryOption, RuntimeOption, ThreadsOption, TokenBudgetOption,
+    VersionsOption, flag, scoring_option_values,
 )
 
 from carelens.data.errors import UsageError
@@ -96,8 +95,7 @@ def serve_until_stopped(app, host: str, port: int, shutdown_timeout: int, idle_t
 
 
 def serve_command(
-    registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
-                                                          "./registry).")] = None,
+    registry: RegistryOption = None,
     version: VersionsOption = "latest",
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 listens on every interface.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8000,

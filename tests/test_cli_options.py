@@ -41,3 +41,14 @@ def test_nightly_help_shows_its_flags_and_their_negations():
             if line.startswith("│") and len(line.split()) > 3 and line.split()[1].startswith("--")}
     for name in ("strict", "restart", "progress", "redact"):
         assert rows[f"--{name}"][0] == f"--no-{name}" and rows[f"--{name}"][1] != "<bool>"
+
+
+@pytest.mark.parametrize("model", ["churn", "retaliation", "transcripts"])
+def test_evaluate_takes_no_out_option_that_would_name_the_registry(model, tmp_path):
+    result = CliRunner().invoke(app, ["evaluate", model, "--out", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "No such option: --out" in result.output
+
+
+@pytest.mark.parametrize("command", [["train", "churn"], ["train", "transcripts"], ["train", "starter"]])
+def test_training_publishes_to_out_or_its_synonym_registry(command):
+    assert "--out,--registry" in help_text(command)

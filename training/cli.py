@@ -10,8 +10,8 @@ from rich.table import Table
 
 from carelens.data.errors import UsageError
 from carelens.data.options import (
-    SEED_RANGE, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, flag,
-    scoring_option_values,
+    SEED_RANGE, DeviceOption, PrecisionOption, RegistryOption, RuntimeOption, ThreadsOption, TokenBudgetOption,
+    flag, scoring_option_values,
 )
 from carelens.data.terminal import console, error_console, rows_table, tagged, user_errors, warn
 
@@ -29,8 +29,8 @@ TargetOption = Annotated[Optional[str], typer.Option("--target", help="Label col
 FeaturesFromOption = Annotated[Optional[list[Path]], typer.Option(
     "--features-from", help="Table keyed by contact_id or customer_id whose numeric columns join as features "
                             "(repeatable).")]
-RegistryOption = Annotated[Optional[Path], typer.Option("--registry", "--out",
-                                                        help="Registry directory (default $CARELENS_REGISTRY or ./registry).")]
+PublishOption = Annotated[Optional[Path], typer.Option("--out", "--registry", help="Registry to publish to (default "
+                                                       "$CARELENS_REGISTRY or ./registry).")]
 VersionOption = Annotated[str, typer.Option("--version", help="Model version, e.g. v3, or latest.")]
 
 
@@ -94,7 +94,7 @@ def train_command(name: str):
                                                   "logistic, boosting, forest, extra-trees.")] = "auto",
         spread_seeds: Annotated[int, typer.Option(min=1, help="Split seeds (seed, seed+1, ...) whose held-out "
                                                               "figures give the mean and std reported.")] = 5,
-        out: RegistryOption = None,
+        out: PublishOption = None,
         runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
     ) -> None:
         from carelens.training.report import copied_report
@@ -157,8 +157,7 @@ for _name in TABULAR_MODELS:
 def export_command(
     model: Annotated[str, typer.Argument(help="Model name in the registry: churn or retaliation.")],
     out: Annotated[Path, typer.Option("--out", help="File to write.")],
-    registry: Annotated[Optional[Path], typer.Option("--registry", help="Registry directory (default "
-                                                     "$CARELENS_REGISTRY or ./registry).")] = None,
+    registry: RegistryOption = None,
     version: VersionOption = "latest",
     format: Annotated[str, typer.Option("--format", help="Export format; joblib is the one offered.")] = "joblib",
 ) -> None:
@@ -223,7 +222,7 @@ def train_transcripts_command(
     start_from: Annotated[Optional[str], typer.Option("--from", help="Adapt this published transcript model "
                                                                       "version (e.g. the starter, v1) instead of "
                                                                       "fresh heads.")] = None,
-    out: RegistryOption = None,
+    out: PublishOption = None,
     runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
     progress: Annotated[bool, flag(help="Show progress bars.")] = True,
 ) -> None:
@@ -289,7 +288,7 @@ def train_starter_command(
     threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 2,
     time_budget: Annotated[Optional[float], typer.Option(help="finetune: minutes after which training stops and "
                                                               "keeps its best validated state.")] = None,
-    out: RegistryOption = None,
+    out: PublishOption = None,
     runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
     progress: Annotated[bool, flag(help="Show progress bars.")] = True,
 ) -> None:
@@ -350,8 +349,7 @@ def suggest_command(
                                                          "ABCD JSON); repeatable.")],
     out: Annotated[Path, typer.Option(help="CSV to write for a person to fill in.")],
     n: Annotated[int, typer.Option(min=1, help="Turns to pick.")] = 300,
-    registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
-                                                          "./registry).")] = None,
+    registry: RegistryOption = None,
     version: Annotated[str, typer.Option(help="Transcript model version whose doubts pick the turns.")] = "latest",
     seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed of the clustering that spreads the picks.")] = 0,
 ) -> None:
