@@ -25,8 +25,7 @@ PrecisionOption = Annotated[Optional[Literal[ANY_PRECISION]], typer.Option(
          "(torch), fp16 (torch on --device cuda, the default there).")]
 DeviceOption = Annotated[str, typer.Option(help="cpu, or cuda[:N] (torch runtime).")]
 ThreadsOption = Annotated[Optional[int], typer.Option(
-    min=1, help="Intra-op threads of each scoring process (default: every core it may use; Ray actors: the CPUs "
-                "each is given).")]
+    min=1, help="Intra-op threads of each scoring process (default: every core it may use).")]
 TokenBudgetOption = Annotated[Optional[int], typer.Option(
     min=16, help="Padded tokens per encoder batch: length-sorted turns are packed up to it (default 2,048).")]
 RegistryOption = Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "

@@ -44,8 +44,11 @@ ChunkOption = Annotated[int, typer.Option(min=1, help="Records per unit: what me
                                                       "holds.")]
 AddressOption = Annotated[Optional[str], typer.Option(help="An existing Ray cluster (e.g. ray://head:10001); default: "
                                                            "start a local Ray instance.")]
-WorkersOption = Annotated[Optional[int], typer.Option(min=1, help="Ray actors, each loading the model once (default: "
-                                                                  "one per CPU, or per --threads CPUs).")]
+WorkersOption = Annotated[Optional[int], typer.Option(min=1, help="Ray actors, each loading the model once and given "
+                                                                  "--threads CPUs, one by default (default: as many "
+                                                                  "as the CPUs allow).")]
+VerboseOption = Annotated[bool, flag(help="With --engine ray: show Ray's own log lines (start-up, Ray Data's plan and "
+                                          "notes) and its workers' output on the terminal.")]
 RestartOption = Annotated[bool, flag(help="Discard what --out holds from an earlier run instead of resuming.")]
 ProgressOption = Annotated[bool, flag(help="Show a progress bar (conversations/s and ETA).")]
 RedactOption = Annotated[bool, flag(help="Mask e-mail addresses, phone numbers, card and order/account numbers "
@@ -54,13 +57,14 @@ RedactOption = Annotated[bool, flag(help="Mask e-mail addresses, phone numbers, 
 
 
 def run_options(registry, version, engine, chunk_size, restart, progress, ray_address, workers, format, redact,
-                scoring: dict) -> dict:
+                verbose, scoring: dict) -> dict:
     """The options `score` and `nightly` share, as keyword arguments of `score_batch` / `run_nightly`."""
     from carelens.inference.api import parse_versions
     from carelens.models.scoring import ScoringOptions
     return {"registry": registry, "version": parse_versions(version), "engine": engine.value,
             "chunk_size": chunk_size, "restart": restart, "show_progress_bar": progress, "ray_address": ray_address,
-            "workers": workers, "format": format.value, "redact": redact, "scoring": ScoringOptions(**scoring)}
+            "workers": workers, "format": format.value, "redact": redact, "verbose": verbose,
+            "scoring": ScoringOptions(**scoring)}
 
 
 def reported(manifest: dict, out: Path) -> None:
@@ -102,6 +106,7 @@ def score_command(
     restart: RestartOption = False,
     progress: ProgressOption = True,
     redact: RedactOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """The scoring stages of the nightly job alone: transcripts (and, with --interactions, contacts) in bounded
     chunks into features/ and predictions/ parts. Every input record ends up in a part or in dead_letter.jsonl with its
@@ -111,7 +116,7 @@ def score_command(
     with user_errors():
         manifest = score_batch(transcripts, out, interactions=interactions or (),
                                **run_options(registry, version, engine, chunk_size, restart, progress, ray_address,
-                                             workers, format, redact,
+                                             workers, format, redact, verbose,
                                              scoring_option_values(runtime, precision, device, threads, token_budget,
                                                                    cache_entries)))
     reported(manifest, out)
@@ -144,6 +149,7 @@ def nightly_command(
     restart: RestartOption = False,
     progress: ProgressOption = True,
     redact: RedactOption = False,
+    verbose: VerboseOption = False,
     top: Annotated[int, typer.Option(min=0, help="Flagged customers printed on the terminal.")] = 10,
 ) -> None:
     """The nightly job: the day's transcripts and contacts → conversation features → per-contact predictions →
@@ -158,7 +164,7 @@ def nightly_command(
     with user_errors():
         manifest = run_nightly(transcripts, interactions, out, capacity=capacity, threshold=threshold, strict=strict,
                                **run_options(registry, version, engine, chunk_size, restart, progress, ray_address,
-                                             workers, format, redact,
+                                             workers, format, redact, verbose,
                                              scoring_option_values(runtime, precision, device, threads, token_budget,
                                                                    cache_entries)))
     flagged = pd.read_parquet(out / FLAGGED_PARQUET)

@@ -1,4 +1,7 @@
 """The command line's shared options: choices listed in help and enforced by the parser, flags shown as flags."""
+import re
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
@@ -52,3 +55,25 @@ def test_evaluate_takes_no_out_option_that_would_name_the_registry(model, tmp_pa
 @pytest.mark.parametrize("command", [["train", "churn"], ["train", "transcripts"], ["train", "starter"]])
 def test_training_publishes_to_out_or_its_synonym_registry(command):
     assert "--out,--registry" in help_text(command)
+
+
+@pytest.mark.parametrize("command", [["score"], ["nightly", "--interactions", "contacts.parquet"]])
+def test_the_ray_engine_without_ray_is_a_usage_error_naming_the_extra(command, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as where Ray is not installed
+    (tmp_path / "t.jsonl").write_text('{"conversation_id": "a", "customer_id": "c", "turns": []}\n')
+    result = CliRunner().invoke(app, [*command, "--transcripts", str(tmp_path / "t.jsonl"), "--out",
+                                      str(tmp_path / "out"), "--engine", "ray", "--no-progress"])
+    assert result.exit_code == 2
+    assert "the Ray engine needs Ray: pip install 'carelens[ray]'" in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["serve"], ["featurize"], ["evaluate", "transcripts"], ["train", "transcripts"]])
+def test_help_of_a_command_that_never_runs_ray_does_not_mention_it(command):
+    assert not re.search(r"\bray\b", help_text(command), flags=re.IGNORECASE)
+
+
+@pytest.mark.parametrize("command", [["score"], ["nightly"]])
+def test_the_commands_that_run_ray_offer_verbose_for_its_own_lines(command):
+    text = help_text(command)
+    assert "--verbose" in text and "--engine" in text and "--ray-address" in text
