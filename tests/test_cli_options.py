@@ -1,10 +1,14 @@
-"""The command line's shared options: choices listed in help and enforced by the parser, flags shown as flags."""
+"""The command line's shared options: groups declared once, choices listed and enforced, flags shown as flags."""
 import re
 import sys
+from dataclasses import dataclass
+from typing import Annotated, Optional
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
+from carelens.data.options import with_option_groups
 from carelens.inference.cli import app
 
 SCORING_COMMANDS = (["score"], ["nightly"], ["serve"], ["featurize"], ["evaluate", "transcripts"])
@@ -77,3 +81,53 @@ def test_help_of_a_command_that_never_runs_ray_does_not_mention_it(command):
 def test_the_commands_that_run_ray_offer_verbose_for_its_own_lines(command):
     text = help_text(command)
     assert "--verbose" in text and "--engine" in text and "--ray-address" in text
+
+
+@dataclass(frozen=True)
+class Pair:
+    left: Annotated[int, typer.Option(min=1, help="The left one.")] = 1
+    right: Annotated[Optional[str], typer.Option(help="The right one.")] = None
+
+
+def test_an_option_group_is_spread_into_options_and_handed_back_as_one_instance():
+    seen = {}
+
+    @with_option_groups
+    def command(name: Annotated[str, typer.Option()], pair: Pair = Pair(), loud: bool = False) -> None:
+        seen.update(name=name, pair=pair, loud=loud)
+    single = typer.Typer()
+    single.command()(command)
+    result = CliRunner().invoke(single, ["--left", "3", "--name", "n", "--loud"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"name": "n", "pair": Pair(3, None), "loud": True}
+    assert CliRunner().invoke(single, ["--name", "n", "--left", "0"]).exit_code == 2  # the group's range holds
+    assert CliRunner().invoke(single, ["--left", "3"]).exit_code == 2  # and the command's own required option
+    assert "The right one." in CliRunner().invoke(single, ["--help"], env={"COLUMNS": "200"}).output
+
+
+def test_a_command_whose_groups_repeat_an_option_is_refused_when_declared():
+    with pytest.raises(TypeError, match="repeat left"):
+        @with_option_groups
+        def command(left: int = 0, pair: Pair = Pair()) -> None:
+            pass
+
+
+SCORING_OPTIONS = ("--runtime", "--precision", "--device", "--threads", "--token-budget", "--cache-entries")
+RUN_OPTIONS = ("--transcripts", "--out", "--registry", "--version", "--engine", "--format", "--chunk-size",
+               "--ray-address", "--workers", "--restart", "--progress", "--redact", "--verbose")
+
+
+@pytest.mark.parametrize("command, options", [(["score"], SCORING_OPTIONS + RUN_OPTIONS),
+                                              (["nightly"], SCORING_OPTIONS + RUN_OPTIONS),
+                                              (["serve"], SCORING_OPTIONS), (["featurize"], SCORING_OPTIONS),
+                                              (["evaluate", "transcripts"], SCORING_OPTIONS[:-1])])
+def test_the_shared_groups_give_each_command_every_option_of_the_group(command, options):
+    listed = {word for word in help_text(command).split() if word.startswith("--")}
+    assert set(options) <= listed
+
+
+@pytest.mark.parametrize("command", SCORING_COMMANDS)
+@pytest.mark.parametrize("option, value", [("--threads", "0"), ("--token-budget", "15")])
+def test_the_shared_scoring_ranges_hold_in_every_command(command, option, value):
+    result = CliRunner().invoke(app, [*command, option, value], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
