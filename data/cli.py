@@ -2,26 +2,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from carelens.data.options import SEED_RANGE
+from carelens.data.options import SEED_RANGE, flag
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
 def generate_command(
-    customers: int = typer.Option(10_000, "--customers", "-n", min=1,
-                                  help="How many customers (one labelled contact each)."),
-    seed: int = typer.Option(0, "--seed", **SEED_RANGE,
-                             help="Random seed; the same seed always writes the same files."),
-    out: Path = typer.Option(Path("synthetic"), "--out", help="Folder to write the tables and transcripts into."),
-    start: str = typer.Option("2026-11-01", "--start", help="First day of the month the contacts fall in (UTC)."),
-    transcripts: bool = typer.Option(True, "--transcripts/--no-transcripts",
-                                     help="Also write transcripts.jsonl (skip it for large benchmarks)."),
+    customers: Annotated[int, typer.Option("--customers", "-n", min=1,
+                                           help="How many customers (one labelled contact each).")] = 10_000,
+    seed: Annotated[int, typer.Option(**SEED_RANGE,
+                                      help="Random seed; the same seed always writes the same files.")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder to write the tables and transcripts into.")] = Path("synthetic"),
+    start: Annotated[str, typer.Option(help="First day of the month the contacts fall in (UTC).")] = "2026-11-01",
+    transcripts: Annotated[bool, flag(help="Also write transcripts.jsonl (skip it for large benchmarks).")] = True,
 ) -> None:
     """Write interactions, labels, hidden truth and transcripts, then print the files and the observed marginals."""
     # Imported here so that `carelens --help` does not pay for scipy and pyarrow.

@@ -1,8 +1,11 @@
-"""Command-line options shared by every command that scores transcripts (runtime, precision, device, threads, token
-budget and encoding cache), and the range of every command's seed."""
+"""Command-line options shared across layers: option groups declared once, the scoring options, flags, the seed's range."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import functools
+import inspect
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Annotated, Callable, Literal, Optional, get_type_hints
 
 import typer
 
@@ -10,26 +13,90 @@ import typer
 #: them failed in a traceback deep in training (after the data was read), not as a usage error.
 SEED_RANGE = {"min": 0, "max": 2 ** 32 - 1}
 
-RuntimeOption = Annotated[Optional[str], typer.Option(
-    help="Encoder runtime: onnx (ONNX Runtime on the export published with the model; the default on a CPU) or "
-         "torch.")]
-PrecisionOption = Annotated[Optional[str], typer.Option(
-    help="fp32 (default on a CPU), int8 (faster; a turn's score then depends on the turns batched with it), bf16 "
-         "(torch), fp16 (torch on --device cuda, the default there).")]
-DeviceOption = Annotated[str, typer.Option(help="cpu, or cuda[:N] (torch runtime).")]
-ThreadsOption = Annotated[Optional[int], typer.Option(
-    min=1, help="Intra-op threads of each scoring process (default: every core it may use; Ray actors: the CPUs "
-                "each is given).")]
-TokenBudgetOption = Annotated[Optional[int], typer.Option(
-    min=16, help="Padded tokens per encoder batch: length-sorted turns are packed up to it (default 2,048).")]
-CacheOption = Annotated[Optional[int], typer.Option(
-    min=0, help="Recent encodings each scoring process remembers, so repeated greetings and stock replies are encoded "
-                "once (about 1.7 kB each for MiniLM; default 10,000); 0 turns it off.")]
+#: The encoder runtimes and the precisions each runs: what `--runtime` and `--precision` offer, and what
+#: `carelens.models.runtimes` checks a runtime, precision and device against.
+RUNTIMES = ("torch", "onnx")
+PRECISIONS = {"torch": ("fp32", "int8", "fp16", "bf16"), "onnx": ("fp32", "int8")}
+#: Every precision some runtime runs, in the order listed.
+ANY_PRECISION = tuple(dict.fromkeys(p for runtime in RUNTIMES for p in PRECISIONS[runtime]))
+
+RegistryOption = Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
+                                                             "./registry).")]
+VersionsOption = Annotated[str, typer.Option(
+    help="Model versions, resolved once at the start: latest, one version for every model (v2), or pinned per model "
+         "(churn=v2,retaliation=v2,transcripts=v1).")]
 
 
-def scoring_option_values(runtime: Optional[str], precision: Optional[str], device: str, threads: Optional[int],
-                          token_budget: Optional[int], cache_entries: Optional[int]) -> dict:
-    """The options as keyword arguments of `carelens.models.scoring.ScoringOptions` (unset sizes: its defaults)."""
-    sizes = {"token_budget": token_budget, "cache_entries": cache_entries}
-    return {"runtime": runtime, "precision": precision, "device": device, "threads": threads,
-            **{name: value for name, value in sizes.items() if value is not None}}
+def flag(*names: str, **settings):
+    """A boolean option that help shows as a flag: its names alone, without a `<bool>` value to give."""
+    return typer.Option(*names, metavar="", **settings)
+
+
+ProgressOption = Annotated[bool, flag(help="Show progress bars.")]
+
+
+@dataclass(frozen=True)
+class EncoderFlags:
+    """How a command runs the transcript model's encoder: runtime, precision, device, threads and token budget."""
+
+    runtime: Annotated[Optional[Literal[RUNTIMES]], typer.Option(
+        help="Encoder runtime: onnx (ONNX Runtime on the export published with the model; the default on a CPU) or "
+             "torch.")] = None
+    precision: Annotated[Optional[Literal[ANY_PRECISION]], typer.Option(
+        help="fp32 (default on a CPU), int8 (faster; a turn's score then depends on the turns batched with it), bf16 "
+             "(torch), fp16 (torch on --device cuda, the default there).")] = None
+    device: Annotated[str, typer.Option(help="cpu, or cuda[:N] (torch runtime).")] = "cpu"
+    threads: Annotated[Optional[int], typer.Option(
+        min=1, help="Intra-op threads of each scoring process (default: every core it may use).")] = None
+    token_budget: Annotated[Optional[int], typer.Option(
+        min=16, help="Padded tokens per encoder batch: length-sorted turns are packed up to it (default 2,048).")] = None
+
+    def given(self) -> dict:
+        """The options given, as keyword arguments of `carelens.models.scoring.ScoringOptions` (those left unset: its
+        defaults)."""
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class ScoringFlags(EncoderFlags):
+    """The scoring options of every command that scores transcripts: the encoder's, and its encoding cache."""
+
+    cache_entries: Annotated[Optional[int], typer.Option(
+        min=0, help="Recent encodings each scoring process remembers, so repeated greetings and stock replies are "
+                    "encoded once (about 1.7 kB each for MiniLM; default 10,000); 0 turns it off.")] = None
+
+
+def keyword(name: str, annotation, default=inspect.Parameter.empty) -> inspect.Parameter:
+    """A keyword-only parameter: an option to Typer, in any order, with or without a default."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+
+
+def group_parameters(group: type) -> list[inspect.Parameter]:
+    """The fields of an option group (a dataclass whose fields are `Annotated` Typer options) as keyword parameters."""
+    hints = get_type_hints(group, include_extras=True)
+    return [keyword(f.name, hints[f.name], inspect.Parameter.empty if f.default is MISSING else f.default)
+            for f in fields(group)]
+
+
+def with_option_groups(command: Callable) -> Callable:
+    """The command as Typer sees it: each parameter typed by an option group (a dataclass of `Annotated` options)
+    spread into the group's options, and the command called with one instance of the group for that parameter, so that
+    options several commands share are declared once. Typer reads the signature this sets (`__signature__`)."""
+    hints = get_type_hints(command, include_extras=True)
+    groups = {name: hint for name, hint in hints.items() if is_dataclass(hint)}
+    parameters = [spread for own in inspect.signature(command).parameters.values()
+                  for spread in (group_parameters(groups[own.name]) if own.name in groups
+                                 else [keyword(own.name, hints.get(own.name, own.annotation), own.default)])]
+    names = [p.name for p in parameters]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise TypeError(f"{command.__qualname__}: option groups repeat {', '.join(repeated)}")
+
+    @functools.wraps(command)
+    def grouped(**values):
+        for name, group in groups.items():
+            values[name] = group(**{f.name: values.pop(f.name) for f in fields(group)})
+        return command(**values)
+    grouped.__signature__ = inspect.Signature(parameters)
+    grouped.__annotations__ = {p.name: p.annotation for p in parameters}
+    return grouped

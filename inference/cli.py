@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from carelens.data.cli import generate_command
+from carelens.data.options import flag
 from carelens.inference.demo import demo
 from carelens.inference.featurize import featurize_command
 from carelens.inference.predict import predict_app
@@ -30,8 +31,8 @@ def print_version(asked: bool) -> None:
 
 
 @app.callback()
-def root(version: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True,
-                                               help="Print the installed CareLens version and exit.")] = False) -> None:
+def root(version: Annotated[bool, flag("--version", callback=print_version, is_eager=True,
+                                       help="Print the installed CareLens version and exit.")] = False) -> None:
     """Which customers are we about to lose or anger, and why."""
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from carelens.data.options import RegistryOption, flag
 from carelens.data.terminal import console
 from carelens.models.names import TABULAR_MODELS
 
@@ -92,9 +93,8 @@ def train_all(store, out: Path) -> dict[str, Path]:
 
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the history, reports and tonight's run.")] = Path("runs/demo"),
-    registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
-                                                          "./registry).")] = None,
-    retrain: Annotated[bool, typer.Option(help="Train new versions even when the registry already has models.")] = False,
+    registry: RegistryOption = None,
+    retrain: Annotated[bool, flag(help="Train new versions even when the registry already has models.")] = False,
     capacity: Annotated[Optional[int], typer.Option(min=0, help="Flag this many customers (default: whom the models' "
                                                                 "own thresholds flag).")] = None,
 ) -> None:

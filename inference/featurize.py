@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from carelens.data.options import (
-    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
-)
+from carelens.data.options import ProgressOption, RegistryOption, ScoringFlags, with_option_groups
 
 
 def read_conversations(path: Path) -> list:
@@ -29,19 +27,14 @@ def written_features(features, out: Path, version: str) -> Path:
     return write_csv(features, out)
 
 
+@with_option_groups
 def featurize_command(
     transcripts: Annotated[Path, typer.Option(help="Transcripts: contract JSONL, long-form Parquet or ABCD JSON.")],
     out: Annotated[Path, typer.Option(help="Features file to write (.parquet or .csv), keyed by contact_id.")],
-    registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
-                                                          "./registry).")] = None,
+    registry: RegistryOption = None,
     version: Annotated[str, typer.Option(help="Transcript model version, e.g. v2, or latest.")] = "latest",
-    runtime: RuntimeOption = None,
-    precision: PrecisionOption = None,
-    device: DeviceOption = "cpu",
-    threads: ThreadsOption = None,
-    token_budget: TokenBudgetOption = None,
-    cache_entries: CacheOption = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    scoring: ScoringFlags = ScoringFlags(),
+    progress: ProgressOption = True,
 ) -> None:
     """Score every turn with the transcript model and write the conversation features the churn and retaliation
     models take (`carelens train churn --features-from FILE`)."""
@@ -51,9 +44,7 @@ def featurize_command(
     from carelens.models.transcript import training_text_warning
     with user_errors():
         output_file(out)
-        options = ScoringOptions(**scoring_option_values(runtime, precision, device, threads, token_budget,
-                                                         cache_entries))
-        pipeline, metadata = load_scoring_pipeline(registry, version, options)
+        pipeline, metadata = load_scoring_pipeline(registry, version, ScoringOptions(**scoring.given()))
         for warning in (training_text_warning(metadata), metadata.get("runtime_warning")):
             if warning:
                 warn(warning)

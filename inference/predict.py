@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Union
 
 import typer
 
 from carelens.data.errors import UsageError
+from carelens.data.options import RegistryOption
 from carelens.data.spreadsheet import write_csv
 from carelens.data.terminal import console, user_errors
 from carelens.models.names import TABULAR_MODELS
@@ -105,8 +106,7 @@ def predict_command(name: str):
         data: Annotated[Path, typer.Option("--data", help="CSV or Parquet table holding the model's feature "
                                                           "columns (contract interactions or your own table).")],
         out: Annotated[Path, typer.Option("--out", help="File to write: .csv or .parquet.")],
-        registry: Annotated[Optional[Path], typer.Option("--registry", help="Registry directory (default "
-                                                         "$CARELENS_REGISTRY or ./registry).")] = None,
+        registry: RegistryOption = None,
         version: Annotated[str, typer.Option("--version", help="Model version, e.g. v3, or latest.")] = "latest",
     ) -> None:
         with user_errors():

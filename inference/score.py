@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from carelens.data.options import (
-    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
-)
+from carelens.data.options import RegistryOption, ScoringFlags, VersionsOption, flag, with_option_groups
 
 #: Exit code when the run finished but some input produced nothing (bad input itself exits 2).
 INCOMPLETE = 1
@@ -32,39 +31,44 @@ class Format(str, Enum):
     abcd = "abcd"
 
 
-TranscriptsOption = Annotated[list[str], typer.Option(
-    help="Transcripts: JSON Lines, long-form Parquet or ABCD JSON files, globs (quoted) or directories; repeat the "
-         "option for more.")]
-OutOption = Annotated[Path, typer.Option(help="Output folder. Re-running the same command resumes.")]
-RegistryOption = Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
-                                                             "./registry).")]
-VersionOption = Annotated[str, typer.Option(
-    help="Model versions, resolved once at the start: latest, one version for every model (v2), or pinned per model "
-         "(churn=v2,retaliation=v2,transcripts=v1).")]
-EngineOption = Annotated[Engine, typer.Option(help="local (this process) or ray (Ray Data actors).")]
-FormatOption = Annotated[Format, typer.Option("--format", help="Transcript format: auto (by suffix), jsonl, parquet "
-                                                               "or abcd.")]
-ChunkOption = Annotated[int, typer.Option(min=1, help="Records per unit: what memory holds, and what one part file "
-                                                      "holds.")]
-AddressOption = Annotated[Optional[str], typer.Option(help="An existing Ray cluster (e.g. ray://head:10001); default: "
-                                                           "start a local Ray instance.")]
-WorkersOption = Annotated[Optional[int], typer.Option(min=1, help="Ray actors, each loading the model once (default: "
-                                                                  "one per CPU, or per --threads CPUs).")]
-RestartOption = Annotated[bool, typer.Option(help="Discard what --out holds from an earlier run instead of resuming.")]
-ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar (conversations/s and ETA).")]
-RedactOption = Annotated[bool, typer.Option(help="Mask e-mail addresses, phone numbers, card and order/account numbers "
-                                                 "in transcript text ([EMAIL], [PHONE], [CARD], [ORDER]) before "
-                                                 "scoring and in every output, dead letters included.")]
+@dataclass(frozen=True)
+class RunFlags:
+    """The options `score` and `nightly` share: what to read and where to write, which models, on which engine, and
+    how the run goes (resumed or restarted, with a progress bar, redacted)."""
 
+    transcripts: Annotated[list[str], typer.Option(
+        help="Transcripts: JSON Lines, long-form Parquet or ABCD JSON files, globs (quoted) or directories; repeat the "
+             "option for more.")]
+    out: Annotated[Path, typer.Option(help="Output folder. Re-running the same command resumes.")]
+    registry: RegistryOption = None
+    version: VersionsOption = "latest"
+    engine: Annotated[Engine, typer.Option(help="local (this process) or ray (Ray Data actors).")] = Engine.local
+    format: Annotated[Format, typer.Option("--format", help="Transcript format: auto (by suffix), jsonl, parquet or "
+                                                            "abcd.")] = Format.auto
+    chunk_size: Annotated[int, typer.Option(min=1, help="Records per unit: what memory holds, and what one part file "
+                                                        "holds.")] = 1_000
+    ray_address: Annotated[Optional[str], typer.Option(help="An existing Ray cluster (e.g. ray://head:10001); default: "
+                                                            "start a local Ray instance.")] = None
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Ray actors, each loading the model once and given "
+                                                               "--threads CPUs, one by default (default: as many as "
+                                                               "the CPUs allow).")] = None
+    restart: Annotated[bool, flag(help="Discard what --out holds from an earlier run instead of resuming.")] = False
+    progress: Annotated[bool, flag(help="Show a progress bar (conversations/s and ETA).")] = True
+    redact: Annotated[bool, flag(help="Mask e-mail addresses, phone numbers, card and order/account numbers in "
+                                      "transcript text ([EMAIL], [PHONE], [CARD], [ORDER]) before scoring and in "
+                                      "every output, dead letters included.")] = False
+    verbose: Annotated[bool, flag(help="With --engine ray: show Ray's own log lines (start-up, Ray Data's plan and "
+                                       "notes) and its workers' output on the terminal.")] = False
 
-def run_options(registry, version, engine, chunk_size, restart, progress, ray_address, workers, format, redact,
-                scoring: dict) -> dict:
-    """The options `score` and `nightly` share, as keyword arguments of `score_batch` / `run_nightly`."""
-    from carelens.inference.api import parse_versions
-    from carelens.models.scoring import ScoringOptions
-    return {"registry": registry, "version": parse_versions(version), "engine": engine.value,
-            "chunk_size": chunk_size, "restart": restart, "show_progress_bar": progress, "ray_address": ray_address,
-            "workers": workers, "format": format.value, "redact": redact, "scoring": ScoringOptions(**scoring)}
+    def run_keywords(self, scoring: ScoringFlags) -> dict:
+        """The run as keyword arguments of `score_batch` / `run_nightly`, scoring as `scoring` says."""
+        from carelens.inference.api import parse_versions
+        from carelens.models.scoring import ScoringOptions
+        return {"transcripts": self.transcripts, "out": self.out, "registry": self.registry,
+                "version": parse_versions(self.version), "engine": self.engine.value, "format": self.format.value,
+                "chunk_size": self.chunk_size, "ray_address": self.ray_address, "workers": self.workers,
+                "restart": self.restart, "show_progress_bar": self.progress, "redact": self.redact,
+                "verbose": self.verbose, "scoring": ScoringOptions(**scoring.given())}
 
 
 def reported(manifest: dict, out: Path) -> None:
@@ -84,28 +88,13 @@ def reported(manifest: dict, out: Path) -> None:
         raise typer.Exit(INCOMPLETE)
 
 
+@with_option_groups
 def score_command(
-    transcripts: TranscriptsOption,
-    out: OutOption,
+    run: RunFlags,
     interactions: Annotated[Optional[list[str]], typer.Option(
         help="Interactions (CSV or Parquet, globs or directories): also write per-contact churn and retaliation "
              "predictions with the transcript features joined on contact_id.")] = None,
-    registry: RegistryOption = None,
-    version: VersionOption = "latest",
-    engine: EngineOption = Engine.local,
-    format: FormatOption = Format.auto,
-    chunk_size: ChunkOption = 1_000,
-    runtime: RuntimeOption = None,
-    precision: PrecisionOption = None,
-    device: DeviceOption = "cpu",
-    threads: ThreadsOption = None,
-    token_budget: TokenBudgetOption = None,
-    cache_entries: CacheOption = None,
-    ray_address: AddressOption = None,
-    workers: WorkersOption = None,
-    restart: RestartOption = False,
-    progress: ProgressOption = True,
-    redact: RedactOption = False,
+    scoring: ScoringFlags = ScoringFlags(),
 ) -> None:
     """The scoring stages of the nightly job alone: transcripts (and, with --interactions, contacts) in bounded
     chunks into features/ and predictions/ parts. Every input record ends up in a part or in dead_letter.jsonl with its
@@ -113,41 +102,22 @@ def score_command(
     from carelens.data.terminal import user_errors
     from carelens.inference.nightly.run import score_batch
     with user_errors():
-        manifest = score_batch(transcripts, out, interactions=interactions or (),
-                               **run_options(registry, version, engine, chunk_size, restart, progress, ray_address,
-                                             workers, format, redact,
-                                             scoring_option_values(runtime, precision, device, threads, token_budget,
-                                                                   cache_entries)))
-    reported(manifest, out)
+        manifest = score_batch(interactions=interactions or (), **run.run_keywords(scoring))
+    reported(manifest, run.out)
 
 
+@with_option_groups
 def nightly_command(
-    transcripts: TranscriptsOption,
     interactions: Annotated[list[str], typer.Option(help="The day's interactions (CSV or Parquet, globs or "
                                                          "directories); repeat the option for more.")],
-    out: OutOption,
-    registry: RegistryOption = None,
-    version: VersionOption = "latest",
+    run: RunFlags,
     capacity: Annotated[Optional[int], typer.Option(min=0, help="Flag the K riskiest customers (the calls the centre "
                                                                 "can make tomorrow).")] = None,
     threshold: Annotated[Optional[float], typer.Option(min=0, max=1, help="Flag customers whose risk is at least "
                                                                           "P.")] = None,
-    engine: EngineOption = Engine.local,
-    format: FormatOption = Format.auto,
-    strict: Annotated[bool, typer.Option(help="Fail instead of warning when answered contacts have no "
-                                              "conversation features.")] = False,
-    chunk_size: ChunkOption = 1_000,
-    runtime: RuntimeOption = None,
-    precision: PrecisionOption = None,
-    device: DeviceOption = "cpu",
-    threads: ThreadsOption = None,
-    token_budget: TokenBudgetOption = None,
-    cache_entries: CacheOption = None,
-    ray_address: AddressOption = None,
-    workers: WorkersOption = None,
-    restart: RestartOption = False,
-    progress: ProgressOption = True,
-    redact: RedactOption = False,
+    strict: Annotated[bool, flag(help="Fail instead of warning when answered contacts have no "
+                                      "conversation features.")] = False,
+    scoring: ScoringFlags = ScoringFlags(),
     top: Annotated[int, typer.Option(min=0, help="Flagged customers printed on the terminal.")] = 10,
 ) -> None:
     """The nightly job: the day's transcripts and contacts → conversation features → per-contact predictions →
@@ -160,16 +130,13 @@ def nightly_command(
     from carelens.inference.nightly.layout import FLAGGED_PARQUET, SUMMARY
     from carelens.inference.nightly.run import run_nightly
     with user_errors():
-        manifest = run_nightly(transcripts, interactions, out, capacity=capacity, threshold=threshold, strict=strict,
-                               **run_options(registry, version, engine, chunk_size, restart, progress, ray_address,
-                                             workers, format, redact,
-                                             scoring_option_values(runtime, precision, device, threads, token_budget,
-                                                                   cache_entries)))
-    flagged = pd.read_parquet(out / FLAGGED_PARQUET)
+        manifest = run_nightly(interactions=interactions, capacity=capacity, threshold=threshold, strict=strict,
+                               **run.run_keywords(scoring))
+    flagged = pd.read_parquet(run.out / FLAGGED_PARQUET)
     console.print(top_table(flagged, top))
-    console.print(f"{manifest['rule']}: flagged {manifest['flagged']:,} customers; summary: {out / SUMMARY}",
+    console.print(f"{manifest['rule']}: flagged {manifest['flagged']:,} customers; summary: {run.out / SUMMARY}",
                   highlight=False, soft_wrap=True)
-    reported(manifest, out)
+    reported(manifest, run.out)
 
 
 def top_table(flagged, count: int):

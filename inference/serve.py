@@ -4,16 +4,13 @@ from __future__ import annotations
 import copy
 import os
 import signal
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Annotated, Optional
 
 import typer
 
-from carelens.data.options import (
-    CacheOption, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
-)
-
 from carelens.data.errors import UsageError
+from carelens.data.options import RegistryOption, ScoringFlags, VersionsOption, flag, with_option_groups
 
 
 def api_key_from(variable: Optional[str]) -> Optional[str]:
@@ -70,15 +67,16 @@ def head_deadline_protocol():
     return HeadDeadlineProtocol
 
 
-def serve_until_stopped(app, host: str, port: int, shutdown_timeout: int, idle_timeout: int) -> None:
-    """Run uvicorn until SIGINT or SIGTERM, then let requests in flight finish (for at most `shutdown_timeout`
-    seconds) and return, so that a stop asked for ends with exit code 0. A connection that sends no whole request
-    head within `idle_timeout` seconds (after connecting or after its last answer) is closed."""
+def serve_until_stopped(app, flags: ServerFlags) -> None:
+    """Run uvicorn on the flags' host and port until SIGINT or SIGTERM, then let requests in flight finish (for at
+    most `shutdown_timeout` seconds) and return, so that a stop asked for ends with exit code 0. A connection that
+    sends no whole request head within `idle_timeout` seconds (after connecting or after its last answer) is closed."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False, log_config=logging_config(),
-                                           timeout_graceful_shutdown=shutdown_timeout, timeout_keep_alive=idle_timeout,
-                                           http=head_deadline_protocol()))
+    server = uvicorn.Server(uvicorn.Config(app, host=flags.host, port=flags.port, access_log=False,
+                                           log_config=logging_config(), http=head_deadline_protocol(),
+                                           timeout_graceful_shutdown=flags.shutdown_timeout,
+                                           timeout_keep_alive=flags.idle_timeout))
 
     # uvicorn, once it has shut down gracefully, raises the signal it caught again under the handler it found; under
     # Python's defaults SIGTERM would then kill the process (exit -15) and SIGINT raise KeyboardInterrupt. This handler
@@ -94,56 +92,68 @@ def serve_until_stopped(app, host: str, port: int, shutdown_timeout: int, idle_t
             signal.signal(signum, handler)
 
 
-def serve_command(
-    registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
-                                                          "./registry).")] = None,
-    version: Annotated[str, typer.Option(help="Model version for all three models, e.g. v2, or latest.")] = "latest",
-    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 listens on every interface.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8000,
+@dataclass(frozen=True)
+class ServiceFlags:
+    """What guards the service: the API key, the request limits and timeouts, and what the access log holds."""
+
     api_key_env: Annotated[Optional[str], typer.Option(
         help="Name of the environment variable holding the API key clients must send in X-API-Key (the key itself "
-             "never goes on the command line, where other users could read it). Default: no authentication.")] = None,
+             "never goes on the command line, where other users could read it). Default: no authentication.")] = None
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body accepted, in bytes; larger ones "
-                                                            "get 413.")] = 10_000_000,
+                                                            "get 413.")] = 10_000_000
     max_batch: Annotated[int, typer.Option(min=1, help="Most conversations, interactions or transcripts in one "
-                                                       "request; more get 413.")] = 1_000,
+                                                       "request; more get 413.")] = 1_000
     request_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a request may wait for and run scoring; "
-                                                                   "longer ones get 503.")] = 30.0,
+                                                                   "longer ones get 503.")] = 30.0
     body_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a client may take to send a request body; "
-                                                                "slower ones get 408.")] = 10.0,
+                                                                "slower ones get 408.")] = 10.0
+    log_text: Annotated[bool, flag("--log-text", help="Add each request's transcript texts to its access-log line "
+                                                      "(off by default: they are customers' words).")] = False
+
+    def settings(self):
+        """The service's settings (`ServiceSettings`), the API key read from its variable."""
+        from carelens.inference.service import ServiceSettings
+        return ServiceSettings(api_key=api_key_from(self.api_key_env), max_body_bytes=self.max_body_bytes,
+                               max_batch=self.max_batch, request_timeout_s=self.request_timeout,
+                               body_timeout_s=self.body_timeout, log_text=self.log_text)
+
+
+@dataclass(frozen=True)
+class ServerFlags:
+    """Where the server listens, how long an idle connection is kept, and how long a stop waits for requests."""
+
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 listens on every interface.")] = "127.0.0.1"
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8000
     idle_timeout: Annotated[int, typer.Option(min=1, help="Seconds a connection may take to send a request's line and "
                                                           "headers, after connecting or after its last answer; "
-                                                          "slower ones are closed.")] = 5,
+                                                          "slower ones are closed.")] = 5
     shutdown_timeout: Annotated[int, typer.Option(min=0, help="On SIGTERM or SIGINT, seconds given to requests in "
-                                                              "flight to finish before they are cancelled.")] = 30,
-    log_text: Annotated[bool, typer.Option("--log-text", help="Add each request's transcript texts to its access-log "
-                                                              "line (off by default: they are customers' words).")]
-        = False,
-    redact: Annotated[bool, typer.Option(help="Mask e-mail addresses, phone numbers, card and order/account numbers "
-                                              "in transcript text before scoring and in the access log ([EMAIL], "
-                                              "[PHONE], [CARD], [ORDER]).")] = False,
-    runtime: RuntimeOption = None,
-    precision: PrecisionOption = None,
-    device: DeviceOption = "cpu",
-    threads: ThreadsOption = None,
-    token_budget: TokenBudgetOption = None,
-    cache_entries: CacheOption = None,
+                                                              "flight to finish before they are cancelled.")] = 30
+
+
+@with_option_groups
+def serve_command(
+    registry: RegistryOption = None,
+    version: VersionsOption = "latest",
+    server: ServerFlags = ServerFlags(),
+    service: ServiceFlags = ServiceFlags(),
+    redact: Annotated[bool, flag(help="Mask e-mail addresses, phone numbers, card and order/account numbers "
+                                      "in transcript text before scoring and in the access log ([EMAIL], "
+                                      "[PHONE], [CARD], [ORDER]).")] = False,
+    scoring: ScoringFlags = ScoringFlags(),
 ) -> None:
     """Serve POST /v1/score (transcript features), POST /v1/flag (customers at risk, with reasons and actions),
     GET /v1/models and GET /v1/health; the OpenAPI documentation is at /docs. Each request is logged as one JSON line
     on stdout."""
-    from carelens.inference.api import Scorer
-    from carelens.inference.service import ServiceSettings, create_app
     from carelens.data.terminal import console, user_errors
+    from carelens.inference.api import Scorer, parse_versions
+    from carelens.inference.service import create_app
     from carelens.models.scoring import ScoringOptions
     with user_errors():
-        settings = ServiceSettings(api_key=api_key_from(api_key_env), max_body_bytes=max_body_bytes,
-                                   max_batch=max_batch, request_timeout_s=request_timeout, body_timeout_s=body_timeout,
-                                   log_text=log_text)
-        scoring = ScoringOptions(**scoring_option_values(runtime, precision, device, threads, token_budget,
-                                                         cache_entries))
-        scorer = Scorer.load(registry, version, redact=redact, scoring=scoring)
+        settings = service.settings()
+        scorer = Scorer.load(registry, parse_versions(version), redact=redact,
+                             scoring=ScoringOptions(**scoring.given()))
     models = ", ".join(f"{name} {v}" for name, v in scorer.versions.items())
     console.print(f"serving {models}; API key {'required' if settings.api_key else 'not required'}"
                   f"{'; personal data redacted' if redact else ''}")
-    serve_until_stopped(create_app(scorer, settings), host, port, shutdown_timeout, idle_timeout)
+    serve_until_stopped(create_app(scorer, settings), server)

@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 from carelens.data.errors import UsageError
+from carelens.data.options import PRECISIONS, RUNTIMES
 
-RUNTIMES = ("torch", "onnx")
-PRECISIONS = {"torch": ("fp32", "int8", "fp16", "bf16"), "onnx": ("fp32", "int8")}
 #: What scores by default: the fastest runtime on the 2-core development machine that gives the scores the model was
 #: validated with (README, "Performance"). int8 is faster still, but dynamic quantisation scales activations per
 #: batch, so a turn's score moved by up to 0.16 with the turns batched beside it; bf16 moved scores by up to 0.006.

@@ -211,6 +211,18 @@ def test_ray_and_local_engines_agree_on_1000_conversations(registry_with_models,
     assert not (tmp_path / "ray" / ".ray-staging").exists()
 
 
+def test_ray_log_lines_below_errors_stay_off_the_terminal_while_quieted():
+    pytest.importorskip("ray.data")
+    import logging
+
+    from carelens.inference.nightly.ray_engine import ray_logs_quieted
+    console = next(h for h in logging.getLogger("ray.data").handlers if h.get_name() == "console")
+    before = (logging.getLogger("ray").level, console.level)
+    with ray_logs_quieted():
+        assert (logging.getLogger("ray").level, console.level) == (logging.ERROR, logging.ERROR)
+    assert (logging.getLogger("ray").level, console.level) == before
+
+
 def test_the_command_says_which_input_matched_nothing_and_exits_2(registry_with_models, tmp_path):
     from typer.testing import CliRunner
 

@@ -265,6 +265,20 @@ def test_serve_refuses_an_unset_key_variable(registry_with_models, monkeypatch):
     assert "--api-key-env CARELENS_TEST_NO_KEY: that environment variable is unset or empty" in result.output
 
 
+@pytest.mark.parametrize("version", ["churn=v1,retaliation=v1,transcripts=v1", "v1", "latest"])
+def test_serve_takes_the_model_versions_as_score_and_nightly_do(registry_with_models, monkeypatch, version):
+    monkeypatch.setattr("carelens.inference.serve.serve_until_stopped", lambda *_: None)
+    result = CliRunner().invoke(cli, ["serve", "--registry", str(registry_with_models.root), "--version", version])
+    assert result.exit_code == 0, result.output
+    assert "serving churn v1, retaliation v1, transcripts v1" in result.output
+
+
+def test_serve_refuses_a_model_pinned_twice(registry_with_models):
+    result = CliRunner().invoke(cli, ["serve", "--registry", str(registry_with_models.root),
+                                      "--version", "churn=v1,churn=v2"])
+    assert result.exit_code == 2 and "churn is pinned twice" in result.output
+
+
 # -- failures, timeouts and logs ---------------------------------------------------------------------------------------
 
 class Faulty:

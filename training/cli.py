@@ -9,43 +9,25 @@ import typer
 from rich.table import Table
 
 from carelens.data.errors import UsageError
-from carelens.data.options import (
-    SEED_RANGE, DeviceOption, PrecisionOption, RuntimeOption, ThreadsOption, TokenBudgetOption, scoring_option_values,
-)
+from carelens.data.options import SEED_RANGE, EncoderFlags, RegistryOption, flag, with_option_groups
 from carelens.data.terminal import console, error_console, rows_table, tagged, user_errors, warn
 from carelens.models.names import TABULAR_MODELS
+from carelens.training.flags import (
+    ComputeFlags, PathsOption, PublishFlags, ScheduleFlags, SwitchFlags, TableFlags, TranscriptDataFlags,
+)
 
 train_app = typer.Typer(help="Train a model and publish it to the registry.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Score labelled data a model never saw and print its metrics.", no_args_is_help=True)
 label_app = typer.Typer(help="Pick turns for a person to label, to adapt the transcript model to your own text.",
                         no_args_is_help=True)
 
-DataOption = Annotated[Path, typer.Option("--data", help="A generator output directory, an interactions file "
-                                          "(with --labels), or any CSV/Parquet holding the --target column.")]
-LabelsOption = Annotated[Optional[Path], typer.Option("--labels", help="Contract labels file joined on contact_id.")]
-TargetOption = Annotated[Optional[str], typer.Option("--target", help="Label column (default: churned / retaliation).")]
-FeaturesFromOption = Annotated[Optional[list[Path]], typer.Option(
-    "--features-from", help="Table keyed by contact_id or customer_id whose numeric columns join as features "
-                            "(repeatable).")]
-RegistryOption = Annotated[Optional[Path], typer.Option("--registry", "--out",
-                                                        help="Registry directory (default $CARELENS_REGISTRY or ./registry).")]
+JsonOption = Annotated[bool, flag("--json", help="Print one JSON object instead of tables.")]
 VersionOption = Annotated[str, typer.Option("--version", help="Model version, e.g. v3, or latest.")]
 
 
 def _registry(path: Optional[Path]):
     from carelens.models.registry import Registry
     return Registry(path)
-
-
-def checked_destinations(registry: Optional[Path], runs: Path):
-    """The registry to publish to, once it and the folder for the report's copy (`--runs`) are known to be folders
-    or absent: checked before training, since a model trained for nowhere would be lost, and a report copied nowhere
-    ends a run that did publish in a traceback."""
-    from carelens.data.paths import output_folder
-    store = _registry(registry)
-    output_folder(store.root)
-    output_folder(runs, "--runs")
-    return store
 
 
 def figures_tables(figures: dict) -> list[Table]:
@@ -76,15 +58,13 @@ def figures_tables(figures: dict) -> list[Table]:
 
 def train_command(name: str):
     """The `carelens train <name>` command for one tabular model."""
+    @with_option_groups
     def train(
-        data: DataOption,
-        labels: LabelsOption = None,
-        target: TargetOption = None,
+        table: TableFlags,
         features: Annotated[Optional[str], typer.Option(help="Comma-separated feature columns (default: all others, "
                                                              "or the contract's features).")] = None,
         categorical: Annotated[Optional[str], typer.Option(help="Comma-separated categorical columns (default: "
                                                                 "detected from types).")] = None,
-        features_from: FeaturesFromOption = None,
         goal: Annotated[str, typer.Option(help="Threshold goal: f1, recall:0.8 or top-k:500 (contacts a day).")] = "f1",
         seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed of the published model's split, folds and "
                                                              "learner.")] = 0,
@@ -92,16 +72,16 @@ def train_command(name: str):
                                                   "logistic, boosting, forest, extra-trees.")] = "auto",
         spread_seeds: Annotated[int, typer.Option(min=1, help="Split seeds (seed, seed+1, ...) whose held-out "
                                                               "figures give the mean and std reported.")] = 5,
-        out: RegistryOption = None,
-        runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
+        publish: PublishFlags = PublishFlags(),
     ) -> None:
         from carelens.training.report import copied_report
         from carelens.training.tabular import TASKS, load_labelled, publish_tabular, train_tabular
         task = TASKS[name]
         with user_errors():
-            registry = checked_destinations(out, runs)
-            with console.status(f"Reading {data}"):
-                labelled = load_labelled(data, task, labels, target, features, categorical, features_from or ())
+            registry = publish.checked_registry()
+            with console.status(f"Reading {table.data}"):
+                labelled = load_labelled(table.data, task, table.labels, table.target, features, categorical,
+                                         table.features_from or ())
             console.print(f"{len(labelled.frame):,} labelled rows, {len(labelled.features)} features, "
                           f"target '{labelled.target}'")
             with console.status(f"Training the {name} model (80/20 split, seeds {seed}..{seed + spread_seeds - 1})"):
@@ -109,9 +89,9 @@ def train_command(name: str):
                                         spread_seeds=spread_seeds)
             with console.status("Writing the report and publishing"):
                 artifact = publish_tabular(trained, registry)
-        copy = copied_report(artifact.path, runs / name / artifact.version / "report.html")
-        for table in figures_tables(trained.metadata):
-            console.print(table)
+        copy = copied_report(artifact.path, publish.runs / name / artifact.version / "report.html")
+        for figures in figures_tables(trained.metadata):
+            console.print(figures)
         console.print(f"learner {trained.model.learner_}; threshold {trained.model.threshold_:.4f} for goal {goal}; "
                       f"published {name} "
                       f"{artifact.version} to {artifact.path}", soft_wrap=True)
@@ -122,18 +102,17 @@ def train_command(name: str):
 
 def evaluate_command(name: str):
     """The `carelens evaluate <name>` command for one tabular model."""
+    @with_option_groups
     def evaluate(
-        data: DataOption,
-        labels: LabelsOption = None,
-        target: TargetOption = None,
-        features_from: FeaturesFromOption = None,
+        table: TableFlags,
         registry: RegistryOption = None,
         version: VersionOption = "latest",
-        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+        as_json: JsonOption = False,
     ) -> None:
         from carelens.training.evaluate import evaluate_tabular
         with user_errors():
-            result = evaluate_tabular(_registry(registry), name, data, labels, target, version, features_from or ())
+            result = evaluate_tabular(_registry(registry), name, table.data, table.labels, table.target, version,
+                                      table.features_from or ())
         if result["warning"]:
             warn(result["warning"])
         if as_json:
@@ -141,8 +120,8 @@ def evaluate_command(name: str):
             return
         console.print(f"{name} {result['version']} on {result['data']} (threshold {result['threshold']:.4f}, "
                       f"goal {result['goal']})")
-        for table in figures_tables(result):
-            console.print(table)
+        for figures in figures_tables(result):
+            console.print(figures)
     evaluate.__doc__ = f"Score labelled data the {name} model never saw and print its metrics."
     return evaluate
 
@@ -155,8 +134,7 @@ for _name in TABULAR_MODELS:
 def export_command(
     model: Annotated[str, typer.Argument(help="Model name in the registry: churn or retaliation.")],
     out: Annotated[Path, typer.Option("--out", help="File to write.")],
-    registry: Annotated[Optional[Path], typer.Option("--registry", help="Registry directory (default "
-                                                     "$CARELENS_REGISTRY or ./registry).")] = None,
+    registry: RegistryOption = None,
     version: VersionOption = "latest",
     format: Annotated[str, typer.Option("--format", help="Export format; joblib is the one offered.")] = "joblib",
 ) -> None:
@@ -178,73 +156,37 @@ def export_command(
     console.print(f"wrote {model} {metadata['version']} to {out}")
 
 
-PathsOption = Optional[list[Path]]
-
-
 @train_app.command("transcripts")
+@with_option_groups
 def train_transcripts_command(
     mode: Annotated[str, typer.Option(help="heads: frozen encoder, calibrated linear heads (minutes); finetune: "
                                            "multi-task fine-tuning of encoder and heads.")] = "heads",
     encoder: Annotated[Optional[Path], typer.Option(help="Hugging Face checkpoint directory (default: the packaged "
                                                          "all-MiniLM-L6-v2).")] = None,
-    sentiment_data: Annotated[PathsOption, typer.Option(help="Airline-tweet CSV (text, label) or a directory of them; "
-                                                             "repeatable.")] = None,
-    empathy_data: Annotated[PathsOption, typer.Option(help="EPITOME CSV (seeker_post, response_post, level) or a "
-                                                           "directory of them; repeatable.")] = None,
-    transcripts: Annotated[PathsOption, typer.Option(help="Contract transcripts (JSONL) whose turns carry sentiment / "
-                                                          "empathy labels; repeatable.")] = None,
-    epochs: Annotated[int, typer.Option(help="finetune: passes over the sentiment data.")] = 3,
-    lr: Annotated[float, typer.Option(help="finetune: peak AdamW learning rate.")] = 8e-5,
-    max_length: Annotated[int, typer.Option(help="Encoder window in tokens; longer turns are windowed when scored.")] = 256,
-    batch_size: Annotated[int, typer.Option(min=1, help="Rows per training batch.")] = 32,
-    empathy_repeats: Annotated[int, typer.Option(help="finetune: passes over the empathy data per epoch (it is "
-                                                      "a fifth the size of the sentiment data).")] = 4,
-    class_weights: Annotated[bool, typer.Option(help="Balance classes in the loss (raises macro-F1).")] = True,
-    decision_weights: Annotated[bool, typer.Option(
-        help="Name empathy levels by the calibrated probabilities times per-level weights chosen on validation "
-             "macro-F1 (and report the plain argmax beside it). Off by default: it needs a larger validation split "
-             "than EPITOME's to carry over.")] = False,
-    pair: Annotated[bool, typer.Option(help="Read empathy from (customer turn, agent turn) pairs; the default reads "
-                                            "the agent turn alone, which did better on EPITOME's validation and "
-                                            "test splits.")] = False,
-    stack_floor: Annotated[bool, typer.Option(help="Pool each head with a TF-IDF + logistic regression floor at the "
-                                                   "share chosen on validation log-loss (saved with the model).")] = True,
-    rationales: Annotated[bool, typer.Option(help="finetune: learn EPITOME's rationale spans (which reply tokens "
-                                                  "show each mechanism) as an auxiliary token-level task.")] = False,
-    balanced_sampling: Annotated[bool, typer.Option(help="finetune: draw empathy rows class-balanced (rare levels "
-                                                         "more often) instead of weighting the loss.")] = False,
-    seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed for the splits, batches and initialisation.")] = 13,
-    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 2,
-    time_budget: Annotated[Optional[float], typer.Option(help="finetune: minutes after which training stops at the "
-                                                              "next step and keeps its best validated state.")] = None,
-    labels: Annotated[PathsOption, typer.Option(help="A filled-in `carelens label suggest` CSV; repeatable.")] = None,
+    data: TranscriptDataFlags = TranscriptDataFlags(),
+    schedule: ScheduleFlags = ScheduleFlags(),
+    switches: SwitchFlags = SwitchFlags(),
+    compute: ComputeFlags = ComputeFlags(),
     start_from: Annotated[Optional[str], typer.Option("--from", help="Adapt this published transcript model "
                                                                       "version (e.g. the starter, v1) instead of "
                                                                       "fresh heads.")] = None,
-    out: RegistryOption = None,
-    runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    publish: PublishFlags = PublishFlags(),
 ) -> None:
     """Train the transcript model (sentiment and empathy heads) and publish it beside its TF-IDF floor; `--from` a
     published version adapts that model (the starter, say) to your own labels (`carelens label suggest`)."""
     from carelens.data.adapters import check_suggested
     from carelens.training import Options, publish_trained, train_transcripts
-    paths = [*(sentiment_data or ()), *(empathy_data or ()), *(transcripts or ()), *(labels or ())]
-    options = Options(mode=mode, epochs=epochs, lr=lr, max_length=max_length, batch_size=batch_size, seed=seed,
-                      class_weights=class_weights, pair_encoding=pair, decision_weights=decision_weights,
-                      rationales=rationales, balanced_sampling=balanced_sampling, stack_floor=stack_floor,
-                      empathy_repeats=empathy_repeats, threads=threads, time_budget_minutes=time_budget,
-                      show_progress_bar=progress)
+    options = Options(mode=mode, **schedule.options(), **switches.options(), **compute.options())
     with user_errors():
-        if not paths:
+        if not data.paths():
             raise UsageError("no training data: pass --sentiment-data, --empathy-data, --transcripts or --labels")
-        for path in labels or ():
+        for path in data.labels or ():
             check_suggested(path)
-        checked_destinations(out, runs)
-        start = adapted_start(out, start_from, options) if start_from else None
-        trained = train_transcripts(paths, options, encoder, log=console.print, start=start)
-        artifact = publish_trained(trained, out)
-    print_published(trained, artifact, runs)
+        publish.checked_registry()
+        start = adapted_start(publish.out, start_from, options) if start_from else None
+        trained = train_transcripts(data.paths(), options, encoder, log=console.print, start=start)
+        artifact = publish_trained(trained, publish.out)
+    print_published(trained, artifact, publish.runs)
 
 
 def adapted_start(registry: Optional[Path], version: str, options):
@@ -272,6 +214,7 @@ def print_published(trained, artifact, runs: Path) -> None:
 
 
 @train_app.command("starter")
+@with_option_groups
 def train_starter_command(
     mode: Annotated[str, typer.Option(help="heads: calibrated linear heads on the frozen encoder (minutes; what "
                                            "`make demo` builds); finetune: the encoder fine-tuned on the rated "
@@ -283,28 +226,23 @@ def train_starter_command(
     lr: Annotated[float, typer.Option(help="finetune: peak AdamW learning rate.")] = 5e-5,
     rows: Annotated[Optional[int], typer.Option(min=100, help="Learn from this many of the rated sentences (drawn "
                                                               "with the seed; default all 23,702).")] = None,
-    seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed for the splits, batches and initialisation.")] = 13,
-    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 2,
-    time_budget: Annotated[Optional[float], typer.Option(help="finetune: minutes after which training stops and "
-                                                              "keeps its best validated state.")] = None,
-    out: RegistryOption = None,
-    runs: Annotated[Path, typer.Option(help="Where a copy of the HTML report goes.")] = Path("runs"),
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    compute: ComputeFlags = ComputeFlags(),
+    publish: PublishFlags = PublishFlags(),
 ) -> None:
     """Build the starter transcript model from permissively licensed text only (VADER's MIT-licensed rated sentences,
     CareLens' own empathy rules and prototypes) and publish it: real conversations read sensibly from day one."""
     from carelens.training.starter import build_starter, starter_options
     from carelens.training.transcripts import publish_trained
-    options = starter_options(mode=mode, epochs=epochs, lr=lr, seed=seed, threads=threads,
-                              time_budget_minutes=time_budget, show_progress_bar=progress)
+    options = starter_options(mode=mode, epochs=epochs, lr=lr, **compute.options())
     with user_errors():
-        checked_destinations(out, runs)
+        publish.checked_registry()
         trained = build_starter(options, sources, log=console.print, rows=rows)
-        artifact = publish_trained(trained, out)
-    print_published(trained, artifact, runs)
+        artifact = publish_trained(trained, publish.out)
+    print_published(trained, artifact, publish.runs)
 
 
 @evaluate_app.command("transcripts")
+@with_option_groups
 def evaluate_transcripts_command(
     registry: RegistryOption = None,
     version: VersionOption = "latest",
@@ -312,12 +250,8 @@ def evaluate_transcripts_command(
                                                              "transcripts); repeatable.")] = None,
     empathy_data: Annotated[PathsOption, typer.Option(help="Labelled empathy file (EPITOME CSV or contract "
                                                            "transcripts); repeatable.")] = None,
-    runtime: RuntimeOption = None,
-    precision: PrecisionOption = None,
-    device: DeviceOption = "cpu",
-    threads: ThreadsOption = None,
-    token_budget: TokenBudgetOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    encoder: EncoderFlags = EncoderFlags(),
+    as_json: JsonOption = False,
 ) -> None:
     """Score labelled files with a published transcript model: per head, accuracy and macro-F1 with 95% bootstrap
     intervals, per-class precision/recall/F1, the confusion matrix and the most confidently wrong rows (their text
@@ -327,7 +261,7 @@ def evaluate_transcripts_command(
     from carelens.training.transcript_report import INTERVALS_NOTE, evaluation_tables
     from carelens.training.transcript_evaluation import evaluate_files
     with user_errors():
-        options = ScoringOptions(**scoring_option_values(runtime, precision, device, threads, token_budget, 0))
+        options = ScoringOptions(**encoder.given(), cache_entries=0)
         pipeline, metadata = load_scoring_pipeline(registry, version, options)
         for warning in (training_text_warning(metadata), metadata.get("runtime_warning")):
             if warning:
@@ -348,8 +282,7 @@ def suggest_command(
                                                          "ABCD JSON); repeatable.")],
     out: Annotated[Path, typer.Option(help="CSV to write for a person to fill in.")],
     n: Annotated[int, typer.Option(min=1, help="Turns to pick.")] = 300,
-    registry: Annotated[Optional[Path], typer.Option(help="Registry directory (default $CARELENS_REGISTRY or "
-                                                          "./registry).")] = None,
+    registry: RegistryOption = None,
     version: Annotated[str, typer.Option(help="Transcript model version whose doubts pick the turns.")] = "latest",
     seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed of the clustering that spreads the picks.")] = 0,
 ) -> None:

@@ -33,8 +33,7 @@ def scored_units(run: Run, pipeline: Optional[TranscriptPipeline] = None) -> int
     engine's actors load it once each."""
     pending, spec = run.pending, run.spec
     if pending and spec.engine == "ray":
-        run_ray(pending, run.store.root, run.models[MODEL_NAME], run.out, run.scoring, spec.ray_address, spec.workers,
-                spec.show_progress_bar, run.redact)
+        run_ray(pending, run)
     elif pending:
         pipeline = pipeline or load_scoring_pipeline(run.store, run.models[MODEL_NAME], run.scoring)[0]
         _run_local(pending, pipeline, run.out, spec.show_progress_bar, run.redact)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -15,16 +17,14 @@ import pyarrow.parquet as pq
 from carelens.data.errors import UsageError
 from carelens.inference.nightly.features import score_unit
 from carelens.inference.nightly.layout import FEATURES, FEATURES_SCHEMA
+from carelens.inference.nightly.plan import Run
 from carelens.inference.nightly.storage import commit_unit
 from carelens.inference.nightly.units import Unit
-from carelens.models.scoring import ScoringOptions, load_scoring_pipeline
+from carelens.models.scoring import load_scoring_pipeline
+from carelens.models.transcript import MODEL_NAME
 
 STAGING = ".ray-staging"
-
-
 UNIT_COLUMN = "unit"
-
-
 DEAD_COLUMN = "dead_letter"
 
 
@@ -65,41 +65,74 @@ def _committed_staging(staging: Path, out: Path) -> int:
     return len(units)
 
 
-def run_ray(units: Sequence[Unit], registry: Path, version: str, out: Path, scoring: ScoringOptions,
-            address: Optional[str] = None, workers: Optional[int] = None, show_progress_bar: bool = True,
-            redact: bool = False) -> None:
-    """Score the units with Ray Data on a local Ray instance (default) or the cluster at `address`. Each actor
-    holds one CPU and runs its encoder on one intra-op thread (`scoring.threads` unset), so that actors do not
-    oversubscribe the cores; with `scoring.threads`, each actor holds that many CPUs and threads."""
-    import ray
-
-    if scoring.device != "cpu":
-        raise UsageError("the Ray engine runs actors on CPUs; score on a GPU with --engine local --device cuda")
-    per_actor = scoring.threads or 1
-    started_here = not ray.is_initialized()
-    if started_here:
-        local_actors = workers or max(1, (os.cpu_count() or 1) // per_actor)
-        ray.init(address=address, num_cpus=None if address else local_actors * per_actor, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+@contextmanager
+def ray_logs_quieted() -> Iterator[None]:
+    """Ray's own Python log lines below errors kept off the terminal while the block runs: the driver's (start-up
+    notes such as token authentication) and Ray Data's console (its execution plan and notes; its log files in the
+    Ray session folder keep them)."""
+    import ray.data  # noqa: F401  (configures the "ray.data" logger and its console handler)
+    quieted = [logging.getLogger("ray"),
+               *(h for h in logging.getLogger("ray.data").handlers if h.get_name() == "console")]
+    levels = [each.level for each in quieted]
+    for each in quieted:
+        each.setLevel(logging.ERROR)
     try:
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = show_progress_bar
-        actors = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_actor)
-        # One unit in flight per actor: by default an actor that is ready first queues several units, and with a
-        # few large units two actors scored no faster than one (the second was still loading the model).
-        pool = ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1)
-        staging = out / STAGING
-        shutil.rmtree(staging, ignore_errors=True)
-        dataset = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
-        scored = dataset.map_batches(_UnitScorer, batch_size=1, batch_format="pandas", compute=pool, num_cpus=per_actor,
-                                     fn_constructor_kwargs={"registry": str(registry.resolve()), "version": version,
-                                                            "scoring": {**asdict(scoring), "threads": per_actor},
-                                                            "redact": redact})
-        scored.write_parquet(str(staging.resolve()), partition_cols=[UNIT_COLUMN])
-        committed = _committed_staging(staging, out)
+        yield
+    finally:
+        for each, level in zip(quieted, levels):
+            each.setLevel(level)
+
+
+@contextmanager
+def ray_session(address: Optional[str], cpus: int, workers_output: bool) -> Iterator[None]:
+    """Ray while the block runs: the running instance, else one started here (on the cluster at `address`, or locally
+    with `cpus` CPUs; its workers' output on this terminal with `workers_output`) and shut down after it."""
+    import ray
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False,
+             log_to_driver=workers_output, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_ray(units: Sequence[Unit], run: Run) -> None:
+    """Score the units of the run with Ray Data on a local Ray instance (default) or the cluster at
+    `spec.ray_address`. Each actor holds one CPU and runs its encoder on one intra-op thread (`scoring.threads`
+    unset), so that actors do not oversubscribe the cores; with `scoring.threads`, each actor holds that many CPUs and
+    threads. Ray's own log lines and its workers' output stay off the terminal unless `spec.verbose`."""
+    if run.scoring.device != "cpu":
+        raise UsageError("the Ray engine runs actors on CPUs; score on a GPU with --engine local --device cuda")
+    spec, per_actor = run.spec, run.scoring.threads or 1
+    local_actors = spec.workers or max(1, (os.cpu_count() or 1) // per_actor)
+    with nullcontext() if spec.verbose else ray_logs_quieted(), \
+            ray_session(spec.ray_address, local_actors * per_actor, workers_output=spec.verbose):
+        staging = staged_scores(units, run, per_actor)
+        committed = _committed_staging(staging, run.out)
         if committed != len(units):
             raise RuntimeError(f"Ray returned {committed} of {len(units)} units; re-run to resume the rest")
         shutil.rmtree(staging)
-    finally:
-        if started_here:
-            ray.shutdown()
+
+
+def staged_scores(units: Sequence[Unit], run: Run, per_actor: int) -> Path:
+    """The staging folder under the run's `out`, holding each unit's scores as Ray Data actors wrote them."""
+    import ray
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = run.spec.show_progress_bar
+    actors = run.spec.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_actor)
+    # One unit in flight per actor: by default an actor that is ready first queues several units, and with a
+    # few large units two actors scored no faster than one (the second was still loading the model).
+    pool = ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1)
+    staging = run.out / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    dataset = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
+    scored = dataset.map_batches(_UnitScorer, batch_size=1, batch_format="pandas", compute=pool, num_cpus=per_actor,
+                                 fn_constructor_kwargs={"registry": str(run.store.root.resolve()),
+                                                        "version": run.models[MODEL_NAME],
+                                                        "scoring": {**asdict(run.scoring), "threads": per_actor},
+                                                        "redact": run.redact})
+    scored.write_parquet(str(staging.resolve()), partition_cols=[UNIT_COLUMN])
+    return staging

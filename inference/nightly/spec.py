@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.util import find_spec
 from typing import Mapping, Optional, Union
 
 from carelens.data.errors import UsageError
 from carelens.inference.nightly.layout import ENGINES, PathLike
 from carelens.models.scoring import ScoringOptions
+
+RAY_MISSING = "the Ray engine needs Ray: pip install 'carelens[ray]'"
 
 
 @dataclass(frozen=True)
@@ -15,7 +18,8 @@ class RunSpec:
     and nothing passes an option on by hand. Inputs are paths, globs or directories; `version` is one version for
     every model or one per model ({"churn": "v1", ...}); `scoring` says how the transcript model runs (runtime,
     precision, threads, token budget, encodings remembered); `capacity` / `threshold` / `strict` are the flagging
-    rule of the nightly job; `redact` masks personal data before scoring and in every output."""
+    rule of the nightly job; `redact` masks personal data before scoring and in every output; `verbose` lets Ray's own
+    log lines reach the terminal."""
 
     transcripts: tuple[PathLike, ...]
     out: PathLike
@@ -34,6 +38,7 @@ class RunSpec:
     show_progress_bar: bool = True
     ray_address: Optional[str] = None
     workers: Optional[int] = None
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         # Callers hand lists; the spec keeps tuples so that nothing downstream can change what the run reads.
@@ -43,6 +48,8 @@ class RunSpec:
             raise UsageError(f"chunk_size must be at least 1, got {self.chunk_size}")
         if self.engine not in ENGINES:
             raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "ray" and find_spec("ray") is None:
+            raise UsageError(RAY_MISSING)
 
     @property
     def flag_key(self) -> dict:
