@@ -295,6 +295,8 @@ class Registry:
                 raise RegistryError(f"{self.root / name}: no version '{version}' (have {', '.join(self.versions(name)) or 'none'})")
             return version
         pointer = self.root / name / LATEST
+        if not self.root.is_dir():
+            raise RegistryError(self._missing_root())
         if not pointer.is_file() and not pointer.is_symlink():
             raise RegistryError(f"{self.root}: no promoted version of model '{name}'; train one with "
                                 f"`carelens train {name} --out {self.root}`")
@@ -313,6 +315,12 @@ class Registry:
             raise RegistryError(f"{pointer}: holds {shown!r}{'…' if len(raw) > POINTER_BYTES else ''}; "
                                 f"{self._pointer_expected(name)}")
         return text
+
+    def _missing_root(self) -> str:
+        """Why a registry that is not a folder has no model, and where to point instead."""
+        what = "is a file, not a folder" if self.root.exists() else "does not exist"
+        return (f"no registry at {self.root.resolve()}: it {what}. Pass --registry (or set $CARELENS_REGISTRY) to the "
+                f"folder your models were published to, or make one with `carelens demo` or `carelens train`")
 
     def _pointer_expected(self, name: str) -> str:
         """What a `latest` pointer should hold, with the versions there are."""
