@@ -7,11 +7,12 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from carelens.data.adapters import read_conversations
 from carelens.data.contracts import (
     INTERACTION_FEATURES, INTERACTIONS, ContractError, Conversation, check_text_names, validated,
 )
 from carelens.data.errors import CareLensError, UsageError
-from carelens.data.readers import header_lines, read_table, read_transcripts
+from carelens.data.readers import header_lines, read_table
 from carelens.models.conversation_features import FEATURE_COLUMNS, TRANSCRIPT_FEATURES
 from carelens.models.scoring import as_conversations
 from carelens.models.tabular import RiskModel
@@ -67,11 +68,12 @@ def features_frame(features: pd.DataFrame) -> pd.DataFrame:
 
 
 def conversation_list(conversations: Conversations) -> list[Conversation]:
-    """Conversations from Conversation objects, dicts, or a JSON Lines / long-form Parquet path, validated."""
+    """Conversations from Conversation objects, dicts, or a path in any format the batch scorer reads (JSON Lines,
+    long-form Parquet, ABCD JSON), validated."""
     _given_kind(conversations, "conversations", "a list of conversations (dicts or Conversation) or a JSON Lines / "
-                                                "long-form Parquet path", (list, tuple, str, Path))
+                                                "long-form Parquet / ABCD JSON path", (list, tuple, str, Path))
     if isinstance(conversations, (str, Path)):
-        return read_transcripts(conversations)
+        return read_conversations(conversations)
     return as_conversations(list(conversations))
 
 

@@ -9,13 +9,6 @@ import typer
 from carelens.data.options import ProgressOption, RegistryOption, ScoringFlags, with_option_groups
 
 
-def read_conversations(path: Path) -> list:
-    """Conversations from contract JSONL / long-form Parquet, or from an ABCD JSON file (a list of records)."""
-    from carelens.data.adapters import read_abcd
-    from carelens.data.readers import read_transcripts
-    return read_abcd(path) if path.suffix.lower() == ".json" else read_transcripts(path)
-
-
 def written_features(features, out: Path, version: str) -> Path:
     """`out`, holding the conversation features as CSV or as Parquet (which records the transcript model version that
     scored them), by its suffix."""
@@ -38,6 +31,7 @@ def featurize_command(
 ) -> None:
     """Score every turn with the transcript model and write the conversation features the churn and retaliation
     models take (`carelens train churn --features-from FILE`)."""
+    from carelens.data.adapters import read_conversations
     from carelens.data.paths import output_file
     from carelens.data.terminal import console, user_errors, warn
     from carelens.models.scoring import ScoringOptions, load_scoring_pipeline, transcript_features

@@ -161,3 +161,17 @@ def test_a_malformed_version_pin_is_a_usage_error_naming_the_part(text, message)
     from carelens.inference.api import parse_versions
     with pytest.raises(UsageError, match=message):
         parse_versions(text)
+
+
+def test_score_transcripts_reads_an_abcd_file_as_the_batch_scorer_does(scorer, tmp_path):
+    import json
+
+    from carelens.data.adapters import read_abcd
+    chats = [{"convo_id": 7, "original": [["customer", "my order is late"], ["action", "pull-up order"],
+                                          ["agent", "sorry to hear that, let me help"]]},
+             {"convo_id": 8, "original": [["customer", "great thanks for your help"]]}]
+    path = tmp_path / "chats.json"
+    path.write_text(json.dumps(chats), encoding="utf-8")
+    from_file = scorer.score_transcripts(path)
+    assert from_file["conversation_id"].tolist() == ["7", "8"]
+    pd.testing.assert_frame_equal(from_file, scorer.score_transcripts(read_abcd(path)))
