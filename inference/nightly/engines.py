@@ -17,7 +17,7 @@ from carelens.models.transcript import MODEL_NAME
 
 
 def _run_local(units: Sequence[Unit], pipeline: TranscriptPipeline, out: Path, show_progress_bar: bool,
-              redact: bool = False) -> None:
+               redact: bool = False) -> None:
     """Score the units one after another in this process; memory holds one unit at a time."""
     with tqdm(total=sum(u.records for u in units), unit="conv", desc="scoring", disable=not show_progress_bar,
               smoothing=0.1) as bar:

@@ -43,7 +43,7 @@ def parsed(unit: Unit, number: int, record: Union[str, dict, pd.DataFrame]) -> U
 
 
 def _isolated_features(pipeline: TranscriptPipeline, conversations: list[Conversation]
-                      ) -> tuple[list[pd.DataFrame], list[Optional[str]]]:
+                       ) -> tuple[list[pd.DataFrame], list[Optional[str]]]:
     """Each conversation scored alone: its features, or why scoring it failed (only after the whole batch failed)."""
     frames, reasons = [], []
     for conversation in conversations:
