@@ -14,7 +14,7 @@ from carelens.data.contracts import (
 )
 from carelens.data.paths import plain_file
 from carelens.data.readers import (
-    conversation_from_record, csv_columns, parsed_json, read_table, read_transcripts, shown,
+    Keys, conversation_from_record, csv_columns, field_at, parsed_json, read_table, read_transcripts, shown,
 )
 from carelens.data.spreadsheet import restored
 
@@ -182,9 +182,15 @@ def labelled_turns(conversations: Sequence[Conversation], source: str = "transcr
     return pd.DataFrame(sentiment, columns=["text", "label"]), empathy_frame
 
 
-def abcd_conversation(record: dict, source: str = "abcd", line_no: Optional[int] = None) -> Conversation:
-    """One ABCD record (`original`: [speaker, text] pairs) as a Conversation; `action` lines are system events, not
-    speech, so they are left out."""
+#: Where an ABCD record keeps the contract's keys: a chat is one contact, so its convo_id is the conversation, the
+#: contact and (ABCD has no customer number) the customer; `keys` maps any of them elsewhere.
+ABCD_KEYS = {"conversation_id": "convo_id", "customer_id": "convo_id", "contact_id": "convo_id"}
+
+
+def abcd_conversation(record: dict, source: str = "abcd", line_no: Optional[int] = None,
+                      keys: Optional[Keys] = None) -> Conversation:
+    """One ABCD record (`original`: [speaker, text] pairs) as a Conversation, its keys read where ABCD_KEYS (updated
+    by `keys`) says; `action` lines are system events, not speech, so they are left out."""
     if not isinstance(record, dict) or not isinstance(record.get("original"), list):
         raise ContractError(source, "expected an ABCD record with an 'original' list of [speaker, text] pairs",
                             row=line_no, column="original", unit="entry")
@@ -195,12 +201,17 @@ def abcd_conversation(record: dict, source: str = "abcd", line_no: Optional[int]
                                 row=line_no, column="original", unit="entry")
         if entry[0] != "action":
             turns.append({"speaker": entry[0], "text": entry[1]})
-    identifier = record.get("convo_id", line_no)
-    return conversation_from_record({"conversation_id": identifier, "customer_id": identifier, "channel": "chat",
-                                     "turns": turns}, source, line_no, unit="entry")
+    found = {key: field_at(record, path) for key, path in {**ABCD_KEYS, **(keys or {})}.items()}
+    # A record without a convo_id is still a chat: it is known by its place in the file.
+    identifier = found["conversation_id"] if found["conversation_id"] is not None else line_no
+    return conversation_from_record({"conversation_id": identifier, "channel": "chat", "turns": turns,
+                                     "customer_id": found["customer_id"] if found["customer_id"] is not None
+                                     else identifier,
+                                     **({"contact_id": found["contact_id"]} if found["contact_id"] is not None else {})},
+                                    source, line_no, unit="entry")
 
 
-def read_abcd(path: PathLike) -> list[Conversation]:
+def read_abcd(path: PathLike, keys: Optional[Keys] = None) -> list[Conversation]:
     """An ABCD JSON file (a list of records) as Conversations."""
     path = plain_file(path)
     try:
@@ -209,13 +220,13 @@ def read_abcd(path: PathLike) -> list[Conversation]:
         raise ContractError(str(path), f"not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(records, list):
         raise ContractError(str(path), f"expected a JSON list of ABCD records, got {type(records).__name__}")
-    return [abcd_conversation(r, str(path), i + 1) for i, r in enumerate(records)]
+    return [abcd_conversation(r, str(path), i + 1, keys) for i, r in enumerate(records)]
 
 
-def read_conversations(path: PathLike) -> list[Conversation]:
+def read_conversations(path: PathLike, keys: Optional[Keys] = None) -> list[Conversation]:
     """The conversations of a transcript file in any format the toolkit reads: ABCD JSON (`.json`, a list of chats),
-    or the contract's JSON Lines / long-form Parquet."""
-    return read_abcd(path) if Path(path).suffix.lower() == ".json" else read_transcripts(path)
+    or the contract's JSON Lines / long-form Parquet; their contract keys read from the fields `keys` names."""
+    return read_abcd(path, keys) if Path(path).suffix.lower() == ".json" else read_transcripts(path, keys)
 
 
 #: The columns a person fills in: a sentiment for customer turns, a level per mechanism for agent turns.

@@ -5,7 +5,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -16,10 +16,15 @@ from pydantic import ValidationError
 from carelens.data.contracts import (
     INTERACTIONS, LABELS, ContractError, Conversation, TableContract, check_unique_names, shown, validated,
 )
+from carelens.data.errors import UsageError
 from carelens.data.paths import plain_file
 
 PathLike = Union[str, Path]
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+#: The contract keys of a transcript record, which a format's own fields may stand for (`keys`).
+RECORD_KEYS = ("conversation_id", "customer_id", "contact_id")
+#: contract key → the field of a record that holds it, a dotted path for a nested field ("scenario.personal.username").
+Keys = Mapping[str, str]
 
 
 def arrow_frame(table: pa.Table) -> pd.DataFrame:
@@ -123,23 +128,68 @@ def parsed_json(text: str, source: str, line_no: Optional[int]) -> Any:
                             unit="line") from exc
 
 
-def conversation_from_json(line: str, source: str, line_no: int) -> Conversation:
+def checked_keys(keys: Optional[Keys]) -> dict[str, str]:
+    """`keys` as a plain dict, or UsageError naming a key the contract does not have or a field path that is blank."""
+    keys = dict(keys or {})
+    for key, path in keys.items():
+        if key not in RECORD_KEYS:
+            raise UsageError(f"cannot map {key!r}: the keys a transcript record carries are {', '.join(RECORD_KEYS)}")
+        if not isinstance(path, str) or not path.strip() or "" in path.split("."):
+            raise UsageError(f"{key}: expected the name of a record field (a dotted path for a nested one), got "
+                             f"{path!r}")
+    return keys
+
+
+def parsed_keys(mappings: Sequence[str]) -> dict[str, str]:
+    """`--key KEY=FIELD` options as keys: UsageError naming one that is not of that form."""
+    pairs = [m.partition("=") for m in mappings]
+    bad = next((m for m, (key, equals, field) in zip(mappings, pairs) if not (equals and key.strip() and field.strip())),
+               None)
+    if bad is not None:
+        raise UsageError(f"--key {bad!r}: expected KEY=FIELD, e.g. contact_id=convo_id")
+    return checked_keys({key.strip(): field.strip() for key, _, field in pairs})
+
+
+def field_at(record: dict, path: str) -> Any:
+    """The value at a dotted path of a JSON record, or None where a step of the path is missing."""
+    value: Any = record
+    for step in path.split("."):
+        if not isinstance(value, dict) or step not in value:
+            return None
+        value = value[step]
+    return value
+
+
+def keyed_record(record: dict, keys: Keys) -> dict:
+    """The record with each contract key read from the field `keys` names; a key whose field is missing is left out
+    (a conversation without a contact_id is still one; a missing conversation_id is refused by the contract)."""
+    if not keys:
+        return record
+    mapped = {key: field_at(record, path) for key, path in keys.items()}
+    return {**{k: v for k, v in record.items() if k not in keys}, **{k: v for k, v in mapped.items() if v is not None}}
+
+
+def conversation_from_json(line: str, source: str, line_no: int, keys: Optional[Keys] = None) -> Conversation:
     """One JSON Lines record as a Conversation, or ContractError naming the line and the field at fault."""
-    return conversation_from_record(parsed_json(line, source, line_no), source, line_no)
+    return conversation_from_record(parsed_json(line, source, line_no), source, line_no, keys=keys)
 
 
-def conversation_from_record(record: object, source: str, line_no: Optional[int], unit: str = "line") -> Conversation:
-    """A parsed record as a Conversation, or ContractError naming the field and what it should hold."""
+def conversation_from_record(record: object, source: str, line_no: Optional[int], unit: str = "line",
+                             keys: Optional[Keys] = None) -> Conversation:
+    """A parsed record as a Conversation, its contract keys read from the fields `keys` names, or ContractError naming
+    the field and what it should hold."""
     if not isinstance(record, dict):
         raise ContractError(source, f"expected a JSON object (a conversation), got {type(record).__name__}",
                             row=line_no, unit=unit)
+    keys = keys or {}
     try:
-        return Conversation.model_validate(record)
+        return Conversation.model_validate(keyed_record(record, keys))
     except ValidationError as exc:
         first = exc.errors()[0]
         column = ".".join(str(p) for p in first["loc"])
-        raise ContractError(source, f"{first['msg']} (got {shown(first.get('input'))})", row=line_no, column=column,
-                            unit=unit) from exc
+        mapped = f"; {column} is read from the field {keys[column]!r}" if column in keys else ""
+        raise ContractError(source, f"{first['msg']} (got {shown(first.get('input'))}){mapped}", row=line_no,
+                            column=column, unit=unit) from exc
 
 
 def iter_jsonl_lines(path: PathLike) -> Iterator[tuple[int, str]]:
@@ -200,9 +250,10 @@ def turn_number(value: Any) -> float:
         return math.nan
 
 
-def long_form_record(turns: pd.DataFrame, source: str, row: int) -> dict:
+def long_form_record(turns: pd.DataFrame, source: str, row: int, keys: Optional[Keys] = None) -> dict:
     """One conversation's rows (one per turn, any order, the first at file row `row`) as a transcripts-contract record,
-    turns in turn_index order; ContractError when it has no conversation_id or a turn_index is not a number."""
+    turns in turn_index order, customer_id and contact_id read from the columns `keys` names; ContractError when it
+    has no conversation_id or a turn_index is not a number."""
     head = turns.iloc[0]
     if not present(head["conversation_id"]):
         raise ContractError(source, "missing value, expected a conversation_id", row=row, column="conversation_id")
@@ -212,9 +263,10 @@ def long_form_record(turns: pd.DataFrame, source: str, row: int) -> dict:
         raise ContractError(source, f"got {shown(bad)}, expected a whole number", row=row, column="turn_index")
     turns = turns.iloc[np.argsort(order, kind="stable")]
     turn_fields = [c for c in LONG_FORM_TURN_FIELDS if c in turns.columns]
-    conversation_fields = [c for c in LONG_FORM_CONVERSATION_FIELDS if c in turns.columns]
+    columns = {field: (keys or {}).get(field, field) for field in LONG_FORM_CONVERSATION_FIELDS}
+    conversation_fields = {f: c for f, c in columns.items() if c in turns.columns}
     return {"conversation_id": head["conversation_id"],
-            **{c: head[c] for c in conversation_fields if present(head[c])},
+            **{f: head[c] for f, c in conversation_fields.items() if present(head[c])},
             "turns": [{k: v for k, v in turn.items() if present(v)} for turn in turns[turn_fields].to_dict("records")]}
 
 
@@ -225,35 +277,45 @@ def long_form_runs(frame: pd.DataFrame) -> Iterator[tuple[int, pd.DataFrame]]:
         yield int(begin), frame.iloc[begin:end]
 
 
-def long_form_conversation(turns: pd.DataFrame, source: str, row: int, earlier_row: Optional[int] = None
-                           ) -> Conversation:
+def long_form_conversation(turns: pd.DataFrame, source: str, row: int, earlier_row: Optional[int] = None,
+                           keys: Optional[Keys] = None) -> Conversation:
     """One conversation's long-form rows (the first at file row `row`) as a Conversation, or ContractError; with
     `earlier_row`, its id already had rows there, and splitting or merging the two would both be guesses."""
     if earlier_row is not None:
         raise ContractError(source, f"conversation_id {shown(turns.iloc[0]['conversation_id'])} already had rows from "
                                     f"row {earlier_row}; the rows of one conversation must be contiguous (sort the "
                                     f"file by conversation_id)", row=row, column="conversation_id")
-    return conversation_from_record(long_form_record(turns, source, row), source, row, unit="row")
+    return conversation_from_record(long_form_record(turns, source, row, keys), source, row, unit="row")
 
 
-def _conversations_from_long_parquet(path: PathLike) -> list[Conversation]:
+def check_long_form_keys(keys: Optional[Keys], source: str) -> None:
+    """UsageError when `keys` maps the conversation_id of long-form transcripts: their rows are grouped into
+    conversations by that column before any record is read, so it must be named so."""
+    if "conversation_id" in (keys or {}):
+        raise UsageError(f"{source}: long-form transcripts group their turns by the conversation_id column; rename "
+                         f"the column {keys['conversation_id']!r} to conversation_id instead of mapping it")
+
+
+def _conversations_from_long_parquet(path: PathLike, keys: Optional[Keys] = None) -> list[Conversation]:
     """Long-form transcripts (one row per turn, each conversation's rows together) as conversations; the first bad
     one raises."""
+    check_long_form_keys(keys, str(path))
     frame = read_table(path)
     check_long_form_columns(frame.columns, str(path))
     again = reappearing_runs(frame["conversation_id"], conversation_runs(frame["conversation_id"]))
-    return [long_form_conversation(turns, str(path), begin + 1, again[begin] + 1 if begin in again else None)
+    return [long_form_conversation(turns, str(path), begin + 1, again[begin] + 1 if begin in again else None, keys)
             for begin, turns in long_form_runs(frame)]
 
 
-def read_transcripts(path: PathLike) -> list[Conversation]:
-    """All conversations of a JSON Lines (or long-form Parquet) file; the first bad record raises ContractError."""
+def read_transcripts(path: PathLike, keys: Optional[Keys] = None) -> list[Conversation]:
+    """All conversations of a JSON Lines (or long-form Parquet) file, their contract keys read from the fields `keys`
+    names; the first bad record raises ContractError."""
     path = plain_file(path)
     if path.stat().st_size == 0:
         raise ContractError(str(path), "the file is empty")
     if path.suffix.lower() in (".parquet", ".pq"):
-        return _conversations_from_long_parquet(path)
-    return [conversation_from_json(line, str(path), line_no) for line_no, line in iter_jsonl_lines(path)]
+        return _conversations_from_long_parquet(path, keys)
+    return [conversation_from_json(line, str(path), line_no, keys) for line_no, line in iter_jsonl_lines(path)]
 
 
 def write_transcripts(conversations: Sequence[Union[Conversation, dict]], path: PathLike) -> Path:

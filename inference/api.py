@@ -12,15 +12,18 @@ from carelens.data.errors import UsageError
 from carelens.data.redaction import redacted_conversation
 from carelens.inference.contacts import (
     PREDICTION_COLUMNS, Conversations, Interactions, MissingConversations, PathLike, contact_predictions,
-    conversation_list, extra_columns, features_frame, features_needed, interactions_frame,
+    conversation_list, extra_columns, features_frame, features_needed, interactions_frame, join_report,
     missing_conversations_warning, with_conversation_features,
 )
+from carelens.data.readers import Keys
 from carelens.inference.selection import checked_selection, explained, per_customer, ranked_customers, selected
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.names import TABULAR_MODELS
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import RiskModel, load_tabular
-from carelens.models.scoring import ScoringOptions, TranscriptPipeline, load_scoring_pipeline, transcript_features
+from carelens.models.scoring import (
+    ScoringOptions, TranscriptPipeline, load_scoring_pipeline, score_turns, transcript_features,
+)
 from carelens.models.transcript import MODEL_NAME, training_text_warning
 
 Versions = Union[str, dict]
@@ -157,25 +160,44 @@ class Scorer:
 
     # -- stages -------------------------------------------------------------------------------------------------
 
-    def score_transcripts(self, conversations: Conversations, show_progress_bar: bool = False) -> pd.DataFrame:
+    def score_transcripts(self, conversations: Conversations, show_progress_bar: bool = False,
+                          keys: Optional[Keys] = None) -> pd.DataFrame:
         """One row per conversation, in input order: ids and the transcript features (personal data masked first
-        when the Scorer redacts)."""
+        when the Scorer redacts); a file's contract keys read from the fields `keys` names ({"contact_id":
+        "call_id"}). `attrs["warnings"]` lists what loading the models warned of."""
+        features = transcript_features(self.transcripts, self._conversations(conversations, keys), show_progress_bar)
+        features.attrs["warnings"] = list(self.warnings)
+        return features
+
+    def score_turns(self, conversations: Conversations, keys: Optional[Keys] = None) -> pd.DataFrame:
+        """One row per turn, in input order: ids, speaker, the turn's text (masked when the Scorer redacts) and its
+        scores: a customer turn's sentiment probabilities and `sentiment` (P(positive) − P(negative)), an agent turn's
+        expected level per empathy mechanism and `empathy` in [0, 1]; `keys` as in `score_transcripts`."""
+        turns = score_turns(self.transcripts, self._conversations(conversations, keys))
+        turns.attrs["warnings"] = list(self.warnings)
+        return turns
+
+    def _conversations(self, conversations: Conversations, keys: Optional[Keys]) -> list:
+        """The conversations validated (a file read with `keys`), personal data masked when the Scorer redacts."""
         if self.transcripts is None:
             raise RegistryError("no transcript model is loaded; publish one with `carelens train transcripts`")
-        given = conversation_list(conversations)
-        return transcript_features(self.transcripts, [redacted_conversation(c) for c in given] if self.redact else given,
-                                   show_progress_bar)
+        given = conversation_list(conversations, keys)
+        return [redacted_conversation(c) for c in given] if self.redact else given
 
     def contact_table(self, interactions: Interactions, transcripts: Optional[Conversations] = None,
-                      transcript_features: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+                      transcript_features: Optional[pd.DataFrame] = None, keys: Optional[Keys] = None) -> pd.DataFrame:
         """The interactions, validated once, with every feature the models take (transcript features joined on
-        contact_id; NaN where a contact has no conversation, which the models were trained to expect)."""
+        contact_id; NaN where a contact has no conversation, which the models were trained to expect);
+        `attrs["joins"]` says how the conversations matched the contacts (`join_report`), when any were given."""
         table = interactions_frame(interactions, *self.extra_columns())
         if transcript_features is not None:
             transcript_features = features_frame(transcript_features)
         elif transcripts is not None and self.transcripts is not None:
-            transcript_features = self.score_transcripts(transcripts)
-        return self.joined(table, transcript_features)
+            transcript_features = self.score_transcripts(transcripts, keys=keys)
+        joined = self.joined(table, transcript_features)
+        joined.attrs["joins"] = join_report(transcript_features["contact_id"], table) \
+            if transcript_features is not None and self.uses_transcripts else None
+        return joined
 
     def joined(self, table: pd.DataFrame, transcript_features: Optional[pd.DataFrame]) -> pd.DataFrame:
         """Validated interactions with the conversation features joined on contact_id (the last conversation of a
@@ -187,10 +209,11 @@ class Scorer:
         (empty unless retaliation is flagged), and the features the models read (for reasons and drift)."""
         return contact_predictions(self.churn, self.retaliation, table)
 
-    def missing_conversations(self, contacts: pd.DataFrame) -> Optional[str]:
+    def missing_conversations(self, contacts: pd.DataFrame, joins: Optional[dict] = None) -> Optional[str]:
         """A warning when the models read transcript features and answered contacts have none (no conversation
-        with their contact_id was given); None otherwise. Abandoned contacts have no conversation by nature."""
-        return missing_conversations_warning(contacts) if self.uses_transcripts else None
+        with their contact_id was given), saying from `joins` why the conversations given matched none; None
+        otherwise. Abandoned contacts have no conversation by nature."""
+        return missing_conversations_warning(contacts, joins) if self.uses_transcripts else None
 
     def flagged(self, predictions: pd.DataFrame, capacity: Optional[int] = None,
                 threshold: Optional[float] = None) -> pd.DataFrame:
@@ -211,30 +234,39 @@ class Scorer:
 
     # -- the API ------------------------------------------------------------------------------------------------
 
-    def predict(self, interactions: Interactions, transcripts: Optional[Conversations] = None) -> pd.DataFrame:
+    def predict(self, interactions: Interactions, transcripts: Optional[Conversations] = None,
+                keys: Optional[Keys] = None) -> pd.DataFrame:
         """Per customer (their riskiest contact of the batch): churn probability, retaliation probability, the
         likeliest retaliation type when retaliation is flagged, and whether each model's own threshold flags them;
-        `attrs["warnings"]` as in `flag_at_risk`."""
-        predictions = self.contact_predictions(self.contact_table(interactions, transcripts))
+        `keys`, `attrs["warnings"]` and `attrs["joins"]` as in `flag_at_risk`."""
+        table = self.contact_table(interactions, transcripts, keys=keys)
+        predictions = self.contact_predictions(table)
         predicted = per_customer(predictions)[PREDICTION_COLUMNS].reset_index(drop=True)
-        return self._warned(predicted, self.missing_conversations(predictions))
+        joins = table.attrs["joins"]
+        return self._warned(predicted, self.missing_conversations(predictions, joins), joins)
 
     def flag_at_risk(self, interactions: Interactions, transcripts: Optional[Conversations] = None,
                      capacity: Optional[int] = None, threshold: Optional[float] = None,
-                     transcript_features: Optional[pd.DataFrame] = None, strict: bool = False) -> pd.DataFrame:
+                     transcript_features: Optional[pd.DataFrame] = None, strict: bool = False,
+                     keys: Optional[Keys] = None) -> pd.DataFrame:
         """Customers at risk, riskiest first: the `capacity` riskiest, or those with risk >= `threshold`, or
         (neither given) those either model's own threshold flags. Each with the three features that raised their
-        risk most, in words, and the action the centre should take. The result's `attrs["warnings"]` lists what
-        the caller should know (answered contacts without conversation features; with `strict`, that raises
-        MissingConversations instead)."""
+        risk most, in words, and the action the centre should take. A transcript file's contract keys are read from
+        the fields `keys` names ({"contact_id": "convo_id"}). The result's `attrs["joins"]` says how the
+        conversations matched the contacts (`join_report`), and `attrs["warnings"]` lists what the caller should
+        know (answered contacts without conversation features; with `strict`, that raises MissingConversations)."""
         checked_selection(capacity, threshold)
-        predictions = self.contact_predictions(self.contact_table(interactions, transcripts, transcript_features))
-        gap = self.missing_conversations(predictions)
+        table = self.contact_table(interactions, transcripts, transcript_features, keys)
+        predictions = self.contact_predictions(table)
+        joins = table.attrs["joins"]
+        gap = self.missing_conversations(predictions, joins)
         if gap and strict:
             raise MissingConversations(gap)
-        return self._warned(self.flagged(predictions, capacity, threshold), gap)
+        return self._warned(self.flagged(predictions, capacity, threshold), gap, joins)
 
-    def _warned(self, result: pd.DataFrame, gap: Optional[str]) -> pd.DataFrame:
-        """`result` with `attrs["warnings"]`: what the models' loading warned of, and the missing conversations."""
+    def _warned(self, result: pd.DataFrame, gap: Optional[str], joins: Optional[dict]) -> pd.DataFrame:
+        """`result` with `attrs["warnings"]` (what the models' loading warned of, and the missing conversations) and
+        `attrs["joins"]`."""
         result.attrs["warnings"] = [*self.warnings, *([gap] if gap else [])]
+        result.attrs["joins"] = joins
         return result

@@ -12,7 +12,7 @@ from carelens.data.contracts import (
     INTERACTION_FEATURES, INTERACTIONS, ContractError, Conversation, check_text_names, validated,
 )
 from carelens.data.errors import CareLensError, UsageError
-from carelens.data.readers import header_lines, read_table
+from carelens.data.readers import Keys, checked_keys, header_lines, read_table
 from carelens.models.conversation_features import FEATURE_COLUMNS, TRANSCRIPT_FEATURES
 from carelens.models.scoring import as_conversations
 from carelens.models.tabular import RiskModel
@@ -67,14 +67,15 @@ def features_frame(features: pd.DataFrame) -> pd.DataFrame:
     return validated(features.reset_index(drop=True), TRANSCRIPT_FEATURES, "transcript_features", header_rows=0)
 
 
-def conversation_list(conversations: Conversations) -> list[Conversation]:
+def conversation_list(conversations: Conversations, keys: Optional[Keys] = None) -> list[Conversation]:
     """Conversations from Conversation objects, dicts, or a path in any format the batch scorer reads (JSON Lines,
-    long-form Parquet, ABCD JSON), validated."""
+    long-form Parquet, ABCD JSON), validated, their contract keys read from the fields `keys` names."""
     _given_kind(conversations, "conversations", "a list of conversations (dicts or Conversation) or a JSON Lines / "
                                                 "long-form Parquet / ABCD JSON path", (list, tuple, str, Path))
+    keys = checked_keys(keys)
     if isinstance(conversations, (str, Path)):
-        return read_conversations(conversations)
-    return as_conversations(list(conversations))
+        return read_conversations(conversations, keys)
+    return as_conversations(list(conversations), keys=keys)
 
 
 def features_needed(models: Iterable[RiskModel]) -> list[str]:
@@ -123,16 +124,63 @@ def contact_predictions(churn: RiskModel, retaliation: RiskModel, table: pd.Data
     return pd.concat([scores, table[inputs]], axis=1)
 
 
-def missing_conversations_warning(contacts: pd.DataFrame) -> Optional[str]:
+def _answered(contacts: pd.DataFrame) -> pd.Series:
+    """Which contacts were answered (abandoned contacts have no conversation by nature)."""
+    return ~contacts["abandoned"].astype(bool) if "abandoned" in contacts.columns else \
+        pd.Series(True, index=contacts.index)
+
+
+#: How many contact_ids a join report names of those that matched nothing.
+NAMED_IDS = 3
+
+
+def join_report(conversation_contacts: pd.Series, contacts: pd.DataFrame) -> dict:
+    """How conversations met contacts on contact_id: conversations read, matched to a contact, without a contact_id,
+    naming one the contacts do not have (the first NAMED_IDS of those named); contacts, with a conversation, answered
+    without one, abandoned. `conversation_contacts` is each conversation's contact_id (missing where it has none)."""
+    has_id = conversation_contacts.notna().to_numpy()
+    ids = conversation_contacts[has_id].astype(str)
+    contact_ids = contacts["contact_id"].astype(str)
+    matched = ids.isin(set(contact_ids)).to_numpy()
+    talked = contact_ids.isin(set(ids)).to_numpy()
+    answered = _answered(contacts).to_numpy()
+    return {"transcripts": len(conversation_contacts), "matched": int(matched.sum()),
+            "without_contact_id": int((~has_id).sum()), "unknown_contact_id": int((~matched).sum()),
+            "unknown_examples": list(dict.fromkeys(ids[~matched]))[:NAMED_IDS],
+            "contacts": len(contacts), "with_conversation": int(talked.sum()),
+            "answered_without": int((answered & ~talked).sum()), "abandoned": int((~answered & ~talked).sum())}
+
+
+def _unmatched(report: dict) -> list[str]:
+    """Why conversations matched no contact, in words (empty when all matched)."""
+    unknown = report["unknown_contact_id"]
+    named = ", ".join(report["unknown_examples"]) + (", …" if unknown > len(report["unknown_examples"]) else "")
+    return [*([f"{report['without_contact_id']:,} have no contact_id"] if report["without_contact_id"] else []),
+            *([f"{unknown:,} name a contact_id the contacts do not have ({named})"] if unknown else [])]
+
+
+def join_lines(report: dict) -> list[str]:
+    """The join in two lines a person reads first: what the transcripts matched, and what the contacts had."""
+    unmatched = _unmatched(report)
+    contacts = (f"contacts: {report['contacts']:,} scored, {report['with_conversation']:,} with a conversation, "
+                f"{report['answered_without']:,} answered without one" +
+                (f", {report['abandoned']:,} abandoned" if report["abandoned"] else ""))
+    return [f"transcripts: {report['transcripts']:,} read, {report['matched']:,} matched a contact" +
+            (f"; not matched: {'; '.join(unmatched)}" if unmatched else ""), contacts]
+
+
+def missing_conversations_warning(contacts: pd.DataFrame, joins: Optional[dict] = None) -> Optional[str]:
     """A warning when answered contacts have no conversation features (no conversation with their contact_id was
-    given); None otherwise. Abandoned contacts have no conversation by nature."""
+    given), saying from `joins` why the conversations given did not match; None otherwise."""
     if contacts.empty:
         return None
-    answered = ~contacts["abandoned"].astype(bool) if "abandoned" in contacts.columns else \
-        pd.Series(True, index=contacts.index)
+    answered = _answered(contacts)
     lacking = int((answered & contacts[FEATURE_COLUMNS].isna().all(axis=1)).sum())
     if not lacking:
         return None
-    return (f"{lacking:,} of {int(answered.sum()):,} answered contacts have no conversation features (no transcript "
-            f"with their contact_id was given): the models read them as contacts without a conversation, which "
-            f"can move a risk a long way; pass their transcripts or transcript features")
+    unmatched = _unmatched(joins) if joins else []
+    why = (f"of the transcripts, {' and '.join(unmatched)}: check which field of a transcript holds the contacts' "
+           f"contact_id and name it (--key contact_id=FIELD, or keys={{'contact_id': FIELD}} in Python)"
+           if unmatched else "pass their transcripts or transcript features")
+    return (f"{lacking:,} of {int(answered.sum()):,} answered contacts have no conversation features: the models read "
+            f"them as contacts without a conversation, which can move a risk a long way; {why}")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from carelens.data.options import ProgressOption, RegistryOption, ScoringFlags, with_option_groups
+from carelens.data.options import KeysOption, ProgressOption, RegistryOption, ScoringFlags, with_option_groups
 
 
 def written_features(features, out: Path, version: str) -> Path:
@@ -26,6 +26,7 @@ def featurize_command(
     out: Annotated[Path, typer.Option(help="Features file to write (.parquet or .csv), keyed by contact_id.")],
     registry: RegistryOption = None,
     version: Annotated[str, typer.Option(help="Transcript model version, e.g. v2, or latest.")] = "latest",
+    key: KeysOption = None,
     scoring: ScoringFlags = ScoringFlags(),
     progress: ProgressOption = True,
 ) -> None:
@@ -33,6 +34,7 @@ def featurize_command(
     models take (`carelens train churn --features-from FILE`)."""
     from carelens.data.adapters import read_conversations
     from carelens.data.paths import output_file
+    from carelens.data.readers import parsed_keys
     from carelens.data.terminal import console, user_errors, warn
     from carelens.models.scoring import ScoringOptions, load_scoring_pipeline, transcript_features
     from carelens.models.transcript import training_text_warning
@@ -42,7 +44,8 @@ def featurize_command(
         for warning in (training_text_warning(metadata), metadata.get("runtime_warning")):
             if warning:
                 warn(warning)
-        features = transcript_features(pipeline, read_conversations(transcripts), show_progress_bar=progress)
+        conversations = read_conversations(transcripts, parsed_keys(key or []))
+        features = transcript_features(pipeline, conversations, show_progress_bar=progress)
     written_features(features, out, metadata["version"])
     if out.suffix.lower() == ".csv":
         warn(f"{out}: a CSV cannot record which transcript model scored it; models trained on it cannot be checked "

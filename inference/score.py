@@ -1,7 +1,6 @@
 """The `carelens nightly` and `carelens score` commands: the nightly job, and its scoring stages alone."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -9,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from carelens.data.options import RegistryOption, ScoringFlags, VersionsOption, flag, with_option_groups
+from carelens.data.options import KeysOption, RegistryOption, ScoringFlags, VersionsOption, flag, with_option_groups
 
 #: Exit code when the run finished but some input produced nothing (bad input itself exits 2).
 INCOMPLETE = 1
@@ -45,6 +44,7 @@ class RunFlags:
     engine: Annotated[Engine, typer.Option(help="local (this process) or ray (Ray Data actors).")] = Engine.local
     format: Annotated[Format, typer.Option("--format", help="Transcript format: auto (by suffix), jsonl, parquet or "
                                                             "abcd.")] = Format.auto
+    key: KeysOption = None
     chunk_size: Annotated[int, typer.Option(min=1, help="Records per unit: what memory holds, and what one part file "
                                                         "holds.")] = 1_000
     ray_address: Annotated[Optional[str], typer.Option(help="An existing Ray cluster (e.g. ray://head:10001); default: "
@@ -62,24 +62,34 @@ class RunFlags:
 
     def run_keywords(self, scoring: ScoringFlags) -> dict:
         """The run as keyword arguments of `score_batch` / `run_nightly`, scoring as `scoring` says."""
+        from carelens.data.readers import parsed_keys
         from carelens.inference.api import parse_versions
         from carelens.models.scoring import ScoringOptions
-        return {"transcripts": self.transcripts, "out": self.out, "registry": self.registry,
+        return {"keys": parsed_keys(self.key or []), "transcripts": self.transcripts, "out": self.out, "registry": self.registry,
                 "version": parse_versions(self.version), "engine": self.engine.value, "format": self.format.value,
                 "chunk_size": self.chunk_size, "ray_address": self.ray_address, "workers": self.workers,
                 "restart": self.restart, "show_progress_bar": self.progress, "redact": self.redact,
                 "verbose": self.verbose, "scoring": ScoringOptions(**scoring.given())}
 
 
-def reported(manifest: dict, out: Path) -> None:
-    """Counts, warnings and failures on the terminal; exit code 1 when an input produced nothing."""
-    from carelens.data.terminal import console, error_console, tagged, warn
+def told_first(manifest: dict, out: Path) -> None:
+    """What a person must read first, on the terminal: how the transcripts met the contacts, the records dropped and
+    why, then the warnings, most consequential first."""
+    from carelens.data.terminal import console, warn
+    from carelens.inference.nightly.report import first_lines
+    for line in first_lines(manifest, out):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
     for warning in manifest.get("warnings", []):
         warn(warning)
+
+
+def reported(manifest: dict, out: Path) -> None:
+    """Counts and failures on the terminal; exit code 1 when an input produced nothing."""
+    from carelens.data.terminal import console, error_console, tagged
+    from carelens.inference.nightly.layout import MANIFEST
     counts = manifest["counts"]
-    console.print(f"{json.dumps(manifest.get('stages', manifest['by_input']))}\nin {counts['in']:,} = out "
-                  f"{counts['out']:,} + dead {counts['dead']:,} in {manifest['elapsed_s']:.1f} s; manifest: "
-                  f"{out / '_manifest.json'}", highlight=False, soft_wrap=True)
+    console.print(f"in {counts['in']:,} = out {counts['out']:,} + dead {counts['dead']:,} in "
+                  f"{manifest['elapsed_s']:.1f} s; manifest: {out / MANIFEST}", highlight=False, soft_wrap=True)
     for failure in manifest["failures"]:
         error_console.print(tagged("failed:", "bold red",
                                      f"{failure['stage']}: {failure['source']}: {failure['reason']}"),
@@ -103,6 +113,7 @@ def score_command(
     from carelens.inference.nightly.run import score_batch
     with user_errors():
         manifest = score_batch(interactions=interactions or (), **run.run_keywords(scoring))
+    told_first(manifest, run.out)
     reported(manifest, run.out)
 
 
@@ -132,10 +143,11 @@ def nightly_command(
     with user_errors():
         manifest = run_nightly(interactions=interactions, capacity=capacity, threshold=threshold, strict=strict,
                                **run.run_keywords(scoring))
-    flagged = pd.read_parquet(run.out / FLAGGED_PARQUET)
-    console.print(top_table(flagged, top))
+    told_first(manifest, run.out)
     console.print(f"{manifest['rule']}: flagged {manifest['flagged']:,} customers; summary: {run.out / SUMMARY}",
                   highlight=False, soft_wrap=True)
+    if top and manifest["flagged"]:
+        console.print(top_table(pd.read_parquet(run.out / FLAGGED_PARQUET), top))
     reported(manifest, run.out)
 
 

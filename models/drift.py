@@ -11,6 +11,10 @@ QUANTILES = np.linspace(0, 1, 11)[1:-1]
 #: A PSI above this means the distribution moved enough to matter (the usual rule of thumb: < 0.1 stable,
 #: 0.1–0.2 moderate, > 0.2 a significant shift).
 PSI_WARNING = 0.2
+#: Fewer rows than this and PSI is noise: drawn from the training distribution itself, 100 rows pass 0.2 on 3% of
+#: nights per feature over ten bins (a night of 30 features then warns more often than not), 200 rows on none of
+#: 2,000 simulated nights (95th percentile 0.09).
+MIN_DRIFT_ROWS = 200
 #: Shares are floored here before the logarithm, so an empty bin on one side gives a large but finite PSI.
 SHARE_FLOOR = 1e-4
 MISSING = "(missing)"

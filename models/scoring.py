@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from carelens.data.adapters import answered_customer_texts
 from carelens.data.contracts import LEVEL_NAMES, Conversation
-from carelens.data.readers import conversation_from_record
+from carelens.data.readers import Keys, conversation_from_record
 from carelens.models.conversation_features import (
     EMPATHY_LEVEL_COLUMNS, EMPATHY_PRESENT_COLUMNS, KEYS, POSITION, conversation_features,
 )
@@ -241,9 +241,11 @@ def load_scoring_pipeline(registry: Union[Registry, PathLike, None] = None, vers
 
 # -- conversations ----------------------------------------------------------------------------------------------
 
-def as_conversations(records: Sequence[Union[Conversation, dict]], source: str = "conversations") -> list[Conversation]:
-    """Conversations, validating dicts against the contract (non-UTF-8 bytes in a text raise ContractError)."""
-    return [r if isinstance(r, Conversation) else conversation_from_record(r, source, i + 1)
+def as_conversations(records: Sequence[Union[Conversation, dict]], source: str = "conversations",
+                     keys: Optional[Keys] = None) -> list[Conversation]:
+    """Conversations, validating dicts against the contract, their keys read from the fields `keys` names (non-UTF-8
+    bytes in a text raise ContractError)."""
+    return [r if isinstance(r, Conversation) else conversation_from_record(r, source, i + 1, keys=keys)
             for i, r in enumerate(records)]
 
 
@@ -274,7 +276,7 @@ def score_turns(pipeline: TranscriptPipeline, conversations: Sequence[Union[Conv
     """Turn-level scores. Customer turns get p_negative/p_neutral/p_positive and `sentiment` = P(pos) − P(neg);
     agent turns get each mechanism's expected level (0–2) and whether it is present (its decided level weak or
     strong), `empathy` in [0, 1] and `empathic` (some mechanism present). Blank turns are kept but not scored (NaN);
-    `windows` counts encoder windows per turn."""
+    `windows` counts encoder windows per turn; each row keeps the turn's `text`, to read its scores beside."""
     model = pipeline.model
     turns = turn_table(as_conversations(conversations))
     blank = turns["text"].str.strip() == ""
@@ -300,7 +302,7 @@ def score_turns(pipeline: TranscriptPipeline, conversations: Sequence[Union[Conv
     present = model.decided_levels(empathy) > 0
     scores.loc[agent, EMPATHY_PRESENT_COLUMNS] = present
     scores.loc[agent, "empathic"] = present.any(axis=1)
-    return pd.concat([turns.drop(columns=["text", "context"]), scores], axis=1)
+    return pd.concat([turns.drop(columns=["context"]), scores], axis=1)
 
 
 def empathy_levels(probabilities: np.ndarray) -> np.ndarray:

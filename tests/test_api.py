@@ -175,3 +175,18 @@ def test_score_transcripts_reads_an_abcd_file_as_the_batch_scorer_does(scorer, t
     from_file = scorer.score_transcripts(path)
     assert from_file["conversation_id"].tolist() == ["7", "8"]
     pd.testing.assert_frame_equal(from_file, scorer.score_transcripts(read_abcd(path)))
+
+
+def test_score_turns_gives_each_turn_its_text_beside_its_scores(scorer, tmp_path):
+    import json
+    chats = [{"convo_id": 7, "original": [["customer", "my order is late"], ["action", "pull-up order"],
+                                          ["agent", "sorry to hear that, let me help"], ["customer", " "]]}]
+    path = tmp_path / "chats.json"
+    path.write_text(json.dumps(chats), encoding="utf-8")
+    turns = scorer.score_turns(path)
+    assert turns[["contact_id", "turn_index", "speaker", "text"]].values.tolist() == [
+        ["7", 0, "customer", "my order is late"], ["7", 1, "agent", "sorry to hear that, let me help"],
+        ["7", 2, "customer", " "]]
+    assert turns["sentiment"].notna().tolist() == [True, False, False]  # a blank turn is kept, not scored
+    assert turns["empathy"].notna().tolist() == [False, True, False]
+    assert turns["p_negative"].iloc[0] + turns["p_neutral"].iloc[0] + turns["p_positive"].iloc[0] == pytest.approx(1)

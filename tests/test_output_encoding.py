@@ -328,7 +328,7 @@ def test_html_pages_show_direction_controls_as_escapes():
                             "retaliation_type": [""], "action": ["call"], "reasons": [[REVERSED_ID]],
                             "risk": [0.9], "contact_id": ["k"]})
     pages = [table_html([{REVERSED_ID: REVERSED_ID}]), html_report(REVERSED_ID, [(REVERSED_ID, "")]),
-             nightly_summary(flagged, flagged, pd.DataFrame({"x": []}), [], [], [REVERSED_ID])]
+             nightly_summary(flagged, flagged, pd.DataFrame({"x": []}), [], [], [REVERSED_ID], [])]
     for page in pages:
         assert not re.search("[\u202a-\u202e\u2066-\u2069\u200e\u200f]", page)
         assert html.escape(escaped(REVERSED_ID)) in page

@@ -83,6 +83,9 @@ def test_flag_returns_the_scorers_customers_exactly(client, scorer, day, selecti
     expected = scorer.flag_at_risk(day.interactions, transcripts, **selection)
     assert len(expected) > 0
     assert response.json()["customers"] == expected_rows(expected)
+    assert response.json()["joins"] == expected.attrs["joins"]
+    assert (expected.attrs["joins"]["matched"] == len(day.conversations)) if with_transcripts else \
+        expected.attrs["joins"] is None
 
 
 def test_flag_with_features_scored_earlier_equals_flag_with_the_transcripts(client, day):

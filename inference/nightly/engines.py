@@ -1,7 +1,6 @@
 """How the features stage runs its pending units: one after another in this process, or on Ray."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Sequence
 
 from tqdm.auto import tqdm
@@ -16,14 +15,14 @@ from carelens.models.scoring import TranscriptPipeline, load_scoring_pipeline
 from carelens.models.transcript import MODEL_NAME
 
 
-def _run_local(units: Sequence[Unit], pipeline: TranscriptPipeline, out: Path, show_progress_bar: bool,
-               redact: bool = False) -> None:
+def _run_local(units: Sequence[Unit], pipeline: TranscriptPipeline, run: Run) -> None:
     """Score the units one after another in this process; memory holds one unit at a time."""
-    with tqdm(total=sum(u.records for u in units), unit="conv", desc="scoring", disable=not show_progress_bar,
-              smoothing=0.1) as bar:
+    # disable=None: no bar when the terminal is not a terminal (a scheduler's log), where it would be noise.
+    with tqdm(total=sum(u.records for u in units), unit="conv", desc="scoring", smoothing=0.1,
+              disable=None if run.spec.show_progress_bar else True) as bar:
         for unit in units:
-            features, dead = score_unit(pipeline, unit, redact)
-            commit_unit(out, FEATURES, unit.key, features, dead, FEATURES_SCHEMA)
+            features, dead = score_unit(pipeline, unit, run.redact, run.keys)
+            commit_unit(run.out, FEATURES, unit.key, features, dead, FEATURES_SCHEMA)
             bar.update(unit.records)
 
 
@@ -36,5 +35,5 @@ def scored_units(run: Run, pipeline: Optional[TranscriptPipeline] = None) -> int
         run_ray(pending, run)
     elif pending:
         pipeline = pipeline or load_scoring_pipeline(run.store, run.models[MODEL_NAME], run.scoring)[0]
-        _run_local(pending, pipeline, run.out, spec.show_progress_bar, run.redact)
+        _run_local(pending, pipeline, run)
     return len(pending)

@@ -9,7 +9,7 @@ import pandas as pd
 
 from carelens.data.adapters import abcd_conversation
 from carelens.data.contracts import ContractError, Conversation
-from carelens.data.readers import conversation_from_json, long_form_conversation
+from carelens.data.readers import Keys, conversation_from_json, long_form_conversation
 from carelens.data.redaction import redacted, redacted_conversation, redacted_record
 from carelens.inference.nightly.layout import FEATURES_SCHEMA
 from carelens.inference.nightly.units import Unit, unit_records
@@ -29,15 +29,17 @@ def dead_letter(source: str, kind: str, number: int, reason: str, record: Union[
             "record": redacted_record(text) if redact else text}
 
 
-def parsed(unit: Unit, number: int, record: Union[str, dict, pd.DataFrame]) -> Union[Conversation, str]:
-    """The record as a Conversation, or the contract's reason for refusing it."""
+def parsed(unit: Unit, number: int, record: Union[str, dict, pd.DataFrame], keys: Optional[Keys] = None
+           ) -> Union[Conversation, str]:
+    """The record as a Conversation, its contract keys read from the fields `keys` names, or the contract's reason
+    for refusing it."""
     try:
         if unit.kind == "abcd":
-            return abcd_conversation(record, unit.path, number)
+            return abcd_conversation(record, unit.path, number, keys)
         if unit.kind == "parquet":
             earlier = dict(unit.repeated).get(number - 1)
-            return long_form_conversation(record, unit.path, number, None if earlier is None else earlier + 1)
-        return conversation_from_json(record, unit.path, number)
+            return long_form_conversation(record, unit.path, number, None if earlier is None else earlier + 1, keys)
+        return conversation_from_json(record, unit.path, number, keys)
     except ContractError as exc:
         return str(exc)
 
@@ -58,13 +60,13 @@ def _isolated_features(pipeline: TranscriptPipeline, conversations: list[Convers
     return frames, reasons
 
 
-def score_unit(pipeline: TranscriptPipeline, unit: Unit, redact: bool = False
+def score_unit(pipeline: TranscriptPipeline, unit: Unit, redact: bool = False, keys: Optional[Keys] = None
                ) -> tuple[pd.DataFrame, list[dict]]:
     """(features of every conversation that parsed and scored, dead letters of the rest), in input order; with
-    `redact`, personal data is masked before scoring and in the dead letters."""
+    `redact`, personal data is masked before scoring and in the dead letters; `keys` as `parsed` takes them."""
     good, numbers, raw, dead = [], [], [], []
     for number, record in unit_records(unit):
-        result = parsed(unit, number, record)
+        result = parsed(unit, number, record, keys)
         if isinstance(result, str):
             dead.append(dead_letter(unit.path, unit.kind, number, result, record, redact))
         else:

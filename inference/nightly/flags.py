@@ -15,7 +15,7 @@ from carelens.inference.nightly.storage import (
     atomic_path, commit_stage, discarded_list, done_keys, finished_stage, read_parts, write_parquet,
 )
 from carelens.inference.selection import ranked_customers, selection_rule
-from carelens.models.drift import PSI_WARNING, drift_row, feature_drift
+from carelens.models.drift import MIN_DRIFT_ROWS, PSI_WARNING, drift_row, feature_drift
 from carelens.models.names import TABULAR_MODELS
 
 
@@ -39,15 +39,32 @@ def _score_drift(scorer: Scorer, predictions: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def _drift_warnings(drift: Sequence[dict]) -> list[str]:
-    """Each shift in words, naming the feature (or score) and how far it moved."""
-    warnings = [f"{row['feature']}: PSI {row['psi']:.2f} against the training profile (above {PSI_WARNING}): "
-                f"tonight's distribution differs from the training data; consider retraining"
-                for row in drift if row["shifted"]]
-    warnings += [f"{row['feature'].removesuffix('_risk')} model flagged {row['flagged_share']:.1%} of tonight's contacts, "
-                 f"against {row['training_flagged_share']:.1%} of the held-out contacts at training (outside half to "
-                 f"twice that share)" for row in drift if row.get("share_shifted")]
-    return warnings
+#: How many of the features and scores that moved most a drift warning names.
+NAMED_SHIFTS = 3
+
+
+def _drift_warnings(drift: Sequence[dict], contacts: int) -> list[str]:
+    """The night's drift in one line: how many features and scores moved beyond PSI_WARNING, the NAMED_SHIFTS that
+    moved most, and each model whose flagged share left the training band; on fewer than MIN_DRIFT_ROWS contacts, that
+    drift was not measured."""
+    if 0 < contacts < MIN_DRIFT_ROWS:
+        return [f"drift not measured: {contacts:,} contacts tonight, and PSI on fewer than {MIN_DRIFT_ROWS} is noise"]
+    moved = sorted((row for row in drift if row["shifted"]), key=lambda row: -row["psi"])
+    shares = [f"the {row['feature'].removesuffix('_risk')} model flagged {row['flagged_share']:.1%} of contacts against "
+              f"{row['training_flagged_share']:.1%} at training" for row in drift if row.get("share_shifted")]
+    if not moved and not shares:
+        return []
+    named = ", ".join(f"{row['feature']} {row['psi']:.2f}" for row in moved[:NAMED_SHIFTS]) + \
+        (f" and {len(moved) - NAMED_SHIFTS} more" if len(moved) > NAMED_SHIFTS else "")
+    parts = [*([f"{len(moved)} of {len(drift)} features and scores differ from the training data (PSI above "
+                f"{PSI_WARNING}: {named})"] if moved else []), *shares]
+    return [f"drift: {'; '.join(parts)}; consider retraining (every PSI is in summary.html)"]
+
+
+def ranked_warnings(run: Run, scorer: Scorer, flags: dict) -> list[str]:
+    """Every warning of the night, those that change tonight's list most first: contacts scored without their
+    conversations, then how the models ran (a runtime that fell back, models that disagree on lineage), then drift."""
+    return [*flags["warnings"], *run.warnings, *scorer.warnings, *flags.get("drift_warnings", [])]
 
 
 def write_flagged_csv(flagged: pd.DataFrame, target: Path) -> None:
@@ -59,25 +76,28 @@ def write_flagged_csv(flagged: pd.DataFrame, target: Path) -> None:
         write_csv(flagged.assign(reasons=reasons), temporary)
 
 
-def _write_flags(run: Run, scorer: Scorer, predictions: pd.DataFrame, customers: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+def _write_flags(run: Run, scorer: Scorer, predictions: pd.DataFrame, customers: pd.DataFrame,
+                 joins: Optional[dict]) -> tuple[dict, pd.DataFrame]:
     """(what the stage records: the rule used, how many customers each model alone would flag, drift and warnings;
     the flagged customers), after writing these to flagged.parquet and flagged.csv, riskiest first. With the run's
-    `strict`, answered contacts without conversation features raise MissingConversations instead of a warning."""
+    `strict`, answered contacts without conversation features raise MissingConversations instead of a warning that
+    says, from `joins`, why their conversations did not match."""
     spec = run.spec
-    gap = scorer.missing_conversations(predictions)
+    gap = scorer.missing_conversations(predictions, joins)
     if gap and spec.strict:
         raise MissingConversations(gap)
     flagged = scorer.flagged_customers(customers, spec.capacity, spec.threshold)
     write_parquet(flagged, run.out / FLAGGED_PARQUET)
     write_flagged_csv(flagged, run.out / FLAGGED_CSV)
-    # A night with no prediction has no distribution to compare: drift is left out, not computed over nothing.
+    # A night with too few predictions has no distribution to compare: drift is left out, not computed over noise.
     drift = [*feature_drift(scorer.profile["distributions"], predictions), *_score_drift(scorer, predictions)] \
-        if len(predictions) else []
+        if len(predictions) >= MIN_DRIFT_ROWS else []
     return {"counts": {"in": len(predictions), "out": len(predictions), "dead": 0, "customers": len(customers),
                        "flagged": len(flagged)},
             "rule": selection_rule(spec.capacity, spec.threshold),
             "alone": {name: int(customers[f"{name}_flagged"].sum()) for name in TABULAR_MODELS},
-            "drift": drift, "warnings": [*_drift_warnings(drift), *([gap] if gap else [])]}, flagged
+            "drift": drift, "warnings": [gap] if gap else [], "drift_warnings": _drift_warnings(drift, len(predictions))}, \
+        flagged
 
 
 def committed_predictions(out: Path, scorer: Scorer) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -99,13 +119,14 @@ class Tonight(NamedTuple):
     flagged: pd.DataFrame
 
 
-def flags_stage(run: Run, scorer: Scorer) -> tuple[dict, Optional[Tonight]]:
+def flags_stage(run: Run, scorer: Scorer, joins: Optional[dict] = None) -> tuple[dict, Optional[Tonight]]:
     """(what the flags stage recorded, tonight's tables when it ran now); a stage its marker says is done under the
-    same rule is not run again (None). The list and summary of an earlier rule are removed first."""
+    same rule is not run again (None). The list and summary of an earlier rule are removed first; `joins` (how the
+    conversations met the contacts) words the warning about contacts without one."""
     flags = finished_stage(run.out, "flags", run.spec.flag_key)
     if flags is not None:
         return flags, None
     discarded_list(run.out)
     predictions, customers = committed_predictions(run.out, scorer)
-    recorded, flagged = _write_flags(run, scorer, predictions, customers)
+    recorded, flagged = _write_flags(run, scorer, predictions, customers, joins)
     return commit_stage(run.out, "flags", run.spec.flag_key, recorded), Tonight(predictions, customers, flagged)

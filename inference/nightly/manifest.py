@@ -7,10 +7,12 @@ from importlib.metadata import version as package_version
 
 from carelens.data.redaction import redacted
 from carelens.inference.api import Scorer
+from carelens.inference.nightly.flags import ranked_warnings
 from carelens.inference.nightly.layout import (
     DEAD_LETTER, FEATURES, FLAGGED_CSV, FLAGGED_PARQUET, MANIFEST, PREDICTIONS, SUMMARY,
 )
 from carelens.inference.nightly.plan import Run
+from carelens.inference.nightly.report import dropped_records, run_joins
 from carelens.inference.nightly.storage import gathered_dead_letters, now, parquet_rows_in, write_text
 from carelens.models.registry import file_sha256
 
@@ -61,6 +63,7 @@ def scoring_manifest(run: Run, table_counts: dict, scored_units: int) -> dict:
                 "interactions": [{"path": p, "sha256": h, **table_counts.get(p, {})}
                                  for p, h in zip(run.plan["interactions"], run.plan["interaction_hashes"])],
                 "rejected_inputs": rejected, "failures": found, "counts": counts,
+                "joins": run_joins(run.out) if run.tables else None, "dropped": dropped_records(run.out),
                 "by_input": kinds, "units": {"scored_now": scored_units, "already_done": run.already},
                 "outputs": {"features": FEATURES, "predictions": PREDICTIONS if run.tables else None,
                             "dead_letter": DEAD_LETTER},
@@ -83,7 +86,7 @@ def nightly_manifest(run: Run, scored_manifest: dict, flags: dict, scorer: Score
                 "balanced": all(s["in"] == s["out"] + s["dead"] for s in stages.values()),
                 "rule": flags["rule"], "flagged": flags["counts"]["flagged"], "flagged_by_model_alone": flags["alone"],
                 "drift": [{k: row[k] for k in ("feature", "psi", "shifted") if k in row} for row in flags["drift"]],
-                "warnings": [*scored_manifest["warnings"], *scorer.warnings, *flags["warnings"]],
+                "warnings": ranked_warnings(run, scorer, flags),
                 "timings_s": timings,
                 "outputs": {**scored_manifest["outputs"], "flagged": [FLAGGED_PARQUET, FLAGGED_CSV], "summary": SUMMARY},
                 # What this manifest dates: a file whose digest differs is not this run's.

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Mapping
 
 from carelens.data.paths import output_folder
-from carelens.data.readers import TABLE_SUFFIXES
+from carelens.data.readers import TABLE_SUFFIXES, check_long_form_keys
 from carelens.inference.nightly.layout import (
     FEATURES, FLAGGED_CSV, FLAGGED_PARQUET, PLAN, PREDICTIONS, STAGES, SUMMARY, RunConflict,
 )
@@ -88,6 +88,10 @@ class Run:
         return self.plan["redact"]
 
     @property
+    def keys(self) -> dict:
+        return self.plan["keys"]
+
+    @property
     def pending(self) -> list[Unit]:
         """The transcript units whose features part is not yet committed."""
         done = done_keys(self.out, FEATURES)
@@ -113,11 +117,15 @@ def planned_run(spec: RunSpec) -> Run:
         names = (MODEL_NAME, *TABULAR_MODELS) if tables else (MODEL_NAME,)
         models = {name: store.resolve(name, wanted.get(name, "latest") if wanted else spec.version) for name in names}
         inputs = [planned_file(path, index, spec.chunk_size, spec.format) for index, path in enumerate(files)]
+        for planned in inputs:
+            if planned.kind == "parquet":
+                check_long_form_keys(spec.keys, planned.path)
         runtime, precision, warning = spec.scoring.resolved(store.directory(MODEL_NAME, models[MODEL_NAME]))
         plan = {"inputs": [f.summary() for f in inputs], "interactions": [str(p) for p in tables],
                 "interaction_hashes": [file_sha256(p) for p in tables], "models": models,
                 "model_sha256": {name: store.content_sha256(name, v) for name, v in models.items()},
-                "chunk_size": spec.chunk_size, "redact": spec.redact, "runtime": f"{runtime} {precision}"}
+                "chunk_size": spec.chunk_size, "redact": spec.redact, "keys": spec.keys,
+                "runtime": f"{runtime} {precision}"}
         already = _checked_plan(out, plan)
         return Run(spec, out, store, inputs, tables, models, bool(wanted), plan, already, table_stamps,
                    replace(spec.scoring, runtime=runtime, precision=precision),

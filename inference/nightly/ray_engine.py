@@ -43,13 +43,14 @@ def _staged_rows(key: str, features: pd.DataFrame, dead: Sequence[dict]) -> pa.T
 class _UnitScorer:
     """A Ray Data actor: loads the published transcript model once, then scores each batch of units it is given."""
 
-    def __init__(self, registry: str, version: str, scoring: dict, redact: bool):
+    def __init__(self, registry: str, version: str, scoring: dict, redact: bool, keys: dict):
         from carelens.models.scoring import ScoringOptions
         self.pipeline, _ = load_scoring_pipeline(registry, version, ScoringOptions(**scoring))
-        self.redact = redact
+        self.redact, self.keys = redact, keys
 
     def __call__(self, units: pd.DataFrame) -> pa.Table:
-        return pa.concat_tables([_staged_rows(unit["key"], *score_unit(self.pipeline, Unit(**unit), self.redact))
+        return pa.concat_tables([_staged_rows(unit["key"], *score_unit(self.pipeline, Unit(**unit), self.redact,
+                                                                       self.keys))
                                  for unit in units.to_dict("records")])
 
 
@@ -133,6 +134,6 @@ def staged_scores(units: Sequence[Unit], run: Run, per_actor: int) -> Path:
                                  fn_constructor_kwargs={"registry": str(run.store.root.resolve()),
                                                         "version": run.models[MODEL_NAME],
                                                         "scoring": {**asdict(run.scoring), "threads": per_actor},
-                                                        "redact": run.redact})
+                                                        "redact": run.redact, "keys": run.keys})
     scored.write_parquet(str(staging.resolve()), partition_cols=[UNIT_COLUMN])
     return staging

@@ -76,7 +76,7 @@ def nightly(spec: RunSpec) -> dict:
             table_counts = predict_contacts(scorer, run)
         scored_manifest = scoring_manifest(run, table_counts, scored)
         with timed(timings, "flags"):
-            flags, tonight = flags_stage(run, scorer)
+            flags, tonight = flags_stage(run, scorer, scored_manifest["joins"])
         with timed(timings, "summary"):
-            summary_stage(run, scorer, flags, tonight)
+            summary_stage(run, scorer, flags, tonight, scored_manifest)
         return write_manifest(run, nightly_manifest(run, scored_manifest, flags, scorer, timings))

@@ -6,6 +6,7 @@ from importlib.util import find_spec
 from typing import Mapping, Optional, Union
 
 from carelens.data.errors import UsageError
+from carelens.data.readers import Keys, checked_keys
 from carelens.inference.nightly.layout import ENGINES, PathLike
 from carelens.models.scoring import ScoringOptions
 
@@ -19,7 +20,8 @@ class RunSpec:
     every model or one per model ({"churn": "v1", ...}); `scoring` says how the transcript model runs (runtime,
     precision, threads, token budget, encodings remembered); `capacity` / `threshold` / `strict` are the flagging
     rule of the nightly job; `redact` masks personal data before scoring and in every output; `verbose` lets Ray's own
-    log lines reach the terminal."""
+    log lines reach the terminal; `keys` maps the contract's record keys onto the fields a format keeps them in
+    ({"contact_id": "convo_id"}, a dotted path for a nested field)."""
 
     transcripts: tuple[PathLike, ...]
     out: PathLike
@@ -39,11 +41,13 @@ class RunSpec:
     ray_address: Optional[str] = None
     workers: Optional[int] = None
     verbose: bool = False
+    keys: Optional[Keys] = None
 
     def __post_init__(self) -> None:
         # Callers hand lists; the spec keeps tuples so that nothing downstream can change what the run reads.
         object.__setattr__(self, "transcripts", tuple(self.transcripts))
         object.__setattr__(self, "interactions", tuple(self.interactions))
+        object.__setattr__(self, "keys", checked_keys(self.keys))
         if self.chunk_size < 1:
             raise UsageError(f"chunk_size must be at least 1, got {self.chunk_size}")
         if self.engine not in ENGINES:

@@ -9,11 +9,12 @@ from matplotlib.figure import Figure
 
 from carelens.data.html import figure_html, html_report, plot_label, shown, table_html
 from carelens.inference.api import Scorer
-from carelens.inference.nightly.flags import Tonight, committed_predictions
-from carelens.inference.nightly.layout import FLAGGED_PARQUET, SUMMARY
+from carelens.inference.nightly.flags import Tonight, committed_predictions, ranked_warnings
+from carelens.inference.contacts import join_lines
+from carelens.inference.nightly.layout import DEAD_LETTER, FLAGGED_PARQUET, SUMMARY
 from carelens.inference.nightly.plan import Run
 from carelens.inference.nightly.storage import commit_stage, finished_stage, write_text
-from carelens.models.drift import PSI_WARNING
+from carelens.models.drift import MIN_DRIFT_ROWS, PSI_WARNING
 
 #: Flagged customers listed in the summary (all of them are in flagged.csv).
 TOP_LISTED = 25
@@ -76,8 +77,11 @@ def drift_figure(row: dict) -> Figure:
     return fig
 
 
-def _drift_section(drift: list[dict]) -> str:
+def _drift_section(drift: list[dict], contacts: int) -> str:
     """Every feature's and score's PSI against the training profile, and the distributions of those that shifted."""
+    if contacts < MIN_DRIFT_ROWS:
+        return (f"<p>Not measured: {contacts:,} contacts tonight, and the population stability index on fewer than "
+                f"{MIN_DRIFT_ROWS} contacts is noise.</p>")
     if not drift:
         return "<p>The models carry no training profile to compare with; retrain them to get this section.</p>"
     shifted = [row for row in drift if row["shifted"] or row.get("share_shifted")]
@@ -91,12 +95,21 @@ def _drift_section(drift: list[dict]) -> str:
     return verdict + figures + table_html(rows)
 
 
+def _dropped_section(dropped: list[dict]) -> str:
+    """The records dropped tonight by kind: how many, the first few with their reason, where all of them are."""
+    rows = [{"dropped": f"{kind['count']:,} {kind['what']}(s)", "field": kind["field"],
+             "first": "; ".join(kind["first"])} for kind in dropped]
+    return f"<p>Every dropped record is in {DEAD_LETTER} with its reason.</p>" + table_html(rows)
+
+
 def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd.DataFrame, facts: list[dict],
-                    drift: list[dict], warnings: list[str]) -> str:
+                    drift: list[dict], warnings: list[str], dropped: list[dict]) -> str:
     """The HTML page a supervisor opens in the morning."""
     sections = [("Tonight's run", table_html(facts))]
     if warnings:
         sections.append(("Warnings", "<ul>" + "".join(f"<li>{shown(w)}</li>" for w in warnings) + "</ul>"))
+    if dropped:
+        sections.append(("Dropped records", _dropped_section(dropped)))
     sections += [(f"Top {min(TOP_LISTED, len(flagged))} of {len(flagged)} flagged customers",
                   table_html(_flagged_rows(flagged))) if len(flagged) else
                  ("Flagged customers", f"<p>{NOBODY_FLAGGED}</p>"),
@@ -106,33 +119,38 @@ def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd
     if "agent_empathy_mean" in contacts.columns and contacts["agent_empathy_mean"].notna().any():
         sections.append(("Agent empathy vs churn risk", figure_html(_empathy_figure(contacts))))
     sections.append(("Is tonight's data like the training data?",
-                     _drift_section(drift) if len(contacts) else "<p>No contact was predicted tonight: there is "
-                                                                "nothing to compare with the training data.</p>"))
+                     _drift_section(drift, len(contacts)) if len(contacts) else
+                     "<p>No contact was predicted tonight: there is nothing to compare with the training data.</p>"))
     return html_report("CareLens: customers at risk", sections)
 
 
-def _write_summary(run: Run, scorer: Scorer, flags: dict, tonight: Tonight) -> dict:
-    """summary.html: tonight's facts (the run's start among them) and rule, the top flagged customers and why, risk
-    distributions, actions, empathy vs risk, and whether tonight's data looks like the training data."""
+def _write_summary(run: Run, scorer: Scorer, flags: dict, tonight: Tonight, scored: dict) -> dict:
+    """summary.html: tonight's facts (the run's start, how the transcripts met the contacts) and rule, warnings,
+    dropped records, the top flagged customers and why, risk distributions, actions, empathy vs risk, and whether
+    tonight's data looks like the training data."""
     predictions, customers, flagged = tonight
+    joins = scored["joins"]
     facts = [{"item": "run started", "value": run.started},
+             *({"item": line.split(": ", 1)[0], "value": line.split(": ", 1)[1]} for line in
+               (join_lines(joins) if joins else [])),
              {"item": "models", "value": ", ".join(f"{n} {v}" for n, v in scorer.versions.items())},
              {"item": "contacts scored", "value": f"{len(predictions):,} ({flags['counts']['customers']:,} customers)"},
              {"item": "rule", "value": flags["rule"]},
              {"item": "flagged", "value": f"{len(flagged):,} customers"},
              *({"item": f"{name} model alone would flag", "value": f"{count:,} customers"}
                for name, count in flags["alone"].items())]
-    page = nightly_summary(customers, flagged, predictions, facts, flags["drift"],
-                           [*scorer.warnings, *flags["warnings"]])
+    page = nightly_summary(customers, flagged, predictions, facts, flags["drift"], ranked_warnings(run, scorer, flags),
+                           scored["dropped"])
     write_text(page, run.out / SUMMARY)
     return {"path": str(run.out / SUMMARY)}
 
 
-def summary_stage(run: Run, scorer: Scorer, flags: dict, tonight: Optional[Tonight]) -> None:
+def summary_stage(run: Run, scorer: Scorer, flags: dict, tonight: Optional[Tonight], scored: dict) -> None:
     """Write summary.html and its marker, unless the marker says it is done under the same rule. An uninterrupted
-    run hands tonight's tables on in memory; a resumed one reads back what the earlier stages committed."""
+    run hands tonight's tables on in memory; a resumed one reads back what the earlier stages committed. `scored` is
+    the scoring stages' manifest (how the transcripts met the contacts, what was dropped)."""
     if finished_stage(run.out, "summary", run.spec.flag_key) is not None:
         return
     if tonight is None:
         tonight = Tonight(*committed_predictions(run.out, scorer), pd.read_parquet(run.out / FLAGGED_PARQUET))
-    commit_stage(run.out, "summary", run.spec.flag_key, _write_summary(run, scorer, flags, tonight))
+    commit_stage(run.out, "summary", run.spec.flag_key, _write_summary(run, scorer, flags, tonight, scored))

@@ -98,11 +98,26 @@ class FlaggedCustomer(BaseModel):
     contact_id: str
 
 
+class Joins(BaseModel):
+    """How the request's conversations met its contacts on contact_id."""
+
+    transcripts: int = Field(description="Conversations read.")
+    matched: int = Field(description="Conversations whose contact_id is one of the contacts'.")
+    without_contact_id: int
+    unknown_contact_id: int = Field(description="Conversations naming a contact_id the contacts do not have.")
+    unknown_examples: list[str] = Field(description="The first few of those contact_ids.")
+    contacts: int
+    with_conversation: int
+    answered_without: int = Field(description="Answered contacts with no conversation: scored without one.")
+    abandoned: int
+
+
 class FlagResponse(BaseModel):
     """Customers at risk, riskiest first, and what the caller should know about how they were scored."""
 
     customers: list[FlaggedCustomer]
     warnings: list[str] = Field(description="E.g. how many answered contacts had no conversation features.")
+    joins: Optional[Joins] = Field(None, description="How the transcripts met the contacts (none given: null).")
 
 
 class Health(BaseModel):

@@ -1,0 +1,99 @@
+"""What a run tells a person first: how the transcripts met the contacts, and which records were dropped and why."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from carelens.inference.contacts import join_lines, join_report
+from carelens.inference.nightly.layout import DEAD, DEAD_LETTER, FEATURES, PREDICTIONS
+from carelens.inference.nightly.storage import done_keys, read_parts
+
+#: Dropped records shown of each kind (input and field); the rest are counted, and all are in dead_letter.jsonl.
+SHOWN_PER_KIND = 3
+#: The field a contract error names: "… column 'channel': …".
+_FIELD = re.compile(r"column '([^']*)'")
+#: Where a dead letter was read, by the key its entry uses: a table row, a JSON Lines line, an ABCD entry.
+PLACES = ("row", "line", "entry")
+
+
+def run_joins(out: Path) -> Optional[dict]:
+    """How the run's scored conversations met its predicted contacts (`join_report`); None when it predicted none.
+    Reads only the keys of each part (and whether a contact was abandoned, where the models read that)."""
+    if not done_keys(out, PREDICTIONS):
+        return None
+    parts = sorted((out / PREDICTIONS).glob("*.parquet"))
+    wanted = [c for c in ("contact_id", "abandoned") if c in pq.read_schema(parts[0]).names]
+    contacts = read_parts(out, PREDICTIONS, wanted)
+    conversations = read_parts(out, FEATURES, ["contact_id"])["contact_id"] if done_keys(out, FEATURES) else \
+        pd.Series([], dtype=object)
+    return join_report(conversations, contacts)
+
+
+def _field(entry: dict) -> str:
+    """The field a dead letter's reason names as at fault, or 'record' when it names none."""
+    found = _FIELD.search(str(entry.get("reason", "")))
+    return found.group(1) if found else "record"
+
+
+def _place(entry: dict) -> str:
+    """'contacts.csv row 3': the file's name and where in it."""
+    where = next((f"{key} {entry[key]}" for key in PLACES if key in entry), "")
+    return f"{Path(str(entry['source'])).name} {where}".strip()
+
+
+def _problem(entry: dict) -> str:
+    """The reason without the file and place the line already names."""
+    reason = str(entry.get("reason", ""))
+    for prefix in (f"{entry['source']}: ", *(f"{key} {entry[key]}, " for key in PLACES if key in entry),
+                   *(f"{key} {entry[key]}: " for key in PLACES if key in entry)):
+        reason = reason.removeprefix(prefix)
+    return reason
+
+
+def dropped_records(out: Path) -> list[dict]:
+    """The run's dead letters by kind (contact or transcript, and the field at fault), most first: each kind's count
+    and its first SHOWN_PER_KIND records as 'file row N: reason' (the records themselves stay in dead_letter.jsonl)."""
+    kinds: dict[tuple[str, str], dict] = {}
+    # The parts, not the gathered file: a part's name says whether it holds contacts ("i…") or transcripts ("t…").
+    for part in sorted((out / DEAD).glob("*.jsonl")):
+        what = "contact" if part.name.startswith("i") else "transcript"
+        with open(part, encoding="utf-8") as handle:
+            for line in handle:
+                entry = json.loads(line)
+                kind = kinds.setdefault((what, _field(entry)), {"what": what, "field": _field(entry), "count": 0,
+                                                                "first": []})
+                kind["count"] += 1
+                if len(kind["first"]) < SHOWN_PER_KIND:
+                    kind["first"].append(f"{_place(entry)}: {_problem(entry)}")
+    return sorted(kinds.values(), key=lambda k: -k["count"])
+
+
+def _counted(count: int, what: str) -> str:
+    return f"{count:,} {what}{'s' if count != 1 else ''}"
+
+
+def dropped_lines(dropped: list[dict], out: Path) -> list[str]:
+    """The dropped records a person reads first: how many of each input, the first few of each kind with the reason,
+    and where they all are."""
+    if not dropped:
+        return []
+    totals = {what: sum(k["count"] for k in dropped if k["what"] == what) for what in ("contact", "transcript")}
+    lines = [f"dropped {' and '.join(_counted(n, what) for what, n in totals.items() if n)} (every one with its "
+             f"reason in {out / DEAD_LETTER}):"]
+    for kind in dropped:
+        lines += [f"  {text}" for text in kind["first"]]
+        if kind["count"] > len(kind["first"]):
+            lines.append(f"  … and {_counted(kind['count'] - len(kind['first']), 'more ' + kind['what'])} with a bad "
+                         f"{kind['field']}")
+    return lines
+
+
+def first_lines(manifest: dict, out: Path) -> list[str]:
+    """The lines a run's report opens with: how the transcripts met the contacts, and the records dropped and why."""
+    joins = manifest.get("joins")
+    return [*(join_lines(joins) if joins else []), *dropped_lines(manifest.get("dropped", []), out)]
