@@ -143,8 +143,8 @@ def serve_command(
     scoring: ScoringFlags = ScoringFlags(),
 ) -> None:
     """Serve POST /v1/score (transcript features), POST /v1/flag (customers at risk, with reasons and actions),
-    GET /v1/models and GET /v1/health; the OpenAPI documentation is at /docs. Each request is logged as one JSON line
-    on stdout."""
+    GET /v1/models and GET /v1/health; the OpenAPI documentation is at /docs and /redoc (offline too: the service
+    serves their scripts itself). Each request is logged as one JSON line on stdout."""
     from carelens.data.terminal import console, user_errors
     from carelens.inference.api import Scorer, parse_versions
     from carelens.inference.service import create_app

@@ -290,13 +290,14 @@ class Registry:
         is touched; a `latest` pointer must hold the name of a version that exists."""
         check_model_name(name)
         check_version_name(version)
+        # Before any model is looked for: a pinned version or a promoted one is missing because the registry is.
+        if not self.root.is_dir():
+            raise RegistryError(self._missing_root())
         if version != LATEST:
             if version not in self.versions(name):
                 raise RegistryError(f"{self.root / name}: no version '{version}' (have {', '.join(self.versions(name)) or 'none'})")
             return version
         pointer = self.root / name / LATEST
-        if not self.root.is_dir():
-            raise RegistryError(self._missing_root())
         if not pointer.is_file() and not pointer.is_symlink():
             raise RegistryError(f"{self.root}: no promoted version of model '{name}'; train one with "
                                 f"`carelens train {name} --out {self.root}`")

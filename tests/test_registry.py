@@ -199,10 +199,11 @@ def test_concurrent_publishes_all_land_promotes_never_collide_and_readers_always
     assert not [p for p in (tmp_path / "churn").iterdir() if p.name.startswith((".staging", ".latest"))]
 
 
+@pytest.mark.parametrize("version", ["latest", "v2"])
 @pytest.mark.parametrize("make", [lambda path: None, lambda path: path.write_text("not a folder")])
-def test_a_registry_folder_that_is_not_there_is_named_as_such_not_as_a_missing_model(tmp_path, make):
+def test_a_registry_folder_that_is_not_there_is_named_as_such_not_as_a_missing_model(tmp_path, make, version):
     root = tmp_path / "registry"
     make(root)
     what = "is a file, not a folder" if root.exists() else "does not exist"
     with pytest.raises(RegistryError, match=rf"^no registry at {re.escape(str(root))}: it {what}\. Pass --registry"):
-        Registry(root).resolve("transcripts")
+        Registry(root).resolve("transcripts", version)

@@ -24,7 +24,7 @@ from carelens.inference.service import ServiceSettings, create_app
 from carelens.inference.service.dependencies import API_KEY_HEADER
 from carelens.inference.service.routes import headline_metrics
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
-from carelens.models.registry import RegistryError
+from carelens.models.registry import Registry, RegistryError
 from carelens.models.scoring import ScoringAbandoned, abandonable, as_conversations
 from live_server import serving, stopped
 
@@ -276,6 +276,16 @@ def test_serve_takes_the_model_versions_as_score_and_nightly_do(registry_with_mo
     assert "serving churn v1, retaliation v1, transcripts v1" in result.output
 
 
+@pytest.mark.parametrize("version", ["latest", "v1", "churn=v1,retaliation=v1,transcripts=v1"])
+def test_serve_names_a_registry_that_is_not_there_not_a_model_without_a_version(tmp_path, version):
+    missing = tmp_path / "no-registry"
+    result = CliRunner().invoke(cli, ["serve", "--registry", str(missing), "--version", version])
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()).startswith(f"error: no registry at {missing}: it does not exist. Pass "
+                                                      f"--registry (or set $CARELENS_REGISTRY) to the folder")
+    assert "no promoted version" not in result.output and "no version" not in result.output
+
+
 def test_serve_refuses_a_model_pinned_twice(registry_with_models):
     result = CliRunner().invoke(cli, ["serve", "--registry", str(registry_with_models.root),
                                       "--version", "churn=v1,churn=v2"])
@@ -324,6 +334,9 @@ def test_a_bug_is_a_500_with_a_request_id_and_nothing_else_logged_without_the_bo
     (RegistryError("/srv/carelens/registry/transcripts/v2: checksum mismatch for 'model.safetensors' in "
                    "/srv/carelens/registry/transcripts/v2/model.safetensors"),
      "model unavailable: transcripts/v2: checksum mismatch for 'model.safetensors' in <path>"),
+    (RegistryError(Registry("/srv/carelens/registry")._missing_root()),
+     "model unavailable: no registry at <path>: it does not exist. Pass --registry (or set $CARELENS_REGISTRY) to the "
+     "folder your models were published to, or make one with `carelens demo` or `carelens train`"),
 ])
 def test_a_missing_model_is_a_503_naming_it_without_the_servers_paths(scorer, day, fault, detail):
     with TestClient(create_app(Faulty(scorer, "score_transcripts", fault), ServiceSettings(**LIMITS))) as client:

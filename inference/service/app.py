@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from carelens.data.errors import CareLensError
 from carelens.inference.api import Scorer
 from carelens.inference.service.dependencies import Service
+from carelens.inference.service.docs import add_docs
 from carelens.inference.service.errors import contract_broken, invalid_request, model_missing
 from carelens.inference.service.middleware import AccessLog, Authentication, BodyLimit, InternalErrors
 from carelens.inference.service.routes import guarded, public
@@ -17,9 +18,12 @@ from carelens.models.registry import RegistryError
 
 
 def create_app(scorer: Scorer, settings: ServiceSettings) -> FastAPI:
-    """The service around an already loaded Scorer: /v1/health, /v1/models, /v1/score and /v1/flag."""
+    """The service around an already loaded Scorer: /v1/health, /v1/models, /v1/score and /v1/flag, and the
+    documentation at /docs and /redoc."""
+    # The documentation pages are the service's own (add_docs), not FastAPI's, which load their files from a CDN.
     app = FastAPI(title="CareLens", version=package_version("carelens"),
-                  description="Which contact-centre customers are we about to lose or anger, and why.")
+                  description="Which contact-centre customers are we about to lose or anger, and why.",
+                  docs_url=None, redoc_url=None)
     app.state.service = Service(scorer, settings)
     # The last added runs first: each request gets its id and log line, then the catch-all, then the key is checked
     # from the headers, and only then is the body read, within its size and time limits.
@@ -30,6 +34,7 @@ def create_app(scorer: Scorer, settings: ServiceSettings) -> FastAPI:
     app.add_middleware(AccessLog)
     app.include_router(public)
     app.include_router(guarded)
+    add_docs(app)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(CareLensError, contract_broken)
     app.add_exception_handler(RegistryError, model_missing)

@@ -71,6 +71,13 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
 _PATH = re.compile(r"(?<![^\s('\"`=])(?:[A-Za-z]:)?[/\\][^\s'\"`/\\]+[/\\][^\s'\"`]*")
 
 
+def _hidden_path(match: re.Match) -> str:
+    """<path> for a path, with the punctuation that ends its clause kept ("no registry at <path>: it does not
+    exist"). Cut here, not in the pattern: a lookahead there makes matching quadratic in a long run of colons."""
+    path = match.group()
+    return "<path>" + path[len(path.rstrip(":;,.)")):]
+
+
 def _without_paths(message: str) -> str:
     """The message with the server's file paths left out: the path a registry error starts with is cut to its last
     two parts (`/srv/registry/churn/v1: ...` to `churn/v1: ...`, which names the model), other absolute paths become
@@ -78,7 +85,7 @@ def _without_paths(message: str) -> str:
     head, colon, rest = message.partition(": ")
     if colon and " " not in head and re.search(r"[/\\]", head):
         message = "/".join(re.split(r"[/\\]+", head.rstrip("/\\"))[-2:]) + colon + rest
-    return printable(_PATH.sub("<path>", message))
+    return printable(_PATH.sub(_hidden_path, message))
 
 
 async def contract_broken(request: Request, exc: CareLensError) -> JSONResponse:
