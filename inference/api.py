@@ -223,10 +223,10 @@ class Scorer:
                      capacity: Optional[int] = None, threshold: Optional[float] = None,
                      transcript_features: Optional[pd.DataFrame] = None, strict: bool = False) -> pd.DataFrame:
         """Customers at risk, riskiest first: the `capacity` riskiest, or those with risk >= `threshold`, or
-        (neither given) those either model's own threshold flags. Each with the three features that raised their
-        risk most, in words, and the action the centre should take. The result's `attrs["warnings"]` lists what
-        the caller should know (answered contacts without conversation features; with `strict`, that raises
-        MissingConversations instead)."""
+        (neither given) those either model's own threshold flags. Each with up to three reasons, the actionable
+        features worse than typical that raised their risk most, in words (`carelens.inference.reasons`), and the
+        action the centre should take. The result's `attrs["warnings"]` lists what the caller should know (answered
+        contacts without conversation features; with `strict`, that raises MissingConversations instead)."""
         checked_selection(capacity, threshold)
         predictions = self.contact_predictions(self.contact_table(interactions, transcripts, transcript_features))
         gap = self.missing_conversations(predictions)
