@@ -250,11 +250,12 @@ class Scorer:
                      transcript_features: Optional[pd.DataFrame] = None, strict: bool = False,
                      keys: Optional[Keys] = None) -> pd.DataFrame:
         """Customers at risk, riskiest first: the `capacity` riskiest, or those with risk >= `threshold`, or
-        (neither given) those either model's own threshold flags. Each with the three features that raised their
-        risk most, in words, and the action the centre should take. A transcript file's contract keys are read from
-        the fields `keys` names ({"contact_id": "convo_id"}). The result's `attrs["joins"]` says how the
-        conversations matched the contacts (`join_report`), and `attrs["warnings"]` lists what the caller should
-        know (answered contacts without conversation features; with `strict`, that raises MissingConversations)."""
+        (neither given) those either model's own threshold flags. Each with up to three reasons, the actionable
+        features worse than typical that raised their risk most, in words (`carelens.inference.reasons`), and the
+        action the centre should take. A transcript file's contract keys are read from the fields `keys` names
+        ({"contact_id": "convo_id"}). The result's `attrs["joins"]` says how the conversations matched the contacts
+        (`join_report`), and `attrs["warnings"]` lists what the caller should know (answered contacts without
+        conversation features; with `strict`, that raises MissingConversations)."""
         checked_selection(capacity, threshold)
         table = self.contact_table(interactions, transcripts, transcript_features, keys)
         predictions = self.contact_predictions(table)

@@ -1,13 +1,13 @@
-"""Per-customer reasons: which features pushed this row's risk up, measured against a typical row, said in words."""
+"""Per-customer reasons: which features pushed this row's risk up from a value worse than typical, said in words."""
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
 
-from carelens.models.conversation_features import FEATURE_COLUMNS, MECHANISM_FEATURES
+from carelens.models.conversation_features import EMPATHY_FEATURES, FEATURE_COLUMNS, MECHANISM_FEATURES, TIMING_FEATURES
 
 #: Risk must rise by at least this much (absolute probability) for a feature to count as a reason.
 MIN_PUSH = 0.005
@@ -53,8 +53,12 @@ def _count(value: float, one: str, many: str) -> str:
     return f"{number} {one if number == 1 else many}"
 
 
+#: Below this a customer's sentiment (-1 … 1) reads as negative, above its opposite as positive.
+NEGATIVE_MOOD = -1 / 3
+
+
 def _mood(value: float) -> str:
-    return "negative" if value < -1 / 3 else "positive" if value > 1 / 3 else "neutral"
+    return "negative" if value < NEGATIVE_MOOD else "positive" if value > -NEGATIVE_MOOD else "neutral"
 
 
 def _duration(seconds: float) -> str:
@@ -82,7 +86,8 @@ def mechanism_phrases(mechanism: str) -> dict[str, Callable[[object, Optional[fl
             share: lambda v, p: f"{v:.0%} of agent replies {did}"}
 
 
-#: Supervisor wording per feature: value (and its percentile among training rows) → phrase.
+#: Supervisor wording per feature a reason can name (those of RISK_SIDES): value (and its percentile among training
+#: rows) → phrase. The phrases stay true for a protective value too, though such a value is never given as a reason.
 PHRASES: dict[str, Callable[[object, Optional[float]], str]] = {
     "answer_time_s": lambda v, p: f"waited {_duration(v)} to be answered",
     "hold_time_s": lambda v, p: f"was on hold for {_duration(v)}" if v > 0 else "was not put on hold",
@@ -94,12 +99,7 @@ PHRASES: dict[str, Callable[[object, Optional[float]], str]] = {
     "resolved": lambda v, p: "issue left unresolved" if not v else "issue marked resolved",
     "repeat_contacts_30d": lambda v, p: (f"{_count(v, 'repeat contact', 'repeat contacts')} in 30 days" if round(v)
                                          else "no repeat contacts in 30 days"),
-    "tenure_months": lambda v, p: f"customer for {_count(v, 'month', 'months')}" if v >= 1 else
-                                  "customer for under a month",
-    "monthly_value": lambda v, p: f"pays {v:.0f} a month",
     "csat": lambda v, p: f"rated the contact {v:.0f}/5",
-    "channel": lambda v, p: "contacted us on social media" if v == "social" else f"contacted us by {v}",
-    "customer_sentiment_start": lambda v, p: f"customer opened {_mood(v)}",
     "customer_sentiment_end": lambda v, p: f"customer ended {_mood(v)}",
     "customer_sentiment_mean": lambda v, p: f"customer mostly {_mood(v)}",
     "customer_sentiment_shift": lambda v, p: ("customer's mood fell during the contact" if v < 0 else
@@ -119,8 +119,38 @@ PHRASES: dict[str, Callable[[object, Optional[float]], str]] = {
     "non_talk_share": lambda v, p: f"silent {v:.0%} of the contact",
     "interruptions": lambda v, p: _count(v, "interruption", "interruptions"),
     "agent_interruptions": lambda v, p: f"agent interrupted {_count(v, 'time', 'times')}",
-    "customer_turns": lambda v, p: _count(v, "customer turn", "customer turns"),
-    "agent_turns": lambda v, p: _count(v, "agent turn", "agent turns"),
+}
+
+HIGHER, LOWER = 1, -1
+
+
+class RiskSide(NamedTuple):
+    """The side of a feature's values that raises risk: `worse` HIGHER or LOWER than typical (a yes/no feature counts
+    True as 1: HIGHER when True is the bad answer), and `past`, for a feature whose value can be good in itself
+    whatever is typical, the point a value must also lie beyond to be bad."""
+    worse: int
+    past: Optional[float] = None
+
+
+#: The features a reason can name, and the side of each that raises risk: what the centre can change (the wait, hold,
+#: handling, transfers, resolution, the agent's empathy, silences and interruptions) or should know (a product
+#: problem, repeat contacts, a hang-up, the customer's mood, a poor rating). Every other feature is context that may
+#: move the risk but gives a supervisor nothing to act on, so it is never a reason: the turn counts, tenure, monthly
+#: value, channel, any column a centre adds, and the mood the customer opened with (what the contact left them with
+#: is the end, mean and worst mood).
+RISK_SIDES: dict[str, RiskSide] = {
+    "answer_time_s": RiskSide(HIGHER), "hold_time_s": RiskSide(HIGHER), "handle_time_s": RiskSide(HIGHER),
+    "transfers": RiskSide(HIGHER), "abandoned": RiskSide(HIGHER), "product_problem": RiskSide(HIGHER),
+    "resolved": RiskSide(LOWER), "repeat_contacts_30d": RiskSide(HIGHER),
+    # CSAT counts a 4 or a 5 as a satisfied customer, however the centre's ratings usually fall.
+    "csat": RiskSide(LOWER, past=4),
+    # A mood is a reason when it is negative, or fell during the contact, not merely below a typical (gloomy) one.
+    **{feature: RiskSide(LOWER, past=NEGATIVE_MOOD) for feature in
+       ("customer_sentiment_end", "customer_sentiment_mean", "customer_sentiment_worst")},
+    **{feature: RiskSide(LOWER, past=0) for feature in ("customer_sentiment_shift", "customer_sentiment_slope")},
+    **{feature: RiskSide(LOWER) for feature in
+       [*EMPATHY_FEATURES, *(f for features in MECHANISM_FEATURES.values() for f in features)]},
+    **{feature: RiskSide(HIGHER) for feature in TIMING_FEATURES},
 }
 
 
@@ -129,16 +159,26 @@ def _missing(value: object) -> bool:
 
 
 def described(feature: str, value: object, percentiles: Optional[list] = None) -> str:
-    """One feature's value as a supervisor would say it; features without a phrase name themselves and, for
-    numbers, where the value ranks among the training rows."""
+    """The value of a feature a reason can name, as a supervisor would say it (ranked among the training rows where
+    its phrase does that)."""
     if _missing(value):
         return f"no {feature.replace('_', ' ')} recorded"
-    percentile = percentile_of(float(value), percentiles) if not isinstance(value, str) else None
-    if feature in PHRASES:
-        return PHRASES[feature](value, percentile)
-    rank = f" ({ranked_share(percentile)})" if percentile is not None else ""
-    return f"{feature.replace('_', ' ')} = {value:g}{rank}" if isinstance(value, (int, float)) else \
-        f"{feature.replace('_', ' ')} = {value}"
+    return PHRASES[feature](value, percentile_of(float(value), percentiles))
+
+
+def on_risky_side(feature: str, value: object, typical: object) -> bool:
+    """Whether `value` lies beyond the typical value, and beyond the feature's own bound where it has one, on the
+    side that raises risk (RISK_SIDES); never for a feature without a declared side, nor for a missing value."""
+    side = RISK_SIDES.get(feature)
+    if side is None or _missing(value) or _missing(typical):
+        return False
+    bounds = [typical] if side.past is None else [typical, side.past]
+    return all(side.worse * (float(value) - float(bound)) > 0 for bound in bounds)
+
+
+def reason_typicals(typical: dict) -> dict:
+    """The typical values of the features a reason can name: only their pushes are worth measuring."""
+    return {feature: value for feature, value in typical.items() if feature in RISK_SIDES}
 
 
 #: What follows from hanging up before an answer: nothing was handled, held, transferred, resolved or said. For an
@@ -172,17 +212,34 @@ def reason_pushes(pushed: pd.Series, row: pd.Series) -> pd.Series:
     return pd.concat([others, pd.Series({"abandoned": pushed[folded].max()})]) if folded.any() else others
 
 
-def top_reasons(frame: pd.DataFrame, contributions: pd.DataFrame, profile: dict, count: int = 3) -> list[list[str]]:
-    """Per row: up to `count` phrases for the recorded features that raised its risk most (by at least MIN_PUSH).
-    A missing value is not a reason a supervisor can act on (no transcript mostly means the caller hung up, which
-    `abandoned` says), so missing features are left out; an abandoned contact's hang-up, wait and what follows from
-    them are one reason, "abandoned the call after waiting 95 s"."""
-    reasons = []
-    percentiles = profile.get("percentiles", {})
+def reason_features(frame: pd.DataFrame, contributions: pd.DataFrame, profile: dict,
+                    count: int = 3) -> list[list[str]]:
+    """Per row: up to `count` features that raised its risk most (by at least MIN_PUSH) from a recorded value on the
+    risky side of the training profile's typical value (`on_risky_side`), hardest push first. A missing value is not
+    a reason a supervisor can act on (no transcript mostly means the caller hung up, which `abandoned` says); an
+    abandoned contact's hang-up, wait and what follows from them are one feature, `abandoned` (`reason_pushes`)."""
+    typical = profile["typical"]
+    chosen = []
     for index, pushed in contributions.iterrows():
         row = frame.loc[index]
         candidates = reason_pushes(pushed, row)
-        ranked = candidates[candidates >= MIN_PUSH].sort_values(ascending=False, kind="stable").index[:count]
-        reasons.append([abandoned_the_call(row) if f == "abandoned" and was_abandoned(row) else
-                        described(f, row[f], percentiles.get(f)) for f in ranked])
+        risky = [f for f in candidates.index if candidates[f] >= MIN_PUSH and on_risky_side(f, row[f], typical.get(f))]
+        chosen.append(candidates[risky].sort_values(ascending=False, kind="stable").index[:count].tolist())
+    return chosen
+
+
+#: The one reason of a flagged row none of whose features qualifies: its risk comes from context (tenure, turn
+#: counts …), from values that are fine on their own, or from features only together. Naming any of those would send
+#: a supervisor after what is not wrong, and an empty cell would read as a missing explanation.
+NO_SINGLE_CAUSE = "no single cause to act on: the risk comes from the customer and the contact as a whole"
+
+
+def top_reasons(frame: pd.DataFrame, contributions: pd.DataFrame, profile: dict, count: int = 3) -> list[list[str]]:
+    """Per row: 1 to `count` reasons in words, those of `reason_features`; NO_SINGLE_CAUSE when none qualifies."""
+    percentiles = profile.get("percentiles", {})
+    reasons = []
+    for index, features in zip(contributions.index, reason_features(frame, contributions, profile, count)):
+        row = frame.loc[index]
+        reasons.append([abandoned_the_call(row) if f == "abandoned" else described(f, row[f], percentiles.get(f))
+                        for f in features] or [NO_SINGLE_CAUSE])
     return reasons

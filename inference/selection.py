@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from carelens.data.errors import UsageError
-from carelens.inference.reasons import pushes, top_reasons
+from carelens.inference.reasons import pushes, reason_typicals, top_reasons
 
 #: The play a contact centre runs for each kind of retaliation; a churn risk alone gets proactive outreach.
 ACTIONS = {"escalate": "supervisor callback", "switch": "retention offer", "vent": "social-care follow-up"}
@@ -75,9 +75,11 @@ def _action_of(retaliation_type: str, retaliation_flagged: bool) -> str:
 
 def explained(chosen: pd.DataFrame, risk: Callable[[pd.DataFrame], np.ndarray], profile: dict) -> pd.DataFrame:
     """The selected customers as the flagged list (FLAG_COLUMNS): the features that raised each one's `risk` most
-    from its riskiest contact, in words against the training `profile`, and the action the centre should take."""
+    from its riskiest contact with a value worse than the training `profile`'s typical one, in words, and the action
+    the centre should take."""
     chosen = chosen.copy()
-    chosen["reasons"] = top_reasons(chosen, pushes(risk, chosen, profile["typical"], base=chosen["risk"]), profile)
+    contributions = pushes(risk, chosen, reason_typicals(profile["typical"]), base=chosen["risk"])
+    chosen["reasons"] = top_reasons(chosen, contributions, profile)
     chosen["action"] = [_action_of(kind, flagged) for kind, flagged in
                         zip(chosen["retaliation_type"], chosen["retaliation_flagged"])]
     return chosen[FLAG_COLUMNS].reset_index(drop=True)

@@ -113,16 +113,16 @@ def test_top_reasons_pick_the_biggest_pushes_in_words():
                           "csat": [5.0]})
     contributions = pd.DataFrame({"answer_time_s": [0.2], "agent_empathy_mean": [0.3], "transfers": [0.01],
                                   "csat": [-0.1]})
-    profile = {"percentiles": {"agent_empathy_mean": np.linspace(0, 1, 101).tolist()}}
+    profile = {"typical": {"answer_time_s": 23.0, "agent_empathy_mean": 0.55, "transfers": 0.0, "csat": 3.0},
+               "percentiles": {"agent_empathy_mean": np.linspace(0, 1, 101).tolist()}}
     assert top_reasons(frame, contributions, profile) == [
         ["agent empathy in the bottom 5%", "waited 95 s to be answered", "transferred 2 times"]]
 
 
-def test_phrases_for_missing_unknown_and_ranked_values():
+def test_phrases_for_missing_and_ranked_values():
     assert described("csat", float("nan")) == "no csat recorded"
     assert described("resolved", False) == "issue left unresolved"
-    assert described("loyalty_points", 12.0, list(range(101))) == "loyalty points = 12 (the bottom 15%)"
-    assert described("segment", "gold") == "segment = gold"
+    assert described("agent_empathy_mean", 0.12, np.linspace(0, 1, 101).tolist()) == "agent empathy in the bottom 15%"
 
 
 @settings(max_examples=60, deadline=None)
@@ -136,9 +136,10 @@ def test_percentiles_stay_in_range_and_follow_the_value(values, value):
 
 
 def test_missing_values_are_not_given_as_reasons():
-    frame = pd.DataFrame({"agent_empathy_mean": [np.nan], "tenure_months": [1.2], "abandoned": [True]})
-    contributions = pd.DataFrame({"agent_empathy_mean": [0.4], "tenure_months": [0.1], "abandoned": [0.2]})
-    assert top_reasons(frame, contributions, {}) == [["abandoned the call", "customer for 1 month"]]
+    frame = pd.DataFrame({"agent_empathy_mean": [np.nan], "repeat_contacts_30d": [1], "abandoned": [True]})
+    contributions = pd.DataFrame({"agent_empathy_mean": [0.4], "repeat_contacts_30d": [0.1], "abandoned": [0.2]})
+    profile = {"typical": {"agent_empathy_mean": 0.55, "repeat_contacts_30d": 0.0, "abandoned": 0.0}}
+    assert top_reasons(frame, contributions, profile) == [["abandoned the call", "1 repeat contact in 30 days"]]
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -17,6 +17,7 @@ from carelens.inference.cli import app
 from carelens.inference.nightly.layout import FLAGGED_CSV, FLAGGED_PARQUET, MANIFEST, PREDICTIONS, SUMMARY
 from carelens.inference.nightly.run import run_nightly
 from carelens.inference.nightly.storage import read_parts
+from carelens.inference.reasons import reason_typicals
 from carelens.inference.selection import FLAG_COLUMNS
 from carelens.inference.service import ServiceSettings, create_app
 
@@ -110,7 +111,9 @@ def test_each_stage_runs_once_one_encoder_load_one_validation_one_prediction_per
     scorer = Scorer.load(registry_with_models.root, load_encoder=False)
     flagged = pd.read_parquet(tmp_path / "run" / FLAGGED_PARQUET)
     contacts = manifest["stages"]["predictions"]["out"]
-    varied = [f for f, v in scorer.profile["typical"].items() if v is not None and f in scorer.features]
+    # Reasons measure a push for the features a reason can name only.
+    varied = [f for f, v in reason_typicals(scorer.profile["typical"]).items()
+              if v is not None and f in scorer.features]
     assert len(loads) == 1
     assert validations == [str((folder / "interactions.parquet").resolve())]
     assert rows["churn"] == contacts + len(flagged) * len(varied)

@@ -92,7 +92,8 @@ class FlaggedCustomer(BaseModel):
     retaliation_risk: float = Field(description="Probability of retaliating: 1 - P(none).")
     retaliation_type: str = Field(description="The likeliest retaliation (escalate, switch or vent) when retaliation is "
                                               "flagged; empty otherwise.")
-    reasons: list[str] = Field(description="The features that raised the risk most, in words.")
+    reasons: list[str] = Field(description="One to three things worse than typical about the contact that raised the "
+                                           "risk most, in words; \"no single cause to act on: …\" when none did.")
     action: str
     risk: float = Field(description="The larger of churn_risk and retaliation_risk; customers are sorted by it.")
     contact_id: str
