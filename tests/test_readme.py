@@ -167,16 +167,19 @@ def test_walkthrough_flags_the_three_chats(readme):
     assert all(chat in printed for chat in ABCD_CHATS)
 
 
-@pytest.mark.xfail(strict=False, reason="needs ABCD contact_id default")
 def test_walkthrough_joins_each_chat_to_its_contact(readme):
-    """Each contact of contacts.csv is predicted with its chat's conversation features (contact_id = convo_id), and
-    no warning says an answered contact had no conversation."""
+    """Each contact of contacts.csv is predicted with its chat's conversation features (contact_id = convo_id), the
+    run says so first, and no warning says an answered contact had no conversation."""
     from carelens.inference import read_parts
     predictions = read_parts(readme.folder / "tonight", "predictions")
     assert set(predictions["contact_id"].astype(str)) == ABCD_CHATS
     assert predictions[["customer_turns", "agent_turns", "agent_empathy_mean"]].notna().all().all()
     manifest = json.loads((readme.folder / "tonight" / "_manifest.json").read_text())
     assert not [w for w in manifest["warnings"] if "no conversation features" in w]
+    assert manifest["joins"]["matched"] == manifest["joins"]["with_conversation"] == 3
+    printed = readme.outcome("carelens nightly --transcripts abcd_sample.json").output.splitlines()
+    assert printed[:2] == ["transcripts: 3 read, 3 matched a contact",
+                           "contacts: 3 scored, 3 with a conversation, 0 answered without one"]
 
 
 def test_turn_scores_sit_beside_their_text(readme):
