@@ -253,3 +253,23 @@ def test_readme_links_resolve():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     targets = {t.split("#")[0] for t in re.findall(r"\]\(([^)#][^)]*)\)", readme) if "://" not in t}
     assert targets and [t for t in targets if not (REPO / t).exists()] == []
+
+
+def test_the_readme_is_short_and_speaks_to_a_user_not_of_its_history():
+    """At most 300 lines, and none of the project's own history: issues, commits, 'before this change'."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 300
+    history = re.findall(r"\bissue \d+|\bissues? \d|before this change|\b[0-9a-f]{7,40}\b|\bsession \d", readme,
+                         flags=re.I)
+    assert history == []
+
+
+def test_every_figures_section_names_its_date_cpu_and_command():
+    """Each section of docs/FIGURES.md opens with when it was measured, on which CPU, and how to reproduce it."""
+    figures = (REPO / "docs" / "FIGURES.md").read_text(encoding="utf-8")
+    sections = re.split(r"^## ", figures, flags=re.M)[1:]
+    assert len(sections) >= 8
+    for section in sections:
+        title, _, body = section.partition("\n")
+        stamp = next((line for line in body.splitlines() if line.startswith("*Measured ")), "")
+        assert re.match(r"\*Measured 20\d\d-\d\d-\d\d\b.*·.*(AMD EPYC|Intel Xeon).*· reproduce: ", stamp), title
