@@ -17,7 +17,7 @@ from carelens.data.errors import UsageError
 from carelens.data.options import PRECISIONS, RUNTIMES
 
 #: What scores by default: the fastest runtime on the 2-core development machine that gives the scores the model was
-#: validated with (README, "Performance"). int8 is faster still, but dynamic quantisation scales activations per
+#: validated with (docs/FIGURES.md, Performance). int8 is faster still, but dynamic quantisation scales activations per
 #: batch, so a turn's score moved by up to 0.16 with the turns batched beside it; bf16 moved scores by up to 0.006.
 #: A model published without an ONNX export falls back to torch at the same precision.
 DEFAULT_RUNTIME, DEFAULT_PRECISION = "onnx", "fp32"

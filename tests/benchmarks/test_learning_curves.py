@@ -3,8 +3,8 @@ pairs after `--from` training on N labels drawn only from the training part, pic
 (least certain, spread by k-means) or at random.
 
 $CARELENS_BENCH_REGISTRY: the registry holding the starter (default ./registry); $CARELENS_BENCH_MODE: finetune
-(default: encoder and heads, $CARELENS_BENCH_EPOCHS 8 epochs at $CARELENS_BENCH_LR 5e-5, as the README advises) or
-heads (the encoder kept, each head refitted from the one it had)."""
+(default: encoder and heads, $CARELENS_BENCH_EPOCHS 8 epochs at $CARELENS_BENCH_LR 5e-5, as docs/REFERENCE.md advises)
+or heads (the encoder kept, each head refitted from the one it had)."""
 from __future__ import annotations
 
 import os
