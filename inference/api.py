@@ -195,7 +195,7 @@ class Scorer:
         elif transcripts is not None and self.transcripts is not None:
             transcript_features = self.score_transcripts(transcripts, keys=keys)
         joined = self.joined(table, transcript_features)
-        joined.attrs["joins"] = join_report(transcript_features["contact_id"], table) \
+        joined.attrs["joins"] = join_report(transcript_features, table, contact_field=(keys or {}).get("contact_id")) \
             if transcript_features is not None and self.uses_transcripts else None
         return joined
 

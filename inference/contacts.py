@@ -134,29 +134,51 @@ def _answered(contacts: pd.DataFrame) -> pd.Series:
 NAMED_IDS = 3
 
 
-def join_report(conversation_contacts: pd.Series, contacts: pd.DataFrame) -> dict:
-    """How conversations met contacts on contact_id: conversations read, matched to a contact, without a contact_id,
-    naming one the contacts do not have (the first NAMED_IDS of those named); contacts, with a conversation, answered
-    without one, abandoned. `conversation_contacts` is each conversation's contact_id (missing where it has none)."""
-    has_id = conversation_contacts.notna().to_numpy()
-    ids = conversation_contacts[has_id].astype(str)
+def _named(ids: pd.Series) -> list[str]:
+    """The first NAMED_IDS distinct ids, as text."""
+    return list(dict.fromkeys(ids.astype(str)))[:NAMED_IDS]
+
+
+def join_report(conversations: pd.DataFrame, contacts: pd.DataFrame, dropped: Iterable[str] = (),
+                contact_field: Optional[str] = None) -> dict:
+    """How conversations (conversation_id, contact_id) met contacts on contact_id: conversations read, matched to a
+    contact, without a contact_id, belonging to a contact that was `dropped` (dead-lettered), naming one the contacts
+    do not have, each with the first NAMED_IDS ids; contacts, with a conversation, answered without one, abandoned.
+    `contact_field` is the record field a mapping read contact_id from, named when no conversation had it."""
+    has_id = conversations["contact_id"].notna().to_numpy()
+    ids = conversations["contact_id"][has_id].astype(str)
+    # Features scored earlier may come without their conversation_id: a conversation is then named by its row.
+    names = conversations["conversation_id"] if "conversation_id" in conversations.columns else \
+        pd.Series([f"row {n}" for n in range(1, len(conversations) + 1)], index=conversations.index)
     contact_ids = contacts["contact_id"].astype(str)
     matched = ids.isin(set(contact_ids)).to_numpy()
+    lost = ~matched & ids.isin(set(map(str, dropped))).to_numpy()
+    unknown = ~matched & ~lost
     talked = contact_ids.isin(set(ids)).to_numpy()
     answered = _answered(contacts).to_numpy()
-    return {"transcripts": len(conversation_contacts), "matched": int(matched.sum()),
-            "without_contact_id": int((~has_id).sum()), "unknown_contact_id": int((~matched).sum()),
-            "unknown_examples": list(dict.fromkeys(ids[~matched]))[:NAMED_IDS],
+    return {"transcripts": len(conversations), "matched": int(matched.sum()),
+            "without_contact_id": int((~has_id).sum()),
+            "without_examples": _named(names[~has_id]),
+            "contact_field": contact_field if contact_field and not has_id.any() else None,
+            "dropped_contact": int(lost.sum()), "dropped_examples": _named(ids[lost]),
+            "unknown_contact_id": int(unknown.sum()), "unknown_examples": _named(ids[unknown]),
             "contacts": len(contacts), "with_conversation": int(talked.sum()),
             "answered_without": int((answered & ~talked).sum()), "abandoned": int((~answered & ~talked).sum())}
 
 
+def _listed(count: int, examples: list[str]) -> str:
+    """'(a, b, c, …)': the examples, with an ellipsis when there are more."""
+    return f"({', '.join(examples)}{', …' if count > len(examples) else ''})"
+
+
 def _unmatched(report: dict) -> list[str]:
     """Why conversations matched no contact, in words (empty when all matched)."""
-    unknown = report["unknown_contact_id"]
-    named = ", ".join(report["unknown_examples"]) + (", …" if unknown > len(report["unknown_examples"]) else "")
-    return [*([f"{report['without_contact_id']:,} have no contact_id"] if report["without_contact_id"] else []),
-            *([f"{unknown:,} name a contact_id the contacts do not have ({named})"] if unknown else [])]
+    field = report.get("contact_field")
+    missing = f": no record has the field {field!r} that contact_id is read from" if field else ""
+    why = [(report["without_contact_id"], "with no contact_id", report.get("without_examples", []), missing),
+           (report.get("dropped_contact", 0), "whose contact was dropped", report.get("dropped_examples", []), ""),
+           (report["unknown_contact_id"], "with a contact_id the contacts do not have", report["unknown_examples"], "")]
+    return [f"{count:,} {what} {_listed(count, examples)}{after}" for count, what, examples, after in why if count]
 
 
 def join_lines(report: dict) -> list[str]:
@@ -175,7 +197,9 @@ def missing_conversations_warning(contacts: pd.DataFrame, joins: Optional[dict] 
     if contacts.empty:
         return None
     answered = _answered(contacts)
-    lacking = int((answered & contacts[FEATURE_COLUMNS].isna().all(axis=1)).sum())
+    # Only the conversation features the models read are carried: a model may have been trained on some of them.
+    read = [c for c in FEATURE_COLUMNS if c in contacts.columns]
+    lacking = int((answered & contacts[read].isna().all(axis=1)).sum())
     if not lacking:
         return None
     unmatched = _unmatched(joins) if joins else []

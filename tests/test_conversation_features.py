@@ -6,7 +6,7 @@ import pytest
 
 from carelens.data.contracts import MECHANISMS
 from carelens.models.conversation_features import (
-    EMPATHY_LEVEL_COLUMNS, EMPATHY_PRESENT_COLUMNS, FEATURE_COLUMNS, FEATURE_GROUPS, conversation_features,
+    COUNT_FEATURES, EMPATHY_LEVEL_COLUMNS, EMPATHY_PRESENT_COLUMNS, FEATURE_COLUMNS, FEATURE_GROUPS, conversation_features,
     covered_seconds, interrupting_turns,
 )
 
@@ -148,9 +148,9 @@ def test_mechanism_features_are_missing_without_agent_turns():
     assert row[[f for f in FEATURE_COLUMNS if f.startswith("agent_") and f != "agent_turns"]].isna().all()
 
 
-def test_every_feature_is_in_exactly_one_group():
+def test_every_feature_but_the_turn_counts_is_in_exactly_one_group():
     grouped = [feature for features in FEATURE_GROUPS.values() for feature in features]
-    assert sorted(grouped) == sorted(FEATURE_COLUMNS) and len(set(grouped)) == len(grouped)
+    assert sorted([*grouped, *COUNT_FEATURES]) == sorted(FEATURE_COLUMNS) and len(set(grouped)) == len(grouped)
     assert {"customer sentiment", "agent emotional reactions", "agent interpretations", "agent explorations",
-            "agent empathy (combined)", "timing", "turn counts"} == set(FEATURE_GROUPS)
+            "agent empathy (combined)", "timing"} == set(FEATURE_GROUPS)
     assert {"customer_sentiment_slope", "customer_sentiment_worst"} <= set(FEATURE_GROUPS["customer sentiment"])

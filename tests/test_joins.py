@@ -39,16 +39,25 @@ def contacts_csv(path: Path, contact_ids, channels=None) -> Path:
 
 
 def test_the_join_report_counts_each_way_a_conversation_misses_a_contact():
-    conversations = pd.Series(["a", "b", None, "zz", "yy", "a", "xx", "ww"], dtype=object)
+    conversations = pd.DataFrame({"conversation_id": [f"v{n}" for n in range(9)],
+                                  "contact_id": ["a", "b", None, "zz", "yy", "a", "xx", "ww", "e"]})
     contacts = pd.DataFrame({"contact_id": ["a", "b", "c", "d"], "abandoned": [False, False, False, True]})
-    report = join_report(conversations, contacts)
-    assert report == {"transcripts": 8, "matched": 3, "without_contact_id": 1, "unknown_contact_id": 4,
-                      "unknown_examples": ["zz", "yy", "xx"], "contacts": 4, "with_conversation": 2,
-                      "answered_without": 1, "abandoned": 1}
+    report = join_report(conversations, contacts, dropped={"e", "f"})
+    assert report == {"transcripts": 9, "matched": 3, "without_contact_id": 1, "without_examples": ["v2"],
+                      "contact_field": None, "dropped_contact": 1, "dropped_examples": ["e"],
+                      "unknown_contact_id": 4, "unknown_examples": ["zz", "yy", "xx"], "contacts": 4,
+                      "with_conversation": 2, "answered_without": 1, "abandoned": 1}
     assert join_lines(report) == [
-        "transcripts: 8 read, 3 matched a contact; not matched: 1 have no contact_id; 4 name a contact_id the "
-        "contacts do not have (zz, yy, xx, …)",
+        "transcripts: 9 read, 3 matched a contact; not matched: 1 with no contact_id (v2); 1 whose contact was dropped "
+        "(e); 4 with a contact_id the contacts do not have (zz, yy, xx, …)",
         "contacts: 4 scored, 2 with a conversation, 1 answered without one, 1 abandoned"]
+
+
+def test_a_mapped_contact_field_that_no_record_has_is_named():
+    conversations = pd.DataFrame({"conversation_id": ["v1", "v2"], "contact_id": [None, None]})
+    report = join_report(conversations, pd.DataFrame({"contact_id": ["a"]}), contact_field="callid")
+    assert join_lines(report)[0] == ("transcripts: 2 read, 0 matched a contact; not matched: 2 with no contact_id "
+                                     "(v1, v2): no record has the field 'callid' that contact_id is read from")
 
 
 def test_keys_are_given_as_key_equals_field_and_refused_by_name_otherwise():
@@ -101,7 +110,7 @@ def test_the_api_joins_abcd_chats_and_says_how_they_matched(scorer, tmp_path):
     assert missed.attrs["joins"]["matched"] == 0 and missed.attrs["joins"]["unknown_examples"] == [
         "user3592", "user9489", "user3695"]
     [warning] = [w for w in missed.attrs["warnings"] if "no conversation features" in w]
-    assert "3 name a contact_id the contacts do not have (user3592, user9489, user3695)" in warning
+    assert "3 with a contact_id the contacts do not have (user3592, user9489, user3695)" in warning
     assert "--key contact_id=FIELD" in warning
     assert scorer.score_transcripts(chats).attrs["warnings"] == scorer.warnings
 
@@ -119,6 +128,9 @@ def test_a_jsonl_field_named_by_key_joins_its_contacts(registry_with_models, tmp
                  for name, options in (("plain", {}), ("keyed", {"keys": {"contact_id": "call_ref"}}))]
     plain, keyed = (m["joins"] for m in manifests)
     assert plain["matched"] == 0 and plain["without_contact_id"] == plain["transcripts"] > 0
+    # Not one transcript joined: the night ran on contact data alone, a failure a scheduler sees (exit code 1).
+    assert [f["stage"] for f in manifests[0]["failures"]] == ["predictions"]
+    assert "none of the" in manifests[0]["failures"][0]["reason"] and manifests[1]["failures"] == []
     assert keyed["matched"] == keyed["transcripts"] == plain["transcripts"]
     assert keyed["with_conversation"] + keyed["answered_without"] + keyed["abandoned"] == keyed["contacts"]
     assert keyed["answered_without"] == 0
@@ -137,7 +149,7 @@ def test_a_small_night_opens_with_the_join_the_dropped_contact_and_one_drift_lin
                             env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 0, result.stdout
     first = result.stdout.splitlines()[:10]
-    assert first[0] == ("transcripts: 3 read, 1 matched a contact; not matched: 2 name a contact_id the contacts do "
+    assert first[0] == ("transcripts: 3 read, 1 matched a contact; not matched: 2 with a contact_id the contacts do "
                         "not have (9489, 3695)")
     assert first[1] == "contacts: 2 scored, 1 with a conversation, 1 answered without one"
     assert first[2].startswith("dropped 1 contact (every one with its reason in ")

@@ -173,7 +173,7 @@ def test_walkthrough_joins_each_chat_to_its_contact(readme):
     from carelens.inference import read_parts
     predictions = read_parts(readme.folder / "tonight", "predictions")
     assert set(predictions["contact_id"].astype(str)) == ABCD_CHATS
-    assert predictions[["customer_turns", "agent_turns", "agent_empathy_mean"]].notna().all().all()
+    assert predictions[["customer_sentiment_end", "agent_empathy_mean"]].notna().all().all()
     manifest = json.loads((readme.folder / "tonight" / "_manifest.json").read_text())
     assert not [w for w in manifest["warnings"] if "no conversation features" in w]
     assert manifest["joins"]["matched"] == manifest["joins"]["with_conversation"] == 3

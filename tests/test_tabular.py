@@ -14,7 +14,7 @@ from carelens.data.contracts import ContractError
 from carelens.data.errors import UsageError
 from carelens.data.html import figure_html, html_report, table_html
 from carelens.data.synthetic import generate, write_synthetic
-from carelens.models.conversation_features import FEATURE_COLUMNS, FEATURE_GROUPS, TIMING_FEATURES
+from carelens.models.conversation_features import COUNT_FEATURES, FEATURE_COLUMNS, FEATURE_GROUPS, TIMING_FEATURES
 from carelens.models.learners import (
     CANDIDATES, LEARNERS, Goal, one_standard_error_choice, parse_goal, threshold_for_f1, threshold_for_rate,
     threshold_for_recall,
@@ -32,7 +32,7 @@ from carelens.training.tabular import (
 from conftest import requires_shared
 
 FAST = {"rounds": 15, "trees": 30, "spread_seeds": 1, "cv": 3}
-UNTIMED = [f for f in FEATURE_COLUMNS if f not in TIMING_FEATURES]
+UNTIMED = [f for f in FEATURE_COLUMNS if f not in (*TIMING_FEATURES, *COUNT_FEATURES)]
 GROUPS = ("no_problem", "problem_ineffective", "problem_effective")
 
 
@@ -387,8 +387,9 @@ def test_each_recorded_feature_group_s_effect_on_held_out_roc_auc_has_an_interva
     effects = metadata["feature_groups"]
     rows = {r["group"]: r for r in effects["rows"]}
     assert list(rows) == [*(g for g in FEATURE_GROUPS if g != "timing"), ADDED_GROUP]
-    assert rows[ADDED_GROUP]["features"] == UNTIMED and rows["turn counts"]["features"] == FEATURE_GROUPS[
-        "turn counts"]
+    assert rows[ADDED_GROUP]["features"] == UNTIMED and rows["customer sentiment"]["features"] == FEATURE_GROUPS[
+        "customer sentiment"]
+    assert not set(COUNT_FEATURES) & set(conversation_trained.model.feature_names_in_)  # written, never read
     assert (effects["learner"], effects["test_rows"]) == (metadata["learner"], metadata["split"]["test"])
     assert effects["roc_auc"] == pytest.approx(metadata["metrics"]["roc_auc"])
     for row in rows.values():

@@ -16,7 +16,7 @@ from carelens.data.contracts import (
     CATEGORICAL_FEATURES, INTERACTION_FEATURES, INTERACTIONS, Column, ContractError, TableContract, validated,
 )
 from carelens.data.readers import header_lines, read_interactions, read_labels, read_table
-from carelens.models.conversation_features import FEATURE_COLUMNS, FEATURE_GROUPS, features_lineage
+from carelens.models.conversation_features import COUNT_FEATURES, FEATURE_COLUMNS, FEATURE_GROUPS, features_lineage
 from carelens.models.drift import numeric_distribution
 from carelens.models.registry import Artifact, Registry, frame_fingerprint
 from carelens.models.tabular import RiskModel, save_model
@@ -157,7 +157,8 @@ def contacts_per_day(frame: pd.DataFrame) -> float:
 
 
 def with_features_from(data: LabelledData, tables: Sequence[PathLike]) -> LabelledData:
-    """The data with the numeric columns of each keyed table (by contact_id, else customer_id) joined as features."""
+    """The data with the numeric columns of each keyed table (by contact_id, else customer_id) joined as features,
+    but for the turn counts a features table carries (COUNT_FEATURES: no risk model reads them)."""
     frame, features, lineage = data.frame, list(data.features), data.transcript_model
     for path in tables:
         extra = typed_columns(read_table(path))
@@ -171,7 +172,8 @@ def with_features_from(data: LabelledData, tables: Sequence[PathLike]) -> Labell
             raise ContractError(str(path), f"duplicate value {extra[key][repeated].iloc[0]!r}, expected each {key} "
                                            f"once", row=int(np.flatnonzero(repeated)[0]) + header_lines(path) + 1,
                                 column=key)
-        numeric = [c for c in extra.columns if c not in KEYS and pd.api.types.is_numeric_dtype(extra[c])]
+        numeric = [c for c in extra.columns if c not in (*KEYS, *COUNT_FEATURES)
+                   and pd.api.types.is_numeric_dtype(extra[c])]
         clash = [c for c in numeric if c in frame.columns]
         if clash:
             raise ContractError(str(path), f"column(s) {', '.join(clash)} already exist in the training data; "

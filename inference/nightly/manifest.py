@@ -4,15 +4,17 @@ from __future__ import annotations
 import json
 import time
 from importlib.metadata import version as package_version
+from typing import Optional
 
 from carelens.data.redaction import redacted
 from carelens.inference.api import Scorer
+from carelens.inference.contacts import join_lines
 from carelens.inference.nightly.flags import ranked_warnings
 from carelens.inference.nightly.layout import (
     DEAD_LETTER, FEATURES, FLAGGED_CSV, FLAGGED_PARQUET, MANIFEST, PREDICTIONS, SUMMARY,
 )
 from carelens.inference.nightly.plan import Run
-from carelens.inference.nightly.report import dropped_records, run_joins
+from carelens.inference.nightly.report import dropped_records, read_dead_letters, run_joins
 from carelens.inference.nightly.storage import gathered_dead_letters, now, parquet_rows_in, write_text
 from carelens.models.registry import file_sha256
 
@@ -45,6 +47,16 @@ def failures(run: Run, table_counts: dict) -> list[dict]:
     return found
 
 
+def _unjoined(joins: Optional[dict]) -> list[dict]:
+    """A failure when transcripts were read and contacts scored but not one transcript matched a contact: a night
+    scored on contact data alone must not pass a scheduler as done."""
+    if not joins or not joins["transcripts"] or not joins["contacts"] or joins["matched"]:
+        return []
+    return [{"source": "transcripts", "stage": "predictions",
+             "reason": f"none of the {joins['transcripts']:,} transcripts matched a contact ({join_lines(joins)[0]}); "
+                       f"name the field that holds the contacts' contact_id with --key contact_id=FIELD"}]
+
+
 def scoring_manifest(run: Run, table_counts: dict, scored_units: int) -> dict:
     """The manifest of the scoring stages: the dead letters gathered, counted, in = out + dead checked for each kind
     of input (RuntimeError when not); `carelens score` writes it as it is, the nightly job with its later stages."""
@@ -52,7 +64,9 @@ def scoring_manifest(run: Run, table_counts: dict, scored_units: int) -> dict:
     counts = {key: sum(k[key] for k in kinds.values()) for key in ("in", "out", "dead")}
     rejected = [{"source": f.path, "reason": f.rejected} for f in run.inputs if f.rejected] + \
                [{"source": p, "reason": c["rejected"]} for p, c in table_counts.items() if "rejected" in c]
-    found = failures(run, table_counts)
+    dead = read_dead_letters(run.out)
+    joins = run_joins(run.out, dead, run.keys) if run.tables else None
+    found = [*failures(run, table_counts), *_unjoined(joins)]
     if run.redact:  # a reason can quote what it refused
         for entry in (*rejected, *found):
             entry["reason"] = redacted(entry["reason"])
@@ -63,7 +77,7 @@ def scoring_manifest(run: Run, table_counts: dict, scored_units: int) -> dict:
                 "interactions": [{"path": p, "sha256": h, **table_counts.get(p, {})}
                                  for p, h in zip(run.plan["interactions"], run.plan["interaction_hashes"])],
                 "rejected_inputs": rejected, "failures": found, "counts": counts,
-                "joins": run_joins(run.out) if run.tables else None, "dropped": dropped_records(run.out),
+                "joins": joins, "dropped": dropped_records(dead),
                 "by_input": kinds, "units": {"scored_now": scored_units, "already_done": run.already},
                 "outputs": {"features": FEATURES, "predictions": PREDICTIONS if run.tables else None,
                             "dead_letter": DEAD_LETTER},

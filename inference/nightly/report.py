@@ -21,17 +21,47 @@ _FIELD = re.compile(r"column '([^']*)'")
 PLACES = ("row", "line", "entry")
 
 
-def run_joins(out: Path) -> Optional[dict]:
-    """How the run's scored conversations met its predicted contacts (`join_report`); None when it predicted none.
-    Reads only the keys of each part (and whether a contact was abandoned, where the models read that)."""
+def run_joins(out: Path, dead: list[tuple[str, dict]], keys: dict) -> Optional[dict]:
+    """How the run's scored conversations met its predicted contacts (`join_report`), the contacts of its `dead`
+    letters counted as dropped; None when it predicted none. Reads only the keys of each part (and whether a contact
+    was abandoned, where the models read that)."""
     if not done_keys(out, PREDICTIONS):
         return None
     parts = sorted((out / PREDICTIONS).glob("*.parquet"))
     wanted = [c for c in ("contact_id", "abandoned") if c in pq.read_schema(parts[0]).names]
     contacts = read_parts(out, PREDICTIONS, wanted)
-    conversations = read_parts(out, FEATURES, ["contact_id"])["contact_id"] if done_keys(out, FEATURES) else \
-        pd.Series([], dtype=object)
-    return join_report(conversations, contacts)
+    conversations = read_parts(out, FEATURES, ["conversation_id", "contact_id"]) if done_keys(out, FEATURES) else \
+        pd.DataFrame(columns=["conversation_id", "contact_id"])
+    return join_report(conversations, contacts, _dropped_contact_ids(dead), keys.get("contact_id"))
+
+
+def read_dead_letters(out: Path) -> list[tuple[str, dict]]:
+    """Every dead letter of the run as (what was dropped: 'contact' or 'transcript', the entry), in part order. The
+    parts, not the gathered file: a part's name says whether it holds contacts ("i…") or transcripts ("t…")."""
+    letters = []
+    for part in sorted((out / DEAD).glob("*.jsonl")):
+        what = "contact" if part.name.startswith("i") else "transcript"
+        with open(part, encoding="utf-8") as handle:
+            letters += [(what, json.loads(line)) for line in handle]
+    return letters
+
+
+def _dropped_contact_ids(dead: list[tuple[str, dict]]) -> set[str]:
+    """The contact_id of each dropped contact whose record still names one."""
+    ids = set()
+    for what, entry in dead:
+        record = _record(entry) if what == "contact" else {}
+        if isinstance(record, dict) and record.get("contact_id") is not None:
+            ids.add(str(record["contact_id"]))
+    return ids
+
+
+def _record(entry: dict) -> object:
+    """A dead letter's record as it came, parsed back from its JSON text (or the text itself when it is not JSON)."""
+    try:
+        return json.loads(entry.get("record", ""))
+    except ValueError:
+        return entry.get("record")
 
 
 def _field(entry: dict) -> str:
@@ -55,21 +85,15 @@ def _problem(entry: dict) -> str:
     return reason
 
 
-def dropped_records(out: Path) -> list[dict]:
+def dropped_records(dead: list[tuple[str, dict]]) -> list[dict]:
     """The run's dead letters by kind (contact or transcript, and the field at fault), most first: each kind's count
     and its first SHOWN_PER_KIND records as 'file row N: reason' (the records themselves stay in dead_letter.jsonl)."""
     kinds: dict[tuple[str, str], dict] = {}
-    # The parts, not the gathered file: a part's name says whether it holds contacts ("i…") or transcripts ("t…").
-    for part in sorted((out / DEAD).glob("*.jsonl")):
-        what = "contact" if part.name.startswith("i") else "transcript"
-        with open(part, encoding="utf-8") as handle:
-            for line in handle:
-                entry = json.loads(line)
-                kind = kinds.setdefault((what, _field(entry)), {"what": what, "field": _field(entry), "count": 0,
-                                                                "first": []})
-                kind["count"] += 1
-                if len(kind["first"]) < SHOWN_PER_KIND:
-                    kind["first"].append(f"{_place(entry)}: {_problem(entry)}")
+    for what, entry in dead:
+        kind = kinds.setdefault((what, _field(entry)), {"what": what, "field": _field(entry), "count": 0, "first": []})
+        kind["count"] += 1
+        if len(kind["first"]) < SHOWN_PER_KIND:
+            kind["first"].append(f"{_place(entry)}: {_problem(entry)}")
     return sorted(kinds.values(), key=lambda k: -k["count"])
 
 
