@@ -103,11 +103,11 @@ def demo(
     import pandas as pd
 
     from carelens.data.synthetic import sample_dir
-    from carelens.data.terminal import user_errors, warn
+    from carelens.data.terminal import user_errors
     from carelens.inference.nightly.layout import FLAGGED_CSV, FLAGGED_PARQUET, PREDICTIONS, SUMMARY
     from carelens.inference.nightly.run import run_nightly
     from carelens.inference.nightly.storage import read_parts
-    from carelens.inference.score import top_table
+    from carelens.inference.score import told_first, top_table
     from carelens.models.registry import Registry
     from carelens.models.transcript import MODEL_NAME
 
@@ -120,9 +120,8 @@ def demo(
         day, tonight = sample_dir(), out / "tonight"
         manifest = run_nightly([day / "transcripts.jsonl"], [day / "interactions.parquet"], tonight, store.root,
                                capacity=capacity, restart=True, show_progress_bar=False)
+    told_first(manifest, tonight)
     console.print(top_table(pd.read_parquet(tonight / FLAGGED_PARQUET), PRINTED))
-    for warning in manifest["warnings"]:
-        warn(warning)
     console.print(day_check(day, read_parts(tonight, PREDICTIONS, ["contact_id", "churn_risk"])))
     for name, report in reports.items():
         console.print(f"{name} report: {report}")

@@ -139,13 +139,14 @@ def nightly_command(
 
     from carelens.data.terminal import console, user_errors
     from carelens.inference.nightly.layout import FLAGGED_PARQUET, SUMMARY
+    from carelens.inference.nightly.report import counted
     from carelens.inference.nightly.run import run_nightly
     with user_errors():
         manifest = run_nightly(interactions=interactions, capacity=capacity, threshold=threshold, strict=strict,
                                **run.run_keywords(scoring))
     told_first(manifest, run.out)
-    console.print(f"{manifest['rule']}: flagged {manifest['flagged']:,} customers; summary: {run.out / SUMMARY}",
-                  highlight=False, soft_wrap=True)
+    console.print(f"{manifest['rule']}: flagged {counted(manifest['flagged'], 'customer')}; summary: "
+                  f"{run.out / SUMMARY}", highlight=False, soft_wrap=True)
     if top and manifest["flagged"]:
         console.print(top_table(pd.read_parquet(run.out / FLAGGED_PARQUET), top))
     reported(manifest, run.out)
@@ -154,7 +155,10 @@ def nightly_command(
 def top_table(flagged, count: int):
     """The riskiest flagged customers as a terminal table."""
     from rich.table import Table
-    table = Table("customer", "churn", "retaliation", "type", "action", "why", title=f"Top {count} at risk tonight")
+    shown = min(count, len(flagged))
+    table = Table("customer", "churn", "retaliation", "type", "action", "why",
+                  title=f"The {shown} riskiest of {len(flagged):,} flagged tonight" if shown < len(flagged) else
+                  f"The {shown} flagged tonight, riskiest first")
     for row in flagged.head(count).itertuples():
         table.add_row(row.customer_id, f"{row.churn_risk:.2f}", f"{row.retaliation_risk:.2f}", row.retaliation_type,
                       row.action, "; ".join(row.reasons))

@@ -97,7 +97,8 @@ def dropped_records(dead: list[tuple[str, dict]]) -> list[dict]:
     return sorted(kinds.values(), key=lambda k: -k["count"])
 
 
-def _counted(count: int, what: str) -> str:
+def counted(count: int, what: str) -> str:
+    """'1 contact', '3 contacts'."""
     return f"{count:,} {what}{'s' if count != 1 else ''}"
 
 
@@ -107,12 +108,12 @@ def dropped_lines(dropped: list[dict], out: Path) -> list[str]:
     if not dropped:
         return []
     totals = {what: sum(k["count"] for k in dropped if k["what"] == what) for what in ("contact", "transcript")}
-    lines = [f"dropped {' and '.join(_counted(n, what) for what, n in totals.items() if n)} (every one with its "
+    lines = [f"dropped {' and '.join(counted(n, what) for what, n in totals.items() if n)} (every one with its "
              f"reason in {out / DEAD_LETTER}):"]
     for kind in dropped:
         lines += [f"  {text}" for text in kind["first"]]
         if kind["count"] > len(kind["first"]):
-            lines.append(f"  … and {_counted(kind['count'] - len(kind['first']), 'more ' + kind['what'])} with a bad "
+            lines.append(f"  … and {counted(kind['count'] - len(kind['first']), 'more ' + kind['what'])} with a bad "
                          f"{kind['field']}")
     return lines
 

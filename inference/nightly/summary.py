@@ -13,6 +13,7 @@ from carelens.inference.nightly.flags import Tonight, committed_predictions, ran
 from carelens.inference.contacts import join_lines
 from carelens.inference.nightly.layout import DEAD_LETTER, FLAGGED_PARQUET, SUMMARY
 from carelens.inference.nightly.plan import Run
+from carelens.inference.nightly.report import counted
 from carelens.inference.nightly.storage import commit_stage, finished_stage, write_text
 from carelens.models.drift import MIN_DRIFT_ROWS, PSI_WARNING
 
@@ -134,10 +135,11 @@ def _write_summary(run: Run, scorer: Scorer, flags: dict, tonight: Tonight, scor
              *({"item": line.split(": ", 1)[0], "value": line.split(": ", 1)[1]} for line in
                (join_lines(joins) if joins else [])),
              {"item": "models", "value": ", ".join(f"{n} {v}" for n, v in scorer.versions.items())},
-             {"item": "contacts scored", "value": f"{len(predictions):,} ({flags['counts']['customers']:,} customers)"},
+             {"item": "contacts scored",
+              "value": f"{len(predictions):,} ({counted(flags['counts']['customers'], 'customer')})"},
              {"item": "rule", "value": flags["rule"]},
-             {"item": "flagged", "value": f"{len(flagged):,} customers"},
-             *({"item": f"{name} model alone would flag", "value": f"{count:,} customers"}
+             {"item": "flagged", "value": counted(len(flagged), "customer")},
+             *({"item": f"{name} model alone would flag", "value": counted(count, "customer")}
                for name, count in flags["alone"].items())]
     page = nightly_summary(customers, flagged, predictions, facts, flags["drift"], ranked_warnings(run, scorer, flags),
                            scored["dropped"])

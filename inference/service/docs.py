@@ -29,7 +29,9 @@ async def swagger_ui_page(request: Request) -> HTMLResponse:
                                swagger_js_url=f"{root}{SWAGGER_ASSETS}/swagger-ui-bundle.js",
                                swagger_css_url=f"{root}{SWAGGER_ASSETS}/swagger-ui.css",
                                swagger_favicon_url=f"{root}{SWAGGER_ASSETS}/favicon-32x32.png",
-                               oauth2_redirect_url=root + OAUTH2_REDIRECT)
+                               oauth2_redirect_url=root + OAUTH2_REDIRECT,
+                               # No validator badge: it would fetch validator.swagger.io, absent offline.
+                               swagger_ui_parameters={"validatorUrl": None})
 
 
 @docs.api_route(OAUTH2_REDIRECT, methods=["GET", "HEAD"])

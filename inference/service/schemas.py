@@ -105,6 +105,10 @@ class Joins(BaseModel):
     transcripts: int = Field(description="Conversations read.")
     matched: int = Field(description="Conversations whose contact_id is one of the contacts'.")
     without_contact_id: int
+    without_examples: list[str] = Field(description="The first few of those conversations' ids.")
+    contact_field: Optional[str] = Field(description="The field contact_id was read from, when no record had it.")
+    dropped_contact: int = Field(description="Conversations whose contact was dropped (batch runs only).")
+    dropped_examples: list[str]
     unknown_contact_id: int = Field(description="Conversations naming a contact_id the contacts do not have.")
     unknown_examples: list[str] = Field(description="The first few of those contact_ids.")
     contacts: int
