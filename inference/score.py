@@ -88,7 +88,10 @@ def reported(manifest: dict, out: Path) -> None:
     from carelens.data.terminal import console, error_console, tagged
     from carelens.inference.nightly.layout import MANIFEST
     counts = manifest["counts"]
-    console.print(f"in {counts['in']:,} = out {counts['out']:,} + dead {counts['dead']:,} in "
+    # Records of every input together, then each kind's own sum, so that "in 6" reads as 3 transcripts and 3 contacts.
+    kinds = "; ".join(f"{'contacts' if kind == 'interactions' else kind} {c['in']:,} = {c['out']:,} + {c['dead']:,}"
+                      for kind, c in manifest["by_input"].items())
+    console.print(f"records: in {counts['in']:,} = out {counts['out']:,} + dead {counts['dead']:,} ({kinds}) in "
                   f"{manifest['elapsed_s']:.1f} s; manifest: {out / MANIFEST}", highlight=False, soft_wrap=True)
     for failure in manifest["failures"]:
         error_console.print(tagged("failed:", "bold red",

@@ -108,3 +108,9 @@ def test_the_documentation_needs_no_api_key_while_the_models_do(guarded_client, 
 
 def test_a_file_the_bundles_lack_is_a_404(client):
     assert client.get(f"{SWAGGER}/no-such-file.js").status_code == 404
+
+
+def test_the_front_page_sends_a_browser_to_the_docs_without_a_validator_badge(client):
+    response = client.get("/", follow_redirects=False)
+    assert response.status_code == 307 and response.headers["location"] == "/docs"
+    assert "validatorUrl" in client.get("/docs").text and '"validatorUrl": null' in client.get("/docs").text

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from openapi_ui_bundles import redoc, swagger_ui
 
@@ -21,6 +21,12 @@ def _root(request: Request) -> str:
 
 
 # Each page answers HEAD as well as GET, as FastAPI's own pages do.
+@docs.api_route("/", methods=["GET", "HEAD"])
+async def front_page(request: Request) -> RedirectResponse:
+    """The service's address opened in a browser: its API docs, not a bare 404."""
+    return RedirectResponse(f"{_root(request)}/docs")
+
+
 @docs.api_route("/docs", methods=["GET", "HEAD"])
 async def swagger_ui_page(request: Request) -> HTMLResponse:
     """Swagger UI over the service's OpenAPI schema."""
