@@ -24,13 +24,13 @@ RegistryOption = Annotated[Optional[Path], typer.Option(help="Registry directory
                                                              "./registry).")]
 VersionsOption = Annotated[str, typer.Option(
     help="Model versions, resolved once at the start: latest, one version for every model (v2), or pinned per model "
-         "(churn=v2,retaliation=v2,transcripts=v1).")]
+         "as NAME=VERSION pairs joined by commas, e.g. churn=v2,transcripts=v1.")]
 
 KeysOption = Annotated[Optional[list[str]], typer.Option(
     "--key", metavar="KEY=FIELD",
-    help="Read a transcript key from another field of each record: contact_id=call_id, or a dotted path for a nested "
-         "field (customer_id=scenario.personal.username); repeat for more. ABCD chats: conversation_id, customer_id "
-         "and contact_id default to convo_id.")]
+    help="Read a transcript key from another field of each record, e.g. contact_id=call_id; a dotted FIELD names a "
+         "nested field. Repeat for more keys. ABCD chats: conversation_id, customer_id and contact_id default to "
+         "convo_id.")]
 
 
 def flag(*names: str, **settings):
