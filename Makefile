@@ -28,7 +28,7 @@ test: $(VENV)/.installed
 # points per stage of the nightly job. Hours on 2 cores; FUZZ_EXAMPLES=1000 for a quicker pass.
 FUZZ_EXAMPLES ?= 10000
 fuzz: $(VENV)/.installed
-	CARELENS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CARELENS_KILL_POINTS=5 $(BIN)/python -m pytest -q \
+	CARELENS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CARELENS_KILL_POINTS=5 $(BIN)/python -m pytest -q -m "slow or not slow" \
 		-k "property or killed" tests/test_properties.py tests/test_service_properties.py tests/test_redaction.py \
 		tests/test_output_encoding.py tests/test_paths.py tests/test_faults.py
 

@@ -481,6 +481,8 @@ def test_features_from_needs_a_shared_key(generated, tmp_path):
 runner = CliRunner()
 
 
+# Slow (36 s): the README's training block covers `train` and `evaluate --json` from the command line in the default run.
+@pytest.mark.slow
 def test_cli_trains_evaluates_and_exports_own_data(own_csv, tmp_path):
     registry, runs = tmp_path / "registry", tmp_path / "runs"
     result = runner.invoke(train_app, ["churn", "--data", str(own_csv), "--target", "Left", "--out", str(registry),
