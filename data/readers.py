@@ -130,6 +130,8 @@ def parsed_json(text: str, source: str, line_no: Optional[int]) -> Any:
 
 def checked_keys(keys: Optional[Keys]) -> dict[str, str]:
     """`keys` as a plain dict, or UsageError naming a key the contract does not have or a field path that is blank."""
+    if keys is not None and not isinstance(keys, Mapping):
+        raise UsageError(f"keys: got {type(keys).__name__}, expected a mapping such as {{'contact_id': 'call_id'}}")
     keys = dict(keys or {})
     for key, path in keys.items():
         if key not in RECORD_KEYS:

@@ -70,6 +70,12 @@ def test_keys_are_given_as_key_equals_field_and_refused_by_name_otherwise():
             parsed_keys([bad])
 
 
+def test_keys_given_as_anything_but_a_mapping_are_refused_by_name(scorer, tmp_path):
+    for bad in ("contact_id=convo_id", [("contact_id", "convo_id")], {"contact_id": 7}):
+        with pytest.raises(UsageError, match="keys: got|expected the name of a record field"):
+            scorer.score_transcripts(abcd_chats(tmp_path / "chats.json"), keys=bad)
+
+
 def test_a_mapped_key_is_read_from_a_nested_field_and_a_missing_one_is_named_with_its_field():
     record = {"conversation_id": "x1", "customer_id": "c1", "meta": {"call": 7}, "turns": [{"speaker": "agent",
                                                                                             "text": "Hello"}]}
