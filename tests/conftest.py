@@ -64,3 +64,28 @@ def time_limit():
             signal.alarm(0)
             signal.signal(signal.SIGALRM, previous)
     return limited
+
+
+#: The HTTP service's test settings: an API key for the guarded client, and request limits small enough to reach.
+SERVICE_KEY = "s3cret-key"
+SERVICE_LIMITS = {"max_body_bytes": 400_000, "max_batch": 80}
+
+
+@pytest.fixture(scope="module")
+def client(scorer):
+    """A test client of the service over `scorer`, without an API key."""
+    from fastapi.testclient import TestClient
+
+    from carelens.inference.service import ServiceSettings, create_app
+    with TestClient(create_app(scorer, ServiceSettings(**SERVICE_LIMITS))) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def guarded_client(scorer):
+    """A test client of the service over `scorer` that requires SERVICE_KEY."""
+    from fastapi.testclient import TestClient
+
+    from carelens.inference.service import ServiceSettings, create_app
+    with TestClient(create_app(scorer, ServiceSettings(api_key=SERVICE_KEY, **SERVICE_LIMITS))) as client:
+        yield client

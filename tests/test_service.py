@@ -22,26 +22,14 @@ from carelens.data.synthetic import generate
 from carelens.inference.cli import app as cli
 from carelens.inference.service import ServiceSettings, create_app
 from carelens.inference.service.dependencies import API_KEY_HEADER
+from conftest import SERVICE_KEY, SERVICE_LIMITS
 from carelens.inference.service.routes import headline_metrics
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.scoring import ScoringAbandoned, abandonable, as_conversations
 from live_server import serving, stopped
 
-KEY = "s3cret-key"
-LIMITS = {"max_body_bytes": 400_000, "max_batch": 80}
-
-
-@pytest.fixture(scope="module")
-def client(scorer):
-    with TestClient(create_app(scorer, ServiceSettings(**LIMITS))) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def guarded_client(scorer):
-    with TestClient(create_app(scorer, ServiceSettings(api_key=KEY, **LIMITS))) as client:
-        yield client
+KEY, LIMITS = SERVICE_KEY, SERVICE_LIMITS
 
 
 def records(frame: pd.DataFrame) -> list[dict]:

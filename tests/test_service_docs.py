@@ -3,12 +3,10 @@ they work on a network without internet access), each of those files is served, 
 from html.parser import HTMLParser
 
 import pytest
-from fastapi.testclient import TestClient
 
-from carelens.inference.service import ServiceSettings, create_app
 from carelens.inference.service.dependencies import API_KEY_HEADER
+from conftest import SERVICE_KEY
 
-LIMITS = {"max_body_bytes": 400_000, "max_batch": 80}
 SWAGGER = "/docs-assets/swagger-ui"
 #: What each page loads: (tag, attribute, URL) in page order.
 LOADED = {
@@ -39,18 +37,6 @@ def loaded_by(html: str) -> list[tuple[str, str, str]]:
     parser = Loads()
     parser.feed(html)
     return parser.found
-
-
-@pytest.fixture(scope="module")
-def client(scorer):
-    with TestClient(create_app(scorer, ServiceSettings(**LIMITS))) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def guarded_client(scorer):
-    with TestClient(create_app(scorer, ServiceSettings(api_key="s3cret-key", **LIMITS))) as client:
-        yield client
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
@@ -103,7 +89,7 @@ def test_head_on_a_documentation_page_is_answered_like_get_without_a_body(client
 def test_the_documentation_needs_no_api_key_while_the_models_do(guarded_client, path):
     assert guarded_client.get(path).status_code == 200
     assert guarded_client.get("/v1/models").status_code == 401
-    assert guarded_client.get("/v1/models", headers={API_KEY_HEADER: "s3cret-key"}).status_code == 200
+    assert guarded_client.get("/v1/models", headers={API_KEY_HEADER: SERVICE_KEY}).status_code == 200
 
 
 def test_a_file_the_bundles_lack_is_a_404(client):
