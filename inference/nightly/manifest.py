@@ -14,19 +14,19 @@ from carelens.inference.nightly.layout import (
     DEAD_LETTER, FEATURES, FLAGGED_CSV, FLAGGED_PARQUET, MANIFEST, PREDICTIONS, SUMMARY,
 )
 from carelens.inference.nightly.plan import Run
-from carelens.inference.nightly.report import dropped_records, read_dead_letters, run_joins
+from carelens.inference.nightly.report import dropped_records, run_joins
 from carelens.inference.nightly.storage import gathered_dead_letters, now, parquet_rows_in, write_text
 from carelens.models.registry import file_sha256
 
 
-def _stage_counts(run: Run, table_counts: dict) -> dict[str, dict]:
+def _stage_counts(run: Run, table_counts: dict, dead: list[tuple[str, dict]]) -> dict[str, dict]:
     """in / out / dead records of the scoring stages: transcripts → features, interactions → predictions."""
-    dead = gathered_dead_letters(run.out)
+    dropped = {what: sum(1 for kind, _ in dead if kind == what) for what in ("transcript", "contact")}
     kinds = {"transcripts": {"in": sum(f.records for f in run.inputs), "out": parquet_rows_in(run.out / FEATURES),
-                             "dead": dead["t"]}}
+                             "dead": dropped["transcript"]}}
     if run.tables:
         kinds["interactions"] = {"in": sum(c["records"] for c in table_counts.values()),
-                                 "out": parquet_rows_in(run.out / PREDICTIONS), "dead": dead["i"]}
+                                 "out": parquet_rows_in(run.out / PREDICTIONS), "dead": dropped["contact"]}
     return kinds
 
 
@@ -60,11 +60,11 @@ def _unjoined(joins: Optional[dict]) -> list[dict]:
 def scoring_manifest(run: Run, table_counts: dict, scored_units: int) -> dict:
     """The manifest of the scoring stages: the dead letters gathered, counted, in = out + dead checked for each kind
     of input (RuntimeError when not); `carelens score` writes it as it is, the nightly job with its later stages."""
-    kinds = _stage_counts(run, table_counts)
+    dead = gathered_dead_letters(run.out)
+    kinds = _stage_counts(run, table_counts, dead)
     counts = {key: sum(k[key] for k in kinds.values()) for key in ("in", "out", "dead")}
     rejected = [{"source": f.path, "reason": f.rejected} for f in run.inputs if f.rejected] + \
                [{"source": p, "reason": c["rejected"]} for p, c in table_counts.items() if "rejected" in c]
-    dead = read_dead_letters(run.out)
     joins = run_joins(run.out, dead, run.keys) if run.tables else None
     found = [*failures(run, table_counts), *_unjoined(joins)]
     if run.redact:  # a reason can quote what it refused

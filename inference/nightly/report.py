@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from carelens.inference.contacts import join_lines, join_report
-from carelens.inference.nightly.layout import DEAD, DEAD_LETTER, FEATURES, PREDICTIONS
+from carelens.inference.nightly.layout import DEAD_LETTER, FEATURES, PREDICTIONS
 from carelens.inference.nightly.storage import done_keys, read_parts
 
 #: Dropped records shown of each kind (input and field); the rest are counted, and all are in dead_letter.jsonl.
@@ -33,17 +33,6 @@ def run_joins(out: Path, dead: list[tuple[str, dict]], keys: dict) -> Optional[d
     conversations = read_parts(out, FEATURES, ["conversation_id", "contact_id"]) if done_keys(out, FEATURES) else \
         pd.DataFrame(columns=["conversation_id", "contact_id"])
     return join_report(conversations, contacts, _dropped_contact_ids(dead), keys.get("contact_id"))
-
-
-def read_dead_letters(out: Path) -> list[tuple[str, dict]]:
-    """Every dead letter of the run as (what was dropped: 'contact' or 'transcript', the entry), in part order. The
-    parts, not the gathered file: a part's name says whether it holds contacts ("i…") or transcripts ("t…")."""
-    letters = []
-    for part in sorted((out / DEAD).glob("*.jsonl")):
-        what = "contact" if part.name.startswith("i") else "transcript"
-        with open(part, encoding="utf-8") as handle:
-            letters += [(what, json.loads(line)) for line in handle]
-    return letters
 
 
 def _dropped_contact_ids(dead: list[tuple[str, dict]]) -> set[str]:

@@ -158,16 +158,17 @@ def parquet_rows_in(folder: Path, prefix: str = "") -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob(f"{prefix}*.parquet"))
 
 
-def gathered_dead_letters(out: Path) -> dict[str, int]:
-    """Every unit's dead letters gathered into dead_letter.jsonl (written atomically); how many came from units of
-    transcripts ("t") and of interactions ("i")."""
-    counts = {"t": 0, "i": 0}
+def gathered_dead_letters(out: Path) -> list[tuple[str, dict]]:
+    """Every unit's dead letters gathered into dead_letter.jsonl (written atomically), and each as (what was dropped,
+    the entry) in part order: a part's name says whether it holds contacts ("i…") or transcripts ("t…")."""
+    letters = []
     with atomic_path(out / DEAD_LETTER) as temporary, open(temporary, "w", encoding="utf-8") as gathered:
         for part in sorted((out / DEAD).glob("*.jsonl")):
             text = part.read_text(encoding="utf-8")
             gathered.write(text)
-            counts[part.name[0]] += text.count("\n")
-    return counts
+            what = "contact" if part.name.startswith("i") else "transcript"
+            letters += [(what, json.loads(line)) for line in text.splitlines()]
+    return letters
 
 
 def read_parts(out: PathLike, folder: str = FEATURES, columns: Optional[Sequence[str]] = None) -> pd.DataFrame:
