@@ -61,6 +61,8 @@ class Column:
     minimum: Optional[float] = None
     maximum: Optional[float] = None
     allowed: tuple = ()
+    #: An optional column may be absent from a table altogether; when present it is checked like any other.
+    optional: bool = False
 
     def expectation(self) -> str:
         """Words for what a valid value of this column looks like."""
@@ -91,6 +93,11 @@ class TableContract:
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    @property
+    def required(self) -> list[str]:
+        """The columns a table must have (every one but the optional)."""
+        return [c.name for c in self.columns if not c.optional]
+
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
 
@@ -114,6 +121,7 @@ INTERACTIONS = TableContract(
         Column("tenure_months", "float", minimum=0),
         Column("monthly_value", "float", minimum=0),
         Column("csat", "float", nullable=True, minimum=1, maximum=5),
+        Column("agent_id", "id", nullable=True, optional=True),
     ),
 )
 
@@ -350,7 +358,7 @@ def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
     check_text_names(list(raw.columns), source)
     declared = [Column(n, "float", nullable=True) for n in extra_numeric] + \
                [Column(n, "category", nullable=True) for n in extra_categorical]
-    columns = list(contract.columns) + declared
+    columns = [c for c in list(contract.columns) + declared if not (c.optional and c.name not in raw.columns)]
     missing = [c.name for c in columns if c.name not in raw.columns]
     if missing:
         raise ContractError(source, f"missing column(s) {', '.join(missing)}; the {contract.name} contract "
@@ -460,11 +468,12 @@ class Conversation(BaseModel):
     conversation_id: str
     customer_id: str
     contact_id: Optional[str] = None
+    agent_id: Optional[str] = None
     channel: Optional[Literal["phone", "chat", "email", "social"]] = None
     started_at: Optional[str] = None
     turns: list[Turn]
 
-    @field_validator("conversation_id", "customer_id", "contact_id", mode="before")
+    @field_validator("conversation_id", "customer_id", "contact_id", "agent_id", mode="before")
     @classmethod
     def _ids_as_text(cls, value):
         return identifier(value)

@@ -56,6 +56,11 @@ class GeneratorParams:
     problem_share: float = 0.40
     #: Assumption: care quality (agent x contact) ~ Beta(2, 2): spread over 0-1, most contacts middling.
     care_quality_beta: tuple[float, float] = (2.0, 2.0)
+    #: Assumption: one agent per 40 answered contacts of the window, enough for each to have a scorecard.
+    contacts_per_agent: int = 40
+    #: Assumption: the agent's share of the variance of care quality (on the normal scale): who answers matters, but
+    #: most of the care varies contact by contact. Each agent's skill ~ N(0, 1), recorded in the truth table.
+    agent_care_share: float = 0.3
     #: Assumption: slightly more than half of answered contacts get effective care; this sets the bar (a quantile).
     effective_care_share: float = 0.55
     #: Assumption: tenure ~ Gamma(shape, mean / shape) months: a typical subscription lasts 2-3 years...
@@ -414,6 +419,41 @@ def _frames(world: dict, start: pd.Timestamp, seed: int) -> tuple[pd.DataFrame, 
     return interactions, labels, truth
 
 
+def _agents(rng: np.random.Generator, quality: np.ndarray, answered: np.ndarray,
+            params: GeneratorParams) -> tuple[np.ndarray, np.ndarray]:
+    """(each contact's agent number, -1 where nobody answered; each agent's skill), one agent per
+    `contacts_per_agent` answered contacts.
+
+    The care quality is already drawn, so the agent is drawn from what that care says of who gave it: on the normal
+    scale a contact's care is skill x sqrt(share) + noise, so P(agent | care) is each agent's normal density at the
+    care (equal priors). The tables stay as drawn, and agents still differ in the care (so the empathy and the
+    resolution) their contacts get.
+    """
+    count = max(1, int(np.ceil(answered.sum() / params.contacts_per_agent)))
+    skill = rng.normal(0, 1, count)
+    weight = np.sqrt(params.agent_care_share)
+    latent = stats.norm.ppf(np.clip(stats.beta.cdf(quality, *params.care_quality_beta), 1e-9, 1 - 1e-9))
+    agent = np.full(quality.size, -1)
+    rows = np.flatnonzero(answered)
+    # In chunks: contacts x agents log-densities for a large day would not fit in memory at once.
+    for chunk in np.array_split(rows, max(1, rows.size // 4096)):
+        log_density = -(latent[chunk, None] - weight * skill[None, :]) ** 2 / (2 * (1 - params.agent_care_share))
+        agent[chunk] = np.argmax(log_density + rng.gumbel(size=log_density.shape), axis=1)
+    return agent, skill
+
+
+def with_agents(rng: np.random.Generator, interactions: pd.DataFrame, truth: pd.DataFrame,
+                params: GeneratorParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The interactions with an `agent_id` column (missing for abandoned contacts) and the truth with each contact's
+    agent and that agent's skill (the ground truth of an agent scorecard)."""
+    agent, skill = _agents(rng, truth["care_quality"].to_numpy(), ~interactions["abandoned"].to_numpy(), params)
+    names = identifiers("A", skill.size)
+    agent_id = np.where(agent >= 0, names[np.maximum(agent, 0)], None)
+    interactions = interactions.assign(agent_id=agent_id)
+    truth = truth.assign(agent_id=agent_id, agent_skill=np.where(agent >= 0, skill[np.maximum(agent, 0)], np.nan))
+    return interactions, truth
+
+
 def generate(customers: int, seed: int = 0, start: str = "2026-11-01", transcripts: bool = True,
              params: Optional[GeneratorParams] = None) -> SyntheticData:
     """`customers` customers, each with one labelled contact (their latest), reproducible from `seed`.
@@ -423,11 +463,13 @@ def generate(customers: int, seed: int = 0, start: str = "2026-11-01", transcrip
     if customers < 1:
         raise UsageError(f"customers must be at least 1, got {customers}")
     params = params or GeneratorParams()
-    tables_stream, text_stream = np.random.SeedSequence(seed).spawn(2)
+    # Spawned children are numbered: the agents' stream, added third, leaves the first two (and their draws) as they were.
+    tables_stream, text_stream, agents_stream = np.random.SeedSequence(seed).spawn(3)
     world = _world(np.random.default_rng(tables_stream), customers, params)
     start_at = pd.Timestamp(start)
     start_at = start_at.tz_localize("UTC") if start_at.tzinfo is None else start_at.tz_convert("UTC")
     interactions, labels, truth = _frames(world, start_at, seed)
+    interactions, truth = with_agents(np.random.default_rng(agents_stream), interactions, truth, params)
     conversations = None
     if transcripts:
         with _collector_paused():
@@ -463,10 +505,11 @@ def _conversations(rng: np.random.Generator, interactions: pd.DataFrame, truth: 
     bounds = np.concatenate(([0], np.cumsum(counts))).tolist()
     started = contacts["started_at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ").tolist()
     heads = zip(identifiers("V", len(contacts)).tolist(), contacts["customer_id"].tolist(),
-                contacts["contact_id"].tolist(), contacts["channel"].tolist(), started)
-    return [{"conversation_id": conversation_id, "customer_id": customer, "contact_id": contact, "channel": channel,
-             "started_at": at, "text_source": SYNTHETIC_TEXT, "turns": turns[bounds[i]:bounds[i + 1]]}
-            for i, (conversation_id, customer, contact, channel, at) in enumerate(heads)]
+                contacts["contact_id"].tolist(), contacts["agent_id"].tolist(), contacts["channel"].tolist(), started)
+    return [{"conversation_id": conversation_id, "customer_id": customer, "contact_id": contact, "agent_id": agent,
+             "channel": channel, "started_at": at, "text_source": SYNTHETIC_TEXT,
+             "turns": turns[bounds[i]:bounds[i + 1]]}
+            for i, (conversation_id, customer, contact, agent, channel, at) in enumerate(heads)]
 
 
 def _turns(rng: np.random.Generator, contacts: pd.DataFrame, quality: np.ndarray,

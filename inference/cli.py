@@ -12,6 +12,7 @@ import typer
 
 from carelens.data.cli import generate_command
 from carelens.data.options import flag
+from carelens.inference.agents_command import agents_command
 from carelens.inference.demo import demo
 from carelens.inference.featurize import featurize_command
 from carelens.inference.predict import predict_app
@@ -46,4 +47,5 @@ app.command("featurize")(featurize_command)
 app.command("nightly")(nightly_command)
 app.command("score")(score_command)
 app.command("serve")(serve_command)
+app.command("agents")(agents_command)
 app.command("demo")(demo)

@@ -13,7 +13,7 @@ from carelens.data.contracts import (
 )
 from carelens.data.errors import CareLensError, UsageError
 from carelens.data.readers import Keys, checked_keys, header_lines, read_table
-from carelens.models.conversation_features import FEATURE_COLUMNS, TRANSCRIPT_FEATURES
+from carelens.models.conversation_features import AGENT, EVIDENCE, FEATURE_COLUMNS, TRANSCRIPT_FEATURES
 from carelens.models.scoring import as_conversations
 from carelens.models.tabular import RiskModel
 
@@ -22,6 +22,9 @@ Interactions = Union[pd.DataFrame, Sequence[dict], PathLike]
 Conversations = Union[Sequence[Union[Conversation, dict]], PathLike]
 PREDICTION_COLUMNS = ["customer_id", "contact_id", "churn_risk", "retaliation_risk", "retaliation_type",
                       "churn_flagged", "retaliation_flagged"]
+#: What a contact's prediction carries beside its scores for the supervisor's pages: who answered it (the
+#: interactions' agent_id, else its conversation's) and the turns its conversation features stand on.
+CONTEXT_COLUMNS = [AGENT, EVIDENCE]
 
 
 class MissingConversations(CareLensError):
@@ -96,12 +99,17 @@ def last_per_contact(features: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_conversation_features(table: pd.DataFrame, features: Optional[pd.DataFrame]) -> pd.DataFrame:
-    """Validated interactions with the conversation features joined on contact_id (NaN where a contact has no
-    conversation, which the models were trained to expect; every contact's when `features` is None)."""
-    per_contact = last_per_contact(features if features is not None
-                                   else pd.DataFrame(columns=["contact_id", *FEATURE_COLUMNS]))
-    return table.merge(per_contact[["contact_id", *FEATURE_COLUMNS]].astype({"contact_id": str}),
-                       on="contact_id", how="left")
+    """Validated interactions with the conversation features and evidence joined on contact_id (NaN where a contact
+    has no conversation, which the models were trained to expect; every contact's when `features` is None), and the
+    conversation's agent where the interactions name none."""
+    columns = ["contact_id", AGENT, *FEATURE_COLUMNS, EVIDENCE]
+    per_contact = last_per_contact(features.reindex(columns=columns) if features is not None
+                                   else pd.DataFrame(columns=columns))
+    joined = table.merge(per_contact.rename(columns={AGENT: "conversation_agent"}).astype({"contact_id": str}),
+                         on="contact_id", how="left")
+    agent = joined.pop("conversation_agent")
+    joined[AGENT] = joined[AGENT].fillna(agent) if AGENT in table.columns else agent
+    return joined
 
 
 def contact_predictions(churn: RiskModel, retaliation: RiskModel, table: pd.DataFrame) -> pd.DataFrame:
@@ -119,6 +127,7 @@ def contact_predictions(churn: RiskModel, retaliation: RiskModel, table: pd.Data
         "retaliation_type": np.where(retaliation_flagged, retaliation.likeliest_other_class(proba).astype(str), ""),
         "churn_flagged": churn_risk >= churn.threshold_,
         "retaliation_flagged": retaliation_flagged,
+        **{column: table[column] if column in table.columns else None for column in CONTEXT_COLUMNS},
     }, index=table.index)
     inputs = [f for f in features_needed((churn, retaliation)) if f not in scores.columns]
     return pd.concat([scores, table[inputs]], axis=1)

@@ -32,7 +32,7 @@ def table_to_score(path: Path) -> pd.DataFrame:
     raw = read_table(path)
     if raw.empty:
         raise ContractError(str(path), "the file has no rows to score")
-    if set(INTERACTIONS.names) <= set(raw.columns):
+    if set(INTERACTIONS.required) <= set(raw.columns):
         return validated(raw, INTERACTIONS, str(path), header_rows=header_lines(path))
     return raw
 

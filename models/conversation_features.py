@@ -1,6 +1,7 @@
 """Turn-level transcript scores rolled up, by group, into the per-conversation features the risk models take."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional, Union
 
@@ -12,6 +13,10 @@ import pyarrow.parquet as pq
 from carelens.data.contracts import MECHANISMS, Column, TableContract
 
 KEYS = ["conversation_id", "customer_id", "contact_id"]
+#: Who answered the conversation (the transcripts contract's optional `agent_id`), written beside the features.
+AGENT = "agent_id"
+#: The turns a conversation feature stands on, as JSON text: `EVIDENCE_TURNS` name → {turn, speaker, quote, score}.
+EVIDENCE = "evidence"
 #: Each conversation's place in the batch it was scored in: turns roll up by it, not by conversation_id, so two
 #: conversations that share an id (a client's bug) keep their own features whatever the batch boundaries.
 POSITION = "position"
@@ -130,17 +135,81 @@ def timing_features(turns: pd.DataFrame) -> pd.DataFrame:
     return timed.groupby(POSITION, sort=False)[["start_s", "end_s", "speaker"]].apply(_timing_row)
 
 
+#: The turn each piece of evidence is, per conversation: (speaker, turn-score column, whether the lowest or the
+#: last scored turn of that speaker); the first customer turn is the `first` of the opening mood.
+EVIDENCE_TURNS = {
+    "opening": ("customer", "sentiment", "first"),
+    "ending": ("customer", "sentiment", "last"),
+    "worst_mood": ("customer", "sentiment", "lowest"),
+    "least_empathic": ("agent", "empathy", "lowest"),
+    **{f"least_{m}": ("agent", f"{m}_level", "lowest") for m in MECHANISMS},
+}
+#: The evidence turn behind each conversation feature a reason can name.
+FEATURE_EVIDENCE = {
+    "customer_sentiment_start": "opening", "customer_sentiment_end": "ending", "customer_sentiment_shift": "ending",
+    "customer_sentiment_slope": "ending", "customer_sentiment_mean": "worst_mood",
+    "customer_sentiment_worst": "worst_mood",
+    **dict.fromkeys(EMPATHY_FEATURES, "least_empathic"),
+    **{feature: f"least_{m}" for m, features in MECHANISM_FEATURES.items() for feature in features},
+}
+#: Characters of a turn quoted as evidence: enough to recognise it, short enough for a cell of a table.
+QUOTE_CHARS = 120
+
+
+def quoted(text: str, limit: int = QUOTE_CHARS) -> str:
+    """A turn's text on one line, cut at a word boundary to at most `limit` characters with an ellipsis."""
+    line = " ".join(str(text).split())
+    if len(line) <= limit:
+        return line
+    cut = line[:limit - 1].rsplit(" ", 1)[0] if " " in line[:limit - 1] else line[:limit - 1]
+    return cut + "…"
+
+
+def _replies(turns: pd.DataFrame) -> pd.Series:
+    """Whether each turn comes after the customer first spoke: an agent's greeting answers nobody, so it is never the
+    reply that showed least empathy."""
+    customer_index = turns["turn_index"].where(turns["speaker"] == "customer")
+    first_customer = customer_index.groupby(turns[POSITION]).transform("min")
+    return turns["turn_index"] > first_customer
+
+
+def _evidence_rows(turns: pd.DataFrame, speaker: str, column: str, pick: str) -> pd.DataFrame:
+    """Per conversation (POSITION), the one turn of `speaker` that `pick` names among its scored turns (an agent's
+    among its replies)."""
+    candidates = (turns["speaker"] == speaker) & turns[column].notna() & (_replies(turns) if speaker == "agent" else True)
+    scored = turns[candidates].sort_values([POSITION, "turn_index"])
+    if pick == "lowest":
+        # The first of equally low turns: the stable sort keeps each conversation's turns in their order.
+        scored = scored.sort_values([POSITION, column], kind="stable")
+        return scored.drop_duplicates(POSITION, keep="first").set_index(POSITION)
+    return scored.drop_duplicates(POSITION, keep="first" if pick == "first" else "last").set_index(POSITION)
+
+
+def evidence_json(turns: pd.DataFrame) -> pd.Series:
+    """Per conversation (indexed by POSITION), JSON text mapping each EVIDENCE_TURNS name to the turn it names: its
+    index, speaker, a short quote and its score; a conversation without such turns has no entry for that name."""
+    found: dict = {}
+    for name, (speaker, column, pick) in EVIDENCE_TURNS.items():
+        rows = _evidence_rows(turns, speaker, column, pick)
+        for position, index, text, score in zip(rows.index, rows["turn_index"], rows["text"], rows[column]):
+            found.setdefault(position, {})[name] = {"turn": int(index), "speaker": speaker, "quote": quoted(text),
+                                                    "score": round(float(score), 4)}
+    return pd.Series({position: json.dumps(entries, ensure_ascii=False) for position, entries in found.items()},
+                     dtype=object)
+
+
 def conversation_features(turns: pd.DataFrame, conversations: pd.DataFrame) -> pd.DataFrame:
-    """One row per conversation in `conversations` (ids and POSITION, in its order): FEATURE_COLUMNS from the turn
-    scores, matched on POSITION.
+    """One row per conversation in `conversations` (ids, AGENT and POSITION, in its order): FEATURE_COLUMNS from the
+    turn scores, matched on POSITION, and the EVIDENCE turns behind them.
 
     A feature is NaN where its turns are absent (no scored customer turn: no sentiment; no scored agent turn: no
     empathy; no timestamps: no timing); turn counts are 0 then, so a model can tell missing from neutral. Agent turns
     carry `empathy`, `empathic` and, per mechanism, EMPATHY_LEVEL_COLUMNS and EMPATHY_PRESENT_COLUMNS.
     """
-    parts = [sentiment_features(turns), empathy_features(turns), timing_features(turns)]
-    joined = conversations[[*KEYS, POSITION]].join(pd.concat(parts, axis=1), on=POSITION)
-    joined = joined.reindex(columns=[*KEYS, *FEATURE_COLUMNS])
+    parts = [sentiment_features(turns), empathy_features(turns), timing_features(turns),
+             evidence_json(turns).rename(EVIDENCE)]
+    joined = conversations[[*KEYS, AGENT, POSITION]].join(pd.concat(parts, axis=1), on=POSITION)
+    joined = joined.reindex(columns=[*KEYS, AGENT, *FEATURE_COLUMNS, EVIDENCE])
     joined[COUNT_FEATURES] = joined[COUNT_FEATURES].fillna(0).astype(int)
     return joined.astype({c: float for c in FEATURE_COLUMNS if c not in COUNT_FEATURES}).reset_index(drop=True)
 

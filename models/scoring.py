@@ -20,7 +20,7 @@ from carelens.data.adapters import answered_customer_texts
 from carelens.data.contracts import LEVEL_NAMES, Conversation
 from carelens.data.readers import Keys, conversation_from_record
 from carelens.models.conversation_features import (
-    EMPATHY_LEVEL_COLUMNS, EMPATHY_PRESENT_COLUMNS, KEYS, POSITION, conversation_features,
+    AGENT, EMPATHY_LEVEL_COLUMNS, EMPATHY_PRESENT_COLUMNS, KEYS, POSITION, conversation_features,
 )
 from carelens.models.registry import Registry, RegistryError
 from carelens.data.errors import CareLensError, UsageError
@@ -265,10 +265,10 @@ def turn_table(conversations: Sequence[Conversation]) -> pd.DataFrame:
 
 
 def conversation_index(conversations: Sequence[Conversation]) -> pd.DataFrame:
-    """The ids and POSITION of every conversation, including those with no turns."""
+    """The ids, agent and POSITION of every conversation, including those with no turns."""
     return pd.DataFrame([{"conversation_id": c.conversation_id, "customer_id": c.customer_id,
-                          "contact_id": c.contact_id, POSITION: position} for position, c in enumerate(conversations)],
-                        columns=[*KEYS, POSITION])
+                          "contact_id": c.contact_id, AGENT: c.agent_id, POSITION: position}
+                         for position, c in enumerate(conversations)], columns=[*KEYS, AGENT, POSITION])
 
 
 def score_turns(pipeline: TranscriptPipeline, conversations: Sequence[Union[Conversation, dict]],

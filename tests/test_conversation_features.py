@@ -1,13 +1,15 @@
 """Conversation features from turn scores: the customer's sentiment trajectory, agent empathy overall and per mechanism,
 non-talk time and interruptions, and the groups they are reported by."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from carelens.data.contracts import MECHANISMS
 from carelens.models.conversation_features import (
-    COUNT_FEATURES, EMPATHY_LEVEL_COLUMNS, EMPATHY_PRESENT_COLUMNS, FEATURE_COLUMNS, FEATURE_GROUPS, conversation_features,
-    covered_seconds, interrupting_turns,
+    COUNT_FEATURES, FEATURE_EVIDENCE, EMPATHY_LEVEL_COLUMNS, EMPATHY_PRESENT_COLUMNS, FEATURE_COLUMNS, FEATURE_GROUPS, conversation_features,
+    covered_seconds, interrupting_turns, quoted,
 )
 
 NAN = np.nan
@@ -19,6 +21,7 @@ def _turns(rows, ids=None, levels=None):
     `levels` gives each turn's expected level per mechanism (default: 2 × empathy for every mechanism of an agent
     turn); a mechanism is present where its level is at least 0.5."""
     frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame["text"] = [f"{speaker} says {index}" for speaker, index in zip(frame["speaker"], frame["turn_index"])]
     order = list(ids) if ids else list(dict.fromkeys(frame["conversation_id"]))
     frame["position"] = frame["conversation_id"].map(order.index)
     frame["empathic"] = frame["empathic"].astype("boolean")
@@ -31,7 +34,8 @@ def _turns(rows, ids=None, levels=None):
 
 def _index(*ids):
     return pd.DataFrame({"conversation_id": list(ids), "customer_id": [f"C{i}" for i in ids],
-                         "contact_id": [f"K{i}" for i in ids], "position": range(len(ids))})
+                         "contact_id": [f"K{i}" for i in ids], "agent_id": [f"A{i}" for i in ids],
+                         "position": range(len(ids))})
 
 
 def test_sentiment_start_end_shift_and_empathy_roll_up():
@@ -61,7 +65,7 @@ def test_every_conversation_gets_a_row_in_order_with_missing_features_as_nan():
                    ids=["empty", "agent-only", "customer-only", "blank"])
     out = conversation_features(turns, _index("empty", "agent-only", "customer-only", "blank"))
     assert list(out["conversation_id"]) == ["empty", "agent-only", "customer-only", "blank"]
-    assert list(out.columns) == ["conversation_id", "customer_id", "contact_id", *FEATURE_COLUMNS]
+    assert list(out.columns) == ["conversation_id", "customer_id", "contact_id", "agent_id", *FEATURE_COLUMNS, "evidence"]
     assert out.loc[0, FEATURE_COLUMNS[:-2]].isna().all() and out.loc[0, "customer_turns"] == 0
     assert np.isnan(out.loc[1, "customer_sentiment_start"]) and out.loc[1, "agent_empathy_mean"] == 0.5
     assert np.isnan(out.loc[2, "agent_empathy_mean"]) and out.loc[2, "customer_sentiment_shift"] == 0.0
@@ -154,3 +158,37 @@ def test_every_feature_but_the_turn_counts_is_in_exactly_one_group():
     assert {"customer sentiment", "agent emotional reactions", "agent interpretations", "agent explorations",
             "agent empathy (combined)", "timing"} == set(FEATURE_GROUPS)
     assert {"customer_sentiment_slope", "customer_sentiment_worst"} <= set(FEATURE_GROUPS["customer sentiment"])
+
+
+def test_evidence_names_the_turns_the_features_stand_on():
+    turns = _turns([
+        ("a", 0, "agent", NAN, 0.9, True, NAN, NAN),
+        ("a", 1, "customer", -0.2, NAN, pd.NA, NAN, NAN),
+        ("a", 2, "agent", NAN, 0.1, False, NAN, NAN),
+        ("a", 3, "customer", -0.9, NAN, pd.NA, NAN, NAN),
+        ("a", 4, "agent", NAN, 0.1, False, NAN, NAN),
+        ("a", 5, "customer", 0.4, NAN, pd.NA, NAN, NAN),
+    ], levels=[[2, 2, 2], [NAN] * 3, [0.2, 1.0, 0.0], [NAN] * 3, [0.2, 0.0, 0.0], [NAN] * 3])
+    out = conversation_features(turns, _index("a")).iloc[0]
+    evidence = json.loads(out["evidence"])
+    assert out["agent_id"] == "Aa"
+    assert {name: entry["turn"] for name, entry in evidence.items()} == {
+        "opening": 1, "ending": 5, "worst_mood": 3, "least_empathic": 2, "least_emotional_reactions": 2,
+        "least_interpretations": 4, "least_explorations": 2}
+    assert evidence["worst_mood"] == {"turn": 3, "speaker": "customer", "quote": "customer says 3", "score": -0.9}
+    assert set(FEATURE_EVIDENCE.values()) <= set(evidence)
+
+
+def test_a_conversation_without_scored_turns_has_no_evidence():
+    turns = _turns([("blank", 0, "customer", NAN, NAN, pd.NA, NAN, NAN)])
+    assert pd.isna(conversation_features(turns, _index("blank")).loc[0, "evidence"])
+
+
+@pytest.mark.parametrize("text, limit, expected", [
+    ("short  and\nspread", 120, "short and spread"),
+    ("one two three four", 10, "one two…"),
+    ("abcdefghijklmnop", 6, "abcde…"),
+])
+def test_quotes_are_one_line_and_cut_at_a_word(text, limit, expected):
+    assert quoted(text, limit) == expected
+    assert len(quoted(text, limit)) <= limit

@@ -5,6 +5,7 @@ import pytest
 import typer
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
 from carelens.data import synthetic_phrases as phrases
@@ -12,11 +13,11 @@ from carelens.data.cli import generate_command
 from carelens.data.contracts import INTERACTIONS, LABELS, MECHANISMS, Conversation, validated
 from carelens.data.readers import read_interactions, read_labels, read_table, read_transcripts
 from carelens.data.synthetic import (
-    SEED_GROUPS, exact_categories, exact_share, generate, marginals, sample_dir, write_synthetic,
+    SEED_GROUPS, GeneratorParams, exact_categories, exact_share, generate, marginals, sample_dir, write_synthetic,
 )
 
 TRUTH_COLUMNS = ["customer_id", "contact_id", "product_problem", "care_effective", "care_quality", "seed_group",
-                 "poor_experience"]
+                 "poor_experience", "agent_id", "agent_skill"]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,21 @@ def test_any_size_and_seed_gives_valid_contracts(customers, seed):
     assert [c["contact_id"] for c in data.conversations] == list(answered)
     for record in data.conversations:
         Conversation.model_validate(record)
+
+
+def test_agents_answer_every_answered_contact_and_their_skill_shows_in_the_care():
+    data = generate(4000, seed=2, transcripts=False)
+    answered = ~data.interactions["abandoned"]
+    assert data.interactions.loc[answered, "agent_id"].notna().all()
+    assert data.interactions.loc[~answered, "agent_id"].isna().all()
+    per_agent = data.truth[answered].groupby("agent_id").agg(care=("care_quality", "mean"),
+                                                             skill=("agent_skill", "first"), contacts=("care_quality", "size"))
+    assert len(per_agent) == -(-answered.sum() // GeneratorParams().contacts_per_agent)
+    assert per_agent["contacts"].min() >= 20
+    assert spearmanr(per_agent["care"], per_agent["skill"]).statistic > 0.9
+    without = generate(4000, seed=2, transcripts=False, params=GeneratorParams(agent_care_share=0.0))
+    pd.testing.assert_frame_equal(data.labels, without.labels)
+    pd.testing.assert_frame_equal(data.interactions.drop(columns="agent_id"), without.interactions.drop(columns="agent_id"))
 
 
 def test_identifiers_are_zero_padded_and_contacts_numbered_in_time_order():

@@ -27,7 +27,7 @@ from carelens.training.report import tabular_report
 PathLike = Union[str, Path]
 KEYS = ("contact_id", "customer_id")
 #: Columns that identify or date a row: never features unless declared.
-NOT_FEATURES = ("contact_id", "customer_id", "started_at")
+NOT_FEATURES = ("contact_id", "customer_id", "agent_id", "started_at")
 #: Rows held out for the reported figures; the rest train, calibrate (cross-fitted) and set the threshold.
 TEST_SHARE = 0.2
 #: Split seeds the headline figures are averaged over: on a few hundred test rows one split can mislead.
@@ -130,7 +130,7 @@ def _own_file(path: Path, task: Task, target: Optional[str], features, categoric
     raw = read_table(path)
     target = target or task.target
     header_rows = header_lines(path)
-    contract = set(INTERACTIONS.names) <= set(raw.columns)
+    contract = set(INTERACTIONS.required) <= set(raw.columns)
     frame = typed_columns(validated(raw, INTERACTIONS, str(path), header_rows) if contract else raw)
     frame[target] = _target_checked(raw, target, task, str(path), header_rows)
     if features is None and contract:

@@ -8,7 +8,7 @@ import pandas as pd
 
 from carelens.data.spreadsheet import write_csv
 from carelens.inference.api import Scorer
-from carelens.inference.contacts import PREDICTION_COLUMNS, MissingConversations
+from carelens.inference.contacts import CONTEXT_COLUMNS, PREDICTION_COLUMNS, MissingConversations
 from carelens.inference.nightly.layout import FLAGGED_CSV, FLAGGED_PARQUET, PREDICTION_DTYPES, PREDICTIONS
 from carelens.inference.nightly.plan import Run
 from carelens.inference.nightly.storage import (
@@ -104,7 +104,7 @@ def committed_predictions(out: Path, scorer: Scorer) -> tuple[pd.DataFrame, pd.D
     """(every committed per-contact prediction with the features it was made from, in input order; each customer's
     riskiest contact, riskiest first); empty when no contact could be predicted (every row dead-lettered, every file
     rejected), which is a night to report, not a missing stage."""
-    columns = [*PREDICTION_COLUMNS, *[f for f in scorer.features if f not in PREDICTION_COLUMNS]]
+    columns = [*PREDICTION_COLUMNS, *CONTEXT_COLUMNS, *[f for f in scorer.features if f not in PREDICTION_COLUMNS]]
     predictions = read_parts(out, PREDICTIONS, columns) if done_keys(out, PREDICTIONS) else \
         pd.DataFrame(columns=columns).astype({**dict.fromkeys(columns, float), **PREDICTION_DTYPES})
     return predictions, ranked_customers(predictions)

@@ -1,0 +1,151 @@
+"""Agent scorecards: per agent, over a night or a window of nights, empathy by mechanism shrunk toward the centre, their customers' mood and risk, and coaching hints that quote their own turns."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from carelens.data.contracts import MECHANISMS
+from carelens.data.redaction import redacted
+from carelens.inference.nightly.layout import FLAGGED_PARQUET, PREDICTIONS
+from carelens.inference.nightly.storage import read_parts
+from carelens.inference.reasons import MECHANISM_WORDS
+from carelens.models.conversation_features import AGENT, EVIDENCE
+
+PathLike = Union[str, Path]
+#: What a scorecard measures per agent, and the conversation feature it averages: the combined empathy (0–1) and each
+#: EPITOME mechanism's mean expected level (0–2).
+MEASURES = {"empathy": "agent_empathy_mean", **{m: f"agent_{m}_mean" for m in MECHANISMS}}
+#: The normal quantile of a two-sided 90% interval.
+Z90 = 1.645
+#: Mechanisms a coaching hint names at most, and the agent's own turns it quotes for each.
+HINTED_MECHANISMS, QUOTED_TURNS = 2, 2
+
+
+def shrunk_means(values: pd.Series, agents: pd.Series) -> pd.DataFrame:
+    """Per agent, over the contacts where `values` is recorded: how many, the raw mean, the empirical-Bayes mean and
+    its 90% interval.
+
+    Normal-normal model: an agent's true mean varies around the centre's with a between-agent variance estimated by
+    the method of moments (the spread of the agents' means less the part their sampling noise explains), and each
+    agent's mean is pulled toward the centre's by the share of its variance that is noise, so an agent seen on five
+    contacts is not ranked first or last on luck.
+    """
+    recorded = values.notna() & agents.notna()
+    values, agents = values[recorded].astype(float), agents[recorded]
+    groups = values.groupby(agents)
+    count, mean = groups.size(), groups.mean()
+    centre = float(values.mean()) if len(values) else np.nan
+    freedom = len(values) - len(count)
+    within = float(((values - groups.transform("mean")) ** 2).sum() / freedom) if freedom > 0 else float(values.var())
+    noise = within / count
+    between = max(0.0, float(mean.var(ddof=1)) - float(noise.mean())) if len(count) > 1 else 0.0
+    weight = between / (between + noise) if between > 0 else noise * 0.0
+    posterior = centre + weight * (mean - centre)
+    spread = Z90 * np.sqrt(weight * noise)
+    return pd.DataFrame({"n": count, "raw": mean, "shrunk": posterior, "low": posterior - spread,
+                         "high": posterior + spread})
+
+
+def _measured(contacts: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The shrunk means of every measure the contacts carry (a run whose models read no transcript features has
+    none)."""
+    return {name: shrunk_means(contacts[feature], contacts[AGENT]) for name, feature in MEASURES.items()
+            if feature in contacts.columns and contacts[feature].notna().any()}
+
+
+def _outcomes(contacts: pd.DataFrame, flagged_customers: Iterable[str], labels: Optional[pd.DataFrame]
+              ) -> pd.DataFrame:
+    """Per agent: contacts, customers, the share of their customers flagged, their customers' mean sentiment shift,
+    and with `labels` (contact_id, churned, retaliation) the churn and retaliation rate among their contacts."""
+    groups = contacts.groupby(AGENT)
+    flagged = set(flagged_customers)
+    out = pd.DataFrame({"contacts": groups.size(), "customers": groups["customer_id"].nunique(),
+                        "flagged_share": groups["customer_id"].agg(lambda ids: ids.isin(flagged).mean())})
+    if "customer_sentiment_shift" in contacts.columns:
+        out["sentiment_shift"] = groups["customer_sentiment_shift"].mean()
+    if labels is not None:
+        known = contacts[[AGENT, "contact_id"]].merge(labels, on="contact_id")
+        by_agent = known.groupby(AGENT)
+        out["churn_rate"] = by_agent["churned"].mean().astype(float)
+        out["retaliation_rate"] = by_agent["retaliation"].agg(lambda kinds: (kinds != "none").mean())
+    return out
+
+
+def _examples(contacts: pd.DataFrame, mechanism: str, redact: bool) -> list[dict]:
+    """The agent's QUOTED_TURNS turns that showed `mechanism` least (each from its conversation's evidence)."""
+    found = []
+    for contact, text in zip(contacts["contact_id"], contacts[EVIDENCE]):
+        entry = json.loads(text).get(f"least_{mechanism}") if isinstance(text, str) else None
+        if entry:
+            found.append({"contact_id": contact, "turn": entry["turn"], "score": entry["score"],
+                          "quote": redacted(entry["quote"]) if redact else entry["quote"]})
+    distinct = {example["quote"]: example for example in sorted(found, key=lambda example: -example["score"])}
+    return sorted(distinct.values(), key=lambda example: example["score"])[:QUOTED_TURNS]
+
+
+def coaching(contacts: pd.DataFrame, measured: dict[str, pd.DataFrame], agent: str, redact: bool = False) -> list[dict]:
+    """Up to HINTED_MECHANISMS mechanisms where the agent's shrunk mean lies furthest below the centre's (in units of
+    the agents' spread), each with the agent's level, the centre's, and two of their own turns that showed it least."""
+    gaps = {}
+    for mechanism in MECHANISMS:
+        table = measured.get(mechanism)
+        if table is None or agent not in table.index:
+            continue
+        spread = float(table["shrunk"].std(ddof=0)) or 1.0
+        centre = float((table["raw"] * table["n"]).sum() / table["n"].sum())
+        gaps[mechanism] = ((float(table.at[agent, "shrunk"]) - centre) / spread, centre)
+    lowest = sorted((m for m, (gap, _) in gaps.items() if gap < 0), key=lambda m: gaps[m][0])[:HINTED_MECHANISMS]
+    own = contacts[contacts[AGENT] == agent] if EVIDENCE in contacts.columns else contacts.iloc[:0]
+    return [{"mechanism": m, "agent": round(float(measured[m].at[agent, "shrunk"]), 3), "centre": round(gaps[m][1], 3),
+             "examples": _examples(own, m, redact) if len(own) else []} for m in lowest]
+
+
+def hint_text(hints: Sequence[dict]) -> str:
+    """Coaching hints in one line a supervisor reads: what to practise, the levels, and the agent's own turns."""
+    parts = []
+    for hint in hints:
+        quotes = "; ".join(f"“{e['quote']}” ({e['contact_id']}, turn {e['turn']})" for e in hint["examples"])
+        parts.append(f"{MECHANISM_WORDS[hint['mechanism']][0]}: {hint['agent']:.2f} of 2 against the centre's "
+                     f"{hint['centre']:.2f}" + (f", e.g. {quotes}" if quotes else ""))
+    return " | ".join(parts)
+
+
+def agent_scorecard(contacts: pd.DataFrame, flagged_customers: Iterable[str] = (),
+                    labels: Optional[pd.DataFrame] = None, redact: bool = False) -> pd.DataFrame:
+    """One row per agent of the contacts (per-contact predictions with AGENT, as the nightly job writes them), most
+    empathic first: contacts and customers, the share of their customers flagged, their customers' mean sentiment
+    shift, churn and retaliation among their contacts (with `labels`), per measure (MEASURES) the shrunk mean and
+    its 90% interval (`shrunk_means`), the empathy rank (1 = most empathic, by the shrunk mean), and coaching hints
+    (`coaching`; quotes masked with `redact`); `attrs["coaching"]` holds the hints per agent as records. Empty when no
+    contact names its agent."""
+    named = contacts[contacts[AGENT].notna()] if AGENT in contacts.columns else contacts.iloc[:0]
+    if named.empty:
+        return pd.DataFrame(columns=[AGENT, "contacts", "customers", "flagged_share"])
+    card = _outcomes(named, flagged_customers, labels)
+    measured = _measured(named)
+    for name, table in measured.items():
+        card[name], card[f"{name}_low"], card[f"{name}_high"] = table["shrunk"], table["low"], table["high"]
+    if "empathy" in measured:
+        card["empathy_rank"] = card["empathy"].rank(ascending=False, method="min").astype("Int64")
+        card = card.sort_values(["empathy_rank", "contacts"], ascending=[True, False], kind="stable")
+    hints = {agent: coaching(named, measured, agent, redact) for agent in card.index}
+    card["coaching"] = [hint_text(hints[agent]) for agent in card.index]
+    card = card.rename_axis(AGENT).reset_index()
+    card.attrs["coaching"] = hints
+    return card
+
+
+def run_contacts(runs: Sequence[PathLike]) -> tuple[pd.DataFrame, set[str]]:
+    """(every contact predicted in the nightly runs' folders, the last night's prediction of a contact winning; the
+    customers flagged on any of those nights): a window of nights for `agent_scorecard`."""
+    frames, flagged = [], set()
+    for run in map(Path, runs):
+        frames.append(read_parts(run, PREDICTIONS))
+        if (run / FLAGGED_PARQUET).is_file():
+            flagged |= set(pd.read_parquet(run / FLAGGED_PARQUET, columns=["customer_id"])["customer_id"])
+    contacts = pd.concat(frames, ignore_index=True).drop_duplicates("contact_id", keep="last")
+    return contacts, flagged
