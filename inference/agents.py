@@ -139,6 +139,15 @@ def agent_scorecard(contacts: pd.DataFrame, flagged_customers: Iterable[str] = (
     return card
 
 
+def scorecard_records(card: pd.DataFrame) -> list[dict]:
+    """The scorecard as one record per agent, missing values as None and each agent's coaching hints (with their
+    quoted turns) under `hints`: what the API and the HTTP service hand on."""
+    hints = card.attrs.get("coaching", {})
+    return [{**{key: None if value is pd.NA or (isinstance(value, float) and value != value) else value
+                for key, value in row.items()}, "hints": hints.get(row[AGENT], [])}
+            for row in card.astype(object).to_dict("records")]
+
+
 def run_contacts(runs: Sequence[PathLike]) -> tuple[pd.DataFrame, set[str]]:
     """(every contact predicted in the nightly runs' folders, the last night's prediction of a contact winning; the
     customers flagged on any of those nights): a window of nights for `agent_scorecard`."""

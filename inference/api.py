@@ -10,6 +10,7 @@ import pandas as pd
 
 from carelens.data.errors import UsageError
 from carelens.data.redaction import redacted_conversation
+from carelens.inference.agents import agent_scorecard, scorecard_records
 from carelens.inference.contacts import (
     PREDICTION_COLUMNS, Conversations, Interactions, MissingConversations, PathLike, contact_predictions,
     conversation_list, extra_columns, features_frame, features_needed, interactions_frame, join_report,
@@ -255,7 +256,8 @@ class Scorer:
         action the centre should take. A transcript file's contract keys are read from the fields `keys` names
         ({"contact_id": "convo_id"}). The result's `attrs["joins"]` says how the conversations matched the contacts
         (`join_report`), and `attrs["warnings"]` lists what the caller should know (answered contacts without
-        conversation features; with `strict`, that raises MissingConversations)."""
+        conversation features; with `strict`, that raises MissingConversations); `attrs["agents"]` is the scorecard
+        of the agents the contacts name, as records (`agent_scorecard`; empty when none does)."""
         checked_selection(capacity, threshold)
         table = self.contact_table(interactions, transcripts, transcript_features, keys)
         predictions = self.contact_predictions(table)
@@ -263,7 +265,10 @@ class Scorer:
         gap = self.missing_conversations(predictions, joins)
         if gap and strict:
             raise MissingConversations(gap)
-        return self._warned(self.flagged(predictions, capacity, threshold), gap, joins)
+        flagged = self._warned(self.flagged(predictions, capacity, threshold), gap, joins)
+        flagged.attrs["agents"] = scorecard_records(agent_scorecard(predictions, flagged["customer_id"],
+                                                                    redact=self.redact))
+        return flagged
 
     def _warned(self, result: pd.DataFrame, gap: Optional[str], joins: Optional[dict]) -> pd.DataFrame:
         """`result` with `attrs["warnings"]` (what the models' loading warned of, and the missing conversations) and

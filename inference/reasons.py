@@ -1,13 +1,16 @@
 """Per-customer reasons: which features pushed this row's risk up from a value worse than typical, said in words."""
 from __future__ import annotations
 
+import json
 import math
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
 
-from carelens.models.conversation_features import EMPATHY_FEATURES, FEATURE_COLUMNS, MECHANISM_FEATURES, TIMING_FEATURES
+from carelens.models.conversation_features import (
+    EMPATHY_FEATURES, EVIDENCE, FEATURE_COLUMNS, FEATURE_EVIDENCE, MECHANISM_FEATURES, TIMING_FEATURES,
+)
 
 #: Risk must rise by at least this much (absolute probability) for a feature to count as a reason.
 MIN_PUSH = 0.005
@@ -234,12 +237,35 @@ def reason_features(frame: pd.DataFrame, contributions: pd.DataFrame, profile: d
 NO_SINGLE_CAUSE = "no single cause to act on: the risk comes from the customer and the contact as a whole"
 
 
-def top_reasons(frame: pd.DataFrame, contributions: pd.DataFrame, profile: dict, count: int = 3) -> list[list[str]]:
-    """Per row: 1 to `count` reasons in words, those of `reason_features`; NO_SINGLE_CAUSE when none qualifies."""
+def reasons_in_words(frame: pd.DataFrame, features: list[list[str]], profile: dict) -> list[list[str]]:
+    """Per row, its reason features (`reason_features`) in words; NO_SINGLE_CAUSE when it has none."""
     percentiles = profile.get("percentiles", {})
     reasons = []
-    for index, features in zip(contributions.index, reason_features(frame, contributions, profile, count)):
+    for index, chosen in zip(frame.index, features):
         row = frame.loc[index]
         reasons.append([abandoned_the_call(row) if f == "abandoned" else described(f, row[f], percentiles.get(f))
-                        for f in features] or [NO_SINGLE_CAUSE])
+                        for f in chosen] or [NO_SINGLE_CAUSE])
     return reasons
+
+
+def top_reasons(frame: pd.DataFrame, contributions: pd.DataFrame, profile: dict, count: int = 3) -> list[list[str]]:
+    """Per row: 1 to `count` reasons in words, those of `reason_features`; NO_SINGLE_CAUSE when none qualifies."""
+    return reasons_in_words(frame, reason_features(frame, contributions, profile, count), profile)
+
+
+def cited_turns(frame: pd.DataFrame, features: list[list[str]], reasons: list[list[str]]) -> list[list[dict]]:
+    """Per row, for each of its reasons that comes from its conversation, the turn it stands on (the row's EVIDENCE,
+    FEATURE_EVIDENCE): the reason, the turn's index, speaker and a short quote; none for a row without evidence."""
+    cited = []
+    for index, chosen, words in zip(frame.index, features, reasons):
+        text = frame.at[index, EVIDENCE] if EVIDENCE in frame.columns else None
+        turns = json.loads(text) if isinstance(text, str) else {}
+        cited.append([{"reason": said, **{k: turn[k] for k in ("turn", "speaker", "quote")}}
+                      for feature, said in zip(chosen, words)
+                      if (turn := turns.get(FEATURE_EVIDENCE.get(feature, ""))) is not None])
+    return cited
+
+
+def evidence_text(cited: list[dict]) -> str:
+    """A row's cited turns on one line, as a spreadsheet cell shows them."""
+    return "; ".join(f"{c['reason']}: turn {c['turn']} ({c['speaker']}) “{c['quote']}”" for c in cited)

@@ -7,13 +7,14 @@ import numpy as np
 import pandas as pd
 
 from carelens.data.errors import UsageError
-from carelens.inference.reasons import pushes, reason_typicals, top_reasons
+from carelens.inference.reasons import cited_turns, pushes, reason_features, reason_typicals, reasons_in_words
+from carelens.models.conversation_features import AGENT
 
 #: The play a contact centre runs for each kind of retaliation; a churn risk alone gets proactive outreach.
 ACTIONS = {"escalate": "supervisor callback", "switch": "retention offer", "vent": "social-care follow-up"}
 CHURN_ONLY_ACTION = "proactive outreach"
 FLAG_COLUMNS = ["customer_id", "churn_risk", "retaliation_risk", "retaliation_type", "reasons", "action", "risk",
-                "contact_id"]
+                "contact_id", AGENT, "evidence"]
 
 
 def selection_rule(capacity: Optional[int], threshold: Optional[float]) -> str:
@@ -75,11 +76,14 @@ def _action_of(retaliation_type: str, retaliation_flagged: bool) -> str:
 
 def explained(chosen: pd.DataFrame, risk: Callable[[pd.DataFrame], np.ndarray], profile: dict) -> pd.DataFrame:
     """The selected customers as the flagged list (FLAG_COLUMNS): the features that raised each one's `risk` most
-    from its riskiest contact with a value worse than the training `profile`'s typical one, in words, and the action
-    the centre should take."""
+    from its riskiest contact with a value worse than the training `profile`'s typical one, in words, the turns of
+    its conversation those reasons stand on (`evidence`), its agent, and the action the centre should take."""
     chosen = chosen.copy()
     contributions = pushes(risk, chosen, reason_typicals(profile["typical"]), base=chosen["risk"])
-    chosen["reasons"] = top_reasons(chosen, contributions, profile)
+    features = reason_features(chosen, contributions, profile)
+    chosen["reasons"] = reasons_in_words(chosen, features, profile)
+    chosen["evidence"] = cited_turns(chosen, features, chosen["reasons"].tolist())
+    chosen[AGENT] = chosen[AGENT] if AGENT in chosen.columns else None
     chosen["action"] = [_action_of(kind, flagged) for kind, flagged in
                         zip(chosen["retaliation_type"], chosen["retaliation_flagged"])]
     return chosen[FLAG_COLUMNS].reset_index(drop=True)

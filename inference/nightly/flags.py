@@ -11,6 +11,7 @@ from carelens.inference.api import Scorer
 from carelens.inference.contacts import CONTEXT_COLUMNS, PREDICTION_COLUMNS, MissingConversations
 from carelens.inference.nightly.layout import FLAGGED_CSV, FLAGGED_PARQUET, PREDICTION_DTYPES, PREDICTIONS
 from carelens.inference.nightly.plan import Run
+from carelens.inference.reasons import evidence_text
 from carelens.inference.nightly.storage import (
     atomic_path, commit_stage, discarded_list, done_keys, finished_stage, read_parts, write_parquet,
 )
@@ -68,12 +69,13 @@ def ranked_warnings(run: Run, scorer: Scorer, flags: dict) -> list[str]:
 
 
 def write_flagged_csv(flagged: pd.DataFrame, target: Path) -> None:
-    """The flagged customers as the CSV a supervisor opens in a spreadsheet: reasons joined into one cell, every text
-    cell inert (see `write_csv`)."""
+    """The flagged customers as the CSV a supervisor opens in a spreadsheet: reasons joined into one cell, the turns
+    they stand on into another, every text cell inert (see `write_csv`)."""
     with atomic_path(target) as temporary:
         # As Python objects: pandas' Arrow strings cannot hold a lone surrogate that an id or a reason may carry.
         reasons = pd.Series(["; ".join(reasons) for reasons in flagged["reasons"]], index=flagged.index, dtype=object)
-        write_csv(flagged.assign(reasons=reasons), temporary)
+        evidence = pd.Series([evidence_text(cited) for cited in flagged["evidence"]], index=flagged.index, dtype=object)
+        write_csv(flagged.assign(reasons=reasons, evidence=evidence), temporary)
 
 
 def _write_flags(run: Run, scorer: Scorer, predictions: pd.DataFrame, customers: pd.DataFrame,

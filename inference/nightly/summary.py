@@ -8,6 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from carelens.data.html import figure_html, html_report, plot_label, shown, table_html
+from carelens.inference.agents import MEASURES, agent_scorecard
 from carelens.inference.api import Scorer
 from carelens.inference.nightly.flags import Tonight, committed_predictions, ranked_warnings
 from carelens.inference.contacts import join_lines
@@ -15,6 +16,8 @@ from carelens.inference.nightly.layout import DEAD_LETTER, FLAGGED_PARQUET, SUMM
 from carelens.inference.nightly.plan import Run
 from carelens.inference.nightly.report import counted
 from carelens.inference.nightly.storage import commit_stage, finished_stage, write_text
+from carelens.inference.reasons import evidence_text
+from carelens.models.conversation_features import AGENT
 from carelens.models.drift import MIN_DRIFT_ROWS, PSI_WARNING
 
 #: Flagged customers listed in the summary (all of them are in flagged.csv).
@@ -58,10 +61,35 @@ def _types_figure(flagged: pd.DataFrame) -> Figure:
 
 
 def _flagged_rows(flagged: pd.DataFrame, limit: int = TOP_LISTED) -> list[dict]:
-    """The riskiest flagged customers as table rows, reasons joined into one cell."""
+    """The riskiest flagged customers as table rows, reasons joined into one cell and the turns they stand on into
+    another."""
     return [{"customer": r.customer_id, "churn risk": round(r.churn_risk, 3),
              "retaliation risk": round(r.retaliation_risk, 3), "retaliation type": r.retaliation_type,
-             "action": r.action, "reasons": "; ".join(r.reasons)} for r in flagged.head(limit).itertuples()]
+             "action": r.action, "reasons": "; ".join(r.reasons), "from the conversation": evidence_text(r.evidence),
+             "agent": r.agent_id if isinstance(r.agent_id, str) else ""} for r in flagged.head(limit).itertuples()]
+
+
+def _agent_rows(card: pd.DataFrame) -> list[dict]:
+    """The agents' scorecard as table rows, most empathic first: each measure with its 90% interval."""
+    rows = []
+    for agent in card.to_dict("records"):
+        measures = {name.replace("_", " "): f"{agent[name]:.2f} ({agent[f'{name}_low']:.2f}–{agent[f'{name}_high']:.2f})"
+                    for name in MEASURES if name in agent}
+        rows.append({"rank": agent.get("empathy_rank", ""), "agent": agent[AGENT], "contacts": agent["contacts"],
+                     **measures, "customers flagged": f"{agent['flagged_share']:.0%}",
+                     **({"mood shift": round(agent["sentiment_shift"], 3)} if "sentiment_shift" in agent else {}),
+                     "coaching": agent["coaching"]})
+    return rows
+
+
+def _agents_section(card: pd.DataFrame) -> str:
+    """The agents' scorecard, or what it needs when no contact names its agent."""
+    if card.empty:
+        return ("<p>No contact tonight names its agent: add an agent_id column to the interactions (or the "
+                "transcripts) to get a scorecard per agent.</p>")
+    return (f"<p>{len(card):,} agents. Each measure is shrunk toward the centre's mean (so an agent seen on few "
+            f"contacts is not ranked on luck), with its 90% interval; `carelens agents` scores a window of nights."
+            f"</p>" + table_html(_agent_rows(card)))
 
 
 def drift_figure(row: dict) -> Figure:
@@ -104,7 +132,7 @@ def _dropped_section(dropped: list[dict]) -> str:
 
 
 def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd.DataFrame, facts: list[dict],
-                    drift: list[dict], warnings: list[str], dropped: list[dict]) -> str:
+                    drift: list[dict], warnings: list[str], dropped: list[dict], agents: pd.DataFrame) -> str:
     """The HTML page a supervisor opens in the morning."""
     sections = [("Tonight's run", table_html(facts))]
     if warnings:
@@ -117,6 +145,7 @@ def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd
                  ("Risk distribution", figure_html(_risk_figure(customers)))]
     if len(flagged):
         sections.append(("Actions", figure_html(_types_figure(flagged))))
+    sections.append(("Agents", _agents_section(agents)))
     if "agent_empathy_mean" in contacts.columns and contacts["agent_empathy_mean"].notna().any():
         sections.append(("Agent empathy vs churn risk", figure_html(_empathy_figure(contacts))))
     sections.append(("Is tonight's data like the training data?",
@@ -142,7 +171,7 @@ def _write_summary(run: Run, scorer: Scorer, flags: dict, tonight: Tonight, scor
              *({"item": f"{name} model alone would flag", "value": counted(count, "customer")}
                for name, count in flags["alone"].items())]
     page = nightly_summary(customers, flagged, predictions, facts, flags["drift"], ranked_warnings(run, scorer, flags),
-                           scored["dropped"])
+                           scored["dropped"], agent_scorecard(predictions, flagged["customer_id"], redact=run.redact))
     write_text(page, run.out / SUMMARY)
     return {"path": str(run.out / SUMMARY)}
 

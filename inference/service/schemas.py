@@ -84,6 +84,16 @@ class FlagRequest(BaseModel):
         return self
 
 
+class CitedTurn(BaseModel):
+    """The turn of the customer's conversation a reason stands on."""
+
+    reason: str = Field(description="The reason, as in `reasons`.")
+    turn: int = Field(description="The turn's index in its conversation, from 0.")
+    speaker: Literal["agent", "customer"]
+    quote: str = Field(description="The turn's text, on one line, cut to 120 characters (masked when the service "
+                                   "redacts).")
+
+
 class FlaggedCustomer(BaseModel):
     """A customer at risk, with their riskiest contact, why, and what the centre should do."""
 
@@ -97,6 +107,45 @@ class FlaggedCustomer(BaseModel):
     action: str
     risk: float = Field(description="The larger of churn_risk and retaliation_risk; customers are sorted by it.")
     contact_id: str
+    agent_id: Optional[str] = Field(None, description="Who answered the contact, when the contact or its "
+                                                      "conversation names them.")
+    evidence: list[CitedTurn] = Field(default_factory=list, description="For each reason that comes from the "
+                                                                       "conversation, the turn it stands on.")
+
+
+class CoachingExample(BaseModel):
+    """One of the agent's own turns that showed a mechanism least."""
+
+    contact_id: str
+    turn: int
+    score: float = Field(description="The turn's expected level of the mechanism, 0 (none) to 2 (strong).")
+    quote: str
+
+
+class CoachingHint(BaseModel):
+    """A mechanism where the agent lies furthest below the centre, with two of their own turns."""
+
+    mechanism: Literal["emotional_reactions", "interpretations", "explorations"]
+    agent: float = Field(description="The agent's shrunk mean level, 0–2.")
+    centre: float = Field(description="The centre's mean level, 0–2.")
+    examples: list[CoachingExample]
+
+
+class AgentCard(BaseModel):
+    """One agent's scorecard over the request's contacts (measures shrunk toward the centre's mean)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    agent_id: str
+    contacts: int
+    customers: int
+    flagged_share: float = Field(description="Share of the agent's customers flagged.")
+    empathy: Optional[float] = Field(None, description="Mean empathy 0–1, shrunk toward the centre's; each mechanism "
+                                                       "(0–2) and a 90% interval (`_low`, `_high`) follow as extra "
+                                                       "fields.")
+    empathy_rank: Optional[int] = Field(None, description="1 = most empathic, by the shrunk mean.")
+    coaching: str = Field(description="The hints in one line.")
+    hints: list[CoachingHint]
 
 
 class Joins(BaseModel):
@@ -123,6 +172,8 @@ class FlagResponse(BaseModel):
     customers: list[FlaggedCustomer]
     warnings: list[str] = Field(description="E.g. how many answered contacts had no conversation features.")
     joins: Optional[Joins] = Field(None, description="How the transcripts met the contacts (none given: null).")
+    agents: list[AgentCard] = Field(default_factory=list, description="A scorecard per agent the contacts name, most "
+                                                                      "empathic first.")
 
 
 class Health(BaseModel):
