@@ -501,20 +501,23 @@ def _conversations(rng: np.random.Generator, interactions: pd.DataFrame, truth: 
     contacts = interactions[answered]
     if contacts.empty:
         return []
-    turns, counts = _turns(rng, contacts, truth["care_quality"].to_numpy()[answered], params)
+    turns, counts, reasons = _turns(rng, contacts, truth["care_quality"].to_numpy()[answered], params)
     bounds = np.concatenate(([0], np.cumsum(counts))).tolist()
     started = contacts["started_at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ").tolist()
     heads = zip(identifiers("V", len(contacts)).tolist(), contacts["customer_id"].tolist(),
-                contacts["contact_id"].tolist(), contacts["agent_id"].tolist(), contacts["channel"].tolist(), started)
+                contacts["contact_id"].tolist(), contacts["agent_id"].tolist(), contacts["channel"].tolist(), started,
+                reasons.tolist())
+    # `contact_reason` is a label like the turns' own: the truth a call-driver clustering is measured against.
     return [{"conversation_id": conversation_id, "customer_id": customer, "contact_id": contact, "agent_id": agent,
-             "channel": channel, "started_at": at, "text_source": SYNTHETIC_TEXT,
+             "channel": channel, "started_at": at, "text_source": SYNTHETIC_TEXT, "contact_reason": reason,
              "turns": turns[bounds[i]:bounds[i + 1]]}
-            for i, (conversation_id, customer, contact, agent, channel, at) in enumerate(heads)]
+            for i, (conversation_id, customer, contact, agent, channel, at, reason) in enumerate(heads)]
 
 
 def _turns(rng: np.random.Generator, contacts: pd.DataFrame, quality: np.ndarray,
-           params: GeneratorParams) -> tuple[list[dict], np.ndarray]:
-    """All conversations' turns laid end to end, worded, timed and labelled, and the number of turns in each."""
+           params: GeneratorParams) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """All conversations' turns laid end to end, worded, timed and labelled; the number of turns in each; and why
+    each customer came (the issue or the request their opening names)."""
     problem, resolved = contacts["product_problem"].to_numpy(), contacts["resolved"].to_numpy()
     channel_code = pd.Categorical(contacts["channel"], categories=CHANNELS).codes.astype(int)
     base, per_problem, per_poor = params.turn_pairs_extra
@@ -533,10 +536,11 @@ def _turns(rng: np.random.Generator, contacts: pd.DataFrame, quality: np.ndarray
     agent = _agent_texts(rng, kind, levels, warmth, problem[conversation], resolved[conversation],
                          written[conversation])
     customer = _customer_texts(rng, kind, sentiment, problem[conversation])
-    texts = _filled(rng, np.where(is_agent, agent, customer), conversation, pairs.size)
+    texts, picks = _filled(rng, np.where(is_agent, agent, customer), conversation, pairs.size)
     start_s, end_s = _timings(rng, np.fromiter(map(len, texts), int, texts.size), conversation, index, kind,
                               channel_code, quality, contacts["hold_time_s"].to_numpy(), params)
-    return _turn_records(texts, is_agent, sentiment, levels, start_s, end_s), counts
+    reasons = np.where(problem, picks["issue"], picks["request"])
+    return _turn_records(texts, is_agent, sentiment, levels, start_s, end_s), counts, reasons
 
 
 def _turn_kinds(pairs: np.ndarray, farewell: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -613,16 +617,18 @@ def _joined(*parts: np.ndarray) -> np.ndarray:
     return np.asarray([" ".join(p for p in row if p) for row in zip(*parts)], dtype=object)
 
 
-def _filled(rng: np.random.Generator, templates: np.ndarray, conversation: np.ndarray, n: int) -> np.ndarray:
-    """Templates with each conversation's product, issue, request and agent name filled in."""
+def _filled(rng: np.random.Generator, templates: np.ndarray, conversation: np.ndarray, n: int
+            ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(templates with each conversation's product, issue, request and agent name filled in; those picks per
+    conversation)."""
     slots = {"product": phrases.PRODUCTS, "issue": phrases.ISSUES, "request": phrases.REQUESTS,
              "agent": phrases.AGENT_NAMES}
-    picks = {name: np.asarray(bank, dtype=object)[rng.integers(0, len(bank), n)][conversation].tolist()
-             for name, bank in slots.items()}
+    chosen = {name: np.asarray(bank, dtype=object)[rng.integers(0, len(bank), n)] for name, bank in slots.items()}
+    picks = {name: values[conversation].tolist() for name, values in chosen.items()}
     return np.asarray([
         text.format(product=picks["product"][i], issue=picks["issue"][i], request=picks["request"][i],
                     agent=picks["agent"][i], company=phrases.COMPANY) if "{" in text else text
-        for i, text in enumerate(templates.tolist())], dtype=object)
+        for i, text in enumerate(templates.tolist())], dtype=object), chosen
 
 
 def _end_sentiments(rng: np.random.Generator, quality_gap: np.ndarray, resolved: np.ndarray, problem: np.ndarray,

@@ -11,6 +11,7 @@ import pandas as pd
 from carelens.data.errors import UsageError
 from carelens.data.redaction import redacted_conversation
 from carelens.inference.agents import agent_scorecard, scorecard_records
+from carelens.inference.drivers import driver_report, report_records
 from carelens.inference.contacts import (
     PREDICTION_COLUMNS, Conversations, Interactions, MissingConversations, PathLike, contact_predictions,
     conversation_list, extra_columns, features_frame, features_needed, interactions_frame, join_report,
@@ -20,6 +21,7 @@ from carelens.data.readers import Keys
 from carelens.inference.selection import checked_selection, explained, per_customer, ranked_customers, selected
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.names import TABULAR_MODELS
+from carelens.models.drivers import DriverModel, drivers_for
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import RiskModel, load_tabular
 from carelens.models.scoring import (
@@ -66,6 +68,8 @@ class Scorer:
     redact: bool = False
     #: What the caller should know about these models (e.g. a transcript model trained on synthetic text only).
     warnings: list = field(default_factory=list)
+    #: The call drivers fitted on the transcript model's embeddings, when the registry has them.
+    drivers: Optional[DriverModel] = None
 
     @classmethod
     def load(cls, registry: Optional[Union[Registry, PathLike]] = None, version: Versions = "latest",
@@ -92,7 +96,10 @@ class Scorer:
             else:
                 metadata[MODEL_NAME] = store.open(MODEL_NAME, wanted).metadata
             versions[MODEL_NAME] = metadata[MODEL_NAME]["version"]
-        scorer = cls(loaded["churn"], loaded["retaliation"], transcripts, versions, metadata, redact=redact)
+        drivers = transcripts.drivers if transcripts is not None else \
+            drivers_for(store, versions[MODEL_NAME]) if MODEL_NAME in versions else None
+        scorer = cls(loaded["churn"], loaded["retaliation"], transcripts, versions, metadata, redact=redact,
+                     drivers=drivers)
         scorer.check_schemas(store.root, pinned=isinstance(version, dict) if pinned is None else pinned)
         transcript_metadata = metadata.get(MODEL_NAME, {})
         scorer.warnings += [w for w in (training_text_warning(transcript_metadata) if transcript_metadata else None,
@@ -257,7 +264,8 @@ class Scorer:
         ({"contact_id": "convo_id"}). The result's `attrs["joins"]` says how the conversations matched the contacts
         (`join_report`), and `attrs["warnings"]` lists what the caller should know (answered contacts without
         conversation features; with `strict`, that raises MissingConversations); `attrs["agents"]` is the scorecard
-        of the agents the contacts name, as records (`agent_scorecard`; empty when none does)."""
+        of the agents the contacts name, as records (`agent_scorecard`; empty when none does), and `attrs["drivers"]`
+        the call drivers of their conversations (`driver_report`; empty without a drivers model)."""
         checked_selection(capacity, threshold)
         table = self.contact_table(interactions, transcripts, transcript_features, keys)
         predictions = self.contact_predictions(table)
@@ -268,6 +276,7 @@ class Scorer:
         flagged = self._warned(self.flagged(predictions, capacity, threshold), gap, joins)
         flagged.attrs["agents"] = scorecard_records(agent_scorecard(predictions, flagged["customer_id"],
                                                                     redact=self.redact))
+        flagged.attrs["drivers"] = report_records(driver_report(predictions, flagged["customer_id"], self.drivers))
         return flagged
 
     def _warned(self, result: pd.DataFrame, gap: Optional[str], joins: Optional[dict]) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from carelens.data.contracts import (
 )
 from carelens.data.errors import CareLensError, UsageError
 from carelens.data.readers import Keys, checked_keys, header_lines, read_table
-from carelens.models.conversation_features import AGENT, EVIDENCE, FEATURE_COLUMNS, TRANSCRIPT_FEATURES
+from carelens.models.conversation_features import AGENT, DRIVER, EVIDENCE, FEATURE_COLUMNS, TRANSCRIPT_FEATURES
 from carelens.models.scoring import as_conversations
 from carelens.models.tabular import RiskModel
 
@@ -23,8 +23,8 @@ Conversations = Union[Sequence[Union[Conversation, dict]], PathLike]
 PREDICTION_COLUMNS = ["customer_id", "contact_id", "churn_risk", "retaliation_risk", "retaliation_type",
                       "churn_flagged", "retaliation_flagged"]
 #: What a contact's prediction carries beside its scores for the supervisor's pages: who answered it (the
-#: interactions' agent_id, else its conversation's) and the turns its conversation features stand on.
-CONTEXT_COLUMNS = [AGENT, EVIDENCE]
+#: interactions' agent_id, else its conversation's), the turns its conversation features stand on, and its driver.
+CONTEXT_COLUMNS = [AGENT, EVIDENCE, DRIVER]
 
 
 class MissingConversations(CareLensError):
@@ -102,7 +102,7 @@ def with_conversation_features(table: pd.DataFrame, features: Optional[pd.DataFr
     """Validated interactions with the conversation features and evidence joined on contact_id (NaN where a contact
     has no conversation, which the models were trained to expect; every contact's when `features` is None), and the
     conversation's agent where the interactions name none."""
-    columns = ["contact_id", AGENT, *FEATURE_COLUMNS, EVIDENCE]
+    columns = ["contact_id", AGENT, *FEATURE_COLUMNS, EVIDENCE, DRIVER]
     per_contact = last_per_contact(features.reindex(columns=columns) if features is not None
                                    else pd.DataFrame(columns=columns))
     joined = table.merge(per_contact.rename(columns={AGENT: "conversation_agent"}).astype({"contact_id": str}),

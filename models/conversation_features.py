@@ -15,6 +15,8 @@ from carelens.data.contracts import MECHANISMS, Column, TableContract
 KEYS = ["conversation_id", "customer_id", "contact_id"]
 #: Who answered the conversation (the transcripts contract's optional `agent_id`), written beside the features.
 AGENT = "agent_id"
+#: Why the customer came: the call driver of their opening turn (`carelens train drivers`), when drivers are fitted.
+DRIVER = "driver"
 #: The turns a conversation feature stands on, as JSON text: `EVIDENCE_TURNS` name → {turn, speaker, quote, score}.
 EVIDENCE = "evidence"
 #: Each conversation's place in the batch it was scored in: turns roll up by it, not by conversation_id, so two
@@ -198,18 +200,25 @@ def evidence_json(turns: pd.DataFrame) -> pd.Series:
                      dtype=object)
 
 
+def opening_drivers(turns: pd.DataFrame) -> pd.Series:
+    """Per conversation (POSITION), the driver its opening turn was assigned (none without drivers)."""
+    named = turns[turns[DRIVER].notna()] if DRIVER in turns.columns else turns.iloc[:0]
+    return named.groupby(POSITION, sort=False)[DRIVER].first().astype(object).rename(DRIVER) if len(named) else \
+        pd.Series(dtype=object, name=DRIVER)
+
+
 def conversation_features(turns: pd.DataFrame, conversations: pd.DataFrame) -> pd.DataFrame:
     """One row per conversation in `conversations` (ids, AGENT and POSITION, in its order): FEATURE_COLUMNS from the
-    turn scores, matched on POSITION, and the EVIDENCE turns behind them.
+    turn scores, matched on POSITION, the EVIDENCE turns behind them and the call DRIVER of its opening.
 
     A feature is NaN where its turns are absent (no scored customer turn: no sentiment; no scored agent turn: no
     empathy; no timestamps: no timing); turn counts are 0 then, so a model can tell missing from neutral. Agent turns
     carry `empathy`, `empathic` and, per mechanism, EMPATHY_LEVEL_COLUMNS and EMPATHY_PRESENT_COLUMNS.
     """
     parts = [sentiment_features(turns), empathy_features(turns), timing_features(turns),
-             evidence_json(turns).rename(EVIDENCE)]
+             evidence_json(turns).rename(EVIDENCE), opening_drivers(turns)]
     joined = conversations[[*KEYS, AGENT, POSITION]].join(pd.concat(parts, axis=1), on=POSITION)
-    joined = joined.reindex(columns=[*KEYS, AGENT, *FEATURE_COLUMNS, EVIDENCE])
+    joined = joined.reindex(columns=[*KEYS, AGENT, *FEATURE_COLUMNS, EVIDENCE, DRIVER])
     joined[COUNT_FEATURES] = joined[COUNT_FEATURES].fillna(0).astype(int)
     return joined.astype({c: float for c in FEATURE_COLUMNS if c not in COUNT_FEATURES}).reset_index(drop=True)
 

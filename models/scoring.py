@@ -20,8 +20,9 @@ from carelens.data.adapters import answered_customer_texts
 from carelens.data.contracts import LEVEL_NAMES, Conversation
 from carelens.data.readers import Keys, conversation_from_record
 from carelens.models.conversation_features import (
-    AGENT, EMPATHY_LEVEL_COLUMNS, EMPATHY_PRESENT_COLUMNS, KEYS, POSITION, conversation_features,
+    AGENT, DRIVER, EMPATHY_LEVEL_COLUMNS, EMPATHY_PRESENT_COLUMNS, KEYS, POSITION, conversation_features,
 )
+from carelens.models.drivers import DriverModel, drivers_for
 from carelens.models.registry import Registry, RegistryError
 from carelens.data.errors import CareLensError, UsageError
 from carelens.models.runtimes import (
@@ -158,8 +159,9 @@ class TranscriptPipeline:
     calls when `cache_entries` > 0. A window longer than the budget goes in a batch of its own."""
 
     def __init__(self, model: TranscriptModel, runtime: Optional[Runtime] = None,
-                 token_budget: int = DEFAULT_TOKEN_BUDGET, cache_entries: int = 0):
-        self.model, self.token_budget = model, token_budget
+                 token_budget: int = DEFAULT_TOKEN_BUDGET, cache_entries: int = 0,
+                 drivers: Optional[DriverModel] = None):
+        self.model, self.token_budget, self.drivers = model, token_budget, drivers
         self.runtime = runtime or TorchRuntime(model.encoder)
         self.encodings = EncodingCache(cache_entries) if cache_entries else None
 
@@ -225,7 +227,8 @@ def load_scoring_pipeline(registry: Union[Registry, PathLike, None] = None, vers
                           options: ScoringOptions = ScoringOptions()) -> tuple[TranscriptPipeline, dict]:
     """The published transcript model as a scoring pipeline, and its metadata (with a `runtime_warning` when the
     default runtime fell back, see `ScoringOptions.resolved`): checksums and library versions verified by the registry
-    first, and this process's threads set as `options` say."""
+    first, and this process's threads set as `options` say. The registry's call drivers come with it when they were
+    fitted on this transcript model's embeddings."""
     registry = registry if isinstance(registry, Registry) else Registry(registry)
     version = registry.resolve(MODEL_NAME, version)  # once: `latest` may move while we load
     runtime, precision, warning = options.resolved(registry.directory(MODEL_NAME, version))
@@ -236,7 +239,8 @@ def load_scoring_pipeline(registry: Union[Registry, PathLike, None] = None, vers
     chosen = (TorchRuntime(model.encoder, precision, options.device) if runtime == "torch"
               else OnnxRuntime(onnx_file(artifact.path, precision), precision, threads))
     metadata = {**artifact.metadata, **({"runtime_warning": warning} if warning else {})}
-    return TranscriptPipeline(model, chosen, options.token_budget, options.cache_entries), metadata
+    return TranscriptPipeline(model, chosen, options.token_budget, options.cache_entries,
+                              drivers_for(registry, version)), metadata
 
 
 # -- conversations ----------------------------------------------------------------------------------------------
@@ -276,7 +280,8 @@ def score_turns(pipeline: TranscriptPipeline, conversations: Sequence[Union[Conv
     """Turn-level scores. Customer turns get p_negative/p_neutral/p_positive and `sentiment` = P(pos) − P(neg);
     agent turns get each mechanism's expected level (0–2) and whether it is present (its decided level weak or
     strong), `empathy` in [0, 1] and `empathic` (some mechanism present). Blank turns are kept but not scored (NaN);
-    `windows` counts encoder windows per turn; each row keeps the turn's `text`, to read its scores beside."""
+    `windows` counts encoder windows per turn; each row keeps the turn's `text`, to read its scores beside. With the
+    pipeline's `drivers`, each conversation's first customer turn that says something gets its call `driver`."""
     model = pipeline.model
     turns = turn_table(as_conversations(conversations))
     blank = turns["text"].str.strip() == ""
@@ -292,6 +297,11 @@ def score_turns(pipeline: TranscriptPipeline, conversations: Sequence[Union[Conv
                                                                            desc="customer turns")
     sentiment = model.postprocess_sentiment(model.head_logits(pooled)[0], texts)
     scores.loc[customer, PROBABILITY_COLUMNS] = sentiment
+    scores[DRIVER] = None
+    if pipeline.drivers is not None:
+        # The opening turn's encoding is already here for its sentiment: assigning its driver encodes nothing again.
+        opening = ~turns.loc[customer, POSITION].duplicated().to_numpy()
+        scores.loc[turns.index[customer][opening], DRIVER] = pipeline.drivers.named(pooled[opening])
     scores.loc[customer, "sentiment"] = sentiment[:, 2] - sentiment[:, 0]
     responses = turns.loc[agent, "text"].tolist()
     pooled, scores.loc[agent, "windows"] = pipeline.encode_with_windows(

@@ -30,6 +30,7 @@ from carelens.inference.nightly.layout import FLAGGED_CSV
 from carelens.inference.nightly.summary import drift_figure
 from carelens.inference.predict import written
 from carelens.inference.score import top_table
+from carelens.inference.reasons import evidence_text
 from carelens.inference.selection import FLAG_COLUMNS
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 from carelens.models.registry import Registry
@@ -90,6 +91,9 @@ def flagged_frames(draw) -> pd.DataFrame:
         "action": draw(st.lists(TEXT, min_size=rows, max_size=rows)),
         "risk": draw(st.lists(NUMBER, min_size=rows, max_size=rows)),
         "contact_id": draw(st.lists(TEXT, min_size=rows, max_size=rows)),
+        "agent_id": draw(st.lists(st.one_of(st.none(), TEXT), min_size=rows, max_size=rows)),
+        "evidence": [[{"reason": draw(TEXT), "turn": draw(st.integers(0, 50)), "speaker": "customer",
+                       "quote": draw(TEXT)} for _ in range(draw(st.integers(0, 2)))] for _ in range(rows)],
     }, columns=FLAG_COLUMNS, dtype=object).astype({"churn_risk": float, "retaliation_risk": float, "risk": float})
 
 
@@ -110,7 +114,8 @@ def keyed_frames(draw, keys: list[str], numbers: list[str]) -> pd.DataFrame:
 
 def flagged_csv(frame: pd.DataFrame, tmp_path) -> tuple[pd.DataFrame, object]:
     write_flagged_csv(frame, tmp_path / FLAGGED_CSV)
-    return frame.assign(reasons=frame["reasons"].str.join("; ")), tmp_path / FLAGGED_CSV
+    return frame.assign(reasons=frame["reasons"].str.join("; "), evidence=frame["evidence"].map(evidence_text)), \
+        tmp_path / FLAGGED_CSV
 
 
 def predicted_csv(frame: pd.DataFrame, tmp_path) -> tuple[pd.DataFrame, object]:
@@ -331,7 +336,9 @@ def test_html_pages_show_direction_controls_as_escapes():
     card = pd.DataFrame({"agent_id": [REVERSED_ID], "contacts": [1], "customers": [1], "flagged_share": [1.0],
                          "coaching": [REVERSED_ID]})
     pages = [table_html([{REVERSED_ID: REVERSED_ID}]), html_report(REVERSED_ID, [(REVERSED_ID, "")]),
-             nightly_summary(flagged, flagged, pd.DataFrame({"x": []}), [], [], [REVERSED_ID], [], card)]
+             nightly_summary(flagged, flagged, pd.DataFrame({"x": []}), [], [], [REVERSED_ID], [], card,
+                             pd.DataFrame({"driver": [REVERSED_ID], "contacts": [1], "share": [1.0],
+                                           "flagged_share": [1.0], "mean_risk": [0.9]}))]
     for page in pages:
         assert not re.search("[\u202a-\u202e\u2066-\u2069\u200e\u200f]", page)
         assert html.escape(escaped(REVERSED_ID)) in page

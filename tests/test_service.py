@@ -23,7 +23,7 @@ from carelens.inference.cli import app as cli
 from carelens.inference.service import ServiceSettings, create_app
 from carelens.inference.service.dependencies import API_KEY_HEADER
 from conftest import SERVICE_KEY, SERVICE_LIMITS
-from carelens.inference.service.routes import headline_metrics
+from carelens.inference.service.routes import SCORED_COLUMNS, headline_metrics
 from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.scoring import ScoringAbandoned, abandonable, as_conversations
@@ -56,7 +56,7 @@ def test_score_returns_the_scorers_features_exactly_with_nan_as_null(client, sco
     conversations = [*day.conversations[:20], untimed(day.conversations[0])]
     response = client.post("/v1/score", json={"conversations": conversations})
     assert response.status_code == 200
-    expected = scorer.score_transcripts(conversations)[[*KEYS, *FEATURE_COLUMNS]]
+    expected = scorer.score_transcripts(conversations)[SCORED_COLUMNS]
     assert response.json()["conversations"] == expected_rows(expected)
     assert response.json()["conversations"][-1]["non_talk_s"] is None
 

@@ -276,6 +276,37 @@ def evaluate_transcripts_command(
         console.print(rows_table(rows, title))
 
 
+@train_app.command("drivers")
+def train_drivers_command(
+    transcripts: Annotated[list[Path], typer.Option(help="History's transcripts (JSON Lines, long-form Parquet or "
+                                                         "ABCD JSON); repeatable.")],
+    registry: RegistryOption = None,
+    version: Annotated[str, typer.Option(help="Transcript model version whose encoder embeds the openings (the "
+                                              "nightly job must score with the same one).")] = "latest",
+    drivers: Annotated[Optional[int], typer.Option(min=2, help="Number of drivers (default: chosen by silhouette "
+                                                               "among 4-40).")] = None,
+    seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed of the clustering.")] = 0,
+) -> None:
+    """Find the call drivers of history: the customer's opening turns embedded by the transcript model's encoder,
+    clustered (k-means; the number of drivers chosen by silhouette unless given), each driver named by its most
+    distinctive terms (class-based TF-IDF). Published as the `drivers` model: the nightly job then assigns each
+    conversation its driver from the encoding it already computes."""
+    from carelens.data.adapters import read_conversations
+    from carelens.models.scoring import load_scoring_pipeline
+    from carelens.training.drivers import DRIVER_COUNTS, fit_drivers, publish_drivers
+    with user_errors():
+        pipeline, metadata = load_scoring_pipeline(registry, version)
+        conversations = [c for path in transcripts for c in read_conversations(path)]
+        model, found = fit_drivers(pipeline, conversations, metadata["version"],
+                                   [drivers] if drivers else DRIVER_COUNTS, seed)
+        artifact = publish_drivers(model, found, _registry(registry), ", ".join(map(str, transcripts)))
+    console.print(rows_table([{"driver": name, "share of history": f"{share:.1%}"}
+                              for name, share in zip(model.names, model.training_share)],
+                             f"{len(model.names)} drivers of {found['conversations']:,} conversations"))
+    console.print(f"published drivers {artifact.version} (on transcripts {metadata['version']}'s embeddings) to "
+                  f"{artifact.path}", soft_wrap=True)
+
+
 @label_app.command("suggest")
 def suggest_command(
     transcripts: Annotated[list[Path], typer.Option(help="Transcripts to pick from (JSON Lines, long-form Parquet or "

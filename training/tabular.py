@@ -16,7 +16,9 @@ from carelens.data.contracts import (
     CATEGORICAL_FEATURES, INTERACTION_FEATURES, INTERACTIONS, Column, ContractError, TableContract, validated,
 )
 from carelens.data.readers import header_lines, read_interactions, read_labels, read_table
-from carelens.models.conversation_features import COUNT_FEATURES, FEATURE_COLUMNS, FEATURE_GROUPS, features_lineage
+from carelens.models.conversation_features import (
+    AGENT, COUNT_FEATURES, DRIVER, EVIDENCE, FEATURE_COLUMNS, FEATURE_GROUPS, features_lineage,
+)
 from carelens.models.drift import numeric_distribution
 from carelens.models.registry import Artifact, Registry, frame_fingerprint
 from carelens.models.tabular import RiskModel, save_model
@@ -26,8 +28,9 @@ from carelens.training.report import tabular_report
 
 PathLike = Union[str, Path]
 KEYS = ("contact_id", "customer_id")
-#: Columns that identify or date a row: never features unless declared.
-NOT_FEATURES = ("contact_id", "customer_id", "agent_id", "started_at")
+#: Columns that identify or date a row, or tell a supervisor about it (who answered, the turns quoted, why the customer
+#: came): never features unless declared.
+NOT_FEATURES = ("contact_id", "customer_id", AGENT, "started_at", EVIDENCE, DRIVER)
 #: Rows held out for the reported figures; the rest train, calibrate (cross-fitted) and set the threshold.
 TEST_SHARE = 0.2
 #: Split seeds the headline figures are averaged over: on a few hundred test rows one split can mislead.
@@ -172,7 +175,7 @@ def with_features_from(data: LabelledData, tables: Sequence[PathLike]) -> Labell
             raise ContractError(str(path), f"duplicate value {extra[key][repeated].iloc[0]!r}, expected each {key} "
                                            f"once", row=int(np.flatnonzero(repeated)[0]) + header_lines(path) + 1,
                                 column=key)
-        numeric = [c for c in extra.columns if c not in (*KEYS, *COUNT_FEATURES)
+        numeric = [c for c in extra.columns if c not in (*KEYS, *COUNT_FEATURES, *NOT_FEATURES)
                    and pd.api.types.is_numeric_dtype(extra[c])]
         clash = [c for c in numeric if c in frame.columns]
         if clash:

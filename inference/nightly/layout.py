@@ -8,7 +8,7 @@ from typing import Union
 import pyarrow as pa
 
 from carelens.data.errors import CareLensError
-from carelens.models.conversation_features import AGENT, EVIDENCE, FEATURE_COLUMNS, KEYS
+from carelens.models.conversation_features import AGENT, DRIVER, EVIDENCE, FEATURE_COLUMNS, KEYS
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -59,7 +59,7 @@ TEMPORARY_NAME = re.compile(rf"\.(?P<target>.+){re.escape(TEMPORARY_MARK)}[0-9]+
 #: Where each scored conversation came from, beside its ids and features.
 FEATURE_FIELDS = [pa.field("source", pa.string()), pa.field("line", pa.int64()),
                   *(pa.field(k, pa.string()) for k in [*KEYS, AGENT]), *(pa.field(f, pa.float64()) for f in FEATURE_COLUMNS),
-                  pa.field(EVIDENCE, pa.string())]
+                  pa.field(EVIDENCE, pa.string()), pa.field(DRIVER, pa.string())]
 
 
 FEATURES_SCHEMA = pa.schema(FEATURE_FIELDS)
@@ -75,7 +75,7 @@ class InputChanged(CareLensError, RuntimeError):
 
 PREDICTION_DTYPES = {"customer_id": str, "contact_id": str, "churn_risk": float, "retaliation_risk": float,
                      "retaliation_type": str, "churn_flagged": bool, "retaliation_flagged": bool, AGENT: str,
-                     EVIDENCE: str}
+                     EVIDENCE: str, DRIVER: str}
 
 
 PathLike = Union[str, Path]

@@ -17,12 +17,12 @@ from carelens.inference.nightly.layout import FEATURES, PREDICTION_DTYPES, PREDI
 from carelens.inference.nightly.plan import Run
 from carelens.inference.nightly.storage import commit_unit, done_keys, read_parts
 from carelens.inference.nightly.units import check_unchanged, table_chunks
-from carelens.models.conversation_features import AGENT, EVIDENCE, FEATURE_COLUMNS
+from carelens.models.conversation_features import AGENT, DRIVER, EVIDENCE, FEATURE_COLUMNS
 
 
 def _saved_features(out: Path) -> pd.DataFrame:
     """Every committed conversation's contact_id and features (the last conversation of a contact wins)."""
-    columns = ["contact_id", AGENT, *FEATURE_COLUMNS, EVIDENCE]
+    columns = ["contact_id", AGENT, *FEATURE_COLUMNS, EVIDENCE, DRIVER]
     return last_per_contact(read_parts(out, FEATURES, columns) if done_keys(out, FEATURES)
                             else pd.DataFrame(columns=columns))
 

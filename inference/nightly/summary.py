@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from carelens.data.html import figure_html, html_report, plot_label, shown, table_html
 from carelens.inference.agents import MEASURES, agent_scorecard
 from carelens.inference.api import Scorer
+from carelens.inference.drivers import GROWTH_RATIO, driver_report
 from carelens.inference.nightly.flags import Tonight, committed_predictions, ranked_warnings
 from carelens.inference.contacts import join_lines
 from carelens.inference.nightly.layout import DEAD_LETTER, FLAGGED_PARQUET, SUMMARY
@@ -131,8 +132,27 @@ def _dropped_section(dropped: list[dict]) -> str:
     return f"<p>Every dropped record is in {DEAD_LETTER} with its reason.</p>" + table_html(rows)
 
 
+def _drivers_section(report: pd.DataFrame) -> str:
+    """The call drivers of tonight's conversations, those that grew against the training period named first."""
+    if report.empty:
+        return ("<p>No call drivers: fit them on history with `carelens train drivers` to see why customers "
+                "contacted you, and which reasons grew tonight.</p>")
+    grown = report[report["grew"]]["driver"].tolist() if "grew" in report.columns else []
+    verdict = (f"<p><strong>Grew tonight</strong> (at least {GROWTH_RATIO:g}× the training share, beyond chance): "
+               f"{shown(', '.join(grown))}.</p>" if grown else "<p>No driver grew beyond chance against the training "
+                                                             "period.</p>")
+    rows = [{"driver": r["driver"], "contacts": r["contacts"], "share tonight": f"{r['share']:.1%}",
+             **({"share at training": f"{r['training_share']:.1%}", "grew": "yes" if r["grew"] else ""}
+                if "training_share" in r else {}),
+             "customers flagged": f"{r['flagged_share']:.0%}", "mean risk": round(r["mean_risk"], 3),
+             **({"mood": round(r["sentiment"], 3)} if pd.notna(r.get("sentiment")) else {})}
+            for r in report.to_dict("records")]
+    return verdict + table_html(rows)
+
+
 def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd.DataFrame, facts: list[dict],
-                    drift: list[dict], warnings: list[str], dropped: list[dict], agents: pd.DataFrame) -> str:
+                    drift: list[dict], warnings: list[str], dropped: list[dict], agents: pd.DataFrame,
+                    drivers: pd.DataFrame) -> str:
     """The HTML page a supervisor opens in the morning."""
     sections = [("Tonight's run", table_html(facts))]
     if warnings:
@@ -145,7 +165,7 @@ def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd
                  ("Risk distribution", figure_html(_risk_figure(customers)))]
     if len(flagged):
         sections.append(("Actions", figure_html(_types_figure(flagged))))
-    sections.append(("Agents", _agents_section(agents)))
+    sections += [("Call drivers", _drivers_section(drivers)), ("Agents", _agents_section(agents))]
     if "agent_empathy_mean" in contacts.columns and contacts["agent_empathy_mean"].notna().any():
         sections.append(("Agent empathy vs churn risk", figure_html(_empathy_figure(contacts))))
     sections.append(("Is tonight's data like the training data?",
@@ -171,7 +191,8 @@ def _write_summary(run: Run, scorer: Scorer, flags: dict, tonight: Tonight, scor
              *({"item": f"{name} model alone would flag", "value": counted(count, "customer")}
                for name, count in flags["alone"].items())]
     page = nightly_summary(customers, flagged, predictions, facts, flags["drift"], ranked_warnings(run, scorer, flags),
-                           scored["dropped"], agent_scorecard(predictions, flagged["customer_id"], redact=run.redact))
+                           scored["dropped"], agent_scorecard(predictions, flagged["customer_id"], redact=run.redact),
+                           driver_report(predictions, flagged["customer_id"], scorer.drivers))
     write_text(page, run.out / SUMMARY)
     return {"path": str(run.out / SUMMARY)}
 

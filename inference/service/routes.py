@@ -14,7 +14,7 @@ from carelens.inference.service.dependencies import ServiceDep, require_key, sco
 from carelens.inference.service.json_body import CheckedJSONRoute
 from carelens.inference.service.schemas import FlagRequest, FlagResponse, Health, Models, ScoreRequest, ScoreResponse
 from carelens.inference.service.settings import ServiceSettings
-from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
+from carelens.models.conversation_features import AGENT, DRIVER, EVIDENCE, FEATURE_COLUMNS, KEYS
 
 TABULAR_HEADLINES = ("roc_auc", "pr_auc", "ece", "macro_f1")
 
@@ -24,6 +24,10 @@ def _check_batch(items: Sequence, name: str, settings: ServiceSettings) -> None:
     if len(items) > settings.max_batch:
         raise HTTPException(413, f"{name}: got {len(items):,} items, at most {settings.max_batch:,} are taken per "
                                  f"request; split the batch")
+
+
+#: What /v1/score answers per conversation and /v1/flag takes back as `transcript_features`.
+SCORED_COLUMNS = [*KEYS, AGENT, *FEATURE_COLUMNS, EVIDENCE, DRIVER]
 
 
 def _json_records(frame: pd.DataFrame) -> list[dict]:
@@ -45,19 +49,19 @@ def headline_metrics(metadata: dict) -> dict[str, Optional[float]]:
 def _features_answer(scorer: Scorer, request: ScoreRequest) -> dict:
     """The /v1/score answer: each conversation's ids and transcript features."""
     features = scorer.score_transcripts(request.conversations)
-    return {"conversations": _json_records(features[[*KEYS, *FEATURE_COLUMNS]])}
+    return {"conversations": _json_records(features[SCORED_COLUMNS])}
 
 
 def _flag_answer(scorer: Scorer, request: FlagRequest) -> dict:
-    """The /v1/flag answer: the flagged customers, the warnings, how the transcripts met the contacts, and the
-    agents' scorecards."""
+    """The /v1/flag answer: the flagged customers, the warnings, how the transcripts met the contacts, the
+    agents' scorecards and the call drivers."""
     records = [record.model_dump(mode="json") for record in request.interactions]
     scored_features = (pd.DataFrame([row.model_dump() for row in request.transcript_features],
-                                    columns=[*KEYS, *FEATURE_COLUMNS]) if request.transcript_features else None)
+                                    columns=SCORED_COLUMNS) if request.transcript_features else None)
     flagged = scorer.flag_at_risk(records, request.transcripts or None, request.capacity, request.threshold,
                                   transcript_features=scored_features, strict=request.strict)
     return {"customers": _json_records(flagged[FLAG_COLUMNS]), "warnings": flagged.attrs["warnings"],
-            "joins": flagged.attrs["joins"], "agents": flagged.attrs["agents"]}
+            "joins": flagged.attrs["joins"], "agents": flagged.attrs["agents"], "drivers": flagged.attrs["drivers"]}
 
 
 # -- endpoints ------------------------------------------------------------------------------------------------------

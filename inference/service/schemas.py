@@ -45,9 +45,14 @@ InteractionRecord = create_model("InteractionRecord", __config__=ConfigDict(extr
                                  **{column.name: _contract_field(column) for column in INTERACTIONS.columns})
 
 TranscriptFeatures = create_model("TranscriptFeatures",
-                                  __doc__="One conversation's ids and transcript features (null: not measurable).",
+                                  __doc__="One conversation's ids and transcript features (null: not measurable), its "
+                                          "agent, the turns its features stand on and its call driver.",
                                   conversation_id=(str, ...), customer_id=(str, ...), contact_id=(Optional[str], None),
-                                  **{name: (Optional[Finite], None) for name in FEATURE_COLUMNS})
+                                  agent_id=(Optional[str], None),
+                                  **{name: (Optional[Finite], None) for name in FEATURE_COLUMNS},
+                                  evidence=(Optional[str], Field(None, description="JSON: evidence name → {turn, "
+                                                                                   "speaker, quote, score}.")),
+                                  driver=(Optional[str], None))
 
 
 class ScoreRequest(BaseModel):
@@ -166,6 +171,19 @@ class Joins(BaseModel):
     abandoned: int
 
 
+class DriverRow(BaseModel):
+    """One call driver among the request's conversations."""
+
+    driver: str = Field(description="Named by its most distinctive terms.")
+    contacts: int
+    share: float = Field(description="Share of the conversations with a driver.")
+    flagged_share: float = Field(description="Share of its customers flagged.")
+    mean_risk: float = Field(description="Mean of the larger of churn and retaliation risk.")
+    sentiment: Optional[float] = Field(None, description="The customers' mean mood, -1 to 1.")
+    training_share: Optional[float] = Field(None, description="Its share of the training period's conversations.")
+    grew: Optional[bool] = Field(None, description="Whether its share rose well beyond the training share.")
+
+
 class FlagResponse(BaseModel):
     """Customers at risk, riskiest first, and what the caller should know about how they were scored."""
 
@@ -174,6 +192,8 @@ class FlagResponse(BaseModel):
     joins: Optional[Joins] = Field(None, description="How the transcripts met the contacts (none given: null).")
     agents: list[AgentCard] = Field(default_factory=list, description="A scorecard per agent the contacts name, most "
                                                                       "empathic first.")
+    drivers: list[DriverRow] = Field(default_factory=list, description="The call drivers of the conversations, "
+                                                                       "largest first (empty without a drivers model).")
 
 
 class Health(BaseModel):

@@ -1,0 +1,55 @@
+"""Call-driver report: per driver tonight, its volume against the training period's, the share of its customers flagged, their mean risk and mood, and which drivers grew."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+import numpy as np
+import pandas as pd
+
+from carelens.models.conversation_features import DRIVER
+from carelens.models.drivers import DriverModel
+
+#: A driver grew when its share of tonight's conversations is at least this many times its training share...
+GROWTH_RATIO = 1.5
+#: ...and the rise is beyond chance: this many binomial standard errors of the training share at tonight's volume.
+GROWTH_Z = 3.0
+
+
+def grew(share: float, trained: float, conversations: int) -> bool:
+    """Whether a driver's share tonight rose past GROWTH_RATIO times its training share by more than GROWTH_Z
+    standard errors (a new driver, unseen at training, grows whenever it appears)."""
+    if trained <= 0:
+        return share > 0
+    error = math.sqrt(trained * (1 - trained) / max(conversations, 1))
+    return share >= GROWTH_RATIO * trained and (share - trained) > GROWTH_Z * error
+
+
+def driver_report(contacts: pd.DataFrame, flagged_customers: Iterable[str] = (),
+                  drivers: Optional[DriverModel] = None) -> pd.DataFrame:
+    """One row per driver of tonight's contacts (per-contact predictions with DRIVER), largest first: contacts, share
+    of the night's conversations and of the training period's (`drivers`), whether it grew (`grew`), the share of its
+    customers flagged, their mean risk (the larger of churn and retaliation) and mean mood; empty without drivers."""
+    named = contacts[contacts[DRIVER].notna()] if DRIVER in contacts.columns else contacts.iloc[:0]
+    if named.empty:
+        return pd.DataFrame(columns=[DRIVER, "contacts", "share"])
+    groups = named.groupby(DRIVER)
+    flagged = set(flagged_customers)
+    report = pd.DataFrame({"contacts": groups.size(), "share": groups.size() / len(named),
+                           "flagged_share": groups["customer_id"].agg(lambda ids: ids.isin(flagged).mean()),
+                           "mean_risk": np.maximum(named["churn_risk"], named["retaliation_risk"]).groupby(
+                               named[DRIVER]).mean()})
+    if "customer_sentiment_mean" in named.columns:
+        report["sentiment"] = groups["customer_sentiment_mean"].mean()
+    if drivers is not None:
+        trained = dict(zip(drivers.names, drivers.training_share))
+        report["training_share"] = [trained.get(name, 0.0) for name in report.index]
+        report["grew"] = [grew(share, trained.get(name, 0.0), len(named))
+                          for name, share in zip(report.index, report["share"])]
+    return report.sort_values("contacts", ascending=False, kind="stable").rename_axis(DRIVER).reset_index()
+
+
+def report_records(report: pd.DataFrame) -> list[dict]:
+    """The driver report as records, missing values as None: what the API and the HTTP service hand on."""
+    return [{key: None if isinstance(value, float) and value != value else value for key, value in row.items()}
+            for row in report.astype(object).to_dict("records")]
