@@ -11,14 +11,15 @@ from carelens.data.html import figure_html, html_report, plot_label, shown, tabl
 from carelens.inference.api import Scorer
 from carelens.inference.nightly.flags import Tonight, committed_predictions, ranked_warnings
 from carelens.inference.contacts import join_lines
-from carelens.inference.nightly.layout import DEAD_LETTER, FLAGGED_PARQUET, SUMMARY
+from carelens.inference.nightly.layout import DEAD_LETTER, FLAGGED_CSV, FLAGGED_PARQUET, SUMMARY
 from carelens.inference.nightly.plan import Run
 from carelens.inference.nightly.report import counted
 from carelens.inference.nightly.storage import commit_stage, finished_stage, write_text
 from carelens.models.drift import MIN_DRIFT_ROWS, PSI_WARNING
 
-#: Flagged customers listed in the summary (all of them are in flagged.csv).
-TOP_LISTED = 25
+#: Flagged customers listed in the summary, riskiest first: enough for a night's work, few enough that the page opens
+#: at once (all of them are in flagged.csv).
+LISTED_AT_MOST = 2_000
 
 
 #: Shifted features whose two distributions are drawn (every feature's PSI is in the table).
@@ -57,11 +58,23 @@ def _types_figure(flagged: pd.DataFrame) -> Figure:
     return fig
 
 
-def _flagged_rows(flagged: pd.DataFrame, limit: int = TOP_LISTED) -> list[dict]:
-    """The riskiest flagged customers as table rows, reasons joined into one cell."""
-    return [{"customer": r.customer_id, "churn risk": round(r.churn_risk, 3),
-             "retaliation risk": round(r.retaliation_risk, 3), "retaliation type": r.retaliation_type,
-             "action": r.action, "reasons": "; ".join(r.reasons)} for r in flagged.head(limit).itertuples()]
+def _flagged_rows(flagged: pd.DataFrame) -> list[dict]:
+    """Flagged customers as table rows, reasons joined into one cell."""
+    return [{"customer": r.customer_id, "churn risk": r.churn_risk, "retaliation risk": r.retaliation_risk,
+             "retaliation type": r.retaliation_type, "action": r.action, "reasons": "; ".join(r.reasons)}
+            for r in flagged.itertuples()]
+
+
+def _flagged_section(flagged: pd.DataFrame) -> str:
+    """The flagged customers, riskiest first, in a table the supervisor sorts and filters; the riskiest
+    LISTED_AT_MOST of a longer list."""
+    if not len(flagged):
+        return f"<p>{NOBODY_FLAGGED}</p>"
+    listed = (f"{counted(len(flagged), 'flagged customer')}, riskiest first." if len(flagged) <= LISTED_AT_MOST else
+              f"The {LISTED_AT_MOST:,} riskiest of {len(flagged):,} flagged customers, riskiest first; {FLAGGED_CSV} "
+              f"holds all of them.")
+    return (f"<p>{listed} Click a column's heading to sort by it; type in the box to keep the rows that hold the "
+            f"text.</p>" + table_html(_flagged_rows(flagged.head(LISTED_AT_MOST)), sortable=True, filterable=True))
 
 
 def drift_figure(row: dict) -> Figure:
@@ -111,9 +124,7 @@ def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd
         sections.append(("Warnings", "<ul>" + "".join(f"<li>{shown(w)}</li>" for w in warnings) + "</ul>"))
     if dropped:
         sections.append(("Dropped records", _dropped_section(dropped)))
-    sections += [(f"Top {min(TOP_LISTED, len(flagged))} of {len(flagged)} flagged customers",
-                  table_html(_flagged_rows(flagged))) if len(flagged) else
-                 ("Flagged customers", f"<p>{NOBODY_FLAGGED}</p>"),
+    sections += [("Flagged customers", _flagged_section(flagged)),
                  ("Risk distribution", figure_html(_risk_figure(customers)))]
     if len(flagged):
         sections.append(("Actions", figure_html(_types_figure(flagged))))
@@ -127,7 +138,7 @@ def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd
 
 def _write_summary(run: Run, scorer: Scorer, flags: dict, tonight: Tonight, scored: dict) -> dict:
     """summary.html: tonight's facts (the run's start, how the transcripts met the contacts) and rule, warnings,
-    dropped records, the top flagged customers and why, risk distributions, actions, empathy vs risk, and whether
+    dropped records, the flagged customers and why, risk distributions, actions, empathy vs risk, and whether
     tonight's data looks like the training data."""
     predictions, customers, flagged = tonight
     joins = scored["joins"]
