@@ -13,7 +13,7 @@ from carelens.inference.api import Scorer
 from carelens.inference.drivers import GROWTH_RATIO, driver_report
 from carelens.inference.nightly.flags import Tonight, committed_predictions, ranked_warnings
 from carelens.inference.contacts import join_lines
-from carelens.inference.nightly.layout import DEAD_LETTER, FLAGGED_PARQUET, SUMMARY
+from carelens.inference.nightly.layout import DEAD_LETTER, FLAGGED_CSV, FLAGGED_PARQUET, SUMMARY
 from carelens.inference.nightly.plan import Run
 from carelens.inference.nightly.report import counted
 from carelens.inference.nightly.storage import commit_stage, finished_stage, write_text
@@ -21,8 +21,9 @@ from carelens.inference.reasons import evidence_text
 from carelens.models.conversation_features import AGENT
 from carelens.models.drift import MIN_DRIFT_ROWS, PSI_WARNING
 
-#: Flagged customers listed in the summary (all of them are in flagged.csv).
-TOP_LISTED = 25
+#: Flagged customers listed in the summary, riskiest first: enough for a night's work, few enough that the page opens
+#: at once (all of them are in flagged.csv).
+LISTED_AT_MOST = 2_000
 
 
 #: Shifted features whose two distributions are drawn (every feature's PSI is in the table).
@@ -61,13 +62,24 @@ def _types_figure(flagged: pd.DataFrame) -> Figure:
     return fig
 
 
-def _flagged_rows(flagged: pd.DataFrame, limit: int = TOP_LISTED) -> list[dict]:
-    """The riskiest flagged customers as table rows, reasons joined into one cell and the turns they stand on into
-    another."""
-    return [{"customer": r.customer_id, "churn risk": round(r.churn_risk, 3),
-             "retaliation risk": round(r.retaliation_risk, 3), "retaliation type": r.retaliation_type,
-             "action": r.action, "reasons": "; ".join(r.reasons), "from the conversation": evidence_text(r.evidence),
-             "agent": r.agent_id if isinstance(r.agent_id, str) else ""} for r in flagged.head(limit).itertuples()]
+def _flagged_rows(flagged: pd.DataFrame) -> list[dict]:
+    """Flagged customers as table rows, reasons joined into one cell and the turns they stand on into another."""
+    return [{"customer": r.customer_id, "churn risk": r.churn_risk, "retaliation risk": r.retaliation_risk,
+             "retaliation type": r.retaliation_type, "action": r.action, "reasons": "; ".join(r.reasons),
+             "from the conversation": evidence_text(r.evidence), "agent": r.agent_id if isinstance(r.agent_id, str)
+             else ""} for r in flagged.itertuples()]
+
+
+def _flagged_section(flagged: pd.DataFrame) -> str:
+    """The flagged customers, riskiest first, in a table the supervisor sorts and filters; the riskiest
+    LISTED_AT_MOST of a longer list."""
+    if not len(flagged):
+        return f"<p>{NOBODY_FLAGGED}</p>"
+    listed = (f"{counted(len(flagged), 'flagged customer')}, riskiest first." if len(flagged) <= LISTED_AT_MOST else
+              f"The {LISTED_AT_MOST:,} riskiest of {len(flagged):,} flagged customers, riskiest first; {FLAGGED_CSV} "
+              f"holds all of them.")
+    return (f"<p>{listed} Click a column's heading to sort by it; type in the box to keep the rows that hold the "
+            f"text.</p>" + table_html(_flagged_rows(flagged.head(LISTED_AT_MOST)), sortable=True, filterable=True))
 
 
 def _agent_rows(card: pd.DataFrame) -> list[dict]:
@@ -90,7 +102,7 @@ def _agents_section(card: pd.DataFrame) -> str:
                 "transcripts) to get a scorecard per agent.</p>")
     return (f"<p>{len(card):,} agents. Each measure is shrunk toward the centre's mean (so an agent seen on few "
             f"contacts is not ranked on luck), with its 90% interval; `carelens agents` scores a window of nights."
-            f"</p>" + table_html(_agent_rows(card)))
+            f"</p>" + table_html(_agent_rows(card), sortable=True, filterable=True))
 
 
 def drift_figure(row: dict) -> Figure:
@@ -147,7 +159,7 @@ def _drivers_section(report: pd.DataFrame) -> str:
              "customers flagged": f"{r['flagged_share']:.0%}", "mean risk": round(r["mean_risk"], 3),
              **({"mood": round(r["sentiment"], 3)} if pd.notna(r.get("sentiment")) else {})}
             for r in report.to_dict("records")]
-    return verdict + table_html(rows)
+    return verdict + table_html(rows, sortable=True)
 
 
 def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd.DataFrame, facts: list[dict],
@@ -159,9 +171,7 @@ def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd
         sections.append(("Warnings", "<ul>" + "".join(f"<li>{shown(w)}</li>" for w in warnings) + "</ul>"))
     if dropped:
         sections.append(("Dropped records", _dropped_section(dropped)))
-    sections += [(f"Top {min(TOP_LISTED, len(flagged))} of {len(flagged)} flagged customers",
-                  table_html(_flagged_rows(flagged))) if len(flagged) else
-                 ("Flagged customers", f"<p>{NOBODY_FLAGGED}</p>"),
+    sections += [("Flagged customers", _flagged_section(flagged)),
                  ("Risk distribution", figure_html(_risk_figure(customers)))]
     if len(flagged):
         sections.append(("Actions", figure_html(_types_figure(flagged))))
@@ -176,7 +186,7 @@ def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd
 
 def _write_summary(run: Run, scorer: Scorer, flags: dict, tonight: Tonight, scored: dict) -> dict:
     """summary.html: tonight's facts (the run's start, how the transcripts met the contacts) and rule, warnings,
-    dropped records, the top flagged customers and why, risk distributions, actions, empathy vs risk, and whether
+    dropped records, the flagged customers and why, risk distributions, actions, empathy vs risk, and whether
     tonight's data looks like the training data."""
     predictions, customers, flagged = tonight
     joins = scored["joins"]
