@@ -19,6 +19,7 @@ from carelens.data.readers import Keys
 from carelens.inference.selection import checked_selection, explained, per_customer, ranked_customers, selected
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.names import TABULAR_MODELS
+from carelens.models.performance_estimate import performance_estimates
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import RiskModel, load_tabular
 from carelens.models.scoring import (
@@ -254,8 +255,10 @@ class Scorer:
         features worse than typical that raised their risk most, in words (`carelens.inference.reasons`), and the
         action the centre should take. A transcript file's contract keys are read from the fields `keys` names
         ({"contact_id": "convo_id"}). The result's `attrs["joins"]` says how the conversations matched the contacts
-        (`join_report`), and `attrs["warnings"]` lists what the caller should know (answered contacts without
-        conversation features; with `strict`, that raises MissingConversations)."""
+        (`join_report`), `attrs["expected_performance"]` the precision and recall each model's flags are expected to
+        have over these contacts beside the held-out figures (`performance_estimates`; empty under MIN_DRIFT_ROWS
+        contacts), and `attrs["warnings"]` lists what the caller should know (answered contacts without conversation
+        features; with `strict`, that raises MissingConversations)."""
         checked_selection(capacity, threshold)
         table = self.contact_table(interactions, transcripts, transcript_features, keys)
         predictions = self.contact_predictions(table)
@@ -263,7 +266,9 @@ class Scorer:
         gap = self.missing_conversations(predictions, joins)
         if gap and strict:
             raise MissingConversations(gap)
-        return self._warned(self.flagged(predictions, capacity, threshold), gap, joins)
+        flagged = self._warned(self.flagged(predictions, capacity, threshold), gap, joins)
+        flagged.attrs["expected_performance"] = performance_estimates(self.metadata, predictions)
+        return flagged
 
     def _warned(self, result: pd.DataFrame, gap: Optional[str], joins: Optional[dict]) -> pd.DataFrame:
         """`result` with `attrs["warnings"]` (what the models' loading warned of, and the missing conversations) and
