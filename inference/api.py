@@ -22,6 +22,7 @@ from carelens.inference.selection import checked_selection, explained, per_custo
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.names import TABULAR_MODELS
 from carelens.models.drivers import DriverModel, drivers_for
+from carelens.models.performance_estimate import performance_estimates
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import RiskModel, load_tabular
 from carelens.models.scoring import (
@@ -262,10 +263,12 @@ class Scorer:
         features worse than typical that raised their risk most, in words (`carelens.inference.reasons`), and the
         action the centre should take. A transcript file's contract keys are read from the fields `keys` names
         ({"contact_id": "convo_id"}). The result's `attrs["joins"]` says how the conversations matched the contacts
-        (`join_report`), and `attrs["warnings"]` lists what the caller should know (answered contacts without
-        conversation features; with `strict`, that raises MissingConversations); `attrs["agents"]` is the scorecard
-        of the agents the contacts name, as records (`agent_scorecard`; empty when none does), and `attrs["drivers"]`
-        the call drivers of their conversations (`driver_report`; empty without a drivers model)."""
+        (`join_report`), `attrs["expected_performance"]` the precision and recall each model's flags are expected to
+        have over these contacts beside the held-out figures (`performance_estimates`; empty under MIN_DRIFT_ROWS
+        contacts), and `attrs["warnings"]` lists what the caller should know (answered contacts without conversation
+        features; with `strict`, that raises MissingConversations); `attrs["agents"]` is the scorecard of the agents
+        the contacts name, as records (`agent_scorecard`; empty when none does), and `attrs["drivers"]` the call
+        drivers of their conversations (`driver_report`; empty without a drivers model)."""
         checked_selection(capacity, threshold)
         table = self.contact_table(interactions, transcripts, transcript_features, keys)
         predictions = self.contact_predictions(table)
@@ -277,6 +280,7 @@ class Scorer:
         flagged.attrs["agents"] = scorecard_records(agent_scorecard(predictions, flagged["customer_id"],
                                                                     redact=self.redact))
         flagged.attrs["drivers"] = report_records(driver_report(predictions, flagged["customer_id"], self.drivers))
+        flagged.attrs["expected_performance"] = performance_estimates(self.metadata, predictions)
         return flagged
 
     def _warned(self, result: pd.DataFrame, gap: Optional[str], joins: Optional[dict]) -> pd.DataFrame:

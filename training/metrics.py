@@ -8,6 +8,8 @@ from sklearn.metrics import (
     accuracy_score, average_precision_score, brier_score_loss, f1_score, precision_score, recall_score, roc_auc_score,
 )
 
+from carelens.models.performance_estimate import expected_performance
+
 ECE_BINS = 10
 
 
@@ -30,8 +32,10 @@ def _ranking(positive: np.ndarray, risk: np.ndarray, score) -> Optional[float]:
 
 
 def risk_metrics(positive: Sequence, risk: Sequence, flagged: Sequence) -> dict:
-    """How well the risk ranks (ROC-AUC, PR-AUC), how honest it is (Brier, ECE), and how the flags fare."""
+    """How well the risk ranks (ROC-AUC, PR-AUC), how honest it is (Brier, ECE), and how the flags fare: counted on
+    the labels, and expected from the risks alone (what a night without labels is compared with)."""
     positive, risk, flagged = np.asarray(positive, bool), np.asarray(risk, float), np.asarray(flagged, bool)
+    expected = expected_performance(risk, flagged)
     return {
         "rows": int(positive.size),
         "positive_rate": float(positive.mean()),
@@ -43,6 +47,8 @@ def risk_metrics(positive: Sequence, risk: Sequence, flagged: Sequence) -> dict:
         "precision": float(precision_score(positive, flagged, zero_division=0)),
         "recall": float(recall_score(positive, flagged, zero_division=0)),
         "flagged_rate": float(flagged.mean()),
+        "expected_precision": expected["expected_precision"],
+        "expected_recall": expected["expected_recall"],
     }
 
 

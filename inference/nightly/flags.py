@@ -18,6 +18,7 @@ from carelens.inference.nightly.storage import (
 from carelens.inference.selection import ranked_customers, selection_rule
 from carelens.models.drift import MIN_DRIFT_ROWS, PSI_WARNING, drift_row, feature_drift
 from carelens.models.names import TABULAR_MODELS
+from carelens.models.performance_estimate import performance_estimates, within_spread
 
 
 #: Tonight's flagged share of contacts may range from half to twice the training share before it is a warning.
@@ -62,6 +63,26 @@ def _drift_warnings(drift: Sequence[dict], contacts: int) -> list[str]:
     return [f"drift: {'; '.join(parts)}; consider retraining (every PSI is in summary.html)"]
 
 
+def _strayed(name: str, value: Optional[float], held_out: float, spread: list) -> list[str]:
+    """'precision 41% against 66% at training (spread 58%–74%)' when the estimate left its spread; else nothing."""
+    if within_spread(value, spread):
+        return []
+    return [f"{name} {value:.0%} against {held_out:.0%} at training (spread {spread[0]:.0%}–{spread[1]:.0%})"]
+
+
+def performance_warnings(estimates: Sequence[dict]) -> list[str]:
+    """The night's expected performance in one line: each model whose expected precision or recall of its flags left
+    the training spread, with both figures and the spread."""
+    parts = [f"the {e['model']} model's {e['flagged']:,} flagged contacts: expected " + ", ".join(
+        [*_strayed("precision", e["expected_precision"], e["held_out_expected_precision"], e["precision_spread"]),
+         *_strayed("recall", e["expected_recall"], e["held_out_expected_recall"], e["recall_spread"])])
+        for e in estimates if not e["within_spread"]]
+    if not parts:
+        return []
+    return [f"expected performance: {'; '.join(parts)}; tonight's list does not perform as it did at "
+            f"training; consider retraining (every estimate is in summary.html)"]
+
+
 def ranked_warnings(run: Run, scorer: Scorer, flags: dict) -> list[str]:
     """Every warning of the night, those that change tonight's list most first: contacts scored without their
     conversations, then how the models ran (a runtime that fell back, models that disagree on lineage), then drift."""
@@ -80,7 +101,8 @@ def write_flagged_csv(flagged: pd.DataFrame, target: Path) -> None:
 
 def _write_flags(run: Run, scorer: Scorer, predictions: pd.DataFrame, customers: pd.DataFrame,
                  joins: Optional[dict]) -> tuple[dict, pd.DataFrame]:
-    """(what the stage records: the rule used, how many customers each model alone would flag, drift and warnings;
+    """(what the stage records: the rule used, how many customers each model alone would flag, drift, the expected
+    precision and recall of each model's flags (`performance_estimates`) and warnings;
     the flagged customers), after writing these to flagged.parquet and flagged.csv, riskiest first. With the run's
     `strict`, answered contacts without conversation features raise MissingConversations instead of a warning that
     says, from `joins`, why their conversations did not match."""
@@ -94,12 +116,13 @@ def _write_flags(run: Run, scorer: Scorer, predictions: pd.DataFrame, customers:
     # A night with too few predictions has no distribution to compare: drift is left out, not computed over noise.
     drift = [*feature_drift(scorer.profile["distributions"], predictions), *_score_drift(scorer, predictions)] \
         if len(predictions) >= MIN_DRIFT_ROWS else []
+    performance = performance_estimates(scorer.metadata, predictions)
     return {"counts": {"in": len(predictions), "out": len(predictions), "dead": 0, "customers": len(customers),
                        "flagged": len(flagged)},
             "rule": selection_rule(spec.capacity, spec.threshold),
             "alone": {name: int(customers[f"{name}_flagged"].sum()) for name in TABULAR_MODELS},
-            "drift": drift, "warnings": [gap] if gap else [], "drift_warnings": _drift_warnings(drift, len(predictions))}, \
-        flagged
+            "drift": drift, "expected_performance": performance, "warnings": [gap] if gap else [],
+            "drift_warnings": [*_drift_warnings(drift, len(predictions)), *performance_warnings(performance)]}, flagged
 
 
 def committed_predictions(out: Path, scorer: Scorer) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -89,7 +89,7 @@ def scoring_manifest(run: Run, table_counts: dict, scored_units: int) -> dict:
 
 def nightly_manifest(run: Run, scored_manifest: dict, flags: dict, scorer: Scorer, timings: dict) -> dict:
     """The scoring manifest with the later stages: counts and in = out + dead per stage, the rule, per-model flag
-    counts, drift, warnings, timings per stage."""
+    counts, drift, the expected performance of each model's flags, warnings, timings per stage."""
     kinds = scored_manifest["by_input"]
     planned = len(run.inputs) + len(run.tables)
     rejected = len(scored_manifest["rejected_inputs"])
@@ -100,6 +100,7 @@ def nightly_manifest(run: Run, scored_manifest: dict, flags: dict, scorer: Score
                 "balanced": all(s["in"] == s["out"] + s["dead"] for s in stages.values()),
                 "rule": flags["rule"], "flagged": flags["counts"]["flagged"], "flagged_by_model_alone": flags["alone"],
                 "drift": [{k: row[k] for k in ("feature", "psi", "shifted") if k in row} for row in flags["drift"]],
+                "expected_performance": flags.get("expected_performance", []),
                 "warnings": ranked_warnings(run, scorer, flags),
                 "timings_s": timings,
                 "outputs": {**scored_manifest["outputs"], "flagged": [FLAGGED_PARQUET, FLAGGED_CSV], "summary": SUMMARY},

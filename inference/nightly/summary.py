@@ -1,7 +1,7 @@
 """The summary stage: summary.html, tonight's facts, flagged customers, risk and drift for a supervisor."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -137,6 +137,40 @@ def _drift_section(drift: list[dict], contacts: int) -> str:
     return verdict + figures + table_html(rows)
 
 
+def _percent(share: Optional[float]) -> str:
+    """'41.2%', or an empty cell for a figure that could not be estimated."""
+    return "" if share is None else f"{share:.1%}"
+
+
+def _spread(held_out: float, spread: Sequence[float]) -> str:
+    """'64.1% (58.0%–70.2%)'."""
+    return f"{held_out:.1%} ({spread[0]:.1%}–{spread[1]:.1%})"
+
+
+def _performance_section(estimates: Sequence[dict], contacts: int) -> str:
+    """Each model's expected precision and recall of tonight's flags beside the held-out figures at training, and
+    whether both are within the training spread."""
+    if contacts < MIN_DRIFT_ROWS:
+        return (f"<p>Not estimated: {contacts:,} contacts tonight, and precision on fewer than {MIN_DRIFT_ROWS} "
+                f"is noise.</p>")
+    if not estimates:
+        return ("<p>The models record no held-out precision and recall to compare with; retrain them to get this "
+                "table.</p>")
+    rows = [{"model": e["model"], "flagged tonight": e["flagged"],
+             "expected precision": _percent(e["expected_precision"]),
+             "held-out expected precision (spread)": _spread(e["held_out_expected_precision"], e["precision_spread"]),
+             "held-out precision": _percent(e["held_out_precision"]),
+             "expected recall": _percent(e["expected_recall"]),
+             "held-out expected recall (spread)": _spread(e["held_out_expected_recall"], e["recall_spread"]),
+             "held-out recall": _percent(e["held_out_recall"]),
+             "within spread?": "yes" if e["within_spread"] else "no"} for e in estimates]
+    return ("<p>Estimated from the calibrated risks, without labels: expected precision is the mean risk of the "
+            "contacts a model flagged, expected recall their share of all tonight's risk. Each is compared with the "
+            "same estimate on the held-out rows at training; the spread is where it lands on most nights of "
+            "tonight's size when the flags are as good as then. The held-out figures are those the labels gave.</p>"
+            + table_html(rows))
+
+
 def _dropped_section(dropped: list[dict]) -> str:
     """The records dropped tonight by kind: how many, the first few with their reason, where all of them are."""
     rows = [{"dropped": f"{kind['count']:,} {kind['what']}(s)", "field": kind["field"],
@@ -164,7 +198,7 @@ def _drivers_section(report: pd.DataFrame) -> str:
 
 def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd.DataFrame, facts: list[dict],
                     drift: list[dict], warnings: list[str], dropped: list[dict], agents: pd.DataFrame,
-                    drivers: pd.DataFrame) -> str:
+                    drivers: pd.DataFrame, performance: Sequence[dict] = ()) -> str:
     """The HTML page a supervisor opens in the morning."""
     sections = [("Tonight's run", table_html(facts))]
     if warnings:
@@ -181,6 +215,7 @@ def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd
     sections.append(("Is tonight's data like the training data?",
                      _drift_section(drift, len(contacts)) if len(contacts) else
                      "<p>No contact was predicted tonight: there is nothing to compare with the training data.</p>"))
+    sections.append(("Are tonight's flags as good as at training?", _performance_section(performance, len(contacts))))
     return html_report("CareLens: customers at risk", sections)
 
 
@@ -202,7 +237,8 @@ def _write_summary(run: Run, scorer: Scorer, flags: dict, tonight: Tonight, scor
                for name, count in flags["alone"].items())]
     page = nightly_summary(customers, flagged, predictions, facts, flags["drift"], ranked_warnings(run, scorer, flags),
                            scored["dropped"], agent_scorecard(predictions, flagged["customer_id"], redact=run.redact),
-                           driver_report(predictions, flagged["customer_id"], scorer.drivers))
+                           driver_report(predictions, flagged["customer_id"], scorer.drivers),
+                           flags.get("expected_performance", []))
     write_text(page, run.out / SUMMARY)
     return {"path": str(run.out / SUMMARY)}
 

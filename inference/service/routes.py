@@ -53,15 +53,16 @@ def _features_answer(scorer: Scorer, request: ScoreRequest) -> dict:
 
 
 def _flag_answer(scorer: Scorer, request: FlagRequest) -> dict:
-    """The /v1/flag answer: the flagged customers, the warnings, how the transcripts met the contacts, the
-    agents' scorecards and the call drivers."""
+    """The /v1/flag answer: the flagged customers, the warnings, how the transcripts met the contacts, the expected
+    performance of each model's flags, the agents' scorecards and the call drivers."""
     records = [record.model_dump(mode="json") for record in request.interactions]
     scored_features = (pd.DataFrame([row.model_dump() for row in request.transcript_features],
                                     columns=SCORED_COLUMNS) if request.transcript_features else None)
     flagged = scorer.flag_at_risk(records, request.transcripts or None, request.capacity, request.threshold,
                                   transcript_features=scored_features, strict=request.strict)
     return {"customers": _json_records(flagged[FLAG_COLUMNS]), "warnings": flagged.attrs["warnings"],
-            "joins": flagged.attrs["joins"], "agents": flagged.attrs["agents"], "drivers": flagged.attrs["drivers"]}
+            "joins": flagged.attrs["joins"], "expected_performance": flagged.attrs["expected_performance"],
+            "agents": flagged.attrs["agents"], "drivers": flagged.attrs["drivers"]}
 
 
 # -- endpoints ------------------------------------------------------------------------------------------------------

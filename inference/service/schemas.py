@@ -9,6 +9,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from carelens.data.contracts import INTERACTIONS, Column, Conversation, not_a_bool
 from carelens.inference.selection import checked_selection
 from carelens.models.conversation_features import FEATURE_COLUMNS
+from carelens.models.drift import MIN_DRIFT_ROWS
 
 #: A number JSON can carry back: NaN and infinity are refused (Python's JSON reader takes NaN, Infinity and 1e400), and
 #: so are true and false, which pydantic would read as 1 and 0.
@@ -184,6 +185,27 @@ class DriverRow(BaseModel):
     grew: Optional[bool] = Field(None, description="Whether its share rose well beyond the training share.")
 
 
+class ExpectedPerformance(BaseModel):
+    """How well one model's flags over the request's contacts are expected to do, estimated from the calibrated risks
+    without labels, beside the held-out figures at training."""
+
+    model: str
+    flagged: int = Field(description="Contacts the model's own threshold flagged.")
+    expected_positives: float = Field(description="The sum of the model's risk over every contact.")
+    expected_precision: Optional[float] = Field(description="The mean risk of the flagged contacts (none flagged: "
+                                                            "null).")
+    expected_recall: Optional[float] = Field(description="The flagged contacts' share of the summed risk.")
+    held_out_precision: float = Field(description="Precision on the held-out rows at training, counted on labels.")
+    held_out_expected_precision: float = Field(description="The same estimate on the held-out rows' risks.")
+    precision_spread: list[float] = Field(description="Where the held-out estimate lands on most batches of this "
+                                                      "many flagged contacts: [low, high].")
+    held_out_recall: float = Field(description="Recall on the held-out rows at training, counted on labels.")
+    held_out_expected_recall: float = Field(description="The same estimate on the held-out rows' risks.")
+    recall_spread: list[float] = Field(description="Where the held-out estimate lands on most batches with this many "
+                                                   "expected positives: [low, high].")
+    within_spread: bool = Field(description="Both estimates within their spread.")
+
+
 class FlagResponse(BaseModel):
     """Customers at risk, riskiest first, and what the caller should know about how they were scored."""
 
@@ -194,6 +216,9 @@ class FlagResponse(BaseModel):
                                                                       "empathic first.")
     drivers: list[DriverRow] = Field(default_factory=list, description="The call drivers of the conversations, "
                                                                        "largest first (empty without a drivers model).")
+    expected_performance: list[ExpectedPerformance] = Field(
+        default_factory=list, description=f"Per model, the expected precision and recall of its flags; empty under "
+                                          f"{MIN_DRIFT_ROWS} contacts, or when the models record no held-out figures.")
 
 
 class Health(BaseModel):
