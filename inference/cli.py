@@ -12,7 +12,7 @@ import typer
 
 from carelens.data.cli import generate_command
 from carelens.data.options import flag
-from carelens.inference.agents_command import agents_command
+from carelens.inference.supervisor_commands import agents_command, drivers_command
 from carelens.inference.demo import demo
 from carelens.inference.featurize import featurize_command
 from carelens.inference.predict import predict_app
@@ -48,4 +48,5 @@ app.command("nightly")(nightly_command)
 app.command("score")(score_command)
 app.command("serve")(serve_command)
 app.command("agents")(agents_command)
+app.command("drivers")(drivers_command)
 app.command("demo")(demo)

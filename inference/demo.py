@@ -63,6 +63,21 @@ def history_features(history: Path, registry, out: Path, version: str) -> Path:
                           history / "transcript_features.parquet", version)
 
 
+def fitted_drivers(history: Path, registry, version: str) -> None:
+    """The call drivers of the history's opening turns, published beside the transcript model whose embeddings they
+    cluster (the number chosen by silhouette)."""
+    from carelens.data.adapters import read_conversations
+    from carelens.models.scoring import load_scoring_pipeline
+    from carelens.training.drivers import fit_drivers, publish_drivers
+    transcripts = history / "transcripts.jsonl"
+    with console.status("Finding the call drivers of the history's opening turns"):
+        pipeline, _ = load_scoring_pipeline(registry, version)
+        model, found = fit_drivers(pipeline, read_conversations(transcripts), version)
+        artifact = publish_drivers(model, found, registry, str(transcripts))
+    console.print(f"published drivers {artifact.version}: {found['drivers']} call drivers of the history, e.g. "
+                  f"{'; '.join(model.names[:3])}", soft_wrap=True)
+
+
 def trained_tabular(name: str, history: Path, features: Path, registry, out: Path) -> Path:
     """Train and publish one tabular model with the transcript features; the path of its report copy under `out`."""
     from carelens.training.report import copied_report
@@ -81,9 +96,11 @@ def trained_tabular(name: str, history: Path, features: Path, registry, out: Pat
 
 
 def train_all(store, out: Path) -> dict[str, Path]:
-    """Transcript model, then churn and retaliation on its features: the report of each."""
+    """Transcript model and the call drivers on its embeddings, then churn and retaliation on its features: the
+    report of each."""
     history = history_dir(out)
     version, report = trained_transcripts(store, out)
+    fitted_drivers(history, store, version)
     features = history_features(history, store, out, version)
     reports = {"transcripts": report}
     for name in TABULAR_MODELS:

@@ -1,6 +1,7 @@
 """How call drivers are made: the customers' opening turns of history embedded by the transcript model, clustered with the number of drivers chosen by silhouette, each named by class-based TF-IDF, published to the registry."""
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import numpy as np
@@ -41,12 +42,16 @@ def chosen_count(vectors: np.ndarray, counts: Sequence[int], seed: int) -> tuple
     return max(scores, key=scores.get), scores
 
 
+#: Handles and links name nobody's reason for calling: they are left out of the terms that name a driver.
+NOT_TERMS = re.compile(r"@\w+|https?://\S+|www\.\S+")
+
+
 def class_tfidf_terms(texts: Sequence[str], labels: np.ndarray, count: int, top: int = NAME_TERMS) -> list[list[str]]:
     """Per cluster, its `top` most distinctive terms by class-based TF-IDF (BERTopic's c-TF-IDF): a cluster's texts
     are one document, a term weighs its frequency in that document times log(1 + mean words per cluster / the term's
     frequency over all clusters)."""
     vectorizer = CountVectorizer(stop_words="english", ngram_range=(1, 2), min_df=2, token_pattern=r"(?u)\b[a-zA-Z]{2,}\b")
-    counts = vectorizer.fit_transform(texts)
+    counts = vectorizer.fit_transform([NOT_TERMS.sub(" ", text) for text in texts])
     per_cluster = np.vstack([np.asarray(counts[labels == c].sum(axis=0)).ravel() for c in range(count)]).astype(float)
     frequency = per_cluster / np.maximum(per_cluster.sum(axis=1, keepdims=True), 1)
     weight = np.log(1 + per_cluster.sum(axis=1).mean() / np.maximum(per_cluster.sum(axis=0), 1))

@@ -1,4 +1,4 @@
-"""The `carelens agents` command: agent scorecards over one or more nights' runs, on the terminal and as CSV."""
+"""The `carelens agents` and `carelens drivers` commands: agent scorecards and call drivers over one or more nights' runs, on the terminal and as CSV."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from carelens.data.options import flag
+from carelens.data.options import RegistryOption, flag
+
+RunsArgument = Annotated[list[Path], typer.Argument(help="Output folders of `carelens nightly` (one night, or several "
+                                                         "for a window of nights).")]
+OutOption = Annotated[Optional[Path], typer.Option(help="Write the whole table to this CSV file.")]
 
 #: Scorecard columns the terminal shows, and how each value is written (every column is in the CSV).
 SHOWN = {"empathy_rank": ("rank", "{}"), "agent_id": ("agent", "{}"), "contacts": ("contacts", "{:,}"),
@@ -28,11 +32,10 @@ def _cells(row: dict, columns: list[str]) -> list[str]:
 
 
 def agents_command(
-    runs: Annotated[list[Path], typer.Argument(help="Output folders of `carelens nightly` (one night, or several "
-                                                   "for a window of nights).")],
+    runs: RunsArgument,
     labels: Annotated[Optional[Path], typer.Option(help="Labels (contact_id, churned, retaliation) of those "
                                                         "contacts, for churn and retaliation per agent.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write the whole scorecard to this CSV file.")] = None,
+    out: OutOption = None,
     redact: Annotated[bool, flag(help="Mask personal data in the quoted turns.")] = False,
     top: Annotated[int, typer.Option(min=0, help="Agents printed on the terminal.")] = 20,
 ) -> None:
@@ -65,3 +68,37 @@ def agents_command(
     console.print(table)
     if out:
         console.print(f"scorecard: {out}", highlight=False)
+
+
+def drivers_command(
+    runs: RunsArgument,
+    registry: RegistryOption = None,
+    out: OutOption = None,
+) -> None:
+    """Call drivers over one or more nights: per driver, contacts and share, its share of the training period (from
+    the registry's drivers model) and whether it grew beyond chance, the share of its customers flagged, their mean
+    risk and mood. The drivers come from `carelens train drivers`; the nightly job assigns them as it scores."""
+    import json
+
+    from carelens.data.spreadsheet import write_csv
+    from carelens.data.terminal import console, rows_table, user_errors
+    from carelens.inference.drivers import driver_report
+    from carelens.inference.agents import run_contacts
+    from carelens.inference.nightly.layout import MANIFEST
+    from carelens.models.drivers import drivers_for
+    from carelens.models.registry import Registry
+    from carelens.models.transcript import MODEL_NAME
+    with user_errors():
+        contacts, flagged = run_contacts(runs)
+        version = json.loads((runs[-1] / MANIFEST).read_text(encoding="utf-8"))["models"].get(MODEL_NAME)
+        report = driver_report(contacts, flagged, drivers_for(Registry(registry), version) if version else None)
+    if report.empty:
+        console.print("No conversation of these runs has a call driver: fit drivers on history with `carelens train "
+                      "drivers`, then score the nights again.", highlight=False)
+        raise typer.Exit(1)
+    if out:
+        write_csv(report, out)
+    console.print(rows_table(report.to_dict("records"), f"{len(report):,} call drivers over {int(report['contacts'].sum()):,} "
+                                                        f"conversations, largest first"))
+    if out:
+        console.print(f"drivers: {out}", highlight=False)
