@@ -269,14 +269,15 @@ def _service(rng: np.random.Generator, world: dict, params: GeneratorParams) -> 
     resolved = answered & (rng.random(n) < expit(resolve_logit))
     repeat_base, repeat_problem, repeat_poor = params.repeat_rate
     repeats = rng.poisson(repeat_base + problem * (repeat_problem + repeat_poor * poor))
+    csat, satisfaction = _csat(rng, quality - bar, resolved, problem, answered, params)
     return {"hold_time_s": hold, "transfers": transfers, "handle_time_s": np.where(answered, talk + hold, 0.0),
-            "resolved": resolved, "repeat_contacts_30d": repeats,
-            "csat": _csat(rng, quality - bar, resolved, problem, answered, params)}
+            "resolved": resolved, "repeat_contacts_30d": repeats, "csat": csat, "satisfaction": satisfaction}
 
 
 def _csat(rng: np.random.Generator, quality_gap: np.ndarray, resolved: np.ndarray, problem: np.ndarray,
-          answered: np.ndarray, params: GeneratorParams) -> np.ndarray:
-    """Post-contact survey scores 1-5 for the few who answer it (NaN for the rest), higher for good, resolved care."""
+          answered: np.ndarray, params: GeneratorParams) -> tuple[np.ndarray, np.ndarray]:
+    """(post-contact survey scores 1-5 for the few who answer it, NaN for the rest; the score every answered customer
+    would give, NaN for those who hung up): higher for good, resolved care. The second is hidden truth."""
     n = answered.size
     rows = np.flatnonzero(answered)
     responded = np.zeros(n, dtype=bool)
@@ -284,7 +285,8 @@ def _csat(rng: np.random.Generator, quality_gap: np.ndarray, resolved: np.ndarra
     base, care, resolution, per_problem, noise_sd = params.csat_score
     score = (base + care * quality_gap + resolution * (resolved - 0.5) + per_problem * problem
              + rng.normal(0, noise_sd, n))
-    return np.where(responded, np.clip(np.rint(score), 1, 5), np.nan)
+    would_give = np.clip(np.rint(score), 1, 5)
+    return np.where(responded, would_give, np.nan), np.where(answered, would_give, np.nan)
 
 
 def _seed_groups(problem: np.ndarray, care_effective: np.ndarray) -> np.ndarray:
@@ -415,6 +417,7 @@ def _frames(world: dict, start: pd.Timestamp, seed: int) -> tuple[pd.DataFrame, 
         "care_quality": column["care_quality"],
         "seed_group": np.asarray(SEED_GROUPS, dtype=object)[column["group"]],
         "poor_experience": column["poor_experience"],
+        "satisfaction": column["satisfaction"],
     })
     return interactions, labels, truth
 

@@ -14,6 +14,7 @@ from carelens.inference.nightly.layout import FLAGGED_PARQUET, PREDICTIONS
 from carelens.inference.nightly.storage import read_parts
 from carelens.inference.reasons import MECHANISM_WORDS
 from carelens.models.conversation_features import AGENT, EVIDENCE
+from carelens.models.satisfaction import INFERRED_CSAT
 
 PathLike = Union[str, Path]
 #: What a scorecard measures per agent, and the conversation feature it averages: the combined empathy (0–1) and each
@@ -59,14 +60,15 @@ def _measured(contacts: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def _outcomes(contacts: pd.DataFrame, flagged_customers: Iterable[str], labels: Optional[pd.DataFrame]
               ) -> pd.DataFrame:
-    """Per agent: contacts, customers, the share of their customers flagged, their customers' mean sentiment shift,
-    and with `labels` (contact_id, churned, retaliation) the churn and retaliation rate among their contacts."""
+    """Per agent: contacts, customers, the share of their customers flagged, their customers' mean sentiment shift and
+    inferred satisfaction (when predicted), and with `labels` (contact_id, churned, retaliation) the churn and retaliation rate among their contacts."""
     groups = contacts.groupby(AGENT)
     flagged = set(flagged_customers)
     out = pd.DataFrame({"contacts": groups.size(), "customers": groups["customer_id"].nunique(),
                         "flagged_share": groups["customer_id"].agg(lambda ids: ids.isin(flagged).mean())})
-    if "customer_sentiment_shift" in contacts.columns:
-        out["sentiment_shift"] = groups["customer_sentiment_shift"].mean()
+    for column, name in (("customer_sentiment_shift", "sentiment_shift"), (INFERRED_CSAT, INFERRED_CSAT)):
+        if column in contacts.columns and contacts[column].notna().any():
+            out[name] = groups[column].mean()
     if labels is not None:
         known = contacts[[AGENT, "contact_id"]].merge(labels, on="contact_id")
         by_agent = known.groupby(AGENT)

@@ -22,6 +22,7 @@ from carelens.inference.selection import checked_selection, explained, per_custo
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.names import TABULAR_MODELS
 from carelens.models.drivers import DriverModel, drivers_for
+from carelens.models.satisfaction import satisfaction_for
 from carelens.models.performance_estimate import performance_estimates
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import RiskModel, load_tabular
@@ -71,6 +72,8 @@ class Scorer:
     warnings: list = field(default_factory=list)
     #: The call drivers fitted on the transcript model's embeddings, when the registry has them.
     drivers: Optional[DriverModel] = None
+    #: The inferred-satisfaction model, when the registry has one that fits the transcript model.
+    satisfaction: Optional[RiskModel] = None
 
     @classmethod
     def load(cls, registry: Optional[Union[Registry, PathLike]] = None, version: Versions = "latest",
@@ -99,8 +102,9 @@ class Scorer:
             versions[MODEL_NAME] = metadata[MODEL_NAME]["version"]
         drivers = transcripts.drivers if transcripts is not None else \
             drivers_for(store, versions[MODEL_NAME]) if MODEL_NAME in versions else None
+        satisfaction, unfit = satisfaction_for(store, versions.get(MODEL_NAME))
         scorer = cls(loaded["churn"], loaded["retaliation"], transcripts, versions, metadata, redact=redact,
-                     drivers=drivers)
+                     drivers=drivers, satisfaction=satisfaction, warnings=[unfit] if unfit else [])
         scorer.check_schemas(store.root, pinned=isinstance(version, dict) if pinned is None else pinned)
         transcript_metadata = metadata.get(MODEL_NAME, {})
         scorer.warnings += [w for w in (training_text_warning(transcript_metadata) if transcript_metadata else None,
@@ -142,7 +146,12 @@ class Scorer:
 
     @property
     def features(self) -> list[str]:
-        return features_needed((self.churn, self.retaliation))
+        return features_needed(self.models)
+
+    @property
+    def models(self) -> tuple[RiskModel, ...]:
+        """The tabular models a contact is predicted with: churn, retaliation and, when loaded, satisfaction."""
+        return (self.churn, self.retaliation, *((self.satisfaction,) if self.satisfaction is not None else ()))
 
     @property
     def uses_transcripts(self) -> bool:
@@ -150,7 +159,7 @@ class Scorer:
 
     def extra_columns(self) -> tuple[list[str], list[str]]:
         """Features beyond the interactions contract and the transcript features: (numeric, categorical)."""
-        return extra_columns((self.churn, self.retaliation))
+        return extra_columns(self.models)
 
     @property
     def profile(self) -> dict:
@@ -216,7 +225,7 @@ class Scorer:
     def contact_predictions(self, table: pd.DataFrame) -> pd.DataFrame:
         """Per contact, predicted once: churn and retaliation risk, each model's flag, the likeliest retaliation type
         (empty unless retaliation is flagged), and the features the models read (for reasons and drift)."""
-        return contact_predictions(self.churn, self.retaliation, table)
+        return contact_predictions(self.churn, self.retaliation, table, self.satisfaction)
 
     def missing_conversations(self, contacts: pd.DataFrame, joins: Optional[dict] = None) -> Optional[str]:
         """A warning when the models read transcript features and answered contacts have none (no conversation

@@ -14,6 +14,7 @@ from carelens.data.contracts import (
 from carelens.data.errors import CareLensError, UsageError
 from carelens.data.readers import Keys, checked_keys, header_lines, read_table
 from carelens.models.conversation_features import AGENT, DRIVER, EVIDENCE, FEATURE_COLUMNS, TRANSCRIPT_FEATURES
+from carelens.models.satisfaction import INFERRED_CSAT, expected_score
 from carelens.models.scoring import as_conversations
 from carelens.models.tabular import RiskModel
 
@@ -23,8 +24,9 @@ Conversations = Union[Sequence[Union[Conversation, dict]], PathLike]
 PREDICTION_COLUMNS = ["customer_id", "contact_id", "churn_risk", "retaliation_risk", "retaliation_type",
                       "churn_flagged", "retaliation_flagged"]
 #: What a contact's prediction carries beside its scores for the supervisor's pages: who answered it (the
-#: interactions' agent_id, else its conversation's), the turns its conversation features stand on, and its driver.
-CONTEXT_COLUMNS = [AGENT, EVIDENCE, DRIVER]
+#: interactions' agent_id, else its conversation's), the turns its conversation features stand on, its driver, and the
+#: satisfaction the customer would likely have rated it (1–5; missing without a satisfaction model).
+CONTEXT_COLUMNS = [AGENT, EVIDENCE, DRIVER, INFERRED_CSAT]
 
 
 class MissingConversations(CareLensError):
@@ -112,9 +114,11 @@ def with_conversation_features(table: pd.DataFrame, features: Optional[pd.DataFr
     return joined
 
 
-def contact_predictions(churn: RiskModel, retaliation: RiskModel, table: pd.DataFrame) -> pd.DataFrame:
+def contact_predictions(churn: RiskModel, retaliation: RiskModel, table: pd.DataFrame,
+                        satisfaction: Optional[RiskModel] = None) -> pd.DataFrame:
     """Per contact, predicted once: churn and retaliation risk, each model's flag, the likeliest retaliation type
-    (empty unless retaliation is flagged), and the features the models read (for reasons and drift)."""
+    (empty unless retaliation is flagged), the CONTEXT_COLUMNS (the inferred satisfaction from `satisfaction`), and
+    the features the models read (for reasons and drift)."""
     # A batch chunk whose every row broke the contract leaves nothing to predict; scikit-learn refuses 0 rows.
     proba = retaliation.predict_proba(table) if len(table) else np.zeros((0, len(retaliation.classes_)))
     churn_risk = churn.risk(table) if len(table) else np.zeros(0)
@@ -129,7 +133,9 @@ def contact_predictions(churn: RiskModel, retaliation: RiskModel, table: pd.Data
         "retaliation_flagged": retaliation_flagged,
         **{column: table[column] if column in table.columns else None for column in CONTEXT_COLUMNS},
     }, index=table.index)
-    inputs = [f for f in features_needed((churn, retaliation)) if f not in scores.columns]
+    scores[INFERRED_CSAT] = expected_score(satisfaction, table) if satisfaction is not None else np.nan
+    models = (churn, retaliation, *((satisfaction,) if satisfaction is not None else ()))
+    inputs = [f for f in features_needed(models) if f not in scores.columns]
     return pd.concat([scores, table[inputs]], axis=1)
 
 

@@ -95,9 +95,22 @@ def trained_tabular(name: str, history: Path, features: Path, registry, out: Pat
     return copied_report(artifact.path, out / "reports" / f"{name}.html")
 
 
+def trained_satisfaction(history: Path, features: Path, registry) -> None:
+    """The inferred-satisfaction model on the history's surveyed contacts, published."""
+    from carelens.training.satisfaction import publish_satisfaction, train_satisfaction
+    from carelens.training.tabular import TASKS, load_labelled
+    with console.status("Training the inferred-satisfaction model on the surveyed contacts"):
+        model, metadata = train_satisfaction(load_labelled(history, TASKS["churn"], features_from=[features]),
+                                             learner="boosting")
+        artifact = publish_satisfaction(model, metadata, registry)
+    with_, alone = metadata["metrics"], metadata["baseline"]["metrics"]
+    console.print(f"published satisfaction {artifact.version}: held-out Spearman {with_['spearman']:.3f} with "
+                  f"transcript features, {alone['spearman']:.3f} without")
+
+
 def train_all(store, out: Path) -> dict[str, Path]:
-    """Transcript model and the call drivers on its embeddings, then churn and retaliation on its features: the
-    report of each."""
+    """Transcript model and the call drivers on its embeddings, then churn, retaliation and satisfaction on its
+    features: the report of each (satisfaction's figures are printed)."""
     history = history_dir(out)
     version, report = trained_transcripts(store, out)
     fitted_drivers(history, store, version)
@@ -105,6 +118,7 @@ def train_all(store, out: Path) -> dict[str, Path]:
     reports = {"transcripts": report}
     for name in TABULAR_MODELS:
         reports[name] = trained_tabular(name, history, features, store, out)
+    trained_satisfaction(history, features, store)
     return reports
 
 

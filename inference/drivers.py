@@ -9,6 +9,7 @@ import pandas as pd
 
 from carelens.models.conversation_features import DRIVER
 from carelens.models.drivers import DriverModel
+from carelens.models.satisfaction import INFERRED_CSAT
 
 #: A driver grew when its share of tonight's conversations is at least this many times its training share...
 GROWTH_RATIO = 1.5
@@ -29,7 +30,8 @@ def driver_report(contacts: pd.DataFrame, flagged_customers: Iterable[str] = (),
                   drivers: Optional[DriverModel] = None) -> pd.DataFrame:
     """One row per driver of tonight's contacts (per-contact predictions with DRIVER), largest first: contacts, share
     of the night's conversations and of the training period's (`drivers`), whether it grew (`grew`), the share of its
-    customers flagged, their mean risk (the larger of churn and retaliation) and mean mood; empty without drivers."""
+    customers flagged, their mean risk (the larger of churn and retaliation), mean mood and inferred satisfaction (when
+    predicted); empty without drivers."""
     named = contacts[contacts[DRIVER].notna()] if DRIVER in contacts.columns else contacts.iloc[:0]
     if named.empty:
         return pd.DataFrame(columns=[DRIVER, "contacts", "share"])
@@ -39,8 +41,9 @@ def driver_report(contacts: pd.DataFrame, flagged_customers: Iterable[str] = (),
                            "flagged_share": groups["customer_id"].agg(lambda ids: ids.isin(flagged).mean()),
                            "mean_risk": np.maximum(named["churn_risk"], named["retaliation_risk"]).groupby(
                                named[DRIVER]).mean()})
-    if "customer_sentiment_mean" in named.columns:
-        report["sentiment"] = groups["customer_sentiment_mean"].mean()
+    for column, name in (("customer_sentiment_mean", "sentiment"), (INFERRED_CSAT, INFERRED_CSAT)):
+        if column in named.columns and named[column].notna().any():
+            report[name] = groups[column].mean()
     if drivers is not None:
         trained = dict(zip(drivers.names, drivers.training_share))
         report["training_share"] = [trained.get(name, 0.0) for name in report.index]

@@ -9,12 +9,13 @@ import pandas as pd
 from carelens.data.errors import UsageError
 from carelens.inference.reasons import cited_turns, pushes, reason_features, reason_typicals, reasons_in_words
 from carelens.models.conversation_features import AGENT
+from carelens.models.satisfaction import INFERRED_CSAT
 
 #: The play a contact centre runs for each kind of retaliation; a churn risk alone gets proactive outreach.
 ACTIONS = {"escalate": "supervisor callback", "switch": "retention offer", "vent": "social-care follow-up"}
 CHURN_ONLY_ACTION = "proactive outreach"
 FLAG_COLUMNS = ["customer_id", "churn_risk", "retaliation_risk", "retaliation_type", "reasons", "action", "risk",
-                "contact_id", AGENT, "evidence"]
+                "contact_id", AGENT, "evidence", INFERRED_CSAT]
 
 
 def selection_rule(capacity: Optional[int], threshold: Optional[float]) -> str:
@@ -84,6 +85,7 @@ def explained(chosen: pd.DataFrame, risk: Callable[[pd.DataFrame], np.ndarray], 
     chosen["reasons"] = reasons_in_words(chosen, features, profile)
     chosen["evidence"] = cited_turns(chosen, features, chosen["reasons"].tolist())
     chosen[AGENT] = chosen[AGENT] if AGENT in chosen.columns else None
+    chosen[INFERRED_CSAT] = chosen[INFERRED_CSAT] if INFERRED_CSAT in chosen.columns else np.nan
     chosen["action"] = [_action_of(kind, flagged) for kind, flagged in
                         zip(chosen["retaliation_type"], chosen["retaliation_flagged"])]
     return chosen[FLAG_COLUMNS].reset_index(drop=True)

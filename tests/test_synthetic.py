@@ -17,7 +17,7 @@ from carelens.data.synthetic import (
 )
 
 TRUTH_COLUMNS = ["customer_id", "contact_id", "product_problem", "care_effective", "care_quality", "seed_group",
-                 "poor_experience", "agent_id", "agent_skill"]
+                 "poor_experience", "satisfaction", "agent_id", "agent_skill"]
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,16 @@ def test_agents_answer_every_answered_contact_and_their_skill_shows_in_the_care(
     without = generate(4000, seed=2, transcripts=False, params=GeneratorParams(agent_care_share=0.0))
     pd.testing.assert_frame_equal(data.labels, without.labels)
     pd.testing.assert_frame_equal(data.interactions.drop(columns="agent_id"), without.interactions.drop(columns="agent_id"))
+
+
+def test_every_answered_customer_has_a_true_satisfaction_and_the_surveyed_gave_it():
+    data = generate(2000, seed=4, transcripts=False)
+    answered = ~data.interactions["abandoned"].to_numpy()
+    truth = data.truth["satisfaction"].to_numpy()
+    assert np.isfinite(truth[answered]).all() and np.isnan(truth[~answered]).all()
+    surveyed = data.interactions["csat"].notna().to_numpy()
+    assert (data.interactions["csat"].to_numpy()[surveyed] == truth[surveyed]).all()
+    assert set(np.unique(truth[answered])) <= {1.0, 2.0, 3.0, 4.0, 5.0}
 
 
 def test_identifiers_are_zero_padded_and_contacts_numbered_in_time_order():

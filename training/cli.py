@@ -276,6 +276,32 @@ def evaluate_transcripts_command(
         console.print(rows_table(rows, title))
 
 
+@train_app.command("satisfaction")
+@with_option_groups
+def train_satisfaction_command(
+    table: TableFlags,
+    learner: Annotated[str, typer.Option(help="auto (chosen by cross-validation), or force one of logistic, "
+                                              "boosting, forest, extra-trees.")] = "auto",
+    seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed of the split and the learner.")] = 0,
+    publish: PublishFlags = PublishFlags(),
+) -> None:
+    """Train the inferred-satisfaction model on the contacts that answered the survey (`csat`): every feature but the
+    survey itself, conversation features joined with --features-from. Measured on held-out surveyed contacts beside
+    the same learner on the operational features alone; the nightly job then writes `inferred_csat` for every
+    contact, and scorecards and drivers show it."""
+    from carelens.training.satisfaction import publish_satisfaction, train_satisfaction
+    from carelens.training.tabular import TASKS, load_labelled
+    with user_errors():
+        store = publish.checked_registry()
+        data = load_labelled(table.data, TASKS["churn"], table.labels, table.target, features_from=table.features_from)
+        model, metadata = train_satisfaction(data, seed, learner)
+        artifact = publish_satisfaction(model, metadata, store)
+    rows = [{"features": name, **{k: figures["metrics"][k] for k in ("spearman", "mae", "calibration_error")}}
+            for name, figures in (("all", metadata), ("operational only", metadata["baseline"]))]
+    console.print(rows_table(rows, f"held-out surveyed contacts ({metadata['metrics']['rows']:,}), {metadata['learner']}"))
+    console.print(f"published satisfaction {artifact.version} to {artifact.path}", soft_wrap=True)
+
+
 @train_app.command("drivers")
 def train_drivers_command(
     transcripts: Annotated[list[Path], typer.Option(help="History's transcripts (JSON Lines, long-form Parquet or "

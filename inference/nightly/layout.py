@@ -75,7 +75,7 @@ class InputChanged(CareLensError, RuntimeError):
 
 PREDICTION_DTYPES = {"customer_id": str, "contact_id": str, "churn_risk": float, "retaliation_risk": float,
                      "retaliation_type": str, "churn_flagged": bool, "retaliation_flagged": bool, AGENT: str,
-                     EVIDENCE: str, DRIVER: str}
+                     EVIDENCE: str, DRIVER: str, "inferred_csat": float}
 
 
 PathLike = Union[str, Path]

@@ -117,6 +117,8 @@ class FlaggedCustomer(BaseModel):
                                                       "conversation names them.")
     evidence: list[CitedTurn] = Field(default_factory=list, description="For each reason that comes from the "
                                                                        "conversation, the turn it stands on.")
+    inferred_csat: Optional[float] = Field(None, description="The survey score (1–5) the customer would likely give "
+                                                             "the contact (null without a satisfaction model).")
 
 
 class CoachingExample(BaseModel):
@@ -183,6 +185,7 @@ class DriverRow(BaseModel):
     sentiment: Optional[float] = Field(None, description="The customers' mean mood, -1 to 1.")
     training_share: Optional[float] = Field(None, description="Its share of the training period's conversations.")
     grew: Optional[bool] = Field(None, description="Whether its share rose well beyond the training share.")
+    inferred_csat: Optional[float] = Field(None, description="Its customers' mean inferred satisfaction, 1–5.")
 
 
 class ExpectedPerformance(BaseModel):
