@@ -65,7 +65,7 @@ def test_every_conversation_gets_a_row_in_order_with_missing_features_as_nan():
                    ids=["empty", "agent-only", "customer-only", "blank"])
     out = conversation_features(turns, _index("empty", "agent-only", "customer-only", "blank"))
     assert list(out["conversation_id"]) == ["empty", "agent-only", "customer-only", "blank"]
-    assert list(out.columns) == ["conversation_id", "customer_id", "contact_id", "agent_id", *FEATURE_COLUMNS, "evidence"]
+    assert list(out.columns) == ["conversation_id", "customer_id", "contact_id", "agent_id", *FEATURE_COLUMNS, "evidence", "driver"]
     assert out.loc[0, FEATURE_COLUMNS[:-2]].isna().all() and out.loc[0, "customer_turns"] == 0
     assert np.isnan(out.loc[1, "customer_sentiment_start"]) and out.loc[1, "agent_empathy_mean"] == 0.5
     assert np.isnan(out.loc[2, "agent_empathy_mean"]) and out.loc[2, "customer_sentiment_shift"] == 0.0

@@ -94,6 +94,7 @@ def flagged_frames(draw) -> pd.DataFrame:
         "agent_id": draw(st.lists(st.one_of(st.none(), TEXT), min_size=rows, max_size=rows)),
         "evidence": [[{"reason": draw(TEXT), "turn": draw(st.integers(0, 50)), "speaker": "customer",
                        "quote": draw(TEXT)} for _ in range(draw(st.integers(0, 2)))] for _ in range(rows)],
+        "inferred_csat": draw(st.lists(st.one_of(st.none(), st.floats(1, 5)), min_size=rows, max_size=rows)),
     }, columns=FLAG_COLUMNS, dtype=object).astype({"churn_risk": float, "retaliation_risk": float, "risk": float})
 
 
@@ -114,8 +115,8 @@ def keyed_frames(draw, keys: list[str], numbers: list[str]) -> pd.DataFrame:
 
 def flagged_csv(frame: pd.DataFrame, tmp_path) -> tuple[pd.DataFrame, object]:
     write_flagged_csv(frame, tmp_path / FLAGGED_CSV)
-    return frame.assign(reasons=frame["reasons"].str.join("; "), evidence=frame["evidence"].map(evidence_text)), \
-        tmp_path / FLAGGED_CSV
+    evidence = pd.Series([evidence_text(cited) for cited in frame["evidence"]], index=frame.index, dtype=object)
+    return frame.assign(reasons=frame["reasons"].str.join("; "), evidence=evidence), tmp_path / FLAGGED_CSV
 
 
 def predicted_csv(frame: pd.DataFrame, tmp_path) -> tuple[pd.DataFrame, object]:

@@ -16,7 +16,8 @@ def flagged_customers(ids: list[str]) -> pd.DataFrame:
     risks = [0.9 - 0.1 * i for i in range(len(ids))]
     return pd.DataFrame({"customer_id": ids, "contact_id": [f"k{i}" for i in range(len(ids))], "risk": risks,
                          "churn_risk": risks, "retaliation_risk": 0.25, "retaliation_type": "vent",
-                         "action": "call back", "reasons": [["waited 1,234 s"] for _ in ids]},
+                         "action": "call back", "reasons": [["waited 1,234 s"] for _ in ids], "agent_id": None,
+                         "evidence": [[] for _ in ids]},
                         index=range(len(ids)))
 
 

@@ -197,8 +197,9 @@ def _drivers_section(report: pd.DataFrame) -> str:
 
 
 def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd.DataFrame, facts: list[dict],
-                    drift: list[dict], warnings: list[str], dropped: list[dict], agents: pd.DataFrame,
-                    drivers: pd.DataFrame, performance: Sequence[dict] = ()) -> str:
+                    drift: list[dict], warnings: list[str], dropped: list[dict],
+                    agents: Optional[pd.DataFrame] = None, drivers: Optional[pd.DataFrame] = None,
+                    performance: Sequence[dict] = ()) -> str:
     """The HTML page a supervisor opens in the morning."""
     sections = [("Tonight's run", table_html(facts))]
     if warnings:
@@ -209,7 +210,8 @@ def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd
                  ("Risk distribution", figure_html(_risk_figure(customers)))]
     if len(flagged):
         sections.append(("Actions", figure_html(_types_figure(flagged))))
-    sections += [("Call drivers", _drivers_section(drivers)), ("Agents", _agents_section(agents))]
+    sections += [("Call drivers", _drivers_section(pd.DataFrame() if drivers is None else drivers)),
+                 ("Agents", _agents_section(pd.DataFrame() if agents is None else agents))]
     if "agent_empathy_mean" in contacts.columns and contacts["agent_empathy_mean"].notna().any():
         sections.append(("Agent empathy vs churn risk", figure_html(_empathy_figure(contacts))))
     sections.append(("Is tonight's data like the training data?",
