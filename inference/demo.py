@@ -100,8 +100,7 @@ def trained_satisfaction(history: Path, features: Path, registry) -> None:
     from carelens.training.satisfaction import publish_satisfaction, train_satisfaction
     from carelens.training.tabular import TASKS, load_labelled
     with console.status("Training the inferred-satisfaction model on the surveyed contacts"):
-        model, metadata = train_satisfaction(load_labelled(history, TASKS["churn"], features_from=[features]),
-                                             learner="boosting")
+        model, metadata = train_satisfaction(load_labelled(history, TASKS["churn"], features_from=[features]))
         artifact = publish_satisfaction(model, metadata, registry)
     with_, alone = metadata["metrics"], metadata["baseline"]["metrics"]
     console.print(f"published satisfaction {artifact.version}: held-out Spearman {with_['spearman']:.3f} with "

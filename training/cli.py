@@ -280,8 +280,8 @@ def evaluate_transcripts_command(
 @with_option_groups
 def train_satisfaction_command(
     table: TableFlags,
-    learner: Annotated[str, typer.Option(help="auto (chosen by cross-validation), or force one of logistic, "
-                                              "boosting, forest, extra-trees.")] = "auto",
+    learner: Annotated[str, typer.Option(help="logistic (as ranked as boosting, better calibrated, 100x quicker to "
+                                              "load and score), or auto, boosting, forest, extra-trees.")] = "logistic",
     seed: Annotated[int, typer.Option(**SEED_RANGE, help="Seed of the split and the learner.")] = 0,
     publish: PublishFlags = PublishFlags(),
 ) -> None:

@@ -42,9 +42,13 @@ def fitted(features: list[str], categorical, frame: pd.DataFrame, y: np.ndarray,
                      random_state=seed).fit(frame, y)
 
 
-def train_satisfaction(data: LabelledData, seed: int = 0, learner: str = "auto") -> tuple[RiskModel, dict]:
+def train_satisfaction(data: LabelledData, seed: int = 0, learner: str = "logistic") -> tuple[RiskModel, dict]:
     """(the model, its metadata): fitted on 80% of the surveyed contacts with every feature but the survey itself,
-    measured on the other 20% beside the same learner on the operational features alone (the baseline)."""
+    measured on the other 20% beside the same learner on the operational features alone (the baseline).
+
+    Logistic regression by default: on the demo's history it ranked the held-out surveyed contacts as well as gradient
+    boosting (Spearman 0.640 vs 0.651), was better calibrated (0.119 vs 0.223), and the nightly job loads and runs it
+    in a fraction of a second where the boosted ensemble took 5 s to load and 1.4 s to score 6,000 contacts."""
     rows, y = surveyed(data)
     features = [f for f in data.features if f != TARGET]
     operational = [f for f in features if f not in FEATURE_COLUMNS]

@@ -21,7 +21,7 @@ from carelens.training.satisfaction import fitted, publish_satisfaction, satisfa
 from carelens.training.tabular import TASKS, load_labelled
 
 HISTORY, HISTORY_SEED, DAY, DAY_SEED = 8_000, 35, 3_000, 36  # not training seeds of the demo
-LEARNER = "boosting"
+LEARNER = "logistic"
 
 
 @pytest.mark.slow
