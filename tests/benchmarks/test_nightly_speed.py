@@ -104,6 +104,7 @@ def real_text_day(shared: Path, customers: int, folder: Path) -> Path:
     answered = day.interactions[~day.interactions["abandoned"].astype(bool)].head(len(tweets) // 2)
     write_synthetic(day, folder)
     conversations = [{"conversation_id": f"R{i}", "customer_id": row.customer_id, "contact_id": row.contact_id,
+                      "agent_id": row.agent_id,
                       "turns": [{"speaker": "customer", "text": tweets[2 * i]},
                                 {"speaker": "agent", "text": replies[i % len(replies)]},
                                 {"speaker": "customer", "text": tweets[2 * i + 1]}]}
