@@ -18,6 +18,7 @@ from carelens.data import synthetic_phrases as phrases
 from carelens.data.contracts import CHANNELS, MECHANISMS, RETALIATION_TYPES, SENTIMENTS, SYNTHETIC_TEXT
 from carelens.data.errors import UsageError
 from carelens.data.readers import write_transcripts
+from carelens.data.synthetic_agents import drawn_agents
 
 SEED_GROUPS = ("no_problem", "problem_ineffective", "problem_effective")
 ESCALATE, SWITCH, VENT = (RETALIATION_TYPES.index(kind) for kind in ("escalate", "switch", "vent"))
@@ -422,34 +423,12 @@ def _frames(world: dict, start: pd.Timestamp, seed: int) -> tuple[pd.DataFrame, 
     return interactions, labels, truth
 
 
-def _agents(rng: np.random.Generator, quality: np.ndarray, answered: np.ndarray,
-            params: GeneratorParams) -> tuple[np.ndarray, np.ndarray]:
-    """(each contact's agent number, -1 where nobody answered; each agent's skill), one agent per
-    `contacts_per_agent` answered contacts.
-
-    The care quality is already drawn, so the agent is drawn from what that care says of who gave it: on the normal
-    scale a contact's care is skill x sqrt(share) + noise, so P(agent | care) is each agent's normal density at the
-    care (equal priors). The tables stay as drawn, and agents still differ in the care (so the empathy and the
-    resolution) their contacts get.
-    """
-    count = max(1, int(np.ceil(answered.sum() / params.contacts_per_agent)))
-    skill = rng.normal(0, 1, count)
-    weight = np.sqrt(params.agent_care_share)
-    latent = stats.norm.ppf(np.clip(stats.beta.cdf(quality, *params.care_quality_beta), 1e-9, 1 - 1e-9))
-    agent = np.full(quality.size, -1)
-    rows = np.flatnonzero(answered)
-    # In chunks: contacts x agents log-densities for a large day would not fit in memory at once.
-    for chunk in np.array_split(rows, max(1, rows.size // 4096)):
-        log_density = -(latent[chunk, None] - weight * skill[None, :]) ** 2 / (2 * (1 - params.agent_care_share))
-        agent[chunk] = np.argmax(log_density + rng.gumbel(size=log_density.shape), axis=1)
-    return agent, skill
-
-
 def with_agents(rng: np.random.Generator, interactions: pd.DataFrame, truth: pd.DataFrame,
                 params: GeneratorParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The interactions with an `agent_id` column (missing for abandoned contacts) and the truth with each contact's
     agent and that agent's skill (the ground truth of an agent scorecard)."""
-    agent, skill = _agents(rng, truth["care_quality"].to_numpy(), ~interactions["abandoned"].to_numpy(), params)
+    agent, skill = drawn_agents(rng, truth["care_quality"].to_numpy(), ~interactions["abandoned"].to_numpy(),
+                                params.contacts_per_agent, params.agent_care_share, params.care_quality_beta)
     names = identifiers("A", skill.size)
     agent_id = np.where(agent >= 0, names[np.maximum(agent, 0)], None)
     interactions = interactions.assign(agent_id=agent_id)

@@ -31,6 +31,18 @@ def _cells(row: dict, columns: list[str]) -> list[str]:
     return cells
 
 
+def written_or_exit(table, out: Optional[Path], empty: str) -> None:
+    """Exit 1 saying `empty` (what the runs lack and how to get it) when the table has no row; else write it to `out`
+    as CSV when given."""
+    from carelens.data.spreadsheet import write_csv
+    from carelens.data.terminal import console
+    if table.empty:
+        console.print(empty, highlight=False)
+        raise typer.Exit(1)
+    if out:
+        write_csv(table, out)
+
+
 def agents_command(
     runs: RunsArgument,
     labels: Annotated[Optional[Path], typer.Option(help="Labels (contact_id, churned, retaliation) of those "
@@ -45,18 +57,13 @@ def agents_command(
     from rich.table import Table
 
     from carelens.data.readers import read_labels
-    from carelens.data.spreadsheet import write_csv
     from carelens.data.terminal import console, user_errors
     from carelens.inference.agents import agent_scorecard, run_contacts
     with user_errors():
         contacts, flagged = run_contacts(runs)
         card = agent_scorecard(contacts, flagged, read_labels(labels) if labels else None, redact)
-    if card.empty:
-        console.print("No contact of these runs names its agent: give the interactions (or transcripts) an agent_id "
-                      "column to get scorecards.", highlight=False)
-        raise typer.Exit(1)
-    if out:
-        write_csv(card, out)
+    written_or_exit(card, out, "No contact of these runs names its agent: give the interactions (or transcripts) an "
+                               "agent_id column to get scorecards.")
     columns = [c for c in SHOWN if c in card.columns]
     # The agents to coach first are the least empathic: the terminal shows those; the CSV holds every agent.
     shown = card.iloc[::-1].head(top)
@@ -80,10 +87,9 @@ def drivers_command(
     risk and mood. The drivers come from `carelens train drivers`; the nightly job assigns them as it scores."""
     import json
 
-    from carelens.data.spreadsheet import write_csv
     from carelens.data.terminal import console, rows_table, user_errors
-    from carelens.inference.drivers import driver_report
     from carelens.inference.agents import run_contacts
+    from carelens.inference.drivers import driver_report
     from carelens.inference.nightly.layout import MANIFEST
     from carelens.models.drivers import drivers_for
     from carelens.models.registry import Registry
@@ -92,13 +98,9 @@ def drivers_command(
         contacts, flagged = run_contacts(runs)
         version = json.loads((runs[-1] / MANIFEST).read_text(encoding="utf-8"))["models"].get(MODEL_NAME)
         report = driver_report(contacts, flagged, drivers_for(Registry(registry), version) if version else None)
-    if report.empty:
-        console.print("No conversation of these runs has a call driver: fit drivers on history with `carelens train "
-                      "drivers`, then score the nights again.", highlight=False)
-        raise typer.Exit(1)
-    if out:
-        write_csv(report, out)
-    console.print(rows_table(report.to_dict("records"), f"{len(report):,} call drivers over {int(report['contacts'].sum()):,} "
-                                                        f"conversations, largest first"))
+    written_or_exit(report, out, "No conversation of these runs has a call driver: fit drivers on history with "
+                                 "`carelens train drivers`, then score the nights again.")
+    console.print(rows_table(report.to_dict("records"), f"{len(report):,} call drivers over "
+                                                        f"{int(report['contacts'].sum()):,} conversations, largest first"))
     if out:
         console.print(f"drivers: {out}", highlight=False)

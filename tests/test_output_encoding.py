@@ -329,7 +329,7 @@ def test_terminal_tables_show_direction_controls_as_escapes():
 
 def test_html_pages_show_direction_controls_as_escapes():
     from carelens.data.html import html_report
-    from carelens.inference.nightly.summary import nightly_summary
+    from carelens.inference.nightly.summary import SummaryPage, nightly_summary
     flagged = pd.DataFrame({"customer_id": [REVERSED_ID], "churn_risk": [0.9], "retaliation_risk": [0.1],
                             "retaliation_type": [""], "action": ["call"], "reasons": [[REVERSED_ID]],
                             "risk": [0.9], "contact_id": ["k"], "agent_id": [REVERSED_ID],
@@ -337,9 +337,10 @@ def test_html_pages_show_direction_controls_as_escapes():
     card = pd.DataFrame({"agent_id": [REVERSED_ID], "contacts": [1], "customers": [1], "flagged_share": [1.0],
                          "coaching": [REVERSED_ID]})
     pages = [table_html([{REVERSED_ID: REVERSED_ID}]), html_report(REVERSED_ID, [(REVERSED_ID, "")]),
-             nightly_summary(flagged, flagged, pd.DataFrame({"x": []}), [], [], [REVERSED_ID], [], card,
-                             pd.DataFrame({"driver": [REVERSED_ID], "contacts": [1], "share": [1.0],
-                                           "flagged_share": [1.0], "mean_risk": [0.9]}))]
+             nightly_summary(SummaryPage(flagged, flagged, pd.DataFrame({"x": []}), [], warnings=[REVERSED_ID],
+                                         agents=card, drivers=pd.DataFrame({
+                                             "driver": [REVERSED_ID], "contacts": [1], "share": [1.0],
+                                             "flagged_share": [1.0], "mean_risk": [0.9]})))]
     for page in pages:
         assert not re.search("[\u202a-\u202e\u2066-\u2069\u200e\u200f]", page)
         assert html.escape(escaped(REVERSED_ID)) in page

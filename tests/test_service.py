@@ -24,7 +24,7 @@ from carelens.inference.service import ServiceSettings, create_app
 from carelens.inference.service.dependencies import API_KEY_HEADER
 from conftest import SERVICE_KEY, SERVICE_LIMITS
 from carelens.inference.service.routes import SCORED_COLUMNS, headline_metrics
-from carelens.models.conversation_features import FEATURE_COLUMNS, KEYS
+from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.scoring import ScoringAbandoned, abandonable, as_conversations
 from live_server import serving, stopped

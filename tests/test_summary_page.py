@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from carelens.data.html import html_report, section_ids, table_html
-from carelens.inference.nightly.summary import NOBODY_FLAGGED, nightly_summary
+from carelens.inference.nightly.summary import NOBODY_FLAGGED, SummaryPage, nightly_summary
 
 HOSTILE_ID = "<script>alert(1)</script>"
 
@@ -23,7 +23,7 @@ def flagged_customers(ids: list[str]) -> pd.DataFrame:
 
 def summary(flagged: pd.DataFrame) -> str:
     facts = [{"item": "contacts scored", "value": 1234}]
-    return nightly_summary(flagged, flagged, pd.DataFrame({"x": []}), facts, [], [], [])
+    return nightly_summary(SummaryPage(flagged, flagged, pd.DataFrame({"x": []}), facts))
 
 
 def test_sortable_numbers_carry_their_exact_value_beside_the_text_shown():

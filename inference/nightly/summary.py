@@ -1,6 +1,7 @@
 """The summary stage: summary.html, tonight's facts, flagged customers, risk and drift for a supervisor."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -196,11 +197,28 @@ def _drivers_section(report: pd.DataFrame) -> str:
     return verdict + table_html(rows, sortable=True)
 
 
-def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd.DataFrame, facts: list[dict],
-                    drift: list[dict], warnings: list[str], dropped: list[dict],
-                    agents: Optional[pd.DataFrame] = None, drivers: Optional[pd.DataFrame] = None,
-                    performance: Sequence[dict] = ()) -> str:
+@dataclass
+class SummaryPage:
+    """What summary.html shows: every customer's riskiest contact, the flagged list, every contact's prediction,
+    tonight's facts, drift, warnings, dropped records, the agents' scorecard, the call drivers and the expected
+    performance of the flags."""
+
+    customers: pd.DataFrame
+    flagged: pd.DataFrame
+    contacts: pd.DataFrame
+    facts: list[dict]
+    drift: Sequence[dict] = ()
+    warnings: Sequence[str] = ()
+    dropped: Sequence[dict] = ()
+    agents: pd.DataFrame = field(default_factory=pd.DataFrame)
+    drivers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    performance: Sequence[dict] = ()
+
+
+def nightly_summary(page: SummaryPage) -> str:
     """The HTML page a supervisor opens in the morning."""
+    customers, flagged, contacts, facts = page.customers, page.flagged, page.contacts, page.facts
+    warnings, dropped = page.warnings, page.dropped
     sections = [("Tonight's run", table_html(facts))]
     if warnings:
         sections.append(("Warnings", "<ul>" + "".join(f"<li>{shown(w)}</li>" for w in warnings) + "</ul>"))
@@ -210,14 +228,14 @@ def nightly_summary(customers: pd.DataFrame, flagged: pd.DataFrame, contacts: pd
                  ("Risk distribution", figure_html(_risk_figure(customers)))]
     if len(flagged):
         sections.append(("Actions", figure_html(_types_figure(flagged))))
-    sections += [("Call drivers", _drivers_section(pd.DataFrame() if drivers is None else drivers)),
-                 ("Agents", _agents_section(pd.DataFrame() if agents is None else agents))]
+    sections += [("Call drivers", _drivers_section(page.drivers)), ("Agents", _agents_section(page.agents))]
     if "agent_empathy_mean" in contacts.columns and contacts["agent_empathy_mean"].notna().any():
         sections.append(("Agent empathy vs churn risk", figure_html(_empathy_figure(contacts))))
     sections.append(("Is tonight's data like the training data?",
-                     _drift_section(drift, len(contacts)) if len(contacts) else
+                     _drift_section(list(page.drift), len(contacts)) if len(contacts) else
                      "<p>No contact was predicted tonight: there is nothing to compare with the training data.</p>"))
-    sections.append(("Are tonight's flags as good as at training?", _performance_section(performance, len(contacts))))
+    sections.append(("Are tonight's flags as good as at training?",
+                     _performance_section(page.performance, len(contacts))))
     return html_report("CareLens: customers at risk", sections)
 
 
@@ -237,10 +255,10 @@ def _write_summary(run: Run, scorer: Scorer, flags: dict, tonight: Tonight, scor
              {"item": "flagged", "value": counted(len(flagged), "customer")},
              *({"item": f"{name} model alone would flag", "value": counted(count, "customer")}
                for name, count in flags["alone"].items())]
-    page = nightly_summary(customers, flagged, predictions, facts, flags["drift"], ranked_warnings(run, scorer, flags),
-                           scored["dropped"], agent_scorecard(predictions, flagged["customer_id"], redact=run.redact),
-                           driver_report(predictions, flagged["customer_id"], scorer.drivers),
-                           flags.get("expected_performance", []))
+    page = nightly_summary(SummaryPage(
+        customers, flagged, predictions, facts, flags["drift"], ranked_warnings(run, scorer, flags), scored["dropped"],
+        agent_scorecard(predictions, flagged["customer_id"], redact=run.redact),
+        driver_report(predictions, flagged["customer_id"], scorer.drivers), flags.get("expected_performance", [])))
     write_text(page, run.out / SUMMARY)
     return {"path": str(run.out / SUMMARY)}
 
