@@ -112,7 +112,7 @@ def test_resuming_a_run_over_changed_inputs_or_chunking_is_refused(registry_with
 
 
 def test_a_run_killed_midway_and_rerun_scores_every_conversation_exactly_once(registry_with_models, tmp_path):
-    conversations = generate(300, seed=5).conversations
+    conversations = generate(125, seed=5).conversations
     source, out = write_transcripts(conversations, tmp_path / "many.jsonl"), tmp_path / "out"
     command = [str(Path(sys.executable).parent / "carelens"), "score", "--transcripts", str(source), "--out", str(out),
                "--registry", str(registry_with_models.root), "--chunk-size", "2", "--threads", "1", "--no-progress"]
@@ -193,19 +193,19 @@ def test_units_cover_every_non_blank_line_once_with_its_number(tmp_path_factory,
     assert all(0 < u.records <= chunk_size for u in planned.units) and planned.records == len(read)
 
 
-def test_ray_and_local_engines_agree_on_1000_conversations(registry_with_models, tmp_path):
+def test_ray_and_local_engines_agree_on_400_conversations(registry_with_models, tmp_path):
     ray = pytest.importorskip("ray")
-    conversations = generate(1100, seed=8).conversations[:1000]
+    conversations = generate(450, seed=8).conversations[:400]
     source = write_transcripts(conversations, tmp_path / "thousand.jsonl")
     with open(source, "a", encoding="utf-8") as handle:
         handle.write("not json\n")
-    local = score([source], tmp_path / "local", registry_with_models.root, chunk_size=100)
+    local = score([source], tmp_path / "local", registry_with_models.root, chunk_size=50)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        remote = score([source], tmp_path / "ray", registry_with_models.root, chunk_size=100, engine="ray")
+        remote = score([source], tmp_path / "ray", registry_with_models.root, chunk_size=50, engine="ray")
     finally:
         ray.shutdown()
-    assert local["counts"] == remote["counts"] == {"in": 1001, "out": 1000, "dead": 1}
+    assert local["counts"] == remote["counts"] == {"in": 401, "out": 400, "dead": 1}
     assert (tmp_path / "local" / DEAD_LETTER).read_text() == (tmp_path / "ray" / DEAD_LETTER).read_text()
     assert_features_equal(read_parts(tmp_path / "ray"), read_parts(tmp_path / "local"), tolerance=1e-6)
     assert not (tmp_path / "ray" / ".ray-staging").exists()
