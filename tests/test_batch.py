@@ -111,6 +111,7 @@ def test_resuming_a_run_over_changed_inputs_or_chunking_is_refused(registry_with
     assert score([source], out, registry_with_models.root, restart=True)["counts"] == {"in": 1, "out": 1, "dead": 0}
 
 
+@pytest.mark.slow  # tests/test_faults.py kills the batch scorer at a random point in the default run
 def test_a_run_killed_midway_and_rerun_scores_every_conversation_exactly_once(registry_with_models, tmp_path):
     conversations = generate(125, seed=5).conversations
     source, out = write_transcripts(conversations, tmp_path / "many.jsonl"), tmp_path / "out"
@@ -193,6 +194,7 @@ def test_units_cover_every_non_blank_line_once_with_its_number(tmp_path_factory,
     assert all(0 < u.records <= chunk_size for u in planned.units) and planned.records == len(read)
 
 
+@pytest.mark.slow  # Ray's start-up is most of its 20-27 s; `make bench` runs it
 def test_ray_and_local_engines_agree_on_400_conversations(registry_with_models, tmp_path):
     ray = pytest.importorskip("ray")
     conversations = generate(450, seed=8).conversations[:400]
