@@ -155,6 +155,13 @@ def as_bool(values: pd.Series) -> pd.Series:
     return out
 
 
+def json_records(frame: pd.DataFrame) -> list[dict]:
+    """The rows as dicts of plain Python values, missing values (NaN, pd.NA) and infinite numbers as None (JSON
+    null): what the Python API and the HTTP service hand on."""
+    return [{key: None if value is pd.NA or (isinstance(value, float) and not math.isfinite(value)) else value
+             for key, value in row.items()} for row in frame.astype(object).to_dict("records")]
+
+
 def plain_value(value: Any) -> tuple[Any, str]:
     """A cell as one plain value (bytes decoded as UTF-8), or NA and why it cannot be one (empty when it can)."""
     if isinstance(value, (bytes, bytearray)):

@@ -5,7 +5,7 @@ import base64
 import html
 import io
 import re
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import matplotlib
 import numpy as np
@@ -78,9 +78,18 @@ def shown(value: object) -> str:
     return html.escape(in_one_direction(str(value)))
 
 
+class Shown(NamedTuple):
+    """A number written as a reader wants it ('28%', '0.19 (0.15–0.23)'), sorted by its value in a sortable table."""
+
+    text: str
+    value: float
+
+
 def _cell(value, valued: bool) -> str:
     """A table cell; with `valued`, a number carries its exact value in `data-value`, which the page sorts by."""
-    if isinstance(value, (float, np.floating)):
+    if isinstance(value, Shown):
+        text, number = shown(value.text), float(value.value)
+    elif isinstance(value, (float, np.floating)):
         text, number = f"{value:.4f}", float(value)
     elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         text, number = f"{value:,}", int(value)

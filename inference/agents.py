@@ -8,7 +8,7 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from carelens.data.contracts import MECHANISMS
+from carelens.data.contracts import MECHANISMS, json_records
 from carelens.data.redaction import redacted
 from carelens.inference.nightly.layout import FLAGGED_PARQUET, PREDICTIONS
 from carelens.inference.nightly.storage import read_parts
@@ -151,9 +151,7 @@ def scorecard_records(card: pd.DataFrame) -> list[dict]:
     """The scorecard as one record per agent, missing values as None and each agent's coaching hints (with their
     quoted turns) under `hints`: what the API and the HTTP service hand on."""
     hints = card.attrs.get("coaching", {})
-    return [{**{key: None if value is pd.NA or (isinstance(value, float) and value != value) else value
-                for key, value in row.items()}, "hints": hints.get(row[AGENT], [])}
-            for row in card.astype(object).to_dict("records")]
+    return [{**row, "hints": hints.get(row[AGENT], [])} for row in json_records(card)]
 
 
 def run_contacts(runs: Sequence[PathLike]) -> tuple[pd.DataFrame, set[str]]:

@@ -8,10 +8,11 @@ from typing import Optional, Union
 import numpy as np
 import pandas as pd
 
+from carelens.data.contracts import json_records
 from carelens.data.errors import UsageError
 from carelens.data.redaction import redacted_conversation
 from carelens.inference.agents import agent_scorecard, scorecard_records
-from carelens.inference.drivers import driver_report, report_records
+from carelens.inference.drivers import driver_report
 from carelens.inference.contacts import (
     PREDICTION_COLUMNS, Conversations, Interactions, MissingConversations, PathLike, contact_predictions,
     conversation_list, extra_columns, features_frame, features_needed, interactions_frame, join_report,
@@ -288,7 +289,7 @@ class Scorer:
         flagged = self._warned(self.flagged(predictions, capacity, threshold), gap, joins)
         flagged.attrs["agents"] = scorecard_records(agent_scorecard(predictions, flagged["customer_id"],
                                                                     redact=self.redact))
-        flagged.attrs["drivers"] = report_records(driver_report(predictions, flagged["customer_id"], self.drivers))
+        flagged.attrs["drivers"] = json_records(driver_report(predictions, flagged["customer_id"], self.drivers))
         flagged.attrs["expected_performance"] = performance_estimates(self.metadata, predictions)
         return flagged
 

@@ -52,7 +52,3 @@ def driver_report(contacts: pd.DataFrame, flagged_customers: Iterable[str] = (),
     return report.sort_values("contacts", ascending=False, kind="stable").rename_axis(DRIVER).reset_index()
 
 
-def report_records(report: pd.DataFrame) -> list[dict]:
-    """The driver report as records, missing values as None: what the API and the HTTP service hand on."""
-    return [{key: None if isinstance(value, float) and value != value else value for key, value in row.items()}
-            for row in report.astype(object).to_dict("records")]

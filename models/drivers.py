@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -68,12 +68,3 @@ def drivers_for(registry: Registry, transcript_version: str) -> Optional[DriverM
         return None
     artifact = registry.open(DRIVERS_NAME, "latest", requires=("safetensors",))
     return DriverModel.load(artifact.path) if artifact.metadata.get("transcript_model") == transcript_version else None
-
-
-def driver_shares(names: Sequence[str], model: DriverModel) -> dict[str, float]:
-    """The share of `names` (assigned drivers) each of the model's drivers holds, in the model's order."""
-    counts = {name: 0 for name in model.names}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    total = max(len(names), 1)
-    return {name: count / total for name, count in counts.items()}

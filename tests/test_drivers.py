@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 
 from carelens.data.synthetic import generate
 from carelens.inference.cli import app
-from carelens.inference.drivers import GROWTH_RATIO, driver_report, grew, report_records
+from carelens.data.contracts import json_records
+from carelens.inference.drivers import GROWTH_RATIO, driver_report, grew
 from carelens.inference.nightly.layout import SUMMARY
-from carelens.models.drivers import DRIVERS_NAME, DriverModel, driver_shares, drivers_for, unit_rows
+from carelens.models.drivers import DRIVERS_NAME, DriverModel, drivers_for, unit_rows
 from carelens.models.registry import Registry
 from carelens.models.scoring import as_conversations, load_scoring_pipeline, score_turns
 from carelens.training.drivers import class_tfidf_terms, fit_drivers, opening_turns, publish_drivers, unique_names
@@ -32,7 +33,6 @@ def test_unit_rows_and_nearest_centre():
     assert model.named(np.array([[3.0, 1.0], [0.1, 2.0], [0.0, 0.0]])) == ["x", "y", "x"]
     assert model.assign(np.zeros((0, 2))).tolist() == []
     assert np.allclose(np.linalg.norm(unit_rows(np.array([[3.0, 4.0]])), axis=1), 1)
-    assert driver_shares(["x", "x", "y", "z"], model) == {"x": 0.5, "y": 0.25, "z": 0.25}
 
 
 @pytest.mark.parametrize("share, trained, conversations, expected", [
@@ -58,7 +58,7 @@ def test_the_report_counts_contacts_flags_risk_and_growth():
     assert report.loc["bags", "sentiment"] == pytest.approx(-0.5)
     assert report["training_share"].tolist() == [0.1, 0.9] and report["grew"].tolist() == [True, False]
     assert driver_report(contacts.drop(columns="driver")).empty
-    assert all(value is None or value == value for row in report_records(report.reset_index()) for value in row.values())
+    assert all(value is None or value == value for row in json_records(report.reset_index()) for value in row.values())
 
 
 @pytest.fixture(scope="module")

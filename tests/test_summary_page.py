@@ -5,7 +5,7 @@ import re
 import pandas as pd
 import pytest
 
-from carelens.data.html import html_report, section_ids, table_html
+from carelens.data.html import Shown, html_report, section_ids, table_html
 from carelens.inference.nightly.summary import NOBODY_FLAGGED, SummaryPage, nightly_summary
 
 HOSTILE_ID = "<script>alert(1)</script>"
@@ -75,3 +75,9 @@ def test_a_quiet_night_says_nobody_was_flagged():
 
 def test_the_page_needs_no_network():
     assert not re.search("https?://", summary(flagged_customers(["C-1"])), re.IGNORECASE)
+
+
+def test_a_number_written_for_a_reader_sorts_by_its_value():
+    page = table_html([{"share": Shown("9%", 0.09)}, {"share": Shown("28% <b>", 0.28)}], sortable=True)
+    assert '<td class="n" data-value="0.09">9%</td>' in page
+    assert '<td class="n" data-value="0.28">28% &lt;b&gt;</td>' in page

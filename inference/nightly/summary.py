@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from carelens.data.html import figure_html, html_report, plot_label, shown, table_html
+from carelens.data.html import Shown, figure_html, html_report, plot_label, shown, table_html
 from carelens.inference.agents import MEASURES, agent_scorecard
 from carelens.inference.api import Scorer
 from carelens.inference.drivers import GROWTH_RATIO, driver_report
@@ -87,10 +87,11 @@ def _agent_rows(card: pd.DataFrame) -> list[dict]:
     """The agents' scorecard as table rows, most empathic first: each measure with its 90% interval."""
     rows = []
     for agent in card.to_dict("records"):
-        measures = {name.replace("_", " "): f"{agent[name]:.2f} ({agent[f'{name}_low']:.2f}–{agent[f'{name}_high']:.2f})"
+        measures = {name.replace("_", " "): Shown(f"{agent[name]:.2f} ({agent[f'{name}_low']:.2f}–"
+                                                  f"{agent[f'{name}_high']:.2f})", agent[name])
                     for name in MEASURES if name in agent}
         rows.append({"rank": agent.get("empathy_rank", ""), "agent": agent[AGENT], "contacts": agent["contacts"],
-                     **measures, "customers flagged": f"{agent['flagged_share']:.0%}",
+                     **measures, "customers flagged": Shown(f"{agent['flagged_share']:.0%}", agent["flagged_share"]),
                      **({"mood shift": round(agent["sentiment_shift"], 3)} if "sentiment_shift" in agent else {}),
                      "coaching": agent["coaching"]})
     return rows
@@ -188,10 +189,11 @@ def _drivers_section(report: pd.DataFrame) -> str:
     verdict = (f"<p><strong>Grew tonight</strong> (at least {GROWTH_RATIO:g}× the training share, beyond chance): "
                f"{shown(', '.join(grown))}.</p>" if grown else "<p>No driver grew beyond chance against the training "
                                                              "period.</p>")
-    rows = [{"driver": r["driver"], "contacts": r["contacts"], "share tonight": f"{r['share']:.1%}",
-             **({"share at training": f"{r['training_share']:.1%}", "grew": "yes" if r["grew"] else ""}
-                if "training_share" in r else {}),
-             "customers flagged": f"{r['flagged_share']:.0%}", "mean risk": round(r["mean_risk"], 3),
+    rows = [{"driver": r["driver"], "contacts": r["contacts"], "share tonight": Shown(f"{r['share']:.1%}", r["share"]),
+             **({"share at training": Shown(f"{r['training_share']:.1%}", r["training_share"]),
+                 "grew": "yes" if r["grew"] else ""} if "training_share" in r else {}),
+             "customers flagged": Shown(f"{r['flagged_share']:.0%}", r["flagged_share"]),
+             "mean risk": round(r["mean_risk"], 3),
              **({"mood": round(r["sentiment"], 3)} if pd.notna(r.get("sentiment")) else {})}
             for r in report.to_dict("records")]
     return verdict + table_html(rows, sortable=True)

@@ -1,13 +1,13 @@
 """The endpoints: /v1/health, and behind the API key /v1/models, /v1/score and /v1/flag."""
 from __future__ import annotations
 
-import math
 import time
 from typing import Optional, Sequence
 
 import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException
 
+from carelens.data.contracts import json_records
 from carelens.inference.api import Scorer
 from carelens.inference.selection import FLAG_COLUMNS
 from carelens.inference.service.dependencies import ServiceDep, require_key, scored
@@ -30,12 +30,6 @@ def _check_batch(items: Sequence, name: str, settings: ServiceSettings) -> None:
 SCORED_COLUMNS = [*KEYS, AGENT, *FEATURE_COLUMNS, EVIDENCE, DRIVER]
 
 
-def _json_records(frame: pd.DataFrame) -> list[dict]:
-    """The rows as dicts of plain Python values, missing (and infinite) numbers as None (JSON null)."""
-    return [{key: None if isinstance(value, float) and not math.isfinite(value) else value
-             for key, value in row.items()} for row in frame.to_dict("records")]
-
-
 def headline_metrics(metadata: dict) -> dict[str, Optional[float]]:
     """Test-split figures: ROC-AUC, PR-AUC, ECE (and macro-F1 when multi-class) of a tabular model; each transcript
     head's macro-F1."""
@@ -49,7 +43,7 @@ def headline_metrics(metadata: dict) -> dict[str, Optional[float]]:
 def _features_answer(scorer: Scorer, request: ScoreRequest) -> dict:
     """The /v1/score answer: each conversation's ids and transcript features."""
     features = scorer.score_transcripts(request.conversations)
-    return {"conversations": _json_records(features[SCORED_COLUMNS])}
+    return {"conversations": json_records(features[SCORED_COLUMNS])}
 
 
 def _flag_answer(scorer: Scorer, request: FlagRequest) -> dict:
@@ -60,7 +54,7 @@ def _flag_answer(scorer: Scorer, request: FlagRequest) -> dict:
                                     columns=SCORED_COLUMNS) if request.transcript_features else None)
     flagged = scorer.flag_at_risk(records, request.transcripts or None, request.capacity, request.threshold,
                                   transcript_features=scored_features, strict=request.strict)
-    return {"customers": _json_records(flagged[FLAG_COLUMNS]), "warnings": flagged.attrs["warnings"],
+    return {"customers": json_records(flagged[FLAG_COLUMNS]), "warnings": flagged.attrs["warnings"],
             "joins": flagged.attrs["joins"], "expected_performance": flagged.attrs["expected_performance"],
             "agents": flagged.attrs["agents"], "drivers": flagged.attrs["drivers"]}
 
