@@ -14,9 +14,9 @@ import typer
 SEED_RANGE = {"min": 0, "max": 2 ** 32 - 1}
 
 #: The encoder runtimes and the precisions each runs: what `--runtime` and `--precision` offer, and what
-#: `carelens.models.runtimes` checks a runtime, precision and device against.
-RUNTIMES = ("torch", "onnx")
-PRECISIONS = {"torch": ("fp32", "int8", "fp16", "bf16"), "onnx": ("fp32", "int8")}
+#: `carelens.models.runtimes` checks a runtime, precision and device against. `auto` chooses runtime and precision.
+RUNTIMES = ("auto", "torch", "onnx")
+PRECISIONS = {"auto": (), "torch": ("fp32", "int8", "fp16", "bf16"), "onnx": ("fp32", "int8")}
 #: Every precision some runtime runs, in the order listed.
 ANY_PRECISION = tuple(dict.fromkeys(p for runtime in RUNTIMES for p in PRECISIONS[runtime]))
 
@@ -46,11 +46,13 @@ class EncoderFlags:
     """How a command runs the transcript model's encoder: runtime, precision, device, threads and token budget."""
 
     runtime: Annotated[Optional[Literal[RUNTIMES]], typer.Option(
-        help="Encoder runtime: onnx (ONNX Runtime on the export published with the model; the default on a CPU) or "
-             "torch.")] = None
+        help="Encoder runtime: auto (the default on a CPU: the fastest runtime whose scores do not depend on the batch "
+             "and stayed within the model's validated accuracy, measured on first load and remembered per CPU), onnx "
+             "(ONNX Runtime on the exports published with the model) or torch.")] = None
     precision: Annotated[Optional[Literal[ANY_PRECISION]], typer.Option(
-        help="fp32 (default on a CPU), int8 (faster; a turn's score then depends on the turns batched with it), bf16 "
-             "(torch), fp16 (torch on --device cuda, the default there).")] = None
+        help="fp32 (with --runtime onnx or torch: the default), int8 (onnx: static, calibrated at publishing; torch: "
+             "dynamic, a turn's score then depends on the turns batched with it), bf16 (torch), fp16 (torch on "
+             "--device cuda, the default there).")] = None
     device: Annotated[str, typer.Option(help="cpu, or cuda[:N] (torch runtime).")] = "cpu"
     threads: Annotated[Optional[int], typer.Option(
         min=1, help="Intra-op threads of each scoring process (default: every core it may use).")] = None

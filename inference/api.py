@@ -155,6 +155,12 @@ class Scorer:
         return (self.churn, self.retaliation, *((self.satisfaction,) if self.satisfaction is not None else ()))
 
     @property
+    def runtime_choice(self) -> Optional[dict]:
+        """How the transcript model's encoder runs and why (`auto`'s measurement, or the options given); None when
+        no encoder is loaded."""
+        return self.metadata.get(MODEL_NAME, {}).get("runtime_choice") if self.transcripts is not None else None
+
+    @property
     def uses_transcripts(self) -> bool:
         return any(f in FEATURE_COLUMNS for f in self.features)
 

@@ -1,13 +1,14 @@
 """How a transcript model's encoder runs one batch: torch (fp32, int8 dynamic quantisation, bf16, fp16 on CUDA) or
-ONNX Runtime (fp32, int8) on the ONNX export published with the model."""
+ONNX Runtime (fp32, static int8) on the ONNX exports published with the model."""
 from __future__ import annotations
 
 import copy
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Iterable, Optional, Protocol
 
 import numpy as np
 import torch
@@ -16,9 +17,7 @@ from torch import nn
 from carelens.data.errors import UsageError
 from carelens.data.options import PRECISIONS, RUNTIMES
 
-#: What scores by default: the fastest runtime on the 2-core development machine that gives the scores the model was
-#: validated with (docs/FIGURES.md, Performance). int8 is faster still, but dynamic quantisation scales activations per
-#: batch, so a turn's score moved by up to 0.16 with the turns batched beside it; bf16 moved scores by up to 0.006.
+#: What scores when a precision is asked for without a runtime, and what `auto` falls back to: ONNX Runtime at fp32.
 #: A model published without an ONNX export falls back to torch at the same precision.
 DEFAULT_RUNTIME, DEFAULT_PRECISION = "onnx", "fp32"
 ONNX_DIRECTORY = "onnx"
@@ -118,7 +117,7 @@ class TorchRuntime:
 
 
 class OnnxRuntime:
-    """The encoder's ONNX export (fp32, or with int8 weights) in ONNX Runtime on the CPU."""
+    """The encoder's ONNX export (fp32, or statically quantised to int8) in ONNX Runtime on the CPU."""
     name = "onnx"
 
     def __init__(self, path: Path, precision: str, threads: Optional[int] = None):
@@ -144,12 +143,68 @@ def exported_inputs(tokenizer) -> list[str]:
     return [name for name in ENCODER_INPUTS if name in tokenizer.model_input_names or name == "attention_mask"]
 
 
-def write_onnx_exports(encoder: nn.Module, tokenizer, directory: Path) -> dict[str, str]:
-    """The encoder (with its pooling) exported to ONNX at fp32, and that graph with int8 weights (ONNX Runtime's
-    dynamic quantisation, per channel), under `directory/onnx/`; returns the file of each precision, relative to
-    `directory`."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+#: Operators whose output keeps a long tail (GELU's): a MatMul that reads one stays in float when the rest is quantised,
+#: since one scale per tensor for it cost the most accuracy (of the encoder's MatMul groups, the feed-forward output
+#: projection alone moved the most probabilities).
+_LONG_TAILED = {"Erf", "Tanh", "Gelu", "FastGelu", "BiasGelu"}
 
+
+def _reads_long_tail(node, producers: dict, depth: int = 4) -> bool:
+    """Whether a node's first input comes from a GELU within `depth` producers (exported: Erf, Add, Mul, Mul)."""
+    frontier = [node.input[0]]
+    for _ in range(depth):
+        nodes = [producers[name] for name in frontier if name in producers]
+        if any(n.op_type in _LONG_TAILED for n in nodes):
+            return True
+        frontier = [name for n in nodes for name in n.input]
+    return False
+
+
+def float_matmuls(model) -> list[str]:
+    """The MatMul nodes static quantisation leaves in float: those of two activations (attention's scores and weighted
+    sum, whose ranges change with every input) and those reading a GELU's output. Layer norms, softmax, GELU and
+    residual adds are not MatMuls, so they stay in float too (Hugging Face Optimum's guidance for BERT encoders)."""
+    weights = {tensor.name for tensor in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
+    return [node.name for node in model.graph.node if node.op_type == "MatMul"
+            and (not any(name in weights for name in node.input) or _reads_long_tail(node, producers))]
+
+
+def write_static_int8(fp32: Path, int8: Path, calibration: Iterable[dict[str, np.ndarray]]) -> None:
+    """The fp32 export with its weight MatMuls quantised statically: int8 weights per output channel, uint8
+    activations with one scale and zero point per tensor fixed from `calibration` batches (min–max), so that a turn's
+    encoding never depends on the turns batched beside it (dynamic quantisation measures each batch's range), and in
+    ONNX Runtime's QDQ form, which it runs on integer (VNNI / AMX) kernels."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        # Constant folding and shape inference first, as ONNX Runtime advises for static quantisation (the symbolic
+        # shape pass cannot follow the dynamic windows, and is not needed for MatMuls).
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(int8), Batches(), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["MatMul"], nodes_to_exclude=float_matmuls(onnx.load(str(prepared))),
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+
+def write_onnx_exports(encoder: nn.Module, tokenizer, directory: Path,
+                       calibration: Iterable[dict[str, np.ndarray]]) -> dict[str, str]:
+    """The encoder (with its pooling) exported to ONNX at fp32, and that graph statically quantised to int8 with
+    activation ranges from the `calibration` batches (padded encoder inputs of held-out text; `write_static_int8`),
+    under `directory/onnx/`; returns the file of each precision, relative to `directory`."""
     names = exported_inputs(tokenizer)
     example = {name: torch.ones((2, 8), dtype=torch.long) if name != "token_type_ids"
                else torch.zeros((2, 8), dtype=torch.long) for name in names}
@@ -162,9 +217,9 @@ def write_onnx_exports(encoder: nn.Module, tokenizer, directory: Path) -> dict[s
                           output_names=["pooled"], opset_version=17, dynamo=False,
                           dynamic_axes={**{name: {0: "rows", 1: "tokens"} for name in names}, "pooled": {0: "rows"}})
     quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs a pre-processing hint at WARNING
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs its progress and hints at INFO/WARNING
     try:
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+        write_static_int8(fp32, int8, ({k: v for k, v in batch.items() if k in names} for batch in calibration))
     finally:
         logging.getLogger().setLevel(quiet)
     return {precision: path.relative_to(directory).as_posix() for precision, path in (("fp32", fp32), ("int8", int8))}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -25,6 +26,10 @@ from carelens.models.conversation_features import (
 from carelens.models.drivers import DriverModel, drivers_for
 from carelens.models.registry import Registry, RegistryError
 from carelens.data.errors import CareLensError, UsageError
+from carelens.models.runtime_choice import (
+    RuntimeChoice, choice_key, chosen_by_measuring, eligible, largest_batch_change, probe_texts, remembered,
+    turns_per_second, write_remembered,
+)
 from carelens.models.runtimes import (
     DEFAULT_PRECISION, DEFAULT_RUNTIME, PRECISIONS, OnnxRuntime, Runtime, TorchRuntime, checked_choice,
     configure_threads, onnx_file,
@@ -44,10 +49,20 @@ DEFAULT_TOKEN_BUDGET = 2048
 
 
 @dataclass(frozen=True)
+class Resolved:
+    """How a scoring process will run the transcript model: runtime and precision, a warning when a default could
+    not be honoured, and, when `auto` chose, what it measured and why."""
+    runtime: str
+    precision: str
+    warning: Optional[str] = None
+    choice: Optional[RuntimeChoice] = None
+
+
+@dataclass(frozen=True)
 class ScoringOptions:
-    """How a scoring process runs the transcript model: runtime and precision (None: the defaults, see
-    `ScoringOptions.chosen`), device, intra-op threads (None: every core the process may use), padded tokens per encoder
-    batch, and how many recent encodings it remembers (0: none)."""
+    """How a scoring process runs the transcript model: runtime and precision (None: `auto` on a CPU, see
+    `ScoringOptions.resolved`), device, intra-op threads (None: every core the process may use), padded tokens per
+    encoder batch, and how many recent encodings it remembers (0: none)."""
     runtime: Optional[str] = None
     precision: Optional[str] = None
     device: str = "cpu"
@@ -56,32 +71,91 @@ class ScoringOptions:
     cache_entries: int = SCORING_CACHE_ENTRIES
 
     def __post_init__(self):
-        checked_choice(*self.chosen, self.device)
+        if self.runtime == "auto" and self.precision is not None:
+            raise UsageError(f"--runtime auto chooses the precision too; to score at {self.precision}, name the "
+                             f"runtime (onnx or torch)")
+        if not self.automatic:
+            checked_choice(*self.chosen, self.device)
         if self.token_budget < 16:
             raise UsageError(f"--token-budget {self.token_budget}: give at least 16 tokens")
 
     @property
+    def automatic(self) -> bool:
+        """Whether `auto` chooses: on a CPU, --runtime auto or neither runtime nor precision given (on CUDA, `auto` is
+        the device's default, torch fp16)."""
+        return self.device == "cpu" and (self.runtime == "auto" or (self.runtime is None and self.precision is None))
+
+    @property
     def chosen(self) -> tuple[str, str]:
-        """(runtime, precision) with the defaults filled in: ONNX fp32 on a CPU, torch fp16 on CUDA, torch for a
-        precision only torch runs (bf16, fp16)."""
+        """(runtime, precision) of a choice `auto` does not make, the defaults filled in: ONNX fp32 on a CPU, torch
+        fp16 on CUDA, torch for a precision only torch runs (bf16, fp16)."""
         precision = self.precision or (DEFAULT_PRECISION if self.device == "cpu" else "fp16")
         onnx_runs_it = self.device == "cpu" and precision in PRECISIONS["onnx"]
-        return self.runtime or (DEFAULT_RUNTIME if onnx_runs_it else "torch"), precision
+        runtime = self.runtime if self.runtime not in (None, "auto") else None
+        return runtime or (DEFAULT_RUNTIME if onnx_runs_it else "torch"), precision
 
-    def resolved(self, directory: Optional[Path]) -> tuple[str, str, Optional[str]]:
-        """(runtime, precision, a warning when the default could not be honoured) for the saved model in
-        `directory`: a model saved without an ONNX export scores with torch at the same precision when the runtime
-        was left to the default; asked for explicitly, a missing export is a RegistryError."""
-        runtime, precision = self.chosen
-        if runtime == "torch" or (directory is not None and onnx_file(directory, precision).is_file()):
-            return runtime, precision, None
+    def resolved(self, directory: Optional[Path], model: Optional[TranscriptModel] = None,
+                 metadata: Optional[dict] = None) -> Resolved:
+        """How the saved model in `directory` will run. `auto` takes the choice remembered for this CPU and model,
+        or measures the candidates (`auto_choice`; `model` and `metadata` spare loading them again). Otherwise a model
+        saved without an ONNX export scores with torch at the same precision when the runtime was left to the
+        default; asked for explicitly, a missing export is a RegistryError."""
         where = f"{directory}" if directory is not None else "a model in memory"
         hint = "onnx/encoder.<precision>.onnx, written when a model is published"
+        missing = (f"{where} has no ONNX export ({hint}): scoring with torch instead, which is slower; models "
+                   f"published by this version of CareLens carry one")
+        if self.automatic and directory is not None:
+            choice = auto_choice(directory, model, metadata, configure_threads(self.threads), self.token_budget)
+            return Resolved(choice.runtime, choice.precision,
+                            None if onnx_file(directory, DEFAULT_PRECISION).is_file() else missing, choice)
+        runtime, precision = self.chosen
+        if runtime == "torch" or (directory is not None and onnx_file(directory, precision).is_file()):
+            return Resolved(runtime, precision)
         if self.runtime is not None:
             raise RegistryError(f"{where}: no ONNX export at {precision} ({hint}); re-publish the model or score "
                                 f"with --runtime torch")
-        return "torch", precision, (f"{where} has no ONNX export ({hint}): scoring with torch {precision} instead, "
-                                    f"which is slower; models published by this version of CareLens carry one")
+        return Resolved("torch", precision, missing)
+
+
+def runtime_for(model: TranscriptModel, directory: Optional[Path], runtime: str, precision: str, device: str = "cpu",
+                threads: Optional[int] = None) -> Runtime:
+    """The runtime that runs the model's encoder: torch on its weights, or ONNX Runtime on its export in
+    `directory`."""
+    if runtime == "torch":
+        return TorchRuntime(model.encoder, precision, device)
+    return OnnxRuntime(onnx_file(directory, precision), precision, threads)
+
+
+def auto_choice(directory: Path, model: Optional[TranscriptModel], metadata: Optional[dict], threads: int,
+                token_budget: int) -> RuntimeChoice:
+    """The runtime `auto` scores the saved model with on this CPU: remembered from an earlier load, or measured now
+    (each eligible runtime scores the probe turns at several batch sizes and for speed) and remembered."""
+    key = choice_key(directory, threads, token_budget)
+    known = remembered(key)
+    if known is not None:
+        return known
+    model = model or TranscriptModel.from_pretrained(directory)
+    if metadata is None:
+        path = Path(directory) / "metadata.json"
+        metadata = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    texts = list(probe_texts())
+
+    def measure(runtime: str, precision: str) -> tuple[float, float]:
+        pipeline = TranscriptPipeline(model, runtime_for(model, directory, runtime, precision, "cpu", threads))
+
+        def probabilities(batch: list[str], budget: int) -> np.ndarray:
+            pipeline.token_budget = budget
+            logits = model.head_logits(pipeline.forward(model.preprocess(batch)))
+            return np.hstack([model.postprocess_sentiment(logits[0], batch),
+                              model.postprocess_empathy(logits[1], batch).reshape(len(batch), -1)])
+
+        change = largest_batch_change(probabilities, texts, token_budget)
+        pipeline.token_budget = token_budget
+        return turns_per_second(lambda batch: pipeline.forward(model.preprocess(batch)), texts), change
+
+    choice = chosen_by_measuring(eligible(metadata, onnx_file(directory, DEFAULT_PRECISION).is_file()), measure)
+    write_remembered(key, choice)
+    return choice
 
 
 class ScoringAbandoned(CareLensError):
@@ -225,21 +299,26 @@ class TranscriptPipeline:
 
 def load_scoring_pipeline(registry: Union[Registry, PathLike, None] = None, version: str = "latest",
                           options: ScoringOptions = ScoringOptions()) -> tuple[TranscriptPipeline, dict]:
-    """The published transcript model as a scoring pipeline, and its metadata (with a `runtime_warning` when the
-    default runtime fell back, see `ScoringOptions.resolved`): checksums and library versions verified by the registry
-    first, and this process's threads set as `options` say. The registry's call drivers come with it when they were
-    fitted on this transcript model's embeddings."""
+    """The published transcript model as a scoring pipeline, and its metadata, with `runtime_choice` (what ran and,
+    when `auto` chose, why) and a `runtime_warning` when a default runtime fell back (see `ScoringOptions.resolved`):
+    checksums and library versions verified by the registry first, and this process's threads set as `options` say.
+    The registry's call drivers come with it when they were fitted on this transcript model's embeddings."""
     registry = registry if isinstance(registry, Registry) else Registry(registry)
     version = registry.resolve(MODEL_NAME, version)  # once: `latest` may move while we load
-    runtime, precision, warning = options.resolved(registry.directory(MODEL_NAME, version))
-    needed = ("torch", "transformers", *(("onnxruntime",) if runtime == "onnx" else ()))
-    artifact = registry.open(MODEL_NAME, version, requires=needed)
+    directory = registry.directory(MODEL_NAME, version)
+    onnx_may_run = options.automatic or options.resolved(directory).runtime == "onnx"
+    artifact = registry.open(MODEL_NAME, version, requires=("torch", "transformers", *(
+        ("onnxruntime",) if onnx_may_run and onnx_file(directory, DEFAULT_PRECISION).is_file() else ())))
     model = TranscriptModel.from_pretrained(artifact.path)
     threads = configure_threads(options.threads)
-    chosen = (TorchRuntime(model.encoder, precision, options.device) if runtime == "torch"
-              else OnnxRuntime(onnx_file(artifact.path, precision), precision, threads))
-    metadata = {**artifact.metadata, **({"runtime_warning": warning} if warning else {})}
-    return TranscriptPipeline(model, chosen, options.token_budget, options.cache_entries,
+    resolved = options.resolved(artifact.path, model, artifact.metadata)
+    runtime = runtime_for(model, artifact.path, resolved.runtime, resolved.precision, options.device, threads)
+    ran = resolved.choice.record() if resolved.choice else {"runtime": resolved.runtime,
+                                                            "precision": resolved.precision,
+                                                            "why": "as the scoring options say"}
+    metadata = {**artifact.metadata, "runtime_choice": ran,
+                **({"runtime_warning": resolved.warning} if resolved.warning else {})}
+    return TranscriptPipeline(model, runtime, options.token_budget, options.cache_entries,
                               drivers_for(registry, version)), metadata
 
 

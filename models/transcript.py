@@ -6,8 +6,9 @@ import itertools
 import json
 import os
 import re
+import shutil
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import skops.io as sio
@@ -18,7 +19,7 @@ from torch import nn
 from carelens.data.contracts import LEVEL_NAMES, MECHANISMS, SENTIMENTS, SYNTHETIC_TEXT
 from carelens.data.errors import UsageError
 from carelens.models.registry import Artifact, Registry, RegistryError
-from carelens.models.runtimes import write_onnx_exports
+from carelens.models.runtimes import ONNX_DIRECTORY, write_onnx_exports
 
 PathLike = Union[str, Path]
 MODEL_NAME = "transcripts"
@@ -485,14 +486,39 @@ def pooled_by_owner(pooled: np.ndarray, owner: np.ndarray, lengths: np.ndarray, 
 
 # -- registry ---------------------------------------------------------------------------------------------------
 
+#: Turns the static int8 export's activation ranges are measured on, at most, and windows per calibration batch.
+CALIBRATION_TURNS, CALIBRATION_ROWS = 512, 32
+
+
+def calibration_batches(model: TranscriptModel, texts: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
+    """Padded encoder batches of the texts' windows (the first CALIBRATION_TURNS texts), CALIBRATION_ROWS at a time:
+    what static quantisation measures activation ranges on."""
+    windows = model.preprocess(list(texts)[:CALIBRATION_TURNS])
+    ids, types = windows["input_ids"], windows["token_type_ids"]
+    for start in range(0, len(ids), CALIBRATION_ROWS):
+        yield model.padded(ids[start:start + CALIBRATION_ROWS],
+                           types[start:start + CALIBRATION_ROWS] if types is not None else None)
+
+
+def write_exports(model: TranscriptModel, directory: PathLike, held_out: Optional[Sequence[str]] = None) -> None:
+    """The model's ONNX exports under `directory/onnx/`: fp32, and int8 calibrated on `held_out` text (default: turns
+    of the seeded generator, for a model published without held-out text of its own)."""
+    from carelens.models.runtime_choice import probe_texts
+    write_onnx_exports(model.encoder, model.tokenizer, Path(directory),
+                       calibration_batches(model, held_out if held_out else probe_texts(CALIBRATION_TURNS)))
+
+
 def publish(model: TranscriptModel, root: Optional[PathLike], metadata: dict,
-            files: Optional[dict[str, str]] = None) -> Artifact:
-    """The model published to the registry as `transcripts/<version>/` with checksums, with its encoder exported
-    to ONNX at fp32 and int8 (`onnx/`, the runtimes scoring chooses from); `files` adds text files (such as the HTML
-    report) under the same checksums."""
+            files: Optional[dict[str, str]] = None, exports: Optional[PathLike] = None) -> Artifact:
+    """The model published to the registry as `transcripts/<version>/` with checksums, with its encoder's ONNX
+    exports (`onnx/`, the runtimes scoring chooses from: those written under `exports` by `write_exports`, else
+    written now); `files` adds text files (such as the HTML report) under the same checksums."""
     def write(directory: Path) -> None:
         model.save_pretrained(directory)
-        write_onnx_exports(model.encoder, model.tokenizer, directory)
+        if exports is not None:
+            shutil.copytree(Path(exports) / ONNX_DIRECTORY, directory / ONNX_DIRECTORY)
+        else:
+            write_exports(model, directory)
         for name, text in (files or {}).items():
             (directory / name).write_text(text, encoding="utf-8")
 

@@ -2,6 +2,7 @@
 time limit for code that could hang."""
 import os
 import signal
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,10 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+# `--runtime auto` remembers its choice per CPU and model: one cache for this test session (and the commands it runs),
+# never the user's.
+os.environ.setdefault("CARELENS_CACHE_DIR", tempfile.mkdtemp(prefix="carelens-test-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CARELENS_SHARED", REPO.parent / "shared"))

@@ -1,5 +1,6 @@
 """Runtimes and the scoring pipeline on a tiny model: int8 and ONNX stay near fp32, token-budget batches, the ONNX
 export in the registry under checksums, the fallback and the refusals."""
+import json
 import shutil
 
 import numpy as np
@@ -10,7 +11,8 @@ from typer.testing import CliRunner
 
 from carelens.data.errors import UsageError
 from carelens.models.registry import Registry, RegistryError
-from carelens.models.runtimes import onnx_file
+from carelens.models.runtime_choice import BATCH_TOLERANCE, chosen_by_measuring, eligible
+from carelens.models.runtimes import float_matmuls, onnx_file
 from carelens.models.scoring import ScoringOptions, TranscriptPipeline, load_scoring_pipeline, token_budget_batches
 from carelens.models.transcript import MODEL_NAME, TranscriptModel, publish
 from tiny_encoder import tiny_encoder
@@ -49,9 +51,14 @@ def test_every_runtime_stays_near_fp32(registry, runtime, precision):
     np.testing.assert_allclose(other.predict_sentiment(TEXTS), reference.predict_sentiment(TEXTS), atol=0.02)
 
 
-def test_the_default_is_onnx_fp32_and_the_export_is_under_the_checksums(registry, tmp_path):
+def test_the_default_is_measured_and_the_exports_are_under_the_checksums(registry, tmp_path):
     pipeline, metadata = load_scoring_pipeline(registry)
-    assert pipeline.description == "onnx fp32" and "runtime_warning" not in metadata
+    choice = metadata["runtime_choice"]
+    assert pipeline.description == f"{choice['runtime']} {choice['precision']}" and "runtime_warning" not in metadata
+    # Published without held-out figures, the model may score only at fp32; both fp32 runtimes were measured.
+    assert set(choice["measured"]) == {"onnx fp32", "torch fp32"}
+    assert choice["measured"][pipeline.description]["batch_invariant"] and choice["why"].startswith(
+        f"fastest batch-invariant runtime on this CPU: {pipeline.description}")
     registry = shutil.copytree(registry, tmp_path / "registry")
     artifact = registry / MODEL_NAME / "v1"
     listed = (artifact / "SHA256SUMS").read_text()
@@ -66,30 +73,35 @@ def test_the_default_is_onnx_fp32_and_the_export_is_under_the_checksums(registry
 def test_a_model_without_an_export_falls_back_by_default_and_is_refused_when_onnx_is_asked_for(model, tmp_path):
     Registry(tmp_path).publish(MODEL_NAME, model.save_pretrained, {})
     pipeline, metadata = load_scoring_pipeline(tmp_path)
-    assert pipeline.description == "torch fp32"
-    assert "has no ONNX export" in metadata["runtime_warning"] and "torch fp32" in metadata["runtime_warning"]
+    assert pipeline.description == "torch fp32" and set(metadata["runtime_choice"]["measured"]) == {"torch fp32"}
+    assert "has no ONNX export" in metadata["runtime_warning"] and "torch" in metadata["runtime_warning"]
     with pytest.raises(RegistryError, match=r"no ONNX export at fp32 .*--runtime torch"):
         load_scoring_pipeline(tmp_path, options=ScoringOptions(runtime="onnx", precision="fp32"))
 
 
-def test_a_precision_only_torch_runs_chooses_torch_without_being_told():
+def test_auto_chooses_on_a_cpu_unless_told_and_a_precision_only_torch_runs_chooses_torch():
+    assert ScoringOptions().automatic and ScoringOptions(runtime="auto").automatic
+    assert not ScoringOptions(precision="int8").automatic and not ScoringOptions(device="cuda").automatic
     assert ScoringOptions(precision="bf16").chosen == ("torch", "bf16")
-    assert ScoringOptions(device="cuda").chosen == ("torch", "fp16")
-    assert ScoringOptions().chosen == ("onnx", "fp32")
+    assert ScoringOptions(device="cuda").chosen == ScoringOptions(device="cuda", runtime="auto").chosen == \
+        ("torch", "fp16")
+    assert ScoringOptions(precision="int8").chosen == ("onnx", "int8")
 
 
-def test_a_batch_run_records_its_runtime_and_says_when_it_fell_back(model, tmp_path):
+def test_a_batch_run_records_its_runtime_and_why_and_says_when_it_fell_back(model, tmp_path):
     from carelens.inference.nightly.run import score_batch
     Registry(tmp_path / "registry").publish(MODEL_NAME, model.save_pretrained, {})
     (tmp_path / "t.jsonl").write_text('{"conversation_id": "a", "customer_id": "c", "turns": '
                                       '[{"speaker": "customer", "text": "my bag was lost"}]}\n')
     manifest = score_batch([tmp_path / "t.jsonl"], tmp_path / "out", tmp_path / "registry", show_progress_bar=False)
     assert manifest["runtime"] == "torch fp32" and manifest["counts"] == {"in": 1, "out": 1, "dead": 0}
+    assert manifest["runtime_choice"]["runtime"] == "torch" and "torch fp32" in manifest["runtime_choice"]["why"]
     assert len(manifest["warnings"]) == 1 and "has no ONNX export" in manifest["warnings"][0]
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"runtime": "tensorrt"}, "--runtime 'tensorrt': expected one of torch, onnx"),
+    ({"runtime": "tensorrt"}, "--runtime 'tensorrt': expected one of auto, torch, onnx"),
+    ({"runtime": "auto", "precision": "int8"}, "--runtime auto chooses the precision too"),
     ({"runtime": "onnx", "precision": "fp16"}, "--precision 'fp16' with --runtime onnx: expected one of fp32, int8"),
     ({"runtime": "torch", "precision": "fp16"}, "--precision fp16 needs --device cuda"),
     ({"device": "cuda", "precision": "int8"}, "int8 dynamic quantisation runs on CPUs only"),
@@ -134,3 +146,70 @@ def test_padded_batches_are_exact(model):
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["token_type_ids"].tolist() == [[0, 0, 0], [0, 0, 0]]
     assert batch["input_ids"].dtype == np.int64
+
+
+def probabilities(pipeline: TranscriptPipeline, texts: list[str], budget: int) -> np.ndarray:
+    pipeline.token_budget = budget
+    return pipeline.predict_sentiment(texts)
+
+
+def test_the_static_int8_export_scores_a_turn_the_same_whatever_is_batched_beside_it(registry):
+    pipeline, _ = load_scoring_pipeline(registry, options=ScoringOptions(runtime="onnx", precision="int8"))
+    batched, small = probabilities(pipeline, TEXTS, 4096), probabilities(pipeline, TEXTS, 16)
+    alone = np.concatenate([probabilities(pipeline, [text], 4096) for text in TEXTS])
+    assert np.abs(batched - small).max() <= BATCH_TOLERANCE and np.abs(batched - alone).max() <= BATCH_TOLERANCE
+
+
+def test_static_quantisation_keeps_attention_and_the_gelu_output_in_float(registry):
+    import onnx
+    names = float_matmuls(onnx.load(str(onnx_file(registry / MODEL_NAME / "v1", "fp32"))))
+    # The tiny encoder's two layers: scores and weighted sum of attention, and the feed-forward output, each.
+    assert sorted(names) == sorted(f"/encoder/encoder/layer.{layer}/{node}" for layer in (0, 1) for node in
+                                   ("attention/self/MatMul", "attention/self/MatMul_1", "output/dense/MatMul"))
+    quantised = onnx.load(str(onnx_file(registry / MODEL_NAME / "v1", "int8")))
+    weights = {node.input[0] for node in quantised.graph.node if node.op_type == "DequantizeLinear"}
+    assert sum(1 for tensor in quantised.graph.initializer if tensor.name in weights
+               and tensor.data_type == onnx.TensorProto.INT8) == 2 * 4 + 2  # per layer Q, K, V, attention output,
+    # feed-forward input: 5 weight MatMuls a layer are quantised
+
+
+def test_auto_remembers_its_choice_per_cpu_and_model_and_measures_again_when_the_cache_is_unreadable(
+        registry, tmp_path, monkeypatch):
+    import carelens.models.runtime_choice as runtime_choice
+    monkeypatch.setenv("CARELENS_CACHE_DIR", str(tmp_path / "cache"))
+    first = load_scoring_pipeline(registry)[1]["runtime_choice"]
+    again = load_scoring_pipeline(registry)[1]["runtime_choice"]
+    assert not first["cached"] and again == {**first, "cached": True}
+    monkeypatch.setattr(runtime_choice, "cpu_model", lambda: "Another CPU 9000")
+    elsewhere = load_scoring_pipeline(registry)[1]["runtime_choice"]
+    assert not elsewhere["cached"] and elsewhere["cpu"] == "Another CPU 9000"
+    assert len(json.loads((tmp_path / "cache" / "runtime-choices.json").read_text())) == 2
+    (tmp_path / "cache" / "runtime-choices.json").write_text("{not json")
+    assert not load_scoring_pipeline(registry)[1]["runtime_choice"]["cached"]
+
+
+def test_the_fastest_batch_invariant_candidate_wins():
+    measured = {("onnx", "int8"): (900.0, 0.2), ("onnx", "fp32"): (500.0, 3e-7), ("torch", "fp32"): (300.0, 0.0)}
+    choice = chosen_by_measuring(list(measured), lambda *name: measured[name])
+    assert (choice.runtime, choice.precision) == ("onnx", "fp32") and not choice.measured["onnx int8"]["batch_invariant"]
+    assert choice.measured["torch fp32"] == {"turns_per_s": 300.0, "largest_batch_change": 0.0,
+                                             "batch_invariant": True}
+    assert choice.why == ("fastest batch-invariant runtime on this CPU: onnx fp32 500 turns/s against onnx int8 900/s "
+                   "(batch-dependent), torch fp32 300/s (probe of generated turns)")
+
+
+def test_only_runtimes_training_found_within_the_bounds_are_eligible():
+    metadata = {"runtimes": {"onnx int8": {"within_bounds": True}, "torch bf16": {"within_bounds": False}}}
+    assert eligible(metadata, has_export=True) == [("onnx", "int8"), ("onnx", "fp32"), ("torch", "fp32")]
+    assert eligible(metadata, has_export=False) == [("torch", "fp32")]
+    assert eligible({}, has_export=True) == [("onnx", "fp32"), ("torch", "fp32")]
+
+
+@pytest.mark.parametrize("sentiment, empathy, within", [(80.4, 50.0, True), (79.4, 50.0, False), (80.6, 51.0, False),
+                                                        (80.0, 49.05, True), (80.0, 48.9, False)])
+def test_a_runtime_is_within_the_bounds_when_both_heads_stay_near_fp32(sentiment, empathy, within):
+    from carelens.training.runtime_accuracy import changes
+    reference = {"sentiment_accuracy": 80.0, "empathy_macro_f1": {"explorations": 50.0}}
+    got = changes({"sentiment_accuracy": sentiment, "empathy_macro_f1": {"explorations": empathy}}, reference)
+    assert got["within_bounds"] is within
+    assert got["sentiment_accuracy_change"] == round(abs(sentiment - 80.0), 2)

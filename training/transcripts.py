@@ -1,6 +1,7 @@
 """The transcript model's training run (either mode, calibration, the floor pooled in, test figures) and publishing."""
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,12 +12,15 @@ import torch
 from carelens.data.errors import UsageError
 from carelens.models.registry import Artifact, frame_fingerprint
 from carelens.models.scoring import TranscriptPipeline
-from carelens.models.transcript import PAIRED, SINGLE_TURN, TranscriptModel, pooled_with_floor, publish
+from carelens.models.transcript import (
+    PAIRED, SINGLE_TURN, TranscriptModel, pooled_with_floor, publish, write_exports,
+)
 from carelens.training.bootstrap import LEVEL, RESAMPLES, SEED, macro_f1_difference, predicted_classes
 from carelens.training.calibration import calibrate, split_probabilities
 from carelens.training.finetune import train_finetune
 from carelens.training.floor import FLOOR, fitted_floors, stacking_shares
 from carelens.training.heads import train_heads
+from carelens.training.runtime_accuracy import held_out_texts, runtime_accuracy
 from carelens.training.splits import Data, head_texts, load_data
 from carelens.training.transcript_metrics import all_head_metrics, head_examples
 from carelens.training.transcript_options import Options
@@ -138,7 +142,13 @@ def _beats_floor(metrics: dict, floor: dict) -> dict[str, bool]:
 
 
 def publish_trained(trained: Trained, root: Optional[PathLike]) -> Artifact:
-    """The trained model, its metadata and its HTML report (report.html) published to the registry."""
+    """The trained model, its metadata and its HTML report (report.html) published to the registry, with its ONNX
+    exports (int8 calibrated on the validation split's text) and each CPU runtime's test figures beside fp32's
+    (`runtimes`: what `--runtime auto` may choose from)."""
     recorded = _metadata(trained)
     report = transcript_report(trained.metrics["test"], trained.floor, recorded, trained.examples)
-    return publish(trained.model, root, recorded, files={"report.html": report})
+    with tempfile.TemporaryDirectory() as exports:
+        write_exports(trained.model, exports, held_out_texts(trained.data))
+        recorded["runtimes"] = runtime_accuracy(trained.model, trained.data, Path(exports),
+                                                threads=trained.options.threads)
+        return publish(trained.model, root, recorded, files={"report.html": report}, exports=exports)

@@ -72,7 +72,7 @@ def scoring_manifest(run: Run, table_counts: dict, scored_units: int) -> dict:
             entry["reason"] = redacted(entry["reason"])
     manifest = {"carelens": package_version("carelens"), "engine": run.spec.engine, "started_at": run.started,
                 "ended_at": now(), "elapsed_s": round(time.perf_counter() - run.clock, 3), "models": run.plan["models"],
-                "runtime": run.plan["runtime"], "warnings": run.warnings,
+                "runtime": run.plan["runtime"], "runtime_choice": run.runtime_choice, "warnings": run.warnings,
                 "chunk_size": run.plan["chunk_size"], "inputs": run.plan["inputs"],
                 "interactions": [{"path": p, "sha256": h, **table_counts.get(p, {})}
                                  for p, h in zip(run.plan["interactions"], run.plan["interaction_hashes"])],

@@ -72,6 +72,8 @@ class Run:
     scoring: ScoringOptions = ScoringOptions()
     #: What the user should know about how the run scores (a runtime that fell back).
     warnings: list = field(default_factory=list)
+    #: Why the transcript model scores with the plan's runtime: `auto`'s measurements, or the options given.
+    runtime_choice: dict = field(default_factory=dict)
     started: str = field(default_factory=now)
     clock: float = field(default_factory=time.perf_counter)
     #: Holds the lock on `out` (`run_folder_lock`) until the run ends: `with planned_run(...) as run:`.
@@ -120,16 +122,17 @@ def planned_run(spec: RunSpec) -> Run:
         for planned in inputs:
             if planned.kind == "parquet":
                 check_long_form_keys(spec.keys, planned.path)
-        runtime, precision, warning = spec.scoring.resolved(store.directory(MODEL_NAME, models[MODEL_NAME]))
+        resolved = spec.scoring.resolved(store.directory(MODEL_NAME, models[MODEL_NAME]))
         plan = {"inputs": [f.summary() for f in inputs], "interactions": [str(p) for p in tables],
                 "interaction_hashes": [file_sha256(p) for p in tables], "models": models,
                 "model_sha256": {name: store.content_sha256(name, v) for name, v in models.items()},
                 "chunk_size": spec.chunk_size, "redact": spec.redact, "keys": spec.keys,
-                "runtime": f"{runtime} {precision}"}
+                "runtime": f"{resolved.runtime} {resolved.precision}"}
         already = _checked_plan(out, plan)
         return Run(spec, out, store, inputs, tables, models, bool(wanted), plan, already, table_stamps,
-                   replace(spec.scoring, runtime=runtime, precision=precision),
-                   warnings=[warning] if warning else [], lock=lock.pop_all())
+                   replace(spec.scoring, runtime=resolved.runtime, precision=resolved.precision),
+                   warnings=[resolved.warning] if resolved.warning else [], lock=lock.pop_all(),
+                   runtime_choice=resolved.choice.record() if resolved.choice else {"why": "as the scoring options say"})
 
 
 def check_no_nightly_outputs(out: Path) -> None:

@@ -72,8 +72,9 @@ guarded = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], route_cla
 @public.head("/health", include_in_schema=False)
 @public.get("/health", response_model=Health)
 async def health(service: ServiceDep) -> dict:
-    """Whether the service is up, which model versions it serves, and for how long."""
-    return {"status": "ok", "models": service.scorer.versions, "uptime_s": time.monotonic() - service.started}
+    """Whether the service is up, which model versions it serves, how the transcript model runs, and for how long."""
+    return {"status": "ok", "models": service.scorer.versions, "runtime": service.scorer.runtime_choice,
+            "uptime_s": time.monotonic() - service.started}
 
 
 @guarded.head("/models", include_in_schema=False)

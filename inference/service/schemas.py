@@ -224,11 +224,26 @@ class FlagResponse(BaseModel):
                                           f"{MIN_DRIFT_ROWS} contacts, or when the models record no held-out figures.")
 
 
+class RuntimeReport(BaseModel):
+    """How the transcript model's encoder runs in this service, and why."""
+
+    runtime: Optional[str] = Field(None, description="onnx or torch.")
+    precision: Optional[str] = Field(None, description="fp32, int8, bf16 or fp16.")
+    why: str = Field(description="Why this runtime: `auto`'s measurement on this CPU, or the options given.")
+    cpu: Optional[str] = Field(None, description="The CPU model `auto` measured on.")
+    measured: dict[str, dict] = Field(default_factory=dict, description="Per candidate runtime: turns/s on the probe, "
+                                                                        "the largest change of a probability between "
+                                                                        "batch sizes, and whether that is within 1e-4.")
+    measured_at: Optional[str] = None
+    cached: bool = Field(False, description="Whether the choice was remembered from an earlier load on this CPU.")
+
+
 class Health(BaseModel):
-    """The service is up; which model versions it serves, and for how long."""
+    """The service is up; which model versions it serves, how the transcript model runs, and for how long."""
 
     status: Literal["ok"]
     models: dict[str, str] = Field(description="Each loaded model's version.")
+    runtime: Optional[RuntimeReport] = Field(None, description="How the transcript model runs (none loaded: null).")
     uptime_s: float
 
 
