@@ -199,18 +199,79 @@ class EncodingCache:
     def __init__(self, max_entries: int = SCORING_CACHE_ENTRIES):
         self.max_entries = max_entries
         self.entries: OrderedDict = OrderedDict()
+        self.lock = threading.Lock()  # the service's requests read and write it from several threads
 
     def get(self, key: bytes) -> Optional[tuple[np.ndarray, int]]:
         """(pooled vector, encoder windows) of an input seen before, or None."""
-        found = self.entries.get(key)
-        if found is not None:
-            self.entries.move_to_end(key)
-        return found
+        with self.lock:
+            found = self.entries.get(key)
+            if found is not None:
+                self.entries.move_to_end(key)
+            return found
 
     def put(self, key: bytes, vector: np.ndarray, windows: int) -> None:
-        self.entries[key] = (vector, windows)
-        if len(self.entries) > self.max_entries:
-            self.entries.popitem(last=False)
+        with self.lock:
+            self.entries[key] = (vector, windows)
+            if len(self.entries) > self.max_entries:
+                self.entries.popitem(last=False)
+
+
+class _AllGaveUp:
+    """Given up when every caller whose work runs together has given up (`abandonable` reads `is_set`)."""
+
+    def __init__(self, events: list[Optional[threading.Event]]):
+        self.events = events
+
+    def is_set(self) -> bool:
+        return all(event is not None and event.is_set() for event in self.events)
+
+
+@dataclass
+class _Job:
+    items: list
+    given_up: Optional[threading.Event]
+    result: Optional[np.ndarray] = None
+    error: Optional[BaseException] = None
+    done: bool = False
+
+
+class MicroBatcher:
+    """Runs the work of callers that come at the same time as one: each call queues its items, and whichever caller
+    gets the turn next runs every queued item in one `run` and hands each caller its rows, so concurrent requests
+    fill the encoder's batches together instead of taking turns with small ones. Work stops early (`abandonable`)
+    only when every caller in it has given up."""
+
+    def __init__(self):
+        self.queue_lock, self.turn = threading.Lock(), threading.Lock()
+        self.queued: list[_Job] = []
+
+    def __call__(self, items: list, run) -> np.ndarray:
+        """`run(items)` for these items, possibly with other callers' (rows in item order)."""
+        job = _Job(items, _GIVEN_UP.get())
+        with self.queue_lock:
+            self.queued.append(job)
+        with self.turn:
+            if not job.done:
+                with self.queue_lock:
+                    jobs, self.queued = self.queued, []
+                self._run_together(jobs, run)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    @staticmethod
+    def _run_together(jobs: list[_Job], run) -> None:
+        try:
+            with abandonable(_AllGaveUp([j.given_up for j in jobs])):
+                rows = run([item for j in jobs for item in j.items])
+            start = 0
+            for j in jobs:
+                j.result, start = rows[start:start + len(j.items)], start + len(j.items)
+        except BaseException as error:  # every caller in the batch hears of it, then the turn passes on
+            for j in jobs:
+                j.error = error
+        for j in jobs:
+            j.done = True
 
 
 def token_budget_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
@@ -238,6 +299,7 @@ class TranscriptPipeline:
         self.model, self.token_budget, self.drivers = model, token_budget, drivers
         self.runtime = runtime or TorchRuntime(model.encoder)
         self.encodings = EncodingCache(cache_entries) if cache_entries else None
+        self.shared = MicroBatcher()
 
     @property
     def description(self) -> str:
@@ -245,17 +307,27 @@ class TranscriptPipeline:
         return f"{self.runtime.name} {self.runtime.precision}"
 
     def forward(self, windows: dict, show_progress_bar: bool = False, desc: str = "encoding") -> np.ndarray:
-        """One pooled encoding per text of `model.preprocess` output, in input order."""
-        lengths = np.fromiter(map(len, windows["input_ids"]), dtype=int, count=len(windows["input_ids"]))
-        pooled = np.zeros((len(lengths), self.model.hidden_size), dtype=np.float32)
+        """One pooled encoding per text of `model.preprocess` output, in input order. Windows of calls made at the
+        same time from other threads (the service's concurrent requests) are encoded in the same batches."""
         types = windows["token_type_ids"]
+        items = list(zip(windows["input_ids"], types if types is not None else itertools.repeat(None)))
+        pooled = self.shared(items, lambda merged: self.pooled_windows(merged, show_progress_bar, desc))
+        lengths = np.fromiter(map(len, windows["input_ids"]), dtype=int, count=len(windows["input_ids"]))
+        return pooled_by_owner(pooled, windows["owner"], lengths, windows["count"])
+
+    def pooled_windows(self, items: list[tuple[list[int], Optional[list[int]]]], show_progress_bar: bool = False,
+                       desc: str = "encoding") -> np.ndarray:
+        """One pooled encoding per (token ids, token types) window, through the runtime in length-sorted batches of
+        at most `token_budget` padded tokens."""
+        lengths = np.fromiter((len(ids) for ids, _ in items), dtype=int, count=len(items))
+        pooled = np.zeros((len(items), self.model.hidden_size), dtype=np.float32)
+        typed = bool(items) and items[0][1] is not None
         for rows in tqdm(token_budget_batches(lengths, self.token_budget), desc=desc, disable=not show_progress_bar,
                          unit="batch"):
             check_not_abandoned()
-            batch = self.model.padded([windows["input_ids"][i] for i in rows],
-                                      [types[i] for i in rows] if types is not None else None)
+            batch = self.model.padded([items[i][0] for i in rows], [items[i][1] for i in rows] if typed else None)
             pooled[rows] = self.runtime.pooled(batch)
-        return pooled_by_owner(pooled, windows["owner"], lengths, windows["count"])
+        return pooled
 
     def encode_with_windows(self, texts: Sequence[str], contexts: Optional[Sequence[str]] = None,
                             show_progress_bar: bool = False, desc: str = "encoding") -> tuple[np.ndarray, np.ndarray]:

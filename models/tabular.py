@@ -1,6 +1,8 @@
 """The churn and retaliation models: a learner chosen by cross-validation, cross-fitted calibration, a goal-chosen threshold."""
 from __future__ import annotations
 
+import functools
+
 import re
 import time
 import warnings
@@ -18,7 +20,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_consistent_length, check_is_fitted, column_or_1d
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from carelens.data.errors import CareLensError, UsageError
 from carelens.models.drift import distribution
@@ -59,6 +61,18 @@ SCORING_ROWS = 250_000
 #: request of 40 customers waking the threads hundreds of times cost more than the trees (0.18 s against 0.42 s per
 #: flag call, and 4 s while another process held the cores).
 PARALLEL_SCORING_ROWS = 10_000
+
+
+@functools.lru_cache(maxsize=1)
+def _thread_pools() -> ThreadpoolController:
+    """The process's thread pools, found once: `threadpool_limits` looks for them on every call (3 ms each, more than
+    scoring a request's few contacts takes)."""
+    return ThreadpoolController()
+
+
+def _openmp_threads(limit: Optional[int]):
+    """A context in which OpenMP runs at most `limit` threads (None: as many as it likes)."""
+    return _thread_pools().limit(limits=limit, user_api="openmp")
 
 
 CALIBRATIONS = ("auto", "isotonic", "sigmoid")
@@ -401,7 +415,7 @@ class RiskModel(ClassifierMixin, BaseEstimator):
         """Class probabilities, columns in the order of `classes_`, for a frame or an array (see `_frame`)."""
         check_is_fitted(self, "estimator_")
         frame = self._model_frame(self._frame(X))
-        with threadpool_limits(1 if len(frame) < PARALLEL_SCORING_ROWS else None, user_api="openmp"):
+        with _openmp_threads(1 if len(frame) < PARALLEL_SCORING_ROWS else None):
             return np.concatenate([self.estimator_.predict_proba(frame.iloc[start:start + SCORING_ROWS])
                                    for start in range(0, max(len(frame), 1), SCORING_ROWS)])
 

@@ -1,12 +1,14 @@
 """The transcript model: one transformer encoder with a customer-sentiment head and an agent-empathy (EPITOME) head."""
 from __future__ import annotations
 
+import copy
 import html
 import itertools
 import json
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
@@ -142,7 +144,8 @@ class TranscriptModel(nn.Module):
         super().__init__()
         if max_length < MIN_MAX_LENGTH:
             raise UsageError(f"max_length must be at least {MIN_MAX_LENGTH} tokens, got {max_length}")
-        self.encoder, self.tokenizer, self.heads = encoder, tokenizer, heads
+        self.encoder, self.shared_tokenizer, self.heads = encoder, tokenizer, heads
+        self._per_thread = threading.local()
         self.max_length = min(max_length, self._encoder_window())
         self.mode = mode
         self.temperatures = {**default_temperatures(), **(temperatures or {})}
@@ -164,6 +167,25 @@ class TranscriptModel(nn.Module):
     def pairs(self) -> bool:
         """Whether empathy is read from (customer turn, agent turn) pairs; off only in the single-turn ablation."""
         return self.extra.get("pair_encoding") != SINGLE_TURN
+
+    @property
+    def tokenizer(self):
+        """The tokenizer of the calling thread: a fast tokenizer keeps its truncation and padding settings as state
+        of its own, so two threads tokenizing with one at once break each other's calls; each other thread gets its
+        copy on first use (the service scores requests on several threads)."""
+        own = getattr(self._per_thread, "tokenizer", None)
+        if own is None:
+            main = threading.current_thread() is threading.main_thread()
+            own = self._per_thread.tokenizer = self.shared_tokenizer if main else copy.deepcopy(self.shared_tokenizer)
+        return own
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        return {key: value for key, value in state.items() if key != "_per_thread"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._per_thread = threading.local()
 
     @classmethod
     def from_encoder(cls, directory: Optional[PathLike] = None, max_length: int = 128, mode: str = "heads",

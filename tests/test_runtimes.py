@@ -2,6 +2,9 @@
 export in the registry under checksums, the fallback and the refusals."""
 import json
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -213,3 +216,40 @@ def test_a_runtime_is_within_the_bounds_when_both_heads_stay_near_fp32(sentiment
     got = changes({"sentiment_accuracy": sentiment, "empathy_macro_f1": {"explorations": empathy}}, reference)
     assert got["within_bounds"] is within
     assert got["sentiment_accuracy_change"] == round(abs(sentiment - 80.0), 2)
+
+
+def test_concurrent_callers_share_runs_and_each_gets_its_own_rows():
+    from carelens.models.scoring import MicroBatcher
+    batcher, runs, started = MicroBatcher(), [], threading.Event()
+
+    def run(items):
+        runs.append(list(items))
+        started.set()
+        time.sleep(0.2)  # the first run holds the turn while the others queue
+        return np.array(items) * 10
+
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(batcher, [0], run)
+        started.wait(5)
+        rest = [pool.submit(batcher, [i, i + 100], run) for i in range(1, 6)]
+        assert first.result().tolist() == [0]
+        assert [f.result().tolist() for f in rest] == [[i * 10, (i + 100) * 10] for i in range(1, 6)]
+    assert len(runs) == 2 and sorted(runs[1]) == sorted(x for i in range(1, 6) for x in (i, i + 100))
+
+
+def test_an_error_in_a_shared_run_reaches_every_caller_in_it_and_the_next_call_runs():
+    from carelens.models.scoring import MicroBatcher
+    batcher = MicroBatcher()
+    with pytest.raises(ValueError, match="broken"):
+        batcher([1], lambda items: (_ for _ in ()).throw(ValueError("broken")))
+    assert batcher([2], lambda items: np.array(items)).tolist() == [2]
+
+
+def test_threads_scoring_at_once_get_what_each_would_alone(registry):
+    pipeline, _ = load_scoring_pipeline(registry, options=ScoringOptions(runtime="onnx", precision="fp32"))
+    groups = [TEXTS[i:] + [f"turn {i} " * (i * 7 + 1)] for i in range(len(TEXTS))]
+    alone = [pipeline.predict_sentiment(group) for group in groups]
+    with ThreadPoolExecutor(len(groups)) as pool:
+        together = list(pool.map(pipeline.predict_sentiment, groups))
+    for expected, got in zip(alone, together):
+        np.testing.assert_allclose(got, expected, atol=1e-6)

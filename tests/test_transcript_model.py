@@ -188,6 +188,16 @@ def test_train_command_publishes_a_model_with_metrics_beside_the_floor(encoder_d
     assert metadata["bootstrap"] == {"resamples": 1000, "seed": 0, "level": 0.95}
     rows = metadata["rows"]["sentiment"]
     assert rows["train"] + rows["validation"] + rows["test"] == 120
+    # Each CPU runtime's test figures beside torch fp32's, which are the metrics training reports.
+    runtimes = metadata["runtimes"]
+    assert set(runtimes) == {"torch fp32", "onnx fp32", "onnx int8", "torch bf16"}
+    assert runtimes["torch fp32"]["sentiment_accuracy"] == round(100 * metadata["metrics"]["test"]["sentiment"][
+        "accuracy"], 2)
+    assert runtimes["onnx fp32"]["sentiment_accuracy_change"] == 0 and runtimes["onnx fp32"]["within_bounds"]
+    for name in ("onnx int8", "torch bf16"):
+        record = runtimes[name]
+        assert record["within_bounds"] == (record["sentiment_accuracy_change"] <= 0.5
+                                           and record["worst_empathy_macro_f1_change"] <= 1.0)
 
     evaluated = CliRunner().invoke(evaluate_app, ["transcripts", "--registry", str(registry), "--sentiment-data",
                                                   str(tweets), "--empathy-data", str(epitome), "--json"])

@@ -1,4 +1,4 @@
-"""What the routes depend on: the shared state, the API key check, and scoring under the lock within the timeout."""
+"""What the routes depend on: the shared state, the API key check, and scoring in a worker thread within the timeout."""
 from __future__ import annotations
 
 import secrets
@@ -23,13 +23,12 @@ T = TypeVar("T")
 
 @dataclass
 class Service:
-    """What every request shares: the loaded models, the settings, the scoring lock and the start time."""
+    """What every request shares: the loaded models, the settings and the start time. Requests score concurrently:
+    each worker thread tokenizes with its own tokenizer (`TranscriptModel.tokenizer`), and concurrent requests'
+    turns go through the encoder together (`TranscriptPipeline`'s micro-batching)."""
 
     scorer: Scorer
     settings: ServiceSettings
-    # One scoring call at a time: the fast tokenizer keeps its truncation settings as shared state, so two threads
-    # tokenizing at once break each other's calls (seen as 500s); and each call already spreads over every core.
-    lock: threading.Lock = field(default_factory=threading.Lock)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -65,39 +64,32 @@ def require_key(service: ServiceDep, given: Annotated[Optional[str], Depends(_ke
         raise HTTPException(401, refusal, headers={"WWW-Authenticate": API_KEY_HEADER})
 
 
-# -- scoring under the lock, within the request timeout -------------------------------------------------------------
+# -- scoring in a worker thread, within the request timeout ---------------------------------------------------------
 
 _GAVE_UP = object()
 
 
-def _locked(lock: threading.Lock, work: Callable[[], T], deadline: float, abandoned: threading.Event) -> Any:
-    """work() under the lock; _GAVE_UP instead when the lock did not come before the deadline or the request was
-    abandoned while this thread waited for it, so that a request nobody waits for any more never holds up the next."""
-    if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+def _unless_abandoned(work: Callable[[], T], abandoned: threading.Event) -> Any:
+    """work(), stopping at its next encoder batch once the request is abandoned; _GAVE_UP when it was abandoned
+    before it started."""
+    if abandoned.is_set():
         return _GAVE_UP
-    try:
-        if abandoned.is_set():
-            return _GAVE_UP
-        with abandonable(abandoned):
-            return work()
-    finally:
-        lock.release()
+    with abandonable(abandoned):
+        return work()
 
 
 async def scored(service: Service, work: Callable[[], T]) -> T:
-    """work() in a worker thread, one call at a time; 503 when waiting for the lock and running take longer than
-    the request timeout.
+    """work() in a worker thread, beside other requests' (the encoder, ONNX Runtime and the tabular models release the
+    GIL while they compute); 503 when it takes longer than the request timeout.
 
     A thread cannot be stopped from outside: work that is already running when the time is up stops at its next
-    encoder batch (`abandonable`), releasing the lock, and its result is dropped; what runs between two batches
-    (tokenizing, the tabular models) runs on to its end. Requests queued behind it wait at most their own timeout,
-    and one that times out while still queued never runs its work."""
+    encoder batch (`abandonable`) and its result is dropped; what runs between two batches (tokenizing, the tabular
+    models) runs on to its end. Work still waiting for a worker thread when its request times out never runs."""
     limit = service.settings.request_timeout_s
     abandoned = threading.Event()
     result: Any = _GAVE_UP
     with anyio.move_on_after(limit):
-        result = await anyio.to_thread.run_sync(_locked, service.lock, work, time.monotonic() + limit, abandoned,
-                                                abandon_on_cancel=True)
+        result = await anyio.to_thread.run_sync(_unless_abandoned, work, abandoned, abandon_on_cancel=True)
     if result is _GAVE_UP:
         abandoned.set()
         raise HTTPException(503, f"scoring timed out after {limit:g} s (the service is busy or the batch is large); "
