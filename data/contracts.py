@@ -7,7 +7,7 @@ import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Optional, Sequence
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -282,36 +282,46 @@ def blank(raw: pd.Series) -> pd.Series:
 
 def _column_problems(raw: pd.Series, value: pd.Series, column: Column) -> pd.Series:
     """Per row, what is wrong with this column's value (empty string when nothing is)."""
-    problems = pd.Series("", index=raw.index, dtype=object)
-    missing_raw = blank(raw)
-    bad_type = value.isna() & ~missing_raw
-    if column.kind == "id":
-        bad_type = bad_type | value.fillna("").str.contains(CONTROL).astype(bool)
-    if not column.nullable:
-        problems[missing_raw.to_numpy()] = f"missing value, expected {column.expectation()}"
-    problems[bad_type.to_numpy()] = [f"got {shown(v)}, expected {column.expectation()}" for v in raw[bad_type]]
-    present = ~value.isna()
+    problems = np.full(len(raw), "", dtype=object)
+    cells = raw.to_numpy(dtype=object)  # Python values, as the messages show them (2, not np.int64(2))
+
+    def mark(rows: np.ndarray, message: Callable[[Any], str]) -> None:
+        # Only rows that break the rule are touched: on a clean column (most of them) no message is built.
+        if rows.any():
+            problems[rows] = [message(v) for v in cells[rows]]
+
+    missing_raw = blank(raw).to_numpy(dtype=bool)
+    absent = value.isna().to_numpy(dtype=bool)
+    bad_type = absent & ~missing_raw
+    if column.kind == "id" and not absent.all():
+        bad_type = bad_type | value.fillna("").str.contains(CONTROL).to_numpy(dtype=bool)
+    if not column.nullable and missing_raw.any():
+        problems[missing_raw] = f"missing value, expected {column.expectation()}"
+    mark(bad_type, lambda v: f"got {shown(v)}, expected {column.expectation()}")
+    present = ~absent
     if column.kind in ("int", "float"):
-        magnitude = value.where(present, 0).astype(float).abs()
+        numbers = value.to_numpy(dtype=float, na_value=0.0)
         limit = LARGEST_WHOLE if column.kind == "int" else np.inf
-        unbounded = present & ~(magnitude < limit)
-        problems[unbounded.to_numpy()] = [f"got {shown(v)}, expected {column.expectation()}"
-                                          f"{' below 2**53' if column.kind == 'int' else ''}" for v in raw[unbounded]]
+        unbounded = present & ~(np.abs(numbers) < limit)
+        mark(unbounded, lambda v: f"got {shown(v)}, expected {column.expectation()}"
+                                  f"{' below 2**53' if column.kind == 'int' else ''}")
         present = present & ~unbounded
-    if column.kind == "int":
-        fractional = present & (value.where(present, 0) % 1 != 0)
-        problems[fractional.to_numpy()] = [f"got {shown(v)}, expected a whole number" for v in raw[fractional]]
-    if column.minimum is not None or column.maximum is not None:
+        if column.kind == "int":
+            mark(present & (np.where(present, numbers, 0) % 1 != 0), lambda v: f"got {shown(v)}, expected a whole number")
+        if column.minimum is not None or column.maximum is not None:
+            low = column.minimum if column.minimum is not None else -np.inf
+            high = column.maximum if column.maximum is not None else np.inf
+            mark(present & ((numbers < low) | (numbers > high)),
+                 lambda v: f"got {shown(v)}, expected {column.expectation()}")
+    elif column.minimum is not None or column.maximum is not None:
         low = column.minimum if column.minimum is not None else -np.inf
         high = column.maximum if column.maximum is not None else np.inf
-        numbers = value.where(present, low).astype(float)
-        out_of_range = present & ((numbers < low) | (numbers > high))
-        problems[out_of_range.to_numpy()] = [f"got {shown(v)}, expected {column.expectation()}"
-                                             for v in raw[out_of_range]]
+        numbers = value.where(value.notna(), low).astype(float).to_numpy()
+        mark(present & ((numbers < low) | (numbers > high)), lambda v: f"got {shown(v)}, expected {column.expectation()}")
     if column.allowed:
-        unknown = present & ~value.isin(column.allowed).fillna(False).astype(bool)
-        problems[unknown.to_numpy()] = [f"got {shown(v)}, expected {column.expectation()}" for v in raw[unknown]]
-    return problems
+        mark(present & ~value.isin(column.allowed).fillna(False).to_numpy(dtype=bool),
+             lambda v: f"got {shown(v)}, expected {column.expectation()}")
+    return pd.Series(problems, index=raw.index, dtype=object)
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """A registry with all three models (a tiny transcript encoder unless given one; tabular models use its features)."""
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -19,12 +20,20 @@ class ScoredRegistry:
     day_dir: Path
 
 
-def scored_registry(directory: Path, customers: int = 1200, model: Optional[TranscriptModel] = None) -> ScoredRegistry:
-    """Publish a transcript model (default: a tiny random one), then churn and retaliation trained on a synthetic
-    history with its transcript features; `day` is a further synthetic day (another seed) the models never saw."""
+def scored_registry(directory: Path, customers: int = 1200, model: Optional[TranscriptModel] = None,
+                    source: Optional[Path] = None) -> ScoredRegistry:
+    """Publish a transcript model (default: a tiny random one; `source`, a published model's directory: that model with
+    its exports and the runtime figures training recorded), then churn and retaliation trained on a synthetic history
+    with its transcript features; `day` is a further synthetic day (another seed) the models never saw."""
     root = directory / "registry"
-    model = model or TranscriptModel.from_encoder(tiny_encoder(directory / "encoder"), max_length=32)
-    version = publish(model, root, {"note": "untrained heads, for tests"}).version
+    if source is not None:
+        recorded = json.loads((Path(source) / "metadata.json").read_text())
+        model, metadata = TranscriptModel.from_pretrained(source), {"note": f"copy of {source}",
+                                                                    "runtimes": recorded.get("runtimes", {})}
+        version = publish(model, root, metadata, exports=source).version
+    else:
+        model = model or TranscriptModel.from_encoder(tiny_encoder(directory / "encoder"), max_length=32)
+        version = publish(model, root, {"note": "untrained heads, for tests"}).version
     history = generate(customers, seed=11)
     write_synthetic(history, directory / "history")
     features = directory / "history_features.parquet"

@@ -1,7 +1,8 @@
 """What each runtime costs in accuracy: a fine-tuned transcript model's sentiment accuracy and empathy macro-F1 on
 its own validation and test splits (re-carved from ../shared/data with the seed and fractions its metadata records),
-through torch fp32 (the reference), torch int8, torch bf16, ONNX fp32 and ONNX int8. The default runtime may lose at most 0.5
-points of sentiment accuracy and 1 point of empathy macro-F1 against fp32 on validation.
+through torch fp32 (the reference), ONNX fp32, ONNX int8 (static, calibrated on the validation split's text, as
+publishing does) and torch bf16 — what training records as the model's `runtimes` and `--runtime auto` chooses from;
+and how much a turn's score depends on the turns batched with it, per runtime (torch int8, dynamic, too).
 
 $CARELENS_BENCH_MODEL: the saved model directory (e.g. registry/transcripts/v1 after `make train-real`)."""
 from __future__ import annotations
@@ -14,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from carelens.data.contracts import MECHANISMS
-from carelens.models.scoring import ScoringOptions, load_scoring_pipeline
-from carelens.models.transcript import TranscriptModel, publish
-from carelens.training.calibration import split_metrics
+from carelens.models.runtime_choice import ACCURACY_BOUNDS, BATCH_TOLERANCE
+from carelens.models.scoring import TranscriptPipeline, runtime_for
+from carelens.models.transcript import TranscriptModel, write_exports
+from carelens.training.runtime_accuracy import held_out_texts, runtime_accuracy
 from carelens.training.splits import load_data
 from carelens.training.transcript_options import Options
 from conftest import SHARED, requires_shared
@@ -25,13 +26,11 @@ from harness import record
 
 SOURCE = os.environ.get("CARELENS_BENCH_MODEL")
 RUNTIMES = [("torch", "fp32"), ("torch", "int8"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8")]
-SENTIMENT_POINTS, EMPATHY_POINTS = 0.5, 1.0
 
 
-@pytest.mark.slow
-@requires_shared
-@pytest.mark.skipif(not SOURCE, reason="set CARELENS_BENCH_MODEL to a fine-tuned transcript model directory")
-def test_the_default_runtime_holds_accuracy_against_fp32(tmp_path):
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """(the model, its data split as trained, a folder with its ONNX exports calibrated on the validation text)."""
     metadata = json.loads((Path(SOURCE) / "metadata.json").read_text())
     recorded = metadata["options"]
     options = Options(seed=recorded["seed"], validation_fraction=recorded["validation_fraction"],
@@ -40,46 +39,45 @@ def test_the_default_runtime_holds_accuracy_against_fp32(tmp_path):
                       *sorted((SHARED / "data" / "empathy").glob("epitome_*.csv"))], options)
     assert data.sizes() == {task: {split: metadata["rows"][task][split] for split in ("train", "validation", "test")}
                             for task in ("sentiment", "empathy")}, "not the split the model was trained with"
-    publish(TranscriptModel.from_pretrained(SOURCE), tmp_path, {"source": SOURCE})
-    figures = {}
-    for runtime, precision in RUNTIMES:
-        pipeline, _ = load_scoring_pipeline(tmp_path, options=ScoringOptions(runtime=runtime, precision=precision,
-                                                                             cache_entries=0))
-        for split in ("validation", "test"):
-            metrics = split_metrics(pipeline, data, split)
-            figures[(runtime, precision, split)] = {
-                "sentiment accuracy": 100 * metrics["sentiment"]["accuracy"],
-                "sentiment macro-F1": 100 * metrics["sentiment"]["macro_f1"],
-                **{f"{m} macro-F1": 100 * metrics[m]["macro_f1"] for m in MECHANISMS}}
-    rows = []
-    for (runtime, precision, split), values in figures.items():
-        reference = figures[("torch", "fp32", split)]
-        rows.append({"runtime": f"{runtime} {precision}", "split": split,
-                     **{name: round(value, 2) for name, value in values.items()},
-                     "worst empathy Δ": round(min(values[k] - reference[k] for k in values if k.split()[0] in MECHANISMS), 2),
-                     "sentiment accuracy Δ": round(values["sentiment accuracy"] - reference["sentiment accuracy"], 2)})
-    record("runtime_accuracy", {"model": SOURCE, "split_seed": options.seed, "rows": data.sizes(),
-                                "text": "airline tweets and EPITOME pairs, the model's own validation/test splits"},
-           rows, model_version=metadata.get("version"))
-    default = ScoringOptions().chosen
-    for row in rows:
-        if row["runtime"] == " ".join(default) and row["split"] == "validation":
-            assert row["sentiment accuracy Δ"] >= -SENTIMENT_POINTS and row["worst empathy Δ"] >= -EMPATHY_POINTS
+    model, exports = TranscriptModel.from_pretrained(SOURCE), tmp_path_factory.mktemp("exports")
+    write_exports(model, exports, held_out_texts(data))
+    return model, data, exports, metadata
 
 
 @pytest.mark.slow
 @requires_shared
 @pytest.mark.skipif(not SOURCE, reason="set CARELENS_BENCH_MODEL to a fine-tuned transcript model directory")
-def test_how_much_a_turn_s_score_depends_on_the_turns_batched_with_it(tmp_path):
+def test_each_runtime_against_fp32_on_held_out_labels(published):
+    model, data, exports, metadata = published
+    rows = []
+    for split in ("validation", "test"):
+        for name, figures in runtime_accuracy(model, data, exports, split).items():
+            rows.append({"runtime": name, "split": split, "sentiment accuracy": figures["sentiment_accuracy"],
+                         **{f"{m} macro-F1": v for m, v in figures["empathy_macro_f1"].items()},
+                         "sentiment accuracy |Δ|": figures.get("sentiment_accuracy_change", 0.0),
+                         "worst empathy |Δ|": figures.get("worst_empathy_macro_f1_change", 0.0),
+                         "within bounds": figures.get("within_bounds", True)})
+    record("runtime_accuracy", {"model": SOURCE, "rows": data.sizes(), "bounds_points": ACCURACY_BOUNDS,
+                                "text": "airline tweets and EPITOME pairs, the model's own validation/test splits; int8 "
+                                        "calibrated on the validation split's text"},
+           rows, model_version=metadata.get("version"))
+    for row in rows:
+        print(row)
+    assert all(row["within bounds"] for row in rows if row["runtime"].endswith("fp32"))
+
+
+@pytest.mark.slow
+@requires_shared
+@pytest.mark.skipif(not SOURCE, reason="set CARELENS_BENCH_MODEL to a fine-tuned transcript model directory")
+def test_how_much_a_turn_s_score_depends_on_the_turns_batched_with_it(published):
     """The same 300 distinct airline tweets scored in batches of 4,096 and of 256 padded tokens, and the first 60
     one at a time: the largest change of any sentiment probability, per runtime."""
+    model, _, exports, _ = published
     tweets = pd.read_csv(SHARED / "data" / "sentiment" / "airline_tweets_train.csv")["text"].drop_duplicates()
     texts = tweets.iloc[np.random.default_rng(1).permutation(len(tweets))[:300]].tolist()
-    publish(TranscriptModel.from_pretrained(SOURCE), tmp_path, {"source": SOURCE})
     rows = []
     for runtime, precision in RUNTIMES:
-        pipeline, _ = load_scoring_pipeline(tmp_path, options=ScoringOptions(runtime=runtime, precision=precision,
-                                                                             cache_entries=0))
+        pipeline = TranscriptPipeline(model, runtime_for(model, exports, runtime, precision))
         pipeline.token_budget = 4096
         large = pipeline.predict_sentiment(texts)
         pipeline.token_budget = 256
@@ -88,6 +86,8 @@ def test_how_much_a_turn_s_score_depends_on_the_turns_batched_with_it(tmp_path):
         rows.append({"runtime": f"{runtime} {precision}",
                      "max |Δp| 4,096 vs 256 tokens": float(np.abs(large - small).max()),
                      "max |Δp| batched vs alone": float(np.abs(large[:60] - alone).max())})
+        print(rows[-1])
     record("batch_invariance", {"model": SOURCE, "tweets": len(texts), "text": "airline tweets"}, rows)
-    fp32 = [row for row in rows if row["runtime"].endswith("fp32")]
-    assert all(row["max |Δp| 4,096 vs 256 tokens"] < 1e-5 and row["max |Δp| batched vs alone"] < 1e-5 for row in fp32)
+    exact = [row for row in rows if row["runtime"] in ("torch fp32", "onnx fp32", "onnx int8")]
+    assert all(row["max |Δp| 4,096 vs 256 tokens"] <= BATCH_TOLERANCE and row["max |Δp| batched vs alone"] <=
+               BATCH_TOLERANCE for row in exact)
