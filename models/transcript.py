@@ -173,10 +173,11 @@ class TranscriptModel(nn.Module):
         """The tokenizer of the calling thread: a fast tokenizer keeps its truncation and padding settings as state
         of its own, so two threads tokenizing with one at once break each other's calls; each other thread gets its
         copy on first use (the service scores requests on several threads)."""
+        if threading.current_thread() is threading.main_thread():
+            return self.shared_tokenizer
         own = getattr(self._per_thread, "tokenizer", None)
         if own is None:
-            main = threading.current_thread() is threading.main_thread()
-            own = self._per_thread.tokenizer = self.shared_tokenizer if main else copy.deepcopy(self.shared_tokenizer)
+            own = self._per_thread.tokenizer = copy.deepcopy(self.shared_tokenizer)
         return own
 
     def __getstate__(self) -> dict:

@@ -24,7 +24,7 @@ def help_text(command: list[str]) -> str:
 @pytest.mark.parametrize("command", SCORING_COMMANDS)
 def test_help_lists_the_runtimes_and_precisions(command):
     text = help_text(command)
-    assert "<torch|onnx>" in text and "<fp32|int8|fp16|bf16>" in text
+    assert "<auto|torch|onnx>" in text and "<fp32|int8|fp16|bf16>" in text
 
 
 @pytest.mark.parametrize("option, value, choices", [("--runtime", "tensorrt", "'torch', 'onnx'"),

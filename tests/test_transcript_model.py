@@ -391,7 +391,7 @@ def test_a_huge_turn_is_read_in_a_bounded_number_of_windows_from_its_opening_and
     opening, ending = "my flight was cancelled ", " please refund my order today"
     huge = opening + "my bag was lost " * 56_000 + ending  # 900 KB in one turn
     recording = RecordingTokenizer(model.tokenizer)
-    monkeypatch.setattr(model, "tokenizer", recording)
+    monkeypatch.setattr(model, "shared_tokenizer", recording)
     for contexts in (None, [huge]):
         windows = model.preprocess([huge], contexts)
         assert len(windows["input_ids"]) == MAX_TURN_WINDOWS and set(windows["owner"]) == {0}
