@@ -2,7 +2,7 @@
 earlier and with raw transcripts of real text, from 1 and from $CARELENS_CONCURRENCY_CLIENTS (default 8) clients for
 $CARELENS_LOAD_SECONDS (default 60) each: requests/s, p50 and p99, errors; and, in process, where one request's time
 goes. The requests' bodies are distinct: with transcripts, every turn is a distinct airline tweet (customer) or EPITOME
-reply (agent), so the encoding cache answers nothing.
+reply (agent), and the server runs without its encoding cache, so every turn is encoded each time it comes.
 
 $CARELENS_REGISTRY: a registry of all three models (default: the packaged MiniLM with untrained heads and tabular
 models trained on its features, as test_service_load.py uses); the runtime is the registry's `auto` choice."""
@@ -128,7 +128,8 @@ def time_split(registry: Path, body: bytes) -> dict:
 @requires_shared
 def test_flag_requests_from_concurrent_clients(registry, bodies, tmp_path):
     rows, runtime = [], None
-    with serving(registry, tmp_path / "serve.log") as (url, _):
+    # No encoding cache: the bodies come round again within the run, and remembered turns would flatter the figure.
+    with serving(registry, tmp_path / "serve.log", "--cache-entries", "0") as (url, _):
         runtime = httpx.get(f"{url}/v1/health").json()["runtime"]
         for kind in ("features", "transcripts"):
             for clients in (1, CLIENTS):
