@@ -313,11 +313,6 @@ def _column_problems(raw: pd.Series, value: pd.Series, column: Column) -> pd.Ser
             high = column.maximum if column.maximum is not None else np.inf
             mark(present & ((numbers < low) | (numbers > high)),
                  lambda v: f"got {shown(v)}, expected {column.expectation()}")
-    elif column.minimum is not None or column.maximum is not None:
-        low = column.minimum if column.minimum is not None else -np.inf
-        high = column.maximum if column.maximum is not None else np.inf
-        numbers = value.where(value.notna(), low).astype(float).to_numpy()
-        mark(present & ((numbers < low) | (numbers > high)), lambda v: f"got {shown(v)}, expected {column.expectation()}")
     if column.allowed:
         mark(present & ~value.isin(column.allowed).fillna(False).to_numpy(dtype=bool),
              lambda v: f"got {shown(v)}, expected {column.expectation()}")

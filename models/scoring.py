@@ -378,7 +378,7 @@ def load_scoring_pipeline(registry: Union[Registry, PathLike, None] = None, vers
     registry = registry if isinstance(registry, Registry) else Registry(registry)
     version = registry.resolve(MODEL_NAME, version)  # once: `latest` may move while we load
     directory = registry.directory(MODEL_NAME, version)
-    onnx_may_run = options.automatic or options.resolved(directory).runtime == "onnx"
+    onnx_may_run = options.automatic or options.chosen[0] == "onnx"
     artifact = registry.open(MODEL_NAME, version, requires=("torch", "transformers", *(
         ("onnxruntime",) if onnx_may_run and onnx_file(directory, DEFAULT_PRECISION).is_file() else ())))
     model = TranscriptModel.from_pretrained(artifact.path)
