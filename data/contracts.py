@@ -280,7 +280,7 @@ def blank(raw: pd.Series) -> pd.Series:
     return raw.isna() | raw.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
 
 
-def _column_problems(raw: pd.Series, value: pd.Series, column: Column) -> pd.Series:
+def _column_problems(raw: pd.Series, value: pd.Series, column: Column) -> np.ndarray:
     """Per row, what is wrong with this column's value (empty string when nothing is)."""
     problems = np.full(len(raw), "", dtype=object)
     cells = raw.to_numpy(dtype=object)  # Python values, as the messages show them (2, not np.int64(2))
@@ -316,7 +316,7 @@ def _column_problems(raw: pd.Series, value: pd.Series, column: Column) -> pd.Ser
     if column.allowed:
         mark(present & ~value.isin(column.allowed).fillna(False).to_numpy(dtype=bool),
              lambda v: f"got {shown(v)}, expected {column.expectation()}")
-    return pd.Series(problems, index=raw.index, dtype=object)
+    return problems
 
 
 @dataclass
@@ -377,14 +377,18 @@ def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
                                     f"needs {', '.join(c.name for c in columns)} (found {', '.join(map(str, raw.columns))})",
                             column=missing[0])
     frame = raw.copy()
-    problems = pd.Series("", index=raw.index, dtype=object)
+    # Per row problems gather in a numpy array: a row's first problem is kept, and on a small table (a service
+    # request) pandas operations per column cost more than the checks themselves.
+    problems = np.full(len(raw), "", dtype=object)
     for column in columns:
         plain, not_plain = plain_column(raw[column.name])
         frame[column.name] = _coerced(plain, column)
-        found = _column_problems(plain, frame[column.name], column)
-        found[not_plain != ""] = not_plain[not_plain != ""]
+        unplain = not_plain.to_numpy(dtype=object)
+        found = np.where(unplain != "", unplain, _column_problems(plain, frame[column.name], column))
         fresh = (problems == "") & (found != "")
-        problems[fresh] = [f"column '{column.name}': {p}" for p in found[fresh]]
+        if fresh.any():
+            problems[fresh] = [f"column '{column.name}': {p}" for p in found[fresh]]
+    problems = pd.Series(problems, index=raw.index, dtype=object)
     if contract.unique:
         values = frame[contract.unique]
         # Looked up one by one: `earlier` can hold a whole night's contacts, too many to hash again for every chunk.

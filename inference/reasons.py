@@ -25,14 +25,27 @@ def pushes(risk: Callable[[pd.DataFrame], np.ndarray], frame: pd.DataFrame, typi
     if frame.empty or not features:
         return pd.DataFrame(index=frame.index, columns=features, dtype=float)
     base = risk(frame) if base is None else np.asarray(base, dtype=float)
-    variants = []
-    for feature in features:
-        variant = frame.copy()
-        variant[feature] = typical[feature]
-        variants.append(variant)
     # One call scores all variants: the booster walks one long table instead of a short one per feature.
-    changed = risk(pd.concat(variants, ignore_index=True)).reshape(len(features), len(frame)).T
+    changed = risk(_variants(frame, typical, features)).reshape(len(features), len(frame)).T
     return pd.DataFrame(base[:, None] - changed, index=frame.index, columns=features)
+
+
+def _variants(frame: pd.DataFrame, typical: dict, features: list) -> pd.DataFrame:
+    """The rows once per feature, block after block, each block with its feature set to the typical value; built a
+    column at a time (a copy of the whole frame per feature cost more than the models that read it). A varied
+    column holds Python objects, so that the typical value keeps its own type (0.5 in a column of booleans), as it
+    does when assigned to a whole column."""
+    rows, block = len(frame), {feature: i for i, feature in enumerate(features)}
+
+    def tiled(name) -> np.ndarray:
+        values = frame[name].to_numpy()
+        if name not in block:
+            return np.tile(values, len(features))
+        column = np.tile(values.astype(object), len(features))
+        column[block[name] * rows:(block[name] + 1) * rows] = typical[name]
+        return column
+
+    return pd.DataFrame({name: tiled(name) for name in frame.columns})
 
 
 def percentile_of(value: float, percentiles: Optional[list]) -> Optional[float]:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import copy
+import gc
+import json
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Annotated, Optional
 
 import typer
@@ -37,46 +39,21 @@ def logging_config() -> dict:
     return config
 
 
-def head_deadline_protocol():
-    """uvicorn's HTTP/1.1 protocol with a deadline on every request head: a connection that sends no whole request
-    line and headers within the idle timeout (uvicorn's keep-alive timeout) is closed. uvicorn times out only a
-    connection idle between two requests, and any byte it receives stops that clock, so a client that connects and
-    sends nothing, or its headers a byte at a time, would otherwise hold its connection for ever."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class HeadDeadlineProtocol(H11Protocol):
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self.head_clock = self.loop.call_later(self.timeout_keep_alive, self.close_when_waiting)
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self.head_clock.cancel()
-            self.head_clock = self.loop.call_later(self.timeout_keep_alive, self.close_when_waiting)
-
-        def connection_lost(self, exc) -> None:
-            self.head_clock.cancel()
-            super().connection_lost(exc)
-
-        def close_when_waiting(self) -> None:
-            """Close the connection unless a request is being answered (its head came in time)."""
-            answering = self.cycle is not None and not self.cycle.response_complete
-            if not answering and not self.transport.is_closing():
-                self.transport.close()
-
-    return HeadDeadlineProtocol
-
-
 def serve_until_stopped(app, flags: ServerFlags) -> None:
     """Run uvicorn on the flags' host and port until SIGINT or SIGTERM, then let requests in flight finish (for at
     most `shutdown_timeout` seconds) and return, so that a stop asked for ends with exit code 0. A connection that
-    sends no whole request head within `idle_timeout` seconds (after connecting or after its last answer) is closed."""
+    sends no whole request head within `idle_timeout` seconds (after connecting or after its last answer) is closed.
+    With `workers` > 1, `app` is the import string of a factory each worker process calls, and uvicorn's supervisor
+    starts them on one shared socket, replaces one that dies, and on a signal stops them all the same way."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
-    server = uvicorn.Server(uvicorn.Config(app, host=flags.host, port=flags.port, access_log=False,
-                                           log_config=logging_config(), http=head_deadline_protocol(),
-                                           timeout_graceful_shutdown=flags.shutdown_timeout,
-                                           timeout_keep_alive=flags.idle_timeout))
+    from carelens.inference.service.protocol import HEAD_DEADLINE_PROTOCOL
+
+    config = uvicorn.Config(app, host=flags.host, port=flags.port, access_log=False, log_config=logging_config(),
+                            http=HEAD_DEADLINE_PROTOCOL, timeout_graceful_shutdown=flags.shutdown_timeout,
+                            timeout_keep_alive=flags.idle_timeout, workers=flags.workers, factory=flags.workers > 1)
+    server = uvicorn.Server(config)
 
     # uvicorn, once it has shut down gracefully, raises the signal it caught again under the handler it found; under
     # Python's defaults SIGTERM would then kill the process (exit -15) and SIGINT raise KeyboardInterrupt. This handler
@@ -86,7 +63,10 @@ def serve_until_stopped(app, flags: ServerFlags) -> None:
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run()
+        if flags.workers > 1:
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            server.run()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -129,6 +109,11 @@ class ServerFlags:
                                                           "slower ones are closed.")] = 5
     shutdown_timeout: Annotated[int, typer.Option(min=0, help="On SIGTERM or SIGINT, seconds given to requests in "
                                                               "flight to finish before they are cancelled.")] = 30
+    workers: Annotated[int, typer.Option(min=1, help="Processes answering requests, each with its own copy of the "
+                                                     "models (that much more memory). One process flags one request "
+                                                     "at a time (pandas holds the GIL), so more serve more clients at "
+                                                     "once, up to the cores; each encoder then runs on its share of "
+                                                     "the cores unless --threads is given.")] = 1
 
 
 @with_option_groups
@@ -146,14 +131,60 @@ def serve_command(
     GET /v1/models and GET /v1/health; the OpenAPI documentation is at /docs and /redoc (offline too: the service
     serves their scripts itself). Each request is logged as one JSON line on stdout."""
     from carelens.data.terminal import console, user_errors
-    from carelens.inference.api import Scorer, parse_versions
-    from carelens.inference.service import create_app
-    from carelens.models.scoring import ScoringOptions
     with user_errors():
-        settings = service.settings()
-        scorer = Scorer.load(registry, parse_versions(version), redact=redact,
-                             scoring=ScoringOptions(**scoring.given()))
-    models = ", ".join(f"{name} {v}" for name, v in scorer.versions.items())
-    console.print(f"serving {models}; API key {'required' if settings.api_key else 'not required'}"
-                  f"{'; personal data redacted' if redact else ''}")
-    serve_until_stopped(create_app(scorer, settings), server)
+        spec = WorkerSpec(None if registry is None else str(registry), version, redact,
+                          scoring_with_share(scoring.given(), server.workers), asdict(service))
+        # Loaded here even for worker processes: a registry that does not load stops the command before any worker
+        # starts, and `auto` measures the runtime once, for the workers to find in its cache.
+        app = spec.app()
+    models = ", ".join(f"{name} {v}" for name, v in app.state.service.scorer.versions.items())
+    console.print(f"serving {models}; API key {'required' if app.state.service.settings.api_key else 'not required'}"
+                  f"{'; personal data redacted' if redact else ''}"
+                  f"{f'; {server.workers} worker processes' if server.workers > 1 else ''}")
+    if server.workers == 1:
+        serve_until_stopped(app, server)
+        return
+    del app
+    gc.collect()
+    os.environ[WORKER_SPEC] = json.dumps(asdict(spec))
+    serve_until_stopped(f"{__name__}:worker_app", server)
+
+
+def scoring_with_share(given: dict, workers: int) -> dict:
+    """The scoring options given, with each of `workers` processes' encoder threads an equal share of the cores this
+    process may use when there are several and --threads was not given: two processes each running every core's
+    worth of threads would fight over the cores."""
+    if workers == 1 or "threads" in given:
+        return given
+    return {**given, "threads": max(1, len(os.sched_getaffinity(0)) // workers)}
+
+
+#: The environment variable that hands a worker process what to load (`WorkerSpec` as JSON).
+WORKER_SPEC = "CARELENS_SERVE_WORKER"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What `carelens serve` loads, as plain values a worker process reads back: the registry, the versions, whether
+    to redact, the scoring options and the service flags (the API key itself stays in its environment variable)."""
+
+    registry: Optional[str]
+    version: str
+    redact: bool
+    scoring: dict
+    service: dict
+
+    def app(self):
+        """The service (`create_app`) around the models, loaded and checked, with the settings read."""
+        from carelens.inference.api import Scorer, parse_versions
+        from carelens.inference.service import create_app
+        from carelens.models.scoring import ScoringOptions
+        settings = ServiceFlags(**self.service).settings()
+        scorer = Scorer.load(self.registry, parse_versions(self.version), redact=self.redact,
+                             scoring=ScoringOptions(**self.scoring))
+        return create_app(scorer, settings)
+
+
+def worker_app():
+    """The application of one `--workers` process, loaded as the command that started it loaded its own."""
+    return WorkerSpec(**json.loads(os.environ[WORKER_SPEC])).app()

@@ -59,3 +59,17 @@ def serving(registry: Path, log: Path, *options: str, env: Optional[dict] = None
         yield url, server
     finally:
         stopped(server)
+
+
+def worker_pids(server: subprocess.Popen) -> list[int]:
+    """The processes `carelens serve --workers N` started to answer requests (multiprocessing's spawned children)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # ended while being read
+        if parent == server.pid and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return sorted(found)

@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 from carelens.data.redaction import redacted_conversation
 from carelens.data.synthetic import generate
 from carelens.inference.cli import app as cli
+from carelens.inference.serve import scoring_with_share
 from carelens.inference.service import ServiceSettings, create_app
 from carelens.inference.service.dependencies import API_KEY_HEADER
 from conftest import SERVICE_KEY, SERVICE_LIMITS
@@ -27,7 +29,7 @@ from carelens.inference.service.routes import SCORED_COLUMNS, headline_metrics
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.scoring import ScoringAbandoned, abandonable, as_conversations
-from live_server import serving, stopped
+from live_server import serving, stopped, worker_pids
 
 KEY, LIMITS = SERVICE_KEY, SERVICE_LIMITS
 
@@ -454,6 +456,34 @@ def test_on_sigterm_a_request_in_flight_is_answered_then_the_server_exits_0(regi
                                                                                   capacity=5))
         assert server.wait(timeout=30) == 0, log.read_text()
     assert "Finished server process" in log.read_text()
+
+
+def test_worker_processes_answer_as_one_process_does_and_sigterm_stops_them_all(registry_with_models, scorer, day,
+                                                                                tmp_path):
+    log = tmp_path / "serve.log"
+    body = {"interactions": records(day.interactions), "transcripts": day.conversations, "capacity": 5}
+    with serving(registry_with_models.root, log, "--workers", "2") as (url, server):
+        workers = worker_pids(server)
+        assert len(workers) == 2, log.read_text()
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: httpx.post(f"{url}/v1/flag", json=body, timeout=60), range(8)))
+        expected = expected_rows(scorer.flag_at_risk(day.interactions, day.conversations, capacity=5))
+        assert [answer.status_code for answer in answers] == [200] * 8
+        assert all(answer.json()["customers"] == expected for answer in answers)
+        assert stopped(server, signal.SIGTERM) == 0, log.read_text()
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "a worker outlived the server"
+    assert log.read_text().count("Finished server process") == 2
+    assert "transcripts v1; API key not required; 2 worker processes" in " ".join(log.read_text().split())
+
+
+@pytest.mark.parametrize("given, workers, cores, expected", [
+    ({}, 1, 8, {}), ({}, 2, 8, {"threads": 4}), ({}, 3, 8, {"threads": 2}), ({}, 4, 2, {"threads": 1}),
+    ({"threads": 3, "runtime": "onnx"}, 2, 8, {"threads": 3, "runtime": "onnx"}),
+    ({"runtime": "torch"}, 2, 2, {"runtime": "torch", "threads": 1})])
+def test_each_worker_process_gets_its_share_of_the_cores_unless_threads_are_given(given, workers, cores, expected,
+                                                                                   monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    assert scoring_with_share(given, workers) == expected
 
 
 def refusing_new_connections(url: str, seconds: float = 10) -> None:
