@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import copy
 import gc
-import json
+import logging.config
 import os
 import signal
+import sys
 from dataclasses import asdict, dataclass
 from typing import Annotated, Optional
 
@@ -39,21 +40,19 @@ def logging_config() -> dict:
     return config
 
 
-def serve_until_stopped(app, flags: ServerFlags) -> None:
-    """Run uvicorn on the flags' host and port until SIGINT or SIGTERM, then let requests in flight finish (for at
-    most `shutdown_timeout` seconds) and return, so that a stop asked for ends with exit code 0. A connection that
-    sends no whole request head within `idle_timeout` seconds (after connecting or after its last answer) is closed.
-    With `workers` > 1, `app` is the import string of a factory each worker process calls, and uvicorn's supervisor
-    starts them on one shared socket, replaces one that dies, and on a signal stops them all the same way."""
+def serve_until_stopped(app, flags: ServerFlags, sockets: Optional[list] = None) -> None:
+    """Run uvicorn on the flags' host and port (or on `sockets`, a worker's own) until SIGINT or SIGTERM, then let
+    requests in flight finish (for at most `shutdown_timeout` seconds) and return, so that a stop asked for ends with
+    exit code 0. A connection that sends no whole request head within `idle_timeout` seconds (after connecting or
+    after its last answer) is closed."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
-    from carelens.inference.service.protocol import HEAD_DEADLINE_PROTOCOL
+    from carelens.inference.service.protocol import HeadDeadlineProtocol
 
-    config = uvicorn.Config(app, host=flags.host, port=flags.port, access_log=False, log_config=logging_config(),
-                            http=HEAD_DEADLINE_PROTOCOL, timeout_graceful_shutdown=flags.shutdown_timeout,
-                            timeout_keep_alive=flags.idle_timeout, workers=flags.workers, factory=flags.workers > 1)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, host=flags.host, port=flags.port, access_log=False,
+                                           log_config=logging_config(), http=HeadDeadlineProtocol,
+                                           timeout_graceful_shutdown=flags.shutdown_timeout,
+                                           timeout_keep_alive=flags.idle_timeout))
 
     # uvicorn, once it has shut down gracefully, raises the signal it caught again under the handler it found; under
     # Python's defaults SIGTERM would then kill the process (exit -15) and SIGINT raise KeyboardInterrupt. This handler
@@ -63,10 +62,7 @@ def serve_until_stopped(app, flags: ServerFlags) -> None:
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if flags.workers > 1:
-            Multiprocess(config, sockets=[config.bind_socket()]).run()
-        else:
-            server.run()
+        server.run(sockets=sockets)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -144,10 +140,18 @@ def serve_command(
     if server.workers == 1:
         serve_until_stopped(app, server)
         return
+    from carelens.inference.service.workers import port_socket, supervise
     del app
     gc.collect()
-    os.environ[WORKER_SPEC] = json.dumps(asdict(spec))
-    serve_until_stopped(f"{__name__}:worker_app", server)
+    logging.config.dictConfig(logging_config())
+    # Bound, not listening, while the workers run: the port is checked before any worker starts, and the kernel hands
+    # connections only to the workers' listening sockets.
+    with user_errors():
+        reserved = port_socket(server.host, server.port, listening=False)
+    with reserved:
+        code = supervise(run_worker, (asdict(spec), asdict(server)), server.workers)
+    if code:
+        raise typer.Exit(code)
 
 
 def scoring_with_share(given: dict, workers: int) -> dict:
@@ -157,10 +161,6 @@ def scoring_with_share(given: dict, workers: int) -> dict:
     if workers == 1 or "threads" in given:
         return given
     return {**given, "threads": max(1, len(os.sched_getaffinity(0)) // workers)}
-
-
-#: The environment variable that hands a worker process what to load (`WorkerSpec` as JSON).
-WORKER_SPEC = "CARELENS_SERVE_WORKER"
 
 
 @dataclass(frozen=True)
@@ -185,6 +185,14 @@ class WorkerSpec:
         return create_app(scorer, settings)
 
 
-def worker_app():
-    """The application of one `--workers` process, loaded as the command that started it loaded its own."""
-    return WorkerSpec(**json.loads(os.environ[WORKER_SPEC])).app()
+def run_worker(spec: dict, server: dict) -> None:
+    """One `--workers` process: the models loaded as the command loaded its own, served on the worker's own socket of
+    the port until SIGTERM; exit code STARTUP_FAILURE when it cannot start serving."""
+    from carelens.inference.service.workers import STARTUP_FAILURE, port_socket
+    flags = ServerFlags(**server)
+    try:
+        app, sockets = WorkerSpec(**spec).app(), [port_socket(flags.host, flags.port)]
+    except Exception:  # a process boundary: what went wrong goes to the log, the supervisor reads the exit code
+        logging.getLogger("carelens.service").exception("a worker process could not start serving")
+        sys.exit(STARTUP_FAILURE)
+    serve_until_stopped(app, flags, sockets)

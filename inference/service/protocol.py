@@ -1,10 +1,7 @@
-"""uvicorn's HTTP/1.1 protocol with a deadline on every request head, named by import string so that worker processes find it."""
+"""uvicorn's HTTP/1.1 protocol with a deadline on every request head."""
 from __future__ import annotations
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
-
-#: How uvicorn's configuration names this protocol (`--workers` processes import it by that name).
-HEAD_DEADLINE_PROTOCOL = f"{__name__}:HeadDeadlineProtocol"
 
 
 class HeadDeadlineProtocol(H11Protocol):

@@ -1,6 +1,7 @@
 """`carelens serve` with concurrent clients: POST /v1/flag for 10 customers a request, with transcript features scored
 earlier and with raw transcripts of real text, from 1 and from $CARELENS_CONCURRENCY_CLIENTS (default 8) clients for
-$CARELENS_LOAD_SECONDS (default 60) each: requests/s, p50 and p99, errors; and, in process, where one request's time
+$CARELENS_LOAD_SECONDS (default 60) each, then from as many clients to `serve --workers $CARELENS_SERVE_WORKERS` (default:
+a process per core): requests/s, p50 and p99, errors; and, in process, where one request's time
 goes. The requests' bodies are distinct: with transcripts, every turn is a distinct airline tweet (customer) or EPITOME
 reply (agent), and the server runs without its encoding cache, so every turn is encoded each time it comes.
 
@@ -27,6 +28,8 @@ from live_server import serving
 
 SECONDS = float(os.environ.get("CARELENS_LOAD_SECONDS", "60"))
 CLIENTS = int(os.environ.get("CARELENS_CONCURRENCY_CLIENTS", "8"))
+#: `serve --workers` of the second server: a process per core this process may use.
+WORKERS = int(os.environ.get("CARELENS_SERVE_WORKERS", len(os.sched_getaffinity(0))))
 CUSTOMERS_PER_REQUEST = 10
 BODIES = 40
 
@@ -128,14 +131,17 @@ def time_split(registry: Path, body: bytes) -> dict:
 @requires_shared
 def test_flag_requests_from_concurrent_clients(registry, bodies, tmp_path):
     rows, runtime = [], None
-    # No encoding cache: the bodies come round again within the run, and remembered turns would flatter the figure.
-    with serving(registry, tmp_path / "serve.log", "--cache-entries", "0") as (url, _):
-        runtime = httpx.get(f"{url}/v1/health").json()["runtime"]
-        for kind in ("features", "transcripts"):
-            for clients in (1, CLIENTS):
-                asyncio.run(load(url, bodies[kind][:clients], clients, 2))  # warm-up: threads, tokenizers
-                rows.append({"with": kind, **asyncio.run(load(url, bodies[kind], clients, SECONDS))})
-                print(rows[-1])
+    for workers in sorted({1, WORKERS}):
+        # No encoding cache: the bodies come round again within the run, and remembered turns would flatter the figure.
+        with serving(registry, tmp_path / f"serve{workers}.log", "--cache-entries", "0", "--workers", str(workers)) \
+                as (url, _):
+            runtime = httpx.get(f"{url}/v1/health").json()["runtime"]
+            for kind in ("features", "transcripts"):
+                for clients in (1, CLIENTS) if workers == 1 else (CLIENTS,):
+                    asyncio.run(load(url, bodies[kind][:clients], clients, 2))  # warm-up: threads, tokenizers
+                    rows.append({"workers": workers, "with": kind,
+                                 **asyncio.run(load(url, bodies[kind], clients, SECONDS))})
+                    print(rows[-1])
     split = time_split(registry, bodies["transcripts"][0])
     print("one request with transcripts, in process:", split)
     record("service_concurrency", {"seconds": SECONDS, "customers_per_request": CUSTOMERS_PER_REQUEST,
