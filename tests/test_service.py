@@ -3,9 +3,11 @@ and a real uvicorn run that stops gracefully."""
 import dataclasses
 import json
 import logging
+import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ from carelens.data.redaction import redacted_conversation
 from carelens.data.synthetic import generate
 from carelens.inference.cli import app as cli
 from carelens.inference.serve import scoring_with_share
+from carelens.inference.service.workers import STARTUP_FAILURE, supervise
 from carelens.inference.service import ServiceSettings, create_app
 from carelens.inference.service.dependencies import API_KEY_HEADER
 from conftest import SERVICE_KEY, SERVICE_LIMITS
@@ -474,6 +477,31 @@ def test_worker_processes_answer_as_one_process_does_and_sigterm_stops_them_all(
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "a worker outlived the server"
     assert log.read_text().count("Finished server process") == 2
     assert "transcripts v1; API key not required; 2 worker processes" in " ".join(log.read_text().split())
+
+
+def dying_worker(starts: str) -> None:
+    """A worker for `supervise` that records its start and dies, and from its third start cannot start serving."""
+    with open(starts, "a") as record:
+        record.write(f"{os.getpid()}\n")
+    sys.exit(STARTUP_FAILURE if len(Path(starts).read_text().split()) >= 3 else 9)
+
+
+def test_a_worker_that_dies_is_replaced_and_one_that_cannot_start_stops_the_service(tmp_path):
+    starts = tmp_path / "starts"
+    assert supervise(dying_worker, (str(starts),), workers=1) == 1
+    assert len(set(starts.read_text().split())) == 3
+
+
+def test_serve_with_workers_refuses_a_port_another_program_holds(registry_with_models):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", "--registry", str(registry_with_models.root), "--workers", "2",
+                                          "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)" in " ".join(
+        result.output.split())
 
 
 @pytest.mark.parametrize("given, workers, cores, expected", [
