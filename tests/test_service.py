@@ -3,15 +3,13 @@ and a real uvicorn run that stops gracefully."""
 import dataclasses
 import json
 import logging
-import os
 import re
 import signal
 import socket
-import sys
 import threading
 import time
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -32,6 +30,7 @@ from carelens.inference.service.routes import SCORED_COLUMNS, headline_metrics
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.scoring import ScoringAbandoned, abandonable, as_conversations
+import supervised
 from live_server import serving, stopped, worker_pids
 
 KEY, LIMITS = SERVICE_KEY, SERVICE_LIMITS
@@ -479,16 +478,10 @@ def test_worker_processes_answer_as_one_process_does_and_sigterm_stops_them_all(
     assert "transcripts v1; API key not required; 2 worker processes" in " ".join(log.read_text().split())
 
 
-def dying_worker(starts: str) -> None:
-    """A worker for `supervise` that records its start and dies, and from its third start cannot start serving."""
-    with open(starts, "a") as record:
-        record.write(f"{os.getpid()}\n")
-    sys.exit(STARTUP_FAILURE if len(Path(starts).read_text().split()) >= 3 else 9)
-
-
 def test_a_worker_that_dies_is_replaced_and_one_that_cannot_start_stops_the_service(tmp_path):
     starts = tmp_path / "starts"
-    assert supervise(dying_worker, (str(starts),), workers=1) == 1
+    assert supervised.STARTUP_FAILURE == STARTUP_FAILURE
+    assert supervise(supervised.dying_worker, (str(starts),), workers=1) == 1
     assert len(set(starts.read_text().split())) == 3
 
 
