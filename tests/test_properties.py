@@ -91,7 +91,10 @@ def arrow_column(values: list) -> pa.Array:
 def written(frame: pd.DataFrame, path, kind: str):
     """The frame as a CSV (text, as any tool would write it) or a Parquet file (typed where the values allow)."""
     if kind == "csv":
-        text = frame.to_csv(index=False)
+        # Lines end in CRLF, as RFC 4180 and spreadsheets write them: the writer then quotes a field holding a bare
+        # carriage return (a generated column name "\ryI"), which it leaves bare with "\n" endings, and every reader
+        # takes a bare one for the end of a line, so the file would hold one row more than the frame.
+        text = frame.to_csv(index=False, lineterminator="\r\n")
         path.write_bytes(text.encode("utf-8", "surrogatepass"))
     else:
         columns = [arrow_column(frame.iloc[:, i].tolist()) for i in range(frame.shape[1])]
