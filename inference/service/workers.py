@@ -33,7 +33,6 @@ def port_socket(host: str, port: int, listening: bool = True) -> socket.socket:
                          f"of this machine and a port no other program listens on") from None
     if listening:
         sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
