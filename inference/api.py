@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import pandas as pd
@@ -15,11 +15,13 @@ from carelens.inference.agents import agent_scorecard, scorecard_records
 from carelens.inference.drivers import driver_report
 from carelens.inference.contacts import (
     PREDICTION_COLUMNS, Conversations, Interactions, MissingConversations, PathLike, contact_predictions,
-    conversation_list, extra_columns, features_frame, features_needed, interactions_frame, join_report,
-    missing_conversations_warning, with_conversation_features,
+    contact_predictions_each, conversation_list, extra_columns, features_frame, features_needed, interactions_frame,
+    join_report, missing_conversations_warning, with_conversation_features,
 )
 from carelens.data.readers import Keys
-from carelens.inference.selection import checked_selection, explained, per_customer, ranked_customers, selected
+from carelens.inference.selection import (
+    checked_selection, explained, explained_each, per_customer, ranked_customers, selected,
+)
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.names import TABULAR_MODELS
 from carelens.models.drivers import DriverModel, drivers_for
@@ -33,6 +35,7 @@ from carelens.models.scoring import (
 from carelens.models.transcript import MODEL_NAME, training_text_warning
 
 Versions = Union[str, dict]
+T = TypeVar("T")
 
 
 def parse_versions(text: str) -> Versions:
@@ -55,6 +58,37 @@ def parse_versions(text: str) -> Versions:
                          f"{', '.join((*TABULAR_MODELS, MODEL_NAME))}")
     return chosen
 
+
+
+@dataclass(frozen=True)
+class FlagCall:
+    """The arguments of one `Scorer.flag_at_risk` call, for `Scorer.flag_each`."""
+
+    interactions: Interactions
+    transcripts: Optional[Conversations] = None
+    capacity: Optional[int] = None
+    threshold: Optional[float] = None
+    transcript_features: Optional[pd.DataFrame] = None
+    strict: bool = False
+    keys: Optional[Keys] = None
+
+
+def raised(answer: Union[pd.DataFrame, Exception]) -> pd.DataFrame:
+    """A `Scorer.flag_each` answer: the flagged customers, or the call's error raised."""
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
+def _each(keys: Iterable[int], work: Callable[[int], T], errors: dict) -> dict[int, T]:
+    """work(key) for each key; a key whose work raises is left out, its error recorded in `errors`."""
+    done = {}
+    for key in keys:
+        try:
+            done[key] = work(key)
+        except Exception as error:  # that call's own failure (a broken contract, a bad selection): the others go on
+            errors[key] = error
+    return done
 
 
 @dataclass
@@ -285,14 +319,49 @@ class Scorer:
         features; with `strict`, that raises MissingConversations); `attrs["agents"]` is the scorecard of the agents
         the contacts name, as records (`agent_scorecard`; empty when none does), and `attrs["drivers"]` the call
         drivers of their conversations (`driver_report`; empty without a drivers model)."""
-        checked_selection(capacity, threshold)
-        table = self.contact_table(interactions, transcripts, transcript_features, keys)
-        predictions = self.contact_predictions(table)
-        joins = table.attrs["joins"]
+        call = FlagCall(interactions, transcripts, capacity, threshold, transcript_features, strict, keys)
+        return raised(self.flag_each([call])[0])
+
+    def flag_each(self, calls: Sequence[FlagCall]) -> list[Union[pd.DataFrame, Exception]]:
+        """`flag_at_risk` for each call, in order, each model called once over the contacts of them all (the service
+        flags concurrent requests so): each call's flagged customers, or the error that call alone raised."""
+        try:
+            return self._flagged_together(calls)
+        except Exception as error:
+            if len(calls) == 1:
+                return [error]
+            # A model call the calls shared failed: each call alone, so that one call's rows fail that call only.
+            return [self.flag_each([call])[0] for call in calls]
+
+    def _flagged_together(self, calls: Sequence[FlagCall]) -> list[Union[pd.DataFrame, Exception]]:
+        """`flag_each`, raising only when a stage the calls share fails."""
+        answers: dict[int, Union[pd.DataFrame, Exception]] = {}
+        tables = _each(range(len(calls)), lambda i: self._call_table(calls[i]), answers)
+        predicted = dict(zip(tables, contact_predictions_each(self.churn, self.retaliation, list(tables.values()),
+                                                              self.satisfaction)))
+        gaps = _each(predicted, lambda i: self._strict_gap(calls[i], predicted[i], tables[i].attrs["joins"]), answers)
+        chosen = _each(gaps, lambda i: selected(ranked_customers(predicted[i]), calls[i].capacity, calls[i].threshold),
+                       answers)
+        flagged = dict(zip(chosen, explained_each(list(chosen.values()), self.risk, self.profile)))
+        answers.update(_each(flagged, lambda i: self._flag_attrs(
+            self._warned(flagged[i], gaps[i], tables[i].attrs["joins"]), predicted[i]), answers))
+        return [answers[i] for i in range(len(calls))]
+
+    def _call_table(self, call: FlagCall) -> pd.DataFrame:
+        """The call's contact table (`contact_table`), once its selection is checked."""
+        checked_selection(call.capacity, call.threshold)
+        return self.contact_table(call.interactions, call.transcripts, call.transcript_features, call.keys)
+
+    def _strict_gap(self, call: FlagCall, predictions: pd.DataFrame, joins: Optional[dict]) -> Optional[str]:
+        """The missing-conversations warning; MissingConversations instead when the call is strict."""
         gap = self.missing_conversations(predictions, joins)
-        if gap and strict:
+        if gap and call.strict:
             raise MissingConversations(gap)
-        flagged = self._warned(self.flagged(predictions, capacity, threshold), gap, joins)
+        return gap
+
+    def _flag_attrs(self, flagged: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+        """The flagged customers with the agents' scorecard, the call drivers and the expected performance in
+        `attrs` (`flag_at_risk`)."""
         flagged.attrs["agents"] = scorecard_records(agent_scorecard(predictions, flagged["customer_id"],
                                                                     redact=self.redact))
         flagged.attrs["drivers"] = json_records(driver_report(predictions, flagged["customer_id"], self.drivers))

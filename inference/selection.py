@@ -1,7 +1,7 @@
 """Which customers are flagged: riskiest contact first, by a capacity, a threshold or the models' own thresholds."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -79,8 +79,25 @@ def explained(chosen: pd.DataFrame, risk: Callable[[pd.DataFrame], np.ndarray], 
     """The selected customers as the flagged list (FLAG_COLUMNS): the features that raised each one's `risk` most
     from its riskiest contact with a value worse than the training `profile`'s typical one, in words, the turns of
     its conversation those reasons stand on (`evidence`), its agent, and the action the centre should take."""
+    return explained_each([chosen], risk, profile)[0]
+
+
+def explained_each(chosen: Sequence[pd.DataFrame], risk: Callable[[pd.DataFrame], np.ndarray],
+                   profile: dict) -> list[pd.DataFrame]:
+    """`explained` of each selection, `risk` called once over the rows of all of them (`contact_predictions_each`
+    says why)."""
+    if not chosen:
+        return []
+    together = chosen[0] if len(chosen) == 1 else pd.concat(chosen, ignore_index=True)
+    contributions = pushes(risk, together, reason_typicals(profile["typical"]), base=together["risk"])
+    bounds = np.cumsum([0, *map(len, chosen)])
+    return [_explained(rows, contributions.iloc[start:end].set_axis(rows.index), profile)
+            for rows, start, end in zip(chosen, bounds[:-1], bounds[1:])]
+
+
+def _explained(chosen: pd.DataFrame, contributions: pd.DataFrame, profile: dict) -> pd.DataFrame:
+    """One selection as the flagged list, from each row's feature contributions (`explained`)."""
     chosen = chosen.copy()
-    contributions = pushes(risk, chosen, reason_typicals(profile["typical"]), base=chosen["risk"])
     features = reason_features(chosen, contributions, profile)
     chosen["reasons"] = reasons_in_words(chosen, features, profile)
     chosen["evidence"] = cited_turns(chosen, features, chosen["reasons"].tolist())

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -162,6 +162,7 @@ class ScoringAbandoned(CareLensError):
     """The caller gave up on a scoring call (a request that timed out), which stopped between two encoder batches."""
 
 
+GAVE_UP = "scoring stopped: the caller gave up waiting for it"
 #: Set while scoring runs for a caller that may give up (`abandonable`); the batch loop checks it.
 _GIVEN_UP: ContextVar[Optional[threading.Event]] = ContextVar("carelens_scoring_given_up", default=None)
 
@@ -182,7 +183,7 @@ def check_not_abandoned() -> None:
     """ScoringAbandoned when the caller of the scoring running in this context has given up on it."""
     given_up = _GIVEN_UP.get()
     if given_up is not None and given_up.is_set():
-        raise ScoringAbandoned("scoring stopped: the caller gave up waiting for it")
+        raise ScoringAbandoned(GAVE_UP)
 
 
 def cache_key(text: str, context: Optional[str]) -> bytes:
@@ -230,7 +231,7 @@ class _AllGaveUp:
 class _Job:
     items: list
     given_up: Optional[threading.Event]
-    result: Optional[np.ndarray] = None
+    result: Optional[Sequence] = None
     error: Optional[BaseException] = None
     done: bool = False
 
@@ -238,14 +239,15 @@ class _Job:
 class MicroBatcher:
     """Runs the work of callers that come at the same time as one: each call queues its items, and whichever caller
     gets the turn next runs every queued item in one `run` and hands each caller its rows, so concurrent requests
-    fill the encoder's batches together instead of taking turns with small ones. Work stops early (`abandonable`)
-    only when every caller in it has given up."""
+    fill the encoder's batches (or share the tabular models' calls) together instead of taking turns with small ones.
+    A caller that gave up while it waited for the turn is answered ScoringAbandoned without its items being run;
+    work stops early (`abandonable`) only when every caller in it has given up."""
 
     def __init__(self):
         self.queue_lock, self.turn = threading.Lock(), threading.Lock()
         self.queued: list[_Job] = []
 
-    def __call__(self, items: list, run) -> np.ndarray:
+    def __call__(self, items: list, run: Callable[[list], Sequence]) -> Sequence:
         """`run(items)` for these items, possibly with other callers' (rows in item order)."""
         job = _Job(items, _GIVEN_UP.get())
         with self.queue_lock:
@@ -260,15 +262,19 @@ class MicroBatcher:
         return job.result
 
     @staticmethod
-    def _run_together(jobs: list[_Job], run) -> None:
+    def _run_together(jobs: list[_Job], run: Callable[[list], Sequence]) -> None:
+        for j in jobs:
+            if j.given_up is not None and j.given_up.is_set():
+                j.error = ScoringAbandoned(GAVE_UP)
+        live = [j for j in jobs if j.error is None]
         try:
-            with abandonable(_AllGaveUp([j.given_up for j in jobs])):
-                rows = run([item for j in jobs for item in j.items])
+            with abandonable(_AllGaveUp([j.given_up for j in live])):
+                rows = run([item for j in live for item in j.items]) if live else []
             start = 0
-            for j in jobs:
+            for j in live:
                 j.result, start = rows[start:start + len(j.items)], start + len(j.items)
         except BaseException as error:  # every caller in the batch hears of it, then the turn passes on
-            for j in jobs:
+            for j in live:
                 j.error = error
         for j in jobs:
             j.done = True

@@ -1,4 +1,7 @@
 """The Python API: loading the models once, predicting per customer, flagging with reasons and actions."""
+import dataclasses
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from carelens.data.contracts import ContractError
-from carelens.inference.api import Scorer
+from carelens.inference.api import FlagCall, Scorer
 from carelens.inference.reasons import described, percentile_of, pushes, ranked_share, top_reasons
 from carelens.inference.selection import ACTIONS, CHURN_ONLY_ACTION, FLAG_COLUMNS
 from carelens.models.conversation_features import FEATURE_COLUMNS
@@ -85,6 +88,61 @@ def test_bad_arguments_and_bad_records_say_what_was_wrong(scorer, day):
         scorer.predict(records)
     with pytest.raises(ContractError, match="missing column.*channel"):
         scorer.predict(day.interactions.drop(columns="channel"))
+
+
+def _thirds(day) -> list[tuple[pd.DataFrame, list[dict]]]:
+    """The day's contacts cut into three parts by customer, each with its contacts' conversations."""
+    customers = sorted(day.interactions["customer_id"].unique())
+    parts = [day.interactions[day.interactions["customer_id"].isin(customers[i::3])] for i in range(3)]
+    return [(part, [c for c in day.conversations if c["contact_id"] in set(part["contact_id"])]) for part in parts]
+
+
+def _answer(flagged) -> str:
+    """A flag_at_risk answer as comparable text: its rows and its attrs (NaN equal to NaN)."""
+    return json.dumps([flagged.to_dict("records"), flagged.attrs], sort_keys=True, default=str)
+
+
+def test_calls_flagged_together_get_what_each_gets_alone(scorer, day):
+    (first, first_talk), (second, second_talk), (third, _) = _thirds(day)
+    calls = [FlagCall(first, first_talk, capacity=4), FlagCall(second, second_talk, threshold=0.2),
+             FlagCall(third), FlagCall(first, first_talk)]  # the same customers in two calls stay apart
+    together = scorer.flag_each(calls)
+    assert len(together[0]) == 4 and len(together[1]) > 0
+    for call, flagged in zip(calls, together):
+        alone = scorer.flag_at_risk(call.interactions, call.transcripts, call.capacity, call.threshold)
+        pd.testing.assert_frame_equal(flagged, alone)
+        assert _answer(flagged) == _answer(alone)
+
+
+class _Poisoned:
+    """A risk model that fails on any frame holding a contact with `tenure_months` 777, as a bug would."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def risk(self, table):
+        if (table["tenure_months"] == 777).any():
+            raise ValueError("the model broke on tenure 777")
+        return self.model.risk(table)
+
+
+def test_a_call_that_fails_fails_alone_even_in_a_model_call_it_shared(scorer, day):
+    (first, first_talk), (second, second_talk), _ = _thirds(day)
+    broken = first.head(2).assign(answer_time_s=-4.0)
+    calls = [FlagCall(first, first_talk, capacity=3), FlagCall(broken), FlagCall(second, strict=True),
+             FlagCall(second, capacity=-1), FlagCall(second, second_talk)]
+    answers = scorer.flag_each(calls)
+    assert [type(a).__name__ for a in answers] == ["DataFrame", "ContractError", "MissingConversations",
+                                                   "UsageError", "DataFrame"]
+    assert "answer_time_s" in str(answers[1]) and "capacity must be a whole number" in str(answers[3])
+    poisoned = dataclasses.replace(scorer, churn=_Poisoned(scorer.churn))
+    answers = poisoned.flag_each([calls[0], FlagCall(second.assign(tenure_months=777.0)), calls[4]])
+    assert isinstance(answers[1], ValueError) and "tenure 777" in str(answers[1])
+    for call, flagged in zip(calls[::4], answers[::2]):
+        assert _answer(flagged) == _answer(scorer.flag_at_risk(call.interactions, call.transcripts, call.capacity))
 
 
 def test_load_refuses_tabular_models_that_need_a_missing_transcript_model(registry_with_models, tmp_path):
@@ -166,7 +224,6 @@ def test_a_malformed_version_pin_is_a_usage_error_naming_the_part(text, message)
 
 
 def test_score_transcripts_reads_an_abcd_file_as_the_batch_scorer_does(scorer, tmp_path):
-    import json
 
     from carelens.data.adapters import read_abcd
     chats = [{"convo_id": 7, "original": [["customer", "my order is late"], ["action", "pull-up order"],
@@ -180,7 +237,6 @@ def test_score_transcripts_reads_an_abcd_file_as_the_batch_scorer_does(scorer, t
 
 
 def test_score_turns_gives_each_turn_its_text_beside_its_scores(scorer, tmp_path):
-    import json
     chats = [{"convo_id": 7, "original": [["customer", "my order is late"], ["action", "pull-up order"],
                                           ["agent", "sorry to hear that, let me help"], ["customer", " "]]}]
     path = tmp_path / "chats.json"

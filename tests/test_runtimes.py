@@ -245,6 +245,35 @@ def test_an_error_in_a_shared_run_reaches_every_caller_in_it_and_the_next_call_r
     assert batcher([2], lambda items: np.array(items)).tolist() == [2]
 
 
+def test_a_caller_that_gave_up_while_it_waited_is_answered_without_being_run():
+    from carelens.models.scoring import MicroBatcher, ScoringAbandoned, abandonable
+    batcher, runs, started, release, gave_up = MicroBatcher(), [], threading.Event(), threading.Event(), \
+        threading.Event()
+
+    def run(items):
+        runs.append(list(items))
+        started.set()
+        release.wait(5)  # the first run holds the turn while the others queue
+        return list(items)
+
+    def impatient(items):
+        with abandonable(gave_up):
+            return batcher(items, run)
+
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(batcher, [0], run)
+        started.wait(5)
+        quitter, stayer = pool.submit(impatient, [1]), pool.submit(batcher, [2], run)
+        while len(batcher.queued) < 2:
+            time.sleep(0.01)
+        gave_up.set()
+        release.set()
+        assert first.result() == [0] and stayer.result() == [2]
+        with pytest.raises(ScoringAbandoned, match="gave up"):
+            quitter.result()
+    assert runs == [[0], [2]]
+
+
 def test_threads_scoring_at_once_get_what_each_would_alone(registry):
     pipeline, _ = load_scoring_pipeline(registry, options=ScoringOptions(runtime="onnx", precision="fp32"))
     groups = [TEXTS[i:] + [f"turn {i} " * (i * 7 + 1)] for i in range(len(TEXTS))]

@@ -100,6 +100,21 @@ def test_concurrent_requests_all_get_the_single_request_answer(client, day):
     assert all(a.json() == alone for a in answers)
 
 
+def test_concurrent_flag_requests_share_the_models_and_each_gets_its_own_answer(scorer, day):
+    slow = Faulty(scorer, "flag_each", seconds=0.5)  # the first batch holds the turn while the others queue
+    customers = sorted(day.interactions["customer_id"].unique())
+    parts = [day.interactions[day.interactions["customer_id"].isin(customers[i::4])] for i in range(4)]
+    bodies = [*({"interactions": records(part), "capacity": 3} for part in parts),
+              {"interactions": records(parts[0]), "strict": True}]  # no conversations: refused, alone
+    with TestClient(create_app(slow, ServiceSettings(**LIMITS))) as client, ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda body: client.post("/v1/flag", json=body), bodies))
+    for part, answer in zip(parts, answers):
+        assert answer.status_code == 200
+        assert answer.json()["customers"] == expected_rows(scorer.flag_at_risk(part, capacity=3))
+    assert answers[-1].status_code == 422 and "no conversation features" in answers[-1].json()["detail"]
+    assert slow.calls < len(bodies)
+
+
 def test_health_names_the_loaded_models(client, scorer):
     body = client.get("/v1/health").json()
     assert body["status"] == "ok" and body["models"] == {"churn": "v1", "retaliation": "v1", "transcripts": "v1"}
@@ -306,7 +321,7 @@ class Faulty:
 
 
 def test_a_bug_is_a_500_with_a_request_id_and_nothing_else_logged_without_the_body(scorer, day, caplog):
-    app = create_app(Faulty(scorer, "flag_at_risk", KeyError("/srv/carelens/registry/churn/v1/model.skops")),
+    app = create_app(Faulty(scorer, "flag_each", KeyError("/srv/carelens/registry/churn/v1/model.skops")),
                      ServiceSettings(**LIMITS))
     body = {"interactions": records(day.interactions), "transcripts": marked(day.conversations[:3], "ZEBRA-QUOKKA")}
     with TestClient(app) as client, caplog.at_level(logging.INFO):
@@ -316,7 +331,7 @@ def test_a_bug_is_a_500_with_a_request_id_and_nothing_else_logged_without_the_bo
     assert response.headers["x-request-id"] == "trace-42"
     failure, = [r for r in caplog.records if r.name == "carelens.service"]
     assert "trace-42" in failure.getMessage() and "Traceback" in failure.getMessage()
-    assert "flag_at_risk" in failure.getMessage()
+    assert "flag_each" in failure.getMessage()
     assert "ZEBRA-QUOKKA" not in caplog.text and day.conversations[0]["turns"][0]["text"] not in caplog.text
 
 

@@ -13,7 +13,7 @@ from fastapi.security import APIKeyHeader
 
 from carelens.inference.api import Scorer
 from carelens.inference.service.settings import ServiceSettings
-from carelens.models.scoring import abandonable, check_not_abandoned
+from carelens.models.scoring import MicroBatcher, abandonable
 
 API_KEY_HEADER = "X-API-Key"
 T = TypeVar("T")
@@ -23,15 +23,16 @@ T = TypeVar("T")
 
 @dataclass
 class Service:
-    """What every request shares: the loaded models, the settings, the tabular lock and the start time. Requests
+    """What every request shares: the loaded models, the settings, the flagging batcher and the start time. Requests
     score transcripts concurrently: each worker thread tokenizes with its own tokenizer (`TranscriptModel.tokenizer`),
     and concurrent requests' turns go through the encoder together (`TranscriptPipeline`'s micro-batching)."""
 
     scorer: Scorer
     settings: ServiceSettings
     # Flagging (contract checks, the tabular models, reasons, scorecards) is pandas and Python that hold the GIL:
-    # eight requests through it at once answered 3.7 requests/s where one at a time answered 6.3.
-    tabular: threading.Lock = field(default_factory=threading.Lock)
+    # eight requests through it at once answered 3.7 requests/s where one at a time answered 6.3. So it runs one batch
+    # at a time, each batch every request that came meanwhile (`Scorer.flag_each`: the models run once for them all).
+    flagging: MicroBatcher = field(default_factory=MicroBatcher)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -78,14 +79,6 @@ def _unless_abandoned(work: Callable[[], T], abandoned: threading.Event) -> Any:
     if abandoned.is_set():
         return _GAVE_UP
     with abandonable(abandoned):
-        return work()
-
-
-def one_at_a_time(lock: threading.Lock, work: Callable[[], T]) -> T:
-    """work() once `lock` is free (waiters are woken in turn); ScoringAbandoned, without running it, when the request
-    was given up while it waited."""
-    with lock:
-        check_not_abandoned()
         return work()
 
 

@@ -1,7 +1,6 @@
 """The endpoints: /v1/health, and behind the API key /v1/models, /v1/score and /v1/flag."""
 from __future__ import annotations
 
-import threading
 import time
 from typing import Optional, Sequence
 
@@ -9,13 +8,14 @@ import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException
 
 from carelens.data.contracts import json_records
-from carelens.inference.api import Scorer
+from carelens.inference.api import FlagCall, Scorer, raised
 from carelens.inference.selection import FLAG_COLUMNS
-from carelens.inference.service.dependencies import ServiceDep, one_at_a_time, require_key, scored
+from carelens.inference.service.dependencies import ServiceDep, require_key, scored
 from carelens.inference.service.json_body import CheckedJSONRoute
 from carelens.inference.service.schemas import FlagRequest, FlagResponse, Health, Models, ScoreRequest, ScoreResponse
 from carelens.inference.service.settings import ServiceSettings
 from carelens.models.conversation_features import AGENT, DRIVER, EVIDENCE, FEATURE_COLUMNS, KEYS
+from carelens.models.scoring import MicroBatcher
 
 TABULAR_HEADLINES = ("roc_auc", "pr_auc", "ece", "macro_f1")
 
@@ -47,19 +47,18 @@ def _features_answer(scorer: Scorer, request: ScoreRequest) -> dict:
     return {"conversations": json_records(features[SCORED_COLUMNS])}
 
 
-def _flag_answer(scorer: Scorer, request: FlagRequest, tabular: threading.Lock) -> dict:
+def _flag_answer(scorer: Scorer, request: FlagRequest, flagging: MicroBatcher) -> dict:
     """The /v1/flag answer: the flagged customers, the warnings, how the transcripts met the contacts, the expected
     performance of each model's flags, the agents' scorecards and the call drivers. Transcripts are scored beside
-    other requests (the encoder micro-batches them), the flagging that follows one request at a time."""
+    other requests (the encoder micro-batches them), and so is the flagging that follows (`Scorer.flag_each`)."""
     records = [record.model_dump(mode="json") for record in request.interactions]
     scored_features = (pd.DataFrame([row.model_dump() for row in request.transcript_features],
                                     columns=SCORED_COLUMNS) if request.transcript_features else None)
     transcripts = request.transcripts or None
     if scored_features is None and transcripts and scorer.transcripts is not None:
         scored_features, transcripts = scorer.score_transcripts(transcripts)[SCORED_COLUMNS], None
-    flagged = one_at_a_time(tabular, lambda: scorer.flag_at_risk(
-        records, transcripts, request.capacity, request.threshold, transcript_features=scored_features,
-        strict=request.strict))
+    call = FlagCall(records, transcripts, request.capacity, request.threshold, scored_features, request.strict)
+    flagged = raised(flagging([call], scorer.flag_each)[0])
     return {"customers": json_records(flagged[FLAG_COLUMNS]), "warnings": flagged.attrs["warnings"],
             "joins": flagged.attrs["joins"], "expected_performance": flagged.attrs["expected_performance"],
             "agents": flagged.attrs["agents"], "drivers": flagged.attrs["drivers"]}
@@ -108,4 +107,4 @@ async def flag(request: FlagRequest, service: ServiceDep) -> dict:
     _check_batch(request.interactions, "interactions", service.settings)
     _check_batch(request.transcripts, "transcripts", service.settings)
     _check_batch(request.transcript_features, "transcript_features", service.settings)
-    return await scored(service, lambda: _flag_answer(service.scorer, request, service.tabular))
+    return await scored(service, lambda: _flag_answer(service.scorer, request, service.flagging))
