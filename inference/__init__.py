@@ -2,7 +2,7 @@
 from carelens.data.lazy import lazy_exports
 
 _EXPORTS = {
-    "api": ("Scorer",),
+    "api": ("Scorer", "FlagCall"),
     "selection": ("per_customer",),
     "nightly": ("run_nightly", "score_batch", "read_parts", "RunConflict"),
     "predict": ("predict_table",),
