@@ -89,18 +89,20 @@ def _examples(contacts: pd.DataFrame, mechanism: str, redact: bool) -> list[dict
     return sorted(distinct.values(), key=lambda example: example["score"])[:QUOTED_TURNS]
 
 
-def coaching(own: pd.DataFrame, measured: dict[str, pd.DataFrame], agent: str, redact: bool = False) -> list[dict]:
+def mechanism_levels(measured: dict[str, pd.DataFrame]) -> dict[str, tuple[float, float]]:
+    """Per EPITOME mechanism measured: (the centre's level, its contacts' mean; the spread of the agents' shrunk means,
+    1 where they do not differ), the yardstick of every agent's coaching gap."""
+    return {m: (float((measured[m]["raw"] * measured[m]["n"]).sum() / measured[m]["n"].sum()),
+                float(measured[m]["shrunk"].std(ddof=0)) or 1.0) for m in MECHANISMS if m in measured}
+
+
+def coaching(own: pd.DataFrame, measured: dict[str, pd.DataFrame], levels: dict[str, tuple[float, float]],
+             agent: str, redact: bool = False) -> list[dict]:
     """Up to HINTED_MECHANISMS mechanisms where the agent's shrunk mean lies furthest below the centre's (in units of
-    the agents' spread), each with the agent's level, the centre's, and two of their own turns (from `own`, the
-    agent's contacts with their EVIDENCE) that showed it least."""
-    gaps = {}
-    for mechanism in MECHANISMS:
-        table = measured.get(mechanism)
-        if table is None or agent not in table.index:
-            continue
-        spread = float(table["shrunk"].std(ddof=0)) or 1.0
-        centre = float((table["raw"] * table["n"]).sum() / table["n"].sum())
-        gaps[mechanism] = ((float(table.at[agent, "shrunk"]) - centre) / spread, centre)
+    the agents' spread, both from `levels`: `mechanism_levels`), each with the agent's level, the centre's, and two of
+    their own turns (from `own`, the agent's contacts with their EVIDENCE) that showed it least."""
+    gaps = {m: ((float(measured[m].at[agent, "shrunk"]) - centre) / spread, centre)
+            for m, (centre, spread) in levels.items() if agent in measured[m].index}
     lowest = sorted((m for m, (gap, _) in gaps.items() if gap < 0), key=lambda m: gaps[m][0])[:HINTED_MECHANISMS]
     return [{"mechanism": m, "agent": round(float(measured[m].at[agent, "shrunk"]), 3), "centre": round(gaps[m][1], 3),
              "examples": _examples(own, m, redact)} for m in lowest]
@@ -140,7 +142,8 @@ def agent_scorecard(contacts: pd.DataFrame, flagged_customers: Iterable[str] = (
     # Split once: selecting each agent's rows from the whole night, agent by agent, took most of a second.
     quoted = named.reindex(columns=[AGENT, "contact_id", EVIDENCE])
     own = dict(tuple(quoted.groupby(AGENT)))
-    hints = {agent: coaching(own[agent], measured, agent, redact) for agent in card.index}
+    levels = mechanism_levels(measured)
+    hints = {agent: coaching(own[agent], measured, levels, agent, redact) for agent in card.index}
     card["coaching"] = [hint_text(hints[agent]) for agent in card.index]
     card = card.rename_axis(AGENT).reset_index()
     card.attrs["coaching"] = hints
