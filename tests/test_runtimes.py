@@ -264,7 +264,8 @@ def test_a_caller_that_gave_up_while_it_waited_is_answered_without_being_run():
         first = pool.submit(batcher, [0], run)
         started.wait(5)
         quitter, stayer = pool.submit(impatient, [1]), pool.submit(batcher, [2], run)
-        while len(batcher.queued) < 2:
+        deadline = time.monotonic() + 10
+        while len(batcher.queued) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         gave_up.set()
         release.set()
