@@ -114,6 +114,17 @@ def with_conversation_features(table: pd.DataFrame, features: Optional[pd.DataFr
     return joined
 
 
+def stacked(frames: Sequence[pd.DataFrame], columns: Optional[list[str]] = None
+            ) -> tuple[pd.DataFrame, list[slice]]:
+    """The frames one under another (only `columns` of each, when given; a lone frame as it is) and each frame's span
+    of rows in the result: what calls that come together run one model call over, each taking back its own rows."""
+    ends = np.cumsum([len(frame) for frame in frames]).tolist()
+    spans = [slice(start, end) for start, end in zip([0, *ends[:-1]], ends)]
+    if len(frames) == 1:
+        return frames[0], spans
+    return pd.concat([frame if columns is None else frame[columns] for frame in frames], ignore_index=True), spans
+
+
 def contact_predictions(churn: RiskModel, retaliation: RiskModel, table: pd.DataFrame,
                         satisfaction: Optional[RiskModel] = None) -> pd.DataFrame:
     """Per contact, predicted once: churn and retaliation risk, each model's flag, the likeliest retaliation type
@@ -130,14 +141,13 @@ def contact_predictions_each(churn: RiskModel, retaliation: RiskModel, tables: S
         return []
     models = (churn, retaliation, *((satisfaction,) if satisfaction is not None else ()))
     inputs = features_needed(models)
-    together = tables[0] if len(tables) == 1 else pd.concat([table[inputs] for table in tables], ignore_index=True)
+    together, spans = stacked(tables, inputs)
     # A batch chunk whose every row broke the contract leaves nothing to predict; scikit-learn refuses 0 rows.
     proba = retaliation.predict_proba(together) if len(together) else np.zeros((0, len(retaliation.classes_)))
     churn_risk = churn.risk(together) if len(together) else np.zeros(0)
     csat = expected_score(satisfaction, together) if satisfaction is not None else np.full(len(together), np.nan)
-    bounds = np.cumsum([0, *map(len, tables)])
-    return [_predictions_frame(churn, retaliation, table, inputs, proba[start:end], churn_risk[start:end],
-                               csat[start:end]) for table, start, end in zip(tables, bounds[:-1], bounds[1:])]
+    return [_predictions_frame(churn, retaliation, table, inputs, proba[span], churn_risk[span], csat[span])
+            for table, span in zip(tables, spans)]
 
 
 def _predictions_frame(churn: RiskModel, retaliation: RiskModel, table: pd.DataFrame, inputs: list[str],

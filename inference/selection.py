@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from carelens.data.errors import UsageError
+from carelens.inference.contacts import stacked
 from carelens.inference.reasons import cited_turns, pushes, reason_features, reason_typicals, reasons_in_words
 from carelens.models.conversation_features import AGENT
 from carelens.models.satisfaction import INFERRED_CSAT
@@ -88,11 +89,10 @@ def explained_each(chosen: Sequence[pd.DataFrame], risk: Callable[[pd.DataFrame]
     says why)."""
     if not chosen:
         return []
-    together = chosen[0] if len(chosen) == 1 else pd.concat(chosen, ignore_index=True)
+    together, spans = stacked(chosen)
     contributions = pushes(risk, together, reason_typicals(profile["typical"]), base=together["risk"])
-    bounds = np.cumsum([0, *map(len, chosen)])
-    return [_explained(rows, contributions.iloc[start:end].set_axis(rows.index), profile)
-            for rows, start, end in zip(chosen, bounds[:-1], bounds[1:])]
+    return [_explained(rows, contributions.iloc[span].set_axis(rows.index), profile)
+            for rows, span in zip(chosen, spans)]
 
 
 def _explained(chosen: pd.DataFrame, contributions: pd.DataFrame, profile: dict) -> pd.DataFrame:

@@ -181,9 +181,13 @@ def abandonable(given_up: threading.Event) -> Iterator[None]:
 
 def check_not_abandoned() -> None:
     """ScoringAbandoned when the caller of the scoring running in this context has given up on it."""
-    given_up = _GIVEN_UP.get()
-    if given_up is not None and given_up.is_set():
+    if _gave_up(_GIVEN_UP.get()):
         raise ScoringAbandoned(GAVE_UP)
+
+
+def _gave_up(event: Optional[threading.Event]) -> bool:
+    """Whether a caller that may give up (`event` set by `abandonable`'s caller) has; never for one that may not."""
+    return event is not None and event.is_set()
 
 
 def cache_key(text: str, context: Optional[str]) -> bytes:
@@ -224,7 +228,7 @@ class _AllGaveUp:
         self.events = events
 
     def is_set(self) -> bool:
-        return all(event is not None and event.is_set() for event in self.events)
+        return all(_gave_up(event) for event in self.events)
 
 
 @dataclass
@@ -264,7 +268,7 @@ class MicroBatcher:
     @staticmethod
     def _run_together(jobs: list[_Job], run: Callable[[list], Sequence]) -> None:
         for j in jobs:
-            if j.given_up is not None and j.given_up.is_set():
+            if _gave_up(j.given_up):
                 j.error = ScoringAbandoned(GAVE_UP)
         live = [j for j in jobs if j.error is None]
         try:
