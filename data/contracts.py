@@ -7,13 +7,13 @@ import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Optional, Sequence
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from carelens.data.errors import CareLensError
+from carelens.data.errors import CareLensError, raised
 
 CHANNELS = ("phone", "chat", "email", "social")
 RETALIATION_TYPES = ("none", "escalate", "switch", "vent")
@@ -158,8 +158,11 @@ def as_bool(values: pd.Series) -> pd.Series:
 def json_records(frame: pd.DataFrame) -> list[dict]:
     """The rows as dicts of plain Python values, missing values (NaN, pd.NA) and infinite numbers as None (JSON
     null): what the Python API and the HTTP service hand on."""
+    values = frame.astype(object)
+    # Without attrs: pandas deep-copies a frame's attrs into every column it hands out while writing the records.
+    values.attrs = {}
     return [{key: None if value is pd.NA or (isinstance(value, float) and not math.isfinite(value)) else value
-             for key, value in row.items()} for row in frame.astype(object).to_dict("records")]
+             for key, value in row.items()} for row in values.to_dict("records")]
 
 
 def plain_value(value: Any) -> tuple[Any, str]:
@@ -353,6 +356,18 @@ def check_text_names(names: Sequence, source: str, row: Optional[int] = None) ->
                                     f"text", row=row)
 
 
+def stacked(frames: Sequence[pd.DataFrame], columns: Optional[list[str]] = None
+            ) -> tuple[pd.DataFrame, list[slice]]:
+    """(the frames one under the other, only `columns` of each when given; per frame, the slice of its rows in the
+    result): what several tables or calls that come together run one check or model call over, each taking back its
+    own rows."""
+    ends = np.cumsum([len(frame) for frame in frames]).tolist()
+    spans = [slice(start, end) for start, end in zip([0, *ends[:-1]], ends)]
+    if len(frames) == 1:
+        return frames[0] if columns is None else frames[0][columns], spans
+    return pd.concat([frame if columns is None else frame[columns] for frame in frames], ignore_index=True), spans
+
+
 def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
                 extra_numeric: Sequence[str] = (), extra_categorical: Sequence[str] = (),
                 earlier: Optional[Mapping[str, str]] = None) -> Checked:
@@ -363,6 +378,14 @@ def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
     unique values that earlier chunks or files of the same batch already hold to where they were: a row repeating one
     is a duplicate too.
     """
+    columns = _contract_columns(raw, contract, source, extra_numeric, extra_categorical)
+    return _checked_rows(raw, columns, contract.unique, [slice(0, len(raw))], earlier)
+
+
+def _contract_columns(raw: pd.DataFrame, contract: TableContract, source: str, extra_numeric: Sequence[str] = (),
+                      extra_categorical: Sequence[str] = ()) -> list[Column]:
+    """The columns the table is checked against; ContractError for a table-level fault (no rows, a column name twice
+    or not valid text, a missing column)."""
     if raw.shape[0] == 0:
         raise ContractError(source, f"the file has no rows; expected a {contract.name} table "
                                     f"with columns {', '.join(contract.names)}")
@@ -376,6 +399,13 @@ def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
         raise ContractError(source, f"missing column(s) {', '.join(missing)}; the {contract.name} contract "
                                     f"needs {', '.join(c.name for c in columns)} (found {', '.join(map(str, raw.columns))})",
                             column=missing[0])
+    return columns
+
+
+def _checked_rows(raw: pd.DataFrame, columns: Sequence[Column], unique: Optional[str], tables: Sequence[slice],
+                  earlier: Optional[Mapping[str, str]] = None) -> Checked:
+    """`raw` typed column by column with per row its first problem; `tables` are the spans of the rows of each table
+    stacked in `raw`: a `unique` value repeats only within its own table."""
     frame = raw.copy()
     # Per row problems gather in a numpy array: a row's first problem is kept, and on a small table (a service
     # request) pandas operations per column cost more than the checks themselves.
@@ -389,33 +419,67 @@ def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
         if fresh.any():
             problems[fresh] = [f"column '{column.name}': {p}" for p in found[fresh]]
     problems = pd.Series(problems, index=raw.index, dtype=object)
-    if contract.unique:
-        values = frame[contract.unique]
+    if unique:
+        values = frame[unique]
         # Looked up one by one: `earlier` can hold a whole night's contacts, too many to hash again for every chunk.
         first_in = pd.Series([earlier.get(v) if earlier and isinstance(v, str) else None for v in values],
                              index=values.index, dtype=object)
         # Repeats among the rows otherwise good: a bad row goes to the dead letters with its own fault, and the good
         # row of the same contact after it is that contact's first, not a duplicate.
         valid = (problems == "") & values.notna()
-        within = values[valid].duplicated(keep="first").reindex(values.index, fill_value=False)
+        keyed = values if len(tables) == 1 else pd.DataFrame({
+            "table": np.repeat(np.arange(len(tables)), [span.stop - span.start for span in tables]),
+            "value": values.to_numpy()}, index=values.index)
+        within = keyed[valid].duplicated(keep="first").reindex(values.index, fill_value=False)
         fresh = valid & (within | first_in.notna())
-        problems[fresh] = [f"column '{contract.unique}': duplicate value {v!r}, expected each {contract.unique} once"
+        problems[fresh] = [f"column '{unique}': duplicate value {v!r}, expected each {unique} once"
                            + (f" (it came first in {where})" if where else "")
-                           for v, where in zip(frame.loc[fresh, contract.unique], first_in[fresh])]
+                           for v, where in zip(frame.loc[fresh, unique], first_in[fresh])]
     return Checked(frame.reset_index(drop=True), problems.reset_index(drop=True))
 
 
 def validated(raw: pd.DataFrame, contract: TableContract, source: str, header_rows: int = 1, **declared) -> pd.DataFrame:
     """The typed table, or ContractError naming the first bad row (numbered as in the file, header = row 1)."""
-    checked = check_table(raw, contract, source, **declared)
-    bad = np.flatnonzero((checked.problems != "").to_numpy())
-    if bad.size:
-        first = int(bad[0])
-        column_part, _, problem = checked.problems[first].partition(": ")
-        column = column_part.removeprefix("column ").strip("'")
-        more = f" ({bad.size - 1} more bad row(s))" if bad.size > 1 else ""
-        raise ContractError(source, problem + more, row=first + header_rows + 1, column=column)
-    return checked.frame
+    return raised(validated_each([raw], contract, source, header_rows, **declared)[0])
+
+
+def validated_each(raws: Sequence[pd.DataFrame], contract: TableContract, source: str, header_rows: int = 1,
+                   **declared) -> list[Union[pd.DataFrame, ContractError]]:
+    """`validated` of each table, all from `source`: each table's typed rows, or the ContractError naming its own
+    first bad row. Tables with the same columns and dtypes are typed and checked as one (a column's checks cost about
+    as much for ten rows as for thousands: the service checks its concurrent requests so); a value of the contract's
+    unique column repeats only within its own table, and a number column is typed over them all (14 is 14.0 in each
+    when another holds 42.5)."""
+    answers: dict[int, Union[pd.DataFrame, ContractError]] = {}
+    layouts: dict[tuple, tuple[list[Column], list[int]]] = {}
+    for number, raw in enumerate(raws):
+        try:
+            columns = _contract_columns(raw, contract, source, **declared)
+        except ContractError as error:
+            answers[number] = error
+        else:
+            layouts.setdefault((tuple(raw.columns), tuple(raw.dtypes)), (columns, []))[1].append(number)
+    for columns, numbers in layouts.values():
+        together, spans = stacked([raws[number] for number in numbers])
+        checked = _checked_rows(together, columns, contract.unique, spans)
+        for number, span in zip(numbers, spans):
+            rows = (checked.frame, checked.problems) if len(spans) == 1 else \
+                (checked.frame[span].reset_index(drop=True), checked.problems[span].reset_index(drop=True))
+            answers[number] = _typed_or_error(*rows, source, header_rows)
+    return [answers[number] for number in range(len(raws))]
+
+
+def _typed_or_error(frame: pd.DataFrame, problems: pd.Series, source: str, header_rows: int
+                    ) -> Union[pd.DataFrame, ContractError]:
+    """The typed table, or the ContractError naming its first bad row (numbered as in the file, header = row 1)."""
+    bad = np.flatnonzero((problems != "").to_numpy())
+    if not bad.size:
+        return frame
+    first = int(bad[0])
+    column_part, _, problem = problems[first].partition(": ")
+    column = column_part.removeprefix("column ").strip("'")
+    more = f" ({bad.size - 1} more bad row(s))" if bad.size > 1 else ""
+    return ContractError(source, problem + more, row=first + header_rows + 1, column=column)
 
 
 class Turn(BaseModel):

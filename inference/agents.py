@@ -35,13 +35,29 @@ def shrunk_means(values: pd.Series, agents: pd.Series) -> pd.DataFrame:
     agent's mean is pulled toward the centre's by the share of its variance that is noise, so an agent seen on five
     contacts is not ranked first or last on luck.
     """
-    recorded = values.notna() & agents.notna()
-    values, agents = values[recorded].astype(float), agents[recorded]
+    return shrunk_means_each(values.to_frame(name="values"), agents)["values"]
+
+
+def shrunk_means_each(values: pd.DataFrame, agents: pd.Series) -> dict[str, pd.DataFrame]:
+    """`shrunk_means` of each column of `values`, the agents grouped once for them all (a scorecard's measures)."""
+    named = agents.notna()
+    values, agents = values[named].astype(float), agents[named]
     groups = values.groupby(agents)
-    count, mean = groups.size(), groups.mean()
-    centre = float(values.mean()) if len(values) else np.nan
-    freedom = len(values) - len(count)
-    within = float(((values - groups.transform("mean")) ** 2).sum() / freedom) if freedom > 0 else float(values.var())
+    count, mean = groups.count(), groups.mean()
+    # NaN (a contact without this measure) is skipped by every sum: each column's own recorded rows, as alone.
+    squares = ((values - groups.transform("mean")) ** 2).sum()
+    return {column: _shrunk(values[column], count[column], mean[column], float(squares[column]))
+            for column in values.columns}
+
+
+def _shrunk(values: pd.Series, count: pd.Series, mean: pd.Series, squares: float) -> pd.DataFrame:
+    """`shrunk_means` of one measure from its agents' counts and means and the squared deviations from them."""
+    seen = count > 0
+    count, mean = count[seen], mean[seen]
+    recorded = int(count.sum())
+    centre = float(values.mean()) if recorded else np.nan
+    freedom = recorded - len(count)
+    within = squares / freedom if freedom > 0 else float(values.var())
     noise = within / count
     between = max(0.0, float(mean.var(ddof=1)) - float(noise.mean())) if len(count) > 1 else 0.0
     weight = between / (between + noise) if between > 0 else noise * 0.0
@@ -54,8 +70,10 @@ def shrunk_means(values: pd.Series, agents: pd.Series) -> pd.DataFrame:
 def _measured(contacts: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The shrunk means of every measure the contacts carry (a run whose models read no transcript features has
     none)."""
-    return {name: shrunk_means(contacts[feature], contacts[AGENT]) for name, feature in MEASURES.items()
-            if feature in contacts.columns and contacts[feature].notna().any()}
+    carried = {name: feature for name, feature in MEASURES.items()
+               if feature in contacts.columns and contacts[feature].notna().any()}
+    means = shrunk_means_each(contacts[list(carried.values())], contacts[AGENT])
+    return {name: means[feature] for name, feature in carried.items()}
 
 
 def _outcomes(contacts: pd.DataFrame, flagged_customers: Iterable[str], labels: Optional[pd.DataFrame]

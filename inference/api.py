@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
 from carelens.data.contracts import json_records
-from carelens.data.errors import UsageError
+from carelens.data.errors import UsageError, each_done, raised
 from carelens.data.redaction import redacted_conversation
 from carelens.inference.agents import agent_scorecard, scorecard_records
 from carelens.inference.drivers import driver_report
 from carelens.inference.contacts import (
     PREDICTION_COLUMNS, Conversations, Interactions, MissingConversations, PathLike, contact_predictions,
-    contact_predictions_each, conversation_list, extra_columns, features_frame, features_needed, interactions_frame,
+    contact_predictions_each, conversation_list, extra_columns, features_frames, features_needed, interactions_frames,
     join_report, missing_conversations_warning, with_conversation_features,
 )
 from carelens.data.readers import Keys
@@ -35,7 +35,6 @@ from carelens.models.scoring import (
 from carelens.models.transcript import MODEL_NAME, training_text_warning
 
 Versions = Union[str, dict]
-T = TypeVar("T")
 
 
 def parse_versions(text: str) -> Versions:
@@ -71,24 +70,6 @@ class FlagCall:
     transcript_features: Optional[pd.DataFrame] = None
     strict: bool = False
     keys: Optional[Keys] = None
-
-
-def raised(answer: Union[pd.DataFrame, Exception]) -> pd.DataFrame:
-    """A `Scorer.flag_each` answer: the flagged customers, or the call's error raised."""
-    if isinstance(answer, Exception):
-        raise answer
-    return answer
-
-
-def _each(keys: Iterable[int], work: Callable[[int], T], errors: dict) -> dict[int, T]:
-    """work(key) for each key; a key whose work raises is left out, its error recorded in `errors`."""
-    done = {}
-    for key in keys:
-        try:
-            done[key] = work(key)
-        except Exception as error:  # that call's own failure (a broken contract, a bad selection): the others go on
-            errors[key] = error
-    return done
 
 
 @dataclass
@@ -248,13 +229,28 @@ class Scorer:
         """The interactions, validated once, with every feature the models take (transcript features joined on
         contact_id; NaN where a contact has no conversation, which the models were trained to expect);
         `attrs["joins"]` says how the conversations matched the contacts (`join_report`), when any were given."""
-        table = interactions_frame(interactions, *self.extra_columns())
-        if transcript_features is not None:
-            transcript_features = features_frame(transcript_features)
-        elif transcripts is not None and self.transcripts is not None:
-            transcript_features = self.score_transcripts(transcripts, keys=keys)
+        call = FlagCall(interactions, transcripts, transcript_features=transcript_features, keys=keys)
+        return raised(self.contact_tables([call])[0])
+
+    def contact_tables(self, calls: Sequence[FlagCall]) -> list[Union[pd.DataFrame, Exception]]:
+        """`contact_table` of each call's interactions, transcripts, transcript features and keys: its table, or the
+        error it alone raised; the interactions and features of them all checked together."""
+        given = interactions_frames([call.interactions for call in calls], *self.extra_columns())
+        features = features_frames([call.transcript_features for call in calls])
+        answers: dict[int, Union[pd.DataFrame, Exception]] = {}
+        answers.update(each_done(range(len(calls)), lambda n: self._joined_call(calls[n], raised(given[n]),
+                                                                                raised(features[n])), answers))
+        return [answers[number] for number in range(len(calls))]
+
+    def _joined_call(self, call: FlagCall, table: pd.DataFrame,
+                     transcript_features: Optional[pd.DataFrame]) -> pd.DataFrame:
+        """The call's validated interactions joined with its transcript features, given or scored from its
+        transcripts (`contact_table`)."""
+        if transcript_features is None and call.transcripts is not None and self.transcripts is not None:
+            transcript_features = self.score_transcripts(call.transcripts, keys=call.keys)
         joined = self.joined(table, transcript_features)
-        joined.attrs["joins"] = join_report(transcript_features, table, contact_field=(keys or {}).get("contact_id")) \
+        joined.attrs["joins"] = join_report(transcript_features, table,
+                                            contact_field=(call.keys or {}).get("contact_id")) \
             if transcript_features is not None and self.uses_transcripts else None
         return joined
 
@@ -336,21 +332,20 @@ class Scorer:
     def _flagged_together(self, calls: Sequence[FlagCall]) -> list[Union[pd.DataFrame, Exception]]:
         """`flag_each`, raising only when a stage the calls share fails."""
         answers: dict[int, Union[pd.DataFrame, Exception]] = {}
-        tables = _each(range(len(calls)), lambda i: self._call_table(calls[i]), answers)
+        selecting = list(each_done(range(len(calls)),
+                                   lambda i: checked_selection(calls[i].capacity, calls[i].threshold), answers))
+        made = dict(zip(selecting, self.contact_tables([calls[i] for i in selecting])))
+        tables = each_done(made, lambda i: raised(made[i]), answers)
         predicted = dict(zip(tables, contact_predictions_each(self.churn, self.retaliation, list(tables.values()),
                                                               self.satisfaction)))
-        gaps = _each(predicted, lambda i: self._strict_gap(calls[i], predicted[i], tables[i].attrs["joins"]), answers)
-        chosen = _each(gaps, lambda i: selected(ranked_customers(predicted[i]), calls[i].capacity, calls[i].threshold),
-                       answers)
+        gaps = each_done(predicted, lambda i: self._strict_gap(calls[i], predicted[i], tables[i].attrs["joins"]),
+                         answers)
+        chosen = each_done(gaps, lambda i: selected(ranked_customers(predicted[i]), calls[i].capacity,
+                                                     calls[i].threshold), answers)
         flagged = dict(zip(chosen, explained_each(list(chosen.values()), self.risk, self.profile)))
-        answers.update(_each(flagged, lambda i: self._flag_attrs(
+        answers.update(each_done(flagged, lambda i: self._flag_attrs(
             self._warned(flagged[i], gaps[i], tables[i].attrs["joins"]), predicted[i]), answers))
         return [answers[i] for i in range(len(calls))]
-
-    def _call_table(self, call: FlagCall) -> pd.DataFrame:
-        """The call's contact table (`contact_table`), once its selection is checked."""
-        checked_selection(call.capacity, call.threshold)
-        return self.contact_table(call.interactions, call.transcripts, call.transcript_features, call.keys)
 
     def _strict_gap(self, call: FlagCall, predictions: pd.DataFrame, joins: Optional[dict]) -> Optional[str]:
         """The missing-conversations warning; MissingConversations instead when the call is strict."""

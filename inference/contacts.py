@@ -9,9 +9,10 @@ import pandas as pd
 
 from carelens.data.adapters import read_conversations
 from carelens.data.contracts import (
-    INTERACTION_FEATURES, INTERACTIONS, ContractError, Conversation, check_text_names, validated,
+    INTERACTION_FEATURES, INTERACTIONS, ContractError, Conversation, check_text_names, stacked,
+    validated_each,
 )
-from carelens.data.errors import CareLensError, UsageError
+from carelens.data.errors import CareLensError, UsageError, each_done, raised
 from carelens.data.readers import Keys, checked_keys, header_lines, read_table
 from carelens.models.conversation_features import AGENT, DRIVER, EVIDENCE, FEATURE_COLUMNS, TRANSCRIPT_FEATURES
 from carelens.models.satisfaction import INFERRED_CSAT, expected_score
@@ -53,23 +54,57 @@ def _records_frame(records: Sequence) -> pd.DataFrame:
 def interactions_frame(interactions: Interactions, extra_numeric: Sequence[str] = (),
                        extra_categorical: Sequence[str] = ()) -> pd.DataFrame:
     """Interactions from a DataFrame, a list of dicts or a CSV/Parquet path, typed and checked by the contract."""
+    return raised(interactions_frames([interactions], extra_numeric, extra_categorical)[0])
+
+
+def interactions_frames(given: Sequence[Interactions], extra_numeric: Sequence[str] = (),
+                        extra_categorical: Sequence[str] = ()) -> list[Union[pd.DataFrame, Exception]]:
+    """`interactions_frame` of each: its typed table, or the error it alone raised; those given as DataFrames or
+    records are checked together (`validated_each`), each file on its own."""
+    errors: dict[int, Exception] = {}
+    raws = each_done(range(len(given)), lambda number: _raw_interactions(given[number]), errors)
+    sources: dict[tuple[str, int], list[int]] = {}
+    for number, (_, source, header_rows) in raws.items():
+        sources.setdefault((source, header_rows), []).append(number)
+    answers: dict[int, Union[pd.DataFrame, Exception]] = dict(errors)
+    for (source, header_rows), numbers in sources.items():
+        answers.update(zip(numbers, validated_each([raws[number][0] for number in numbers], INTERACTIONS, source,
+                                                   header_rows, extra_numeric=extra_numeric,
+                                                   extra_categorical=extra_categorical)))
+    return [answers[number] for number in range(len(given))]
+
+
+def _raw_interactions(interactions: Interactions) -> tuple[pd.DataFrame, str, int]:
+    """(the interactions as an untyped table, the source its errors name, the lines before its first row)."""
     _given_kind(interactions, "interactions", "a DataFrame, a list of dicts or a CSV/Parquet path",
                 (pd.DataFrame, list, tuple, str, Path))
     if isinstance(interactions, (str, Path)):
         path = Path(interactions)
-        return validated(read_table(path), INTERACTIONS, str(path), header_rows=header_lines(path),
-                         extra_numeric=extra_numeric, extra_categorical=extra_categorical)
+        return read_table(path), str(path), header_lines(path)
     frame = interactions if isinstance(interactions, pd.DataFrame) else _records_frame(interactions)
     # Records number from 1 like file rows without a header, so "row 3" is the third dict or DataFrame row.
-    return validated(frame.reset_index(drop=True), INTERACTIONS, "interactions", header_rows=0,
-                     extra_numeric=extra_numeric, extra_categorical=extra_categorical)
+    return frame.reset_index(drop=True), "interactions", 0
 
 
 def features_frame(features: pd.DataFrame) -> pd.DataFrame:
     """Transcript features scored earlier (a DataFrame as `score_transcripts` returns it), typed and checked:
     ContractError naming the row and column of a value that is neither a finite number nor missing."""
+    return raised(features_frames([features])[0])
+
+
+def features_frames(given: Sequence[Optional[pd.DataFrame]]) -> list[Union[pd.DataFrame, None, Exception]]:
+    """`features_frame` of each given (None where none was), checked together (`validated_each`): each its typed
+    table, or the error it alone raised."""
+    answers: dict[int, Union[pd.DataFrame, None, Exception]] = {n: None for n, f in enumerate(given) if f is None}
+    tables = each_done((n for n, f in enumerate(given) if f is not None), lambda n: _given_features(given[n]), answers)
+    answers.update(zip(tables, validated_each(list(tables.values()), TRANSCRIPT_FEATURES, "transcript_features",
+                                              header_rows=0)))
+    return [answers[number] for number in range(len(given))]
+
+
+def _given_features(features: pd.DataFrame) -> pd.DataFrame:
     _given_kind(features, "transcript_features", "a DataFrame such as score_transcripts returns", (pd.DataFrame,))
-    return validated(features.reset_index(drop=True), TRANSCRIPT_FEATURES, "transcript_features", header_rows=0)
+    return features.reset_index(drop=True)
 
 
 def conversation_list(conversations: Conversations, keys: Optional[Keys] = None) -> list[Conversation]:
@@ -112,17 +147,6 @@ def with_conversation_features(table: pd.DataFrame, features: Optional[pd.DataFr
     agent = joined.pop("conversation_agent")
     joined[AGENT] = joined[AGENT].fillna(agent) if AGENT in table.columns else agent
     return joined
-
-
-def stacked(frames: Sequence[pd.DataFrame], columns: Optional[list[str]] = None
-            ) -> tuple[pd.DataFrame, list[slice]]:
-    """The frames one under another (only `columns` of each, when given; a lone frame as it is) and each frame's span
-    of rows in the result: what calls that come together run one model call over, each taking back its own rows."""
-    ends = np.cumsum([len(frame) for frame in frames]).tolist()
-    spans = [slice(start, end) for start, end in zip([0, *ends[:-1]], ends)]
-    if len(frames) == 1:
-        return frames[0], spans
-    return pd.concat([frame if columns is None else frame[columns] for frame in frames], ignore_index=True), spans
 
 
 def contact_predictions(churn: RiskModel, retaliation: RiskModel, table: pd.DataFrame,

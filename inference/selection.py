@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from carelens.data.errors import UsageError
-from carelens.inference.contacts import stacked
+from carelens.data.contracts import stacked
 from carelens.inference.reasons import cited_turns, pushes, reason_features, reason_typicals, reasons_in_words
 from carelens.models.conversation_features import AGENT
 from carelens.models.satisfaction import INFERRED_CSAT

@@ -3,10 +3,10 @@ import re
 
 import pandas as pd
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carelens.data.contracts import ContractError, as_bool
+from carelens.data.contracts import INTERACTIONS, ContractError, as_bool, validated, validated_each
 from carelens.data.readers import read_interactions, read_labels
 
 GOOD_ROW = {
@@ -110,3 +110,41 @@ def test_as_bool_reads_every_spelling_back_to_its_value(pairs):
 
 def test_as_bool_turns_anything_else_into_missing():
     assert as_bool(pd.Series(["2", "maybe", None])).isna().all()
+
+
+#: Cells that break the interactions contract, and one that is good but makes its column fractional.
+BAD_CELLS = [{"answer_time_s": "-4"}, {"channel": "fax"}, {"tenure_months": "x"}, {"transfers": "1.5"},
+             {"started_at": 1700000000}, {"customer_id": ["C1"]}, {"monthly_value": "42.5"}]
+_rows = st.lists(st.tuples(st.sampled_from(["K1", "K2", "K3"]), st.none() | st.sampled_from(BAD_CELLS)), max_size=4)
+_tables = st.lists(st.tuples(_rows, st.booleans(), st.booleans()), min_size=1, max_size=4)
+
+
+def _table(rows, as_records: bool, without_channel: bool) -> pd.DataFrame:
+    """A table of GOOD_ROW with the given contact ids and bad cells: Python objects as records become (the service's
+    requests), or columns typed by pandas; without its channel column when asked."""
+    records = [{**GOOD_ROW, "contact_id": contact, **(cell or {})} for contact, cell in rows]
+    frame = pd.DataFrame(records, dtype=object) if as_records else pd.DataFrame(records)
+    return frame.drop(columns="channel", errors="ignore") if without_channel else frame
+
+
+@settings(deadline=None, max_examples=60)
+@given(_tables)
+def test_tables_checked_together_get_what_each_gets_alone(specs):
+    tables = [_table(*spec) for spec in specs]
+    together = validated_each(tables, INTERACTIONS, "interactions", header_rows=0)
+    for table, answer in zip(tables, together):
+        try:
+            alone = validated(table, INTERACTIONS, "interactions", header_rows=0)
+        except ContractError as error:  # the same error, its row numbered within its own table
+            assert isinstance(answer, ContractError) and str(answer) == str(error)
+        else:
+            # A number column is typed over the tables checked together: 14 may be 14.0 beside 42.5 of another table.
+            pd.testing.assert_frame_equal(answer, alone, check_dtype=False)
+
+
+def test_a_contact_id_repeats_only_within_its_own_table():
+    one, two = _table([("K1", None), ("K2", None)], True, False), _table([("K2", None), ("K2", None)], True, False)
+    first, second = validated_each([one, two], INTERACTIONS, "interactions", header_rows=0)
+    assert first["contact_id"].tolist() == ["K1", "K2"]
+    assert str(second) == ("interactions: row 2, column 'contact_id': duplicate value 'K2', expected each contact_id "
+                           "once")

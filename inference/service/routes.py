@@ -8,7 +8,8 @@ import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException
 
 from carelens.data.contracts import json_records
-from carelens.inference.api import FlagCall, Scorer, raised
+from carelens.data.errors import raised
+from carelens.inference.api import FlagCall, Scorer
 from carelens.inference.selection import FLAG_COLUMNS
 from carelens.inference.service.dependencies import ServiceDep, require_key, scored
 from carelens.inference.service.json_body import CheckedJSONRoute
