@@ -142,8 +142,10 @@ def with_conversation_features(table: pd.DataFrame, features: Optional[pd.DataFr
     columns = ["contact_id", AGENT, *FEATURE_COLUMNS, EVIDENCE, DRIVER]
     per_contact = last_per_contact(features.reindex(columns=columns) if features is not None
                                    else pd.DataFrame(columns=columns))
-    joined = table.merge(per_contact.rename(columns={AGENT: "conversation_agent"}).astype({"contact_id": str}),
-                         on="contact_id", how="left")
+    # Only the key retyped: astype with a dict copies every column of the frame.
+    keyed = per_contact.rename(columns={AGENT: "conversation_agent"}).assign(
+        contact_id=per_contact["contact_id"].astype(str))
+    joined = table.merge(keyed, on="contact_id", how="left")
     agent = joined.pop("conversation_agent")
     joined[AGENT] = joined[AGENT].fillna(agent) if AGENT in table.columns else agent
     return joined

@@ -53,8 +53,10 @@ def _flag_answer(scorer: Scorer, request: FlagRequest, flagging: MicroBatcher) -
     performance of each model's flags, the agents' scorecards and the call drivers. Transcripts are scored beside
     other requests (the encoder micro-batches them), and so is the flagging that follows (`Scorer.flag_each`)."""
     records = [record.model_dump(mode="json") for record in request.interactions]
+    # Python objects, as the interactions' records: the contract types every column, so pandas need not infer any
+    # (and every request's features share one layout, checked with the other requests' as one table).
     scored_features = (pd.DataFrame([row.model_dump() for row in request.transcript_features],
-                                    columns=SCORED_COLUMNS) if request.transcript_features else None)
+                                    columns=SCORED_COLUMNS, dtype=object) if request.transcript_features else None)
     transcripts = request.transcripts or None
     if scored_features is None and transcripts and scorer.transcripts is not None:
         scored_features, transcripts = scorer.score_transcripts(transcripts)[SCORED_COLUMNS], None
