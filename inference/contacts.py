@@ -103,6 +103,7 @@ def features_frames(given: Sequence[Optional[pd.DataFrame]]) -> list[Union[pd.Da
 
 
 def _given_features(features: pd.DataFrame) -> pd.DataFrame:
+    """The features as given, numbered from row 1; UsageError unless they are a DataFrame."""
     _given_kind(features, "transcript_features", "a DataFrame such as score_transcripts returns", (pd.DataFrame,))
     return features.reset_index(drop=True)
 
