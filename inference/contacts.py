@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
 from carelens.data.adapters import read_conversations
 from carelens.data.contracts import (
-    INTERACTION_FEATURES, INTERACTIONS, ContractError, Conversation, check_text_names, stacked,
+    INTERACTION_FEATURES, INTERACTIONS, ContractError, Conversation, TableContract, check_text_names, stacked,
     validated_each,
 )
 from carelens.data.errors import CareLensError, UsageError, each_done, raised
@@ -61,16 +61,23 @@ def interactions_frames(given: Sequence[Interactions], extra_numeric: Sequence[s
                         extra_categorical: Sequence[str] = ()) -> list[Union[pd.DataFrame, Exception]]:
     """`interactions_frame` of each: its typed table, or the error it alone raised; those given as DataFrames or
     records are checked together (`validated_each`), each file on its own."""
-    errors: dict[int, Exception] = {}
-    raws = each_done(range(len(given)), lambda number: _raw_interactions(given[number]), errors)
+    return _validated_tables(given, _raw_interactions, INTERACTIONS, extra_numeric=extra_numeric,
+                             extra_categorical=extra_categorical)
+
+
+def _validated_tables(given: Sequence, raw: Callable[[Any], tuple[pd.DataFrame, str, int]], contract: TableContract,
+                      **declared) -> list[Union[pd.DataFrame, Exception]]:
+    """Each given, read by `raw` as (an untyped table, the source its errors name, the lines before its first row)
+    and validated against `contract`, the tables of one source checked together: its typed table, or the error it
+    alone raised."""
+    answers: dict[int, Union[pd.DataFrame, Exception]] = {}
+    raws = each_done(range(len(given)), lambda number: raw(given[number]), answers)
     sources: dict[tuple[str, int], list[int]] = {}
     for number, (_, source, header_rows) in raws.items():
         sources.setdefault((source, header_rows), []).append(number)
-    answers: dict[int, Union[pd.DataFrame, Exception]] = dict(errors)
     for (source, header_rows), numbers in sources.items():
-        answers.update(zip(numbers, validated_each([raws[number][0] for number in numbers], INTERACTIONS, source,
-                                                   header_rows, extra_numeric=extra_numeric,
-                                                   extra_categorical=extra_categorical)))
+        answers.update(zip(numbers, validated_each([raws[number][0] for number in numbers], contract, source,
+                                                   header_rows, **declared)))
     return [answers[number] for number in range(len(given))]
 
 
@@ -95,17 +102,17 @@ def features_frame(features: pd.DataFrame) -> pd.DataFrame:
 def features_frames(given: Sequence[Optional[pd.DataFrame]]) -> list[Union[pd.DataFrame, None, Exception]]:
     """`features_frame` of each given (None where none was), checked together (`validated_each`): each its typed
     table, or the error it alone raised."""
-    answers: dict[int, Union[pd.DataFrame, None, Exception]] = {n: None for n, f in enumerate(given) if f is None}
-    tables = each_done((n for n, f in enumerate(given) if f is not None), lambda n: _given_features(given[n]), answers)
-    answers.update(zip(tables, validated_each(list(tables.values()), TRANSCRIPT_FEATURES, "transcript_features",
-                                              header_rows=0)))
-    return [answers[number] for number in range(len(given))]
+    present = [number for number, features in enumerate(given) if features is not None]
+    checked = dict(zip(present, _validated_tables([given[number] for number in present], _raw_features,
+                                                  TRANSCRIPT_FEATURES)))
+    return [checked.get(number) for number in range(len(given))]
 
 
-def _given_features(features: pd.DataFrame) -> pd.DataFrame:
-    """The features as given, numbered from row 1; UsageError unless they are a DataFrame."""
+def _raw_features(features: pd.DataFrame) -> tuple[pd.DataFrame, str, int]:
+    """(the features as given, numbered from row 1, the source its errors name, no header); UsageError unless they
+    are a DataFrame."""
     _given_kind(features, "transcript_features", "a DataFrame such as score_transcripts returns", (pd.DataFrame,))
-    return features.reset_index(drop=True)
+    return features.reset_index(drop=True), "transcript_features", 0
 
 
 def conversation_list(conversations: Conversations, keys: Optional[Keys] = None) -> list[Conversation]:
