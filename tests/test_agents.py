@@ -50,6 +50,36 @@ def test_few_contacts_are_pulled_further_toward_the_centre_than_many():
     assert table.at["new", "high"] - table.at["new", "low"] > table.at["steady", "high"] - table.at["steady", "low"]
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", None]), st.sampled_from(["c1", "c2", "c3"]),
+                          st.one_of(st.none(), st.floats(-1, 1)), st.booleans()), min_size=1, max_size=40))
+def test_the_scorecard_counts_and_averages_as_a_groupby_of_its_contacts(rows):
+    contacts = pd.DataFrame({"agent_id": [a for a, *_ in rows], "customer_id": [c for _, c, *_ in rows],
+                             "contact_id": [f"k{i}" for i in range(len(rows))],
+                             "customer_sentiment_shift": [np.nan if v is None else v for *_, v, _ in rows],
+                             "agent_empathy_mean": [np.nan if v is None else (v + 1) / 2 for *_, v, _ in rows]})
+    flagged = sorted({c for _, c, _, chosen in rows if chosen})
+    card = agent_scorecard(contacts, flagged)
+    named = contacts.dropna(subset=["agent_id"])
+    if named.empty:
+        assert card.empty
+        return
+    groups = named.groupby("agent_id")
+    card = card.set_index("agent_id").reindex(groups.size().index)
+    assert card["contacts"].tolist() == groups.size().tolist()
+    assert card["customers"].tolist() == groups["customer_id"].nunique().tolist()
+    shares = named["customer_id"].isin(flagged).groupby(named["agent_id"]).mean()
+    np.testing.assert_allclose(card["flagged_share"], shares, rtol=1e-12)
+    if "sentiment_shift" in card.columns:
+        np.testing.assert_allclose(card["sentiment_shift"], groups["customer_sentiment_shift"].mean(), rtol=1e-12)
+    else:
+        assert named["customer_sentiment_shift"].isna().all()
+    if "empathy" in card.columns:
+        shrunk = shrunk_means(named["agent_empathy_mean"], named["agent_id"])["shrunk"]
+        np.testing.assert_allclose(card["empathy"], shrunk.reindex(card.index), rtol=1e-12)
+        assert card["empathy_rank"].notna().sum() == shrunk.notna().sum()
+
+
 def _evidence(level: float, quote: str) -> str:
     return json.dumps({f"least_{m}": {"turn": 2, "speaker": "agent", "quote": quote, "score": level}
                        for m in ("emotional_reactions", "interpretations", "explorations")})

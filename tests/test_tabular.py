@@ -285,6 +285,34 @@ def test_the_same_seed_gives_the_same_model(generated):
     assert first["metrics"] == second["metrics"] and first["threshold"] == second["threshold"]
 
 
+def test_a_call_encodes_its_rows_once_for_all_fold_models(monkeypatch):
+    from sklearn.compose import ColumnTransformer
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=300), "kind": rng.choice(["a", "b", "c"], 300)})
+    model = RiskModel(learner="boosting", rounds=5, cv=4).fit(frame, frame["x"] + rng.normal(size=300) > 0)
+    encodings, transform = [], ColumnTransformer.transform
+
+    def counted(self, X, **params):
+        # The named columns' encodings; each booster's own encoder of its categorical codes gets an array.
+        if isinstance(X, pd.DataFrame):
+            encodings.append(len(X))
+        return transform(self, X, **params)
+
+    monkeypatch.setattr(ColumnTransformer, "transform", counted)
+    model.predict_proba(frame.iloc[:10])
+    assert encodings == [10]  # one encoding of the ten rows, not one per fold model (4)
+
+
+@pytest.mark.parametrize("learner", ["boosting", "logistic"])
+def test_a_wide_category_of_pure_noise_does_not_lift_the_cross_validated_roc_auc(learner):
+    # 200 categories of two rows each and a label of coin flips: an encoding fitted on the rows it then encodes would
+    # hand every fold model the label (cross-validated ROC-AUC near 0.8); cross-fitted, it knows nothing.
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"ticket": [f"t{i // 2}" for i in range(400)], "x": rng.normal(size=400)})
+    model = RiskModel(learner=learner, rounds=10, cv=5).fit(frame, rng.random(400) < 0.5)
+    assert model.selection_[0]["roc_auc_folds"]["mean"] < 0.6
+
+
 def test_top_k_without_a_daily_volume_is_refused():
     frame = pd.DataFrame({"x": np.arange(40.0)})
     with pytest.raises(ValueError, match=r"top-k' needs contacts_per_day"):
