@@ -90,7 +90,8 @@ def explained_each(chosen: Sequence[pd.DataFrame], risk: Callable[[pd.DataFrame]
     if not chosen:
         return []
     together, spans = stacked(chosen)
-    contributions = pushes(risk, together, reason_typicals(profile["typical"]), base=together["risk"])
+    contributions = pushes(risk, together, reason_typicals(profile["typical"]), base=together["risk"],
+                           candidates_only=True)
     return [_explained(rows, contributions.iloc[span].set_axis(rows.index), profile)
             for rows, span in zip(chosen, spans)]
 

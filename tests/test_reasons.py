@@ -110,6 +110,33 @@ def test_a_push_too_small_or_negative_is_no_reason_even_from_a_risky_value():
     assert top_reasons(frame, contributions, PROFILE) == [[NO_SINGLE_CAUSE]]
 
 
+def _linear_risk(frame: pd.DataFrame) -> np.ndarray:
+    """A risk every feature of the rows below pushes: waits, transfers and repeats up, resolution and empathy down."""
+    number = lambda name: frame[name].to_numpy(dtype=float, na_value=np.nan)
+    return np.nan_to_num(0.002 * number("answer_time_s") + 0.05 * number("transfers") + 0.04 * number("abandoned")
+                         + 0.03 * number("repeat_contacts_30d") - 0.1 * number("resolved")
+                         - 0.2 * np.nan_to_num(number("agent_empathy_mean")))
+
+
+@fuzz
+@given(st.lists(st.tuples(st.booleans(), st.floats(0, 300), st.integers(0, 3), st.booleans(), st.integers(0, 3),
+                          st.one_of(st.none(), st.floats(0, 1))), min_size=1, max_size=12))
+def test_measuring_only_the_pushes_that_can_be_reasons_changes_no_reason(rows):
+    frame = pd.DataFrame([{"abandoned": a, "answer_time_s": wait, "transfers": moves, "resolved": done,
+                           "repeat_contacts_30d": repeats, "agent_empathy_mean": np.nan if empathy is None else empathy}
+                          for a, wait, moves, done, repeats, empathy in rows])
+    typical = reason_typicals(TYPICAL)
+    every, candidates = (pushes(_linear_risk, frame, typical, candidates_only=only) for only in (False, True))
+    measured = candidates.notna()
+    assert candidates.to_numpy()[measured.to_numpy()].tolist() == every.to_numpy()[measured.to_numpy()].tolist()
+    # An answered contact's protective or missing values are not measured; an abandoned one's hang-up always is.
+    answered = ~frame["abandoned"].to_numpy()
+    assert not measured.loc[answered & (frame["transfers"] == 0).to_numpy(), "transfers"].any()
+    assert not measured.loc[answered & frame["agent_empathy_mean"].isna().to_numpy(), "agent_empathy_mean"].any()
+    assert measured.loc[~answered, ["abandoned", "answer_time_s", "transfers", "resolved"]].all().all()
+    assert reason_features(frame, candidates, PROFILE) == reason_features(frame, every, PROFILE)
+
+
 @pytest.mark.parametrize("feature, value, phrase", [
     ("handle_time_s", 0.0, "handle time recorded as 0"),
     ("handle_time_s", 45.0, "contact took 45 s"),
