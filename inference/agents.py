@@ -138,15 +138,16 @@ def mechanism_levels(measured: dict[str, pd.DataFrame]) -> dict[str, tuple[float
                 float(np.std(measured[m]["shrunk"].to_numpy())) or 1.0) for m in MECHANISMS if m in measured}
 
 
-def coaching(own: Sequence[tuple[str, object]], measured: dict[str, pd.DataFrame], levels: dict[str, tuple[float, float]],
-             agent: str, redact: bool = False) -> list[dict]:
-    """Up to HINTED_MECHANISMS mechanisms where the agent's shrunk mean lies furthest below the centre's (in units of
-    the agents' spread, both from `levels`: `mechanism_levels`), each with the agent's level, the centre's, and two of
-    their own turns (from `own`, the agent's contacts as (contact_id, EVIDENCE text)) that showed it least."""
-    gaps = {m: ((float(measured[m].at[agent, "shrunk"]) - centre) / spread, centre)
-            for m, (centre, spread) in levels.items() if agent in measured[m].index}
+def coaching(own: Sequence[tuple[str, object]], shrunk: dict[str, dict[str, float]],
+             levels: dict[str, tuple[float, float]], agent: str, redact: bool = False) -> list[dict]:
+    """Up to HINTED_MECHANISMS mechanisms where the agent's shrunk mean (`shrunk`: per mechanism, per agent) lies
+    furthest below the centre's (in units of the agents' spread, both from `levels`: `mechanism_levels`), each with
+    the agent's level, the centre's, and two of their own turns (from `own`, the agent's contacts as (contact_id,
+    EVIDENCE text)) that showed it least."""
+    gaps = {m: ((shrunk[m][agent] - centre) / spread, centre)
+            for m, (centre, spread) in levels.items() if agent in shrunk[m]}
     lowest = sorted((m for m, (gap, _) in gaps.items() if gap < 0), key=lambda m: gaps[m][0])[:HINTED_MECHANISMS]
-    return [{"mechanism": m, "agent": round(float(measured[m].at[agent, "shrunk"]), 3), "centre": round(gaps[m][1], 3),
+    return [{"mechanism": m, "agent": round(shrunk[m][agent], 3), "centre": round(gaps[m][1], 3),
              "examples": _examples(own, m, redact)} for m in lowest]
 
 
@@ -186,14 +187,14 @@ def agent_scorecard(contacts: pd.DataFrame, flagged_customers: Iterable[str] = (
         card["empathy_rank"] = card["empathy"].rank(ascending=False, method="min").astype("Int64")
         card = card.sort_values(["empathy_rank", "contacts"], ascending=[True, False], kind="stable")
     # Split once: selecting each agent's rows from the whole night, agent by agent, took most of a second.
-    own: list[list] = [[] for _ in names]
-    texts = named[EVIDENCE] if EVIDENCE in named.columns else [None] * len(named)
-    for code, contact, text in zip(codes, named["contact_id"], texts):
-        own[code].append((contact, text))
+    own: dict[str, list] = {agent: [] for agent in names.tolist()}
+    texts = named[EVIDENCE].tolist() if EVIDENCE in named.columns else [None] * len(named)
+    for agent, contact, text in zip(named[AGENT].tolist(), named["contact_id"].tolist(), texts):
+        own[agent].append((contact, text))
     levels = mechanism_levels(measured)
-    position = {agent: number for number, agent in enumerate(names)}
-    hints = {agent: coaching(own[position[agent]], measured, levels, agent, redact) for agent in card.index}
-    card["coaching"] = [hint_text(hints[agent]) for agent in card.index]
+    shrunk = {m: dict(zip(measured[m].index.tolist(), measured[m]["shrunk"].tolist())) for m in levels}
+    hints = {agent: coaching(own[agent], shrunk, levels, agent, redact) for agent in card.index.tolist()}
+    card["coaching"] = [hint_text(hints[agent]) for agent in card.index.tolist()]
     card = card.reset_index()
     card.attrs["coaching"] = hints
     return card

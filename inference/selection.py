@@ -50,16 +50,28 @@ def _larger_risk(contacts: pd.DataFrame) -> pd.Series:
 
 
 def per_customer(contacts: pd.DataFrame) -> pd.DataFrame:
-    """Each customer's riskiest contact (by the larger of the two risks), keeping the contact table's index."""
-    riskiest = _larger_risk(contacts).groupby(contacts["customer_id"], sort=False).idxmax()
-    return contacts.loc[riskiest.to_numpy()]
+    """Each customer's riskiest contact (by the larger of the two risks; the first of equals), customers in the order
+    they first appear, keeping the contact table's index."""
+    return contacts.iloc[_riskiest_positions(contacts, _larger_risk(contacts).to_numpy())]
+
+
+def _riskiest_positions(contacts: pd.DataFrame, risk: np.ndarray) -> np.ndarray:
+    """The row positions of `per_customer`: sorted by customer, riskiest and then earliest first, each customer's
+    first row (a groupby's idxmax cost a request's ten contacts more than its models' trees)."""
+    codes = pd.factorize(contacts["customer_id"])[0]
+    order = np.lexsort((np.arange(len(codes)), -risk, codes))
+    order = order[codes[order] >= 0]
+    return order[np.r_[True, codes[order][1:] != codes[order][:-1]]] if len(order) else order
 
 
 def ranked_customers(predictions: pd.DataFrame) -> pd.DataFrame:
     """Each customer's riskiest contact with its `risk` (the larger of the two), riskiest first, ties by customer."""
-    customers = per_customer(predictions)
-    customers = customers.assign(risk=_larger_risk(customers))
-    return customers.sort_values(["risk", "customer_id"], ascending=[False, True], kind="stable")
+    risk = _larger_risk(predictions).to_numpy()
+    riskiest = _riskiest_positions(predictions, risk)
+    # Two stable sorts, the last by risk: ties in risk stay in customer order.
+    by_customer = np.argsort(predictions["customer_id"].to_numpy()[riskiest], kind="stable")
+    ranked = riskiest[by_customer][np.argsort(-risk[riskiest][by_customer], kind="stable")]
+    return predictions.iloc[ranked].assign(risk=risk[ranked])
 
 
 def selected(customers: pd.DataFrame, capacity: Optional[int], threshold: Optional[float]) -> pd.DataFrame:

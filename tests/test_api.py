@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from carelens.data.contracts import ContractError
 from carelens.inference.api import FlagCall, Scorer
 from carelens.inference.reasons import described, percentile_of, pushes, ranked_share, top_reasons
-from carelens.inference.selection import ACTIONS, CHURN_ONLY_ACTION, FLAG_COLUMNS
+from carelens.inference.selection import ACTIONS, CHURN_ONLY_ACTION, FLAG_COLUMNS, per_customer, ranked_customers
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import load_tabular
@@ -165,6 +165,23 @@ def test_pushes_measure_each_feature_against_its_typical_value():
     contributions = pushes(risk, frame, {"a": 1.0, "b": 0.0, "c": "x"})
     assert contributions.loc[0].tolist() == pytest.approx([0.4, 0.0, 0.0])
     assert contributions.loc[1].tolist() == pytest.approx([0.0, 0.03, 0.2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["c2", "c10", "c1", "c3"]), st.sampled_from([0.1, 0.5, 0.9]),
+                          st.sampled_from([0.2, 0.5, 0.7])), max_size=25))
+def test_customers_are_ranked_as_a_groupby_and_a_stable_sort_rank_them(rows):
+    # Few distinct risks, so that ties (within a customer and between customers) are common.
+    predictions = pd.DataFrame({"customer_id": [c for c, _, _ in rows],
+                                "contact_id": [f"k{i}" for i in range(len(rows))],
+                                "churn_risk": [churn for _, churn, _ in rows],
+                                "retaliation_risk": [other for *_, other in rows]}, index=range(100, 100 + len(rows)))
+    larger = np.maximum(predictions["churn_risk"], predictions["retaliation_risk"])
+    riskiest = predictions.loc[larger.groupby(predictions["customer_id"], sort=False).idxmax().to_numpy()]
+    expected = riskiest.assign(risk=np.maximum(riskiest["churn_risk"], riskiest["retaliation_risk"])).sort_values(
+        ["risk", "customer_id"], ascending=[False, True], kind="stable")
+    pd.testing.assert_frame_equal(per_customer(predictions), riskiest)
+    pd.testing.assert_frame_equal(ranked_customers(predictions), expected)
 
 
 def test_top_reasons_pick_the_biggest_pushes_in_words():

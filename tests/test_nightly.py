@@ -17,7 +17,7 @@ from carelens.inference.cli import app
 from carelens.inference.nightly.layout import FLAGGED_CSV, FLAGGED_PARQUET, MANIFEST, PREDICTIONS, SUMMARY
 from carelens.inference.nightly.run import run_nightly
 from carelens.inference.nightly.storage import read_parts
-from carelens.inference.reasons import reason_typicals
+from carelens.inference.reasons import measured_features, reason_candidates, reason_typicals
 from carelens.inference.selection import FLAG_COLUMNS
 from carelens.inference.service import ServiceSettings, create_app
 
@@ -111,12 +111,14 @@ def test_each_stage_runs_once_one_encoder_load_one_validation_one_prediction_per
     scorer = Scorer.load(registry_with_models.root, load_encoder=False)
     flagged = pd.read_parquet(tmp_path / "run" / FLAGGED_PARQUET)
     contacts = manifest["stages"]["predictions"]["out"]
-    # Reasons measure a push for the features a reason can name only.
-    varied = [f for f, v in reason_typicals(scorer.profile["typical"]).items()
-              if v is not None and f in scorer.features]
+    # Reasons measure a push only where it can make a reason: a feature a reason can name, with a risky value.
+    typical = reason_typicals(scorer.profile["typical"])
+    riskiest = read_parts(tmp_path / "run", PREDICTIONS).set_index("contact_id").loc[flagged["contact_id"]]
+    pushed = int(reason_candidates(riskiest, typical, measured_features(riskiest, typical)).sum())
     assert len(loads) == 1
     assert validations == [str((folder / "interactions.parquet").resolve())]
-    assert rows["churn"] == contacts + len(flagged) * len(varied)
+    assert 0 < pushed < len(flagged) * len(measured_features(riskiest, typical))
+    assert rows["churn"] == contacts + pushed
 
 
 def test_a_day_with_longer_waits_warns_that_answer_time_drifted(registry_with_models, tmp_path):
