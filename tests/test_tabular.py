@@ -303,6 +303,17 @@ def test_a_call_encodes_its_rows_once_for_all_fold_models(monkeypatch):
     assert encodings == [10]  # one encoding of the ten rows, not one per fold model (4)
 
 
+def test_a_model_fits_and_scores_under_scikit_learn_s_pandas_output_setting():
+    import sklearn
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=300), "kind": rng.choice(["a", "b", "c"], 300)})
+    y = frame["x"] + rng.normal(size=300) > 0
+    with sklearn.config_context(transform_output="pandas"):
+        under_pandas = RiskModel(learner="boosting", rounds=5, cv=3).fit(frame, y).predict_proba(frame)
+    by_default = RiskModel(learner="boosting", rounds=5, cv=3).fit(frame, y).predict_proba(frame)
+    np.testing.assert_allclose(under_pandas, by_default)
+
+
 @pytest.mark.parametrize("learner", ["boosting", "logistic"])
 def test_a_wide_category_of_pure_noise_does_not_lift_the_cross_validated_roc_auc(learner):
     # 200 categories of two rows each and a label of coin flips: an encoding fitted on the rows it then encodes would
