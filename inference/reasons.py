@@ -52,11 +52,11 @@ def _variants(frame: pd.DataFrame, typical: dict, features: list, rows: np.ndarr
 
     def column(name) -> np.ndarray:
         values = frame[name]
-        taken = values.to_numpy()[rows]
         if name not in block:
-            return taken
+            return values.to_numpy()[rows]
         numeric = pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)
-        varied = values.to_numpy(dtype=float, na_value=np.nan)[rows] if numeric else taken.astype(object)
+        varied = values.to_numpy(dtype=float, na_value=np.nan)[rows] if numeric else \
+            values.to_numpy()[rows].astype(object)
         varied[blocks == block[name]] = typical[name]
         return varied
 

@@ -152,11 +152,11 @@ class RiskModel(ClassifierMixin, BaseEstimator):
     every row trains `cv` − 1 fold models and calibrates the one that did not see it. The simplest candidate whose
     out-of-fold risk ranks the outcome within one standard error of the best (mean ROC-AUC over the folds;
     `one_standard_error_choice`) is kept as it is: its encoding and the ensemble of its calibrated fold models, no
-    refit and no row spent only on calibration. The threshold is chosen on the same out-of-fold risks. Beyond `selection_rows`, candidates are compared on a
-    stratified sample of that many rows and the winner alone is then fitted on all of them: cross-fitted as above
-    below HELD_OUT_FROM rows, and from there on fitted once on 90% and calibrated and thresholded on a stratified
-    10% (at least 10,000 rows), so that one model scores instead of `cv`. `selection_` records every candidate's
-    cross-validated figures and time.
+    refit and no row spent only on calibration. The threshold is chosen on the same out-of-fold risks. Beyond
+    `selection_rows`, candidates are compared on a stratified sample of that many rows and the winner alone is then
+    fitted on all of them: cross-fitted as above below HELD_OUT_FROM rows, and from there on fitted once on 90% and
+    calibrated and thresholded on a stratified 10% (at least 10,000 rows), so that one model scores instead of `cv`.
+    `selection_` records every candidate's cross-validated figures and time.
 
     X is a DataFrame, whose feature columns are picked by name (others are ignored, the order is free) and
     whose text columns are categorical, or any 2-d array-like, whose columns are named x0, x1, ... (see
