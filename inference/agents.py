@@ -100,11 +100,11 @@ def _outcomes(contacts: pd.DataFrame, codes: np.ndarray, names: pd.Index, flagge
     agents = len(names)
     contacts_per_agent = np.bincount(codes, minlength=agents)
     customer_codes, customers = pd.factorize(contacts["customer_id"])
-    known = customer_codes >= 0
-    pairs = np.unique(codes[known].astype(np.int64) * max(len(customers), 1) + customer_codes[known])
+    known, width = customer_codes >= 0, max(len(customers), 1)
+    # Each distinct (agent, customer) pair once, as one number: agent * width + customer.
+    pairs = np.unique(codes[known].astype(np.int64) * width + customer_codes[known])
     flagged = contacts["customer_id"].isin(pd.Index(flagged_customers)).to_numpy(dtype=float)
-    out = {"contacts": contacts_per_agent,
-           "customers": np.bincount(pairs // max(len(customers), 1), minlength=agents),
+    out = {"contacts": contacts_per_agent, "customers": np.bincount(pairs // width, minlength=agents),
            "flagged_share": np.bincount(codes, weights=flagged, minlength=agents) / contacts_per_agent}
     for column, name in (("customer_sentiment_shift", "sentiment_shift"), (INFERRED_CSAT, INFERRED_CSAT)):
         if column in contacts.columns and contacts[column].notna().any():
