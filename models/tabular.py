@@ -29,6 +29,7 @@ from carelens.models.learners import (
     one_standard_error_choice, parse_goal, threshold_for_f1, threshold_for_rate, threshold_for_recall,
 )
 from carelens.models.registry import Registry, RegistryError
+from carelens.models.scoring_form import scoring_form
 
 ARTIFACT = "model.skops"
 
@@ -413,17 +414,26 @@ class RiskModel(ClassifierMixin, BaseEstimator):
 
     def _model_frame(self, X: pd.DataFrame) -> pd.DataFrame:
         """The feature columns typed as the pipeline expects; SchemaError naming any feature the frame lacks."""
+        return pd.DataFrame(self._model_columns(X), index=X.index)
+
+    def _model_columns(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+        """`_model_frame`'s columns by feature name; the columns already numeric converted together."""
         self._check_columns(X, self.feature_names_in_)
         categorical = set(self.categorical_features_)
-        return pd.DataFrame({f: _as_categories(X[f]) if f in categorical else _as_numbers(X[f])
-                             for f in self.feature_names_in_}, index=X.index)
+        kinds = X.dtypes
+        together = [f for f in self.feature_names_in_ if f not in categorical and kinds[f].kind in "biuf"]
+        block = X[together].to_numpy(dtype=np.float64, na_value=np.nan) if together else None
+        converted = {f: block[:, i] for i, f in enumerate(together)}
+        return {f: converted[f] if f in converted else _as_categories(X[f]) if f in categorical else _as_numbers(X[f])
+                for f in self.feature_names_in_}
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, columns in the order of `classes_`, for a frame or an array (see `_frame`)."""
         check_is_fitted(self, "estimator_")
-        frame = self._model_frame(self._frame(X))
+        frame = self._frame(X)
+        columns, form = self._model_columns(frame), scoring_form(self.estimator_)
         with _openmp_threads(1 if len(frame) < PARALLEL_SCORING_ROWS else None):
-            return np.concatenate([self.estimator_.predict_proba(frame.iloc[start:start + SCORING_ROWS])
+            return np.concatenate([form.predict_proba({f: c[start:start + SCORING_ROWS] for f, c in columns.items()})
                                    for start in range(0, max(len(frame), 1), SCORING_ROWS)])
 
     def risk(self, X) -> np.ndarray:

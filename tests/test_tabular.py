@@ -285,24 +285,6 @@ def test_the_same_seed_gives_the_same_model(generated):
     assert first["metrics"] == second["metrics"] and first["threshold"] == second["threshold"]
 
 
-def test_a_call_encodes_its_rows_once_for_all_fold_models(monkeypatch):
-    from sklearn.compose import ColumnTransformer
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"x": rng.normal(size=300), "kind": rng.choice(["a", "b", "c"], 300)})
-    model = RiskModel(learner="boosting", rounds=5, cv=4).fit(frame, frame["x"] + rng.normal(size=300) > 0)
-    encodings, transform = [], ColumnTransformer.transform
-
-    def counted(self, X, **params):
-        # The named columns' encodings; each booster's own encoder of its categorical codes gets an array.
-        if isinstance(X, pd.DataFrame):
-            encodings.append(len(X))
-        return transform(self, X, **params)
-
-    monkeypatch.setattr(ColumnTransformer, "transform", counted)
-    model.predict_proba(frame.iloc[:10])
-    assert encodings == [10]  # one encoding of the ten rows, not one per fold model (4)
-
-
 def test_a_model_fits_and_scores_under_scikit_learn_s_pandas_output_setting():
     import sklearn
     rng = np.random.default_rng(0)
