@@ -368,6 +368,23 @@ def stacked(frames: Sequence[pd.DataFrame], columns: Optional[list[str]] = None
     return pd.concat([frame if columns is None else frame[columns] for frame in frames], ignore_index=True), spans
 
 
+def alike(items: Sequence) -> list[list[int]]:
+    """The positions of the frames (or of lists of frames and Nones) grouped by their columns and dtypes: frames
+    alike stack (`stacked`) without a column changing its type."""
+    groups: dict[tuple, list[int]] = {}
+    for number, item in enumerate(items):
+        frames = item if isinstance(item, list) else [item]
+        signature = tuple(None if frame is None else tuple(zip(frame.columns, map(str, frame.dtypes)))
+                          for frame in frames)
+        groups.setdefault(signature, []).append(number)
+    return list(groups.values())
+
+
+def span_rows(spans: Sequence[slice], numbers: Sequence[int]) -> np.ndarray:
+    """The row positions, in order, of the frames `numbers` of a stack whose frames hold `spans` (`stacked`)."""
+    return np.concatenate([np.arange(spans[n].start, spans[n].stop) for n in numbers])
+
+
 def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
                 extra_numeric: Sequence[str] = (), extra_categorical: Sequence[str] = (),
                 earlier: Optional[Mapping[str, str]] = None) -> Checked:

@@ -16,7 +16,7 @@ from carelens.inference.drivers import driver_report
 from carelens.inference.contacts import (
     PREDICTION_COLUMNS, Conversations, Interactions, MissingConversations, PathLike, contact_predictions,
     contact_predictions_each, conversation_list, extra_columns, features_frames, features_needed, interactions_frames,
-    join_report, missing_conversations_warning, with_conversation_features,
+    join_report, missing_conversations_warning, with_conversation_features, with_conversation_features_each,
 )
 from carelens.data.readers import Keys
 from carelens.inference.selection import (
@@ -238,17 +238,26 @@ class Scorer:
         given = interactions_frames([call.interactions for call in calls], *self.extra_columns())
         features = features_frames([call.transcript_features for call in calls])
         answers: dict[int, Union[pd.DataFrame, Exception]] = {}
-        answers.update(each_done(range(len(calls)), lambda n: self._joined_call(calls[n], raised(given[n]),
-                                                                                raised(features[n])), answers))
+        inputs = each_done(range(len(calls)), lambda n: (raised(given[n]), self._call_features(calls[n],
+                                                                                               raised(features[n]))),
+                           answers)
+        tables = [table for table, _ in inputs.values()]
+        joined = with_conversation_features_each(tables, [f for _, f in inputs.values()]) if self.uses_transcripts \
+            else tables
+        made = dict(zip(inputs, joined))
+        answers.update(each_done(made, lambda n: self._with_join_report(made[n], calls[n], *inputs[n]), answers))
         return [answers[number] for number in range(len(calls))]
 
-    def _joined_call(self, call: FlagCall, table: pd.DataFrame,
-                     transcript_features: Optional[pd.DataFrame]) -> pd.DataFrame:
-        """The call's validated interactions joined with its transcript features, given or scored from its
-        transcripts (`contact_table`)."""
+    def _call_features(self, call: FlagCall, transcript_features: Optional[pd.DataFrame]) -> Optional[pd.DataFrame]:
+        """The call's transcript features: given, or scored from its transcripts when an encoder is loaded."""
         if transcript_features is None and call.transcripts is not None and self.transcripts is not None:
-            transcript_features = self.score_transcripts(call.transcripts, keys=call.keys)
-        joined = self.joined(table, transcript_features)
+            return self.score_transcripts(call.transcripts, keys=call.keys)
+        return transcript_features
+
+    def _with_join_report(self, joined: pd.DataFrame, call: FlagCall, table: pd.DataFrame,
+                          transcript_features: Optional[pd.DataFrame]) -> pd.DataFrame:
+        """The joined table with `attrs["joins"]`: how the call's conversations matched its contacts (`join_report`),
+        when any were given and the models read them."""
         joined.attrs["joins"] = join_report(transcript_features, table,
                                             contact_field=(call.keys or {}).get("contact_id")) \
             if transcript_features is not None and self.uses_transcripts else None

@@ -9,8 +9,8 @@ import pandas as pd
 
 from carelens.data.adapters import read_conversations
 from carelens.data.contracts import (
-    INTERACTION_FEATURES, INTERACTIONS, ContractError, Conversation, TableContract, check_text_names, stacked,
-    validated_each,
+    INTERACTION_FEATURES, INTERACTIONS, ContractError, Conversation, TableContract, alike, check_text_names, span_rows,
+    stacked, validated_each,
 )
 from carelens.data.errors import CareLensError, UsageError, each_done, raised
 from carelens.data.readers import Keys, checked_keys, header_lines, read_table
@@ -138,22 +138,52 @@ def extra_columns(models: Sequence[RiskModel]) -> tuple[list[str], list[str]]:
     return [f for f in extra if f not in categorical], [f for f in extra if f in categorical]
 
 
-def last_per_contact(features: pd.DataFrame) -> pd.DataFrame:
-    """Conversation features once per contact: the last conversation of a contact wins, those without one go."""
-    return features.dropna(subset=["contact_id"]).drop_duplicates("contact_id", keep="last")
+def last_per_contact(features: pd.DataFrame, keys: Sequence[str] = ("contact_id",)) -> pd.DataFrame:
+    """Conversation features once per contact (per `keys`): the last conversation of a contact wins, those without
+    one go."""
+    return features.dropna(subset=["contact_id"]).drop_duplicates(list(keys), keep="last")
 
 
 def with_conversation_features(table: pd.DataFrame, features: Optional[pd.DataFrame]) -> pd.DataFrame:
     """Validated interactions with the conversation features and evidence joined on contact_id (NaN where a contact
     has no conversation, which the models were trained to expect; every contact's when `features` is None), and the
     conversation's agent where the interactions name none."""
-    columns = ["contact_id", AGENT, *FEATURE_COLUMNS, EVIDENCE, DRIVER]
+    return _joined_on(table, features, ["contact_id"])
+
+
+#: The column that keeps the calls apart while the contacts of several are joined together.
+_CALL = "__carelens_call__"
+
+
+def with_conversation_features_each(tables: Sequence[pd.DataFrame],
+                                    features: Sequence[Optional[pd.DataFrame]]) -> list[pd.DataFrame]:
+    """`with_conversation_features` of each table and its features, the calls alike (`alike`: the same columns and
+    types in both) joined in one merge on (call, contact_id), each taking back its own rows."""
+    answers: dict[int, pd.DataFrame] = {}
+    for numbers in alike([[table, given] for table, given in zip(tables, features)]):
+        if len(numbers) == 1:
+            answers[numbers[0]] = with_conversation_features(tables[numbers[0]], features[numbers[0]])
+            continue
+        table, spans = stacked([tables[n] for n in numbers])
+        given = [features[n] for n in numbers]
+        keyed = stacked(given)[0] if given[0] is not None else None
+        table[_CALL] = np.repeat(numbers, [len(tables[n]) for n in numbers])
+        if keyed is not None:
+            keyed[_CALL] = np.repeat(numbers, [len(f) for f in given])
+        joined = _joined_on(table, keyed, ["contact_id", _CALL]).drop(columns=_CALL)
+        answers.update((n, joined.iloc[span].reset_index(drop=True)) for n, span in zip(numbers, spans))
+    return [answers[n] for n in range(len(tables))]
+
+
+def _joined_on(table: pd.DataFrame, features: Optional[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
+    """`with_conversation_features`, the features' rows matched to the table's on `keys`."""
+    columns = [*keys, AGENT, *FEATURE_COLUMNS, EVIDENCE, DRIVER]
     per_contact = last_per_contact(features.reindex(columns=columns) if features is not None
-                                   else pd.DataFrame(columns=columns))
+                                   else pd.DataFrame(columns=columns), keys)
     # Only the key retyped: astype with a dict copies every column of the frame.
     keyed = per_contact.rename(columns={AGENT: "conversation_agent"}).assign(
         contact_id=per_contact["contact_id"].astype(str))
-    joined = table.merge(keyed, on="contact_id", how="left")
+    joined = table.merge(keyed, on=keys, how="left")
     agent = joined.pop("conversation_agent")
     joined[AGENT] = joined[AGENT].fillna(agent) if AGENT in table.columns else agent
     return joined
@@ -169,8 +199,9 @@ def contact_predictions(churn: RiskModel, retaliation: RiskModel, table: pd.Data
 
 def contact_predictions_each(churn: RiskModel, retaliation: RiskModel, tables: Sequence[pd.DataFrame],
                              satisfaction: Optional[RiskModel] = None) -> list[pd.DataFrame]:
-    """`contact_predictions` of each table, each model called once over the rows of all of them: a calibrated
-    ensemble's call costs about as much for ten rows as for a thousand, so requests that come together share it."""
+    """`contact_predictions` of each table, each model called once over the rows of all of them (a calibrated
+    ensemble's call costs about as much for ten rows as for a hundred, so requests that come together share it) and
+    the tables alike (`alike`) framed together, each taking back its own rows."""
     if not tables:
         return []
     models = (churn, retaliation, *((satisfaction,) if satisfaction is not None else ()))
@@ -180,8 +211,13 @@ def contact_predictions_each(churn: RiskModel, retaliation: RiskModel, tables: S
     proba = retaliation.predict_proba(together) if len(together) else np.zeros((0, len(retaliation.classes_)))
     churn_risk = churn.risk(together) if len(together) else np.zeros(0)
     csat = expected_score(satisfaction, together) if satisfaction is not None else np.full(len(together), np.nan)
-    return [_predictions_frame(churn, retaliation, table, inputs, proba[span], churn_risk[span], csat[span])
-            for table, span in zip(tables, spans)]
+    answers: dict[int, pd.DataFrame] = {}
+    for numbers in alike(tables):
+        rows = span_rows(spans, numbers)
+        frame, own = stacked([tables[n] for n in numbers])
+        framed = _predictions_frame(churn, retaliation, frame, inputs, proba[rows], churn_risk[rows], csat[rows])
+        answers.update((n, framed.iloc[span].set_axis(tables[n].index)) for n, span in zip(numbers, own))
+    return [answers[n] for n in range(len(tables))]
 
 
 def _predictions_frame(churn: RiskModel, retaliation: RiskModel, table: pd.DataFrame, inputs: list[str],

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from carelens.data.errors import UsageError
-from carelens.data.contracts import stacked
+from carelens.data.contracts import alike, span_rows, stacked
 from carelens.inference.reasons import cited_turns, pushes, reason_features, reason_typicals, reasons_in_words
 from carelens.models.conversation_features import AGENT
 from carelens.models.satisfaction import INFERRED_CSAT
@@ -98,18 +98,22 @@ def explained(chosen: pd.DataFrame, risk: Callable[[pd.DataFrame], np.ndarray], 
 def explained_each(chosen: Sequence[pd.DataFrame], risk: Callable[[pd.DataFrame], np.ndarray],
                    profile: dict) -> list[pd.DataFrame]:
     """`explained` of each selection, `risk` called once over the rows of all of them (`contact_predictions_each`
-    says why)."""
+    says why) and the selections alike (`alike`) explained together, each taking back its own rows."""
     if not chosen:
         return []
     together, spans = stacked(chosen)
     contributions = pushes(risk, together, reason_typicals(profile["typical"]), base=together["risk"],
                            candidates_only=True)
-    return [_explained(rows, contributions.iloc[span].set_axis(rows.index), profile)
-            for rows, span in zip(chosen, spans)]
+    answers: dict[int, pd.DataFrame] = {}
+    for numbers in alike(chosen):
+        group, own = stacked([chosen[n] for n in numbers])
+        flagged = _explained(group, contributions.iloc[span_rows(spans, numbers)].set_axis(group.index), profile)
+        answers.update((n, flagged.iloc[span].reset_index(drop=True)) for n, span in zip(numbers, own))
+    return [answers[n] for n in range(len(chosen))]
 
 
 def _explained(chosen: pd.DataFrame, contributions: pd.DataFrame, profile: dict) -> pd.DataFrame:
-    """One selection as the flagged list, from each row's feature contributions (`explained`)."""
+    """The selected rows as the flagged list, from each row's feature contributions (`explained`)."""
     chosen = chosen.copy()
     features = reason_features(chosen, contributions, profile)
     chosen["reasons"] = reasons_in_words(chosen, features, profile)

@@ -105,7 +105,10 @@ def _answer(flagged) -> str:
 def test_calls_flagged_together_get_what_each_gets_alone(scorer, day):
     (first, first_talk), (second, second_talk), (third, _) = _thirds(day)
     calls = [FlagCall(first, first_talk, capacity=4), FlagCall(second, second_talk, threshold=0.2),
-             FlagCall(third), FlagCall(first, first_talk)]  # the same customers in two calls stay apart
+             FlagCall(third), FlagCall(first, first_talk),  # the same customers in two calls stay apart
+             FlagCall(second.drop(columns="agent_id"), second_talk),  # a table of other columns: joined on its own
+             FlagCall(second, second_talk[:3] + second_talk[:2]),  # a contact's last conversation wins in its call
+             FlagCall(first, first_talk[::2])]  # contacts whose conversations another call holds have none here
     together = scorer.flag_each(calls)
     assert len(together[0]) == 4 and len(together[1]) > 0
     for call, flagged in zip(calls, together):
