@@ -43,7 +43,8 @@ def shrunk_means_each(values: pd.DataFrame, agents: pd.Series) -> dict[str, pd.D
     named = agents.notna().to_numpy()
     codes, names = agent_numbers(agents[named])
     numbers = values[named].to_numpy(dtype=float, na_value=np.nan)
-    return {column: _shrunk(numbers[:, i], codes, names) for i, column in enumerate(values.columns)}
+    return {column: _shrunk_frame(_shrunk(numbers[:, i], codes, len(names)), names)
+            for i, column in enumerate(values.columns)}
 
 
 def agent_numbers(agents: pd.Series) -> tuple[np.ndarray, pd.Index]:
@@ -62,10 +63,10 @@ def agent_means(codes: np.ndarray, agents: int, values: np.ndarray) -> tuple[np.
     return count, np.divide(total, count, out=np.full(agents, np.nan), where=count > 0)
 
 
-def _shrunk(values: np.ndarray, codes: np.ndarray, names: pd.Index) -> pd.DataFrame:
-    """`shrunk_means` of one measure: `values` per contact (NaN where not recorded), `codes` their agents' numbers
-    among `names`."""
-    count, mean = agent_means(codes, len(names), values)
+def _shrunk(values: np.ndarray, codes: np.ndarray, agents: int) -> dict[str, np.ndarray]:
+    """`shrunk_means` of one measure as arrays over the agents that record it (`seen`, a mask over the `agents`
+    numbers): `values` per contact (NaN where not recorded), `codes` their agents' numbers."""
+    count, mean = agent_means(codes, agents, values)
     recorded = ~np.isnan(values)
     squares = float(((values[recorded] - mean[codes[recorded]]) ** 2).sum())
     seen = count > 0
@@ -79,20 +80,32 @@ def _shrunk(values: np.ndarray, codes: np.ndarray, names: pd.Index) -> pd.DataFr
     weight = between / (between + noise) if between > 0 else noise * 0.0
     posterior = centre + weight * (mean - centre)
     spread = Z90 * np.sqrt(weight * noise)
-    return pd.DataFrame({"n": count, "raw": mean, "shrunk": posterior, "low": posterior - spread,
-                         "high": posterior + spread}, index=names[seen])
+    return {"seen": seen, "n": count, "raw": mean, "shrunk": posterior, "low": posterior - spread,
+            "high": posterior + spread}
 
 
-def _measured(contacts: pd.DataFrame, codes: np.ndarray, names: pd.Index) -> dict[str, pd.DataFrame]:
-    """The shrunk means of every measure the contacts carry (a run whose models read no transcript features has
-    none), their agents numbered by `agent_numbers`."""
-    carried = {name: feature for name, feature in MEASURES.items()
-               if feature in contacts.columns and contacts[feature].notna().any()}
-    numbers = contacts[list(carried.values())].to_numpy(dtype=float, na_value=np.nan)
-    return {name: _shrunk(numbers[:, i], codes, names) for i, name in enumerate(carried)}
+def _shrunk_frame(shrunk: dict[str, np.ndarray], names: pd.Index) -> pd.DataFrame:
+    """`_shrunk`'s arrays as `shrunk_means` answers them: a row per agent that records the measure."""
+    return pd.DataFrame({part: shrunk[part] for part in ("n", "raw", "shrunk", "low", "high")},
+                        index=names[shrunk["seen"]])
 
 
-def _outcomes(contacts: pd.DataFrame, codes: np.ndarray, names: pd.Index, flagged_customers: Iterable[str],
+def _every_agent(shrunk: dict[str, np.ndarray], part: str) -> np.ndarray:
+    """One of `_shrunk`'s arrays over every agent numbered, NaN for those that do not record the measure."""
+    values = np.full(len(shrunk["seen"]), np.nan)
+    values[shrunk["seen"]] = shrunk[part]
+    return values
+
+
+def _measured(contacts: dict[str, np.ndarray], codes: np.ndarray, agents: int) -> dict[str, dict[str, np.ndarray]]:
+    """The shrunk means (`_shrunk`) of every measure the contacts' columns carry (a run whose models read no
+    transcript features has none), their agents numbered by `agent_numbers`."""
+    carried = {name: contacts[feature] for name, feature in MEASURES.items()
+               if feature in contacts and not np.isnan(contacts[feature]).all()}
+    return {name: _shrunk(values, codes, agents) for name, values in carried.items()}
+
+
+def _outcomes(contacts: dict[str, np.ndarray], codes: np.ndarray, names: pd.Index, flagged_customers: Iterable[str],
               labels: Optional[pd.DataFrame]) -> dict[str, np.ndarray]:
     """Per agent (numbered by `agent_numbers`): contacts, customers, the share of their customers flagged, their
     customers' mean sentiment shift and inferred satisfaction (when predicted), and with `labels` (contact_id,
@@ -103,14 +116,15 @@ def _outcomes(contacts: pd.DataFrame, codes: np.ndarray, names: pd.Index, flagge
     known, width = customer_codes >= 0, max(len(customers), 1)
     # Each distinct (agent, customer) pair once, as one number: agent * width + customer.
     pairs = np.unique(codes[known].astype(np.int64) * width + customer_codes[known])
-    flagged = contacts["customer_id"].isin(pd.Index(flagged_customers)).to_numpy(dtype=float)
+    flagged = pd.Series(contacts["customer_id"]).isin(pd.Index(flagged_customers)).to_numpy(dtype=float)
     out = {"contacts": contacts_per_agent, "customers": np.bincount(pairs // width, minlength=agents),
            "flagged_share": np.bincount(codes, weights=flagged, minlength=agents) / contacts_per_agent}
     for column, name in (("customer_sentiment_shift", "sentiment_shift"), (INFERRED_CSAT, INFERRED_CSAT)):
-        if column in contacts.columns and contacts[column].notna().any():
-            out[name] = agent_means(codes, agents, contacts[column].to_numpy(dtype=float, na_value=np.nan))[1]
+        if column in contacts and not np.isnan(contacts[column]).all():
+            out[name] = agent_means(codes, agents, contacts[column])[1]
     if labels is not None:
-        known_labels = contacts[[AGENT, "contact_id"]].merge(labels, on="contact_id")
+        known_labels = pd.DataFrame({AGENT: contacts[AGENT], "contact_id": contacts["contact_id"]}).merge(
+            labels, on="contact_id")
         by_agent = known_labels.groupby(AGENT)
         out["churn_rate"] = by_agent["churned"].mean().astype(float).reindex(names).to_numpy()
         out["retaliation_rate"] = by_agent["retaliation"].agg(lambda kinds: (kinds != "none").mean()).reindex(
@@ -131,11 +145,11 @@ def _examples(own: Sequence[tuple[str, object]], mechanism: str, redact: bool) -
     return sorted(distinct.values(), key=lambda example: example["score"])[:QUOTED_TURNS]
 
 
-def mechanism_levels(measured: dict[str, pd.DataFrame]) -> dict[str, tuple[float, float]]:
-    """Per EPITOME mechanism measured: (the centre's level, its contacts' mean; the spread of the agents' shrunk means,
-    1 where they do not differ), the yardstick of every agent's coaching gap."""
-    return {m: (float(np.average(measured[m]["raw"].to_numpy(), weights=measured[m]["n"].to_numpy())),
-                float(np.std(measured[m]["shrunk"].to_numpy())) or 1.0) for m in MECHANISMS if m in measured}
+def mechanism_levels(measured: dict[str, dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
+    """Per EPITOME mechanism measured (`_shrunk`): (the centre's level, its contacts' mean; the spread of the agents'
+    shrunk means, 1 where they do not differ), the yardstick of every agent's coaching gap."""
+    return {m: (float(np.average(measured[m]["raw"], weights=measured[m]["n"])),
+                float(np.std(measured[m]["shrunk"])) or 1.0) for m in MECHANISMS if m in measured}
 
 
 def coaching(own: Sequence[tuple[str, object]], shrunk: dict[str, dict[str, float]],
@@ -161,6 +175,26 @@ def hint_text(hints: Sequence[dict]) -> str:
     return " | ".join(parts)
 
 
+def _scorecard_columns(contacts: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The columns a scorecard reads, as arrays over the contacts that name their agent (the night's other columns
+    and rows are not copied)."""
+    used = [c for c in (AGENT, "customer_id", "contact_id", EVIDENCE, "customer_sentiment_shift", INFERRED_CSAT,
+                        *MEASURES.values()) if c in contacts.columns]
+    named = contacts[AGENT].notna().to_numpy() if AGENT in contacts.columns else np.zeros(len(contacts), bool)
+    numbers = {"customer_sentiment_shift", INFERRED_CSAT, *MEASURES.values()}
+    return {c: contacts[c].to_numpy(dtype=float, na_value=np.nan)[named] if c in numbers else
+            contacts[c].to_numpy()[named] for c in used}
+
+
+def _empathy_order(card: dict[str, np.ndarray]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(the card's rows most empathic first, ties by more contacts, then by agent; each row's empathy rank, 1 = most
+    empathic by the shrunk mean, NaN where unmeasured): the agents in order when empathy is not measured."""
+    if "empathy" not in card:
+        return np.arange(len(card["contacts"])), None
+    rank = pd.Series(card["empathy"]).rank(ascending=False, method="min").to_numpy()
+    return np.lexsort((-card["contacts"], np.nan_to_num(rank, nan=np.inf))), rank
+
+
 def agent_scorecard(contacts: pd.DataFrame, flagged_customers: Iterable[str] = (),
                     labels: Optional[pd.DataFrame] = None, redact: bool = False) -> pd.DataFrame:
     """One row per agent of the contacts (per-contact predictions with AGENT, as the nightly job writes them), most
@@ -169,33 +203,29 @@ def agent_scorecard(contacts: pd.DataFrame, flagged_customers: Iterable[str] = (
     its 90% interval (`shrunk_means`), the empathy rank (1 = most empathic, by the shrunk mean), and coaching hints
     (`coaching`; quotes masked with `redact`); `attrs["coaching"]` holds the hints per agent as records. Empty when no
     contact names its agent."""
-    used = [c for c in (AGENT, "customer_id", "contact_id", EVIDENCE, "customer_sentiment_shift", INFERRED_CSAT,
-                        *MEASURES.values()) if c in contacts.columns]
-    # The columns a scorecard reads, before any rows are taken: the night's other columns are not copied.
-    named = contacts.loc[contacts[AGENT].notna(), used] if AGENT in contacts.columns else contacts.iloc[:0]
-    if named.empty:
+    named = _scorecard_columns(contacts)
+    if AGENT not in named or not len(named[AGENT]):
         return pd.DataFrame(columns=[AGENT, "contacts", "customers", "flagged_share"])
-    codes, names = agent_numbers(named[AGENT])
+    codes, names = agent_numbers(pd.Series(named[AGENT], dtype=contacts[AGENT].dtype, name=AGENT))
     columns = _outcomes(named, codes, names, flagged_customers, labels)
-    measured = _measured(named, codes, names)
-    for name, table in measured.items():
-        every = table.reindex(names)
-        columns.update({name: every["shrunk"].to_numpy(), f"{name}_low": every["low"].to_numpy(),
-                        f"{name}_high": every["high"].to_numpy()})
-    card = pd.DataFrame(columns, index=names)
-    if "empathy" in measured:
-        card["empathy_rank"] = card["empathy"].rank(ascending=False, method="min").astype("Int64")
-        card = card.sort_values(["empathy_rank", "contacts"], ascending=[True, False], kind="stable")
+    measured = _measured(named, codes, len(names))
+    for name, shrunk in measured.items():
+        columns.update({name: _every_agent(shrunk, "shrunk"), f"{name}_low": _every_agent(shrunk, "low"),
+                        f"{name}_high": _every_agent(shrunk, "high")})
+    order, rank = _empathy_order(columns)
+    card = pd.DataFrame({AGENT: names.take(order), **{name: values[order] for name, values in columns.items()}})
+    if rank is not None:
+        card["empathy_rank"] = pd.array(rank[order], dtype="Int64")
     # Split once: selecting each agent's rows from the whole night, agent by agent, took most of a second.
     own: dict[str, list] = {agent: [] for agent in names.tolist()}
-    texts = named[EVIDENCE].tolist() if EVIDENCE in named.columns else [None] * len(named)
+    texts = named[EVIDENCE].tolist() if EVIDENCE in named else [None] * len(codes)
     for agent, contact, text in zip(named[AGENT].tolist(), named["contact_id"].tolist(), texts):
         own[agent].append((contact, text))
     levels = mechanism_levels(measured)
-    shrunk = {m: dict(zip(measured[m].index.tolist(), measured[m]["shrunk"].tolist())) for m in levels}
-    hints = {agent: coaching(own[agent], shrunk, levels, agent, redact) for agent in card.index.tolist()}
-    card["coaching"] = [hint_text(hints[agent]) for agent in card.index.tolist()]
-    card = card.reset_index()
+    shrunk = {m: dict(zip(names[measured[m]["seen"]].tolist(), measured[m]["shrunk"].tolist())) for m in levels}
+    agents = card[AGENT].tolist()
+    hints = {agent: coaching(own[agent], shrunk, levels, agent, redact) for agent in agents}
+    card["coaching"] = [hint_text(hints[agent]) for agent in agents]
     card.attrs["coaching"] = hints
     return card
 
