@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Mapping, NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
@@ -251,7 +251,7 @@ ABANDONMENT_CONSEQUENCES = frozenset({"handle_time_s", "hold_time_s", "resolved"
 ABANDONMENT = frozenset({"abandoned", "answer_time_s"}) | ABANDONMENT_CONSEQUENCES
 
 
-def was_abandoned(row: pd.Series) -> bool:
+def was_abandoned(row: Mapping) -> bool:
     """Whether the row records a caller who hung up before being answered."""
     value = row.get("abandoned")
     return not _missing(value) and bool(value)
@@ -263,16 +263,19 @@ def abandoned_the_call(row: pd.Series) -> str:
     return "abandoned the call" if _missing(wait) else f"abandoned the call after waiting {_duration(float(wait))}"
 
 
-def reason_pushes(pushed: pd.Series, row: pd.Series) -> pd.Series:
-    """The push behind each candidate reason of one row: each recorded feature's own push, except that for an
-    abandoned contact the abandonment features (missing ones too: no transcript is part of hanging up) make one
-    candidate, `abandoned`, pushing as hard as the hardest of them (their pushes overlap, so they are not added)."""
-    recorded = pushed[row.reindex(pushed.index).notna()]
+def reason_pushes(pushed: Mapping[str, float], row: Mapping) -> dict[str, float]:
+    """The push behind each candidate reason of one row (`pushed` and `row` by feature name): each recorded
+    feature's own push, except that for an abandoned contact the abandonment features (missing ones too: no
+    transcript is part of hanging up) make one candidate, `abandoned`, pushing as hard as the hardest of them (their
+    pushes overlap, so they are not added)."""
+    recorded = {feature: push for feature, push in pushed.items() if not _missing(row.get(feature))}
     if not was_abandoned(row):
         return recorded
-    folded = pushed.index.isin(list(ABANDONMENT))
-    others = recorded[~recorded.index.isin(list(ABANDONMENT))]
-    return pd.concat([others, pd.Series({"abandoned": pushed[folded].max()})]) if folded.any() else others
+    folded = [push for feature, push in pushed.items() if feature in ABANDONMENT and not math.isnan(push)]
+    others = {feature: push for feature, push in recorded.items() if feature not in ABANDONMENT}
+    if not any(feature in ABANDONMENT for feature in pushed.keys()):
+        return others
+    return {**others, "abandoned": max(folded, default=math.nan)}
 
 
 def reason_features(frame: pd.DataFrame, contributions: pd.DataFrame, profile: dict,
@@ -282,12 +285,14 @@ def reason_features(frame: pd.DataFrame, contributions: pd.DataFrame, profile: d
     a reason a supervisor can act on (no transcript mostly means the caller hung up, which `abandoned` says); an
     abandoned contact's hang-up, wait and what follows from them are one feature, `abandoned` (`reason_pushes`)."""
     typical = profile["typical"]
+    read = [c for c in dict.fromkeys([*contributions.columns, "abandoned"]) if c in frame.columns]
+    # Rows as plain dicts: a pandas row per contact cost more than the reasons drawn from it.
+    rows = frame.loc[contributions.index, read].to_dict("records")
     chosen = []
-    for index, pushed in contributions.iterrows():
-        row = frame.loc[index]
-        candidates = reason_pushes(pushed, row)
-        risky = [f for f in candidates.index if candidates[f] >= MIN_PUSH and on_risky_side(f, row[f], typical.get(f))]
-        chosen.append(candidates[risky].sort_values(ascending=False, kind="stable").index[:count].tolist())
+    for pushed, row in zip(contributions.to_dict("records"), rows):
+        risky = [(feature, push) for feature, push in reason_pushes(pushed, row).items()
+                 if push >= MIN_PUSH and on_risky_side(feature, row[feature], typical.get(feature))]
+        chosen.append([feature for feature, _ in sorted(risky, key=lambda item: -item[1])][:count])
     return chosen
 
 
