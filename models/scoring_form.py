@@ -93,7 +93,7 @@ class _Columns:
                       for _, part, names in transformer.transformers_ if part != "drop" and len(names)]
 
     def transform(self, columns: Columns) -> np.ndarray:
-        blocks = [np.column_stack([columns[name] for name in names]).astype(np.float64) if part is None
+        blocks = [np.column_stack([columns[name] for name in names]).astype(np.float64, copy=False) if part is None
                   else part.transform(pd.DataFrame({name: columns[name] for name in names}))
                   for part, names in self.parts]
         return np.hstack(blocks)
