@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -51,14 +51,15 @@ class _Trees(_Estimator):
         self.model = treelite.sklearn.import_model(ensemble)
 
     def scores(self, X: np.ndarray) -> np.ndarray:
-        if len(X) >= TREELITE_ROWS:
+        rows = self._prepared(np.array(X, dtype=np.float64)) if len(X) < TREELITE_ROWS else None
+        if rows is None:
             return super().scores(X)
-        rows = self._prepared(np.array(X, dtype=np.float64))
         outputs = np.asarray(treelite.gtil.predict(self.model, rows, pred_margin=self.margins, nthread=1))
         outputs = outputs.reshape(len(rows), -1)
         return outputs[:, -1] if outputs.shape[1] <= 2 else outputs
 
-    def _prepared(self, rows: np.ndarray) -> np.ndarray:
+    def _prepared(self, rows: np.ndarray) -> Optional[np.ndarray]:
+        """The rows as the ensemble's trees read them; None where only the ensemble itself can answer them."""
         return rows
 
 
@@ -83,6 +84,13 @@ class _Forest(_Trees):
     """A random forest or extra-trees: treelite's averaged leaf probabilities are its own `predict_proba`."""
 
     margins = False
+
+    def _prepared(self, rows: np.ndarray) -> Optional[np.ndarray]:
+        # scikit-learn's trees compare a value rounded to float32 with each threshold: so do these. What float32
+        # cannot hold (infinity, 1e300) the forest refuses with its own error.
+        with np.errstate(over="ignore"):
+            single = rows.astype(np.float32)
+        return None if np.isinf(single).any() else single.astype(np.float64)
 
 
 class _Columns:

@@ -2,6 +2,7 @@
 scikit-learn's own for every learner, calibration and form a model is fitted or published in."""
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.calibration import CalibratedClassifierCV
@@ -96,6 +97,23 @@ def test_property_a_booster_s_margins_through_treelite_are_its_decision_function
     rows = np.insert(rng.normal(size=(60, 2)), position, rng.choice([0.0, 1.0, 2.0, 3.0, 7.0, -1.0, 9.5, np.nan], 60),
                      axis=1)
     np.testing.assert_allclose(forms._Booster(booster).scores(rows), booster.decision_function(rows), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("learner", sorted(LEARNERS))
+def test_infinite_huge_and_float32_edge_values_score_or_fail_as_scikit_learn_does(learner):
+    frame, y = table(300, 8, 3)
+    model = RiskModel(learner=LEARNERS[learner].name, negative_class="none", rounds=10, trees=10, cv=3).fit(frame, y)
+    finite = frame.iloc[:4].assign(minutes=[1e-40, 3.0000001, np.nextafter(np.float32(7.5), np.float32(8)) + 1e-9, 1e30])
+    np.testing.assert_allclose(model.predict_proba(finite), sklearn_proba(model, finite), rtol=0, atol=1e-12)
+    endless = frame.iloc[:4].assign(minutes=[np.inf, -np.inf, 1e300, 0.0])
+    try:
+        expected = sklearn_proba(model, endless)
+    except ValueError as refused:  # forests and the logistic regression refuse what float32 / float64 cannot hold
+        with pytest.raises(ValueError, match="infinity or a value too large"):
+            model.predict_proba(endless)
+        assert "infinity" in str(refused)
+    else:
+        np.testing.assert_allclose(model.predict_proba(endless), expected, rtol=0, atol=1e-12)
 
 
 def test_the_held_out_form_of_a_large_table_scores_as_scikit_learn_does(monkeypatch):
