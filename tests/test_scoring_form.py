@@ -59,8 +59,7 @@ def test_property_the_form_scores_as_scikit_learn_does(learner, classes, seed, c
     rows = scoring_rows(frame, seed)
     assert isinstance(forms.scoring_form(model.estimator_), forms._Calibrated)
     np.testing.assert_allclose(model.predict_proba(rows), sklearn_proba(model, rows), rtol=0, atol=1e-12)
-    many = pd.concat([rows] * 10, ignore_index=True)  # beyond TREELITE_ROWS: the ensembles score themselves
-    assert len(many) >= forms.TREELITE_ROWS
+    many = pd.concat([rows] * 10, ignore_index=True)
     # Not bit for bit: a forest's threads add their trees' probabilities in whatever order they finish.
     np.testing.assert_allclose(model.predict_proba(many), sklearn_proba(model, many), rtol=0, atol=1e-12)
 
@@ -160,16 +159,17 @@ def test_the_form_is_built_once_per_fitted_estimator_and_again_after_a_refit(mon
     assert len(built) == 2 and built[1] is model.estimator_
 
 
-def test_a_few_rows_are_scored_by_treelite_and_many_by_the_ensemble(monkeypatch):
-    frame, y = table(400, 6, 2)
+def test_a_row_scores_the_same_alone_and_among_many_rows(monkeypatch):
+    # A request batched with others, or in the nightly's large blocks, answers exactly as it does alone.
+    frame, y = table(400, 6, 3)
     model = RiskModel(learner=LEARNERS["boosting"].name, negative_class="none", rounds=5, cv=3).fit(frame, y)
     calls = []
     monkeypatch.setattr(forms.treelite.gtil, "predict", lambda *a, made=forms.treelite.gtil.predict, **k:
-                        calls.append(len(a[1])) or made(*a, **k))
-    model.predict_proba(frame.iloc[:10])
-    assert calls == [10, 10, 10]  # one call per fold model
-    model.predict_proba(frame.iloc[:forms.TREELITE_ROWS])
-    assert calls == [10, 10, 10]
+                        calls.append((len(a[1]), k["nthread"])) or made(*a, **k))
+    many = pd.concat([frame] * 30, ignore_index=True)
+    np.testing.assert_array_equal(model.predict_proba(many)[:10], model.predict_proba(frame.iloc[:10]))
+    # One call per fold model, all the rows at once; threads only for a large frame.
+    assert calls == [(len(many), 0)] * 3 + [(10, 1)] * 3
 
 
 def test_a_call_encodes_its_categories_once_for_all_fold_models(monkeypatch):
