@@ -283,6 +283,37 @@ def blank(raw: pd.Series) -> pd.Series:
     return raw.isna() | raw.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
 
 
+def _plain_numbers(raw: pd.Series, column: Column) -> Optional[np.ndarray]:
+    """A number column's values as `_coerced` types them, when every cell is a number the contract takes as it is
+    (missing only where the column is nullable): `_column_problems` would find nothing, and is skipped; None when any
+    cell needs the checks (or the column holds no number, whose type only the checks settle)."""
+    if raw.dtype == object:
+        # Exact types: a bool, a numpy number or a float in an int column takes the checks' path, which types them.
+        kind = float if column.kind == "float" else int
+        if not all(type(value) is kind or value is None for value in raw.to_numpy()):
+            return None
+        try:
+            numbers = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+        except OverflowError:  # a whole number past any float
+            return None
+    elif isinstance(raw.dtype, np.dtype) and raw.dtype.kind in "iuf":  # not pandas' nullable or Arrow numbers
+        numbers = raw.to_numpy(dtype=np.float64)
+    else:
+        return None
+    missing = np.isnan(numbers)
+    present = numbers[~missing]
+    low = -np.inf if column.minimum is None else column.minimum
+    high = np.inf if column.maximum is None else column.maximum
+    if missing.all() or (missing.any() and not column.nullable) or not (
+            (np.abs(present) < (LARGEST_WHOLE if column.kind == "int" else np.inf)).all()
+            and (column.kind == "float" or (present % 1 == 0).all()) and ((present >= low) & (present <= high)).all()):
+        return None
+    if raw.dtype != object:
+        return raw.to_numpy()
+    # As pandas reads Python numbers: whole numbers as integers, unless one is missing.
+    return numbers.astype(np.int64) if column.kind == "int" and not missing.any() else numbers
+
+
 def _column_problems(raw: pd.Series, value: pd.Series, column: Column) -> np.ndarray:
     """Per row, what is wrong with this column's value (empty string when nothing is)."""
     problems = np.full(len(raw), "", dtype=object)
@@ -380,9 +411,9 @@ def alike(items: Sequence) -> list[list[int]]:
     return list(groups.values())
 
 
-def span_rows(spans: Sequence[slice], numbers: Sequence[int]) -> np.ndarray:
-    """The row positions, in order, of the frames `numbers` of a stack whose frames hold `spans` (`stacked`)."""
-    return np.concatenate([np.arange(spans[n].start, spans[n].stop) for n in numbers])
+def stacked_alike(frames: Sequence[pd.DataFrame]) -> list[tuple[list[int], pd.DataFrame, list[slice]]]:
+    """Per group of frames alike (`alike`): their positions, the frames stacked and each one's rows (`stacked`)."""
+    return [(numbers, *stacked([frames[number] for number in numbers])) for numbers in alike(frames)]
 
 
 def check_table(raw: pd.DataFrame, contract: TableContract, source: str,
@@ -423,18 +454,25 @@ def _checked_rows(raw: pd.DataFrame, columns: Sequence[Column], unique: Optional
                   earlier: Optional[Mapping[str, str]] = None) -> Checked:
     """`raw` typed column by column with per row its first problem; `tables` are the spans of the rows of each table
     stacked in `raw`: a `unique` value repeats only within its own table."""
-    frame = raw.copy()
     # Per row problems gather in a numpy array: a row's first problem is kept, and on a small table (a service
     # request) pandas operations per column cost more than the checks themselves.
     problems = np.full(len(raw), "", dtype=object)
+    typed: dict[Any, Union[pd.Series, np.ndarray]] = {}
     for column in columns:
+        numbers = None if column.kind not in ("int", "float") or column.allowed else \
+            _plain_numbers(raw[column.name], column)
+        if numbers is not None:
+            typed[column.name] = numbers
+            continue
         plain, not_plain = plain_column(raw[column.name])
-        frame[column.name] = _coerced(plain, column)
+        typed[column.name] = _coerced(plain, column)
         unplain = not_plain.to_numpy(dtype=object)
-        found = np.where(unplain != "", unplain, _column_problems(plain, frame[column.name], column))
+        found = np.where(unplain != "", unplain, _column_problems(plain, typed[column.name], column))
         fresh = (problems == "") & (found != "")
         if fresh.any():
             problems[fresh] = [f"column '{column.name}': {p}" for p in found[fresh]]
+    # One frame built from the typed columns: assigning them one by one cost more than checking them.
+    frame = pd.DataFrame({name: typed[name] if name in typed else raw[name] for name in raw.columns}, index=raw.index)
     problems = pd.Series(problems, index=raw.index, dtype=object)
     if unique:
         values = frame[unique]

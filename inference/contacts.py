@@ -9,8 +9,8 @@ import pandas as pd
 
 from carelens.data.adapters import read_conversations
 from carelens.data.contracts import (
-    INTERACTION_FEATURES, INTERACTIONS, ContractError, Conversation, TableContract, alike, check_text_names, span_rows,
-    stacked, validated_each,
+    INTERACTION_FEATURES, INTERACTIONS, ContractError, Conversation, TableContract, alike, check_text_names, stacked,
+    stacked_alike, validated_each,
 )
 from carelens.data.errors import CareLensError, UsageError, each_done, raised
 from carelens.data.readers import Keys, checked_keys, header_lines, read_table
@@ -206,15 +206,14 @@ def contact_predictions_each(churn: RiskModel, retaliation: RiskModel, tables: S
         return []
     models = (churn, retaliation, *((satisfaction,) if satisfaction is not None else ()))
     inputs = features_needed(models)
-    together, spans = stacked(tables, inputs)
+    groups = stacked_alike(tables)
+    together, blocks = stacked([frame for _, frame, _ in groups], inputs)
     # A batch chunk whose every row broke the contract leaves nothing to predict; scikit-learn refuses 0 rows.
     proba = retaliation.predict_proba(together) if len(together) else np.zeros((0, len(retaliation.classes_)))
     churn_risk = churn.risk(together) if len(together) else np.zeros(0)
     csat = expected_score(satisfaction, together) if satisfaction is not None else np.full(len(together), np.nan)
     answers: dict[int, pd.DataFrame] = {}
-    for numbers in alike(tables):
-        rows = span_rows(spans, numbers)
-        frame, own = stacked([tables[n] for n in numbers])
+    for (numbers, frame, own), rows in zip(groups, blocks):
         framed = _predictions_frame(churn, retaliation, frame, inputs, proba[rows], churn_risk[rows], csat[rows])
         answers.update((n, framed.iloc[span].set_axis(tables[n].index)) for n, span in zip(numbers, own))
     return [answers[n] for n in range(len(tables))]

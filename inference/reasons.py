@@ -271,11 +271,11 @@ def reason_pushes(pushed: Mapping[str, float], row: Mapping) -> dict[str, float]
     recorded = {feature: push for feature, push in pushed.items() if not _missing(row.get(feature))}
     if not was_abandoned(row):
         return recorded
-    folded = [push for feature, push in pushed.items() if feature in ABANDONMENT and not math.isnan(push)]
     others = {feature: push for feature, push in recorded.items() if feature not in ABANDONMENT}
-    if not any(feature in ABANDONMENT for feature in pushed.keys()):
+    folded = [push for feature, push in pushed.items() if feature in ABANDONMENT]
+    if not folded:
         return others
-    return {**others, "abandoned": max(folded, default=math.nan)}
+    return {**others, "abandoned": max((push for push in folded if not math.isnan(push)), default=math.nan)}
 
 
 def reason_features(frame: pd.DataFrame, contributions: pd.DataFrame, profile: dict,

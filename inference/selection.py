@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from carelens.data.errors import UsageError
-from carelens.data.contracts import alike, span_rows, stacked
+from carelens.data.contracts import stacked, stacked_alike
 from carelens.inference.reasons import cited_turns, pushes, reason_features, reason_typicals, reasons_in_words
 from carelens.models.conversation_features import AGENT
 from carelens.models.satisfaction import INFERRED_CSAT
@@ -101,13 +101,13 @@ def explained_each(chosen: Sequence[pd.DataFrame], risk: Callable[[pd.DataFrame]
     says why) and the selections alike (`alike`) explained together, each taking back its own rows."""
     if not chosen:
         return []
-    together, spans = stacked(chosen)
+    groups = stacked_alike(chosen)
+    together, blocks = stacked([group for _, group, _ in groups])
     contributions = pushes(risk, together, reason_typicals(profile["typical"]), base=together["risk"],
                            candidates_only=True)
     answers: dict[int, pd.DataFrame] = {}
-    for numbers in alike(chosen):
-        group, own = stacked([chosen[n] for n in numbers])
-        flagged = _explained(group, contributions.iloc[span_rows(spans, numbers)].set_axis(group.index), profile)
+    for (numbers, group, own), rows in zip(groups, blocks):
+        flagged = _explained(group, contributions.iloc[rows].set_axis(group.index), profile)
         answers.update((n, flagged.iloc[span].reset_index(drop=True)) for n, span in zip(numbers, own))
     return [answers[n] for n in range(len(chosen))]
 

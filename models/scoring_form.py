@@ -31,7 +31,7 @@ class _Estimator:
     positive class when binary)."""
 
     def __init__(self, estimator):
-        self.estimator, self.classes_ = estimator, estimator.classes_
+        self.estimator = estimator
 
     def scores(self, X: np.ndarray) -> np.ndarray:
         if hasattr(self.estimator, "decision_function"):
@@ -119,7 +119,7 @@ class _Chain:
     """An encoding, then a classifier: a fitted Pipeline of a ColumnTransformer and a classifier."""
 
     def __init__(self, columns: _Columns, classifier: _Estimator):
-        self.columns, self.classifier, self.classes_ = columns, classifier, classifier.classes_
+        self.columns, self.classifier = columns, classifier
 
     def scores(self, columns: Columns) -> np.ndarray:
         return self.classifier.scores(self.columns.transform(columns))

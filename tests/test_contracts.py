@@ -1,12 +1,14 @@
 """Table readers refuse bad interactions and labels with a message naming the file, row, column and expectation."""
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carelens.data.contracts import INTERACTIONS, ContractError, as_bool, validated, validated_each
+from carelens.data import contracts
+from carelens.data.contracts import INTERACTIONS, Column, ContractError, as_bool, validated, validated_each
 from carelens.data.readers import read_interactions, read_labels
 
 GOOD_ROW = {
@@ -148,3 +150,46 @@ def test_a_contact_id_repeats_only_within_its_own_table():
     assert first["contact_id"].tolist() == ["K1", "K2"]
     assert str(second) == ("interactions: row 2, column 'contact_id': duplicate value 'K2', expected each contact_id "
                            "once")
+
+
+#: Number columns of each kind: nullable or not, bounded or not.
+_NUMBER_COLUMNS = [Column("f", "float", nullable=True, minimum=0), Column("g", "float", minimum=1, maximum=5),
+                   Column("i", "int", minimum=0), Column("j", "int", nullable=True)]
+_cells = st.one_of(st.none(), st.floats(), st.integers(-2 ** 60, 2 ** 60), st.integers(-3, 9), st.floats(0, 9),
+                   st.booleans(), st.text(max_size=2), st.sampled_from([2 ** 53, 10 ** 400, np.int64(3), np.nan, pd.NA]))
+
+
+@st.composite
+def _number_tables(draw):
+    """Tables of the four number columns, each of Python objects (anything, or plain numbers) or typed by numpy."""
+    rows = draw(st.integers(1, 5))
+    kinds = {"objects": (_cells, object), "plain floats": (st.none() | st.floats(-3, 9), object),
+             "plain ints": (st.integers(-3, 9) | st.integers(0, 2 ** 54), object),
+             "float64": (st.floats(), np.float64), "int64": (st.integers(-2 ** 62, 2 ** 62), np.int64)}
+    columns = {}
+    for column in _NUMBER_COLUMNS:
+        cells, dtype = kinds[draw(st.sampled_from(sorted(kinds)))]
+        columns[column.name] = pd.Series(draw(st.lists(cells, min_size=rows, max_size=rows)), dtype=dtype)
+    return pd.DataFrame(columns)
+
+
+@settings(deadline=None, max_examples=300)
+@given(_number_tables())
+def test_plain_number_columns_skip_the_cell_checks_and_type_as_they_would(raw):
+    checked = contracts._checked_rows(raw, _NUMBER_COLUMNS, None, [slice(0, len(raw))])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(contracts, "_plain_numbers", lambda raw, column: None)
+        every_cell = contracts._checked_rows(raw, _NUMBER_COLUMNS, None, [slice(0, len(raw))])
+    pd.testing.assert_series_equal(checked.problems, every_cell.problems)
+    pd.testing.assert_frame_equal(checked.frame, every_cell.frame, check_exact=True)
+
+
+def test_plain_numbers_are_taken_as_they_are_and_anything_else_is_checked():
+    floats, ints = pd.Series([1.5, None, 2.0], dtype=object), pd.Series([1, 2], dtype=object)
+    assert np.array_equal(contracts._plain_numbers(floats, _NUMBER_COLUMNS[0]), [1.5, np.nan, 2.0], equal_nan=True)
+    assert contracts._plain_numbers(ints, _NUMBER_COLUMNS[2]).dtype == np.int64
+    assert contracts._plain_numbers(pd.Series([1.0, 2.0], dtype=object), _NUMBER_COLUMNS[2]) is None  # float in int
+    assert contracts._plain_numbers(pd.Series([True, 2], dtype=object), _NUMBER_COLUMNS[2]) is None
+    assert contracts._plain_numbers(floats, _NUMBER_COLUMNS[1]) is None  # missing where not nullable
+    assert contracts._plain_numbers(pd.Series([0.5, 6.0]), _NUMBER_COLUMNS[1]) is None  # outside 1..5
+    assert contracts._plain_numbers(pd.Series([None, None], dtype=object), _NUMBER_COLUMNS[0]) is None
