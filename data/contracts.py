@@ -158,11 +158,21 @@ def as_bool(values: pd.Series) -> pd.Series:
 def json_records(frame: pd.DataFrame) -> list[dict]:
     """The rows as dicts of plain Python values, missing values (NaN, pd.NA) and infinite numbers as None (JSON
     null): what the Python API and the HTTP service hand on."""
-    values = frame.astype(object)
-    # Without attrs: pandas deep-copies a frame's attrs into every column it hands out while writing the records.
-    values.attrs = {}
-    return [{key: None if value is pd.NA or (isinstance(value, float) and not math.isfinite(value)) else value
-             for key, value in row.items()} for row in values.to_dict("records")]
+    # A view without attrs: pandas deep-copies a frame's attrs into every frame and column it hands out (a flagged
+    # list's, holding the scorecard, took 2 ms a copy).
+    values = pd.DataFrame(frame, copy=False).astype(object)
+    names = list(values.columns)
+    # Rows read from one array of Python objects: pandas' to_dict("records") took 4 ms for a ten-agent scorecard.
+    return [{name: _json_value(value) for name, value in zip(names, row)} for row in values.to_numpy().tolist()]
+
+
+def _json_value(value: Any) -> Any:
+    """A cell as a plain Python value, None for missing values (NaN, pd.NA) and infinite numbers."""
+    if value is pd.NA or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    if isinstance(value, (np.datetime64, np.timedelta64)):
+        return pd.Timestamp(value) if isinstance(value, np.datetime64) else pd.Timedelta(value)
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def plain_value(value: Any) -> tuple[Any, str]:

@@ -366,9 +366,10 @@ class Scorer:
     def _flag_attrs(self, flagged: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
         """The flagged customers with the agents' scorecard, the call drivers and the expected performance in
         `attrs` (`flag_at_risk`)."""
-        flagged.attrs["agents"] = scorecard_records(agent_scorecard(predictions, flagged["customer_id"],
-                                                                    redact=self.redact))
-        flagged.attrs["drivers"] = json_records(driver_report(predictions, flagged["customer_id"], self.drivers))
+        # Read before the attrs grow: pandas deep-copies a frame's attrs into every column it hands out.
+        customers = flagged["customer_id"]
+        flagged.attrs["agents"] = scorecard_records(agent_scorecard(predictions, customers, redact=self.redact))
+        flagged.attrs["drivers"] = json_records(driver_report(predictions, customers, self.drivers))
         flagged.attrs["expected_performance"] = performance_estimates(self.metadata, predictions)
         return flagged
 

@@ -193,3 +193,19 @@ def test_plain_numbers_are_taken_as_they_are_and_anything_else_is_checked():
     assert contracts._plain_numbers(floats, _NUMBER_COLUMNS[1]) is None  # missing where not nullable
     assert contracts._plain_numbers(pd.Series([0.5, 6.0]), _NUMBER_COLUMNS[1]) is None  # outside 1..5
     assert contracts._plain_numbers(pd.Series([None, None], dtype=object), _NUMBER_COLUMNS[0]) is None
+
+
+def test_json_records_hand_on_plain_python_values_and_none_for_what_json_cannot_hold():
+    frame = pd.DataFrame({"f": [1.5, np.nan, -np.inf], "i": [1, 2, 3], "n": pd.array([1, None, 3], dtype="Int64"),
+                          "s": pd.array(["a", None, "c"], dtype="string"), "b": [True, False, True],
+                          "o": pd.Series([np.float64(2.0), None, np.int64(4)], dtype=object),
+                          "t": pd.to_datetime(["2026-01-01", None, "2026-01-02"], utc=True)})
+    frame.attrs["big"] = list(range(5))
+    records = contracts.json_records(frame)
+    assert [[(name, type(value).__name__) for name, value in row.items()] for row in records] == [
+        [("f", "float"), ("i", "int"), ("n", "int"), ("s", "str"), ("b", "bool"), ("o", "float"), ("t", "Timestamp")],
+        [("f", "NoneType"), ("i", "int"), ("n", "NoneType"), ("s", "NoneType"), ("b", "bool"), ("o", "NoneType"),
+         ("t", "NaTType")],
+        [("f", "NoneType"), ("i", "int"), ("n", "int"), ("s", "str"), ("b", "bool"), ("o", "int"), ("t", "Timestamp")]]
+    assert records[0] == {"f": 1.5, "i": 1, "n": 1, "s": "a", "b": True, "o": 2.0,
+                          "t": pd.Timestamp("2026-01-01", tz="UTC")}

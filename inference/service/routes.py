@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends, HTTPException
 from carelens.data.contracts import json_records
 from carelens.data.errors import raised
 from carelens.inference.api import FlagCall, Scorer
-from carelens.inference.selection import FLAG_COLUMNS
 from carelens.inference.service.dependencies import ServiceDep, require_key, scored
 from carelens.inference.service.json_body import CheckedJSONRoute
 from carelens.inference.service.schemas import FlagRequest, FlagResponse, Health, Models, ScoreRequest, ScoreResponse
@@ -62,7 +61,7 @@ def _flag_answer(scorer: Scorer, request: FlagRequest, flagging: MicroBatcher) -
         scored_features, transcripts = scorer.score_transcripts(transcripts)[SCORED_COLUMNS], None
     call = FlagCall(records, transcripts, request.capacity, request.threshold, scored_features, request.strict)
     flagged = raised(flagging([call], scorer.flag_each)[0])
-    return {"customers": json_records(flagged[FLAG_COLUMNS]), "warnings": flagged.attrs["warnings"],
+    return {"customers": json_records(flagged), "warnings": flagged.attrs["warnings"],
             "joins": flagged.attrs["joins"], "expected_performance": flagged.attrs["expected_performance"],
             "agents": flagged.attrs["agents"], "drivers": flagged.attrs["drivers"]}
 
