@@ -293,6 +293,27 @@ def blank(raw: pd.Series) -> pd.Series:
     return raw.isna() | raw.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
 
 
+def _plain_cells(raw: pd.Series, column: Column) -> Optional[Union[np.ndarray, pd.api.extensions.ExtensionArray]]:
+    """A column as `_coerced` types it when every cell is plainly valid (`_plain_numbers`; for ids and categories
+    ASCII text of no control character, not blank, an allowed value where the contract lists them; for flags
+    Python bools): `plain_column` and `_column_problems` would find nothing, and are skipped; None when any cell
+    needs them. A service request's columns come so, and their checks cost more than its models."""
+    if column.kind in ("int", "float"):
+        return None if column.allowed else _plain_numbers(raw, column)
+    if raw.dtype != object or not len(raw) or column.kind not in ("bool", "id", "category"):
+        return None
+    cells = raw.to_numpy()
+    if column.kind == "bool":
+        return pd.array(cells, dtype="boolean") if all(type(value) is bool for value in cells) else None
+    # ASCII only: pandas trims and lower-cases other text by its own rules, which may differ from Python's.
+    if not all(type(value) is str and value.isascii() and not CONTROL.search(value) for value in cells):
+        return None
+    text = [value.strip().lower() if column.kind == "category" else value.strip() for value in cells]
+    if not all(text) or (column.allowed and not set(text) <= set(column.allowed)):
+        return None
+    return pd.array(text, dtype="string")
+
+
 def _plain_numbers(raw: pd.Series, column: Column) -> Optional[np.ndarray]:
     """A number column's values as `_coerced` types them, when every cell is a number the contract takes as it is
     (missing only where the column is nullable): `_column_problems` would find nothing, and is skipped; None when any
@@ -469,10 +490,9 @@ def _checked_rows(raw: pd.DataFrame, columns: Sequence[Column], unique: Optional
     problems = np.full(len(raw), "", dtype=object)
     typed: dict[Any, Union[pd.Series, np.ndarray]] = {}
     for column in columns:
-        numbers = None if column.kind not in ("int", "float") or column.allowed else \
-            _plain_numbers(raw[column.name], column)
-        if numbers is not None:
-            typed[column.name] = numbers
+        plain = _plain_cells(raw[column.name], column)
+        if plain is not None:
+            typed[column.name] = plain
             continue
         plain, not_plain = plain_column(raw[column.name])
         typed[column.name] = _coerced(plain, column)

@@ -152,47 +152,64 @@ def test_a_contact_id_repeats_only_within_its_own_table():
                            "once")
 
 
-#: Number columns of each kind: nullable or not, bounded or not.
-_NUMBER_COLUMNS = [Column("f", "float", nullable=True, minimum=0), Column("g", "float", minimum=1, maximum=5),
-                   Column("i", "int", minimum=0), Column("j", "int", nullable=True)]
+#: Columns of each kind the checks may skip: numbers nullable or not, bounded or not, ids, categories, flags.
+_PLAIN_COLUMNS = [Column("f", "float", nullable=True, minimum=0), Column("g", "float", minimum=1, maximum=5),
+                  Column("i", "int", minimum=0), Column("j", "int", nullable=True), Column("id", "id"),
+                  Column("c", "category", allowed=("phone", "chat")), Column("x", "category", nullable=True),
+                  Column("b", "bool")]
 _cells = st.one_of(st.none(), st.floats(), st.integers(-2 ** 60, 2 ** 60), st.integers(-3, 9), st.floats(0, 9),
                    st.booleans(), st.text(max_size=2), st.sampled_from([2 ** 53, 10 ** 400, np.int64(3), np.nan, pd.NA]))
+_words = st.sampled_from(["phone", " Chat ", "PHONE", "fax", "", "  ", "C1", "c\x00", "K\t", "Ä", "\xa0chat", "i\u0307"])
 
 
 @st.composite
-def _number_tables(draw):
-    """Tables of the four number columns, each of Python objects (anything, or plain numbers) or typed by numpy."""
+def _plain_tables(draw):
+    """Tables of `_PLAIN_COLUMNS`, each column of Python objects (anything, plain numbers, words, bools) or typed by
+    numpy."""
     rows = draw(st.integers(1, 5))
     kinds = {"objects": (_cells, object), "plain floats": (st.none() | st.floats(-3, 9), object),
-             "plain ints": (st.integers(-3, 9) | st.integers(0, 2 ** 54), object),
-             "float64": (st.floats(), np.float64), "int64": (st.integers(-2 ** 62, 2 ** 62), np.int64)}
+             "plain ints": (st.integers(-3, 9) | st.integers(0, 2 ** 54), object), "words": (_words, object),
+             "bools": (st.booleans(), object), "float64": (st.floats(), np.float64),
+             "int64": (st.integers(-2 ** 62, 2 ** 62), np.int64)}
     columns = {}
-    for column in _NUMBER_COLUMNS:
+    for column in _PLAIN_COLUMNS:
         cells, dtype = kinds[draw(st.sampled_from(sorted(kinds)))]
         columns[column.name] = pd.Series(draw(st.lists(cells, min_size=rows, max_size=rows)), dtype=dtype)
     return pd.DataFrame(columns)
 
 
-@settings(deadline=None, max_examples=300)
-@given(_number_tables())
-def test_plain_number_columns_skip_the_cell_checks_and_type_as_they_would(raw):
-    checked = contracts._checked_rows(raw, _NUMBER_COLUMNS, None, [slice(0, len(raw))])
+@settings(deadline=None, max_examples=150)
+@given(_plain_tables())
+def test_plainly_valid_columns_skip_the_cell_checks_and_type_as_they_would(raw):
+    def checked(columns: list[Column]) -> contracts.Checked:
+        return contracts._checked_rows(raw, columns, None, [slice(0, len(raw))])
+    skipping = [checked([column]) for column in _PLAIN_COLUMNS] + [checked(_PLAIN_COLUMNS)]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(contracts, "_plain_numbers", lambda raw, column: None)
-        every_cell = contracts._checked_rows(raw, _NUMBER_COLUMNS, None, [slice(0, len(raw))])
-    pd.testing.assert_series_equal(checked.problems, every_cell.problems)
-    pd.testing.assert_frame_equal(checked.frame, every_cell.frame, check_exact=True)
+        patch.setattr(contracts, "_plain_cells", lambda raw, column: None)
+        every_cell = [checked([column]) for column in _PLAIN_COLUMNS] + [checked(_PLAIN_COLUMNS)]
+    for skipped, checked_all in zip(skipping, every_cell):  # each column alone: a row keeps only its first problem
+        pd.testing.assert_series_equal(skipped.problems, checked_all.problems)
+        pd.testing.assert_frame_equal(skipped.frame, checked_all.frame, check_exact=True)
 
 
-def test_plain_numbers_are_taken_as_they_are_and_anything_else_is_checked():
+def test_plain_cells_are_taken_as_they_are_and_anything_else_is_checked():
+    plain = contracts._plain_cells
     floats, ints = pd.Series([1.5, None, 2.0], dtype=object), pd.Series([1, 2], dtype=object)
-    assert np.array_equal(contracts._plain_numbers(floats, _NUMBER_COLUMNS[0]), [1.5, np.nan, 2.0], equal_nan=True)
-    assert contracts._plain_numbers(ints, _NUMBER_COLUMNS[2]).dtype == np.int64
-    assert contracts._plain_numbers(pd.Series([1.0, 2.0], dtype=object), _NUMBER_COLUMNS[2]) is None  # float in int
-    assert contracts._plain_numbers(pd.Series([True, 2], dtype=object), _NUMBER_COLUMNS[2]) is None
-    assert contracts._plain_numbers(floats, _NUMBER_COLUMNS[1]) is None  # missing where not nullable
-    assert contracts._plain_numbers(pd.Series([0.5, 6.0]), _NUMBER_COLUMNS[1]) is None  # outside 1..5
-    assert contracts._plain_numbers(pd.Series([None, None], dtype=object), _NUMBER_COLUMNS[0]) is None
+    assert np.array_equal(plain(floats, _PLAIN_COLUMNS[0]), [1.5, np.nan, 2.0], equal_nan=True)
+    assert plain(ints, _PLAIN_COLUMNS[2]).dtype == np.int64
+    assert plain(pd.Series([1.0, 2.0], dtype=object), _PLAIN_COLUMNS[2]) is None  # a float in an int column
+    assert plain(pd.Series([True, 2], dtype=object), _PLAIN_COLUMNS[2]) is None
+    assert plain(floats, _PLAIN_COLUMNS[1]) is None  # missing where not nullable
+    assert plain(pd.Series([0.5, 6.0]), _PLAIN_COLUMNS[1]) is None  # outside 1..5
+    assert plain(pd.Series([None, None], dtype=object), _PLAIN_COLUMNS[0]) is None
+    assert plain(pd.Series([" C1 ", "C2"], dtype=object), _PLAIN_COLUMNS[4]).tolist() == ["C1", "C2"]
+    assert plain(pd.Series([" Chat", "PHONE"], dtype=object), _PLAIN_COLUMNS[5]).tolist() == ["chat", "phone"]
+    assert plain(pd.Series(["fax"], dtype=object), _PLAIN_COLUMNS[5]) is None  # not allowed
+    assert plain(pd.Series(["C\x001"], dtype=object), _PLAIN_COLUMNS[4]) is None  # a control character
+    assert plain(pd.Series(["Ä"], dtype=object), _PLAIN_COLUMNS[4]) is None  # beyond ASCII
+    assert plain(pd.Series([" "], dtype=object), _PLAIN_COLUMNS[4]) is None  # blank
+    assert plain(pd.Series([True, False], dtype=object), _PLAIN_COLUMNS[7]).tolist() == [True, False]
+    assert plain(pd.Series([True, "yes"], dtype=object), _PLAIN_COLUMNS[7]) is None
 
 
 def test_json_records_hand_on_plain_python_values_and_none_for_what_json_cannot_hold():
