@@ -158,8 +158,10 @@ _PLAIN_COLUMNS = [Column("f", "float", nullable=True, minimum=0), Column("g", "f
                   Column("c", "category", allowed=("phone", "chat")), Column("x", "category", nullable=True),
                   Column("b", "bool")]
 _cells = st.one_of(st.none(), st.floats(), st.integers(-2 ** 60, 2 ** 60), st.integers(-3, 9), st.floats(0, 9),
-                   st.booleans(), st.text(max_size=2), st.sampled_from([2 ** 53, 10 ** 400, np.int64(3), np.nan, pd.NA]))
-_words = st.sampled_from(["phone", " Chat ", "PHONE", "fax", "", "  ", "C1", "c\x00", "K\t", "Ä", "\xa0chat", "i\u0307"])
+                   st.booleans(), st.text(max_size=2),
+                   st.sampled_from([2 ** 53, 10 ** 400, np.int64(3), np.nan, pd.NA]))
+_words = st.sampled_from(["phone", " Chat ", "PHONE", "fax", "", "  ", "C1", "c\x00", "K\t", "Ä", "\xa0chat",
+                          "i\u0307"])
 
 
 @st.composite

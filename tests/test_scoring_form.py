@@ -175,8 +175,22 @@ def test_a_row_scores_the_same_alone_and_among_many_rows(monkeypatch):
 def test_a_call_encodes_its_categories_once_for_all_fold_models(monkeypatch):
     frame, y = table(300, 7, 2)
     model = RiskModel(learner=LEARNERS["boosting"].name, negative_class="none", rounds=5, cv=4).fit(frame, y)
-    encodings, transform = [], OrdinalEncoder.transform
-    monkeypatch.setattr(OrdinalEncoder, "transform",
-                        lambda self, X, **params: encodings.append(len(X)) or transform(self, X, **params))
+    encodings, transform = [], forms._Columns.transform
+    monkeypatch.setattr(forms._Columns, "transform",
+                        lambda self, columns: encodings.append(len(columns["channel"])) or transform(self, columns))
     model.predict_proba(frame.iloc[:10])
     assert encodings == [10]  # one encoding of the ten rows, not one per fold model (4)
+
+
+@pytest.mark.parametrize("seen_missing", [False, True])
+def test_category_codes_are_the_ordinal_encoders_own(seen_missing):
+    fitted = ["phone", "chat", "email", *([np.nan] if seen_missing else [])]
+    encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
+                             max_categories=255)
+    encoder.fit(pd.DataFrame({"c": fitted * 3, "d": ["a", "b", "a"] * len(fitted)}))
+    rows = pd.DataFrame({"c": np.array(["chat", "fax", np.nan, None, "email", "Phone", 3], dtype=object),
+                         "d": np.array(["b", "a", "a", "c", None, "b", "a"], dtype=object)})
+    codes = forms._codes(encoder)(rows)
+    np.testing.assert_array_equal(codes, encoder.transform(rows))
+    assert codes[[0, 4], 0].tolist() == [0.0, 1.0] and np.isnan(codes[[1, 2, 3, 5, 6], 0]).all()  # sorted: chat, email
+    assert forms._codes(OrdinalEncoder().fit(rows.fillna("x").astype(str))) is None  # unseen categories refused

@@ -625,3 +625,18 @@ def test_telecom_churn_mean_held_out_roc_auc_over_five_split_seeds_reaches_0_93(
     print(f"\ntelecom churn held-out ROC-AUC over seeds {spread['seeds']}: {spread['mean']['roc_auc']:.4f} "
           f"± {spread['std']['roc_auc']:.4f} (learners {[r['learner'] for r in spread['rows']]})")
     assert spread["seeds"] == [0, 1, 2, 3, 4] and spread["mean"]["roc_auc"] >= 0.93
+
+
+_category_cells = st.one_of(st.none(), st.just(np.nan), st.just(pd.NA), st.integers(-3, 3), st.floats(0, 2),
+                            st.sampled_from([" Phone ", "CHAT", "chat\t", "", "e\x1fmail", "Ärger", "\xa0fax", "İ"]),
+                            st.text(max_size=3))
+
+
+@given(st.lists(_category_cells, min_size=1, max_size=6), st.sampled_from([object, "string"]))
+def test_categories_are_read_as_pandas_reads_them(cells, dtype):
+    from carelens.models import tabular
+    values = pd.Series(cells, dtype=object if dtype is object else None).astype(dtype, errors="ignore")
+    by_pandas = values.astype("string").str.strip().str.lower().to_numpy(dtype=object, na_value=np.nan)
+    read = tabular._as_categories(values)
+    assert [None if v is np.nan or v != v else v for v in read] == \
+        [None if v is np.nan or v != v else v for v in by_pandas]
