@@ -180,7 +180,7 @@ def _plain_tables(draw):
     return pd.DataFrame(columns)
 
 
-@settings(deadline=None, max_examples=150)
+@settings(deadline=None, max_examples=80)
 @given(_plain_tables())
 def test_plainly_valid_columns_skip_the_cell_checks_and_type_as_they_would(raw):
     def checked(columns: list[Column]) -> contracts.Checked:
