@@ -118,7 +118,8 @@ def _codes(encoder) -> Optional[Callable[[pd.DataFrame], np.ndarray]]:
     if not (isinstance(encoder, OrdinalEncoder) and encoder.handle_unknown == "use_encoded_value"
             and _is_nan(encoder.unknown_value) and _is_nan(encoder.encoded_missing_value)
             and all(c is None for c in getattr(encoder, "infrequent_categories_", [None]))
-            and all(np.asarray(categories).dtype == object for categories in encoder.categories_)):
+            and all(isinstance(category, str) or _is_nan(category)
+                    for categories in encoder.categories_ for category in categories)):
         return None
     codes = [{category: float(code) for code, category in enumerate(categories) if isinstance(category, str)}
              for categories in encoder.categories_]
@@ -130,6 +131,7 @@ def _codes(encoder) -> Optional[Callable[[pd.DataFrame], np.ndarray]]:
 
 
 def _is_nan(value) -> bool:
+    """Whether the value is a float NaN (an encoder's setting or category may be anything)."""
     return isinstance(value, float) and np.isnan(value)
 
 

@@ -194,3 +194,5 @@ def test_category_codes_are_the_ordinal_encoders_own(seen_missing):
     np.testing.assert_array_equal(codes, encoder.transform(rows))
     assert codes[[0, 4], 0].tolist() == [0.0, 1.0] and np.isnan(codes[[1, 2, 3, 5, 6], 0]).all()  # sorted: chat, email
     assert forms._codes(OrdinalEncoder().fit(rows.fillna("x").astype(str))) is None  # unseen categories refused
+    numbers = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan)
+    assert forms._codes(numbers.fit(pd.DataFrame({"c": [1, 2, 3]}))) is None  # categories that are not text
