@@ -158,9 +158,7 @@ def as_bool(values: pd.Series) -> pd.Series:
 def json_records(frame: pd.DataFrame) -> list[dict]:
     """The rows as dicts of plain Python values, missing values (NaN, pd.NA) and infinite numbers as None (JSON
     null): what the Python API and the HTTP service hand on."""
-    # A view without attrs: pandas deep-copies a frame's attrs into every frame and column it hands out (a flagged
-    # list's, holding the scorecard, took 2 ms a copy).
-    values = pd.DataFrame(frame, copy=False).astype(object)
+    values = without_attrs(frame).astype(object)
     names = list(values.columns)
     # Rows read from one array of Python objects: pandas' to_dict("records") took 4 ms for a ten-agent scorecard.
     return [{name: _json_value(value) for name, value in zip(names, row)} for row in values.to_numpy().tolist()]
@@ -293,6 +291,18 @@ def blank(raw: pd.Series) -> pd.Series:
     return raw.isna() | raw.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
 
 
+def plain_ascii(value: Any) -> bool:
+    """Whether the value is ASCII text without control characters: Python trims and lower-cases it as pandas' string
+    operations do (other text they may treat by their own rules)."""
+    return type(value) is str and value.isascii() and not CONTROL.search(value)
+
+
+def without_attrs(frame: pd.DataFrame) -> pd.DataFrame:
+    """A view of the frame without its attrs: pandas deep-copies a frame's attrs into every frame and column it hands
+    out (a flagged list's, holding the scorecard, took 2 ms a copy)."""
+    return pd.DataFrame(frame, copy=False)
+
+
 def _plain_cells(raw: pd.Series, column: Column) -> Optional[Union[np.ndarray, pd.api.extensions.ExtensionArray]]:
     """A column as `_coerced` types it when every cell is plainly valid (`_plain_numbers`; for ids and categories
     ASCII text of no control character, not blank, an allowed value where the contract lists them; for flags
@@ -305,8 +315,7 @@ def _plain_cells(raw: pd.Series, column: Column) -> Optional[Union[np.ndarray, p
     cells = raw.to_numpy()
     if column.kind == "bool":
         return pd.array(cells, dtype="boolean") if all(type(value) is bool for value in cells) else None
-    # ASCII only: pandas trims and lower-cases other text by its own rules, which may differ from Python's.
-    if not all(type(value) is str and value.isascii() and not CONTROL.search(value) for value in cells):
+    if not all(plain_ascii(value) for value in cells):
         return None
     text = [value.strip().lower() if column.kind == "category" else value.strip() for value in cells]
     if not all(text) or (column.allowed and not set(text) <= set(column.allowed)):

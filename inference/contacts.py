@@ -263,8 +263,8 @@ def join_report(conversations: pd.DataFrame, contacts: pd.DataFrame, dropped: It
     has_id = given.notna().to_numpy()
     ids = np.array(given[has_id].astype(str).tolist() if has_id.any() else [], dtype=object)
     # Features scored earlier may come without their conversation_id: a conversation is then named by its row.
-    names = conversations["conversation_id"].astype(str).tolist() if "conversation_id" in conversations.columns \
-        else [f"row {n}" for n in range(1, len(conversations) + 1)]
+    names = conversations["conversation_id"][~has_id].astype(str).tolist() if "conversation_id" in \
+        conversations.columns else [f"row {n}" for n in np.flatnonzero(~has_id) + 1]
     contact_ids = contacts["contact_id"].astype(str).tolist()
     known, gone, spoken = set(contact_ids), set(map(str, dropped)), set(ids)
     matched = np.array([i in known for i in ids], dtype=bool)
@@ -274,7 +274,7 @@ def join_report(conversations: pd.DataFrame, contacts: pd.DataFrame, dropped: It
     answered = _answered(contacts).to_numpy()
     return {"transcripts": len(conversations), "matched": int(matched.sum()),
             "without_contact_id": int((~has_id).sum()),
-            "without_examples": _named(name for name, has in zip(names, has_id) if not has),
+            "without_examples": _named(names),
             "contact_field": contact_field if contact_field and not has_id.any() else None,
             "dropped_contact": int(lost.sum()), "dropped_examples": _named(ids[lost]),
             "unknown_contact_id": int(unknown.sum()), "unknown_examples": _named(ids[unknown]),

@@ -22,7 +22,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_consistent_length, check_is_fitted, column_or_1d
 from threadpoolctl import ThreadpoolController
 
-from carelens.data.contracts import CONTROL
+from carelens.data.contracts import plain_ascii, without_attrs
 from carelens.data.errors import CareLensError, UsageError
 from carelens.models.drift import distribution
 from carelens.models.learners import (
@@ -121,9 +121,8 @@ def _as_categories(values: pd.Series) -> np.ndarray:
     """A categorical column as an object array of strings with NaN for missing, as OrdinalEncoder expects."""
     cells = values.to_numpy(dtype=object, na_value=np.nan)
     # Plain ASCII text (as the contract hands it on) trimmed and lower-cased in Python, which takes a fraction of
-    # pandas' string operations on a request's rows; other text by pandas' own rules.
-    if all((type(cell) is str and cell.isascii() and not CONTROL.search(cell))
-           or (isinstance(cell, float) and cell != cell) for cell in cells):
+    # pandas' string operations on a request's rows.
+    if all(plain_ascii(cell) or (isinstance(cell, float) and cell != cell) for cell in cells):
         return np.array([cell.strip().lower() if isinstance(cell, str) else np.nan for cell in cells], dtype=object)
     text = values.astype("string").str.strip().str.lower()
     return text.to_numpy(dtype=object, na_value=np.nan)
@@ -426,9 +425,7 @@ class RiskModel(ClassifierMixin, BaseEstimator):
     def _model_columns(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
         """`_model_frame`'s columns by feature name; the columns already numeric converted together."""
         self._check_columns(X, self.feature_names_in_)
-        # A view without attrs: pandas deep-copies a frame's attrs (a joined table's join report) into every column
-        # it hands out.
-        X = pd.DataFrame(X, copy=False)
+        X = without_attrs(X)  # a joined table carries its join report
         categorical = set(self.categorical_features_)
         kinds = X.dtypes
         together = [f for f in self.feature_names_in_ if f not in categorical and kinds[f].kind in "biuf"]
