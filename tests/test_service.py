@@ -284,6 +284,26 @@ def test_serve_takes_the_model_versions_as_score_and_nightly_do(registry_with_mo
     assert "serving churn v1, retaliation v1, transcripts v1" in result.output
 
 
+@pytest.fixture
+def pandas_text_default():
+    """pandas' default text storage during the test, whatever the test sets restored after it."""
+    with pd.option_context("mode.string_storage", "auto"):
+        yield
+
+
+def test_a_serving_process_keeps_a_requests_text_in_python_objects_with_the_same_answers(registry_with_models, scorer,
+                                                                                         day, monkeypatch,
+                                                                                         pandas_text_default):
+    interactions = day.interactions.head(40)
+    arrow_flags = scorer.flag_at_risk(interactions, day.conversations[:20])
+    monkeypatch.setattr("carelens.inference.serve.serve_until_stopped", lambda *_: None)
+    assert CliRunner().invoke(cli, ["serve", "--registry", str(registry_with_models.root)]).exit_code == 0
+    table = scorer.contact_table(interactions, day.conversations[:20])
+    assert table["customer_id"].dtype.storage == "python"
+    python_flags = scorer.flag_at_risk(interactions, day.conversations[:20])
+    assert python_flags.to_json() == arrow_flags.to_json() and python_flags.attrs == arrow_flags.attrs
+
+
 @pytest.mark.parametrize("version", ["latest", "v1", "churn=v1,retaliation=v1,transcripts=v1"])
 def test_serve_names_a_registry_that_is_not_there_not_a_model_without_a_version(tmp_path, version):
     missing = tmp_path / "no-registry"
