@@ -32,9 +32,12 @@ def driver_report(contacts: pd.DataFrame, flagged_customers: Iterable[str] = (),
     of the night's conversations and of the training period's (`drivers`), whether it grew (`grew`), the share of its
     customers flagged, their mean risk (the larger of churn and retaliation), mean mood and inferred satisfaction (when
     predicted); empty without drivers."""
-    named = contacts[contacts[DRIVER].notna()] if DRIVER in contacts.columns else contacts.iloc[:0]
-    if named.empty:
+    present = contacts[DRIVER].notna().to_numpy() if DRIVER in contacts.columns else np.zeros(len(contacts), bool)
+    # Checked before the rows are selected: without a drivers model no contact has one, and selecting none of a
+    # request's contacts still copied every column.
+    if not present.any():
         return pd.DataFrame(columns=[DRIVER, "contacts", "share"])
+    named = contacts[present]
     groups = named.groupby(DRIVER)
     flagged = named["customer_id"].isin(pd.Index(flagged_customers)).astype(float)
     report = pd.DataFrame({"contacts": groups.size(), "share": groups.size() / len(named),

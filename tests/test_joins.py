@@ -6,15 +6,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from carelens.data.adapters import read_abcd
 from carelens.data.contracts import ContractError
 from carelens.data.errors import UsageError
 from carelens.data.readers import conversation_from_record, parsed_keys, read_transcripts
-from carelens.inference.contacts import join_lines, join_report
+from carelens.inference.contacts import join_lines, join_report, missing_conversations_warning
 from carelens.inference.nightly.run import run_nightly
+from carelens.models.conversation_features import FEATURE_COLUMNS
 
 TURNS = [["agent", "Hi, how can I help?"], ["customer", "My order arrived broken."], ["action", "Order pulled up."],
          ["agent", "I am sorry, I will send a new one today."], ["customer", "great thanks for your help"]]
@@ -168,3 +172,18 @@ def test_a_small_night_opens_with_the_join_the_dropped_contact_and_one_drift_lin
     assert manifest["dropped"] == [{"what": "contact", "field": "channel", "count": 1, "first": [first[3].strip()]}]
     summary = (tmp_path / "run" / "summary.html").read_text()
     assert "1 matched a contact" in summary and "got &#x27;webchat&#x27;" in summary
+
+
+@given(st.lists(st.tuples(st.booleans(), st.lists(st.booleans(), min_size=3, max_size=3)), max_size=12),
+       st.sets(st.sampled_from(FEATURE_COLUMNS[:3])))
+@settings(max_examples=60, deadline=None)
+def test_the_missing_conversations_warning_counts_answered_contacts_with_none_of_the_features_read(rows, read):
+    columns = FEATURE_COLUMNS[:3]
+    contacts = pd.DataFrame({"abandoned": [hung_up for hung_up, _ in rows],
+                             **{c: [np.nan if row[i] else 0.5 for _, row in rows] for i, c in enumerate(columns)
+                                if c in read}})
+    lacking = sum(not hung_up and all(row[i] for i, c in enumerate(columns) if c in read) for hung_up, row in rows)
+    warning = missing_conversations_warning(contacts)
+    answered = sum(not hung_up for hung_up, _ in rows)
+    assert (warning is None) if not lacking else \
+        warning.startswith(f"{lacking} of {answered} answered contacts have no conversation features")
