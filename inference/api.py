@@ -20,7 +20,7 @@ from carelens.inference.contacts import (
 )
 from carelens.data.readers import Keys
 from carelens.inference.selection import (
-    checked_selection, explained, explained_each, per_customer, ranked_customers, selected,
+    checked_selection, explained, explained_each, per_customer, ranked_customers, selected, selected_customers,
 )
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.names import TABULAR_MODELS
@@ -349,8 +349,8 @@ class Scorer:
                                                               self.satisfaction)))
         gaps = each_done(predicted, lambda i: self._strict_gap(calls[i], predicted[i], tables[i].attrs["joins"]),
                          answers)
-        chosen = each_done(gaps, lambda i: selected(ranked_customers(predicted[i]), calls[i].capacity,
-                                                     calls[i].threshold), answers)
+        chosen = each_done(gaps, lambda i: selected_customers(predicted[i], calls[i].capacity, calls[i].threshold),
+                           answers)
         flagged = dict(zip(chosen, explained_each(list(chosen.values()), self.risk, self.profile)))
         answers.update(each_done(flagged, lambda i: self._flag_attrs(
             self._warned(flagged[i], gaps[i], tables[i].attrs["joins"]), predicted[i]), answers))

@@ -64,23 +64,48 @@ def _riskiest_positions(contacts: pd.DataFrame, risk: np.ndarray) -> np.ndarray:
     return order[np.r_[True, codes[order][1:] != codes[order][:-1]]] if len(order) else order
 
 
-def ranked_customers(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Each customer's riskiest contact with its `risk` (the larger of the two), riskiest first, ties by customer."""
+def _ranked(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(the positions of each customer's riskiest contact, riskiest first, ties by customer; every contact's `risk`,
+    the larger of the two)."""
     risk = _larger_risk(predictions).to_numpy()
     riskiest = _riskiest_positions(predictions, risk)
     # Two stable sorts, the last by risk: ties in risk stay in customer order.
     by_customer = np.argsort(predictions["customer_id"].to_numpy()[riskiest], kind="stable")
-    ranked = riskiest[by_customer][np.argsort(-risk[riskiest][by_customer], kind="stable")]
+    return riskiest[by_customer][np.argsort(-risk[riskiest][by_customer], kind="stable")], risk
+
+
+def ranked_customers(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Each customer's riskiest contact with its `risk` (the larger of the two), riskiest first, ties by customer."""
+    ranked, risk = _ranked(predictions)
     return predictions.iloc[ranked].assign(risk=risk[ranked])
 
 
 def selected(customers: pd.DataFrame, capacity: Optional[int], threshold: Optional[float]) -> pd.DataFrame:
     """The ranked customers a capacity, a threshold or (neither) the models' own thresholds flag."""
+    return customers[_chosen(customers["risk"].to_numpy(), _flagged(customers), capacity, threshold)]
+
+
+def selected_customers(predictions: pd.DataFrame, capacity: Optional[int], threshold: Optional[float]) -> pd.DataFrame:
+    """`selected(ranked_customers(predictions), capacity, threshold)`, taking only the selected rows from the contacts
+    (copying a request's every row twice to keep three cost more than choosing them)."""
+    ranked, risk = _ranked(predictions)
+    chosen = ranked[_chosen(risk[ranked], _flagged(predictions)[ranked], capacity, threshold)]
+    return predictions.iloc[chosen].assign(risk=risk[chosen])
+
+
+def _flagged(contacts: pd.DataFrame) -> np.ndarray:
+    """Whether either model's own threshold flags each contact."""
+    return contacts["churn_flagged"].to_numpy(dtype=bool) | contacts["retaliation_flagged"].to_numpy(dtype=bool)
+
+
+def _chosen(risk: np.ndarray, flagged: np.ndarray, capacity: Optional[int], threshold: Optional[float]) -> np.ndarray:
+    """Which of the ranked customers (their `risk`, riskiest first, and whether either model's threshold `flagged`
+    them) the capacity, the threshold or (neither) the models' own thresholds select."""
     if capacity is not None:
-        return customers.head(capacity)
+        return np.arange(len(risk)) < capacity
     if threshold is not None:
-        return customers[customers["risk"] >= threshold]
-    return customers[customers["churn_flagged"] | customers["retaliation_flagged"]]
+        return risk >= threshold
+    return flagged
 
 
 def _action_of(retaliation_type: str, retaliation_flagged: bool) -> str:

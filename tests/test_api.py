@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from carelens.data.contracts import ContractError
 from carelens.inference.api import FlagCall, Scorer
 from carelens.inference.reasons import described, percentile_of, pushes, ranked_share, top_reasons
-from carelens.inference.selection import ACTIONS, CHURN_ONLY_ACTION, FLAG_COLUMNS, per_customer, ranked_customers
+from carelens.inference.selection import (
+    ACTIONS, CHURN_ONLY_ACTION, FLAG_COLUMNS, per_customer, ranked_customers, selected, selected_customers,
+)
 from carelens.models.conversation_features import FEATURE_COLUMNS
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import load_tabular
@@ -185,6 +187,24 @@ def test_customers_are_ranked_as_a_groupby_and_a_stable_sort_rank_them(rows):
         ["risk", "customer_id"], ascending=[False, True], kind="stable")
     pd.testing.assert_frame_equal(per_customer(predictions), riskiest)
     pd.testing.assert_frame_equal(ranked_customers(predictions), expected)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["c2", "c10", "c1", "c3"]), st.sampled_from([0.1, 0.5, 0.9]),
+                          st.sampled_from([0.2, 0.5, 0.7]), st.booleans(), st.booleans()), max_size=25),
+       st.one_of(st.tuples(st.integers(0, 6), st.none()), st.tuples(st.none(), st.sampled_from([0.0, 0.5, 0.7, 1.0])),
+                 st.just((None, None))))
+def test_the_selected_customers_are_those_the_ranked_list_selects(rows, selection):
+    predictions = pd.DataFrame({"customer_id": [r[0] for r in rows], "contact_id": [f"k{i}" for i in range(len(rows))],
+                                "churn_risk": [r[1] for r in rows], "retaliation_risk": [r[2] for r in rows],
+                                "churn_flagged": [r[3] for r in rows], "retaliation_flagged": [r[4] for r in rows]},
+                               index=range(100, 100 + len(rows)))
+    ranked = ranked_customers(predictions)
+    capacity, threshold = selection
+    expected = ranked.head(capacity) if capacity is not None else ranked[ranked["risk"] >= threshold] \
+        if threshold is not None else ranked[ranked["churn_flagged"] | ranked["retaliation_flagged"]]
+    pd.testing.assert_frame_equal(selected_customers(predictions, capacity, threshold), expected)
+    pd.testing.assert_frame_equal(selected(ranked, capacity, threshold), expected)
 
 
 def test_top_reasons_pick_the_biggest_pushes_in_words():
