@@ -257,7 +257,7 @@ def was_abandoned(row: Mapping) -> bool:
     return not _missing(value) and bool(value)
 
 
-def abandoned_the_call(row: pd.Series) -> str:
+def abandoned_the_call(row: Mapping) -> str:
     """The abandonment as one reason, with the wait before it when that is known."""
     wait = row.get("answer_time_s")
     return "abandoned the call" if _missing(wait) else f"abandoned the call after waiting {_duration(float(wait))}"
@@ -278,6 +278,13 @@ def reason_pushes(pushed: Mapping[str, float], row: Mapping) -> dict[str, float]
     return {**others, "abandoned": max((push for push in folded if not math.isnan(push)), default=math.nan)}
 
 
+def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict]:
+    """The frame's rows as dicts of the named columns' Python values: a pandas row per contact, or pandas' own
+    `to_dict`, cost more than the reasons drawn from them."""
+    return [dict(zip(columns, values)) for values in zip(*(frame[c].tolist() for c in columns))] if columns else \
+        [{} for _ in range(len(frame))]
+
+
 def reason_features(frame: pd.DataFrame, contributions: pd.DataFrame, profile: dict,
                     count: int = 3) -> list[list[str]]:
     """Per row: up to `count` features that raised its risk most (by at least MIN_PUSH) from a recorded value on the
@@ -286,10 +293,9 @@ def reason_features(frame: pd.DataFrame, contributions: pd.DataFrame, profile: d
     abandoned contact's hang-up, wait and what follows from them are one feature, `abandoned` (`reason_pushes`)."""
     typical = profile["typical"]
     read = [c for c in dict.fromkeys([*contributions.columns, "abandoned"]) if c in frame.columns]
-    # Rows as plain dicts: a pandas row per contact cost more than the reasons drawn from it.
-    rows = frame.loc[contributions.index, read].to_dict("records")
+    rows = _records(frame if frame.index.equals(contributions.index) else frame.loc[contributions.index], read)
     chosen = []
-    for pushed, row in zip(contributions.to_dict("records"), rows):
+    for pushed, row in zip(_records(contributions, list(contributions.columns)), rows):
         risky = [(feature, push) for feature, push in reason_pushes(pushed, row).items()
                  if push >= MIN_PUSH and on_risky_side(feature, row[feature], typical.get(feature))]
         chosen.append([feature for feature, _ in sorted(risky, key=lambda item: -item[1])][:count])
@@ -305,12 +311,10 @@ NO_SINGLE_CAUSE = "no single cause to act on: the risk comes from the customer a
 def reasons_in_words(frame: pd.DataFrame, features: list[list[str]], profile: dict) -> list[list[str]]:
     """Per row, its reason features (`reason_features`) in words; NO_SINGLE_CAUSE when it has none."""
     percentiles = profile.get("percentiles", {})
-    reasons = []
-    for index, chosen in zip(frame.index, features):
-        row = frame.loc[index]
-        reasons.append([abandoned_the_call(row) if f == "abandoned" else described(f, row[f], percentiles.get(f))
-                        for f in chosen] or [NO_SINGLE_CAUSE])
-    return reasons
+    read = [c for c in dict.fromkeys([f for chosen in features for f in chosen] + ["answer_time_s"])
+            if c in frame.columns]
+    return [[abandoned_the_call(row) if f == "abandoned" else described(f, row[f], percentiles.get(f))
+             for f in chosen] or [NO_SINGLE_CAUSE] for row, chosen in zip(_records(frame, read), features)]
 
 
 def top_reasons(frame: pd.DataFrame, contributions: pd.DataFrame, profile: dict, count: int = 3) -> list[list[str]]:
