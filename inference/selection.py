@@ -82,14 +82,14 @@ def ranked_customers(predictions: pd.DataFrame) -> pd.DataFrame:
 
 def selected(customers: pd.DataFrame, capacity: Optional[int], threshold: Optional[float]) -> pd.DataFrame:
     """The ranked customers a capacity, a threshold or (neither) the models' own thresholds flag."""
-    return customers[_chosen(customers["risk"].to_numpy(), _flagged(customers), capacity, threshold)]
+    return customers[_chosen(customers["risk"].to_numpy(), capacity, threshold, lambda: _flagged(customers))]
 
 
 def selected_customers(predictions: pd.DataFrame, capacity: Optional[int], threshold: Optional[float]) -> pd.DataFrame:
     """`selected(ranked_customers(predictions), capacity, threshold)`, taking only the selected rows from the contacts
     (copying a request's every row twice to keep three cost more than choosing them)."""
     ranked, risk = _ranked(predictions)
-    chosen = ranked[_chosen(risk[ranked], _flagged(predictions)[ranked], capacity, threshold)]
+    chosen = ranked[_chosen(risk[ranked], capacity, threshold, lambda: _flagged(predictions)[ranked])]
     return predictions.iloc[chosen].assign(risk=risk[chosen])
 
 
@@ -98,14 +98,16 @@ def _flagged(contacts: pd.DataFrame) -> np.ndarray:
     return contacts["churn_flagged"].to_numpy(dtype=bool) | contacts["retaliation_flagged"].to_numpy(dtype=bool)
 
 
-def _chosen(risk: np.ndarray, flagged: np.ndarray, capacity: Optional[int], threshold: Optional[float]) -> np.ndarray:
-    """Which of the ranked customers (their `risk`, riskiest first, and whether either model's threshold `flagged`
-    them) the capacity, the threshold or (neither) the models' own thresholds select."""
+def _chosen(risk: np.ndarray, capacity: Optional[int], threshold: Optional[float],
+            flagged: Callable[[], np.ndarray]) -> np.ndarray:
+    """Which of the ranked customers (their `risk`, riskiest first) the capacity, the threshold or (neither) the
+    models' own thresholds select (`flagged`: whether either flags each; read only then, so that a ranked list
+    without the flags can still be cut by capacity or threshold)."""
     if capacity is not None:
         return np.arange(len(risk)) < capacity
     if threshold is not None:
         return risk >= threshold
-    return flagged
+    return flagged()
 
 
 def _action_of(retaliation_type: str, retaliation_flagged: bool) -> str:

@@ -205,6 +205,9 @@ def test_the_selected_customers_are_those_the_ranked_list_selects(rows, selectio
         if threshold is not None else ranked[ranked["churn_flagged"] | ranked["retaliation_flagged"]]
     pd.testing.assert_frame_equal(selected_customers(predictions, capacity, threshold), expected)
     pd.testing.assert_frame_equal(selected(ranked, capacity, threshold), expected)
+    if capacity is not None or threshold is not None:  # the models' flags are read only when neither is given
+        unflagged = ranked.drop(columns=["churn_flagged", "retaliation_flagged"])
+        pd.testing.assert_frame_equal(selected(unflagged, capacity, threshold), expected[unflagged.columns])
 
 
 def test_top_reasons_pick_the_biggest_pushes_in_words():
