@@ -21,8 +21,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/carelens demo --out runs/demo
 
+# One test process per core (pytest-xdist), each test module whole on one of them so that its fixtures are made once.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadscope
 
 # The property tests at 10,000 examples each (the whole-run property at 200) and the fault tests at 5 seeded kill
 # points per stage of the nightly job. Hours on 2 cores; FUZZ_EXAMPLES=1000 for a quicker pass.

@@ -13,6 +13,10 @@ settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+# pytest-xdist gives its workers COLUMNS=80, and rich fixes a console's width from COLUMNS when the console is made (on
+# import): the tests that widen the terminal for one command (CliRunner's env) would then get 80 columns.
+os.environ.pop("COLUMNS", None)
+
 # `--runtime auto` remembers its choice per CPU and model: one cache for this test session (and the commands it runs),
 # never the user's.
 os.environ.setdefault("CARELENS_CACHE_DIR", tempfile.mkdtemp(prefix="carelens-test-cache-"))
@@ -34,9 +38,13 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def registry_with_models(tmp_path_factory):
-    """A registry holding churn, retaliation and a tiny transcript model, and an unseen synthetic day to score."""
-    from scored_registry import scored_registry
-    return scored_registry(tmp_path_factory.mktemp("scored"))
+    """A registry holding churn, retaliation and a tiny transcript model, and an unseen synthetic day to score; one for
+    the whole run, whichever of `make test`'s worker processes asks first building it in the folder they share."""
+    from scored_registry import shared_scored_registry
+    run_folder = tmp_path_factory.getbasetemp()
+    # A worker's folder lies in the run's; without workers the folder above is every run's.
+    shared = run_folder.parent if os.environ.get("PYTEST_XDIST_WORKER") else run_folder
+    return shared_scored_registry(shared / "scored")
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,11 @@
 """A registry with all three models (a tiny transcript encoder unless given one; tabular models use its features)."""
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from filelock import FileLock
 from carelens.data.synthetic import SyntheticData, generate, write_synthetic
 from carelens.models.conversation_features import write_features
 from carelens.models.registry import Registry
@@ -48,3 +50,17 @@ def scored_registry(directory: Path, customers: int = 1200, model: Optional[Tran
     day = generate(60, seed=12)
     write_synthetic(day, directory / "day")
     return ScoredRegistry(root, day, directory / "day")
+
+
+def shared_scored_registry(directory: Path) -> ScoredRegistry:
+    """`scored_registry` (its defaults) in `directory`, built by the first of the test processes to ask (pytest-xdist
+    workers share the folder) and read by the others; one left half-built by a process that died is built anew."""
+    built = directory / "built"
+    with FileLock(str(directory.with_suffix(".lock"))):
+        if built.is_file():
+            return ScoredRegistry(directory / "registry", generate(60, seed=12), directory / "day")
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        registry = scored_registry(directory)
+        built.touch()
+        return registry
