@@ -24,6 +24,10 @@ ACCURACY_BOUNDS = {"sentiment_accuracy": 0.5, "empathy_macro_f1": 1.0}
 #: model's metadata says they stayed within the bounds above.
 CANDIDATES = (("onnx", "int8"), ("onnx", "fp32"), ("torch", "bf16"), ("torch", "fp32"))
 EXACT = {("onnx", "fp32"), ("torch", "fp32")}
+#: The CPU flags of bf16 arithmetic in hardware; without one torch emulates bf16 (on an AVX2-only AMD EPYC 5–7× slower
+#: than fp32), and measuring it would only lengthen the first load by most of a minute.
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+NO_NATIVE_BF16 = "not measured: this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX), so torch emulates it"
 #: Distinct generated turns the speed and batch-invariance probe scores (synthetic: the probe ranks runtimes against
 #: each other; it measures no figure that is reported).
 PROBE_TURNS = 160
@@ -50,6 +54,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def runs_bf16_natively(cpuinfo: Optional[str] = None) -> Optional[bool]:
+    """Whether the CPU has bf16 arithmetic in hardware, from the flags of /proc/cpuinfo (or the text given); None when
+    the flags cannot be read (another system), where bf16 is measured like any candidate."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    return None if flags is None else bool(NATIVE_BF16_FLAGS & set(flags))
+
+
 def cache_path() -> Path:
     """Where choices are remembered: $CARELENS_CACHE_DIR, else $XDG_CACHE_HOME/carelens, else ~/.cache/carelens."""
     root = os.environ.get("CARELENS_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
@@ -57,12 +73,12 @@ def cache_path() -> Path:
     return Path(root) / "runtime-choices.json"
 
 
-def eligible(metadata: dict, has_export: bool) -> list[tuple[str, str]]:
+def eligible(metadata: dict, has_export: bool, native_bf16: bool = True) -> list[tuple[str, str]]:
     """The candidates a model may score with: fp32, and those its training found within `ACCURACY_BOUNDS`; the ONNX
-    runtimes only when the model was published with its exports."""
+    runtimes only when the model was published with its exports; bf16 only on a CPU with bf16 arithmetic."""
     measured = metadata.get("runtimes", {})
     return [(runtime, precision) for runtime, precision in CANDIDATES
-            if (has_export or runtime != "onnx")
+            if (has_export or runtime != "onnx") and (native_bf16 or precision != "bf16")
             and ((runtime, precision) in EXACT or measured.get(f"{runtime} {precision}", {}).get("within_bounds"))]
 
 
@@ -139,10 +155,11 @@ def turns_per_second(encode: Callable[[list[str]], object], texts: list[str], ro
     return len(texts) / best
 
 
-def chosen_by_measuring(candidates: list[tuple[str, str]],
-                        measure: Callable[[str, str], tuple[float, float]]) -> RuntimeChoice:
+def chosen_by_measuring(candidates: list[tuple[str, str]], measure: Callable[[str, str], tuple[float, float]],
+                        unmeasured: Optional[dict[str, str]] = None) -> RuntimeChoice:
     """The fastest candidate whose probabilities stay within BATCH_TOLERANCE, with per candidate its turns/s and
-    largest change and why it won; `measure(runtime, precision)` gives (turns/s, largest change)."""
+    largest change and why it won; `measure(runtime, precision)` gives (turns/s, largest change). `unmeasured` names
+    the runtimes left out, each with the reason, which the record keeps beside the measured ones."""
     measured = {}
     for runtime, precision in candidates:
         rate, change = measure(runtime, precision)
@@ -155,7 +172,9 @@ def chosen_by_measuring(candidates: list[tuple[str, str]],
     others = ", ".join(f"{name} {m['turns_per_s']:.0f}/s" + ("" if m["batch_invariant"] else " (batch-dependent)")
                        for name, m in measured.items() if name != winner)
     why = (f"fastest batch-invariant runtime on this CPU: {winner} {measured[winner]['turns_per_s']:.0f} turns/s"
-           + (f" against {others}" if others else "") + " (probe of generated turns)")
+           + (f" against {others}" if others else "") + " (probe of generated turns)"
+           + "".join(f"; {name} {reason}" for name, reason in (unmeasured or {}).items()))
     runtime, precision = winner.split()
+    measured.update({name: {"not_measured": reason} for name, reason in (unmeasured or {}).items()})
     return RuntimeChoice(runtime, precision, why, cpu_model(), measured,
                          datetime.now(timezone.utc).isoformat(timespec="seconds"))

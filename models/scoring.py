@@ -27,8 +27,8 @@ from carelens.models.drivers import DriverModel, drivers_for
 from carelens.models.registry import Registry, RegistryError
 from carelens.data.errors import CareLensError, UsageError
 from carelens.models.runtime_choice import (
-    RuntimeChoice, choice_key, chosen_by_measuring, eligible, largest_batch_change, probe_texts, remembered,
-    turns_per_second, write_remembered,
+    NO_NATIVE_BF16, RuntimeChoice, choice_key, chosen_by_measuring, eligible, largest_batch_change, probe_texts,
+    remembered, runs_bf16_natively, turns_per_second, write_remembered,
 )
 from carelens.models.runtimes import (
     DEFAULT_PRECISION, DEFAULT_RUNTIME, PRECISIONS, OnnxRuntime, Runtime, TorchRuntime, checked_choice,
@@ -153,7 +153,11 @@ def auto_choice(directory: Path, model: Optional[TranscriptModel], metadata: Opt
         pipeline.token_budget = token_budget
         return turns_per_second(lambda batch: pipeline.forward(model.preprocess(batch)), texts), change
 
-    choice = chosen_by_measuring(eligible(metadata, onnx_file(directory, DEFAULT_PRECISION).is_file()), measure)
+    has_export, native_bf16 = onnx_file(directory, DEFAULT_PRECISION).is_file(), runs_bf16_natively() is not False
+    candidates = eligible(metadata, has_export, native_bf16)
+    left_out = {f"{runtime} {precision}": NO_NATIVE_BF16
+                for runtime, precision in set(eligible(metadata, has_export)) - set(candidates)}
+    choice = chosen_by_measuring(candidates, measure, left_out)
     write_remembered(key, choice)
     return choice
 

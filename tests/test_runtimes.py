@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 
 from carelens.data.errors import UsageError
 from carelens.models.registry import Registry, RegistryError
-from carelens.models.runtime_choice import BATCH_TOLERANCE, chosen_by_measuring, eligible
+from carelens.models.runtime_choice import (
+    BATCH_TOLERANCE, NO_NATIVE_BF16, chosen_by_measuring, eligible, runs_bf16_natively,
+)
 from carelens.models.runtimes import float_matmuls, onnx_file
 from carelens.models.scoring import ScoringOptions, TranscriptPipeline, load_scoring_pipeline, token_budget_batches
 from carelens.models.transcript import MODEL_NAME, TranscriptModel, publish
@@ -206,6 +208,35 @@ def test_only_runtimes_training_found_within_the_bounds_are_eligible():
     assert eligible(metadata, has_export=True) == [("onnx", "int8"), ("onnx", "fp32"), ("torch", "fp32")]
     assert eligible(metadata, has_export=False) == [("torch", "fp32")]
     assert eligible({}, has_export=True) == [("onnx", "fp32"), ("torch", "fp32")]
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f avx512_bf16 avx512_vnni", True),
+                                           ("fpu avx2 amx_bf16 amx_tile", True), ("fpu avx avx2 fma", False)])
+def test_bf16_counts_as_native_only_with_its_cpu_flags(flags, native):
+    assert runs_bf16_natively(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n") is native
+    assert runs_bf16_natively("model name\t: a CPU whose flags are not listed\n") is None
+
+
+def test_bf16_is_left_out_where_the_cpu_would_emulate_it_and_the_choice_says_so():
+    metadata = {"runtimes": {"torch bf16": {"within_bounds": True}}}
+    assert eligible(metadata, has_export=True) == [("onnx", "fp32"), ("torch", "bf16"), ("torch", "fp32")]
+    assert eligible(metadata, has_export=True, native_bf16=False) == [("onnx", "fp32"), ("torch", "fp32")]
+    measured = {("onnx", "fp32"): (500.0, 0.0), ("torch", "fp32"): (300.0, 0.0)}
+    choice = chosen_by_measuring(list(measured), lambda *name: measured[name], {"torch bf16": NO_NATIVE_BF16})
+    assert choice.measured["torch bf16"] == {"not_measured": NO_NATIVE_BF16}
+    assert choice.why.endswith("(probe of generated turns); torch bf16 not measured: this CPU has no bf16 arithmetic "
+                               "(AVX-512 BF16 or AMX), so torch emulates it")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_measures_bf16_only_on_a_cpu_with_bf16_arithmetic(model, tmp_path, monkeypatch, native):
+    monkeypatch.setenv("CARELENS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("carelens.models.scoring.runs_bf16_natively", lambda: native)
+    publish(model, tmp_path / "registry", {"runtimes": {"torch bf16": {"within_bounds": True}}})
+    choice = load_scoring_pipeline(tmp_path / "registry")[1]["runtime_choice"]
+    assert set(choice["measured"]) == {"onnx fp32", "torch bf16", "torch fp32"}
+    assert ("turns_per_s" in choice["measured"]["torch bf16"]) is native
+    assert (NO_NATIVE_BF16 in choice["why"]) is not native and (native or choice["precision"] != "bf16")
 
 
 @pytest.mark.parametrize("sentiment, empathy, within", [(80.4, 50.0, True), (79.4, 50.0, False), (80.6, 51.0, False),
