@@ -43,27 +43,27 @@ def probe_texts(count: int = PROBE_TURNS) -> tuple[str, ...]:
     return tuple(texts)[:count]
 
 
-def cpu_model() -> str:
-    """The CPU's model name as the kernel reports it (e.g. 'AMD EPYC 9R14'), else what Python knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def runs_bf16_natively(cpuinfo: Optional[str] = None) -> Optional[bool]:
-    """Whether the CPU has bf16 arithmetic in hardware, from the flags of /proc/cpuinfo (or the text given); None when
-    the flags cannot be read (another system), where bf16 is measured like any candidate."""
+def cpuinfo_field(name: str, cpuinfo: Optional[str] = None) -> Optional[str]:
+    """The value of the first `name` line of /proc/cpuinfo (or of the text given); None when absent or unreadable."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             return None
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
-    return None if flags is None else bool(NATIVE_BF16_FLAGS & set(flags))
+    return next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                 if ":" in line and line.split(":", 1)[0].strip() == name), None)
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (e.g. 'AMD EPYC 9R14'), else what Python knows."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def runs_bf16_natively(cpuinfo: Optional[str] = None) -> Optional[bool]:
+    """Whether the CPU has bf16 arithmetic in hardware, from the flags of /proc/cpuinfo (or the text given); None when
+    the flags cannot be read (another system), where bf16 is measured like any candidate."""
+    flags = cpuinfo_field("flags", cpuinfo)
+    return None if flags is None else bool(NATIVE_BF16_FLAGS & set(flags.split()))
 
 
 def cache_path() -> Path:
@@ -160,7 +160,7 @@ def chosen_by_measuring(candidates: list[tuple[str, str]], measure: Callable[[st
     """The fastest candidate whose probabilities stay within BATCH_TOLERANCE, with per candidate its turns/s and
     largest change and why it won; `measure(runtime, precision)` gives (turns/s, largest change). `unmeasured` names
     the runtimes left out, each with the reason, which the record keeps beside the measured ones."""
-    measured = {}
+    unmeasured, measured = unmeasured or {}, {}
     for runtime, precision in candidates:
         rate, change = measure(runtime, precision)
         measured[f"{runtime} {precision}"] = {"turns_per_s": round(rate, 1), "largest_batch_change": change,
@@ -173,8 +173,8 @@ def chosen_by_measuring(candidates: list[tuple[str, str]], measure: Callable[[st
                        for name, m in measured.items() if name != winner)
     why = (f"fastest batch-invariant runtime on this CPU: {winner} {measured[winner]['turns_per_s']:.0f} turns/s"
            + (f" against {others}" if others else "") + " (probe of generated turns)"
-           + "".join(f"; {name} {reason}" for name, reason in (unmeasured or {}).items()))
+           + "".join(f"; {name} {reason}" for name, reason in unmeasured.items()))
     runtime, precision = winner.split()
-    measured.update({name: {"not_measured": reason} for name, reason in (unmeasured or {}).items()})
+    measured.update({name: {"not_measured": reason} for name, reason in unmeasured.items()})
     return RuntimeChoice(runtime, precision, why, cpu_model(), measured,
                          datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -156,7 +156,7 @@ def auto_choice(directory: Path, model: Optional[TranscriptModel], metadata: Opt
     has_export, native_bf16 = onnx_file(directory, DEFAULT_PRECISION).is_file(), runs_bf16_natively() is not False
     candidates = eligible(metadata, has_export, native_bf16)
     left_out = {f"{runtime} {precision}": NO_NATIVE_BF16
-                for runtime, precision in set(eligible(metadata, has_export)) - set(candidates)}
+                for runtime, precision in eligible(metadata, has_export) if (runtime, precision) not in candidates}
     choice = chosen_by_measuring(candidates, measure, left_out)
     write_remembered(key, choice)
     return choice

@@ -47,7 +47,7 @@ def scored_registry(directory: Path, customers: int = 1200, model: Optional[Tran
         # refit without each of the seven conversation feature groups, would make every test that scores slow.
         publish_tabular(train_tabular(data, TASKS[name], learner="boosting", spread_seeds=1, rounds=20,
                                       each_group=False), Registry(root))
-    day = generate(60, seed=12)
+    day = unseen_day()
     write_synthetic(day, directory / "day")
     return ScoredRegistry(root, day, directory / "day")
 
@@ -58,9 +58,14 @@ def shared_scored_registry(directory: Path) -> ScoredRegistry:
     built = directory / "built"
     with FileLock(str(directory.with_suffix(".lock"))):
         if built.is_file():
-            return ScoredRegistry(directory / "registry", generate(60, seed=12), directory / "day")
+            return ScoredRegistry(directory / "registry", unseen_day(), directory / "day")
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
         registry = scored_registry(directory)
         built.touch()
         return registry
+
+
+def unseen_day() -> SyntheticData:
+    """The synthetic day the registry's models never saw (another seed than their history)."""
+    return generate(60, seed=12)
