@@ -7,7 +7,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.preprocessing import OrdinalEncoder
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from carelens.models import scoring_form as forms
 from carelens.models import tabular
@@ -33,6 +36,11 @@ def table(rows: int, seed: int, classes: int) -> tuple[pd.DataFrame, np.ndarray]
     signal = signal + (frame["channel"] == "phone") + rng.normal(size=rows)
     labels = np.digitize(signal, np.quantile(signal, np.linspace(0, 1, classes + 1)[1:-1]))
     return frame, np.array(["none", "switch", "escalate", "vent"])[labels]
+
+
+def columns_of(frame: pd.DataFrame) -> dict:
+    """The frame as the forms read it: its columns by name, as arrays."""
+    return {name: frame[name].to_numpy() for name in frame.columns}
 
 
 def sklearn_proba(model: RiskModel, frame: pd.DataFrame) -> np.ndarray:
@@ -190,9 +198,60 @@ def test_category_codes_are_the_ordinal_encoders_own(seen_missing):
     encoder.fit(pd.DataFrame({"c": fitted * 3, "d": ["a", "b", "a"] * len(fitted)}))
     rows = pd.DataFrame({"c": np.array(["chat", "fax", np.nan, None, "email", "Phone", 3], dtype=object),
                          "d": np.array(["b", "a", "a", "c", None, "b", "a"], dtype=object)})
-    codes = forms._codes(encoder)(rows)
+    codes = forms._codes(encoder)(columns_of(rows))
     np.testing.assert_array_equal(codes, encoder.transform(rows))
     assert codes[[0, 4], 0].tolist() == [0.0, 1.0] and np.isnan(codes[[1, 2, 3, 5, 6], 0]).all()  # sorted: chat, email
     assert forms._codes(OrdinalEncoder().fit(rows.fillna("x").astype(str))) is None  # unseen categories refused
     numbers = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan)
     assert forms._codes(numbers.fit(pd.DataFrame({"c": [1, 2, 3]}))) is None  # categories that are not text
+
+
+@pytest.mark.parametrize("seen_missing", [False, True])
+def test_one_hot_columns_are_the_encoder_s_own(seen_missing):
+    fitted = ["phone", "chat", "email", *([np.nan] if seen_missing else [])]
+    encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+    encoder.fit(pd.DataFrame({"c": np.array(fitted * 3, dtype=object), "d": ["a", "b", "a"] * len(fitted)}))
+    rows = pd.DataFrame({"c": np.array(["chat", "fax", np.nan, "email", "Phone", 3, "phone"], dtype=object),
+                         "d": np.array(["b", "a", "a", "c", np.nan, "b", "a"], dtype=object)})
+    encoded = forms._one_hot(encoder)(columns_of(rows))
+    np.testing.assert_array_equal(encoded, encoder.transform(rows))
+    # chat, email, phone (sorted), then the missing value's column where one was seen; then a, b.
+    assert encoded[0].tolist() == [1, 0, 0, *([0] if seen_missing else []), 0, 1]
+    assert encoded[2, :encoded.shape[1] - 2].tolist() == [0, 0, 0, *([1] if seen_missing else [])]
+    assert not encoded[[1, 4, 5], :3].any()  # unseen, another case, a number: no column
+    assert forms._one_hot(OneHotEncoder(handle_unknown="error", sparse_output=False).fit(rows.fillna("x").astype(str))) \
+        is None  # unseen categories refused: scikit-learn raises
+    assert forms._one_hot(OneHotEncoder(handle_unknown="ignore").fit(rows.fillna("x").astype(str))) is None  # sparse
+
+
+def test_imputed_and_standardised_numbers_are_the_pipeline_s_own():
+    rng = np.random.default_rng(3)
+    fitted = np.column_stack([np.where(rng.random(50) < 0.3, np.nan, rng.normal(5, 2, 50)), rng.normal(size=50),
+                              np.full(50, np.nan)])  # gaps; none; never recorded (kept, imputed as 0)
+    numbers = make_pipeline(SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+                            StandardScaler()).fit(pd.DataFrame(fitted, columns=["a", "b", "c"]))
+    rows = pd.DataFrame({"a": [np.nan, 1.5, 7.0, np.nan], "b": [0.2, np.nan, -1.0, 3.0], "c": [np.nan, 2.0, np.nan, 1.0]})
+    form = forms._part_form(numbers)
+    np.testing.assert_array_equal(form(columns_of(rows)), numbers.transform(rows))
+    assert form(columns_of(rows)).shape == (4, 3 + 2)  # an indicator for the columns seen missing: a and c
+    with pytest.raises(ValueError, match="infinity or a value too large"):
+        form(columns_of(rows.assign(b=[0.0, np.inf, 1.0, 2.0])))
+    with pytest.raises(ValueError, match="infinity or a value too large"):
+        numbers.transform(rows.assign(b=[0.0, np.inf, 1.0, 2.0]))
+    dropping = SimpleImputer(strategy="median").fit(pd.DataFrame(fitted, columns=["a", "b", "c"]))
+    assert forms._on_numbers(dropping) is None  # drops the column never recorded: scikit-learn's own transform
+
+
+def test_a_linear_model_scores_through_no_scikit_learn_call_and_as_scikit_learn_does(monkeypatch):
+    frame, y = table(300, 9, 3)
+    model = RiskModel(learner=LEARNERS["logistic"].name, negative_class="none", cv=3).fit(frame, y)
+    rows = scoring_rows(frame, 9)
+    expected = sklearn_proba(model, rows)
+    linear = forms.scoring_form(model.estimator_).folds[0][0]  # the form is built before the patches
+    assert isinstance(linear, forms._Linear)
+    for kind, method in ((SimpleImputer, "transform"), (StandardScaler, "transform"), (OneHotEncoder, "transform"),
+                         (LogisticRegression, "decision_function")):
+        monkeypatch.setattr(kind, method, lambda *a, **k: pytest.fail("scored through scikit-learn"))
+    np.testing.assert_allclose(model.predict_proba(rows), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        linear.scores(np.full((1, linear.estimator.n_features_in_), np.nan))
