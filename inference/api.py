@@ -29,6 +29,7 @@ from carelens.models.satisfaction import satisfaction_for
 from carelens.models.performance_estimate import performance_estimates
 from carelens.models.registry import Registry, RegistryError
 from carelens.models.tabular import RiskModel, load_tabular
+from carelens.models.scoring_form import compile_trees
 from carelens.models.scoring import (
     ScoringOptions, TranscriptPipeline, load_scoring_pipeline, score_turns, transcript_features,
 )
@@ -291,6 +292,13 @@ class Scorer:
         """`flagged` from customers already ranked (`ranked_customers`)."""
         checked_selection(capacity, threshold)
         return explained(selected(customers, capacity, threshold), self.risk, self.profile)
+
+    def compile_trees(self) -> int:
+        """Compile the tabular models' large boosters to native code (`carelens.models.compiled_trees`), or load
+        them from the cache where an earlier process compiled them: what a long-running service does once at start;
+        how many fold models now score compiled (the others through treelite's runtime, to the same sums)."""
+        models = (self.churn, self.retaliation, *((self.satisfaction,) if self.satisfaction is not None else ()))
+        return sum(compile_trees(model.estimator_) for model in models)
 
     def risk(self, table: pd.DataFrame) -> np.ndarray:
         """The risk customers are ranked by: the larger of P(churn) and P(retaliate)."""

@@ -183,6 +183,8 @@ class WorkerSpec:
         settings = ServiceFlags(**self.service).settings()
         scorer = Scorer.load(self.registry, parse_versions(self.version), redact=self.redact,
                              scoring=ScoringOptions(**self.scoring))
+        # Before the first request: compiling a large booster takes seconds, once per model and machine.
+        scorer.compile_trees()
         return create_app(scorer, settings)
 
 

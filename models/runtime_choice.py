@@ -66,11 +66,16 @@ def runs_bf16_natively(cpuinfo: Optional[str] = None) -> Optional[bool]:
     return None if flags is None else bool(NATIVE_BF16_FLAGS & set(flags.split()))
 
 
+def cache_root() -> Path:
+    """What CareLens keeps per machine (runtime choices, compiled trees): $CARELENS_CACHE_DIR, else
+    $XDG_CACHE_HOME/carelens, else ~/.cache/carelens."""
+    return Path(os.environ.get("CARELENS_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
+                                                             "carelens"))
+
+
 def cache_path() -> Path:
-    """Where choices are remembered: $CARELENS_CACHE_DIR, else $XDG_CACHE_HOME/carelens, else ~/.cache/carelens."""
-    root = os.environ.get("CARELENS_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
-                                                        "carelens")
-    return Path(root) / "runtime-choices.json"
+    """Where choices are remembered: runtime-choices.json in the `cache_root`."""
+    return cache_root() / "runtime-choices.json"
 
 
 def eligible(metadata: dict, has_export: bool, native_bf16: bool = True) -> list[tuple[str, str]]:

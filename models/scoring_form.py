@@ -22,6 +22,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 from sklearn.utils import assert_all_finite
 
+from carelens.models.compiled_trees import COMPILED_TREES, cached_trees, compiled_trees
+
 #: From this many rows on, treelite walks the trees on every core; fewer go on one thread, for which waking a pool
 #: costs more than a request's few rows take.
 PARALLEL_ROWS = 10_000
@@ -61,20 +63,36 @@ class _Trees(_Estimator):
     """A fitted tree ensemble scored by its trees imported into treelite (float64), whatever the number of rows: a
     row's score then does not depend on the rows scored beside it (scikit-learn's own trees walk many rows faster, 2–2.5×
     on 200,000, but add a row's leaves in another order, 1e-16 apart), so a request answers alike alone, batched with
-    others, or in the nightly job."""
+    others, or in the nightly job. A booster of many trees runs them compiled where the cache holds its library
+    (`compile`), to the same float64 sums."""
 
     margins = True
+    #: Whether this kind of ensemble is compiled once large enough: a booster's many shallow trees compile in seconds,
+    #: a forest's deep ones would take minutes.
+    compiles = False
 
     def __init__(self, ensemble):
         super().__init__(ensemble)
         self.model = treelite.sklearn.import_model(ensemble)
+        self.compiled = cached_trees(self.model) if self._worth_compiling() else None
+
+    def _worth_compiling(self) -> bool:
+        return self.compiles and self.model.num_tree >= COMPILED_TREES
+
+    def compile(self) -> bool:
+        """Compile the trees into the cache where they are worth it and not yet compiled; whether they now score
+        compiled."""
+        if self.compiled is None and self._worth_compiling():
+            self.compiled = compiled_trees(self.model)
+        return self.compiled is not None
 
     def scores(self, X: np.ndarray) -> np.ndarray:
         rows = self._prepared(np.array(X, dtype=np.float64))
         if rows is None:
             return super().scores(X)
-        outputs = np.asarray(treelite.gtil.predict(self.model, rows, pred_margin=self.margins,
-                                                   nthread=1 if len(rows) < PARALLEL_ROWS else 0))
+        parallel = len(rows) >= PARALLEL_ROWS
+        outputs = self.compiled.predict(rows, self.margins, parallel) if self.compiled is not None else \
+            np.asarray(treelite.gtil.predict(self.model, rows, pred_margin=self.margins, nthread=0 if parallel else 1))
         outputs = outputs.reshape(len(rows), -1)
         return outputs[:, -1] if outputs.shape[1] <= 2 else outputs
 
@@ -85,6 +103,8 @@ class _Trees(_Estimator):
 
 class _Booster(_Trees):
     """A HistGradientBoostingClassifier: treelite's margins are its decision function to rounding (1e-15)."""
+
+    compiles = True
 
     def __init__(self, ensemble: HistGradientBoostingClassifier):
         super().__init__(ensemble)
@@ -356,3 +376,13 @@ def scoring_form(estimator):
     if form is None:
         form = _FORMS[estimator] = _form(estimator)
     return form
+
+
+def compile_trees(estimator) -> int:
+    """Compile the trees of the estimator's scoring form where they are worth it (a booster of at least
+    COMPILED_TREES trees; `carelens.models.compiled_trees`), into the cache that later processes load them from; how
+    many of its fold models now score compiled."""
+    form = scoring_form(estimator)
+    scorers = [scorer for scorer, _, _ in form.folds] if isinstance(form, _Calibrated) else []
+    trees = [getattr(scorer, "classifier", scorer) for scorer in scorers]
+    return sum(model.compile() for model in trees if isinstance(model, _Trees))
