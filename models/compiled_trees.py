@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import logging
@@ -20,6 +19,11 @@ import tl2cgen
 import treelite
 
 from carelens.models.runtime_choice import cache_root
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: processes that start together may each compile the same trees
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,8 @@ def _write_library(model: treelite.Model, compiler: str, path: Path) -> None:
     workers start together), into a scratch folder beside it, then renamed, so that no reader sees half a library."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if path.is_file():
             return
         cores = os.cpu_count() or 1

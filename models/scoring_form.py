@@ -152,7 +152,7 @@ def _part_form(part) -> Callable[[Columns], np.ndarray]:
     fitted). A request's rows took 2–4 ms a part through scikit-learn's input checks and frames, a linear model's call
     5–7 ms of its 12."""
     first, *rest = [step for _, step in part.steps] if isinstance(part, Pipeline) else [part]
-    then = [_on_numbers(step) or step.transform for step in rest]
+    then = [_on_numbers(step) or step.transform for step in rest if not _passes_through(step)]
     start = _numbers if _passes_through(first) else _codes(first) or _one_hot(first) or _numbers_first(first)
     return lambda columns: functools.reduce(lambda rows, step: step(rows), then, start(columns))
 
@@ -257,7 +257,10 @@ def _is_nan(value) -> bool:
 
 
 def _passes_through(part) -> bool:
-    """Whether a fitted ColumnTransformer part hands its columns on unchanged ('passthrough' once fitted)."""
+    """Whether a fitted ColumnTransformer part, or a step of a Pipeline, hands its columns on unchanged ('passthrough',
+    a FunctionTransformer once fitted in a ColumnTransformer, as it is named or None in a Pipeline)."""
+    if part is None or isinstance(part, str):
+        return part in (None, "passthrough")
     return isinstance(part, FunctionTransformer) and part.func is None and part.inverse_func is None
 
 

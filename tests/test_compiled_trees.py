@@ -3,12 +3,15 @@ does, built once per model and loaded by later processes, and left to treelite's
 import copy
 import logging
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from carelens.inference import serve
 from carelens.inference.api import Scorer
+from carelens.inference.nightly.predictions import tabular_scorer
 from carelens.models import compiled_trees as compiled
 from carelens.models import scoring_form as forms
 from carelens.models.tabular import RiskModel
@@ -115,3 +118,16 @@ def test_a_scorer_compiles_its_boosters_and_flags_the_same_customers(cache, scor
     assert boosters and fresh.compile_trees() == len(boosters)
     after = fresh.flag_at_risk(day.interactions, transcript_features=features, capacity=50)
     pd.testing.assert_frame_equal(after, before)
+
+
+def test_the_nightly_job_and_the_service_compile_their_models_before_scoring(monkeypatch):
+    compiled_by = []
+    monkeypatch.setattr(Scorer, "load", classmethod(lambda cls, *a, **k: cls.__new__(cls)))
+    monkeypatch.setattr(Scorer, "compile_trees", lambda self: compiled_by.append(self) or 0)
+    monkeypatch.setattr("carelens.inference.service.create_app", lambda scorer, settings: scorer)
+    monkeypatch.setattr(serve, "store_text_as_python_objects", lambda: None)  # a process-wide pandas option
+    run = SimpleNamespace(tables=["interactions.parquet"], store=None, models="latest", pinned=False, scoring=None)
+    night = tabular_scorer(run)
+    service = serve.WorkerSpec(registry=None, version="latest", redact=False, scoring={}, service={}).app()
+    assert compiled_by == [night, service]
+    assert tabular_scorer(SimpleNamespace(tables=[])) is None and len(compiled_by) == 2  # nothing to predict

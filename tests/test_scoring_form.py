@@ -238,6 +238,9 @@ def test_imputed_and_standardised_numbers_are_the_pipeline_s_own():
         form(columns_of(rows.assign(b=[0.0, np.inf, 1.0, 2.0])))
     with pytest.raises(ValueError, match="infinity or a value too large"):
         numbers.transform(rows.assign(b=[0.0, np.inf, 1.0, 2.0]))
+    passing = make_pipeline("passthrough", StandardScaler()).fit(pd.DataFrame(fitted[:, :2], columns=["a", "b"]))
+    np.testing.assert_array_equal(forms._part_form(passing)(columns_of(rows[["a", "b"]])),
+                                  passing.transform(rows[["a", "b"]]))
     dropping = SimpleImputer(strategy="median").fit(pd.DataFrame(fitted, columns=["a", "b", "c"]))
     assert forms._on_numbers(dropping) is None  # drops the column never recorded: scikit-learn's own transform
 

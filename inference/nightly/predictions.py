@@ -75,7 +75,10 @@ def predicted_chunk(scorer, chunk: pd.DataFrame, source: str, first_row: int, fe
 
 def tabular_scorer(run: Run, load_encoder: bool = False) -> Optional[Scorer]:
     """The models of the plan (the encoder only with `load_encoder`, run as the run scores), checked to fit together
-    before anything is scored; None when no interactions are to be predicted."""
+    before anything is scored, their large boosters compiled (`Scorer.compile_trees`: once per model and machine, the
+    nights after load them); None when no interactions are to be predicted."""
     if not run.tables:
         return None
-    return Scorer.load(run.store, run.models, load_encoder=load_encoder, pinned=run.pinned, scoring=run.scoring)
+    scorer = Scorer.load(run.store, run.models, load_encoder=load_encoder, pinned=run.pinned, scoring=run.scoring)
+    scorer.compile_trees()
+    return scorer
