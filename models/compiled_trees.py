@@ -36,8 +36,8 @@ COMPILERS = ("gcc", "clang", "cc")
 
 
 class CompiledTrees:
-    """A compiled library of one treelite model: its margins (or, for a forest, its averaged probabilities) exactly as
-    treelite's own runtime computes them (the same float64 additions in the same order, without -ffast-math)."""
+    """A compiled library of one treelite model: its outputs exactly as treelite's own runtime computes them (the
+    same float64 additions in the same order: tl2cgen compiles with -O3, without -ffast-math)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -57,7 +57,8 @@ class CompiledTrees:
 
 def library_path(model: treelite.Model) -> Path:
     """Where the model's library is kept: named by its trees' digest, tl2cgen's version and the machine's
-    architecture, so that another model, compiler generation or machine kind never loads it."""
+    architecture, so that another model, tl2cgen or kind of machine never loads it (the code is compiled without
+    -march, so machines of one architecture share it)."""
     digest = hashlib.sha256(model.serialize_bytes()).hexdigest()[:32]
     return cache_root() / "trees" / f"{digest}-tl2cgen{package_version('tl2cgen')}-{platform.machine()}.so"
 
