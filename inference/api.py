@@ -295,10 +295,10 @@ class Scorer:
 
     def compile_trees(self) -> int:
         """Compile the tabular models' large boosters to native code (`carelens.models.compiled_trees`), or load
-        them from the cache where an earlier process compiled them: what a long-running service does once at start;
-        how many fold models now score compiled (the others through treelite's runtime, to the same sums)."""
-        models = (self.churn, self.retaliation, *((self.satisfaction,) if self.satisfaction is not None else ()))
-        return sum(compile_trees(model.estimator_) for model in models)
+        them from the cache where an earlier process compiled them: what the service and the nightly job do before
+        they score; how many fold models now score compiled (the others through treelite's runtime, to the same
+        sums)."""
+        return sum(compile_trees(model.estimator_) for model in self.models)
 
     def risk(self, table: pd.DataFrame) -> np.ndarray:
         """The risk customers are ranked by: the larger of P(churn) and P(retaliate)."""
